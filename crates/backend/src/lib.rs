@@ -1,0 +1,169 @@
+//! The seam between the gateway and whatever generates text.
+//!
+//! The gateway parses and validates OpenAI requests into a [`GenerateRequest`] and talks to an
+//! `Arc<dyn Backend>` per served model. The in-process llama.cpp engine (`engine` crate) and an
+//! external OpenAI-compatible server (`gateway::upstream`) both implement [`Backend`]; a remote
+//! node agent can later. This crate knows neither HTTP nor llama.cpp.
+//!
+//! Cancellation is by drop: dropping the [`EventStream`] tells the backend the client is gone, and
+//! the backend stops generating for it (the engine within one decode step).
+
+use std::pin::Pin;
+
+use serde::Serialize;
+
+/// One message of a chat prompt. Content is plain text (the gateway flattens text parts).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ChatMessage {
+    pub role: String,
+    pub content: String,
+}
+
+/// What to generate from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Prompt {
+    /// Rendered with the model's own chat template, generation prompt appended.
+    Chat(Vec<ChatMessage>),
+    /// Used as is (`/v1/completions`).
+    Text(String),
+}
+
+/// Sampling parameters, already validated by the gateway (ranges as OpenAI documents them).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SamplingParams {
+    /// 0 means greedy.
+    pub temperature: f32,
+    /// 1.0 disables.
+    pub top_p: f32,
+    /// 0 disables.
+    pub top_k: i32,
+    /// 0.0 disables.
+    pub min_p: f32,
+    /// `None` draws a seed per request.
+    pub seed: Option<u64>,
+    pub presence_penalty: f32,
+    pub frequency_penalty: f32,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        Self {
+            temperature: 1.0,
+            top_p: 1.0,
+            top_k: 0,
+            min_p: 0.0,
+            seed: None,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+        }
+    }
+}
+
+/// A validated generation request for one served model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerateRequest {
+    /// Id for logs and tracing (the gateway's `chatcmpl-…`/`cmpl-…` id).
+    pub request_id: String,
+    /// The served name the request addressed.
+    pub model: String,
+    pub prompt: Prompt,
+    pub sampling: SamplingParams,
+    /// Upper bound on generated tokens; `None` means "until the context is full".
+    pub max_tokens: Option<u32>,
+    /// Stop strings; generation ends before the first occurrence, which is not returned.
+    pub stop: Vec<String>,
+}
+
+/// Token counts of one request. `cached_tokens` ≤ `prompt_tokens` counts prompt tokens served
+/// from reused KV instead of being recomputed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Usage {
+    pub prompt_tokens: u32,
+    pub completion_tokens: u32,
+    pub cached_tokens: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// End of sequence or a stop string.
+    Stop,
+    /// `max_tokens` reached or the context is full.
+    Length,
+}
+
+/// What a backend streams back. A well-formed stream is any number of `Text` events followed by
+/// exactly one `Finished`; an `Err` item ends the stream early.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// Newly generated text (valid UTF-8, stop strings already removed).
+    Text(String),
+    Finished {
+        reason: FinishReason,
+        usage: Usage,
+    },
+}
+
+pub type EventStream = Pin<Box<dyn futures_core::Stream<Item = Result<Event, BackendError>> + Send>>;
+
+/// Information about a served model, for `/v1/models`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelInfo {
+    /// The served name.
+    pub id: String,
+    /// Who serves it: "flywheel" for in-process models, the upstream's name otherwise.
+    pub owned_by: String,
+    /// Tokens per sequence, if known.
+    pub context_length: Option<u32>,
+    /// Unix seconds when the model was loaded or registered.
+    pub created: u64,
+}
+
+/// An error as an upstream OpenAI-compatible server reported it, passed through unchanged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamError {
+    pub status: u16,
+    pub message: String,
+    pub r#type: Option<String>,
+    pub code: Option<String>,
+    pub param: Option<String>,
+    /// `Retry-After` seconds the upstream sent, if any.
+    pub retry_after: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum BackendError {
+    #[error("This model's maximum context length is {context_length} tokens. However, your prompt has {prompt_tokens} tokens. Shorten the prompt or start a new conversation.")]
+    ContextLengthExceeded {
+        prompt_tokens: u32,
+        context_length: u32,
+    },
+    #[error("{message}")]
+    InvalidRequest {
+        message: String,
+        param: Option<String>,
+    },
+    #[error("The server is overloaded: {queued} requests are waiting for this model. Retry after {retry_after} s.")]
+    Overloaded { queued: usize, retry_after: u64 },
+    #[error("{}", .0.message)]
+    Upstream(UpstreamError),
+    #[error("The upstream server could not be reached: {0}. Check that it is running and that its base URL is right.")]
+    Unreachable(String),
+    #[error("The server is shutting down and takes no new requests; retry on another instance.")]
+    ShuttingDown,
+    #[error("Internal error: {0}")]
+    Internal(String),
+}
+
+pub type Result<T, E = BackendError> = std::result::Result<T, E>;
+
+/// Something that generates text for one served model.
+#[async_trait::async_trait]
+pub trait Backend: Send + Sync {
+    fn info(&self) -> ModelInfo;
+
+    /// Admit a request. Errors that can be known before generation starts (context length,
+    /// overload, upstream refusal) come back here, so the gateway can answer with a status code
+    /// before it sends any SSE bytes.
+    async fn generate(&self, request: GenerateRequest) -> Result<EventStream>;
+}

@@ -1,0 +1,193 @@
+//! In-process LLM inference on llama.cpp.
+//!
+//! An [`Engine`] serves one GGUF model: it owns a worker thread with one llama.cpp context of
+//! `slots` sequences (unified KV cache) and runs continuous batching over it (see
+//! [`scheduler`]). It implements [`backend::Backend`], so the gateway neither knows nor cares
+//! that llama.cpp is underneath. This crate knows nothing of HTTP.
+
+pub mod metrics;
+pub mod model;
+pub mod sampling;
+pub mod scheduler;
+pub mod template;
+pub mod text;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use backend::{Backend, BackendError, EventStream, GenerateRequest, ModelInfo};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::model::LoadedModel;
+use crate::scheduler::state::Limits;
+use crate::scheduler::worker::{self, Command, Request, WorkerConfig};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("{0}")]
+    Load(String),
+    #[error("{0}")]
+    BadPrompt(String),
+}
+
+pub type Result<T, E = EngineError> = std::result::Result<T, E>;
+
+impl From<EngineError> for BackendError {
+    fn from(e: EngineError) -> Self {
+        match e {
+            EngineError::BadPrompt(message) => BackendError::InvalidRequest {
+                message,
+                param: Some("messages".into()),
+            },
+            EngineError::Load(m) => BackendError::Internal(m),
+        }
+    }
+}
+
+/// How an engine is sized. Defaults suit a small CPU machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineOptions {
+    /// Sequences decoded together (and KV slots).
+    pub slots: usize,
+    /// Tokens per slot; `None`: the model's training context, at most 4096.
+    pub slot_context: Option<u32>,
+    /// CPU threads for llama.cpp.
+    pub threads: usize,
+    /// Tokens per decode step (prefill chunk budget).
+    pub step_tokens: usize,
+    /// Requests that may wait for a slot before new ones get 429.
+    pub max_queue: usize,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        Self {
+            slots: 16,
+            slot_context: None,
+            threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            step_tokens: 512,
+            max_queue: 256,
+        }
+    }
+}
+
+/// One served GGUF model.
+pub struct Engine {
+    info: ModelInfo,
+    model: Arc<LoadedModel>,
+    slot_context: u32,
+    commands: mpsc::UnboundedSender<Command>,
+}
+
+impl Engine {
+    /// Load the model and start its worker. Blocking (seconds for large files): call it from
+    /// `spawn_blocking` or before the runtime serves traffic.
+    pub fn start(path: &Path, name: &str, opts: &EngineOptions) -> Result<Self> {
+        if opts.slots == 0 || opts.step_tokens < opts.slots {
+            return Err(EngineError::Load(format!(
+                "need at least one slot and a step budget of at least one token per slot (slots {}, step tokens {})",
+                opts.slots, opts.step_tokens
+            )));
+        }
+        let model = Arc::new(LoadedModel::load(path, name)?);
+        let train = if model.n_ctx_train > 0 {
+            model.n_ctx_train
+        } else {
+            4096
+        };
+        let slot_context = opts.slot_context.unwrap_or(train.min(4096)).clamp(16, train);
+        let limits = Limits {
+            slots: opts.slots,
+            slot_context: slot_context as usize,
+            step_tokens: opts.step_tokens,
+            max_queue: opts.max_queue,
+        };
+        let config = WorkerConfig {
+            limits,
+            threads: opts.threads.max(1) as i32,
+        };
+        let commands = worker::spawn(model.clone(), config, metrics::ModelMetrics::new(name))
+            .map_err(EngineError::Load)?;
+        tracing::info!(
+            model = name,
+            path = %path.display(),
+            bytes = model.file_bytes,
+            slots = opts.slots,
+            slot_context,
+            template = if model.template_from_gguf { "gguf" } else { "chatml-fallback" },
+            "model ready"
+        );
+        let created = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        Ok(Self {
+            info: ModelInfo {
+                id: name.to_owned(),
+                owned_by: "flywheel".into(),
+                context_length: Some(slot_context),
+                created,
+            },
+            model,
+            slot_context,
+            commands,
+        })
+    }
+
+    pub fn model(&self) -> &LoadedModel {
+        &self.model
+    }
+}
+
+#[async_trait::async_trait]
+impl Backend for Engine {
+    fn info(&self) -> ModelInfo {
+        self.info.clone()
+    }
+
+    async fn generate(&self, request: GenerateRequest) -> backend::Result<EventStream> {
+        let received = Instant::now();
+        let model = self.model.clone();
+        let prompt = request.prompt;
+        let tokens = tokio::task::spawn_blocking(move || model.prompt_tokens(&prompt))
+            .await
+            .map_err(|e| BackendError::Internal(format!("tokenizer task failed: {e}")))??;
+        if tokens.is_empty() {
+            return Err(BackendError::InvalidRequest {
+                message: "The prompt is empty after tokenization; send at least one token of text."
+                    .into(),
+                param: Some("prompt".into()),
+            });
+        }
+        let room = self.slot_context as usize;
+        if tokens.len() >= room {
+            return Err(BackendError::ContextLengthExceeded {
+                prompt_tokens: tokens.len() as u32,
+                context_length: self.slot_context,
+            });
+        }
+        // Generation stops when the slot is full: `max_tokens` beyond that is clamped.
+        let fits = room - tokens.len();
+        let max_new = request.max_tokens.map_or(fits, |m| (m as usize).min(fits));
+        let (events, rx) = mpsc::unbounded_channel();
+        let (reply, answer) = oneshot::channel();
+        let submit = Command::Submit {
+            request: Request {
+                prompt: tokens,
+                max_new,
+                sampling: request.sampling,
+                stop: request.stop,
+                events,
+                received,
+            },
+            reply,
+        };
+        self.commands
+            .send(submit)
+            .map_err(|_| BackendError::Internal("the engine thread has stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| BackendError::Internal("the engine thread has stopped".into()))??;
+        Ok(Box::pin(tokio_stream::wrappers::UnboundedReceiverStream::new(rx)))
+    }
+}

@@ -1,0 +1,140 @@
+//! Loading a GGUF and turning prompts into tokens: the tokenizer, special tokens and chat
+//! template all come from the file's own metadata.
+
+use std::num::NonZeroU16;
+use std::path::Path;
+use std::sync::{Mutex, OnceLock};
+
+use backend::Prompt;
+use llama_cpp_2::llama_backend::LlamaBackend;
+use llama_cpp_2::model::params::LlamaModelParams;
+use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::token::LlamaToken;
+
+use crate::template::{ChatTemplate, TemplateError, CHATML};
+use crate::{EngineError, Result};
+
+static BACKEND: OnceLock<LlamaBackend> = OnceLock::new();
+static BACKEND_INIT: Mutex<()> = Mutex::new(());
+
+/// llama.cpp's process-wide backend, initialised once (its logs go to `tracing`).
+pub fn llama_backend() -> Result<&'static LlamaBackend> {
+    if let Some(b) = BACKEND.get() {
+        return Ok(b);
+    }
+    let _guard = BACKEND_INIT
+        .lock()
+        .map_err(|_| EngineError::Load("llama.cpp backend init lock poisoned".into()))?;
+    if let Some(b) = BACKEND.get() {
+        return Ok(b);
+    }
+    llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default());
+    let backend = LlamaBackend::init()
+        .map_err(|e| EngineError::Load(format!("llama.cpp backend failed to start: {e}")))?;
+    Ok(BACKEND.get_or_init(|| backend))
+}
+
+/// A loaded GGUF with what is needed to turn requests into tokens. Shared (read-only) between
+/// the request path, which tokenizes, and the worker thread, which decodes.
+pub struct LoadedModel {
+    pub model: LlamaModel,
+    pub template: ChatTemplate,
+    /// Whether the template came from the GGUF (false: the ChatML fallback).
+    pub template_from_gguf: bool,
+    add_bos: bool,
+    pub n_ctx_train: u32,
+    pub file_bytes: u64,
+}
+
+impl LoadedModel {
+    /// Load a GGUF, logging progress every 10%.
+    pub fn load(path: &Path, name: &str) -> Result<Self> {
+        let backend = llama_backend()?;
+        if !path.is_file() {
+            return Err(EngineError::Load(format!(
+                "model file {} does not exist or is not a file; check the --model path",
+                path.display()
+            )));
+        }
+        let file_bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+        let label = name.to_owned();
+        let mut next_report = 0.0f32;
+        let params = LlamaModelParams::default().with_progress_callback(move |p| {
+            if p >= next_report {
+                tracing::info!(model = %label, "loading weights: {:>3.0}%", p * 100.0);
+                next_report = (p + 0.1).min(1.0 + f32::EPSILON);
+            }
+            true
+        });
+        let model = LlamaModel::load_from_file(backend, path, &params).map_err(|e| {
+            EngineError::Load(format!(
+                "{} is not a loadable GGUF model ({e}); check that the file is complete",
+                path.display()
+            ))
+        })?;
+        let vocab = model.vocab();
+        let bos_token = piece(&model, vocab.bos());
+        let eos_token = piece(&model, vocab.eos());
+        let add_bos = vocab.should_add_bos();
+        let (source, template_from_gguf) = match model.chat_template(None) {
+            Ok(t) => match t.to_string() {
+                Ok(s) => (s, true),
+                Err(_) => (CHATML.to_owned(), false),
+            },
+            Err(_) => (CHATML.to_owned(), false),
+        };
+        if !template_from_gguf {
+            tracing::warn!(model = name, "the GGUF carries no chat template; using ChatML");
+        }
+        let template = ChatTemplate::new(&source, &bos_token, &eos_token).map_err(|e| {
+            EngineError::Load(format!("{}: {e}", path.display()))
+        })?;
+        let n_ctx_train = model.n_ctx_train();
+        Ok(Self {
+            model,
+            template,
+            template_from_gguf,
+            add_bos,
+            n_ctx_train,
+            file_bytes,
+        })
+    }
+
+    /// The prompt's tokens: chat messages go through the model's template; special tokens written
+    /// in the text (e.g. `<|im_start|>`) are parsed as special tokens, as llama-server does.
+    pub fn prompt_tokens(&self, prompt: &Prompt) -> Result<Vec<LlamaToken>> {
+        let text = match prompt {
+            Prompt::Chat(messages) => self.template.render(messages).map_err(|e| match e {
+                TemplateError::Rejected(m) => EngineError::BadPrompt(format!(
+                    "the model's chat template rejected the messages: {m}"
+                )),
+                TemplateError::Invalid(m) => EngineError::Load(m),
+            })?,
+            Prompt::Text(t) => t.clone(),
+        };
+        tracing::debug!(prompt = %text, "rendered prompt");
+        let bos = self.template.bos_token();
+        let add_bos = self.add_bos && (bos.is_empty() || !text.starts_with(bos));
+        Ok(self.model.vocab().tokenize(text.as_bytes(), add_bos, true))
+    }
+
+    pub fn is_end_of_generation(&self, token: LlamaToken) -> bool {
+        self.model.vocab().is_eog(token)
+    }
+
+    /// The bytes a generated token stands for (special tokens render as nothing).
+    pub fn token_bytes(&self, token: LlamaToken, buf: &mut Vec<u8>) {
+        buf.clear();
+        self.model
+            .vocab()
+            .token_to_piece_into(token, buf, false, None::<NonZeroU16>);
+    }
+}
+
+fn piece(model: &LlamaModel, token: LlamaToken) -> String {
+    if token.0 < 0 {
+        return String::new();
+    }
+    let bytes = model.vocab().token_to_piece(token, true, None);
+    String::from_utf8_lossy(&bytes).into_owned()
+}

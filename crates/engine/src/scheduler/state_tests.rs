@@ -1,0 +1,198 @@
+//! Deterministic tests of the batching state: no model, no threads; each test plays the worker's
+//! part by hand (plan → commit → push_token/release).
+
+use super::*;
+
+fn limits(slots: usize, step_tokens: usize, max_queue: usize) -> Limits {
+    Limits {
+        slots,
+        slot_context: 4096,
+        step_tokens,
+        max_queue,
+    }
+}
+
+fn job(prompt: std::ops::Range<i32>, tag: &'static str) -> Job<&'static str> {
+    Job {
+        prompt: prompt.collect(),
+        max_new: 100,
+        payload: tag,
+    }
+}
+
+/// One decode step as the worker does it: plan, commit, sample token 7 for every chunk that
+/// asks for logits. Returns the plan.
+fn step(s: &mut State<&'static str>) -> Vec<Chunk> {
+    let plan = s.plan();
+    s.commit(&plan);
+    for c in plan.iter().filter(|c| c.sample) {
+        s.push_token(c.slot, 7);
+    }
+    plan
+}
+
+fn shape(plan: &[Chunk]) -> Vec<(usize, usize, usize, bool)> {
+    plan.iter()
+        .map(|c| (c.slot, c.start, c.tokens.len(), c.sample))
+        .collect()
+}
+
+#[test]
+fn prompt_is_prefilled_in_chunks_under_the_budget() {
+    let mut s = State::new(limits(2, 8, 4));
+    s.enqueue(job(0..20, "a")).expect("queued");
+    assert_eq!(s.admit().len(), 1);
+    assert_eq!(shape(&step(&mut s)), vec![(0, 0, 8, false)]);
+    assert_eq!(shape(&step(&mut s)), vec![(0, 8, 8, false)]);
+    assert_eq!(shape(&step(&mut s)), vec![(0, 16, 4, true)]);
+    // Now decoding: one token per step, at the next position.
+    assert_eq!(shape(&step(&mut s)), vec![(0, 20, 1, true)]);
+    assert_eq!(s.job(0).map(|j| j.generated), Some(2));
+}
+
+#[test]
+fn new_request_joins_mid_batch_and_decoders_go_first() {
+    let mut s = State::new(limits(2, 8, 4));
+    s.enqueue(job(0..4, "a")).expect("queued");
+    s.admit();
+    step(&mut s); // a's prompt
+    step(&mut s); // a decodes
+    s.enqueue(job(100..120, "b")).expect("queued");
+    let adm = s.admit();
+    assert_eq!(adm[0].slot, 1);
+    // a keeps decoding (1 token) while b prefills with what is left of the budget (7).
+    assert_eq!(shape(&step(&mut s)), vec![(0, 5, 1, true), (1, 0, 7, false)]);
+    assert_eq!(shape(&step(&mut s)), vec![(0, 6, 1, true), (1, 7, 7, false)]);
+    assert_eq!(shape(&step(&mut s)), vec![(0, 7, 1, true), (1, 14, 6, true)]);
+    assert_eq!(shape(&step(&mut s)), vec![(0, 8, 1, true), (1, 20, 1, true)]);
+}
+
+#[test]
+fn slot_exhaustion_queues_then_admits_when_a_slot_frees() {
+    let mut s = State::new(limits(1, 64, 4));
+    s.enqueue(job(0..4, "a")).expect("queued");
+    s.enqueue(job(50..54, "b")).expect("queued");
+    assert_eq!(s.admit().len(), 1);
+    assert_eq!(s.queued(), 1);
+    step(&mut s);
+    assert!(s.admit().is_empty(), "no free slot while a runs");
+    let done = s.release(0, true).expect("a was running");
+    assert_eq!(done.payload, "a");
+    let adm = s.admit();
+    assert_eq!(adm.len(), 1);
+    assert_eq!(s.job(0).map(|j| j.payload), Some("b"));
+    assert_eq!(s.queued(), 0);
+}
+
+#[test]
+fn full_queue_hands_the_job_back() {
+    let mut s = State::new(limits(1, 64, 2));
+    s.enqueue(job(0..4, "a")).expect("queued");
+    s.enqueue(job(0..4, "b")).expect("queued");
+    let back = s.enqueue(job(0..4, "c")).expect_err("queue is full");
+    assert_eq!(back.payload, "c");
+}
+
+#[test]
+fn finished_slot_prefix_is_reused_in_place() {
+    let mut s = State::new(limits(2, 64, 4));
+    s.enqueue(job(0..10, "a")).expect("queued");
+    s.admit();
+    step(&mut s);
+    step(&mut s); // generated token 7 fed: cache = 0..10 + [7]
+    s.release(0, true);
+    // Same 10-token prefix, different continuation.
+    let mut prompt: Vec<i32> = (0..10).collect();
+    prompt.extend([42, 43]);
+    s.enqueue(Job {
+        prompt,
+        max_new: 5,
+        payload: "b",
+    })
+    .expect("queued");
+    let adm = s.admit();
+    assert_eq!(
+        adm,
+        vec![Admission {
+            slot: 0,
+            reused: 10,
+            kv: KvOp::Trim { seq: 0, keep: 10 }
+        }]
+    );
+    assert_eq!(shape(&s.plan()), vec![(0, 10, 2, true)]);
+    assert_eq!(s.job(0).map(|j| j.reused), Some(10));
+}
+
+#[test]
+fn identical_prompt_recomputes_only_its_last_token() {
+    let mut s = State::new(limits(1, 64, 4));
+    s.enqueue(job(0..10, "a")).expect("queued");
+    s.admit();
+    step(&mut s);
+    s.release(0, true);
+    s.enqueue(job(0..10, "b")).expect("queued");
+    let adm = s.admit();
+    assert_eq!(adm[0].reused, 9);
+    assert_eq!(shape(&s.plan()), vec![(0, 9, 1, true)]);
+}
+
+#[test]
+fn running_sequence_prefix_is_shared_into_another_slot() {
+    let mut s = State::new(limits(2, 64, 4));
+    s.enqueue(job(0..30, "a")).expect("queued");
+    s.admit();
+    step(&mut s); // a's 30 prompt tokens are cached, a is decoding
+    let mut prompt: Vec<i32> = (0..20).collect();
+    prompt.extend([99, 98, 97]);
+    s.enqueue(Job {
+        prompt,
+        max_new: 5,
+        payload: "b",
+    })
+    .expect("queued");
+    let adm = s.admit();
+    assert_eq!(
+        adm,
+        vec![Admission {
+            slot: 1,
+            reused: 20,
+            kv: KvOp::Copy {
+                src: 0,
+                dst: 1,
+                len: 20
+            }
+        }]
+    );
+    assert_eq!(s.cached(1), &(0..20).collect::<Vec<_>>()[..]);
+    assert_eq!(shape(&s.plan()), vec![(0, 30, 1, true), (1, 20, 3, true)]);
+}
+
+#[test]
+fn free_slot_with_the_best_prefix_is_chosen_over_lru() {
+    let mut s = State::new(limits(3, 64, 8));
+    for (r, tag) in [(0..8, "a"), (100..108, "b"), (200..208, "c")] {
+        s.enqueue(job(r, tag)).expect("queued");
+    }
+    s.admit();
+    step(&mut s);
+    for slot in 0..3 {
+        s.release(slot, true);
+    }
+    s.enqueue(job(100..110, "d")).expect("queued");
+    assert_eq!(s.admit()[0].slot, 1);
+}
+
+#[test]
+fn cancelled_queued_jobs_are_dropped_and_released_slots_free_at_once() {
+    let mut s = State::new(limits(1, 64, 4));
+    s.enqueue(job(0..4, "a")).expect("queued");
+    s.enqueue(job(0..4, "gone")).expect("queued");
+    s.admit();
+    let dropped = s.drain_queued(|p| *p == "gone");
+    assert_eq!(dropped.len(), 1);
+    assert_eq!(s.queued(), 0);
+    assert_eq!(s.running_where(|p| *p == "a"), vec![0]);
+    s.release(0, false);
+    assert!(s.is_idle());
+    assert_eq!(s.kv_cells(), (0, 0));
+}

@@ -1,0 +1,366 @@
+//! The worker: one OS thread per model that owns the llama.cpp context and runs the batching
+//! loop. Between decode steps it takes new requests (commands from [`crate::Engine`]), drops
+//! the ones whose client went away, admits queued jobs into free slots (applying prefix reuse
+//! to the KV cache), decodes one batch, samples, and streams text back.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use backend::{BackendError, Event, FinishReason, SamplingParams, Usage};
+use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::sampling::LlamaSampler;
+use llama_cpp_2::token::LlamaToken;
+use llama_cpp_2::DecodeError;
+use tokio::sync::{mpsc, oneshot};
+
+use super::state::{Chunk, Job, KvOp, Limits, State};
+use crate::metrics::ModelMetrics;
+use crate::model::{llama_backend, LoadedModel};
+use crate::text::{StopMatcher, StopOutcome, Utf8Stream};
+
+pub type Events = mpsc::UnboundedSender<Result<Event, BackendError>>;
+
+/// A request handed to the worker.
+pub struct Request {
+    pub prompt: Vec<LlamaToken>,
+    pub max_new: usize,
+    pub sampling: SamplingParams,
+    pub stop: Vec<String>,
+    pub events: Events,
+    pub received: Instant,
+}
+
+pub enum Command {
+    Submit {
+        request: Request,
+        reply: oneshot::Sender<Result<(), BackendError>>,
+    },
+}
+
+/// Per-sequence state that lives on the worker thread (samplers are not `Send`).
+struct Seq {
+    events: Events,
+    sampler: LlamaSampler,
+    utf8: Utf8Stream,
+    stop: StopMatcher,
+    received: Instant,
+    last_token: Option<Instant>,
+}
+
+pub struct WorkerConfig {
+    pub limits: Limits,
+    pub threads: i32,
+}
+
+/// Start the worker thread; returns once the context exists (or failed to be created).
+pub fn spawn(
+    model: Arc<LoadedModel>,
+    config: WorkerConfig,
+    metrics: ModelMetrics,
+) -> Result<mpsc::UnboundedSender<Command>, String> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name(format!("engine-{}", metrics.model()))
+        .spawn(move || run(model, config, metrics, rx, ready_tx))
+        .map_err(|e| format!("could not start the engine thread: {e}"))?;
+    match ready_rx.recv() {
+        Ok(Ok(())) => Ok(tx),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err("the engine thread ended during start-up".into()),
+    }
+}
+
+fn run(
+    model: Arc<LoadedModel>,
+    config: WorkerConfig,
+    metrics: ModelMetrics,
+    rx: mpsc::UnboundedReceiver<Command>,
+    ready: std::sync::mpsc::Sender<Result<(), String>>,
+) {
+    let limits = config.limits;
+    let n_ctx = (limits.slots * limits.slot_context) as u32;
+    let params = LlamaContextParams::default()
+        .with_n_ctx(std::num::NonZeroU32::new(n_ctx))
+        .with_n_batch(limits.step_tokens as u32)
+        .with_n_ubatch(limits.step_tokens as u32)
+        .with_n_seq_max(limits.slots as u32)
+        .with_kv_unified(true)
+        .with_n_threads(config.threads)
+        .with_n_threads_batch(config.threads);
+    let ctx = match llama_backend()
+        .map_err(|e| e.to_string())
+        .and_then(|b| model.model.new_context(b, params).map_err(|e| e.to_string()))
+    {
+        Ok(ctx) => ctx,
+        Err(e) => {
+            let _ = ready.send(Err(format!(
+                "could not create a context of {n_ctx} tokens ({} slots × {}): {e}; lower --slots or --slot-context",
+                limits.slots, limits.slot_context
+            )));
+            return;
+        }
+    };
+    let _ = ready.send(Ok(()));
+    let mut worker = Worker {
+        batch: LlamaBatch::new(limits.step_tokens.max(limits.slots), limits.slots as i32),
+        state: State::new(limits),
+        model: &model,
+        ctx,
+        metrics,
+        rx,
+        avg_request_secs: 1.0,
+        piece: Vec::with_capacity(32),
+    };
+    worker.run();
+}
+
+struct Worker<'m> {
+    model: &'m LoadedModel,
+    ctx: LlamaContext<'m>,
+    batch: LlamaBatch<'static>,
+    state: State<Seq>,
+    metrics: ModelMetrics,
+    rx: mpsc::UnboundedReceiver<Command>,
+    /// Moving average of request duration, for `Retry-After` estimates.
+    avg_request_secs: f64,
+    piece: Vec<u8>,
+}
+
+impl Worker<'_> {
+    fn run(&mut self) {
+        loop {
+            if self.state.is_idle() {
+                self.publish_gauges();
+                match self.rx.blocking_recv() {
+                    Some(cmd) => self.handle(cmd),
+                    None => return,
+                }
+            }
+            loop {
+                match self.rx.try_recv() {
+                    Ok(cmd) => self.handle(cmd),
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => {
+                        if self.state.is_idle() {
+                            return;
+                        }
+                        break;
+                    }
+                }
+            }
+            self.reap_cancelled();
+            for adm in self.state.admit() {
+                self.apply(adm.kv);
+                if let Some(job) = self.state.job(adm.slot) {
+                    self.metrics.admitted(job.prompt_len, job.reused);
+                }
+            }
+            let plan = self.state.plan();
+            if !plan.is_empty() {
+                self.step(&plan);
+            }
+            self.publish_gauges();
+        }
+    }
+
+    fn handle(&mut self, cmd: Command) {
+        match cmd {
+            Command::Submit { request, reply } => {
+                let sampler = crate::sampling::chain(
+                    &request.sampling,
+                    self.model.model.n_vocab(),
+                    self.state.limits().slot_context as i32,
+                );
+                let job = Job {
+                    prompt: request.prompt.iter().map(|t| t.0).collect(),
+                    max_new: request.max_new,
+                    payload: Seq {
+                        events: request.events,
+                        sampler,
+                        utf8: Utf8Stream::default(),
+                        stop: StopMatcher::new(request.stop),
+                        received: request.received,
+                        last_token: None,
+                    },
+                };
+                let answer = match self.state.enqueue(job) {
+                    Ok(()) => Ok(()),
+                    Err(_) => {
+                        self.metrics.rejected();
+                        let queued = self.state.queued();
+                        let per_slot = queued as f64 / self.state.limits().slots as f64;
+                        Err(BackendError::Overloaded {
+                            queued,
+                            retry_after: (per_slot * self.avg_request_secs).ceil().max(1.0) as u64,
+                        })
+                    }
+                };
+                let _ = reply.send(answer);
+            }
+        }
+    }
+
+    /// Clients that disconnected: queued jobs vanish, running ones free their slot now.
+    fn reap_cancelled(&mut self) {
+        let dropped = self.state.drain_queued(|s| s.events.is_closed());
+        for _ in dropped {
+            self.metrics.cancelled();
+        }
+        for slot in self.state.running_where(|s| s.events.is_closed()) {
+            self.state.release(slot, true);
+            self.metrics.cancelled();
+        }
+    }
+
+    fn apply(&mut self, op: KvOp) {
+        let result = match op {
+            KvOp::Trim { seq, keep } => {
+                self.ctx
+                    .clear_kv_cache_seq(Some(seq as u32), Some(keep as u32), None)
+                    .map(|_| ())
+            }
+            KvOp::Copy { src, dst, len } => self
+                .ctx
+                .clear_kv_cache_seq(Some(dst as u32), None, None)
+                .map(|_| ())
+                .and_then(|()| {
+                    self.ctx
+                        .copy_kv_cache_seq(src as i32, dst as i32, Some(0), Some(len as u32))
+                }),
+        };
+        if let Err(e) = result {
+            tracing::error!(model = self.metrics.model(), ?op, "KV cache operation failed: {e}");
+        }
+    }
+
+    fn step(&mut self, plan: &[Chunk]) {
+        let logits_at = match self.fill_batch(plan) {
+            Ok(at) => at,
+            Err(e) => return self.fail(plan, &format!("could not build the batch: {e}")),
+        };
+        let started = Instant::now();
+        let mut decoded = self.ctx.decode(&mut self.batch);
+        if matches!(decoded, Err(DecodeError::NoKvCacheSlot)) {
+            // Kept prefixes of finished requests are a cache: give them up and try again.
+            for seq in self.state.evict_free() {
+                let _ = self.ctx.clear_kv_cache_seq(Some(seq as u32), None, None);
+            }
+            decoded = self.ctx.decode(&mut self.batch);
+        }
+        if let Err(e) = decoded {
+            return self.fail(plan, &format!("llama.cpp could not decode the batch: {e}"));
+        }
+        self.metrics.step(self.batch.n_tokens() as usize, started.elapsed());
+        self.state.commit(plan);
+        for (chunk, idx) in plan.iter().zip(logits_at) {
+            if let Some(idx) = idx {
+                self.sample(chunk.slot, idx);
+            }
+        }
+    }
+
+    /// Put the plan's tokens into the batch; returns, per chunk, the batch index of its logits.
+    fn fill_batch(
+        &mut self,
+        plan: &[Chunk],
+    ) -> Result<Vec<Option<i32>>, llama_cpp_2::llama_batch::BatchAddError> {
+        self.batch.clear();
+        let mut at = Vec::with_capacity(plan.len());
+        for c in plan {
+            let last = c.tokens.len().saturating_sub(1);
+            for (k, &tok) in c.tokens.iter().enumerate() {
+                let logits = c.sample && k == last;
+                self.batch.add(
+                    LlamaToken(tok),
+                    (c.start + k) as i32,
+                    &[c.slot as i32],
+                    logits,
+                )?;
+            }
+            at.push(c.sample.then(|| self.batch.n_tokens() - 1));
+        }
+        Ok(at)
+    }
+
+    fn sample(&mut self, slot: usize, idx: i32) {
+        let Some(job) = self.state.job_mut(slot) else {
+            return;
+        };
+        let token = job.payload.sampler.sample(&self.ctx, idx);
+        let now = Instant::now();
+        match job.payload.last_token.replace(now) {
+            None => self.metrics.first_token(now - job.payload.received),
+            Some(prev) => self.metrics.next_token(now - prev),
+        }
+        self.metrics.generated();
+        let generated = job.generated + 1;
+        let reached_max = generated >= job.max_new;
+        if self.model.is_end_of_generation(token) {
+            let tail = job.payload.utf8.finish() + &job.payload.stop.finish();
+            return self.finish(slot, tail, FinishReason::Stop);
+        }
+        self.model.token_bytes(token, &mut self.piece);
+        let text = job.payload.utf8.push(&self.piece);
+        match job.payload.stop.push(&text) {
+            StopOutcome::Stopped(head) => self.finish(slot, head, FinishReason::Stop),
+            StopOutcome::Continue(mut out) if reached_max => {
+                out.push_str(&job.payload.utf8.finish());
+                out.push_str(&job.payload.stop.finish());
+                self.finish(slot, out, FinishReason::Length);
+            }
+            StopOutcome::Continue(out) => {
+                let sent = out.is_empty() || job.payload.events.send(Ok(Event::Text(out))).is_ok();
+                if sent {
+                    self.state.push_token(slot, token.0);
+                } else {
+                    self.state.release(slot, true);
+                    self.metrics.cancelled();
+                }
+            }
+        }
+    }
+
+    /// End the job in `slot`: send the last text and the usage, free the slot (its KV is kept
+    /// for prefix reuse).
+    fn finish(&mut self, slot: usize, tail: String, reason: FinishReason) {
+        let Some(job) = self.state.release(slot, true) else {
+            return;
+        };
+        let usage = Usage {
+            prompt_tokens: job.prompt_len as u32,
+            completion_tokens: job.generated as u32 + 1,
+            cached_tokens: job.reused as u32,
+        };
+        let seq = job.payload;
+        if !tail.is_empty() {
+            let _ = seq.events.send(Ok(Event::Text(tail)));
+        }
+        let _ = seq.events.send(Ok(Event::Finished { reason, usage }));
+        let secs = seq.received.elapsed().as_secs_f64();
+        self.avg_request_secs = 0.8 * self.avg_request_secs + 0.2 * secs;
+        self.metrics.finished();
+    }
+
+    /// The batch could not be decoded: end every job in it with an error and clear its KV.
+    fn fail(&mut self, plan: &[Chunk], message: &str) {
+        tracing::error!(model = self.metrics.model(), "{message}");
+        for c in plan {
+            if let Some(job) = self.state.release(c.slot, false) {
+                let _ = job
+                    .payload
+                    .events
+                    .send(Err(BackendError::Internal(message.to_owned())));
+            }
+            let _ = self.ctx.clear_kv_cache_seq(Some(c.slot as u32), None, None);
+        }
+    }
+
+    fn publish_gauges(&self) {
+        let (busy, kept) = self.state.kv_cells();
+        self.metrics
+            .gauges(self.state.queued(), self.state.running(), busy, kept);
+    }
+}

@@ -1,0 +1,117 @@
+//! Chat templates: the model's own Jinja template (GGUF `tokenizer.chat_template`), rendered with
+//! minijinja configured the way Hugging Face's `apply_chat_template` configures jinja2
+//! (`trim_blocks`, `lstrip_blocks`, Python string methods, `raise_exception`, `strftime_now`).
+
+use backend::ChatMessage;
+use minijinja::{context, Environment, Error, ErrorKind};
+
+/// A compiled chat template together with the special-token texts it may reference.
+pub struct ChatTemplate {
+    env: Environment<'static>,
+    bos_token: String,
+    eos_token: String,
+}
+
+const NAME: &str = "chat_template";
+
+#[derive(Debug, thiserror::Error)]
+pub enum TemplateError {
+    /// The template itself does not compile: a model problem, reported at load time.
+    #[error("the model's chat template does not compile: {0}")]
+    Invalid(String),
+    /// The template refused these messages (`raise_exception`) or failed on them.
+    #[error("the model's chat template rejected the messages: {0}")]
+    Rejected(String),
+}
+
+impl ChatTemplate {
+    pub fn new(source: &str, bos_token: &str, eos_token: &str) -> Result<Self, TemplateError> {
+        let mut env = Environment::new();
+        env.set_trim_blocks(true);
+        env.set_lstrip_blocks(true);
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        minijinja_contrib::add_to_environment(&mut env);
+        env.add_function("raise_exception", |msg: String| -> Result<String, Error> {
+            Err(Error::new(ErrorKind::InvalidOperation, msg))
+        });
+        env.add_function("strftime_now", |fmt: String| -> String {
+            chrono::Utc::now().format(&fmt).to_string()
+        });
+        env.add_template_owned(NAME, source.to_owned())
+            .map_err(|e| TemplateError::Invalid(describe(&e)))?;
+        Ok(Self {
+            env,
+            bos_token: bos_token.to_owned(),
+            eos_token: eos_token.to_owned(),
+        })
+    }
+
+    pub fn bos_token(&self) -> &str {
+        &self.bos_token
+    }
+
+    /// Render the conversation with the generation prompt appended.
+    pub fn render(&self, messages: &[ChatMessage]) -> Result<String, TemplateError> {
+        let tmpl = self
+            .env
+            .get_template(NAME)
+            .map_err(|e| TemplateError::Invalid(describe(&e)))?;
+        tmpl.render(context! {
+            messages => messages,
+            add_generation_prompt => true,
+            bos_token => self.bos_token,
+            eos_token => self.eos_token,
+        })
+        .map_err(|e| TemplateError::Rejected(describe(&e)))
+    }
+}
+
+fn describe(e: &Error) -> String {
+    match e.detail() {
+        Some(detail) => detail.to_owned(),
+        None => e.to_string(),
+    }
+}
+
+/// The template used when a GGUF carries none: ChatML, the most common convention.
+pub const CHATML: &str = "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(role: &str, content: &str) -> ChatMessage {
+        ChatMessage {
+            role: role.into(),
+            content: content.into(),
+        }
+    }
+
+    #[test]
+    fn renders_llama3_style_with_python_methods() {
+        let src = "{{ bos_token }}{% for m in messages %}{% if m.role not in ['system','user','assistant'] %}{{ raise_exception('bad role ' + m.role) }}{% endif %}<|start_header_id|>{{ m.role }}<|end_header_id|>\n\n{{ m.content.strip() }}<|eot_id|>{% endfor %}{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}";
+        let t = ChatTemplate::new(src, "<s>", "</s>").expect("compiles");
+        let out = t.render(&[msg("user", "  hi  ")]).expect("renders");
+        assert_eq!(
+            out,
+            "<s><|start_header_id|>user<|end_header_id|>\n\nhi<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
+        );
+        let err = t.render(&[msg("wizard", "x")]).expect_err("refused");
+        assert!(err.to_string().contains("bad role wizard"), "{err}");
+    }
+
+    #[test]
+    fn chatml_fallback_renders() {
+        let t = ChatTemplate::new(CHATML, "", "").expect("compiles");
+        let out = t.render(&[msg("user", "Hi")]).expect("renders");
+        assert_eq!(out, "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n");
+    }
+
+    #[test]
+    fn broken_template_is_reported_at_load() {
+        assert!(matches!(
+            ChatTemplate::new("{% for %}", "", ""),
+            Err(TemplateError::Invalid(_))
+        ));
+    }
+}

@@ -1,0 +1,276 @@
+//! `flywheel serve` configuration: one struct, three layers (TOML file < environment < flags).
+//! clap handles flags and environment; the file fills in what neither set.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use gateway::upstream::UpstreamConfig;
+use serde::Deserialize;
+
+/// Flags and environment variables of `flywheel serve`. Every field is optional here so that
+/// the config file can supply it; [`ServeArgs::resolve`] applies the defaults.
+#[derive(Debug, Args, Default)]
+pub struct ServeArgs {
+    /// TOML config file (flags and environment override it).
+    #[arg(long, env = "FLYWHEEL_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:8080].
+    #[arg(long, env = "FLYWHEEL_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Data directory (admin key, later the store) [default: ./flywheel-data].
+    #[arg(long, env = "FLYWHEEL_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// A model to serve: PATH[=NAME] (repeatable). NAME defaults to the file name without `.gguf`.
+    #[arg(long = "model", env = "FLYWHEEL_MODELS", value_delimiter = ',')]
+    pub models: Vec<String>,
+    /// Sequence slots per model (decoded together) [default: 16].
+    #[arg(long, env = "FLYWHEEL_SLOTS")]
+    pub slots: Option<usize>,
+    /// Tokens per slot [default: the model's training context, at most 4096].
+    #[arg(long, env = "FLYWHEEL_SLOT_CONTEXT")]
+    pub slot_context: Option<u32>,
+    /// CPU threads per model [default: all cores].
+    #[arg(long, env = "FLYWHEEL_THREADS")]
+    pub threads: Option<usize>,
+    /// Tokens per decode step, the prefill chunk budget [default: 512].
+    #[arg(long, env = "FLYWHEEL_STEP_TOKENS")]
+    pub step_tokens: Option<usize>,
+    /// Requests waiting per model before 429 server_overloaded [default: 256].
+    #[arg(long, env = "FLYWHEEL_MAX_QUEUE")]
+    pub max_queue: Option<usize>,
+    /// Seconds SIGTERM waits for running requests before exiting [default: 30].
+    #[arg(long, env = "FLYWHEEL_DRAIN_SECONDS")]
+    pub drain_seconds: Option<u64>,
+    /// Serve /metrics without the admin key.
+    #[arg(long, env = "FLYWHEEL_METRICS_OPEN")]
+    pub metrics_open: Option<bool>,
+    /// Largest accepted request body in bytes [default: 16 MiB].
+    #[arg(long, env = "FLYWHEEL_MAX_BODY_BYTES")]
+    pub max_body_bytes: Option<usize>,
+}
+
+/// The TOML file: the same settings, plus what has no flag (upstream servers).
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<SocketAddr>,
+    pub data_dir: Option<PathBuf>,
+    #[serde(default)]
+    pub models: Vec<String>,
+    pub slots: Option<usize>,
+    pub slot_context: Option<u32>,
+    pub threads: Option<usize>,
+    pub step_tokens: Option<usize>,
+    pub max_queue: Option<usize>,
+    pub drain_seconds: Option<u64>,
+    pub metrics_open: Option<bool>,
+    pub max_body_bytes: Option<usize>,
+    /// External OpenAI-compatible servers, each served under its own name.
+    #[serde(default)]
+    pub upstreams: Vec<UpstreamConfig>,
+}
+
+/// A `--model` SPEC: a local GGUF and the name it is served under.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelSpec {
+    pub path: PathBuf,
+    pub name: String,
+}
+
+/// Everything `serve` needs, defaults applied and validated.
+#[derive(Debug)]
+pub struct ServeConfig {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub models: Vec<ModelSpec>,
+    pub upstreams: Vec<UpstreamConfig>,
+    pub engine: engine::EngineOptions,
+    pub drain_seconds: u64,
+    pub metrics_open: bool,
+    pub max_body_bytes: usize,
+}
+
+impl ServeArgs {
+    pub fn resolve(self) -> Result<ServeConfig> {
+        let file = match &self.config {
+            Some(path) => load_file(path)?,
+            None => FileConfig::default(),
+        };
+        let defaults = engine::EngineOptions::default();
+        let specs = if self.models.is_empty() {
+            file.models
+        } else {
+            self.models
+        };
+        let models = specs
+            .iter()
+            .map(|s| parse_model_spec(s))
+            .collect::<Result<Vec<_>>>()?;
+        let config = ServeConfig {
+            listen: self
+                .listen
+                .or(file.listen)
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
+            data_dir: self
+                .data_dir
+                .or(file.data_dir)
+                .unwrap_or_else(|| PathBuf::from("flywheel-data")),
+            models,
+            upstreams: file.upstreams,
+            engine: engine::EngineOptions {
+                slots: self.slots.or(file.slots).unwrap_or(defaults.slots),
+                slot_context: self.slot_context.or(file.slot_context),
+                threads: self.threads.or(file.threads).unwrap_or(defaults.threads),
+                step_tokens: self
+                    .step_tokens
+                    .or(file.step_tokens)
+                    .unwrap_or(defaults.step_tokens),
+                max_queue: self
+                    .max_queue
+                    .or(file.max_queue)
+                    .unwrap_or(defaults.max_queue),
+            },
+            drain_seconds: self.drain_seconds.or(file.drain_seconds).unwrap_or(30),
+            metrics_open: self.metrics_open.or(file.metrics_open).unwrap_or(false),
+            max_body_bytes: self
+                .max_body_bytes
+                .or(file.max_body_bytes)
+                .unwrap_or(16 << 20),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+impl ServeConfig {
+    fn validate(&self) -> Result<()> {
+        let e = &self.engine;
+        if e.slots == 0 || e.slots > 256 {
+            bail!("--slots must be between 1 and 256 (got {})", e.slots);
+        }
+        if e.step_tokens < e.slots {
+            bail!(
+                "--step-tokens ({}) must be at least --slots ({}): every decoding slot needs a token per step",
+                e.step_tokens,
+                e.slots
+            );
+        }
+        if e.threads == 0 {
+            bail!("--threads must be at least 1");
+        }
+        let mut names: Vec<&str> = self.models.iter().map(|m| m.name.as_str()).collect();
+        names.extend(self.upstreams.iter().map(|u| u.name.as_str()));
+        let mut seen = std::collections::HashSet::new();
+        for n in &names {
+            if !seen.insert(*n) {
+                bail!("the served name '{n}' is used twice; give one of them another NAME (PATH=NAME)");
+            }
+        }
+        if names.is_empty() {
+            tracing::warn!("no models configured: pass --model PATH[=NAME] or add [[upstreams]] to the config file");
+        }
+        Ok(())
+    }
+}
+
+fn load_file(path: &Path) -> Result<FileConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("config file {} is not valid", path.display()))
+}
+
+/// Parse `PATH[=NAME]`. Hub specs (`hub:ORG/NAME…`) need the hub, which this build lacks.
+pub fn parse_model_spec(spec: &str) -> Result<ModelSpec> {
+    if spec.starts_with("hub:") {
+        bail!("model '{spec}': serving from the hub (hub:ORG/NAME) is not available in this build yet; pass a local GGUF path");
+    }
+    let (path, name) = match spec.rsplit_once('=') {
+        Some((p, n)) => (p, Some(n)),
+        None => (spec, None),
+    };
+    if path.is_empty() {
+        bail!("model '{spec}': the path is empty; expected PATH[=NAME]");
+    }
+    let path = PathBuf::from(path);
+    let name = match name {
+        Some(n) => n.to_owned(),
+        None => path
+            .file_name()
+            .and_then(|f| f.to_str())
+            .map(|f| f.strip_suffix(".gguf").unwrap_or(f).to_owned())
+            .unwrap_or_default(),
+    };
+    if name.is_empty() || name.len() > 128 || name.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        bail!("model '{spec}': the served name must be 1-128 characters without spaces");
+    }
+    Ok(ModelSpec { path, name })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_resolve_and_validate() {
+        let c = ServeArgs::default().resolve().expect("defaults are valid");
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.engine.slots, 16);
+        assert!(c.models.is_empty());
+    }
+
+    #[test]
+    fn model_specs_parse() {
+        let m = parse_model_spec("/m/SmolLM2.Q4.gguf").expect("valid");
+        assert_eq!(m.name, "SmolLM2.Q4");
+        let m = parse_model_spec("/m/a.gguf=smol").expect("valid");
+        assert_eq!((m.path.to_str(), m.name.as_str()), (Some("/m/a.gguf"), "smol"));
+        assert!(parse_model_spec("=x").is_err());
+        assert!(parse_model_spec("/a.gguf=has space").is_err());
+        assert!(parse_model_spec("hub:org/name").is_err());
+    }
+
+    #[test]
+    fn flags_override_file_and_file_fills_the_rest() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("f.toml");
+        std::fs::write(
+            &path,
+            "slots = 4\nmax_queue = 9\nmodels = [\"/x.gguf=x\"]\n[[upstreams]]\nname = \"up\"\nbase_url = \"http://127.0.0.1:9/v1\"\n",
+        )
+        .expect("write");
+        let args = ServeArgs {
+            config: Some(path),
+            slots: Some(8),
+            ..Default::default()
+        };
+        let c = args.resolve().expect("valid");
+        assert_eq!(c.engine.slots, 8);
+        assert_eq!(c.engine.max_queue, 9);
+        assert_eq!(c.models[0].name, "x");
+        assert_eq!(c.upstreams[0].name, "up");
+    }
+
+    #[test]
+    fn bad_file_and_duplicate_names_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("f.toml");
+        std::fs::write(&path, "slotz = 4\n").expect("write");
+        let err = ServeArgs {
+            config: Some(path),
+            ..Default::default()
+        }
+        .resolve()
+        .expect_err("unknown key");
+        assert!(format!("{err:#}").contains("slotz"), "{err:#}");
+        let err = ServeArgs {
+            models: vec!["/a.gguf=m".into(), "/b.gguf=m".into()],
+            ..Default::default()
+        }
+        .resolve()
+        .expect_err("duplicate");
+        assert!(err.to_string().contains("used twice"));
+    }
+}

@@ -1,0 +1,321 @@
+//! The gateway's one error type and the one table that maps each error code to an HTTP status,
+//! an OpenAI error `type` and a stable `code`.
+//!
+//! Every error leaves the server in OpenAI's shape
+//! `{"error": {"message", "type", "code", "param"}}`; every 429 and 503 carries `Retry-After`.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use backend::{BackendError, UpstreamError};
+use serde::Serialize;
+
+pub type Result<T, E = ApiError> = std::result::Result<T, E>;
+
+/// Seconds a client is told to wait when no better estimate is known.
+const DEFAULT_RETRY_AFTER: u64 = 1;
+/// Seconds a client is told to wait when this process is draining.
+const SHUTTING_DOWN_RETRY_AFTER: u64 = 5;
+
+/// Stable error codes. Adding one means adding one row to [`Code::row`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Code {
+    InvalidRequest,
+    ContextLengthExceeded,
+    InvalidApiKey,
+    InsufficientQuota,
+    PermissionDenied,
+    ModelNotFound,
+    NotFound,
+    MethodNotAllowed,
+    RequestTooLarge,
+    RateLimitExceeded,
+    ServerOverloaded,
+    Internal,
+    UpstreamUnreachable,
+    QueueTimeout,
+    ShuttingDown,
+}
+
+/// What one code means on the wire.
+struct Row {
+    status: StatusCode,
+    r#type: &'static str,
+    code: &'static str,
+}
+
+/// OpenAI's error `type`s.
+const INVALID: &str = "invalid_request_error";
+const SERVER: &str = "server_error";
+
+impl Code {
+    /// The one status table: code → (HTTP status, OpenAI `type`, wire `code`).
+    #[rustfmt::skip]
+    fn row(self) -> Row {
+        use StatusCode as S;
+        let (status, r#type, code) = match self {
+            Code::InvalidRequest        => (S::BAD_REQUEST,           INVALID,              "invalid_request_error"),
+            Code::ContextLengthExceeded => (S::BAD_REQUEST,           INVALID,              "context_length_exceeded"),
+            Code::InvalidApiKey         => (S::UNAUTHORIZED,          INVALID,              "invalid_api_key"),
+            Code::InsufficientQuota     => (S::PAYMENT_REQUIRED,      "insufficient_quota", "insufficient_quota"),
+            Code::PermissionDenied      => (S::FORBIDDEN,             INVALID,              "permission_denied"),
+            Code::ModelNotFound         => (S::NOT_FOUND,             INVALID,              "model_not_found"),
+            Code::NotFound              => (S::NOT_FOUND,             INVALID,              "not_found"),
+            Code::MethodNotAllowed      => (S::METHOD_NOT_ALLOWED,    INVALID,              "method_not_allowed"),
+            Code::RequestTooLarge       => (S::PAYLOAD_TOO_LARGE,     INVALID,              "request_too_large"),
+            Code::RateLimitExceeded     => (S::TOO_MANY_REQUESTS,     "requests",           "rate_limit_exceeded"),
+            Code::ServerOverloaded      => (S::TOO_MANY_REQUESTS,     SERVER,               "server_overloaded"),
+            Code::Internal              => (S::INTERNAL_SERVER_ERROR, SERVER,               "internal_error"),
+            Code::UpstreamUnreachable   => (S::BAD_GATEWAY,           SERVER,               "upstream_unreachable"),
+            Code::QueueTimeout          => (S::SERVICE_UNAVAILABLE,   SERVER,               "queue_timeout"),
+            Code::ShuttingDown          => (S::SERVICE_UNAVAILABLE,   SERVER,               "shutting_down"),
+        };
+        Row { status, r#type, code }
+    }
+}
+
+/// An error on its way to the client.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiError {
+    kind: Kind,
+    message: String,
+    param: Option<String>,
+    retry_after: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Kind {
+    Ours(Code),
+    /// An upstream server's error, passed through with its own status, type and code.
+    Upstream {
+        status: StatusCode,
+        r#type: Option<String>,
+        code: Option<String>,
+    },
+}
+
+impl ApiError {
+    pub fn new(code: Code, message: impl Into<String>) -> Self {
+        Self {
+            kind: Kind::Ours(code),
+            message: message.into(),
+            param: None,
+            retry_after: None,
+        }
+    }
+
+    /// A 400 `invalid_request_error` naming the offending parameter.
+    pub fn invalid(param: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::new(Code::InvalidRequest, message).with_param(param)
+    }
+
+    pub fn with_param(mut self, param: impl Into<String>) -> Self {
+        self.param = Some(param.into());
+        self
+    }
+
+    pub fn with_retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds);
+        self
+    }
+
+    /// Maps a backend's refusal; `prompt_param` names the request field holding the prompt
+    /// (`messages` or `prompt`).
+    pub fn from_backend(err: BackendError, prompt_param: &str) -> Self {
+        let message = err.to_string();
+        match err {
+            BackendError::ContextLengthExceeded { .. } => {
+                Self::new(Code::ContextLengthExceeded, message).with_param(prompt_param)
+            }
+            BackendError::InvalidRequest { param, .. } => Self {
+                param,
+                ..Self::new(Code::InvalidRequest, message)
+            },
+            BackendError::Overloaded { retry_after, .. } => {
+                Self::new(Code::ServerOverloaded, message).with_retry_after(retry_after)
+            }
+            BackendError::Upstream(upstream) => Self::from_upstream(upstream),
+            BackendError::Unreachable(_) => Self::new(Code::UpstreamUnreachable, message),
+            BackendError::ShuttingDown => {
+                Self::new(Code::ShuttingDown, message).with_retry_after(SHUTTING_DOWN_RETRY_AFTER)
+            }
+            BackendError::Internal(_) => Self::new(Code::Internal, message),
+        }
+    }
+
+    fn from_upstream(err: UpstreamError) -> Self {
+        let status = StatusCode::from_u16(err.status)
+            .ok()
+            .filter(|s| s.is_client_error() || s.is_server_error())
+            .unwrap_or(StatusCode::BAD_GATEWAY);
+        Self {
+            kind: Kind::Upstream {
+                status,
+                r#type: err.r#type,
+                code: err.code,
+            },
+            message: err.message,
+            param: err.param,
+            retry_after: err.retry_after,
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match &self.kind {
+            Kind::Ours(code) => code.row().status,
+            Kind::Upstream { status, .. } => *status,
+        }
+    }
+
+    /// `Retry-After` seconds, present exactly when the status is 429 or 503.
+    pub fn retry_after(&self) -> Option<u64> {
+        let needs = matches!(
+            self.status(),
+            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+        );
+        needs.then(|| self.retry_after.unwrap_or(DEFAULT_RETRY_AFTER))
+    }
+
+    /// The `{"error": {...}}` body.
+    pub fn body(&self) -> ErrorBody<'_> {
+        let (r#type, code) = match &self.kind {
+            Kind::Ours(code) => {
+                let row = code.row();
+                (Some(row.r#type), Some(row.code))
+            }
+            Kind::Upstream {
+                status,
+                r#type,
+                code,
+            } => {
+                let fallback = if status.is_server_error() {
+                    SERVER
+                } else {
+                    INVALID
+                };
+                (Some(r#type.as_deref().unwrap_or(fallback)), code.as_deref())
+            }
+        };
+        ErrorBody {
+            error: ErrorView {
+                message: &self.message,
+                r#type,
+                code,
+                param: self.param.as_deref(),
+            },
+        }
+    }
+
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// The stable code string, for logs and metrics.
+    pub fn code_str(&self) -> &str {
+        match &self.kind {
+            Kind::Ours(code) => code.row().code,
+            Kind::Upstream { code, .. } => code.as_deref().unwrap_or("upstream_error"),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct ErrorBody<'a> {
+    pub error: ErrorView<'a>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ErrorView<'a> {
+    pub message: &'a str,
+    #[serde(rename = "type")]
+    pub r#type: Option<&'a str>,
+    pub code: Option<&'a str>,
+    pub param: Option<&'a str>,
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.message, self.code_str())
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.status(), axum::Json(self.body())).into_response();
+        if let Some(seconds) = self.retry_after() {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_429_and_503_has_retry_after() {
+        let all = [
+            Code::InvalidRequest,
+            Code::ContextLengthExceeded,
+            Code::InvalidApiKey,
+            Code::InsufficientQuota,
+            Code::PermissionDenied,
+            Code::ModelNotFound,
+            Code::NotFound,
+            Code::MethodNotAllowed,
+            Code::RequestTooLarge,
+            Code::RateLimitExceeded,
+            Code::ServerOverloaded,
+            Code::Internal,
+            Code::UpstreamUnreachable,
+            Code::QueueTimeout,
+            Code::ShuttingDown,
+        ];
+        for code in all {
+            let err = ApiError::new(code, "x");
+            let status = err.status().as_u16();
+            assert_eq!(
+                err.retry_after().is_some(),
+                status == 429 || status == 503,
+                "{code:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn upstream_errors_pass_through() {
+        let err = ApiError::from_backend(
+            BackendError::Upstream(UpstreamError {
+                status: 429,
+                message: "slow down".into(),
+                r#type: Some("requests".into()),
+                code: Some("rate_limit_exceeded".into()),
+                param: None,
+                retry_after: Some(7),
+            }),
+            "messages",
+        );
+        assert_eq!(err.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(err.retry_after(), Some(7));
+        let body = serde_json::to_value(err.body()).unwrap_or_default();
+        assert_eq!(body["error"]["code"], "rate_limit_exceeded");
+        assert_eq!(body["error"]["type"], "requests");
+    }
+
+    #[test]
+    fn nonsense_upstream_status_becomes_502() {
+        let err = ApiError::from_upstream(UpstreamError {
+            status: 200,
+            message: "?".into(),
+            r#type: None,
+            code: None,
+            param: None,
+            retry_after: None,
+        });
+        assert_eq!(err.status(), StatusCode::BAD_GATEWAY);
+    }
+}

@@ -1,0 +1,144 @@
+//! Flywheel's OpenAI-compatible HTTP API.
+//!
+//! Only this crate knows HTTP and the OpenAI wire format. It parses and validates requests into
+//! [`backend::GenerateRequest`]s, hands them to the `Arc<dyn Backend>` serving the addressed
+//! model, and renders the [`backend::Event`]s back as JSON or server-sent events. [`upstream`]
+//! is a [`backend::Backend`] that proxies to an external OpenAI-compatible server.
+//!
+//! Code map: [`router`] (routes and state, here); `routes/` (handlers); `wire/` (request
+//! parsing, `*View` response shapes); `validate` (strict field reading); `sse` (streaming);
+//! `error` (the one error type and status table); `auth` (extractors); `observe` (request ids,
+//! tracing, per-request metrics); `metrics` (metric names).
+
+pub mod auth;
+pub mod error;
+pub mod metrics;
+pub mod observe;
+mod routes;
+pub mod sse;
+pub mod upstream;
+pub mod validate;
+pub mod wire;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::Router;
+use backend::Backend;
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::error::{ApiError, Code};
+
+/// What the binary hands the gateway.
+pub struct GatewayState {
+    /// The served models, in the order `/v1/models` lists them.
+    pub models: Vec<Arc<dyn Backend>>,
+    /// The bootstrap admin key (needed for `/metrics` unless `metrics_open`).
+    pub admin_key: String,
+    /// Renders the process's Prometheus metrics.
+    pub metrics: PrometheusHandle,
+    /// Serve `/metrics` without a key.
+    pub metrics_open: bool,
+    /// Largest accepted request body; larger ones get a 413.
+    pub max_body_bytes: usize,
+}
+
+/// The state handlers see: cheap to clone.
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+struct Inner {
+    models: Vec<(String, Arc<dyn Backend>)>,
+    by_name: HashMap<String, usize>,
+    admin_key: String,
+    metrics: PrometheusHandle,
+    metrics_open: bool,
+}
+
+impl AppState {
+    fn new(state: GatewayState) -> Self {
+        let mut models = Vec::with_capacity(state.models.len());
+        let mut by_name = HashMap::new();
+        for backend in state.models {
+            let name = backend.info().id;
+            if by_name.contains_key(&name) {
+                tracing::warn!(model = %name, "two backends serve the same model name; the first wins");
+                continue;
+            }
+            by_name.insert(name.clone(), models.len());
+            models.push((name, backend));
+        }
+        Self(Arc::new(Inner {
+            models,
+            by_name,
+            admin_key: state.admin_key,
+            metrics: state.metrics,
+            metrics_open: state.metrics_open,
+        }))
+    }
+
+    /// The served models, in order.
+    pub fn backends(&self) -> impl Iterator<Item = (&str, &Arc<dyn Backend>)> {
+        self.0.models.iter().map(|(name, b)| (name.as_str(), b))
+    }
+
+    /// The backend serving `model`, or a 404 `model_not_found` listing what is served.
+    pub fn backend(&self, model: &str) -> Result<Arc<dyn Backend>, ApiError> {
+        match self
+            .0
+            .by_name
+            .get(model)
+            .and_then(|&i| self.0.models.get(i))
+        {
+            Some((_, backend)) => Ok(Arc::clone(backend)),
+            None => {
+                let available: Vec<&str> = self.backends().map(|(name, _)| name).collect();
+                let available = if available.is_empty() {
+                    "none".to_string()
+                } else {
+                    available.join(", ")
+                };
+                Err(ApiError::new(
+                    Code::ModelNotFound,
+                    format!("The model '{model}' does not exist. Available: {available}"),
+                )
+                .with_param("model"))
+            }
+        }
+    }
+
+    pub fn admin_key(&self) -> &str {
+        &self.0.admin_key
+    }
+
+    pub fn metrics_open(&self) -> bool {
+        self.0.metrics_open
+    }
+
+    pub fn render_metrics(&self) -> String {
+        self.0.metrics.render()
+    }
+}
+
+/// The whole HTTP API; used by the binary and by the tests.
+pub fn router(state: GatewayState) -> Router {
+    metrics::describe();
+    let max_body_bytes = state.max_body_bytes;
+    Router::new()
+        .route("/health", get(routes::ops::health))
+        .route("/metrics", get(routes::ops::metrics))
+        .route("/v1/models", get(routes::models::list))
+        .route("/v1/models/{*id}", get(routes::models::get))
+        .route(
+            "/v1/chat/completions",
+            post(routes::generate::chat_completions),
+        )
+        .route("/v1/completions", post(routes::generate::completions))
+        .fallback(routes::not_found)
+        .method_not_allowed_fallback(routes::method_not_allowed)
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(axum::middleware::from_fn(observe::observe))
+        .with_state(AppState::new(state))
+}

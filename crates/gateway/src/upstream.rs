@@ -1,0 +1,466 @@
+//! A [`Backend`] that serves a model by proxying to an external OpenAI-compatible server.
+//!
+//! Requests always go upstream as streams (`stream: true`, `include_usage: true`), so one code
+//! path serves both our streamed and non-streamed responses and usage is always known. Upstream
+//! errors pass through intact (status, message, type, code, param, `Retry-After`); a server that
+//! cannot be reached, or a stream that breaks off, is [`BackendError::Unreachable`].
+
+use std::time::Duration;
+
+use backend::{
+    Backend, BackendError, Event, EventStream, FinishReason, GenerateRequest, ModelInfo, Prompt,
+    UpstreamError, Usage,
+};
+use eventsource_stream::Eventsource;
+use futures::{Stream, StreamExt};
+use reqwest::header::{CONTENT_TYPE, RETRY_AFTER};
+use serde_json::{json, Map, Value};
+
+/// How long to wait for a connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default for [`UpstreamConfig::timeout_seconds`].
+const DEFAULT_TIMEOUT_SECONDS: u64 = 600;
+/// Longest excerpt of a non-JSON error body quoted in a message.
+const MAX_QUOTED_BODY: usize = 500;
+
+/// One upstream-served model. `Debug` leaves the API key out.
+#[derive(Clone, serde::Deserialize)]
+pub struct UpstreamConfig {
+    /// The served name.
+    pub name: String,
+    /// The upstream's OpenAI base URL, e.g. `http://host:port/v1`.
+    pub base_url: String,
+    /// Sent as `Authorization: Bearer …` when set.
+    pub api_key: Option<String>,
+    /// The upstream's model id; defaults to `name`.
+    pub model: Option<String>,
+    /// Longest silence from the upstream (before its headers, or between two reads of the
+    /// stream) before the request fails as unreachable. Defaults to 600 s.
+    #[serde(default)]
+    pub timeout_seconds: Option<u64>,
+}
+
+impl std::fmt::Debug for UpstreamConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamConfig")
+            .field("name", &self.name)
+            .field("base_url", &self.base_url)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("model", &self.model)
+            .field("timeout_seconds", &self.timeout_seconds)
+            .finish()
+    }
+}
+
+pub struct UpstreamBackend {
+    name: String,
+    model: String,
+    api_key: Option<String>,
+    chat_url: reqwest::Url,
+    completions_url: reqwest::Url,
+    client: reqwest::Client,
+    created: u64,
+}
+
+impl UpstreamBackend {
+    pub fn new(cfg: UpstreamConfig) -> Result<Self, String> {
+        let base = cfg.base_url.trim_end_matches('/');
+        let parse = |path: &str| {
+            let url = reqwest::Url::parse(&format!("{base}{path}")).map_err(|e| {
+                format!(
+                    "invalid base_url '{}' for upstream model '{}': {e}",
+                    cfg.base_url, cfg.name
+                )
+            })?;
+            match url.scheme() {
+                "http" | "https" => Ok(url),
+                other => Err(format!(
+                    "invalid base_url '{}' for upstream model '{}': scheme '{other}' is not http or https",
+                    cfg.base_url, cfg.name
+                )),
+            }
+        };
+        let chat_url = parse("/chat/completions")?;
+        let completions_url = parse("/completions")?;
+        let timeout = Duration::from_secs(cfg.timeout_seconds.unwrap_or(DEFAULT_TIMEOUT_SECONDS));
+        let client = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .read_timeout(timeout)
+            .build()
+            .map_err(|e| {
+                format!(
+                    "cannot build the HTTP client for upstream model '{}': {e}",
+                    cfg.name
+                )
+            })?;
+        Ok(Self {
+            model: cfg.model.unwrap_or_else(|| cfg.name.clone()),
+            name: cfg.name,
+            api_key: cfg.api_key,
+            chat_url,
+            completions_url,
+            client,
+            created: crate::wire::unix_now(),
+        })
+    }
+
+    /// The upstream URL and OpenAI body for `request`.
+    fn upstream_request(&self, request: &GenerateRequest) -> (reqwest::Url, Value) {
+        let mut body = Map::new();
+        body.insert("model".into(), json!(self.model));
+        let url = match &request.prompt {
+            Prompt::Chat(messages) => {
+                body.insert("messages".into(), json!(messages));
+                self.chat_url.clone()
+            }
+            Prompt::Text(prompt) => {
+                body.insert("prompt".into(), json!(prompt));
+                self.completions_url.clone()
+            }
+        };
+        let s = &request.sampling;
+        body.insert("temperature".into(), json!(decimal(s.temperature)));
+        body.insert("top_p".into(), json!(decimal(s.top_p)));
+        if s.top_k > 0 {
+            body.insert("top_k".into(), json!(s.top_k));
+        }
+        if s.min_p > 0.0 {
+            body.insert("min_p".into(), json!(decimal(s.min_p)));
+        }
+        if let Some(seed) = s.seed {
+            body.insert("seed".into(), json!(seed));
+        }
+        if s.presence_penalty != 0.0 {
+            body.insert(
+                "presence_penalty".into(),
+                json!(decimal(s.presence_penalty)),
+            );
+        }
+        if s.frequency_penalty != 0.0 {
+            body.insert(
+                "frequency_penalty".into(),
+                json!(decimal(s.frequency_penalty)),
+            );
+        }
+        if let Some(max_tokens) = request.max_tokens {
+            body.insert("max_tokens".into(), json!(max_tokens));
+        }
+        if !request.stop.is_empty() {
+            body.insert("stop".into(), json!(request.stop));
+        }
+        body.insert("stream".into(), json!(true));
+        body.insert("stream_options".into(), json!({ "include_usage": true }));
+        (url, Value::Object(body))
+    }
+}
+
+/// An `f32` as the decimal a person wrote (0.7, not 0.699999988079071).
+fn decimal(x: f32) -> f64 {
+    x.to_string().parse().unwrap_or(f64::from(x))
+}
+
+#[async_trait::async_trait]
+impl Backend for UpstreamBackend {
+    fn info(&self) -> ModelInfo {
+        ModelInfo {
+            id: self.name.clone(),
+            owned_by: "upstream".into(),
+            context_length: None,
+            created: self.created,
+        }
+    }
+
+    async fn generate(&self, request: GenerateRequest) -> backend::Result<EventStream> {
+        let (url, body) = self.upstream_request(&request);
+        let mut builder = self.client.post(url).json(&body);
+        if let Some(key) = &self.api_key {
+            builder = builder.bearer_auth(key);
+        }
+        tracing::debug!(request_id = %request.request_id, upstream_model = %self.model, "sending upstream");
+        let response = builder.send().await.map_err(unreachable)?;
+        let status = response.status();
+        if !status.is_success() {
+            let retry_after = response
+                .headers()
+                .get(RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok());
+            let text = response.text().await.unwrap_or_default();
+            return Err(BackendError::Upstream(error_from_body(
+                status.as_u16(),
+                &text,
+                retry_after,
+            )));
+        }
+        let is_json = response
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/json"));
+        if is_json {
+            // A server that ignored `stream: true` and answered with one JSON object.
+            let value: Value = response.json().await.map_err(unreachable)?;
+            return Ok(Box::pin(futures::stream::iter(whole_response(&value))));
+        }
+        Ok(Box::pin(translate(response.bytes_stream().eventsource())))
+    }
+}
+
+fn unreachable(err: reqwest::Error) -> BackendError {
+    // The error's chain says what failed (connect refused, timed out, …).
+    let mut message = err.to_string();
+    let mut source = std::error::Error::source(&err);
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    BackendError::Unreachable(message)
+}
+
+/// Reads an OpenAI-shaped (or not) error body.
+pub fn error_from_body(status: u16, text: &str, retry_after: Option<u64>) -> UpstreamError {
+    let value: Value = serde_json::from_str(text).unwrap_or(Value::Null);
+    let mut error = UpstreamError {
+        status,
+        message: String::new(),
+        r#type: None,
+        code: None,
+        param: None,
+        retry_after,
+    };
+    let field = |v: &Value, key: &str| match v.get(key) {
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(Value::Number(n)) => Some(n.to_string()),
+        _ => None,
+    };
+    match value.get("error") {
+        Some(e @ Value::Object(_)) => {
+            error.message = field(e, "message").unwrap_or_default();
+            error.r#type = field(e, "type");
+            error.code = field(e, "code");
+            error.param = field(e, "param");
+        }
+        Some(Value::String(s)) => error.message = s.clone(),
+        _ => {
+            error.message = field(&value, "message")
+                .or_else(|| field(&value, "detail"))
+                .unwrap_or_default();
+        }
+    }
+    if error.message.is_empty() {
+        let excerpt: String = text.trim().chars().take(MAX_QUOTED_BODY).collect();
+        error.message = if excerpt.is_empty() {
+            format!("The upstream server answered with status {status}.")
+        } else {
+            format!("The upstream server answered with status {status}: {excerpt}")
+        };
+    }
+    error
+}
+
+fn finish_reason(reason: &str) -> FinishReason {
+    match reason {
+        "length" => FinishReason::Length,
+        _ => FinishReason::Stop,
+    }
+}
+
+fn usage(value: &Value) -> Usage {
+    let count = |v: Option<&Value>| {
+        v.and_then(Value::as_u64)
+            .map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX))
+    };
+    Usage {
+        prompt_tokens: count(value.get("prompt_tokens")),
+        completion_tokens: count(value.get("completion_tokens")),
+        cached_tokens: count(value.pointer("/prompt_tokens_details/cached_tokens")),
+    }
+}
+
+/// The text of a choice: a chat delta's or message's content, or a completion's text.
+fn choice_text(choice: &Value) -> Option<&str> {
+    choice
+        .pointer("/delta/content")
+        .or_else(|| choice.pointer("/message/content"))
+        .or_else(|| choice.get("text"))
+        .and_then(Value::as_str)
+}
+
+/// The events of a non-streamed response.
+fn whole_response(value: &Value) -> Vec<backend::Result<Event>> {
+    if let Some(err) = value.get("error") {
+        let text = json!({ "error": err }).to_string();
+        return vec![Err(BackendError::Upstream(error_from_body(
+            502, &text, None,
+        )))];
+    }
+    let choice = value.pointer("/choices/0").unwrap_or(&Value::Null);
+    let text = choice_text(choice).unwrap_or_default().to_string();
+    let reason = choice
+        .get("finish_reason")
+        .and_then(Value::as_str)
+        .map_or(FinishReason::Stop, finish_reason);
+    let usage = value.get("usage").map(usage).unwrap_or_default();
+    vec![Ok(Event::Text(text)), Ok(Event::Finished { reason, usage })]
+}
+
+/// Turns the upstream's SSE chunks into [`Event`]s.
+struct Translate<S> {
+    inner: S,
+    finish: Option<FinishReason>,
+    usage: Usage,
+    done: bool,
+}
+
+impl<S, E> Translate<S>
+where
+    S: Stream<Item = Result<eventsource_stream::Event, E>> + Unpin,
+    E: std::fmt::Display,
+{
+    fn finished(&mut self, reason: FinishReason) -> backend::Result<Event> {
+        self.done = true;
+        Ok(Event::Finished {
+            reason,
+            usage: self.usage,
+        })
+    }
+
+    fn fail(&mut self, err: BackendError) -> backend::Result<Event> {
+        self.done = true;
+        Err(err)
+    }
+
+    async fn next_event(&mut self) -> Option<backend::Result<Event>> {
+        if self.done {
+            return None;
+        }
+        loop {
+            let sse = match self.inner.next().await {
+                None => {
+                    return Some(match self.finish {
+                        Some(reason) => self.finished(reason),
+                        None => self.fail(BackendError::Unreachable(
+                            "the upstream stream ended before the generation finished".into(),
+                        )),
+                    })
+                }
+                Some(Err(e)) => {
+                    return Some(self.fail(BackendError::Unreachable(format!(
+                        "reading the upstream stream failed: {e}"
+                    ))))
+                }
+                Some(Ok(sse)) => sse,
+            };
+            let data = sse.data.trim();
+            if data.is_empty() {
+                continue;
+            }
+            if data == "[DONE]" {
+                let reason = self.finish.unwrap_or(FinishReason::Stop);
+                return Some(self.finished(reason));
+            }
+            let chunk: Value = match serde_json::from_str(data) {
+                Ok(chunk) => chunk,
+                Err(e) => {
+                    return Some(self.fail(BackendError::Upstream(UpstreamError {
+                        status: 502,
+                        message: format!("The upstream server sent an invalid stream chunk: {e}"),
+                        r#type: Some("server_error".into()),
+                        code: Some("upstream_error".into()),
+                        param: None,
+                        retry_after: None,
+                    })))
+                }
+            };
+            if chunk.get("error").is_some() {
+                return Some(self.fail(BackendError::Upstream(error_from_body(502, data, None))));
+            }
+            if let Some(u) = chunk.get("usage").filter(|u| u.is_object()) {
+                self.usage = usage(u);
+            }
+            if let Some(choice) = chunk.pointer("/choices/0") {
+                if let Some(reason) = choice.get("finish_reason").and_then(Value::as_str) {
+                    self.finish = Some(finish_reason(reason));
+                }
+                if let Some(text) = choice_text(choice).filter(|t| !t.is_empty()) {
+                    return Some(Ok(Event::Text(text.to_string())));
+                }
+            }
+        }
+    }
+}
+
+fn translate<S, E>(inner: S) -> impl Stream<Item = backend::Result<Event>> + Send
+where
+    S: Stream<Item = Result<eventsource_stream::Event, E>> + Unpin + Send,
+    E: std::fmt::Display + Send,
+{
+    let state = Translate {
+        inner,
+        finish: None,
+        usage: Usage::default(),
+        done: false,
+    };
+    futures::stream::unfold(state, |mut state| async move {
+        let event = state.next_event().await?;
+        Some((event, state))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_bodies_of_all_shapes() {
+        let e = error_from_body(
+            400,
+            r#"{"error":{"message":"bad","type":"invalid_request_error","code":"x","param":"messages"}}"#,
+            None,
+        );
+        assert_eq!(e.message, "bad");
+        assert_eq!(e.code.as_deref(), Some("x"));
+        assert_eq!(e.param.as_deref(), Some("messages"));
+        let e = error_from_body(500, r#"{"error":{"message":"m","code":500}}"#, None);
+        assert_eq!(e.code.as_deref(), Some("500"));
+        let e = error_from_body(422, r#"{"detail":"nope"}"#, None);
+        assert_eq!(e.message, "nope");
+        let e = error_from_body(503, "", Some(3));
+        assert_eq!(e.retry_after, Some(3));
+        assert!(e.message.contains("503"), "{}", e.message);
+        let e = error_from_body(502, "<html>bad gateway</html>", None);
+        assert!(e.message.contains("bad gateway"), "{}", e.message);
+    }
+
+    #[test]
+    fn debug_hides_the_api_key() {
+        let cfg: UpstreamConfig = serde_json::from_value(json!({
+            "name": "m", "base_url": "http://h/v1", "api_key": "sk-secret"
+        }))
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert!(!format!("{cfg:?}").contains("sk-secret"));
+        assert_eq!(cfg.timeout_seconds, None);
+    }
+
+    #[test]
+    fn decimals_stay_readable() {
+        assert_eq!(decimal(0.7), 0.7);
+        assert_eq!(decimal(1.0), 1.0);
+    }
+
+    #[test]
+    fn bad_base_urls_are_refused() {
+        let cfg = |url: &str| UpstreamConfig {
+            name: "m".into(),
+            base_url: url.into(),
+            api_key: None,
+            model: None,
+            timeout_seconds: None,
+        };
+        assert!(UpstreamBackend::new(cfg("not a url")).is_err());
+        assert!(UpstreamBackend::new(cfg("ftp://host/v1")).is_err());
+        let ok = UpstreamBackend::new(cfg("http://127.0.0.1:1/v1/"));
+        assert!(ok.is_ok_and(|b| b.chat_url.as_str() == "http://127.0.0.1:1/v1/chat/completions"));
+    }
+}

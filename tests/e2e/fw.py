@@ -8,8 +8,11 @@ from dataclasses import dataclass, field
 import openai
 
 BOTH = ["smol", "qwen"]
-CAPITAL = [{"role": "user", "content": "What is the capital of France?"}]
-PLANETS = [{"role": "user", "content": "Name the eight planets of the solar system in order, with one sentence about each."}]
+# An explicit system message: without one SmolLM2's own template adds "You are a helpful AI
+# assistant named SmolLM, trained by Hugging Face", after which the 135M model rambles in French.
+SYSTEM = {"role": "system", "content": "You are a helpful assistant."}
+CAPITAL = [SYSTEM, {"role": "user", "content": "What is the capital of France?"}]
+PLANETS = [SYSTEM, {"role": "user", "content": "Name the eight planets of the solar system in order, with one sentence about each."}]
 
 
 @dataclass

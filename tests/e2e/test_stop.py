@@ -10,12 +10,16 @@ MAX = 64
 
 
 def pick_stops(text: str):
-    """Two stop strings that occur in `text`, the first one later than the second one; the earlier
-    one spans a word boundary (" word") so it is unlikely to be a single token."""
-    words = [m for m in re.finditer(r"[A-Za-z]{3,}", text) if m.start() >= 8]
-    assert len(words) >= 3, f"answer too short to choose stop strings from: {text!r}"
-    early = words[1]
-    early_stop = text[early.start() - 1 : early.end()]  # includes the preceding character
+    """Two stop strings that occur in `text`, the second one only after the first one. The first
+    starts and ends inside words ("lar sys" from "solar system"), so it spans tokens and the
+    server must cut a token's text to honour it."""
+    words = [m for m in re.finditer(r"[A-Za-z]{4,}", text) if m.start() >= 8]
+    early_stop = None
+    for a, b in zip(words, words[1:]):
+        if text[a.end() : b.start()] == " ":
+            early_stop = text[a.start() + 2 : b.start() + 3]
+            break
+    assert early_stop, f"no two adjacent long words to choose a stop string from: {text!r}"
     e_idx = text.find(early_stop)
     for late in reversed(words):
         late_stop = late.group(0)

@@ -104,7 +104,8 @@ pub enum Event {
     },
 }
 
-pub type EventStream = Pin<Box<dyn futures_core::Stream<Item = Result<Event, BackendError>> + Send>>;
+pub type EventStream =
+    Pin<Box<dyn futures_core::Stream<Item = Result<Event, BackendError>> + Send>>;
 
 /// Information about a served model, for `/v1/models`.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -96,7 +96,10 @@ impl Engine {
         } else {
             4096
         };
-        let slot_context = opts.slot_context.unwrap_or(train.min(4096)).clamp(16, train);
+        let slot_context = opts
+            .slot_context
+            .unwrap_or(train.min(4096))
+            .clamp(16, train);
         let limits = Limits {
             slots: opts.slots,
             slot_context: slot_context as usize,
@@ -188,6 +191,8 @@ impl Backend for Engine {
         answer
             .await
             .map_err(|_| BackendError::Internal("the engine thread has stopped".into()))??;
-        Ok(Box::pin(tokio_stream::wrappers::UnboundedReceiverStream::new(rx)))
+        Ok(Box::pin(
+            tokio_stream::wrappers::UnboundedReceiverStream::new(rx),
+        ))
     }
 }

@@ -84,11 +84,13 @@ impl LoadedModel {
             Err(_) => (CHATML.to_owned(), false),
         };
         if !template_from_gguf {
-            tracing::warn!(model = name, "the GGUF carries no chat template; using ChatML");
+            tracing::warn!(
+                model = name,
+                "the GGUF carries no chat template; using ChatML"
+            );
         }
-        let template = ChatTemplate::new(&source, &bos_token, &eos_token).map_err(|e| {
-            EngineError::Load(format!("{}: {e}", path.display()))
-        })?;
+        let template = ChatTemplate::new(&source, &bos_token, &eos_token)
+            .map_err(|e| EngineError::Load(format!("{}: {e}", path.display())))?;
         let n_ctx_train = model.n_ctx_train();
         Ok(Self {
             model,

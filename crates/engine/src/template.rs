@@ -104,7 +104,10 @@ mod tests {
     fn chatml_fallback_renders() {
         let t = ChatTemplate::new(CHATML, "", "").expect("compiles");
         let out = t.render(&[msg("user", "Hi")]).expect("renders");
-        assert_eq!(out, "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n");
+        assert_eq!(
+            out,
+            "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+        );
     }
 
     #[test]

@@ -24,7 +24,10 @@ pub fn load_or_create(data_dir: &Path) -> Result<String> {
             eprintln!("admin key: {} (from {ENV} or that file)", path.display());
             return Ok(key);
         }
-        anyhow::bail!("{} is empty or too short; delete it to generate a new key", path.display());
+        anyhow::bail!(
+            "{} is empty or too short; delete it to generate a new key",
+            path.display()
+        );
     }
     let key = format!("fw-admin-{}", hex(&rand::random::<[u8; 24]>()));
     let mut opts = std::fs::OpenOptions::new();

@@ -202,7 +202,9 @@ pub fn parse_model_spec(spec: &str) -> Result<ModelSpec> {
             .map(|f| f.strip_suffix(".gguf").unwrap_or(f).to_owned())
             .unwrap_or_default(),
     };
-    if name.is_empty() || name.len() > 128 || name.chars().any(|c| c.is_whitespace() || c.is_control())
+    if name.is_empty()
+        || name.len() > 128
+        || name.chars().any(|c| c.is_whitespace() || c.is_control())
     {
         bail!("model '{spec}': the served name must be 1-128 characters without spaces");
     }
@@ -226,7 +228,10 @@ mod tests {
         let m = parse_model_spec("/m/SmolLM2.Q4.gguf").expect("valid");
         assert_eq!(m.name, "SmolLM2.Q4");
         let m = parse_model_spec("/m/a.gguf=smol").expect("valid");
-        assert_eq!((m.path.to_str(), m.name.as_str()), (Some("/m/a.gguf"), "smol"));
+        assert_eq!(
+            (m.path.to_str(), m.name.as_str()),
+            (Some("/m/a.gguf"), "smol")
+        );
         assert!(parse_model_spec("=x").is_err());
         assert!(parse_model_spec("/a.gguf=has space").is_err());
         assert!(parse_model_spec("hub:org/name").is_err());

@@ -28,10 +28,11 @@ async fn serve(config: ServeConfig) -> Result<()> {
     for spec in &config.models {
         let (path, name, opts) = (spec.path.clone(), spec.name.clone(), config.engine.clone());
         tracing::info!(model = %name, path = %path.display(), "loading model");
-        let engine = tokio::task::spawn_blocking(move || engine::Engine::start(&path, &name, &opts))
-            .await
-            .context("model loading task failed")?
-            .with_context(|| format!("cannot serve model '{}'", spec.name))?;
+        let engine =
+            tokio::task::spawn_blocking(move || engine::Engine::start(&path, &name, &opts))
+                .await
+                .context("model loading task failed")?
+                .with_context(|| format!("cannot serve model '{}'", spec.name))?;
         models.push(Arc::new(engine));
     }
     for up in &config.upstreams {
@@ -50,7 +51,12 @@ async fn serve(config: ServeConfig) -> Result<()> {
     });
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
-        .with_context(|| format!("cannot listen on {}; is another server using it?", config.listen))?;
+        .with_context(|| {
+            format!(
+                "cannot listen on {}; is another server using it?",
+                config.listen
+            )
+        })?;
     let addr = listener.local_addr().context("listener has no address")?;
     tracing::info!("listening on http://{addr}");
     eprintln!("flywheel is serving on http://{addr}");

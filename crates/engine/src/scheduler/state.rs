@@ -148,7 +148,8 @@ impl<P> State<P> {
 
     /// Remove queued jobs the predicate rejects (clients that went away), returning them.
     pub fn drain_queued(&mut self, mut gone: impl FnMut(&P) -> bool) -> Vec<Job<P>> {
-        let (dropped, kept): (Vec<_>, Vec<_>) = self.queue.drain(..).partition(|j| gone(&j.payload));
+        let (dropped, kept): (Vec<_>, Vec<_>) =
+            self.queue.drain(..).partition(|j| gone(&j.payload));
         self.queue = kept.into();
         dropped
     }
@@ -189,7 +190,12 @@ impl<P> State<P> {
             let own = common_prefix(&self.slots[dst].cached, &job.prompt).min(cap);
             let donor = (0..self.slots.len())
                 .filter(|&i| i != dst && self.slots[i].job.is_some())
-                .map(|i| (i, common_prefix(&self.slots[i].cached, &job.prompt).min(cap)))
+                .map(|i| {
+                    (
+                        i,
+                        common_prefix(&self.slots[i].cached, &job.prompt).min(cap),
+                    )
+                })
                 .max_by_key(|&(_, n)| n)
                 .filter(|&(_, n)| n > own);
             let (kv, reused) = match donor {
@@ -200,7 +206,13 @@ impl<P> State<P> {
                 }
                 None => {
                     self.slots[dst].cached.truncate(own);
-                    (KvOp::Trim { seq: dst, keep: own }, own)
+                    (
+                        KvOp::Trim {
+                            seq: dst,
+                            keep: own,
+                        },
+                        own,
+                    )
                 }
             };
             self.clock += 1;
@@ -226,14 +238,18 @@ impl<P> State<P> {
     }
 
     /// The free slot whose cache shares the most with the head of the queue; ties go to the
-    /// least recently used, so fresh caches survive longest.
+    /// least recently used, so fresh caches survive longest, then to the lowest id.
     fn pick_free_slot(&self) -> Option<usize> {
         let prompt = &self.queue.front()?.prompt;
         (0..self.slots.len())
             .filter(|&i| self.slots[i].job.is_none())
             .max_by_key(|&i| {
                 let s = &self.slots[i];
-                (common_prefix(&s.cached, prompt), std::cmp::Reverse(s.last_used))
+                (
+                    common_prefix(&s.cached, prompt),
+                    std::cmp::Reverse(s.last_used),
+                    std::cmp::Reverse(i),
+                )
             })
     }
 
@@ -243,7 +259,11 @@ impl<P> State<P> {
         let mut chunks = Vec::new();
         let mut budget = self.limits.step_tokens;
         for (i, s) in self.slots.iter().enumerate() {
-            if let Some(job) = s.job.as_ref().filter(|j| j.decoding && !j.pending.is_empty()) {
+            if let Some(job) = s
+                .job
+                .as_ref()
+                .filter(|j| j.decoding && !j.pending.is_empty())
+            {
                 chunks.push(Chunk {
                     slot: i,
                     start: s.cached.len(),
@@ -257,7 +277,12 @@ impl<P> State<P> {
             .slots
             .iter()
             .enumerate()
-            .filter_map(|(i, s)| s.job.as_ref().filter(|j| !j.decoding).map(|j| (j.ticket, i)))
+            .filter_map(|(i, s)| {
+                s.job
+                    .as_ref()
+                    .filter(|j| !j.decoding)
+                    .map(|j| (j.ticket, i))
+            })
             .collect();
         prefilling.sort_unstable();
         for (_, i) in prefilling {

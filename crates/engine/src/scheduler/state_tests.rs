@@ -61,10 +61,22 @@ fn new_request_joins_mid_batch_and_decoders_go_first() {
     let adm = s.admit();
     assert_eq!(adm[0].slot, 1);
     // a keeps decoding (1 token) while b prefills with what is left of the budget (7).
-    assert_eq!(shape(&step(&mut s)), vec![(0, 5, 1, true), (1, 0, 7, false)]);
-    assert_eq!(shape(&step(&mut s)), vec![(0, 6, 1, true), (1, 7, 7, false)]);
-    assert_eq!(shape(&step(&mut s)), vec![(0, 7, 1, true), (1, 14, 6, true)]);
-    assert_eq!(shape(&step(&mut s)), vec![(0, 8, 1, true), (1, 20, 1, true)]);
+    assert_eq!(
+        shape(&step(&mut s)),
+        vec![(0, 5, 1, true), (1, 0, 7, false)]
+    );
+    assert_eq!(
+        shape(&step(&mut s)),
+        vec![(0, 6, 1, true), (1, 7, 7, false)]
+    );
+    assert_eq!(
+        shape(&step(&mut s)),
+        vec![(0, 7, 1, true), (1, 14, 6, true)]
+    );
+    assert_eq!(
+        shape(&step(&mut s)),
+        vec![(0, 8, 1, true), (1, 20, 1, true)]
+    );
 }
 
 #[test]

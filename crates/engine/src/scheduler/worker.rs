@@ -90,10 +90,12 @@ fn run(
         .with_kv_unified(true)
         .with_n_threads(config.threads)
         .with_n_threads_batch(config.threads);
-    let ctx = match llama_backend()
-        .map_err(|e| e.to_string())
-        .and_then(|b| model.model.new_context(b, params).map_err(|e| e.to_string()))
-    {
+    let ctx = match llama_backend().map_err(|e| e.to_string()).and_then(|b| {
+        model
+            .model
+            .new_context(b, params)
+            .map_err(|e| e.to_string())
+    }) {
         Ok(ctx) => ctx,
         Err(e) => {
             let _ = ready.send(Err(format!(
@@ -217,11 +219,10 @@ impl Worker<'_> {
 
     fn apply(&mut self, op: KvOp) {
         let result = match op {
-            KvOp::Trim { seq, keep } => {
-                self.ctx
-                    .clear_kv_cache_seq(Some(seq as u32), Some(keep as u32), None)
-                    .map(|_| ())
-            }
+            KvOp::Trim { seq, keep } => self
+                .ctx
+                .clear_kv_cache_seq(Some(seq as u32), Some(keep as u32), None)
+                .map(|_| ()),
             KvOp::Copy { src, dst, len } => self
                 .ctx
                 .clear_kv_cache_seq(Some(dst as u32), None, None)
@@ -232,7 +233,11 @@ impl Worker<'_> {
                 }),
         };
         if let Err(e) = result {
-            tracing::error!(model = self.metrics.model(), ?op, "KV cache operation failed: {e}");
+            tracing::error!(
+                model = self.metrics.model(),
+                ?op,
+                "KV cache operation failed: {e}"
+            );
         }
     }
 
@@ -253,7 +258,8 @@ impl Worker<'_> {
         if let Err(e) = decoded {
             return self.fail(plan, &format!("llama.cpp could not decode the batch: {e}"));
         }
-        self.metrics.step(self.batch.n_tokens() as usize, started.elapsed());
+        self.metrics
+            .step(self.batch.n_tokens() as usize, started.elapsed());
         self.state.commit(plan);
         for (chunk, idx) in plan.iter().zip(logits_at) {
             if let Some(idx) = idx {

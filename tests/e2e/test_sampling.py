@@ -68,3 +68,14 @@ def test_frequency_penalty_changes_repetitive_output(client):
     pen = text(chat(client, "qwen", msgs, max_tokens=30, frequency_penalty=2.0))
     assert pen != plain, f"frequency_penalty=2 had no effect: {pen!r}"
     assert pen.lower().count("apple") < plain.lower().count("apple"), f"{pen!r} vs {plain!r}"
+
+
+def test_ignore_eos_runs_to_max_tokens(client):
+    """A short answer normally stops at end-of-sequence; with the ignore_eos extension it runs on."""
+    short = chat(client, "qwen", [{"role": "user", "content": "Say only: hi"}], max_tokens=60, temperature=0)
+    assert short.choices[0].finish_reason == "stop", short
+    assert short.usage.completion_tokens < 60
+    long = chat(client, "qwen", [{"role": "user", "content": "Say only: hi"}], max_tokens=60, temperature=0,
+                extra_body={"ignore_eos": True})
+    assert long.choices[0].finish_reason == "length", long
+    assert long.usage.completion_tokens == 60

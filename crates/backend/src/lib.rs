@@ -43,6 +43,9 @@ pub struct SamplingParams {
     pub seed: Option<u64>,
     pub presence_penalty: f32,
     pub frequency_penalty: f32,
+    /// Keep generating past end-of-sequence tokens (benchmarks; vLLM's and llama-server's
+    /// `ignore_eos`).
+    pub ignore_eos: bool,
 }
 
 impl Default for SamplingParams {
@@ -55,6 +58,7 @@ impl Default for SamplingParams {
             seed: None,
             presence_penalty: 0.0,
             frequency_penalty: 0.0,
+            ignore_eos: false,
         }
     }
 }

@@ -124,6 +124,9 @@ impl UpstreamBackend {
         if s.top_k > 0 {
             body.insert("top_k".into(), json!(s.top_k));
         }
+        if s.ignore_eos {
+            body.insert("ignore_eos".into(), json!(true));
+        }
         if s.min_p > 0.0 {
             body.insert("min_p".into(), json!(decimal(s.min_p)));
         }

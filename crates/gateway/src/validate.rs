@@ -329,6 +329,7 @@ pub fn generation(fields: &Fields<'_>, max_token_keys: &[&str]) -> Result<Genera
         frequency_penalty: fields
             .number("frequency_penalty", penalty)?
             .map_or(defaults.frequency_penalty, |x| x as f32),
+        ignore_eos: fields.bool("ignore_eos")?.unwrap_or(defaults.ignore_eos),
     };
 
     let mut max_tokens = None;

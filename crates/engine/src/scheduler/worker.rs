@@ -47,6 +47,7 @@ struct Seq {
     stop: StopMatcher,
     received: Instant,
     last_token: Option<Instant>,
+    ignore_eos: bool,
 }
 
 pub struct WorkerConfig {
@@ -186,6 +187,7 @@ impl Worker<'_> {
                         stop: StopMatcher::new(request.stop),
                         received: request.received,
                         last_token: None,
+                        ignore_eos: request.sampling.ignore_eos,
                     },
                 };
                 let answer = match self.state.enqueue(job) {
@@ -304,7 +306,7 @@ impl Worker<'_> {
         self.metrics.generated();
         let generated = job.generated + 1;
         let reached_max = generated >= job.max_new;
-        if self.model.is_end_of_generation(token) {
+        if self.model.is_end_of_generation(token) && !job.payload.ignore_eos {
             let tail = job.payload.utf8.finish() + &job.payload.stop.finish();
             return self.finish(slot, tail, FinishReason::Stop);
         }

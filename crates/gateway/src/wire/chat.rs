@@ -15,6 +15,7 @@ const ACCEPTED: &[&str] = &[
     "top_p",
     "top_k",
     "min_p",
+    "ignore_eos",
     "seed",
     "max_tokens",
     "max_completion_tokens",

@@ -1,0 +1,95 @@
+"""Overload and shutdown: a full queue answers 429 server_overloaded with Retry-After, and
+SIGTERM lets a running stream finish while refusing new connections."""
+
+import json
+import signal
+import threading
+import time
+
+import requests
+
+from conftest import _start, _stop
+
+
+def _small_server(tmp_path_factory, paths, admin_key, name, extra):
+    tmp = str(tmp_path_factory.mktemp(name))
+    args = ["--model", f"{paths['tiny']}=tiny", "--slots", "1", "--slot-context", "512",
+            "--step-tokens", "64", "--threads", "1", *extra]
+    return _start(name, args, tmp, admin_key)
+
+
+def _long_stream(url, max_tokens, started: threading.Event, out: dict):
+    body = {"model": "tiny", "prompt": "hello", "max_tokens": max_tokens, "stream": True,
+            "stream_options": {"include_usage": True}}
+    with requests.post(url + "/v1/completions", json=body, stream=True, timeout=120) as r:
+        out["status"] = r.status_code
+        chunks = 0
+        for line in r.iter_lines():
+            if line.startswith(b"data: ") and line != b"data: [DONE]":
+                event = json.loads(line[6:])
+                if event.get("usage"):
+                    out["usage"] = event["usage"]
+                chunks += 1
+                started.set()
+            if line == b"data: [DONE]":
+                out["done"] = True
+        out["chunks"] = chunks
+    started.set()
+
+
+def test_full_queue_answers_429_with_retry_after(tmp_path_factory, paths, admin_key):
+    server = _small_server(tmp_path_factory, paths, admin_key, "overload", ["--max-queue", "1"])
+    try:
+        started, out = threading.Event(), {}
+        runner = threading.Thread(target=_long_stream, args=(server.url, 400, started, out))
+        runner.start()
+        assert started.wait(60), "the long stream never started"
+        # The one slot is busy; the queue holds one more; the rest must be refused at once.
+        results = []
+
+        def fire():
+            r = requests.post(server.url + "/v1/completions", timeout=120,
+                              json={"model": "tiny", "prompt": "x", "max_tokens": 2})
+            results.append(r)
+
+        shots = [threading.Thread(target=fire) for _ in range(6)]
+        for t in shots:
+            t.start()
+        for t in shots:
+            t.join(120)
+        runner.join(120)
+        codes = sorted(r.status_code for r in results)
+        refused = [r for r in results if r.status_code == 429]
+        assert refused, f"no request was refused with a full queue: {codes}"
+        assert all(r.status_code in (200, 429) for r in results), codes
+        for r in refused:
+            err = r.json()["error"]
+            assert err["code"] == "server_overloaded", err
+            assert int(r.headers["Retry-After"]) >= 1, r.headers
+        assert any(r.status_code == 200 for r in results), f"the queued request never ran: {codes}"
+        assert out.get("done"), out
+    finally:
+        _stop(server)
+
+
+def test_sigterm_drains_running_stream(tmp_path_factory, paths, admin_key):
+    server = _small_server(tmp_path_factory, paths, admin_key, "drain", [])
+    try:
+        started, out = threading.Event(), {}
+        runner = threading.Thread(target=_long_stream, args=(server.url, 150, started, out))
+        runner.start()
+        assert started.wait(60), "the stream never started"
+        server.proc.send_signal(signal.SIGTERM)  # by PID: the process this test started
+        time.sleep(0.5)
+        try:
+            requests.get(server.url + "/health", timeout=2)
+            refused = False
+        except requests.RequestException:
+            refused = True
+        runner.join(120)
+        assert refused, "the server still accepted new connections after SIGTERM"
+        assert out.get("done"), f"the running stream did not finish cleanly: {out}"
+        assert out["usage"]["completion_tokens"] == 150, out
+        assert server.proc.wait(timeout=30) == 0, server.log_tail()
+    finally:
+        _stop(server)

@@ -17,7 +17,7 @@ start=$(date +%s)
 mkdir -p "$DIR"
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 log "downloading llama-cpp-python==$LCP_VERSION sources (PyPI)"
-python3 -m pip download --no-deps --no-binary :all: --disable-pip-version-check -q -d "$tmp" "llama-cpp-python==$LCP_VERSION"
+python3 -m pip download --no-deps --no-binary llama-cpp-python --disable-pip-version-check -q -d "$tmp" "llama-cpp-python==$LCP_VERSION"
 tar xzf "$tmp"/llama_cpp_python-*.tar.gz -C "$tmp"
 src=$(echo "$tmp"/llama_cpp_python-*/vendor/llama.cpp)
 log "configuring llama.cpp ($src)"

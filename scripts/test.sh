@@ -11,6 +11,11 @@ step() { echo "==> $* ($(( $(date +%s) - start ))s)" >&2; }
 
 step "setup"
 scripts/setup.sh
+# Tests of the PostgreSQL store use the server on 127.0.0.1:5432 (trust auth); start it if down.
+if command -v pg_isready >/dev/null 2>&1 && ! pg_isready -q -h 127.0.0.1 -p 5432; then
+  echo "[test] starting PostgreSQL" >&2
+  pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -1)" main start || true
+fi
 step "cargo fmt --check"
 cargo fmt --all -- --check
 step "cargo clippy"

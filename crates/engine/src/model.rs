@@ -58,11 +58,12 @@ impl LoadedModel {
         }
         let file_bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
         let label = name.to_owned();
-        let mut next_report = 0.0f32;
+        let mut reported = -1i32;
         let params = LlamaModelParams::default().with_progress_callback(move |p| {
-            if p >= next_report {
-                tracing::info!(model = %label, "loading weights: {:>3.0}%", p * 100.0);
-                next_report = (p + 0.1).min(1.0 + f32::EPSILON);
+            let decile = (p * 10.0).floor() as i32;
+            if decile > reported {
+                reported = decile;
+                tracing::info!(model = %label, "loading weights: {:>3}%", decile * 10);
             }
             true
         });

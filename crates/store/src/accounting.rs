@@ -1,0 +1,298 @@
+//! The arithmetic of holds and charges. Pure functions, used inside the stores' transactions so
+//! that both databases decide exactly alike.
+//!
+//! A request costs `ceil(Σ tokens × price_per_million / 1,000,000)` micro-units. The free grant
+//! pays for a request's tokens first, in this order: uncached prompt tokens, cached prompt
+//! tokens, completion tokens; the balance pays for the rest.
+//!
+//! A reservation holds the worst case: all its prompt tokens at the dearer of the input and
+//! cached-input prices, and `max_completion_tokens` completion tokens. Because usage is clamped
+//! to the reservation (prompt ≤ reserved prompt, completion ≤ reserved completion) and the same
+//! grant tokens come first, a charge never exceeds its hold.
+
+use crate::model::{
+    Balances, Debit, PriceRates, Reservation, ReservationState, SettleWith, TokenUsage,
+};
+
+const PER_MILLION: i128 = 1_000_000;
+
+/// `ceil(Σ tokens × price_per_million / 1,000,000)`, saturating at `i64::MAX`.
+fn priced(parts: &[(i64, i64)]) -> i64 {
+    let sum: i128 = parts
+        .iter()
+        .map(|&(tokens, per_million)| i128::from(tokens.max(0)) * i128::from(per_million.max(0)))
+        .sum();
+    let ceil = (sum + PER_MILLION - 1) / PER_MILLION;
+    i64::try_from(ceil).unwrap_or(i64::MAX)
+}
+
+/// The full price of a usage, with no grant.
+pub fn cost(usage: &TokenUsage, rates: &PriceRates) -> i64 {
+    charge(usage, 0, rates).amount
+}
+
+/// Clamps measured usage to what was reserved, so the charge stays within the hold.
+pub fn clamp_usage(usage: &TokenUsage, prompt_tokens: i64, max_completion_tokens: i64) -> TokenUsage {
+    let prompt = usage.prompt_tokens.clamp(0, prompt_tokens.max(0));
+    TokenUsage {
+        prompt_tokens: prompt,
+        completion_tokens: usage.completion_tokens.clamp(0, max_completion_tokens.max(0)),
+        cached_tokens: usage.cached_tokens.clamp(0, prompt),
+    }
+}
+
+/// What a (clamped) usage takes, given how many grant tokens its reservation holds.
+pub fn charge(usage: &TokenUsage, grant_held: i64, rates: &PriceRates) -> Debit {
+    let cached = usage.cached_tokens.clamp(0, usage.prompt_tokens.max(0));
+    let uncached = usage.prompt_tokens.max(0) - cached;
+    let completion = usage.completion_tokens.max(0);
+    let mut free = grant_held.clamp(0, uncached + cached + completion);
+    let grant_tokens = free;
+    let mut take = |tokens: i64| {
+        let t = tokens.min(free);
+        free -= t;
+        tokens - t
+    };
+    let paid_uncached = take(uncached);
+    let paid_cached = take(cached);
+    let paid_completion = take(completion);
+    Debit {
+        grant_tokens,
+        amount: priced(&[
+            (paid_uncached, rates.input_per_million),
+            (paid_cached, rates.cached_input_per_million),
+            (paid_completion, rates.output_per_million),
+        ]),
+    }
+}
+
+/// The worst-case hold of a request, given the grant tokens still available.
+pub fn hold(
+    prompt_tokens: i64,
+    max_completion_tokens: i64,
+    rates: &PriceRates,
+    grant_available: i64,
+) -> Debit {
+    let prompt = prompt_tokens.max(0);
+    let completion = max_completion_tokens.max(0);
+    let grant_tokens = grant_available.clamp(0, prompt + completion);
+    let paid_prompt = prompt - grant_tokens.min(prompt);
+    let paid_completion = completion - (grant_tokens - prompt).max(0);
+    let prompt_price = rates.input_per_million.max(rates.cached_input_per_million);
+    Debit {
+        grant_tokens,
+        amount: priced(&[
+            (paid_prompt, prompt_price),
+            (paid_completion, rates.output_per_million),
+        ]),
+    }
+}
+
+/// Why an account cannot take a hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HoldRefusal {
+    /// A free-tier-only tenant whose grant is used up.
+    GrantExhausted,
+    /// Grant plus balance, less what is held, does not cover the worst case.
+    Insufficient { needed: Debit, available: Debit },
+}
+
+/// Decides whether `balances` can take `hold` for a request of `worst_case_tokens`.
+pub fn check_hold(
+    balances: &Balances,
+    free_tier_only: bool,
+    hold: &Debit,
+    worst_case_tokens: i64,
+) -> Result<(), HoldRefusal> {
+    let available = Debit {
+        grant_tokens: balances.grant_tokens_available().max(0),
+        amount: if free_tier_only {
+            0
+        } else {
+            balances.amount_available().max(0)
+        },
+    };
+    if free_tier_only {
+        if balances.grant_tokens_left() <= 0 {
+            return Err(HoldRefusal::GrantExhausted);
+        }
+        if hold.grant_tokens < worst_case_tokens {
+            let needed = Debit {
+                grant_tokens: worst_case_tokens,
+                amount: 0,
+            };
+            return Err(HoldRefusal::Insufficient { needed, available });
+        }
+        return Ok(());
+    }
+    if hold.grant_tokens > available.grant_tokens || hold.amount > available.amount {
+        return Err(HoldRefusal::Insufficient {
+            needed: *hold,
+            available,
+        });
+    }
+    Ok(())
+}
+
+/// How an open reservation closes: what is billed, charged and released, and its final state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Closing {
+    pub billed: TokenUsage,
+    pub charged: Debit,
+    pub released: Debit,
+    pub state: ReservationState,
+}
+
+/// Closes `reservation` with the usage `with` names, clamped to what was reserved.
+pub fn close(reservation: &Reservation, with: SettleWith) -> Closing {
+    let measured = match with {
+        SettleWith::Usage(usage) => usage,
+        SettleWith::Progress => reservation.delivered.unwrap_or_default(),
+    };
+    let billed = clamp_usage(
+        &measured,
+        reservation.prompt_tokens,
+        reservation.max_completion_tokens,
+    );
+    if billed != measured {
+        tracing::warn!(
+            request_id = %reservation.request_id,
+            ?measured,
+            ?billed,
+            "usage beyond the reservation was clamped to it"
+        );
+    }
+    let hold = reservation.hold;
+    let mut charged = charge(&billed, hold.grant_tokens, &reservation.rates);
+    // Never more than the hold; `charge` already guarantees it (see the module docs).
+    charged.amount = charged.amount.min(hold.amount);
+    Closing {
+        billed,
+        charged,
+        released: Debit {
+            grant_tokens: hold.grant_tokens - charged.grant_tokens,
+            amount: hold.amount - charged.amount,
+        },
+        state: if billed.total() > 0 {
+            ReservationState::Settled
+        } else {
+            ReservationState::Released
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn rates(input: i64, output: i64, cached: i64) -> PriceRates {
+        PriceRates {
+            input_per_million: input,
+            output_per_million: output,
+            cached_input_per_million: cached,
+        }
+    }
+
+    fn usage(prompt: i64, completion: i64, cached: i64) -> TokenUsage {
+        TokenUsage {
+            prompt_tokens: prompt,
+            completion_tokens: completion,
+            cached_tokens: cached,
+        }
+    }
+
+    #[test]
+    fn cost_rounds_up_to_the_micro_unit() {
+        let r = rates(1_000_000, 2_000_000, 500_000);
+        // 10 × 1 + 5 × 2 + 4 × 0.5 = 22 micro-units exactly.
+        assert_eq!(cost(&usage(14, 5, 4), &r), 22);
+        // One token at 1 micro-unit per million is a millionth: rounds up to 1.
+        assert_eq!(cost(&usage(1, 0, 0), &rates(1, 0, 0)), 1);
+        assert_eq!(cost(&usage(0, 0, 0), &r), 0);
+        assert_eq!(cost(&usage(1_000_000, 0, 0), &rates(3, 0, 0)), 3);
+        assert_eq!(cost(&usage(1_000_001, 0, 0), &rates(3, 0, 0)), 4);
+    }
+
+    #[test]
+    fn grant_pays_prompt_first_then_completion() {
+        let r = rates(1_000_000, 10_000_000, 0);
+        // 10 prompt + 10 completion, 15 free: 5 completion tokens paid at 10 each.
+        assert_eq!(
+            charge(&usage(10, 10, 0), 15, &r),
+            Debit {
+                grant_tokens: 15,
+                amount: 50
+            }
+        );
+        // More grant than usage: the grant takes only what was used.
+        assert_eq!(
+            charge(&usage(3, 2, 0), 100, &r),
+            Debit {
+                grant_tokens: 5,
+                amount: 0
+            }
+        );
+    }
+
+    #[test]
+    fn hold_prices_prompt_at_the_dearer_input_rate() {
+        let r = rates(2_000_000, 3_000_000, 5_000_000);
+        assert_eq!(
+            hold(10, 10, &r, 0),
+            Debit {
+                grant_tokens: 0,
+                amount: 80
+            }
+        );
+        assert_eq!(
+            hold(10, 10, &r, 12),
+            Debit {
+                grant_tokens: 12,
+                amount: 24
+            }
+        );
+    }
+
+    #[test]
+    fn free_tier_only_needs_the_whole_worst_case_from_the_grant() {
+        let mut b = Balances {
+            grant_tokens_total: 100,
+            balance: 1_000_000,
+            ..Balances::default()
+        };
+        let r = rates(1, 1, 1);
+        let h = hold(50, 60, &r, b.grant_tokens_available());
+        assert!(matches!(
+            check_hold(&b, true, &h, 110),
+            Err(HoldRefusal::Insufficient { .. })
+        ));
+        assert_eq!(check_hold(&b, false, &h, 110), Ok(()));
+        b.grant_tokens_used = 100;
+        let h = hold(1, 1, &r, b.grant_tokens_available());
+        assert_eq!(
+            check_hold(&b, true, &h, 2),
+            Err(HoldRefusal::GrantExhausted)
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn a_charge_never_exceeds_its_hold(
+            prompt in 0i64..5_000, max_completion in 0i64..5_000,
+            used_prompt in 0i64..6_000, used_completion in 0i64..6_000, cached in 0i64..6_000,
+            grant in 0i64..12_000,
+            input in 0i64..50_000_000, output in 0i64..50_000_000, cached_price in 0i64..50_000_000,
+        ) {
+            let r = rates(input, output, cached_price);
+            let h = hold(prompt, max_completion, &r, grant);
+            let u = clamp_usage(&usage(used_prompt, used_completion, cached), prompt, max_completion);
+            let c = charge(&u, h.grant_tokens, &r);
+            prop_assert!(c.grant_tokens <= h.grant_tokens);
+            prop_assert!(c.amount <= h.amount, "charge {c:?} > hold {h:?}");
+            prop_assert!(c.grant_tokens <= u.total());
+            // With no grant the charge is the plain cost.
+            prop_assert_eq!(charge(&u, 0, &r).amount, cost(&u, &r));
+        }
+    }
+}

@@ -54,6 +54,7 @@ def stream_completion(port, prompt, max_tokens):
         event = json.loads(line[6:])
         if event.get("usage"):
             usage = event["usage"]
+            usage["_end"] = time.perf_counter()
         if event.get("choices") and event["choices"][0].get("text"):
             arrivals.append(time.perf_counter())
     conn.close()
@@ -93,8 +94,10 @@ def flywheel(bin_path, model, threads, data_dir):
         _, _, usage = stream_completion(port, prompt_of(999, words), 2)
         words = max(8, int(words * PP / usage["prompt_tokens"]))
         # Single stream.
+        # Tokens after end-of-sequence may render as no text, so count tokens by usage and time
+        # from the first token to the end of the stream.
         _, arr, usage = stream_completion(port, prompt_of(1000, words), TG)
-        single = (len(arr) - 1) / (arr[-1] - arr[0])
+        single = (usage["completion_tokens"] - 1) / (usage["_end"] - arr[0])
         # 16 streams at once.
         results = [None] * STREAMS
         def run(i):

@@ -74,6 +74,7 @@ def chat_stream(port, model, messages, max_tokens):
         ev = json.loads(line[6:])
         if ev.get("usage"):
             usage = ev["usage"]
+            usage["_end"] = time.perf_counter()
         for ch in ev.get("choices") or []:
             if (ch.get("delta") or {}).get("content"):
                 arrivals.append(time.perf_counter())
@@ -112,7 +113,10 @@ def run_level(port, model, concurrency, n, seed):
     wall = time.perf_counter() - t0
     out_tokens = sum((u or {}).get("completion_tokens", 0) for _, _, u in results)
     ttft = [a[0] - t for t, a, _ in results if a]
-    itl = [b - a for _, arr, _ in results for a, b in zip(arr, arr[1:])]
+    # Inter-token latency per request: time from first to last token over the tokens between
+    # (tokens after end-of-sequence may stream no text, so count them by usage).
+    itl = [(u["_end"] - arr[0]) / (u["completion_tokens"] - 1)
+           for _, arr, u in results if arr and u and u.get("completion_tokens", 0) > 1]
     return {"concurrency": concurrency, "requests": n, "wall_s": wall,
             "output_tok_s": out_tokens / wall,
             "ttft_p50_s": pct(ttft, 50), "ttft_p90_s": pct(ttft, 90),

@@ -32,11 +32,17 @@ pub fn cost(usage: &TokenUsage, rates: &PriceRates) -> i64 {
 }
 
 /// Clamps measured usage to what was reserved, so the charge stays within the hold.
-pub fn clamp_usage(usage: &TokenUsage, prompt_tokens: i64, max_completion_tokens: i64) -> TokenUsage {
+pub fn clamp_usage(
+    usage: &TokenUsage,
+    prompt_tokens: i64,
+    max_completion_tokens: i64,
+) -> TokenUsage {
     let prompt = usage.prompt_tokens.clamp(0, prompt_tokens.max(0));
     TokenUsage {
         prompt_tokens: prompt,
-        completion_tokens: usage.completion_tokens.clamp(0, max_completion_tokens.max(0)),
+        completion_tokens: usage
+            .completion_tokens
+            .clamp(0, max_completion_tokens.max(0)),
         cached_tokens: usage.cached_tokens.clamp(0, prompt),
     }
 }

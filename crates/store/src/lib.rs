@@ -112,8 +112,12 @@ pub trait LedgerStore: Send + Sync + 'static {
     ) -> Result<()>;
     /// Closes a reservation ([`accounting::close`]): charges the clamped usage and releases the
     /// rest. Idempotent: a closed reservation returns its settlement with `already_settled`.
-    async fn settle(&self, request_id: &str, with: SettleWith, now: Timestamp)
-        -> Result<Settlement>;
+    async fn settle(
+        &self,
+        request_id: &str,
+        with: SettleWith,
+        now: Timestamp,
+    ) -> Result<Settlement>;
     /// Extends the lease of every open reservation `owner` holds; returns how many.
     async fn renew_leases(&self, owner: &str, until: Timestamp) -> Result<u64>;
     /// Open reservations of other owners whose lease ended before `now`, oldest lease first.
@@ -125,8 +129,7 @@ pub trait LedgerStore: Send + Sync + 'static {
     ) -> Result<Vec<Reservation>>;
     /// Settles a reservation from its persisted progress if it is still open and its lease
     /// still ended before `now` (its owner may have renewed it since it was listed).
-    async fn settle_expired(&self, request_id: &str, now: Timestamp)
-        -> Result<Option<Settlement>>;
+    async fn settle_expired(&self, request_id: &str, now: Timestamp) -> Result<Option<Settlement>>;
 
     /// The tenant's closed reservations settled in `[start, end)`, grouped, ordered by group.
     async fn usage(

@@ -55,7 +55,9 @@ pub fn check(
             return Err(Refusal::TooLarge { tpm });
         }
         let used: i64 = live.iter().map(|b| b.tokens).sum();
-        wait = wait.max(wait_to_free(&live, now_sec, used + tokens - tpm, |b| b.tokens));
+        wait = wait.max(wait_to_free(&live, now_sec, used + tokens - tpm, |b| {
+            b.tokens
+        }));
     }
     if wait > 0 {
         return Err(Refusal::RateLimited {
@@ -145,9 +147,6 @@ mod tests {
                 retry_after_secs: 20
             })
         );
-        assert_eq!(
-            check(&b, now, &l, 101),
-            Err(Refusal::TooLarge { tpm: 100 })
-        );
+        assert_eq!(check(&b, now, &l, 101), Err(Refusal::TooLarge { tpm: 100 }));
     }
 }

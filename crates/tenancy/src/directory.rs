@@ -166,7 +166,10 @@ impl Directory {
         if spec.expires_at.is_some_and(|t| t <= now) {
             return Err(Error::invalid("expires_at", "must be in the future"));
         }
-        let mut scopes = spec.scopes.clone().unwrap_or_else(|| Scope::DEFAULT.to_vec());
+        let mut scopes = spec
+            .scopes
+            .clone()
+            .unwrap_or_else(|| Scope::DEFAULT.to_vec());
         scopes.sort();
         scopes.dedup();
         if scopes.is_empty() {
@@ -222,10 +225,7 @@ impl Directory {
 
     /// Revokes a key at once (admin).
     pub async fn revoke_key(&self, key_id: &str) -> Result<ApiKey> {
-        Ok(self
-            .store
-            .revoke_api_key(key_id, self.clock.now())
-            .await?)
+        Ok(self.store.revoke_api_key(key_id, self.clock.now()).await?)
     }
 
     /// Resolves a presented bearer key. Unknown, malformed, revoked or expired keys and keys of

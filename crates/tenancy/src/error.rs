@@ -95,7 +95,11 @@ impl From<StoreError> for Error {
                     subject.split(':').next().unwrap_or("key")
                 ),
             },
-            StoreError::ExceedsLimit { subject, tpm, tokens } => Self::invalid(
+            StoreError::ExceedsLimit {
+                subject,
+                tpm,
+                tokens,
+            } => Self::invalid(
                 "max_tokens",
                 format!(
                     "this request may use {tokens} tokens, more than the {} limit of {tpm} \

@@ -1,1 +1,79 @@
+//! Tenancy and billing: tenants, orgs and scoped API keys, the free token grant, the price
+//! book, the reserve-then-settle ledger, RPM/TPM limits and usage reports. On top of
+//! [`store::Store`]; knows nothing of HTTP (the gateway maps [`Error::code`] to statuses).
+//!
+//! One request through the gateway, in order:
+//! ```text
+//! let principal = tenancy.directory.verify(bearer).await?;          // 401
+//! principal.require(Scope::Inference)?; principal.require_model(m)?; // 403
+//! let admission = tenancy.limits.admit(Some(&principal.key), &principal.tenant, worst).await?; // 429
+//! let reservation = tenancy.ledger.reserve(&request).await?;        // 402 / 403 (then correct(…, 0))
+//! // stream: before each chunk, `if let Some(mark) = marks.before_send(sent, n)
+//! //          { tenancy.ledger.progress(id, usage_with(mark)).await? }`, then send it
+//! let settlement = tenancy.ledger.settle(id, delivered).await?;     // always, also on cancel
+//! tenancy.limits.correct(&admission, settlement.billed.total()).await?;
+//! ```
 
+mod clock;
+mod config;
+mod directory;
+mod error;
+mod keys;
+mod ledger;
+mod limits;
+mod prices;
+mod progress;
+mod usage;
+
+use std::sync::Arc;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use config::{TenancyConfig, DEFAULT_FREE_GRANT_TOKENS};
+pub use directory::{CreatedKey, Directory, KeySpec, TenantSpec};
+pub use error::{Error, Result};
+pub use keys::{Principal, Scope, PREFIX_LEN, SECRET_PREFIX};
+pub use ledger::{Ledger, Recovery, ReserveRequest};
+pub use limits::{key_subject, tenant_subject, Admission, Limiter};
+pub use prices::{cost, PriceBook};
+pub use progress::{ProgressMarks, PROGRESS_INTERVAL_TOKENS};
+pub use usage::{Account, UsageQuery, UsageReports};
+
+pub use store::{
+    ApiKey, Balances, Debit, LedgerEntry, LedgerKind, Org, Price, PriceRates, Reservation,
+    ReservationState, Settlement, Store, Tenant, TenantPatch, Timestamp, TokenUsage, UsageGroup,
+    UsageRow,
+};
+
+/// The tenancy services over one store, each cheap to clone.
+#[derive(Clone)]
+pub struct Tenancy {
+    pub directory: Directory,
+    pub prices: PriceBook,
+    pub ledger: Ledger,
+    pub limits: Limiter,
+    pub usage: UsageReports,
+}
+
+impl Tenancy {
+    pub fn new(
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        config: &TenancyConfig,
+    ) -> Result<Self> {
+        config.validate()?;
+        let prices = PriceBook::new(store.clone(), clock.clone(), config.default_price);
+        Ok(Self {
+            directory: Directory::new(store.clone(), clock.clone(), config.free_grant_tokens),
+            ledger: Ledger::new(
+                store.clone(),
+                clock.clone(),
+                prices.clone(),
+                &config.process_id,
+                config.lease,
+            ),
+            limits: Limiter::new(store.clone(), clock),
+            usage: UsageReports::new(store),
+            prices,
+        })
+    }
+}

@@ -49,7 +49,10 @@ impl TenantStore for PostgresStore {
 
     async fn tenant(&self, id: &str) -> Result<Tenant> {
         let sql = format!("SELECT {} FROM tenants WHERE id = $1", rows::TENANT);
-        let row = sqlx::query(&sql).bind(id).fetch_optional(&self.pool).await?;
+        let row = sqlx::query(&sql)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
         rows::tenant(&row.ok_or_else(|| StoreError::not_found("tenant", id))?)
     }
 
@@ -129,7 +132,7 @@ impl TenantStore for PostgresStore {
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING {}",
             rows::API_KEY
         );
-                let row = sqlx::query(&sql)
+        let row = sqlx::query(&sql)
             .bind(&key.id)
             .bind(&key.tenant_id)
             .bind(&key.name)
@@ -151,7 +154,10 @@ impl TenantStore for PostgresStore {
 
     async fn api_key(&self, id: &str) -> Result<ApiKey> {
         let sql = format!("SELECT {} FROM api_keys WHERE id = $1", rows::API_KEY);
-        let row = sqlx::query(&sql).bind(id).fetch_optional(&self.pool).await?;
+        let row = sqlx::query(&sql)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
         rows::api_key(&row.ok_or_else(|| StoreError::not_found("key", id))?)
     }
 
@@ -169,10 +175,7 @@ impl TenantStore for PostgresStore {
 
     async fn api_keys_by_prefix(&self, prefix: &str) -> Result<Vec<ApiKey>> {
         let sql = format!("SELECT {} FROM api_keys WHERE prefix = $1", rows::API_KEY);
-        let all = sqlx::query(&sql)
-            .bind(prefix)
-            .fetch_all(&self.pool)
-            .await?;
+        let all = sqlx::query(&sql).bind(prefix).fetch_all(&self.pool).await?;
         all.iter().map(rows::api_key).collect()
     }
 
@@ -222,10 +225,7 @@ impl TenantStore for PostgresStore {
     }
 
     async fn price(&self, served_model: &str) -> Result<Option<Price>> {
-        let sql = format!(
-            "SELECT {} FROM prices WHERE served_model = $1",
-            rows::PRICE
-        );
+        let sql = format!("SELECT {} FROM prices WHERE served_model = $1", rows::PRICE);
         let row = sqlx::query(&sql)
             .bind(served_model)
             .fetch_optional(&self.pool)

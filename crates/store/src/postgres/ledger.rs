@@ -17,7 +17,10 @@ use crate::LedgerStore;
 type Tx = Transaction<'static, Postgres>;
 
 async fn tenant_in(tx: &mut Tx, id: &str) -> Result<Tenant> {
-    let sql = format!("SELECT {} FROM tenants WHERE id = $1 FOR UPDATE", rows::TENANT);
+    let sql = format!(
+        "SELECT {} FROM tenants WHERE id = $1 FOR UPDATE",
+        rows::TENANT
+    );
     let row = sqlx::query(&sql).bind(id).fetch_optional(&mut **tx).await?;
     rows::tenant(&row.ok_or_else(|| StoreError::not_found("tenant", id))?)
 }
@@ -106,8 +109,24 @@ impl PostgresStore {
         .execute(&mut *tx)
         .await?;
         let (tenant, key) = (&res.tenant_id, request_id);
-        append(&mut tx, tenant, LedgerKind::Charge, closing.charged, key, now).await?;
-        append(&mut tx, tenant, LedgerKind::Release, closing.released, key, now).await?;
+        append(
+            &mut tx,
+            tenant,
+            LedgerKind::Charge,
+            closing.charged,
+            key,
+            now,
+        )
+        .await?;
+        append(
+            &mut tx,
+            tenant,
+            LedgerKind::Release,
+            closing.released,
+            key,
+            now,
+        )
+        .await?;
         tx.commit().await?;
         Ok(Some(Settlement {
             request_id: res.request_id,
@@ -284,9 +303,13 @@ impl LedgerStore for PostgresStore {
         with: SettleWith,
         now: Timestamp,
     ) -> Result<Settlement> {
-        self.close(request_id, with, now, None).await?.ok_or_else(|| {
-            StoreError::Corrupt(format!("reservation '{request_id}' closed without a charge"))
-        })
+        self.close(request_id, with, now, None)
+            .await?
+            .ok_or_else(|| {
+                StoreError::Corrupt(format!(
+                    "reservation '{request_id}' closed without a charge"
+                ))
+            })
     }
 
     async fn renew_leases(&self, owner: &str, until: Timestamp) -> Result<u64> {
@@ -320,11 +343,7 @@ impl LedgerStore for PostgresStore {
         all.iter().map(rows::reservation).collect()
     }
 
-    async fn settle_expired(
-        &self,
-        request_id: &str,
-        now: Timestamp,
-    ) -> Result<Option<Settlement>> {
+    async fn settle_expired(&self, request_id: &str, now: Timestamp) -> Result<Option<Settlement>> {
         self.close(request_id, SettleWith::Progress, now, Some(now))
             .await
     }

@@ -26,10 +26,12 @@ impl LimitStore for PostgresStore {
         .bind(&names)
         .execute(&mut *tx)
         .await?;
-        sqlx::query("SELECT subject FROM rate_subjects WHERE subject = ANY($1) ORDER BY subject FOR UPDATE")
-            .bind(&names)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "SELECT subject FROM rate_subjects WHERE subject = ANY($1) ORDER BY subject FOR UPDATE",
+        )
+        .bind(&names)
+        .execute(&mut *tx)
+        .await?;
         sqlx::query("DELETE FROM rate_buckets WHERE subject = ANY($1) AND second < $2")
             .bind(&names)
             .bind(start)

@@ -49,7 +49,10 @@ impl TenantStore for SqliteStore {
 
     async fn tenant(&self, id: &str) -> Result<Tenant> {
         let sql = format!("SELECT {} FROM tenants WHERE id = $1", rows::TENANT);
-        let row = sqlx::query(&sql).bind(id).fetch_optional(&self.pool).await?;
+        let row = sqlx::query(&sql)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
         rows::tenant(&row.ok_or_else(|| StoreError::not_found("tenant", id))?)
     }
 
@@ -152,7 +155,10 @@ impl TenantStore for SqliteStore {
 
     async fn api_key(&self, id: &str) -> Result<ApiKey> {
         let sql = format!("SELECT {} FROM api_keys WHERE id = $1", rows::API_KEY);
-        let row = sqlx::query(&sql).bind(id).fetch_optional(&self.pool).await?;
+        let row = sqlx::query(&sql)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
         rows::api_key(&row.ok_or_else(|| StoreError::not_found("key", id))?)
     }
 
@@ -170,10 +176,7 @@ impl TenantStore for SqliteStore {
 
     async fn api_keys_by_prefix(&self, prefix: &str) -> Result<Vec<ApiKey>> {
         let sql = format!("SELECT {} FROM api_keys WHERE prefix = $1", rows::API_KEY);
-        let all = sqlx::query(&sql)
-            .bind(prefix)
-            .fetch_all(&self.pool)
-            .await?;
+        let all = sqlx::query(&sql).bind(prefix).fetch_all(&self.pool).await?;
         all.iter().map(rows::api_key).collect()
     }
 
@@ -223,10 +226,7 @@ impl TenantStore for SqliteStore {
     }
 
     async fn price(&self, served_model: &str) -> Result<Option<Price>> {
-        let sql = format!(
-            "SELECT {} FROM prices WHERE served_model = $1",
-            rows::PRICE
-        );
+        let sql = format!("SELECT {} FROM prices WHERE served_model = $1", rows::PRICE);
         let row = sqlx::query(&sql)
             .bind(served_model)
             .fetch_optional(&self.pool)

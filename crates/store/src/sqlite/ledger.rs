@@ -105,8 +105,24 @@ impl SqliteStore {
         .execute(&mut *tx)
         .await?;
         let (tenant, key) = (&res.tenant_id, request_id);
-        append(&mut tx, tenant, LedgerKind::Charge, closing.charged, key, now).await?;
-        append(&mut tx, tenant, LedgerKind::Release, closing.released, key, now).await?;
+        append(
+            &mut tx,
+            tenant,
+            LedgerKind::Charge,
+            closing.charged,
+            key,
+            now,
+        )
+        .await?;
+        append(
+            &mut tx,
+            tenant,
+            LedgerKind::Release,
+            closing.released,
+            key,
+            now,
+        )
+        .await?;
         tx.commit().await?;
         Ok(Some(Settlement {
             request_id: res.request_id,
@@ -283,9 +299,13 @@ impl LedgerStore for SqliteStore {
         with: SettleWith,
         now: Timestamp,
     ) -> Result<Settlement> {
-        self.close(request_id, with, now, None).await?.ok_or_else(|| {
-            StoreError::Corrupt(format!("reservation '{request_id}' closed without a charge"))
-        })
+        self.close(request_id, with, now, None)
+            .await?
+            .ok_or_else(|| {
+                StoreError::Corrupt(format!(
+                    "reservation '{request_id}' closed without a charge"
+                ))
+            })
     }
 
     async fn renew_leases(&self, owner: &str, until: Timestamp) -> Result<u64> {
@@ -319,11 +339,7 @@ impl LedgerStore for SqliteStore {
         all.iter().map(rows::reservation).collect()
     }
 
-    async fn settle_expired(
-        &self,
-        request_id: &str,
-        now: Timestamp,
-    ) -> Result<Option<Settlement>> {
+    async fn settle_expired(&self, request_id: &str, now: Timestamp) -> Result<Option<Settlement>> {
         self.close(request_id, SettleWith::Progress, now, Some(now))
             .await
     }

@@ -34,7 +34,8 @@ impl LimitStore for SqliteStore {
                     tokens,
                 })
                 .collect();
-            window::check(&buckets, second, limits, tokens).map_err(|r| StoreError::refused(limits, r, tokens))?;
+            window::check(&buckets, second, limits, tokens)
+                .map_err(|r| StoreError::refused(limits, r, tokens))?;
         }
         for limits in subjects {
             sqlx::query(

@@ -1,0 +1,230 @@
+//! Reserve, then settle, exactly once.
+//!
+//! Around one generation the gateway calls:
+//! 1. [`Ledger::reserve`] with the prompt's token count and `max_tokens` — holds the priced
+//!    worst case, or refuses (`InsufficientQuota`, or `PermissionDenied` for a free-tier-only
+//!    tenant whose grant is used up);
+//! 2. while streaming, [`Ledger::progress`] with the marks [`crate::ProgressMarks`] hands out;
+//! 3. at the end — finished, cancelled by the client, or failed — [`Ledger::settle`] with the
+//!    usage actually delivered ([`Ledger::cancel`] when nothing was). Settling twice is a no-op.
+//!
+//! Reservations belong to this process and carry a lease, which [`Ledger::heartbeat`] renews.
+//! [`Ledger::recover`] closes other processes' reservations whose lease ran out: from their
+//! persisted progress, or by releasing them when none was recorded.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::TimeDelta;
+use store::{
+    LedgerEntry, NewReservation, Reservation, SettleWith, Settlement, Store, Tenant, TokenUsage,
+};
+
+use crate::clock::Clock;
+use crate::error::{Error, Result};
+use crate::prices::PriceBook;
+
+/// How many expired reservations one recovery pass reads at a time.
+const RECOVERY_BATCH: i64 = 256;
+
+/// A request about to generate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReserveRequest {
+    /// Unique per request; the idempotency key of its ledger entries.
+    pub request_id: String,
+    pub tenant_id: String,
+    /// The key the request came with (`None` for callers without one).
+    pub key_id: Option<String>,
+    pub served_model: String,
+    pub prompt_tokens: i64,
+    pub max_completion_tokens: i64,
+}
+
+/// What a recovery pass did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Recovery {
+    /// Closed with a charge from persisted progress.
+    pub settled: Vec<Settlement>,
+    /// Closed with nothing recorded: the whole hold went back.
+    pub released: Vec<Settlement>,
+}
+
+#[derive(Clone)]
+pub struct Ledger {
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    prices: PriceBook,
+    process_id: Arc<str>,
+    lease: TimeDelta,
+}
+
+impl Ledger {
+    pub fn new(
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        prices: PriceBook,
+        process_id: &str,
+        lease: TimeDelta,
+    ) -> Self {
+        Self {
+            store,
+            clock,
+            prices,
+            process_id: Arc::from(process_id),
+            lease,
+        }
+    }
+
+    /// The owner recorded on this process's reservations.
+    pub fn process_id(&self) -> &str {
+        &self.process_id
+    }
+
+    /// Holds the worst case of a request at the model's current price.
+    pub async fn reserve(&self, request: &ReserveRequest) -> Result<Reservation> {
+        if request.request_id.is_empty() {
+            return Err(Error::invalid("request_id", "must not be empty"));
+        }
+        if request.prompt_tokens < 0 {
+            return Err(Error::invalid("prompt_tokens", "must be 0 or more"));
+        }
+        if request.max_completion_tokens < 0 {
+            return Err(Error::invalid("max_tokens", "must be 0 or more"));
+        }
+        let rates = self.prices.rates(&request.served_model).await?;
+        let now = self.clock.now();
+        let new = NewReservation {
+            request_id: request.request_id.clone(),
+            tenant_id: request.tenant_id.clone(),
+            key_id: request.key_id.clone(),
+            model: request.served_model.clone(),
+            prompt_tokens: request.prompt_tokens,
+            max_completion_tokens: request.max_completion_tokens,
+            rates,
+            owner: self.process_id.to_string(),
+            lease_expires_at: now + self.lease,
+            created_at: now,
+        };
+        Ok(self.store.reserve(&new).await?)
+    }
+
+    /// Persists a stream's progress: the prompt (and cached) tokens and a completion-token mark
+    /// from [`crate::ProgressMarks`]. After settlement it changes nothing.
+    pub async fn progress(&self, request_id: &str, delivered: TokenUsage) -> Result<()> {
+        Ok(self
+            .store
+            .record_progress(request_id, &delivered, self.clock.now())
+            .await?)
+    }
+
+    /// Charges exactly `delivered` (clamped to the reservation) and releases the rest.
+    /// Idempotent: a closed reservation returns its settlement with `already_settled` set.
+    pub async fn settle(&self, request_id: &str, delivered: TokenUsage) -> Result<Settlement> {
+        Ok(self
+            .store
+            .settle(request_id, SettleWith::Usage(delivered), self.clock.now())
+            .await?)
+    }
+
+    /// Releases a reservation whose request delivered nothing.
+    pub async fn cancel(&self, request_id: &str) -> Result<Settlement> {
+        self.settle(request_id, TokenUsage::default()).await
+    }
+
+    /// Renews the lease of this process's open reservations; call it at least every third of
+    /// the lease (see [`Ledger::spawn_heartbeat`]).
+    pub async fn heartbeat(&self) -> Result<u64> {
+        let until = self.clock.now() + self.lease;
+        Ok(self.store.renew_leases(&self.process_id, until).await?)
+    }
+
+    /// Heartbeats every `every` until the returned task is aborted.
+    pub fn spawn_heartbeat(&self, every: Duration) -> tokio::task::JoinHandle<()> {
+        let ledger = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if let Err(e) = ledger.heartbeat().await {
+                    tracing::warn!(error = %e, "lease heartbeat failed");
+                }
+            }
+        })
+    }
+
+    /// Closes the reservations of other processes whose lease has run out, from their
+    /// persisted progress. A live process's reservations are never touched: their leases are
+    /// renewed, and each one is re-checked inside its own transaction.
+    pub async fn recover(&self) -> Result<Recovery> {
+        let now = self.clock.now();
+        let mut recovery = Recovery::default();
+        loop {
+            let expired = self
+                .store
+                .expired_reservations(&self.process_id, now, RECOVERY_BATCH)
+                .await?;
+            let batch = expired.len();
+            for reservation in expired {
+                let Some(settlement) = self
+                    .store
+                    .settle_expired(&reservation.request_id, now)
+                    .await?
+                else {
+                    continue;
+                };
+                tracing::info!(
+                    request_id = %settlement.request_id,
+                    owner = %reservation.owner,
+                    completion_tokens = settlement.billed.completion_tokens,
+                    "recovered an abandoned reservation"
+                );
+                if settlement.billed.total() > 0 {
+                    recovery.settled.push(settlement);
+                } else {
+                    recovery.released.push(settlement);
+                }
+            }
+            if i64::try_from(batch).unwrap_or(0) < RECOVERY_BATCH {
+                return Ok(recovery);
+            }
+        }
+    }
+
+    pub async fn reservation(&self, request_id: &str) -> Result<Reservation> {
+        Ok(self.store.reservation(request_id).await?)
+    }
+
+    /// Adds `amount` micro-units to a tenant's balance. With an idempotency key, a retried
+    /// top-up is applied once.
+    pub async fn top_up(
+        &self,
+        tenant_id: &str,
+        amount: i64,
+        idempotency_key: Option<&str>,
+    ) -> Result<Tenant> {
+        if amount <= 0 {
+            return Err(Error::invalid(
+                "amount",
+                "must be a positive number of micro-units",
+            ));
+        }
+        let generated;
+        let key = match idempotency_key {
+            Some(key) if !key.is_empty() => key,
+            _ => {
+                generated = format!("topup_{}", uuid::Uuid::new_v4().simple());
+                &generated
+            }
+        };
+        Ok(self
+            .store
+            .top_up(tenant_id, amount, key, self.clock.now())
+            .await?)
+    }
+
+    /// The tenant's ledger, oldest first.
+    pub async fn entries(&self, tenant_id: &str) -> Result<Vec<LedgerEntry>> {
+        Ok(self.store.ledger_entries(tenant_id).await?)
+    }
+}

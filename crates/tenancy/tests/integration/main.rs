@@ -1,0 +1,9 @@
+//! Tenancy against both databases. Every scenario runs twice: `NAME::sqlite` and
+//! `NAME::postgres` (PostgreSQL must be reachable; see `common.rs`).
+
+mod common;
+mod invariants;
+mod keys;
+mod ledger;
+mod limits;
+mod usage;

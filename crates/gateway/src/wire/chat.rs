@@ -2,7 +2,7 @@
 
 use backend::{ChatMessage, FinishReason, Prompt};
 use serde::Serialize;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use super::{ChunkFormat, ChunkUsage, ResponseMeta, UsageView, ValidRequest};
 use crate::error::{ApiError, Result};
@@ -296,16 +296,7 @@ impl ChatCompletionView {
 pub struct ChatChunks;
 
 fn chunk(meta: &ResponseMeta, choices: Value, usage: ChunkUsage) -> Value {
-    let mut map = Map::new();
-    map.insert("id".into(), json!(meta.id));
-    map.insert("object".into(), json!("chat.completion.chunk"));
-    map.insert("created".into(), json!(meta.created));
-    map.insert("model".into(), json!(meta.model));
-    map.insert("choices".into(), choices);
-    if !usage.is_omit() {
-        map.insert("usage".into(), json!(usage));
-    }
-    Value::Object(map)
+    super::chunk("chat.completion.chunk", meta, choices, usage)
 }
 
 fn choice(delta: Value, finish_reason: Option<&str>) -> Value {

@@ -2,7 +2,7 @@
 
 use backend::{FinishReason, Prompt};
 use serde::Serialize;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use super::{ChunkFormat, ChunkUsage, ResponseMeta, UsageView, ValidRequest};
 use crate::error::{ApiError, Result};
@@ -166,16 +166,7 @@ impl CompletionView {
 pub struct CompletionChunks;
 
 fn chunk(meta: &ResponseMeta, choices: Value, usage: ChunkUsage) -> Value {
-    let mut map = Map::new();
-    map.insert("id".into(), json!(meta.id));
-    map.insert("object".into(), json!("text_completion"));
-    map.insert("created".into(), json!(meta.created));
-    map.insert("model".into(), json!(meta.model));
-    map.insert("choices".into(), choices);
-    if !usage.is_omit() {
-        map.insert("usage".into(), json!(usage));
-    }
-    Value::Object(map)
+    super::chunk("text_completion", meta, choices, usage)
 }
 
 fn choice(text: &str, finish_reason: Option<&str>) -> Value {

@@ -67,6 +67,25 @@ impl From<Usage> for UsageView {
 }
 
 /// The wire string of a finish reason.
+/// One streamed frame: `{"id","object","created","model","choices"[,"usage"]}`.
+pub fn chunk(
+    object: &str,
+    meta: &ResponseMeta,
+    choices: serde_json::Value,
+    usage: ChunkUsage,
+) -> serde_json::Value {
+    let mut map = serde_json::Map::new();
+    map.insert("id".into(), serde_json::json!(meta.id));
+    map.insert("object".into(), serde_json::json!(object));
+    map.insert("created".into(), serde_json::json!(meta.created));
+    map.insert("model".into(), serde_json::json!(meta.model));
+    map.insert("choices".into(), choices);
+    if !usage.is_omit() {
+        map.insert("usage".into(), serde_json::json!(usage));
+    }
+    serde_json::Value::Object(map)
+}
+
 pub fn finish_reason(reason: FinishReason) -> &'static str {
     match reason {
         FinishReason::Stop => "stop",

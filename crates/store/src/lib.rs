@@ -151,3 +151,19 @@ pub trait LimitStore: Send + Sync + 'static {
     /// Takes `delta` tokens back from the subjects' bucket at `second`, if it still exists.
     async fn correct_tokens(&self, subjects: &[String], second: i64, delta: i64) -> Result<()>;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn opens_an_in_memory_database_and_refuses_unknown_urls() {
+        let store = open("sqlite::memory:").await.expect("in-memory SQLite");
+        assert_eq!(store.kind(), "sqlite");
+        assert!(store.tenants().await.expect("migrated").is_empty());
+        assert!(matches!(
+            open("mysql://localhost/x").await,
+            Err(StoreError::InvalidUrl(_))
+        ));
+    }
+}

@@ -1,7 +1,7 @@
 //! In-process LLM inference on llama.cpp.
 //!
 //! An [`Engine`] serves one GGUF model: it owns a worker thread with one llama.cpp context of
-//! `slots` sequences (unified KV cache) and runs continuous batching over it (see
+//! `slots` sequences (one KV stream per slot) and runs continuous batching over it (see
 //! [`scheduler`]). It implements [`backend::Backend`], so the gateway neither knows nor cares
 //! that llama.cpp is underneath. This crate knows nothing of HTTP.
 

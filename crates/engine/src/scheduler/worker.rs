@@ -88,7 +88,10 @@ fn run(
         .with_n_batch(limits.step_tokens as u32)
         .with_n_ubatch(limits.step_tokens as u32)
         .with_n_seq_max(limits.slots as u32)
-        .with_kv_unified(true)
+        // One KV stream per slot: attention of each sequence only spans its own cells. (A unified
+        // cache makes every sequence attend over the union of all slots' cells, which on CPU costs
+        // more than the batching gains once slots hold long prompts.)
+        .with_kv_unified(false)
         .with_n_threads(config.threads)
         .with_n_threads_batch(config.threads);
     let ctx = match llama_backend().map_err(|e| e.to_string()).and_then(|b| {
@@ -225,13 +228,16 @@ impl Worker<'_> {
                 .ctx
                 .clear_kv_cache_seq(Some(seq as u32), Some(keep as u32), None)
                 .map(|_| ()),
+            // Across KV streams llama.cpp copies whole sequences only (it asserts on partial
+            // copies): copy all of `src`, then drop what lies past the shared prefix. The buffer
+            // copy happens at the start of the next decode, before it computes.
             KvOp::Copy { src, dst, len } => self
                 .ctx
-                .clear_kv_cache_seq(Some(dst as u32), None, None)
-                .map(|_| ())
+                .copy_kv_cache_seq(src as i32, dst as i32, None, None)
                 .and_then(|()| {
                     self.ctx
-                        .copy_kv_cache_seq(src as i32, dst as i32, Some(0), Some(len as u32))
+                        .clear_kv_cache_seq(Some(dst as u32), Some(len as u32), None)
+                        .map(|_| ())
                 }),
         };
         if let Err(e) = result {

@@ -40,3 +40,45 @@ def test_prefix_reuse(client, qwen_tokenizer):
     t1, t2 = r1.choices[0].message.content, r2.choices[0].message.content
     assert t1 == t2, f"the answer changed when served from reused KV:\nfresh:  {t1!r}\ncached: {t2!r}"
     assert c3 >= 1000, f"same system prompt, other question: cached_tokens={c3} of {r3.usage.prompt_tokens}"
+
+
+def test_running_sequence_prefix_is_shared(client):
+    """A prompt that extends the prompt of a request still running reuses that request's KV
+    (copied into another slot), not only the KV a finished request left behind."""
+    import secrets
+    import threading
+
+    unique = secrets.token_hex(6)  # no finished slot can hold this prefix
+    rng = random.Random(unique)
+    prompt = f"[{unique}] " + " ".join(rng.choice(NOUNS + ADJS + VERBS) for _ in range(300))
+    started = threading.Event()
+    done = {}
+
+    def long_runner():
+        stream = client.completions.create(model="tiny", prompt=prompt, max_tokens=600, temperature=0,
+                                           stream=True, stream_options={"include_usage": True})
+        try:
+            for ch in stream:
+                if ch.choices and ch.choices[0].text:
+                    started.set()
+                if ch.usage is not None:
+                    done["usage"] = ch.usage
+        finally:
+            stream.close()
+            started.set()
+
+    t = threading.Thread(target=long_runner)
+    t.start()
+    try:
+        assert started.wait(60), "the long request never produced a token"
+        assert "usage" not in done, "the long request ended before the second one could share it"
+        r = client.completions.create(model="tiny", prompt=prompt + " and then", max_tokens=4, temperature=0)
+        first = done.get("usage")
+        assert first is None, "the long request ended too early for this test to mean anything"
+        cached = r.usage.prompt_tokens_details.cached_tokens
+        assert cached >= r.usage.prompt_tokens - 8, (
+            f"only {cached} of {r.usage.prompt_tokens} prompt tokens were reused from the running request"
+        )
+    finally:
+        t.join(120)
+    assert done["usage"].completion_tokens == 600

@@ -12,53 +12,24 @@ Only the standard library is used. Writes bench/results/engine-<model>.json and 
 """
 
 import argparse
-import http.client
 import json
 import os
 import platform
-import re
-import socket
 import subprocess
 import sys
 import threading
 import time
+
+from common import start_flywheel, stop, stream
 
 PP = 128
 TG = 128
 STREAMS = 16
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def stream_completion(port, prompt, max_tokens):
-    """POST a streaming completion; returns (t_start, [token arrival times], usage)."""
-    body = json.dumps({
-        "model": "m", "prompt": prompt, "max_tokens": max_tokens, "temperature": 0,
-        "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True},
-    })
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
-    t0 = time.perf_counter()
-    conn.request("POST", "/v1/completions", body, {"content-type": "application/json"})
-    resp = conn.getresponse()
-    if resp.status != 200:
-        raise RuntimeError(f"HTTP {resp.status}: {resp.read()[:300]!r}")
-    arrivals, usage = [], None
-    for raw in resp:
-        line = raw.decode().strip()
-        if not line.startswith("data: ") or line == "data: [DONE]":
-            continue
-        event = json.loads(line[6:])
-        if event.get("usage"):
-            usage = event["usage"]
-            usage["_end"] = time.perf_counter()
-        if event.get("choices") and event["choices"][0].get("text"):
-            arrivals.append(time.perf_counter())
-    conn.close()
-    return t0, arrivals, usage
+    return stream(port, "/v1/completions", {"model": "m", "prompt": prompt, "max_tokens": max_tokens,
+                                            "temperature": 0, "ignore_eos": True})
 
 
 def prompt_of(i, words):
@@ -67,28 +38,8 @@ def prompt_of(i, words):
 
 
 def flywheel(bin_path, model, threads, data_dir):
-    port = free_port()
-    log = open(os.path.join(data_dir, "flywheel.log"), "w")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLYWHEEL_")}
-    env["FLYWHEEL_ADMIN_KEY"] = "bench-admin-key-0123456789"
-    proc = subprocess.Popen(
-        [bin_path, "serve", "--listen", f"127.0.0.1:{port}", "--data-dir", data_dir,
-         "--model", f"{model}=m", "--slots", str(STREAMS), "--slot-context", "1024",
-         "--threads", str(threads), "--step-tokens", "512"],
-        stdout=log, stderr=subprocess.STDOUT, env=env)
+    proc, port = start_flywheel(bin_path, model, threads, STREAMS, 1024, data_dir)
     try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-                c.request("GET", "/health")
-                if c.getresponse().status == 200:
-                    break
-            except OSError:
-                pass
-            if time.time() > deadline or proc.poll() is not None:
-                raise RuntimeError(f"flywheel did not start; see {log.name}")
-            time.sleep(0.3)
         # Calibrate the prompt to ~PP tokens, and warm up.
         words = PP
         _, _, usage = stream_completion(port, prompt_of(999, words), 2)
@@ -124,11 +75,7 @@ def flywheel(bin_path, model, threads, data_dir):
             "multi_ttft_p50_s": ttfts[len(ttfts) // 2],
         }
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc)
 
 
 def llama_bench(bin_dir, model, threads):

@@ -12,15 +12,15 @@ Standard library only. Writes JSON to --out and prints a markdown table.
 """
 
 import argparse
-import http.client
 import json
 import os
 import random
-import socket
 import subprocess
 import sys
 import threading
 import time
+
+from common import free_port, start_flywheel, stop, stream, wait_health
 
 WORDS = ("time year people way day man thing woman life child world school state family "
          "student group country problem hand part place case week company system program "
@@ -28,58 +28,15 @@ WORDS = ("time year people way day man thing woman life child world school state
          "story fact month lot right study book eye job word business issue side kind head").split()
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def text_of(rng, tokens):
     # Roughly one token per word for these common words.
     return " ".join(rng.choice(WORDS) for _ in range(tokens))
 
 
-def wait_health(port, proc, log, timeout=180):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited; see {log}")
-        try:
-            c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            c.request("GET", "/health")
-            if c.getresponse().status == 200:
-                return
-        except OSError:
-            pass
-        time.sleep(0.3)
-    raise RuntimeError(f"server did not become healthy; see {log}")
-
-
 def chat_stream(port, model, messages, max_tokens):
-    body = json.dumps({"model": model, "messages": messages, "max_tokens": max_tokens,
-                       "temperature": 0, "ignore_eos": True, "stream": True,
-                       "stream_options": {"include_usage": True}})
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=900)
-    t0 = time.perf_counter()
-    conn.request("POST", "/v1/chat/completions", body,
-                 {"content-type": "application/json", "authorization": "Bearer bench"})
-    resp = conn.getresponse()
-    if resp.status != 200:
-        raise RuntimeError(f"HTTP {resp.status}: {resp.read()[:300]!r}")
-    arrivals, usage = [], None
-    for raw in resp:
-        line = raw.decode(errors="replace").strip()
-        if not line.startswith("data: ") or line == "data: [DONE]":
-            continue
-        ev = json.loads(line[6:])
-        if ev.get("usage"):
-            usage = ev["usage"]
-            usage["_end"] = time.perf_counter()
-        for ch in ev.get("choices") or []:
-            if (ch.get("delta") or {}).get("content"):
-                arrivals.append(time.perf_counter())
-    conn.close()
-    return t0, arrivals, usage
+    return stream(port, "/v1/chat/completions", {"model": model, "messages": messages,
+                                                 "max_tokens": max_tokens, "temperature": 0,
+                                                 "ignore_eos": True})
 
 
 def pct(xs, p):
@@ -139,20 +96,6 @@ def run_prefix(port, model, n, seed):
             "warm_over_cold": pct(warm, 50) / ttfts[0], "cached_tokens_p50": pct([c or 0 for c in cached[1:]], 50)}
 
 
-def start_flywheel(bin_path, gguf, threads, slots, slot_ctx, work):
-    port = free_port()
-    log = os.path.join(work, "flywheel.log")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLYWHEEL_")}
-    env["FLYWHEEL_ADMIN_KEY"] = "bench-admin-key-0123456789"
-    proc = subprocess.Popen([bin_path, "serve", "--listen", f"127.0.0.1:{port}", "--data-dir",
-                             os.path.join(work, "fw-data"), "--model", f"{gguf}=m", "--slots", str(slots),
-                             "--slot-context", str(slot_ctx), "--threads", str(threads),
-                             "--step-tokens", "512", "--max-queue", "4096"],
-                            stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env)
-    wait_health(port, proc, log)
-    return proc, port
-
-
 def start_llama_server(bin_dir, gguf, threads, slots, slot_ctx, work):
     port = free_port()
     log = os.path.join(work, "llama-server.log")
@@ -162,14 +105,6 @@ def start_llama_server(bin_dir, gguf, threads, slots, slot_ctx, work):
     proc = subprocess.Popen(args, stdout=open(log, "w"), stderr=subprocess.STDOUT)
     wait_health(port, proc, log)
     return proc, port, args[1:]
-
-
-def stop(proc):
-    proc.terminate()
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
 
 
 def main():

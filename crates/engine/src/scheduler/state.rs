@@ -148,6 +148,10 @@ impl<P> State<P> {
 
     /// Remove queued jobs the predicate rejects (clients that went away), returning them.
     pub fn drain_queued(&mut self, mut gone: impl FnMut(&P) -> bool) -> Vec<Job<P>> {
+        // Called every step: only rebuild the queue when someone actually left.
+        if !self.queue.iter().any(|j| gone(&j.payload)) {
+            return Vec::new();
+        }
         let (dropped, kept): (Vec<_>, Vec<_>) =
             self.queue.drain(..).partition(|j| gone(&j.payload));
         self.queue = kept.into();

@@ -1,0 +1,267 @@
+//! The autoscaler policy: from what a deployment observes to how many replicas it wants.
+//!
+//! Pure: [`Autoscaler::decide`] takes the signals (with `now`) and remembers only its own
+//! cooldown marks, so tests step it with an injected clock. The rules, in order:
+//!
+//! 1. never below `min_replicas` (a pinned deployment has `min_replicas ≥ 1`);
+//! 2. at zero, a waiting request asks for one replica (cold start);
+//! 3. up quickly: when requests wait and every slot is busy, jump to the count the demand
+//!    needs (bounded by `max_replicas` and by the node's free threads: on a saturated node
+//!    another replica adds no compute), unless a scale-up happened within `up_cooldown`;
+//! 4. to zero after `idle` without traffic (unless `min_replicas > 0`);
+//! 5. down slowly: one replica at a time, only when the demand would fit in one replica fewer
+//!    at `down_utilization` (hysteresis), has done so for `down_stable`, and no change
+//!    happened within `down_cooldown`. Never below one replica while there is traffic.
+
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScalePolicy {
+    pub min_replicas: usize,
+    pub max_replicas: usize,
+    pub slots_per_replica: usize,
+    pub threads_per_replica: usize,
+    /// No traffic for this long → zero replicas (when `min_replicas == 0`).
+    pub idle: Duration,
+    /// Least time between two scale-ups.
+    pub up_cooldown: Duration,
+    /// Least time between any change and a scale-down.
+    pub down_cooldown: Duration,
+    /// How long the demand must stay low before a scale-down.
+    pub down_stable: Duration,
+    /// Scale down only if the remaining replicas would be at most this busy (0..1).
+    pub down_utilization: f64,
+}
+
+impl ScalePolicy {
+    /// Sensible cooldowns for the given bounds.
+    pub fn new(min_replicas: usize, max_replicas: usize, slots: usize, threads: usize) -> Self {
+        Self {
+            min_replicas,
+            max_replicas: max_replicas.max(min_replicas).max(1),
+            slots_per_replica: slots.max(1),
+            threads_per_replica: threads.max(1),
+            idle: Duration::from_secs(300),
+            up_cooldown: Duration::from_secs(5),
+            down_cooldown: Duration::from_secs(30),
+            down_stable: Duration::from_secs(30),
+            down_utilization: 0.5,
+        }
+    }
+}
+
+/// What the deployment observes at one tick.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Signals {
+    pub now: Instant,
+    /// Requests waiting in the admission queue.
+    pub queued: usize,
+    /// Requests running on replicas (busy slots).
+    pub in_flight: usize,
+    pub replicas_ready: usize,
+    pub replicas_loading: usize,
+    /// Threads this deployment could still get on the node (free, or held by idle replicas of
+    /// other deployments that may be unloaded).
+    pub threads_free: usize,
+    /// Last time a request arrived or ran.
+    pub last_traffic: Option<Instant>,
+    /// Recent completions per second (for the reason text).
+    pub throughput_per_sec: f64,
+}
+
+/// A desired replica count and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub from: usize,
+    pub to: usize,
+    pub reason: String,
+}
+
+impl Decision {
+    pub fn is_change(&self) -> bool {
+        self.from != self.to
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Autoscaler {
+    policy: ScalePolicy,
+    last_up: Option<Instant>,
+    last_change: Option<Instant>,
+    low_since: Option<Instant>,
+}
+
+impl Autoscaler {
+    pub fn new(policy: ScalePolicy) -> Self {
+        Self {
+            policy,
+            last_up: None,
+            last_change: None,
+            low_since: None,
+        }
+    }
+
+    pub fn policy(&self) -> &ScalePolicy {
+        &self.policy
+    }
+
+    /// New bounds; cooldown marks are kept.
+    pub fn set_policy(&mut self, policy: ScalePolicy) {
+        self.policy = policy;
+    }
+
+    pub fn decide(&mut self, s: &Signals) -> Decision {
+        let current = s.replicas_ready + s.replicas_loading;
+        let (to, reason) = self.target(s, current);
+        let decision = Decision {
+            from: current,
+            to,
+            reason,
+        };
+        if decision.is_change() {
+            self.last_change = Some(s.now);
+            self.low_since = None;
+            if to > current {
+                self.last_up = Some(s.now);
+            }
+        }
+        decision
+    }
+
+    fn target(&mut self, s: &Signals, current: usize) -> (usize, String) {
+        let p = &self.policy;
+        let slots = p.slots_per_replica;
+        let demand = s.queued + s.in_flight;
+        let needed = demand.div_ceil(slots);
+        let can_add = s.threads_free / p.threads_per_replica;
+        let threads_note = || {
+            format!(
+                "the node's thread budget is exhausted: a replica needs {} threads, {} free",
+                p.threads_per_replica, s.threads_free
+            )
+        };
+
+        if current < p.min_replicas {
+            let to = p.min_replicas.min(current + can_add);
+            if to == current {
+                return (
+                    current,
+                    format!(
+                        "below min_replicas {}, but {}",
+                        p.min_replicas,
+                        threads_note()
+                    ),
+                );
+            }
+            return (to, format!("below min_replicas {}", p.min_replicas));
+        }
+        if current == 0 {
+            if s.queued == 0 {
+                return (0, "idle at zero".into());
+            }
+            if can_add == 0 {
+                return (
+                    0,
+                    format!(
+                        "{} waiting at zero replicas, but {}",
+                        s.queued,
+                        threads_note()
+                    ),
+                );
+            }
+            return (
+                1,
+                format!(
+                    "{} request(s) waiting at zero replicas: cold start",
+                    s.queued
+                ),
+            );
+        }
+
+        let all_busy = s.in_flight >= s.replicas_ready * slots;
+        if s.queued > 0 && all_busy && needed > current && current < p.max_replicas {
+            if self.cooling(self.last_up, p.up_cooldown, s.now) {
+                return (current, "scale-up cooldown".into());
+            }
+            if can_add == 0 {
+                return (
+                    current,
+                    format!(
+                        "{} waiting and all slots busy, but {}",
+                        s.queued,
+                        threads_note()
+                    ),
+                );
+            }
+            let to = needed.min(p.max_replicas).min(current + can_add);
+            return (
+                to,
+                format!(
+                    "{} waiting, {}/{} slots busy, {:.1} req/s: {} replicas of {} slots needed",
+                    s.queued,
+                    s.in_flight,
+                    s.replicas_ready * slots,
+                    s.throughput_per_sec,
+                    needed,
+                    slots
+                ),
+            );
+        }
+
+        let busy = demand > 0;
+        let idle_for = s
+            .last_traffic
+            .map_or(p.idle, |t| s.now.saturating_duration_since(t));
+        if !busy && p.min_replicas == 0 && idle_for >= p.idle {
+            return (
+                0,
+                format!(
+                    "no traffic for {} s (idle_seconds {})",
+                    idle_for.as_secs(),
+                    p.idle.as_secs()
+                ),
+            );
+        }
+
+        let floor = p.min_replicas.max(1);
+        let fits_in_fewer = current > floor
+            && (demand as f64) <= ((current - 1) * slots) as f64 * p.down_utilization;
+        let over_max = current > p.max_replicas;
+        if !fits_in_fewer && !over_max {
+            self.low_since = None;
+            return (current, "steady".into());
+        }
+        let low_since = *self.low_since.get_or_insert(s.now);
+        if over_max {
+            return (
+                p.max_replicas,
+                format!("above max_replicas {}", p.max_replicas),
+            );
+        }
+        if s.now.saturating_duration_since(low_since) < p.down_stable
+            || self.cooling(self.last_change, p.down_cooldown, s.now)
+        {
+            return (current, "low demand, waiting for it to last".into());
+        }
+        (
+            current - 1,
+            format!(
+                "{} in flight and {} waiting fit in {} replica(s) at ≤{:.0}% of {} slots for {} s",
+                s.in_flight,
+                s.queued,
+                current - 1,
+                p.down_utilization * 100.0,
+                slots,
+                s.now.saturating_duration_since(low_since).as_secs()
+            ),
+        )
+    }
+
+    fn cooling(&self, mark: Option<Instant>, cooldown: Duration, now: Instant) -> bool {
+        mark.is_some_and(|t| now.saturating_duration_since(t) < cooldown)
+    }
+}
+
+#[cfg(test)]
+#[path = "autoscale_tests.rs"]
+mod tests;

@@ -1,0 +1,174 @@
+//! The policy stepped with an injected clock.
+
+use std::time::{Duration, Instant};
+
+use super::*;
+
+fn policy() -> ScalePolicy {
+    ScalePolicy {
+        idle: Duration::from_secs(60),
+        ..ScalePolicy::new(0, 4, 2, 1)
+    }
+}
+
+fn signals(now: Instant, ready: usize, queued: usize, in_flight: usize) -> Signals {
+    Signals {
+        now,
+        queued,
+        in_flight,
+        replicas_ready: ready,
+        replicas_loading: 0,
+        threads_free: 8,
+        last_traffic: Some(now),
+        throughput_per_sec: 0.0,
+    }
+}
+
+fn at(t0: Instant, secs: u64) -> Instant {
+    t0 + Duration::from_secs(secs)
+}
+
+#[test]
+fn a_burst_scales_up_at_the_next_tick() {
+    let t0 = Instant::now();
+    let mut a = Autoscaler::new(policy());
+    assert_eq!(a.decide(&signals(t0, 1, 0, 1)).to, 1);
+    let d = a.decide(&signals(at(t0, 1), 1, 40, 2));
+    assert_eq!((d.from, d.to), (1, 4), "{}", d.reason);
+    assert!(d.reason.contains("40 waiting"), "{}", d.reason);
+}
+
+#[test]
+fn scale_up_waits_for_its_cooldown() {
+    let t0 = Instant::now();
+    let mut a = Autoscaler::new(ScalePolicy {
+        max_replicas: 8,
+        ..policy()
+    });
+    assert_eq!(a.decide(&signals(t0, 1, 4, 2)).to, 3);
+    let mut s = signals(at(t0, 2), 3, 20, 6);
+    assert_eq!(a.decide(&s).to, 3, "within the up cooldown");
+    s.now = at(t0, 5);
+    assert_eq!(a.decide(&s).to, 8);
+}
+
+#[test]
+fn a_request_at_zero_starts_one_replica() {
+    let t0 = Instant::now();
+    let mut a = Autoscaler::new(policy());
+    let d = a.decide(&signals(t0, 0, 0, 0));
+    assert_eq!(d.to, 0);
+    let d = a.decide(&signals(t0, 0, 3, 0));
+    assert_eq!((d.from, d.to), (0, 1));
+    assert!(d.reason.contains("cold start"));
+}
+
+#[test]
+fn idle_for_idle_seconds_scales_to_zero() {
+    let t0 = Instant::now();
+    let mut a = Autoscaler::new(policy());
+    let mut s = signals(t0, 1, 0, 0);
+    s.last_traffic = Some(t0);
+    s.now = at(t0, 59);
+    assert_eq!(a.decide(&s).to, 1);
+    s.now = at(t0, 60);
+    let d = a.decide(&s);
+    assert_eq!((d.from, d.to), (1, 0));
+    assert!(d.reason.contains("no traffic for 60 s"), "{}", d.reason);
+}
+
+#[test]
+fn min_replicas_pins_and_is_restored() {
+    let t0 = Instant::now();
+    let mut a = Autoscaler::new(ScalePolicy {
+        min_replicas: 1,
+        ..policy()
+    });
+    let mut s = signals(at(t0, 1000), 1, 0, 0);
+    s.last_traffic = None;
+    assert_eq!(a.decide(&s).to, 1, "pinned: never to zero");
+    let d = a.decide(&signals(at(t0, 1001), 0, 0, 0));
+    assert_eq!((d.from, d.to), (0, 1));
+}
+
+#[test]
+fn down_slowly_one_at_a_time_after_a_stable_low() {
+    let t0 = Instant::now();
+    let mut a = Autoscaler::new(policy());
+    // Scaled to 4 at t0.
+    assert_eq!(a.decide(&signals(t0, 1, 20, 2)).to, 4);
+    // Demand falls to 1 in flight: fits in fewer, but must stay low for 30 s and respect the
+    // down cooldown (30 s since the scale-up).
+    for t in 1..30 {
+        assert_eq!(a.decide(&signals(at(t0, t), 4, 0, 1)).to, 4, "t={t}");
+    }
+    let d = a.decide(&signals(at(t0, 31), 4, 0, 1));
+    assert_eq!((d.from, d.to), (4, 3), "{}", d.reason);
+    // The next step down waits for the cooldown again.
+    assert_eq!(a.decide(&signals(at(t0, 40), 3, 0, 1)).to, 3);
+    assert_eq!(
+        a.decide(&signals(at(t0, 69), 3, 0, 1)).to,
+        3,
+        "low again only since t=40"
+    );
+    let d = a.decide(&signals(at(t0, 70), 3, 0, 1));
+    assert_eq!(d.to, 2, "{}", d.reason);
+}
+
+#[test]
+fn hysteresis_keeps_replicas_that_are_half_busy() {
+    let t0 = Instant::now();
+    let mut a = Autoscaler::new(policy());
+    // 2 replicas × 2 slots, 3 in flight: one replica fewer would be 150% busy.
+    for t in 0..200 {
+        assert_eq!(a.decide(&signals(at(t0, t), 2, 0, 3)).to, 2);
+    }
+}
+
+#[test]
+fn traffic_keeps_one_replica_even_when_demand_is_low() {
+    let t0 = Instant::now();
+    let mut a = Autoscaler::new(policy());
+    for t in 0..200 {
+        let mut s = signals(at(t0, t), 1, 0, 0);
+        s.last_traffic = Some(at(t0, t.saturating_sub(10)));
+        assert_eq!(a.decide(&s).to, 1);
+    }
+}
+
+#[test]
+fn the_thread_budget_caps_scale_up() {
+    let t0 = Instant::now();
+    let mut a = Autoscaler::new(ScalePolicy {
+        threads_per_replica: 2,
+        ..policy()
+    });
+    let mut s = signals(t0, 1, 40, 2);
+    s.threads_free = 3;
+    let d = a.decide(&s);
+    assert_eq!(d.to, 2, "only one more replica of 2 threads fits in 3 free");
+    let mut s = signals(at(t0, 10), 2, 40, 4);
+    s.threads_free = 1;
+    let d = a.decide(&s);
+    assert_eq!(d.to, 2);
+    assert!(
+        d.reason.contains("thread budget is exhausted"),
+        "{}",
+        d.reason
+    );
+    let mut s = signals(at(t0, 20), 0, 5, 0);
+    s.threads_free = 0;
+    assert_eq!(a.decide(&s).to, 0, "no cold start without threads");
+}
+
+#[test]
+fn max_replicas_bounds_and_lowering_it_scales_down() {
+    let t0 = Instant::now();
+    let mut a = Autoscaler::new(policy());
+    assert_eq!(a.decide(&signals(t0, 1, 1000, 2)).to, 4);
+    a.set_policy(ScalePolicy {
+        max_replicas: 2,
+        ..policy()
+    });
+    assert_eq!(a.decide(&signals(at(t0, 1), 4, 1000, 8)).to, 2);
+}

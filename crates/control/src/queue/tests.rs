@@ -1,0 +1,202 @@
+//! The queue stepped by hand: fairness, bounds, expiry, ETAs. No threads, no wall clock.
+
+use std::time::{Duration, Instant};
+
+use super::*;
+
+fn config(max_length: usize, max_wait_secs: u64) -> QueueConfig {
+    QueueConfig {
+        max_length,
+        max_wait: Duration::from_secs(max_wait_secs),
+        prior_drain_per_sec: 1.0,
+    }
+}
+
+fn tenant(name: &str) -> TenantKey {
+    Some(name.to_owned())
+}
+
+#[test]
+fn b_is_served_within_2k_while_a_has_a_backlog_of_500() {
+    let t0 = Instant::now();
+    let mut q = State::new(config(10_000, 600));
+    for i in 0..500 {
+        q.push(tenant("a"), ("a", i), t0).unwrap();
+    }
+    // A few of A's are taken before B shows up.
+    for _ in 0..7 {
+        q.pop(t0).unwrap();
+    }
+    let k = 50;
+    for i in 0..k {
+        q.push(tenant("b"), ("b", i), t0 + Duration::from_secs(1))
+            .unwrap();
+    }
+    let mut taken = 0;
+    let mut b_seen = 0;
+    while b_seen < k {
+        let e = q.pop(t0 + Duration::from_secs(2)).unwrap();
+        taken += 1;
+        if e.item.0 == "b" {
+            b_seen += 1;
+            assert!(
+                taken <= 2 * b_seen,
+                "B's request #{b_seen} was taken at position {taken}, more than 2×{b_seen}"
+            );
+        }
+    }
+    // A's backlog is still mostly there.
+    assert!(q.len() >= 500 - 7 - k);
+}
+
+#[test]
+fn b_positions_reported_at_enqueue_are_at_most_2k() {
+    let t0 = Instant::now();
+    let mut q = State::new(config(10_000, 600));
+    for i in 0..500 {
+        q.push(tenant("a"), i, t0).unwrap();
+    }
+    for k in 1..=20 {
+        let (_, pos) = q.push(tenant("b"), 1000 + k, t0).unwrap();
+        assert!(pos.position <= 2 * k as usize, "k={k}: {pos:?}");
+    }
+}
+
+#[test]
+fn the_none_tenant_is_a_class_of_its_own() {
+    let t0 = Instant::now();
+    let mut q = State::new(config(100, 600));
+    for i in 0..10 {
+        q.push(None, i, t0).unwrap();
+    }
+    let (_, pos) = q.push(tenant("x"), 99, t0).unwrap();
+    assert_eq!(pos.position, 2);
+}
+
+#[test]
+fn weights_give_proportional_turns() {
+    let t0 = Instant::now();
+    let mut q = State::new(config(1000, 600));
+    q.set_weight("gold", 3);
+    for i in 0..100 {
+        q.push(tenant("gold"), ("gold", i), t0).unwrap();
+        q.push(tenant("free"), ("free", i), t0).unwrap();
+    }
+    let gold = (0..40)
+        .filter(|_| q.pop(t0).unwrap().item.0 == "gold")
+        .count();
+    assert_eq!(gold, 30, "weight 3 vs 1 takes 3 of every 4 turns");
+}
+
+#[test]
+fn a_full_queue_refuses_with_retry_after() {
+    let t0 = Instant::now();
+    let mut q = State::new(config(3, 600));
+    for i in 0..3 {
+        q.push(None, i, t0).unwrap();
+    }
+    let full = q.push(None, 3, t0).unwrap_err();
+    assert_eq!(full.queued, 3);
+    // Prior of 1/s: three waiting need 3 s.
+    assert_eq!(full.retry_after, 3);
+    q.pop(t0).unwrap();
+    assert!(q.push(None, 4, t0).is_ok());
+}
+
+#[test]
+fn requests_past_max_wait_expire_in_arrival_order() {
+    let t0 = Instant::now();
+    let mut q = State::new(config(100, 10));
+    q.push(tenant("a"), 1, t0).unwrap();
+    q.push(tenant("b"), 2, t0 + Duration::from_secs(3)).unwrap();
+    q.push(tenant("a"), 3, t0 + Duration::from_secs(6)).unwrap();
+    assert_eq!(q.next_deadline(), Some(t0 + Duration::from_secs(10)));
+    assert!(q.expire(t0 + Duration::from_millis(9_999)).is_empty());
+    let gone = q.expire(t0 + Duration::from_secs(13));
+    let items: Vec<_> = gone.iter().map(|e| e.item).collect();
+    assert_eq!(items, vec![1, 2]);
+    assert_eq!(gone[0].waited(t0 + Duration::from_secs(13)).as_secs(), 13);
+    assert_eq!(q.len(), 1);
+    assert_eq!(q.next_deadline(), Some(t0 + Duration::from_secs(16)));
+}
+
+#[test]
+fn eta_follows_the_observed_drain_rate() {
+    let t0 = Instant::now();
+    let mut q = State::new(config(1000, 600));
+    for i in 0..100 {
+        q.push(None, i, t0).unwrap();
+    }
+    // Prior 1/s: the 10th waits about 10 s.
+    let tenth = q.positions().nth(9).unwrap().2;
+    assert_eq!(
+        tenth,
+        Position {
+            position: 10,
+            eta_ms: 10_000
+        }
+    );
+    // Observe 5 completions per second for a few seconds.
+    for s in 0..5u64 {
+        for j in 0..5u64 {
+            let now = t0 + Duration::from_millis(s * 1000 + j * 200);
+            q.pop(now).unwrap();
+            q.record_completions(now, 1);
+        }
+    }
+    q.push(None, 1000, t0 + Duration::from_secs(5)).unwrap();
+    let rate = q.drain_rate().per_sec();
+    assert!((rate - 5.0).abs() < 0.5, "rate {rate}");
+    let tenth = q.positions().nth(9).unwrap().2;
+    assert!((1_800..=2_200).contains(&tenth.eta_ms), "{tenth:?}");
+    // Retry-After for the 76 waiting at 5/s.
+    assert!((15..=17).contains(&q.retry_after()), "{}", q.retry_after());
+}
+
+#[test]
+fn requeue_keeps_the_place_and_removal_forgets() {
+    let t0 = Instant::now();
+    let mut q = State::new(config(10, 600));
+    let (a, _) = q.push(None, "first", t0).unwrap();
+    let (b, _) = q.push(None, "second", t0).unwrap();
+    let e = q.pop(t0).unwrap();
+    assert_eq!(e.id, a);
+    q.requeue(e);
+    assert_eq!(q.peek().map(|(id, _)| id), Some(a));
+    assert_eq!(q.remove(b).map(|e| e.item), Some("second"));
+    assert_eq!(q.remove(b).map(|e| e.item), None);
+    assert_eq!(q.len(), 1);
+}
+
+#[test]
+fn tenant_bookkeeping_stays_bounded() {
+    let t0 = Instant::now();
+    let mut q = State::new(config(10, 600));
+    for i in 0..10_000 {
+        q.push(Some(format!("t{i}")), i, t0).unwrap();
+        q.pop(t0).unwrap();
+    }
+    assert!(q.last_finish.len() <= 32, "{}", q.last_finish.len());
+}
+
+proptest::proptest! {
+    /// Whatever the operations, positions are 1..=len in take order and the queue never
+    /// holds more than max_length.
+    #[test]
+    fn positions_are_dense_and_bounded(ops in proptest::collection::vec((0u8..4, 0u8..5), 1..300)) {
+        let t0 = Instant::now();
+        let mut q = State::new(config(20, 30));
+        let mut now = t0;
+        for (op, who) in ops {
+            now += Duration::from_millis(700);
+            match op {
+                0 | 1 => { let _ = q.push(Some(format!("t{who}")), (), now); }
+                2 => { q.pop(now); }
+                _ => { q.expire(now); }
+            }
+            proptest::prop_assert!(q.len() <= 20);
+            let ps: Vec<usize> = q.positions().map(|(_, _, p)| p.position).collect();
+            proptest::prop_assert_eq!(ps, (1..=q.len()).collect::<Vec<_>>());
+        }
+    }
+}

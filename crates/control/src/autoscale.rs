@@ -110,6 +110,12 @@ impl Autoscaler {
         self.policy = policy;
     }
 
+    /// The last scale-up could not be carried out (no room yet): do not let its cooldown
+    /// delay the next try.
+    pub fn forget_scale_up(&mut self) {
+        self.last_up = None;
+    }
+
     pub fn decide(&mut self, s: &Signals) -> Decision {
         let current = s.replicas_ready + s.replicas_loading;
         let (to, reason) = self.target(s, current);

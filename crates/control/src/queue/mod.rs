@@ -232,6 +232,12 @@ impl<T> State<T> {
         );
     }
 
+    /// The waiting request with this id.
+    pub fn get_mut(&mut self, id: TicketId) -> Option<&mut T> {
+        let tag = *self.arrivals.get(&id)?;
+        self.order.get_mut(&(tag, id)).map(|w| &mut w.item)
+    }
+
     /// Remove a waiting request (its client left).
     pub fn remove(&mut self, id: TicketId) -> Option<Entry<T>> {
         let tag = self.arrivals.remove(&id)?;

@@ -1,0 +1,599 @@
+//! The deployment's actor: one task that owns the queue, the replicas and the autoscaler,
+//! applies commands as they come and ticks the control loop once a second.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use backend::{BackendError, Event};
+use tokio::sync::{mpsc, oneshot};
+
+use super::forward::{self, Job, Waiter};
+use super::replicas::{Replica, ReplicaSet, ReplicaState};
+use super::{Command, DeploymentView};
+use crate::autoscale::{Autoscaler, Signals};
+use crate::events::{EventKind, EventLog, ScaleEvent};
+use crate::footprint::Footprint;
+use crate::launcher::{ReplicaLauncher, ReplicaSpec};
+use crate::metrics;
+use crate::node::Node;
+use crate::placement::ReplicaKey;
+use crate::queue::{DrainRate, State};
+use crate::spec::DeploymentSpec;
+
+/// How often the control loop runs (expiry, positions, autoscaling).
+pub const TICK: Duration = Duration::from_secs(1);
+
+pub(crate) struct Parts {
+    pub spec: DeploymentSpec,
+    pub footprint: Footprint,
+    pub node: Arc<Node>,
+    pub launcher: Arc<dyn ReplicaLauncher>,
+    pub commands: mpsc::UnboundedSender<Command>,
+    pub rx: mpsc::UnboundedReceiver<Command>,
+}
+
+/// What the actor talks to.
+struct Env {
+    node: Arc<Node>,
+    launcher: Arc<dyn ReplicaLauncher>,
+    commands: mpsc::UnboundedSender<Command>,
+}
+
+struct Actor {
+    spec: DeploymentSpec,
+    footprint: Footprint,
+    generation: u64,
+    queue: State<Waiter>,
+    replicas: ReplicaSet,
+    autoscaler: Autoscaler,
+    env: Env,
+    log: EventLog,
+    tokens: DrainRate,
+    last_traffic: Option<Instant>,
+    /// Set by `Shutdown`: who waits for the drain to finish.
+    closing: Option<Vec<oneshot::Sender<()>>>,
+}
+
+/// The control loop's clock: tokio's, so tests can pause and advance it.
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+pub(crate) fn spawn(parts: Parts) {
+    let Parts {
+        spec,
+        footprint,
+        node,
+        launcher,
+        commands,
+        rx,
+    } = parts;
+    let mut queue = State::new(spec.queue_config());
+    for (tenant, weight) in &spec.tenant_weights {
+        queue.set_weight(tenant, *weight);
+    }
+    let actor = Actor {
+        autoscaler: Autoscaler::new(spec.scale_policy()),
+        spec,
+        footprint,
+        generation: 1,
+        queue,
+        replicas: ReplicaSet::default(),
+        env: Env {
+            node,
+            launcher,
+            commands,
+        },
+        log: EventLog::default(),
+        tokens: DrainRate::new(0.0),
+        last_traffic: None,
+        closing: None,
+    };
+    tokio::spawn(actor.run(rx));
+}
+
+impl Actor {
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Command>) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                command = rx.recv() => match command {
+                    Some(command) => self.handle(command),
+                    None => break,
+                },
+                _ = tick.tick() => self.tick(),
+            }
+            if self.drained() {
+                break;
+            }
+        }
+        let ids: Vec<u64> = self.replicas.iter().map(|r| r.id).collect();
+        for id in ids {
+            self.unload(id, "the deployment was deleted");
+        }
+        self.env.node.unregister(&self.spec.name);
+        metrics::queue(&self.spec.name, 0, 0);
+        metrics::replicas(&self.spec.name, 0, 0, 0);
+        for reply in self.closing.take().unwrap_or_default() {
+            let _ = reply.send(());
+        }
+    }
+
+    fn drained(&self) -> bool {
+        self.closing.is_some() && self.queue.is_empty() && self.replicas.in_flight() == 0
+    }
+
+    fn handle(&mut self, command: Command) {
+        let now = now();
+        match command {
+            Command::Enqueue { request, events } => self.enqueue(request, events, now),
+            Command::Done {
+                replica,
+                completed,
+                tokens,
+            } => {
+                if let Some(r) = self.replicas.get_mut(replica) {
+                    r.in_flight = r.in_flight.saturating_sub(1);
+                    r.saturated = false;
+                    r.completed += u64::from(completed);
+                    if r.in_flight == 0 {
+                        r.idle_since = Some(now);
+                        if r.state == ReplicaState::Draining {
+                            let reason = format!("drained ({})", r.drain_reason);
+                            self.unload(replica, &reason);
+                        }
+                    }
+                }
+                if completed {
+                    self.queue.record_completions(now, 1);
+                }
+                self.tokens.record(now, tokens);
+                self.try_dispatch(now);
+            }
+            Command::Bounced { replica, job } => {
+                if let Some(r) = self.replicas.get_mut(replica) {
+                    r.in_flight = r.in_flight.saturating_sub(1);
+                    r.saturated = true;
+                }
+                match job {
+                    Job::Queued(entry) => self.queue.requeue(entry),
+                    Job::Direct(waiter) => self.push(waiter, now),
+                }
+                self.try_dispatch(now);
+            }
+            Command::Started { replica, result } => self.started(replica, result, now),
+            Command::Evict { replica, reason } => {
+                let active = self.active();
+                let min = self.spec.effective_min_replicas();
+                let idle = self
+                    .replicas
+                    .get_mut(replica)
+                    .is_some_and(|r| r.state == ReplicaState::Ready && r.in_flight == 0);
+                if idle && active > min && self.queue.is_empty() {
+                    self.unload(replica, &reason);
+                }
+            }
+            Command::Update {
+                spec,
+                footprint,
+                reply,
+            } => {
+                self.update(spec, footprint);
+                let _ = reply.send(());
+                self.tick();
+            }
+            Command::Describe { reply } => {
+                let _ = reply.send(self.view(now));
+            }
+            Command::Events { reply } => {
+                let _ = reply.send(self.log.snapshot());
+            }
+            Command::Shutdown { reply } => {
+                self.closing.get_or_insert_with(Vec::new).push(reply);
+            }
+        }
+    }
+
+    fn enqueue(
+        &mut self,
+        request: backend::GenerateRequest,
+        events: forward::Events,
+        now: Instant,
+    ) {
+        if self.closing.is_some() {
+            let _ = events.send(Err(BackendError::ShuttingDown));
+            return;
+        }
+        self.last_traffic = Some(now);
+        let waiter = Waiter {
+            request,
+            events,
+            reported: 0,
+        };
+        if self.queue.is_empty() {
+            if let Some(replica) = self.replicas.pick() {
+                self.dispatch(replica, Job::Direct(waiter));
+                return;
+            }
+        }
+        self.push(waiter, now);
+        if self.active() == 0 {
+            // A request at zero replicas: decide now, not at the next tick.
+            self.autoscale(now);
+        }
+    }
+
+    /// Put a request in line and tell its client where it stands, or refuse it.
+    fn push(&mut self, waiter: Waiter, now: Instant) {
+        let events = waiter.events.clone();
+        let tenant = waiter.request.tenant.clone();
+        match self.queue.push(tenant, waiter, now) {
+            Ok((id, pos)) => {
+                if let Some(w) = self.queue.get_mut(id) {
+                    w.reported = pos.position;
+                }
+                let _ = events.send(Ok(Event::Queued {
+                    position: pos.position,
+                    eta_ms: pos.eta_ms,
+                }));
+            }
+            Err(full) => {
+                metrics::rejection(&self.spec.name);
+                let _ = events.send(Err(BackendError::Overloaded {
+                    queued: full.queued,
+                    retry_after: full.retry_after,
+                }));
+            }
+        }
+    }
+
+    fn dispatch(&mut self, replica: u64, job: Job) {
+        let Some(r) = self.replicas.get_mut(replica) else {
+            return;
+        };
+        let Some(backend) = r.backend.clone() else {
+            return;
+        };
+        r.in_flight += 1;
+        r.idle_since = None;
+        let key = self.key(replica);
+        self.env.node.set_idle(&key, None);
+        forward::spawn(replica, backend, job, self.env.commands.clone());
+    }
+
+    /// Hand waiting requests to replicas with free slots, in fair order.
+    fn try_dispatch(&mut self, now: Instant) {
+        while let Some(replica) = self.replicas.pick() {
+            let Some(entry) = self.queue.pop(now) else {
+                break;
+            };
+            if entry.item.events.is_closed() {
+                continue;
+            }
+            self.dispatch(replica, Job::Queued(entry));
+        }
+    }
+
+    fn tick(&mut self) {
+        let now = now();
+        let retry_after = self.queue.retry_after();
+        for entry in self.queue.expire(now) {
+            metrics::timeout(&self.spec.name);
+            let _ = entry.item.events.send(Err(BackendError::QueueTimeout {
+                waited_secs: entry.waited(now).as_secs(),
+                retry_after,
+            }));
+        }
+        for id in self.queue.ids_where(|w| w.events.is_closed()) {
+            self.queue.remove(id);
+        }
+        self.report_positions();
+        for r in self.replicas.iter_mut() {
+            r.saturated = false;
+        }
+        let busy = self.replicas.in_flight() > 0;
+        self.tokens.observe(now, busy);
+        if busy || !self.queue.is_empty() {
+            self.last_traffic = Some(now);
+        }
+        self.roll(now);
+        self.autoscale(now);
+        self.mark_idle();
+        self.try_dispatch(now);
+        self.publish();
+    }
+
+    /// Send each waiting client its new place when it moved by at least a tenth.
+    fn report_positions(&mut self) {
+        let drain = self.queue.drain_rate().clone();
+        for (i, (_, w)) in self.queue.items_mut().enumerate() {
+            let position = i + 1;
+            if w.reported.abs_diff(position) >= (w.reported / 10).max(1) {
+                w.reported = position;
+                let _ = w.events.send(Ok(Event::Queued {
+                    position,
+                    eta_ms: drain.eta_ms(position),
+                }));
+            }
+        }
+    }
+
+    /// Replicas that count towards the desired number (not draining).
+    fn active(&self) -> usize {
+        self.replicas.count(ReplicaState::Ready) + self.replicas.count(ReplicaState::Loading)
+    }
+
+    fn autoscale(&mut self, now: Instant) {
+        let in_flight = self
+            .replicas
+            .iter()
+            .filter(|r| r.state != ReplicaState::Draining)
+            .map(|r| r.in_flight)
+            .sum();
+        let signals = Signals {
+            now,
+            queued: self.queue.len(),
+            in_flight,
+            replicas_ready: self.replicas.count(ReplicaState::Ready),
+            replicas_loading: self.replicas.count(ReplicaState::Loading),
+            threads_free: self.env.node.threads_available_for(&self.spec.name),
+            last_traffic: self.last_traffic,
+            throughput_per_sec: self.queue.drain_rate().per_sec(),
+        };
+        let rolling = self.replicas.stale(self.generation).next().is_some();
+        let decision = self.autoscaler.decide(&signals);
+        if !decision.is_change() {
+            return;
+        }
+        let up = decision.to > decision.from;
+        if (!up && rolling) || (up && self.closing.is_some() && self.queue.is_empty()) {
+            return;
+        }
+        metrics::scale(&self.spec.name, up);
+        self.event(
+            EventKind::Scale,
+            decision.from,
+            decision.to,
+            decision.reason.clone(),
+        );
+        if up {
+            for _ in decision.from..decision.to {
+                if !self.start_replica(now) {
+                    // Not carried out: let the next tick try again without a cooldown.
+                    self.autoscaler.forget_scale_up();
+                    break;
+                }
+            }
+        } else {
+            let ids = self
+                .replicas
+                .choose_to_drain(decision.from - decision.to, self.generation);
+            for id in ids {
+                self.drain(id, &decision.reason);
+            }
+        }
+    }
+
+    /// Place and start one replica of the current generation; false when there is no room.
+    fn start_replica(&mut self, now: Instant) -> bool {
+        let id = self.replicas.next_id();
+        if let Err(no_room) = self.env.node.reserve(self.key(id), self.footprint.clone()) {
+            let n = self.active();
+            self.event(EventKind::ReplicaFailed, n, n, no_room.to_string());
+            return false;
+        }
+        let spec = ReplicaSpec {
+            deployment: self.spec.name.clone(),
+            model: self.spec.model.clone(),
+            generation: self.generation,
+            slots: self.spec.slots_per_replica,
+            threads: self.spec.threads_per_replica,
+            slot_context: self.spec.context_length,
+        };
+        self.replicas.insert(Replica {
+            id,
+            generation: self.generation,
+            model: spec.model.clone(),
+            state: ReplicaState::Loading,
+            backend: None,
+            slots: spec.slots,
+            in_flight: 0,
+            saturated: false,
+            idle_since: None,
+            started: now,
+            completed: 0,
+            drain_reason: String::new(),
+        });
+        let launcher = self.env.launcher.clone();
+        let commands = self.env.commands.clone();
+        tokio::spawn(async move {
+            let result = launcher.start(&spec).await;
+            let _ = commands.send(Command::Started {
+                replica: id,
+                result,
+            });
+        });
+        true
+    }
+
+    fn started(&mut self, id: u64, result: crate::Result<Arc<dyn backend::Backend>>, now: Instant) {
+        let Some(r) = self.replicas.get_mut(id) else {
+            return;
+        };
+        let load_secs = now.saturating_duration_since(r.started).as_secs_f64();
+        match result {
+            Err(e) => {
+                self.unload(id, "");
+                let n = self.active();
+                self.event(EventKind::ReplicaFailed, n, n, format!("replica {id}: {e}"));
+            }
+            Ok(backend) => {
+                r.backend = Some(backend);
+                r.idle_since = Some(now);
+                let generation = r.generation;
+                if r.state == ReplicaState::Draining {
+                    self.unload(id, "no longer wanted when it finished loading");
+                    return;
+                }
+                r.state = ReplicaState::Ready;
+                let n = self.active();
+                self.event(
+                    EventKind::ReplicaReady,
+                    n,
+                    n,
+                    format!("replica {id} loaded in {load_secs:.1} s"),
+                );
+                if generation == self.generation {
+                    if let Some(old) = self.replicas.choose_to_drain(1, self.generation).first() {
+                        let stale = self.replicas.stale(self.generation).any(|r| r.id == *old);
+                        if stale {
+                            self.drain(*old, "rollout: replaced by a replica of the new model");
+                        }
+                    }
+                }
+                self.try_dispatch(now);
+            }
+        }
+    }
+
+    /// Roll replicas of an older generation over: start one new replica at a time (or, when
+    /// there is no room for it, drain an old one first); each new one that is ready drains
+    /// an old one (see `started`).
+    fn roll(&mut self, now: Instant) {
+        let stale = self.replicas.stale(self.generation).count();
+        let fresh_loading = self
+            .replicas
+            .iter()
+            .any(|r| r.generation == self.generation && r.state == ReplicaState::Loading);
+        if stale == 0 || fresh_loading {
+            return;
+        }
+        if !self.start_replica(now) {
+            if let Some(&old) = self.replicas.choose_to_drain(1, self.generation).first() {
+                self.drain(old, "rollout: making room for a replica of the new model");
+            }
+        }
+    }
+
+    fn drain(&mut self, id: u64, reason: &str) {
+        let key = self.key(id);
+        let Some(r) = self.replicas.get_mut(id) else {
+            return;
+        };
+        r.state = ReplicaState::Draining;
+        r.drain_reason = reason.to_owned();
+        self.env.node.set_idle(&key, None);
+        if r.in_flight == 0 && r.backend.is_some() {
+            self.unload(id, reason);
+        }
+    }
+
+    /// Drop a replica and give its room back (`reason` empty: no event).
+    fn unload(&mut self, id: u64, reason: &str) {
+        let Some(r) = self.replicas.remove(id) else {
+            return;
+        };
+        self.env.node.release(&self.key(id));
+        if let Some(backend) = r.backend {
+            // An engine's teardown frees its model and context: off the runtime threads.
+            tokio::task::spawn_blocking(move || drop(backend));
+        }
+        if !reason.is_empty() {
+            let n = self.active();
+            self.event(
+                EventKind::ReplicaStopped,
+                n,
+                n,
+                format!("replica {id}: {reason}"),
+            );
+        }
+    }
+
+    /// Tell the node which replicas another deployment may have unloaded.
+    fn mark_idle(&self) {
+        let spare = self.active() > self.spec.effective_min_replicas() && self.queue.is_empty();
+        for r in self.replicas.iter() {
+            let idle = (spare && r.state == ReplicaState::Ready && r.in_flight == 0)
+                .then_some(r.idle_since)
+                .flatten();
+            self.env.node.set_idle(&self.key(r.id), idle);
+        }
+    }
+
+    fn update(&mut self, spec: DeploymentSpec, footprint: Footprint) {
+        let reshaped = spec.model != self.spec.model
+            || spec.slots_per_replica != self.spec.slots_per_replica
+            || spec.threads_per_replica != self.spec.threads_per_replica
+            || spec.context_length != self.spec.context_length;
+        for tenant in self.spec.tenant_weights.keys() {
+            self.queue.set_weight(tenant, 1);
+        }
+        for (tenant, weight) in &spec.tenant_weights {
+            self.queue.set_weight(tenant, *weight);
+        }
+        self.queue.set_config(spec.queue_config());
+        self.autoscaler.set_policy(spec.scale_policy());
+        self.spec = spec;
+        self.footprint = footprint;
+        if reshaped {
+            self.generation += 1;
+            let n = self.active();
+            self.event(
+                EventKind::Rollout,
+                n,
+                n,
+                format!(
+                    "replicas roll over to generation {} ({})",
+                    self.generation, self.spec.model
+                ),
+            );
+        }
+    }
+
+    fn key(&self, replica: u64) -> ReplicaKey {
+        ReplicaKey {
+            deployment: self.spec.name.clone(),
+            replica,
+        }
+    }
+
+    fn event(&mut self, kind: EventKind, from: usize, to: usize, reason: String) {
+        self.log.push(ScaleEvent {
+            at: SystemTime::now(),
+            deployment: self.spec.name.clone(),
+            kind,
+            from,
+            to,
+            reason,
+        });
+    }
+
+    fn publish(&self) {
+        let name = &self.spec.name;
+        metrics::queue(name, self.queue.len(), self.replicas.in_flight());
+        metrics::replicas(
+            name,
+            self.replicas.count(ReplicaState::Loading),
+            self.replicas.count(ReplicaState::Ready),
+            self.replicas.count(ReplicaState::Draining),
+        );
+    }
+
+    fn view(&self, now: Instant) -> DeploymentView {
+        DeploymentView {
+            spec: self.spec.clone(),
+            replicas: self.replicas.views(now),
+            queue_length: self.queue.len(),
+            in_flight: self.replicas.in_flight(),
+            drain_per_sec: self.queue.drain_rate().per_sec(),
+            tokens_per_sec: if self.tokens.is_observed() {
+                self.tokens.per_sec()
+            } else {
+                0.0
+            },
+            replica_memory_bytes: self.footprint.total_bytes(),
+            replica_threads: self.footprint.threads,
+        }
+    }
+}

@@ -1,0 +1,184 @@
+//! A running deployment: an actor task owning its queue [`State`](crate::queue::State), its
+//! replicas and its autoscaler, and a cloneable [`Deployment`] handle that implements
+//! [`Backend`], so the gateway serves a deployment exactly as it serves one engine.
+//!
+//! A request sent to [`Deployment::generate`] is dispatched at once to a ready replica with a
+//! free slot, or waits in the fair queue (its stream starts with `Event::Queued` and gets a
+//! new one when its place changes), or is refused (`Overloaded`, the queue is full). Past the
+//! maximum wait its stream ends with `QueueTimeout`. `generate` returns after the first event,
+//! so errors a replica reports before admission (context length, …) are still return values.
+
+mod actor;
+mod forward;
+mod replicas;
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use backend::{Backend, BackendError, Event, EventStream, GenerateRequest, ModelInfo};
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::StreamExt;
+
+pub use replicas::{ReplicaState, ReplicaView};
+
+use crate::events::ScaleEvent;
+use crate::footprint::Footprint;
+use crate::launcher::ReplicaLauncher;
+use crate::node::Node;
+use crate::spec::DeploymentSpec;
+use crate::{Error, Result};
+
+/// What the actor is asked to do.
+pub(crate) enum Command {
+    Enqueue {
+        request: GenerateRequest,
+        events: mpsc::UnboundedSender<backend::Result<Event>>,
+    },
+    /// A dispatched request ended (`tokens` generated; `completed`: it ran to the end).
+    Done {
+        replica: u64,
+        completed: bool,
+        tokens: u32,
+    },
+    /// A replica's engine refused a dispatched request as overloaded; it goes back in line.
+    Bounced { replica: u64, job: forward::Job },
+    Started {
+        replica: u64,
+        result: Result<Arc<dyn Backend>>,
+    },
+    /// Unload this replica if it is still idle (another deployment needs its room).
+    Evict { replica: u64, reason: String },
+    Update {
+        spec: DeploymentSpec,
+        footprint: Footprint,
+        reply: oneshot::Sender<()>,
+    },
+    Describe {
+        reply: oneshot::Sender<DeploymentView>,
+    },
+    Events {
+        reply: oneshot::Sender<Vec<ScaleEvent>>,
+    },
+    /// Take no new requests, finish the queued and running ones, unload, then reply.
+    Shutdown { reply: oneshot::Sender<()> },
+}
+
+/// A deployment as the admin API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DeploymentView {
+    pub spec: DeploymentSpec,
+    pub replicas: Vec<ReplicaView>,
+    pub queue_length: usize,
+    pub in_flight: usize,
+    /// Completions per second while work was waiting (the queue's drain rate).
+    pub drain_per_sec: f64,
+    /// Generated tokens per second while replicas were busy.
+    pub tokens_per_sec: f64,
+    /// Memory and threads one replica needs.
+    pub replica_memory_bytes: u64,
+    pub replica_threads: usize,
+}
+
+/// A handle on a running deployment; cheap to clone.
+#[derive(Clone)]
+pub struct Deployment {
+    name: Arc<str>,
+    created: u64,
+    context_length: Option<u32>,
+    commands: mpsc::UnboundedSender<Command>,
+}
+
+impl Deployment {
+    /// Start the deployment's actor (replicas start as its autoscaler decides).
+    pub(crate) fn spawn(
+        spec: DeploymentSpec,
+        footprint: Footprint,
+        node: Arc<Node>,
+        launcher: Arc<dyn ReplicaLauncher>,
+    ) -> Self {
+        let (commands, rx) = mpsc::unbounded_channel();
+        node.register(&spec.name, commands.clone());
+        let handle = Self {
+            name: spec.name.as_str().into(),
+            created: SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            context_length: spec.context_length,
+            commands: commands.clone(),
+        };
+        actor::spawn(actor::Parts {
+            spec,
+            footprint,
+            node,
+            launcher,
+            commands,
+            rx,
+        });
+        handle
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(make(tx))
+            .map_err(|_| Error::Stopped(self.name.to_string()))?;
+        rx.await.map_err(|_| Error::Stopped(self.name.to_string()))
+    }
+
+    pub async fn describe(&self) -> Result<DeploymentView> {
+        self.ask(|reply| Command::Describe { reply }).await
+    }
+
+    pub async fn events(&self) -> Result<Vec<ScaleEvent>> {
+        self.ask(|reply| Command::Events { reply }).await
+    }
+
+    pub(crate) async fn update(&self, spec: DeploymentSpec, footprint: Footprint) -> Result<()> {
+        self.ask(|reply| Command::Update {
+            spec,
+            footprint,
+            reply,
+        })
+        .await
+    }
+
+    /// Refuse new requests, let queued and running ones finish, unload every replica.
+    pub async fn shutdown(&self) {
+        let _ = self.ask(|reply| Command::Shutdown { reply }).await;
+    }
+}
+
+#[async_trait::async_trait]
+impl Backend for Deployment {
+    fn info(&self) -> ModelInfo {
+        ModelInfo {
+            id: self.name.to_string(),
+            owned_by: "flywheel".into(),
+            context_length: self.context_length,
+            created: self.created,
+        }
+    }
+
+    async fn generate(&self, request: GenerateRequest) -> backend::Result<EventStream> {
+        let (events, mut rx) = mpsc::unbounded_channel();
+        self.commands
+            .send(Command::Enqueue { request, events })
+            .map_err(|_| BackendError::ShuttingDown)?;
+        match rx.recv().await {
+            None => Err(BackendError::Internal(format!(
+                "deployment '{}' stopped before answering",
+                self.name
+            ))),
+            Some(Err(e)) => Err(e),
+            Some(Ok(first)) => Ok(Box::pin(
+                tokio_stream::once(Ok(first))
+                    .chain(tokio_stream::wrappers::UnboundedReceiverStream::new(rx)),
+            )),
+        }
+    }
+}

@@ -1,0 +1,136 @@
+//! The seam through which replicas are sized and started: in process here
+//! ([`EngineLauncher`]), by a node agent on another machine later.
+
+use std::sync::Arc;
+
+use backend::Backend;
+
+use crate::footprint::Footprint;
+use crate::Result;
+
+/// Tokens per decode step replicas are started with.
+pub const STEP_TOKENS: usize = 512;
+
+/// Everything needed to start one replica.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaSpec {
+    /// The served name.
+    pub deployment: String,
+    /// The model SPEC as the deployment gives it.
+    pub model: String,
+    /// Bumped on every model change; replicas of older generations are rolled over.
+    pub generation: u64,
+    pub slots: usize,
+    pub threads: usize,
+    pub slot_context: Option<u32>,
+}
+
+/// Sizes and starts replicas.
+#[async_trait::async_trait]
+pub trait ReplicaLauncher: Send + Sync {
+    /// What one replica of this spec will need, from the model's header (nothing loaded).
+    async fn footprint(&self, spec: &ReplicaSpec) -> Result<Footprint>;
+
+    /// Load the model and return something that generates with `spec.slots` slots.
+    async fn start(&self, spec: &ReplicaSpec) -> Result<Arc<dyn Backend>>;
+}
+
+#[cfg(feature = "engine")]
+pub use in_process::EngineLauncher;
+
+#[cfg(feature = "engine")]
+mod in_process {
+    use std::path::PathBuf;
+    use std::sync::Arc;
+
+    use backend::Backend;
+    use engine::{Engine, EngineOptions};
+
+    use super::{ReplicaLauncher, ReplicaSpec, STEP_TOKENS};
+    use crate::footprint::{Footprint, ModelShape, Sizing};
+    use crate::{Error, Result};
+
+    type Resolve = dyn Fn(&str) -> std::result::Result<PathBuf, String> + Send + Sync;
+
+    /// Starts replicas as in-process llama.cpp engines.
+    pub struct EngineLauncher {
+        resolve: Arc<Resolve>,
+    }
+
+    impl Default for EngineLauncher {
+        fn default() -> Self {
+            Self::new()
+        }
+    }
+
+    impl EngineLauncher {
+        /// Model SPECs are file paths.
+        pub fn new() -> Self {
+            Self::with_resolver(|model| Ok(PathBuf::from(model)))
+        }
+
+        /// Model SPECs are resolved to local files by `resolve` (e.g. `hub:` references
+        /// through the hub's blob store); its error says what is missing.
+        pub fn with_resolver(
+            resolve: impl Fn(&str) -> std::result::Result<PathBuf, String> + Send + Sync + 'static,
+        ) -> Self {
+            Self {
+                resolve: Arc::new(resolve),
+            }
+        }
+
+        fn path(&self, spec: &ReplicaSpec) -> Result<PathBuf> {
+            let path = (self.resolve)(&spec.model).map_err(Error::Launch)?;
+            if !path.is_file() {
+                return Err(Error::Launch(format!(
+                    "model file {} for '{}' does not exist; fetch it or fix the deployment's model",
+                    path.display(),
+                    spec.deployment
+                )));
+            }
+            Ok(path)
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl ReplicaLauncher for EngineLauncher {
+        async fn footprint(&self, spec: &ReplicaSpec) -> Result<Footprint> {
+            let path = self.path(spec)?;
+            let sizing = Sizing {
+                slots: spec.slots,
+                slot_context: spec.slot_context,
+                threads: spec.threads,
+                step_tokens: STEP_TOKENS.max(spec.slots),
+            };
+            tokio::task::spawn_blocking(move || {
+                let shape = ModelShape::from_file(&path)?;
+                Ok(Footprint::estimate(
+                    &path.display().to_string(),
+                    &shape,
+                    &sizing,
+                ))
+            })
+            .await
+            .map_err(|e| Error::Launch(format!("sizing task failed: {e}")))?
+        }
+
+        async fn start(&self, spec: &ReplicaSpec) -> Result<Arc<dyn Backend>> {
+            let path = self.path(spec)?;
+            let name = spec.deployment.clone();
+            let opts = EngineOptions {
+                slots: spec.slots,
+                slot_context: spec.slot_context,
+                threads: spec.threads,
+                step_tokens: STEP_TOKENS.max(spec.slots),
+                // The deployment's queue holds the backlog; the engine's own queue only
+                // absorbs the moment between a slot freeing and the next dispatch.
+                max_queue: spec.slots,
+            };
+            let engine = tokio::task::spawn_blocking(move || Engine::start(&path, &name, &opts))
+                .await
+                .map_err(|e| Error::Launch(format!("engine start task failed: {e}")))?
+                .map_err(|e| Error::Launch(e.to_string()))?;
+            Ok(Arc::new(engine))
+        }
+    }
+}

@@ -1,0 +1,349 @@
+//! What a deployment is, as created and persisted: [`DeploymentSpec`], its partial update
+//! [`DeploymentPatch`], and the [`DeploymentStore`] seam that keeps specs across restarts.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::autoscale::ScalePolicy;
+use crate::queue::QueueConfig;
+use crate::{Error, Result};
+
+/// Most replicas one deployment may ask for.
+pub const MAX_REPLICAS: usize = 64;
+/// Most slots one replica may have.
+pub const MAX_SLOTS: usize = 256;
+
+/// A deployment of one model under one served name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeploymentSpec {
+    /// The served name: what the API's `model` field, prices, allow-lists and metrics use.
+    pub name: String,
+    /// The model SPEC as given (`PATH` or `hub:ORG/NAME[@REV][#FILE]`); the launcher resolves it.
+    pub model: String,
+    #[serde(default)]
+    pub min_replicas: usize,
+    #[serde(default = "default_max_replicas")]
+    pub max_replicas: usize,
+    #[serde(default = "default_slots")]
+    pub slots_per_replica: usize,
+    #[serde(default = "default_threads")]
+    pub threads_per_replica: usize,
+    /// Tokens per slot; `None`: the model's training context, at most 4096.
+    #[serde(default)]
+    pub context_length: Option<u32>,
+    #[serde(default = "default_idle_seconds")]
+    pub idle_seconds: u64,
+    #[serde(default)]
+    pub queue: QueueSpec,
+    /// Relative shares of the queue per tenant id (default 1).
+    #[serde(default)]
+    pub tenant_weights: BTreeMap<String, u32>,
+    /// From the command line (`--model`): at least one replica, never scaled to zero, not
+    /// persisted.
+    #[serde(default)]
+    pub pinned: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueSpec {
+    #[serde(default = "default_max_length")]
+    pub max_length: usize,
+    #[serde(default = "default_max_wait")]
+    pub max_wait_seconds: u64,
+}
+
+impl Default for QueueSpec {
+    fn default() -> Self {
+        Self {
+            max_length: default_max_length(),
+            max_wait_seconds: default_max_wait(),
+        }
+    }
+}
+
+fn default_max_replicas() -> usize {
+    1
+}
+fn default_slots() -> usize {
+    4
+}
+fn default_threads() -> usize {
+    1
+}
+fn default_idle_seconds() -> u64 {
+    300
+}
+fn default_max_length() -> usize {
+    1024
+}
+fn default_max_wait() -> u64 {
+    60
+}
+
+impl DeploymentSpec {
+    /// A spec with defaults for everything but the name and model.
+    pub fn new(name: impl Into<String>, model: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            model: model.into(),
+            min_replicas: 0,
+            max_replicas: default_max_replicas(),
+            slots_per_replica: default_slots(),
+            threads_per_replica: default_threads(),
+            context_length: None,
+            idle_seconds: default_idle_seconds(),
+            queue: QueueSpec::default(),
+            tenant_weights: BTreeMap::new(),
+            pinned: false,
+        }
+    }
+
+    /// Check every field; the error names the field and the accepted range.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |field: &'static str, message: String| Err(Error::InvalidSpec { field, message });
+        let name_ok = !self.name.is_empty()
+            && self.name.len() <= 128
+            && self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.:/@".contains(c));
+        if !name_ok {
+            return bad(
+                "name",
+                format!(
+                    "'{}' is not a served name: use 1 to 128 letters, digits and - _ . : / @",
+                    self.name
+                ),
+            );
+        }
+        if self.model.trim().is_empty() {
+            return bad(
+                "model",
+                "give a model SPEC: a GGUF path or hub:ORG/NAME[@REV][#FILE]".into(),
+            );
+        }
+        if self.max_replicas == 0 || self.max_replicas > MAX_REPLICAS {
+            return bad(
+                "max_replicas",
+                format!("{} is outside 1..={MAX_REPLICAS}", self.max_replicas),
+            );
+        }
+        if self.min_replicas > self.max_replicas {
+            return bad(
+                "min_replicas",
+                format!(
+                    "{} is more than max_replicas {}",
+                    self.min_replicas, self.max_replicas
+                ),
+            );
+        }
+        if self.slots_per_replica == 0 || self.slots_per_replica > MAX_SLOTS {
+            return bad(
+                "slots_per_replica",
+                format!("{} is outside 1..={MAX_SLOTS}", self.slots_per_replica),
+            );
+        }
+        if self.threads_per_replica == 0 || self.threads_per_replica > 1024 {
+            return bad(
+                "threads_per_replica",
+                format!("{} is outside 1..=1024", self.threads_per_replica),
+            );
+        }
+        if let Some(ctx) = self.context_length {
+            if !(16..=1 << 20).contains(&ctx) {
+                return bad(
+                    "context_length",
+                    format!("{ctx} is outside 16..=1048576 tokens"),
+                );
+            }
+        }
+        if self.queue.max_length > 1_000_000 {
+            return bad(
+                "queue.max_length",
+                format!("{} is more than 1000000", self.queue.max_length),
+            );
+        }
+        if self.queue.max_wait_seconds == 0 || self.queue.max_wait_seconds > 3600 {
+            return bad(
+                "queue.max_wait_seconds",
+                format!("{} is outside 1..=3600", self.queue.max_wait_seconds),
+            );
+        }
+        if let Some((tenant, w)) = self
+            .tenant_weights
+            .iter()
+            .find(|(_, w)| **w == 0 || **w > 1000)
+        {
+            return bad(
+                "tenant_weights",
+                format!("{tenant}: weight {w} is outside 1..=1000"),
+            );
+        }
+        Ok(())
+    }
+
+    /// Replicas that are always kept (a pinned deployment keeps at least one).
+    pub fn effective_min_replicas(&self) -> usize {
+        if self.pinned {
+            self.min_replicas.max(1)
+        } else {
+            self.min_replicas
+        }
+    }
+
+    pub fn queue_config(&self) -> QueueConfig {
+        QueueConfig {
+            max_length: self.queue.max_length,
+            max_wait: Duration::from_secs(self.queue.max_wait_seconds),
+            // A replica finishing a short request every two seconds per slot, until observed.
+            prior_drain_per_sec: self.slots_per_replica as f64 / 2.0,
+        }
+    }
+
+    pub fn scale_policy(&self) -> ScalePolicy {
+        ScalePolicy {
+            idle: Duration::from_secs(self.idle_seconds),
+            ..ScalePolicy::new(
+                self.effective_min_replicas(),
+                self.max_replicas,
+                self.slots_per_replica,
+                self.threads_per_replica,
+            )
+        }
+    }
+}
+
+/// A partial update (`PATCH`): absent fields stay. A different `model` rolls the replicas over
+/// to it without dropping requests.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeploymentPatch {
+    pub model: Option<String>,
+    pub min_replicas: Option<usize>,
+    pub max_replicas: Option<usize>,
+    pub slots_per_replica: Option<usize>,
+    pub threads_per_replica: Option<usize>,
+    pub context_length: Option<u32>,
+    pub idle_seconds: Option<u64>,
+    pub queue: Option<QueueSpec>,
+    pub tenant_weights: Option<BTreeMap<String, u32>>,
+}
+
+impl DeploymentPatch {
+    /// The spec with this patch applied (not yet validated).
+    pub fn apply(&self, spec: &DeploymentSpec) -> DeploymentSpec {
+        let mut s = spec.clone();
+        if let Some(v) = &self.model {
+            s.model.clone_from(v);
+        }
+        s.min_replicas = self.min_replicas.unwrap_or(s.min_replicas);
+        s.max_replicas = self.max_replicas.unwrap_or(s.max_replicas);
+        s.slots_per_replica = self.slots_per_replica.unwrap_or(s.slots_per_replica);
+        s.threads_per_replica = self.threads_per_replica.unwrap_or(s.threads_per_replica);
+        if self.context_length.is_some() {
+            s.context_length = self.context_length;
+        }
+        s.idle_seconds = self.idle_seconds.unwrap_or(s.idle_seconds);
+        if let Some(q) = &self.queue {
+            s.queue = q.clone();
+        }
+        if let Some(w) = &self.tenant_weights {
+            s.tenant_weights.clone_from(w);
+        }
+        s
+    }
+}
+
+/// Where deployment specs persist across restarts (the database, in the binary).
+#[async_trait::async_trait]
+pub trait DeploymentStore: Send + Sync {
+    async fn list(&self) -> Result<Vec<DeploymentSpec>>;
+    /// Insert or replace the spec with this name.
+    async fn put(&self, spec: &DeploymentSpec) -> Result<()>;
+    async fn delete(&self, name: &str) -> Result<()>;
+}
+
+/// Specs kept in memory (tests, and a server without persistence).
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    specs: Mutex<BTreeMap<String, DeploymentSpec>>,
+}
+
+#[async_trait::async_trait]
+impl DeploymentStore for MemoryStore {
+    async fn list(&self) -> Result<Vec<DeploymentSpec>> {
+        Ok(lock(&self.specs).values().cloned().collect())
+    }
+
+    async fn put(&self, spec: &DeploymentSpec) -> Result<()> {
+        lock(&self.specs).insert(spec.name.clone(), spec.clone());
+        Ok(())
+    }
+
+    async fn delete(&self, name: &str) -> Result<()> {
+        lock(&self.specs).remove(name);
+        Ok(())
+    }
+}
+
+/// A poisoned lock only means another thread panicked while holding it; the data (plain
+/// maps) is still consistent, so keep going.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_parse_and_validate() {
+        let spec: DeploymentSpec =
+            serde_json::from_str(r#"{"name": "smol", "model": "/m/smol.gguf"}"#).unwrap();
+        assert_eq!(spec, DeploymentSpec::new("smol", "/m/smol.gguf"));
+        spec.validate().unwrap();
+    }
+
+    #[test]
+    fn invalid_fields_are_named() {
+        let mut s = DeploymentSpec::new("smol", "m.gguf");
+        s.min_replicas = 3;
+        let e = s.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("min_replicas") && e.contains("max_replicas 1"),
+            "{e}"
+        );
+        let mut s = DeploymentSpec::new("bad name!", "m.gguf");
+        assert!(s.validate().unwrap_err().to_string().contains("name"));
+        s.name = "ok".into();
+        s.queue.max_wait_seconds = 0;
+        assert!(s
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("queue.max_wait_seconds"));
+    }
+
+    #[test]
+    fn patches_apply_only_what_they_name() {
+        let s = DeploymentSpec::new("smol", "a.gguf");
+        let p: DeploymentPatch =
+            serde_json::from_str(r#"{"max_replicas": 3, "model": "b.gguf"}"#).unwrap();
+        let t = p.apply(&s);
+        assert_eq!(
+            (t.max_replicas, t.model.as_str(), t.slots_per_replica),
+            (3, "b.gguf", 4)
+        );
+        assert!(serde_json::from_str::<DeploymentPatch>(r#"{"nmae": "x"}"#).is_err());
+    }
+
+    #[test]
+    fn pinned_keeps_one_replica() {
+        let mut s = DeploymentSpec::new("smol", "a.gguf");
+        s.pinned = true;
+        assert_eq!(s.scale_policy().min_replicas, 1);
+    }
+}

@@ -21,6 +21,10 @@ cargo fmt --all -- --check
 step "cargo clippy"
 cargo clippy --release --workspace --all-targets -- -D warnings
 step "cargo test"
+# Real GGUFs for the control crate's sizing and replica tests (they skip, saying so, if unset).
+scripts/fetch-models.sh smollm2 qwen
+export FLYWHEEL_SMOL_GGUF="$FLYWHEEL_CACHE/models/SmolLM2-135M-Instruct.Q4_1.gguf"
+export FLYWHEEL_QWEN_GGUF="$FLYWHEEL_CACHE/models/Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.gguf"
 cargo test --release --workspace
 step "cargo build (binary for the end-to-end suite)"
 cargo build --release -p flywheel

@@ -2,6 +2,8 @@
 //! timeouts, refusals, scale to zero and back, rolling replacement, budgets.
 
 mod common;
+#[cfg(feature = "engine")]
+mod engine;
 
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;

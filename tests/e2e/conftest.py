@@ -44,6 +44,32 @@ class Server:
         self.proc = proc
         self.log_path = log_path
         self.admin_key = admin_key
+        # The key tests call the API with: a tenant's key once `with_tenant` made one.
+        self.key = admin_key
+        self.tenant_id = None
+
+    def auth(self, key: str = None) -> dict:
+        return {"Authorization": f"Bearer {key or self.key}"}
+
+    def admin(self, method: str, path: str, json=None, expect: int = None):
+        """Calls /admin/v1/PATH with the admin key; returns the decoded body."""
+        r = requests.request(method, self.url + "/admin/v1" + path, json=json, headers=self.auth(self.admin_key), timeout=30)
+        if expect is not None:
+            assert r.status_code == expect, f"{method} {path}: {r.status_code} {r.text[:500]}"
+        return r.json()
+
+    def new_tenant(self, name: str, **fields) -> str:
+        return self.admin("POST", "/tenants", {"name": name, **fields}, expect=201)["id"]
+
+    def new_key(self, tenant_id: str, **fields) -> dict:
+        """A new key of the tenant: its listing fields plus the secret under "key"."""
+        return self.admin("POST", f"/tenants/{tenant_id}/keys", {"name": "e2e", **fields}, expect=201)
+
+    def with_tenant(self, name: str = "e2e", grant_tokens: int = 1_000_000_000) -> "Server":
+        """Makes a tenant with a large grant and uses its key for the tests' calls."""
+        self.tenant_id = self.new_tenant(name, grant_tokens=grant_tokens)
+        self.key = self.new_key(self.tenant_id)["key"]
+        return self
 
     def log_tail(self, lines: int = 80) -> str:
         try:
@@ -54,7 +80,8 @@ class Server:
 
     def client(self, **kw) -> openai.OpenAI:
         kw.setdefault("timeout", CLIENT_TIMEOUT_S)
-        return openai.OpenAI(base_url=self.url + "/v1", api_key="e2e-any-key", max_retries=0, **kw)
+        kw.setdefault("api_key", self.key)
+        return openai.OpenAI(base_url=self.url + "/v1", max_retries=0, **kw)
 
     def metrics(self) -> str:
         r = requests.get(self.url + "/metrics", headers={"Authorization": f"Bearer {self.admin_key}"}, timeout=10)
@@ -149,7 +176,7 @@ def server(tmp_path_factory, paths, admin_key):
     args += ["--slots", str(SLOTS), "--slot-context", str(SLOT_CONTEXT)]
     threads = os.environ.get("FLYWHEEL_E2E_THREADS") or str(os.cpu_count() or 2)
     args += ["--threads", threads]
-    s = _start("server1", args, tmp, admin_key)
+    s = _start("server1", args, tmp, admin_key).with_tenant()
     yield s
     _stop(s)
 
@@ -164,7 +191,7 @@ def upstream_server(tmp_path_factory, server, admin_key):
             "[[upstreams]]\n"
             'name = "remote-smol"\n'
             f'base_url = "{server.url}/v1"\n'
-            'api_key = "anything"\n'
+            f'api_key = "{server.key}"\n'
             'model = "smol"\n'
         )
     s = _start("server2", ["--config", cfg], tmp, admin_key)

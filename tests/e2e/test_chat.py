@@ -68,7 +68,7 @@ def test_sse_wire_format(server):
         "stream_options": {"include_usage": True},
     }
     r = requests.post(
-        server.url + "/v1/chat/completions", json=body, headers={"Authorization": "Bearer x"}, stream=True, timeout=60
+        server.url + "/v1/chat/completions", json=body, headers=server.auth(), stream=True, timeout=60
     )
     try:
         assert r.status_code == 200, r.text

@@ -109,7 +109,7 @@ def test_malformed_json(server):
     r = requests.post(
         server.url + "/v1/chat/completions",
         data=b'{"model": "smol", "messages": [',
-        headers={"Authorization": "Bearer x", "Content-Type": "application/json"},
+        headers={**server.auth(), "Content-Type": "application/json"},
         timeout=30,
     )
     assert r.status_code == 400, f"{r.status_code} {r.text[:300]}"
@@ -119,7 +119,7 @@ def test_malformed_json(server):
 
 def test_wrong_json_type(server):
     body = {"model": "smol", "messages": CAPITAL, "temperature": "hot"}
-    r = requests.post(server.url + "/v1/chat/completions", json=body, headers={"Authorization": "Bearer x"}, timeout=30)
+    r = requests.post(server.url + "/v1/chat/completions", json=body, headers=server.auth(), timeout=30)
     assert r.status_code == 400, f"{r.status_code} {r.text[:300]}"
     assert raw_error(r)["param"] == "temperature", r.text
 

@@ -11,22 +11,24 @@ import requests
 from conftest import _start, _stop
 
 
-def _small_server(tmp_path_factory, paths, admin_key, name, extra):
-    tmp = str(tmp_path_factory.mktemp(name))
+def _small_server(tmp_path_factory, paths, admin_key, name, extra, tmp=None):
+    tmp = tmp or str(tmp_path_factory.mktemp(name))
     args = ["--model", f"{paths['tiny']}=tiny", "--slots", "1", "--slot-context", "512",
             "--step-tokens", "64", "--threads", "1", *extra]
-    return _start(name, args, tmp, admin_key)
+    return _start(name, args, tmp, admin_key), tmp
 
 
-def _long_stream(url, max_tokens, started: threading.Event, out: dict):
+def _long_stream(server, max_tokens, started: threading.Event, out: dict):
     body = {"model": "tiny", "prompt": "hello", "max_tokens": max_tokens, "stream": True,
             "stream_options": {"include_usage": True}}
-    with requests.post(url + "/v1/completions", json=body, stream=True, timeout=120) as r:
+    with requests.post(server.url + "/v1/completions", json=body, headers=server.auth(), stream=True,
+                       timeout=120) as r:
         out["status"] = r.status_code
         chunks = 0
         for line in r.iter_lines():
             if line.startswith(b"data: ") and line != b"data: [DONE]":
                 event = json.loads(line[6:])
+                out["id"] = event.get("id")
                 if event.get("usage"):
                     out["usage"] = event["usage"]
                 chunks += 1
@@ -38,17 +40,17 @@ def _long_stream(url, max_tokens, started: threading.Event, out: dict):
 
 
 def test_full_queue_answers_429_with_retry_after(tmp_path_factory, paths, admin_key):
-    server = _small_server(tmp_path_factory, paths, admin_key, "overload", ["--max-queue", "1"])
+    server, _ = _small_server(tmp_path_factory, paths, admin_key, "overload", ["--max-queue", "1"])
     try:
         started, out = threading.Event(), {}
-        runner = threading.Thread(target=_long_stream, args=(server.url, 400, started, out))
+        runner = threading.Thread(target=_long_stream, args=(server, 400, started, out))
         runner.start()
         assert started.wait(60), "the long stream never started"
         # The one slot is busy; the queue holds one more; the rest must be refused at once.
         results = []
 
         def fire():
-            r = requests.post(server.url + "/v1/completions", timeout=120,
+            r = requests.post(server.url + "/v1/completions", timeout=120, headers=server.auth(),
                               json={"model": "tiny", "prompt": "x", "max_tokens": 2})
             results.append(r)
 
@@ -73,10 +75,13 @@ def test_full_queue_answers_429_with_retry_after(tmp_path_factory, paths, admin_
 
 
 def test_sigterm_drains_running_stream(tmp_path_factory, paths, admin_key):
-    server = _small_server(tmp_path_factory, paths, admin_key, "drain", [])
+    """The running stream finishes and is settled: a restart on the same data directory shows
+    its bill, exactly the usage the client got."""
+    server, tmp = _small_server(tmp_path_factory, paths, admin_key, "drain", [])
+    server.with_tenant()
     try:
         started, out = threading.Event(), {}
-        runner = threading.Thread(target=_long_stream, args=(server.url, 150, started, out))
+        runner = threading.Thread(target=_long_stream, args=(server, 150, started, out))
         runner.start()
         assert started.wait(60), "the stream never started"
         server.proc.send_signal(signal.SIGTERM)  # by PID: the process this test started
@@ -93,3 +98,11 @@ def test_sigterm_drains_running_stream(tmp_path_factory, paths, admin_key):
         assert server.proc.wait(timeout=30) == 0, server.log_tail()
     finally:
         _stop(server)
+    again, _ = _small_server(tmp_path_factory, paths, admin_key, "drain-again", [], tmp=tmp)
+    try:
+        bill = again.admin("GET", f"/requests/{out['id']}", expect=200)
+        assert bill["state"] == "settled", bill
+        assert bill["billed"]["completion_tokens"] == 150, bill
+        assert bill["billed"]["prompt_tokens"] == out["usage"]["prompt_tokens"], bill
+    finally:
+        _stop(again)

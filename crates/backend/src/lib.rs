@@ -48,6 +48,16 @@ pub struct SamplingParams {
     pub ignore_eos: bool,
 }
 
+impl Event {
+    /// A `Text` event.
+    pub fn text(text: impl Into<String>, tokens: u32) -> Self {
+        Self::Text {
+            text: text.into(),
+            tokens,
+        }
+    }
+}
+
 impl Default for SamplingParams {
     fn default() -> Self {
         Self {
@@ -76,6 +86,9 @@ pub struct GenerateRequest {
     pub max_tokens: Option<u32>,
     /// Stop strings; generation ends before the first occurrence, which is not returned.
     pub stop: Vec<String>,
+    /// The tenant the request is for (`None`: the admin or an unauthenticated deployment);
+    /// queues use it to share capacity fairly between tenants.
+    pub tenant: Option<String>,
 }
 
 /// Token counts of one request. `cached_tokens` ≤ `prompt_tokens` counts prompt tokens served
@@ -96,12 +109,35 @@ pub enum FinishReason {
     Length,
 }
 
-/// What a backend streams back. A well-formed stream is any number of `Text` events followed by
-/// exactly one `Finished`; an `Err` item ends the stream early.
+/// What a backend streams back. A well-formed stream is any number of `Queued` events, one
+/// `Admitted`, any number of `Text` events, then exactly one `Finished`; an `Err` item ends the stream
+/// early.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
-    /// Newly generated text (valid UTF-8, stop strings already removed).
-    Text(String),
+    /// The request waits for capacity: its place in line (1 = next) and the estimated wait.
+    Queued {
+        position: usize,
+        eta_ms: u64,
+    },
+    /// The request has its prompt tokenized and a place to run: sent once, before any `Text`,
+    /// so the gateway can reserve the worst case (`prompt_tokens + max_tokens`) before
+    /// anything is delivered. `exact` is false where the prompt count is an upper-bound
+    /// estimate (an upstream server that has not answered yet).
+    Admitted {
+        prompt_tokens: u32,
+        max_tokens: u32,
+        exact: bool,
+    },
+    /// Newly generated text (valid UTF-8, stop strings already removed) and how many generated
+    /// tokens it completes. Tokens whose text is held back (an incomplete UTF-8 sequence, a
+    /// possible stop string) are counted in the chunk that releases it; tokens never released
+    /// (a matched stop string, end of sequence) are counted only in `Finished`'s usage. The
+    /// sum over a stream's chunks is therefore ≤ `usage.completion_tokens`. Upstream servers
+    /// that do not say count one token per chunk.
+    Text {
+        text: String,
+        tokens: u32,
+    },
     Finished {
         reason: FinishReason,
         usage: Usage,
@@ -150,6 +186,8 @@ pub enum BackendError {
     },
     #[error("The server is overloaded: {queued} requests are waiting for this model. Retry after {retry_after} s.")]
     Overloaded { queued: usize, retry_after: u64 },
+    #[error("The request waited {waited_secs} s in the queue for this model, longer than its maximum wait. Retry after {retry_after} s.")]
+    QueueTimeout { waited_secs: u64, retry_after: u64 },
     #[error("{}", .0.message)]
     Upstream(UpstreamError),
     #[error("The upstream server could not be reached: {0}. Check that it is running and that its base URL is right.")]

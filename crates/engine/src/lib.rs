@@ -16,7 +16,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use backend::{Backend, BackendError, EventStream, GenerateRequest, ModelInfo};
+use backend::{Backend, BackendError, Event, EventStream, GenerateRequest, ModelInfo};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::model::LoadedModel;
@@ -173,6 +173,12 @@ impl Backend for Engine {
         let fits = room - tokens.len();
         let max_new = request.max_tokens.map_or(fits, |m| (m as usize).min(fits));
         let (events, rx) = mpsc::unbounded_channel();
+        // Cannot fail: the receiver is right here.
+        let _ = events.send(Ok(Event::Admitted {
+            prompt_tokens: tokens.len() as u32,
+            max_tokens: max_new as u32,
+            exact: true,
+        }));
         let (reply, answer) = oneshot::channel();
         let submit = Command::Submit {
             request: Request {

@@ -19,9 +19,24 @@ pub struct ServeArgs {
     /// Address to listen on [default: 127.0.0.1:8080].
     #[arg(long, env = "FLYWHEEL_LISTEN")]
     pub listen: Option<SocketAddr>,
-    /// Data directory (admin key, later the store) [default: ./flywheel-data].
+    /// Data directory (admin key, the SQLite database, hub files) [default: ./flywheel-data].
     #[arg(long, env = "FLYWHEEL_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Database: sqlite://PATH or postgres://USER@HOST/DB [default: sqlite://DATA_DIR/flywheel.db].
+    /// Several processes sharing one PostgreSQL database share tenants, the ledger and limits.
+    #[arg(long, env = "FLYWHEEL_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Free tokens every new tenant gets; 0 turns the grant off [default: 1000000].
+    #[arg(long, env = "FLYWHEEL_FREE_GRANT_TOKENS")]
+    pub free_grant_tokens: Option<i64>,
+    /// Price of a model without a price-book entry, in micro-units per million tokens, as
+    /// INPUT,OUTPUT[,CACHED_INPUT] [default: 0,0,0].
+    #[arg(long, env = "FLYWHEEL_DEFAULT_PRICE")]
+    pub default_price: Option<String>,
+    /// Seconds a running request's reservation stays this process's without a heartbeat;
+    /// after a crash, another process settles it once the lease expires [default: 30].
+    #[arg(long, env = "FLYWHEEL_RESERVATION_LEASE_SECONDS")]
+    pub reservation_lease_seconds: Option<u32>,
     /// A model to serve: PATH[=NAME] (repeatable). NAME defaults to the file name without `.gguf`.
     #[arg(long = "model", env = "FLYWHEEL_MODELS", value_delimiter = ',')]
     pub models: Vec<String>,
@@ -49,6 +64,8 @@ pub struct ServeArgs {
     /// Largest accepted request body in bytes [default: 16 MiB].
     #[arg(long, env = "FLYWHEEL_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<usize>,
+    #[command(flatten)]
+    pub hub: crate::hub_config::HubArgs,
 }
 
 /// The TOML file: the same settings, plus what has no flag (upstream servers).
@@ -57,6 +74,10 @@ pub struct ServeArgs {
 pub struct FileConfig {
     pub listen: Option<SocketAddr>,
     pub data_dir: Option<PathBuf>,
+    pub database_url: Option<String>,
+    pub free_grant_tokens: Option<i64>,
+    pub default_price: Option<String>,
+    pub reservation_lease_seconds: Option<u32>,
     #[serde(default)]
     pub models: Vec<String>,
     pub slots: Option<usize>,
@@ -67,6 +88,9 @@ pub struct FileConfig {
     pub drain_seconds: Option<u64>,
     pub metrics_open: Option<bool>,
     pub max_body_bytes: Option<usize>,
+    /// The `[hub]` table.
+    #[serde(default)]
+    pub hub: crate::hub_config::HubFileConfig,
     /// External OpenAI-compatible servers, each served under its own name.
     #[serde(default)]
     pub upstreams: Vec<UpstreamConfig>,
@@ -75,8 +99,11 @@ pub struct FileConfig {
 /// A `--model` SPEC: a local GGUF and the name it is served under.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModelSpec {
+    /// The GGUF; for a hub model, found when the hub is open (see `hub`).
     pub path: PathBuf,
     pub name: String,
+    /// Set for `hub:ORG/NAME…` specs.
+    pub hub: Option<crate::hub_config::HubModelRef>,
 }
 
 /// Everything `serve` needs, defaults applied and validated.
@@ -84,12 +111,15 @@ pub struct ModelSpec {
 pub struct ServeConfig {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
+    pub database_url: String,
+    pub tenancy: tenancy::TenancyConfig,
     pub models: Vec<ModelSpec>,
     pub upstreams: Vec<UpstreamConfig>,
     pub engine: engine::EngineOptions,
     pub drain_seconds: u64,
     pub metrics_open: bool,
     pub max_body_bytes: usize,
+    pub hub: hub::HubConfig,
 }
 
 impl ServeArgs {
@@ -108,15 +138,38 @@ impl ServeArgs {
             .iter()
             .map(|s| parse_model_spec(s))
             .collect::<Result<Vec<_>>>()?;
+        let data_dir = self
+            .data_dir
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from("flywheel-data"));
+        let database_url = self
+            .database_url
+            .or(file.database_url)
+            .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("flywheel.db").display()));
+        let mut tenancy = tenancy::TenancyConfig::default();
+        if let Some(grant) = self.free_grant_tokens.or(file.free_grant_tokens) {
+            tenancy.free_grant_tokens = grant;
+        }
+        if let Some(price) = self.default_price.or(file.default_price) {
+            tenancy.default_price = parse_price(&price)?;
+        }
+        if let Some(secs) = self
+            .reservation_lease_seconds
+            .or(file.reservation_lease_seconds)
+        {
+            tenancy.lease = chrono::TimeDelta::seconds(i64::from(secs.max(1)));
+        }
+        tenancy
+            .validate()
+            .map_err(|e| anyhow::anyhow!("tenancy settings: {e}"))?;
         let config = ServeConfig {
             listen: self
                 .listen
                 .or(file.listen)
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
-            data_dir: self
-                .data_dir
-                .or(file.data_dir)
-                .unwrap_or_else(|| PathBuf::from("flywheel-data")),
+            data_dir,
+            database_url,
+            tenancy,
             models,
             upstreams: file.upstreams,
             engine: engine::EngineOptions {
@@ -138,6 +191,7 @@ impl ServeArgs {
                 .max_body_bytes
                 .or(file.max_body_bytes)
                 .unwrap_or(16 << 20),
+            hub: self.hub.resolve(&file.hub)?,
         };
         config.validate()?;
         Ok(config)
@@ -175,16 +229,39 @@ impl ServeConfig {
     }
 }
 
+/// `INPUT,OUTPUT[,CACHED_INPUT]` micro-units per million tokens; cached defaults to input.
+fn parse_price(text: &str) -> Result<tenancy::PriceRates> {
+    let parts = text
+        .split(',')
+        .map(|p| p.trim().parse::<i64>())
+        .collect::<Result<Vec<_>, _>>()
+        .ok()
+        .filter(|p| (2..=3).contains(&p.len()) && p.iter().all(|x| *x >= 0));
+    let Some(p) = parts else {
+        bail!("--default-price '{text}': expected INPUT,OUTPUT[,CACHED_INPUT], non-negative integers (micro-units per million tokens)");
+    };
+    Ok(tenancy::PriceRates {
+        input_per_million: p[0],
+        output_per_million: p[1],
+        cached_input_per_million: p.get(2).copied().unwrap_or(p[0]),
+    })
+}
+
 fn load_file(path: &Path) -> Result<FileConfig> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read config file {}", path.display()))?;
     toml::from_str(&text).with_context(|| format!("config file {} is not valid", path.display()))
 }
 
-/// Parse `PATH[=NAME]`. Hub specs (`hub:ORG/NAME…`) need the hub, which this build lacks.
+/// Parse `PATH[=NAME]` or `hub:ORG/NAME[@REV][#FILE][=NAME]`.
 pub fn parse_model_spec(spec: &str) -> Result<ModelSpec> {
     if spec.starts_with("hub:") {
-        bail!("model '{spec}': serving from the hub (hub:ORG/NAME) is not available in this build yet; pass a local GGUF path");
+        let (hub, name) = crate::hub_config::parse_hub_spec(spec)?;
+        return Ok(ModelSpec {
+            path: PathBuf::new(),
+            name,
+            hub: Some(hub),
+        });
     }
     let (path, name) = match spec.rsplit_once('=') {
         Some((p, n)) => (p, Some(n)),
@@ -208,7 +285,11 @@ pub fn parse_model_spec(spec: &str) -> Result<ModelSpec> {
     {
         bail!("model '{spec}': the served name must be 1-128 characters without spaces");
     }
-    Ok(ModelSpec { path, name })
+    Ok(ModelSpec {
+        path,
+        name,
+        hub: None,
+    })
 }
 
 #[cfg(test)]
@@ -234,7 +315,8 @@ mod tests {
         );
         assert!(parse_model_spec("=x").is_err());
         assert!(parse_model_spec("/a.gguf=has space").is_err());
-        assert!(parse_model_spec("hub:org/name").is_err());
+        assert!(parse_model_spec("hub:org/name").is_ok_and(|m| m.hub.is_some()));
+        assert!(parse_model_spec("hub:org").is_err());
     }
 
     #[test]

@@ -2,6 +2,9 @@
 
 mod admin_key;
 mod config;
+mod hub_config;
+mod pull;
+mod push;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -17,6 +20,10 @@ struct Cli {
 enum Command {
     /// Serve models through the OpenAI-compatible API.
     Serve(config::ServeArgs),
+    /// Push a directory into a hub repository as a new revision.
+    Push(push::PushArgs),
+    /// Pull a repository from Hugging Face, ModelScope or another Flywheel into this one.
+    Pull(pull::PullArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -30,6 +37,8 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => args.resolve().and_then(serve::run),
+        Command::Push(args) => client_runtime().and_then(|rt| rt.block_on(push::run(args))),
+        Command::Pull(args) => client_runtime().and_then(|rt| rt.block_on(pull::run(args))),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -38,4 +47,13 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// A small runtime for the client commands.
+fn client_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"))
 }

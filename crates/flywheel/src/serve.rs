@@ -7,6 +7,7 @@ use anyhow::{Context, Result};
 use backend::Backend;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::sync::Notify;
+use tokio_util::task::TaskTracker;
 
 use crate::config::ServeConfig;
 
@@ -23,10 +24,18 @@ async fn serve(config: ServeConfig) -> Result<()> {
         .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
     let admin_key = crate::admin_key::load_or_create(&config.data_dir)?;
     let metrics = install_metrics()?;
+    let tenancy = open_tenancy(&config).await?;
+    let settlements = TaskTracker::new();
+    let hub =
+        crate::hub_config::open(&config.database_url, &config.data_dir, config.hub.clone()).await?;
 
     let mut models: Vec<Arc<dyn Backend>> = Vec::new();
     for spec in &config.models {
-        let (path, name, opts) = (spec.path.clone(), spec.name.clone(), config.engine.clone());
+        let path = match &spec.hub {
+            Some(r) => crate::hub_config::resolve_model(&hub, r).await?,
+            None => spec.path.clone(),
+        };
+        let (name, opts) = (spec.name.clone(), config.engine.clone());
         tracing::info!(model = %name, path = %path.display(), "loading model");
         let engine =
             tokio::task::spawn_blocking(move || engine::Engine::start(&path, &name, &opts))
@@ -45,6 +54,9 @@ async fn serve(config: ServeConfig) -> Result<()> {
     let app = gateway::router(gateway::GatewayState {
         models,
         admin_key,
+        tenancy: tenancy.clone(),
+        settlements: settlements.clone(),
+        hub: Some(hub),
         metrics,
         metrics_open: config.metrics_open,
         max_body_bytes: config.max_body_bytes,
@@ -61,6 +73,7 @@ async fn serve(config: ServeConfig) -> Result<()> {
     tracing::info!("listening on http://{addr}");
     eprintln!("flywheel is serving on http://{addr}");
 
+    let heartbeat = spawn_lease_keeper(tenancy.ledger.clone(), &config.tenancy);
     let stop = Arc::new(Notify::new());
     let signalled = stop.clone();
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
@@ -77,8 +90,89 @@ async fn serve(config: ServeConfig) -> Result<()> {
         result = server => result.context("server error")?,
         () = deadline => tracing::warn!("drain timeout of {}s passed; exiting with requests still running", drain.as_secs()),
     }
+    // Interrupted requests settle in the background; give them a moment to land. Whatever
+    // does not is settled from its progress marks by the next process to start.
+    settlements.close();
+    if tokio::time::timeout(Duration::from_secs(10), settlements.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some settlements did not finish; the next start recovers them");
+    }
+    heartbeat.abort();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Opens the database (migrating it), settles or releases the reservations of processes that
+/// died, and starts this process's lease heartbeat.
+async fn open_tenancy(config: &ServeConfig) -> Result<tenancy::Tenancy> {
+    let shown = redact_password(&config.database_url);
+    let store = store::open(&config.database_url)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot open the database {shown}: {e}. Check --database-url (sqlite://PATH or postgres://USER@HOST/DB) and that the server is reachable"))?;
+    tracing::info!(database = %shown, kind = store.kind(), "database ready");
+    let tenancy = tenancy::Tenancy::new(store, Arc::new(tenancy::SystemClock), &config.tenancy)
+        .map_err(|e| anyhow::anyhow!("tenancy settings: {e}"))?;
+    let recovery = tenancy
+        .ledger
+        .recover()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot recover interrupted requests: {e}"))?;
+    if !recovery.settled.is_empty() || !recovery.released.is_empty() {
+        tracing::info!(
+            settled = recovery.settled.len(),
+            released = recovery.released.len(),
+            "recovered the reservations of processes that stopped"
+        );
+    }
+    Ok(tenancy)
+}
+
+/// Renews this process's leases every third of the lease and closes the reservations of
+/// processes whose lease ran out (one that crashed and restarted within a lease is recovered
+/// here, once its old lease expires).
+fn spawn_lease_keeper(
+    ledger: tenancy::Ledger,
+    config: &tenancy::TenancyConfig,
+) -> tokio::task::JoinHandle<()> {
+    let every = (config.lease / 3)
+        .to_std()
+        .unwrap_or(Duration::from_secs(10))
+        .max(Duration::from_millis(100));
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Err(e) = ledger.heartbeat().await {
+                tracing::warn!(error = %e, "lease heartbeat failed");
+            }
+            match ledger.recover().await {
+                Ok(r) if !r.settled.is_empty() || !r.released.is_empty() => tracing::info!(
+                    settled = r.settled.len(),
+                    released = r.released.len(),
+                    "recovered the reservations of processes that stopped"
+                ),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "reservation recovery failed"),
+            }
+        }
+    })
+}
+
+/// `postgres://user:secret@host/db` → `postgres://user:***@host/db`, for logs and errors.
+fn redact_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    match rest.split_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
 }
 
 async fn shutdown_signal() {

@@ -26,6 +26,7 @@ pub enum Code {
     PermissionDenied,
     ModelNotFound,
     NotFound,
+    Conflict,
     MethodNotAllowed,
     RequestTooLarge,
     RateLimitExceeded,
@@ -60,6 +61,7 @@ impl Code {
             Code::PermissionDenied      => (S::FORBIDDEN,             INVALID,              "permission_denied"),
             Code::ModelNotFound         => (S::NOT_FOUND,             INVALID,              "model_not_found"),
             Code::NotFound              => (S::NOT_FOUND,             INVALID,              "not_found"),
+            Code::Conflict              => (S::CONFLICT,              INVALID,              "conflict"),
             Code::MethodNotAllowed      => (S::METHOD_NOT_ALLOWED,    INVALID,              "method_not_allowed"),
             Code::RequestTooLarge       => (S::PAYLOAD_TOO_LARGE,     INVALID,              "request_too_large"),
             Code::RateLimitExceeded     => (S::TOO_MANY_REQUESTS,     "requests",           "rate_limit_exceeded"),
@@ -133,12 +135,40 @@ impl ApiError {
             BackendError::Overloaded { retry_after, .. } => {
                 Self::new(Code::ServerOverloaded, message).with_retry_after(retry_after)
             }
+            BackendError::QueueTimeout { retry_after, .. } => {
+                Self::new(Code::QueueTimeout, message).with_retry_after(retry_after)
+            }
             BackendError::Upstream(upstream) => Self::from_upstream(upstream),
             BackendError::Unreachable(_) => Self::new(Code::UpstreamUnreachable, message),
             BackendError::ShuttingDown => {
                 Self::new(Code::ShuttingDown, message).with_retry_after(SHUTTING_DOWN_RETRY_AFTER)
             }
             BackendError::Internal(_) => Self::new(Code::Internal, message),
+        }
+    }
+
+    /// Maps a tenancy refusal (auth, quota, limits, admin input) by its stable code.
+    pub fn from_tenancy(err: tenancy::Error) -> Self {
+        use tenancy::Error as E;
+        let message = err.to_string();
+        match err {
+            E::InvalidApiKey => Self::new(Code::InvalidApiKey, message),
+            E::InsufficientQuota { .. } => Self::new(Code::InsufficientQuota, message),
+            E::PermissionDenied { .. } => Self::new(Code::PermissionDenied, message),
+            E::RateLimited {
+                retry_after_secs, ..
+            } => Self::new(Code::RateLimitExceeded, message).with_retry_after(retry_after_secs),
+            E::NotFound { .. } => Self::new(Code::NotFound, message),
+            E::Conflict { .. } => Self::new(Code::Conflict, message),
+            E::Invalid { param, .. } => Self {
+                param,
+                ..Self::new(Code::InvalidRequest, message)
+            },
+            E::Internal => Self::new(
+                Code::Internal,
+                "The server could not reach its database; try again, and tell the operator if \
+                 it persists.",
+            ),
         }
     }
 
@@ -266,6 +296,7 @@ mod tests {
             Code::PermissionDenied,
             Code::ModelNotFound,
             Code::NotFound,
+            Code::Conflict,
             Code::MethodNotAllowed,
             Code::RequestTooLarge,
             Code::RateLimitExceeded,

@@ -12,6 +12,7 @@
 
 pub mod auth;
 pub mod error;
+pub mod meter;
 pub mod metrics;
 pub mod observe;
 mod routes;
@@ -24,25 +25,36 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post, put};
 use axum::Router;
 use backend::Backend;
 use metrics_exporter_prometheus::PrometheusHandle;
 
+use tenancy::Tenancy;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::Authenticator;
 use crate::error::{ApiError, Code};
+use crate::meter::{Meter, MeterSpec};
 
 /// What the binary hands the gateway.
 pub struct GatewayState {
     /// The served models, in the order `/v1/models` lists them.
     pub models: Vec<Arc<dyn Backend>>,
-    /// The bootstrap admin key (needed for `/metrics` unless `metrics_open`).
+    /// The bootstrap admin key: every scope on every route.
     pub admin_key: String,
+    /// Tenants, keys, prices, the ledger and limits.
+    pub tenancy: Tenancy,
     /// Renders the process's Prometheus metrics.
     pub metrics: PrometheusHandle,
     /// Serve `/metrics` without a key.
     pub metrics_open: bool,
     /// Largest accepted request body; larger ones get a 413.
     pub max_body_bytes: usize,
+    /// Settlements of interrupted requests run here; the binary waits for them when draining.
+    pub settlements: TaskTracker,
+    /// The model hub; `None` serves no hub routes (404).
+    pub hub: Option<hub::Hub>,
 }
 
 /// The state handlers see: cheap to clone.
@@ -52,9 +64,12 @@ pub struct AppState(Arc<Inner>);
 struct Inner {
     models: Vec<(String, Arc<dyn Backend>)>,
     by_name: HashMap<String, usize>,
-    admin_key: String,
+    auth: Authenticator,
+    tenancy: Tenancy,
+    settlements: TaskTracker,
     metrics: PrometheusHandle,
     metrics_open: bool,
+    hub: Option<hub::Hub>,
 }
 
 impl AppState {
@@ -73,7 +88,10 @@ impl AppState {
         Self(Arc::new(Inner {
             models,
             by_name,
-            admin_key: state.admin_key,
+            auth: Authenticator::new(state.admin_key, state.tenancy.directory.clone()),
+            tenancy: state.tenancy,
+            settlements: state.settlements,
+            hub: state.hub,
             metrics: state.metrics,
             metrics_open: state.metrics_open,
         }))
@@ -109,8 +127,18 @@ impl AppState {
         }
     }
 
-    pub fn admin_key(&self) -> &str {
-        &self.0.admin_key
+    /// The model hub, if this server runs one.
+    pub fn hub(&self) -> Option<&hub::Hub> {
+        self.0.hub.as_ref()
+    }
+
+    pub fn tenancy(&self) -> &Tenancy {
+        &self.0.tenancy
+    }
+
+    /// A meter for one tenant request.
+    pub fn meter(&self, spec: MeterSpec) -> Meter {
+        Meter::new(self.0.tenancy.clone(), self.0.settlements.clone(), spec)
     }
 
     pub fn metrics_open(&self) -> bool {
@@ -119,6 +147,12 @@ impl AppState {
 
     pub fn render_metrics(&self) -> String {
         self.0.metrics.render()
+    }
+}
+
+impl axum::extract::FromRef<AppState> for Authenticator {
+    fn from_ref(state: &AppState) -> Self {
+        state.0.auth.clone()
     }
 }
 
@@ -136,6 +170,33 @@ pub fn router(state: GatewayState) -> Router {
             post(routes::generate::chat_completions),
         )
         .route("/v1/completions", post(routes::generate::completions))
+        .route("/v1/account", get(routes::account::account))
+        .route("/v1/usage", get(routes::account::usage))
+        .route(
+            "/admin/v1/tenants",
+            post(routes::admin::create_tenant).get(routes::admin::list_tenants),
+        )
+        .route(
+            "/admin/v1/tenants/{id}",
+            get(routes::admin::get_tenant).patch(routes::admin::patch_tenant),
+        )
+        .route(
+            "/admin/v1/tenants/{id}/orgs",
+            post(routes::admin::create_org).get(routes::admin::list_orgs),
+        )
+        .route(
+            "/admin/v1/tenants/{id}/keys",
+            post(routes::admin::create_key).get(routes::admin::list_keys),
+        )
+        .route("/admin/v1/keys/{key_id}", delete(routes::admin::revoke_key))
+        .route("/admin/v1/tenants/{id}/topups", post(routes::admin::top_up))
+        .route("/admin/v1/prices", get(routes::admin::list_prices))
+        .route(
+            "/admin/v1/requests/{request_id}",
+            get(routes::admin::request_bill),
+        )
+        .route("/admin/v1/prices/{*model}", put(routes::admin::put_price))
+        .merge(routes::hub::router())
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))

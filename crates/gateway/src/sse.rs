@@ -1,19 +1,24 @@
 //! Server-sent events for streamed completions.
 //!
-//! The response body owns the backend's [`EventStream`] and nothing else holds it, so when the
-//! client disconnects and hyper drops the body, the stream is dropped and generation stops.
+//! The response body owns the backend's event stream (inside [`Metered`]) and nothing else
+//! holds it, so when the client disconnects and hyper drops the body, the stream is dropped
+//! and generation stops (and the request's meter settles what was delivered).
+//!
+//! A request waiting in a queue gets its headers at once (`x-flywheel-queue-position`,
+//! `x-flywheel-queue-eta-ms`), then an SSE comment line `: queue position=N eta_ms=M` whenever
+//! its place changes.
 
 use std::convert::Infallible;
 
 use axum::body::Body;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::Response;
-use backend::{BackendError, Event, EventStream};
+use backend::{BackendError, Event, Usage};
 use bytes::Bytes;
-use futures::StreamExt;
 use serde_json::Value;
 
 use crate::error::ApiError;
+use crate::meter::Metered;
 use crate::metrics;
 use crate::observe::Streamed;
 use crate::wire::{ChunkFormat, ChunkUsage, ResponseMeta, UsageView};
@@ -30,23 +35,44 @@ fn frame(out: &mut Vec<u8>, data: &Value) {
 
 const DONE: &[u8] = b"data: [DONE]\n\n";
 
+/// What usage a stream's chunks carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UsageOptions {
+    /// `stream_options.include_usage`: a last chunk with the usage (`null` on the others).
+    pub include_usage: bool,
+    /// `stream_options.continuous_usage_stats`: the usage so far on every chunk.
+    pub continuous: bool,
+}
+
 struct State<F> {
     /// `None` once the stream is over, so the backend's stream is dropped at once.
-    events: Option<EventStream>,
+    events: Option<Metered>,
+    /// An event read before the response started (to set its headers), sent first.
+    pending: Option<Event>,
     format: F,
     meta: ResponseMeta,
-    include_usage: bool,
+    usage: UsageOptions,
     opened: bool,
-    prompt_param: &'static str,
+    /// Prompt tokens (from admission) and completion tokens sent so far.
+    so_far: Usage,
 }
 
 impl<F: ChunkFormat> State<F> {
     fn chunk_usage(&self) -> ChunkUsage {
-        if self.include_usage {
+        if self.usage.continuous {
+            ChunkUsage::Some(UsageView::from(self.so_far))
+        } else if self.usage.include_usage {
             ChunkUsage::Null
         } else {
             ChunkUsage::Omit
         }
+    }
+
+    async fn next_event(&mut self) -> Option<Result<Event, ApiError>> {
+        if let Some(event) = self.pending.take() {
+            return Some(Ok(event));
+        }
+        self.events.as_mut()?.next().await
     }
 
     /// The next bytes to send, or `None` when the stream is over.
@@ -59,11 +85,24 @@ impl<F: ChunkFormat> State<F> {
                 return Some(out.into());
             }
         }
-        let events = self.events.as_mut()?;
+        self.events.as_ref()?;
         loop {
-            match events.next().await {
-                Some(Ok(Event::Text(text))) if text.is_empty() => continue,
-                Some(Ok(Event::Text(text))) => {
+            match self.next_event().await {
+                Some(Ok(Event::Queued { position, eta_ms })) => {
+                    out.extend_from_slice(
+                        format!(": queue position={position} eta_ms={eta_ms}\n\n").as_bytes(),
+                    );
+                    return Some(out.into());
+                }
+                Some(Ok(Event::Admitted { prompt_tokens, .. })) => {
+                    self.so_far.prompt_tokens = prompt_tokens;
+                }
+                Some(Ok(Event::Text { text, tokens })) => {
+                    self.so_far.completion_tokens =
+                        self.so_far.completion_tokens.saturating_add(tokens);
+                    if text.is_empty() {
+                        continue;
+                    }
                     frame(
                         &mut out,
                         &self.format.text(&self.meta, &text, self.chunk_usage()),
@@ -74,11 +113,12 @@ impl<F: ChunkFormat> State<F> {
                     self.events = None;
                     metrics::record_usage(&self.meta.model, usage);
                     tracing::debug!(id = %self.meta.id, ?reason, ?usage, "stream finished");
+                    self.so_far = usage;
                     frame(
                         &mut out,
                         &self.format.finish(&self.meta, reason, self.chunk_usage()),
                     );
-                    if self.include_usage {
+                    if self.usage.include_usage {
                         frame(
                             &mut out,
                             &self.format.usage(&self.meta, UsageView::from(usage)),
@@ -89,18 +129,24 @@ impl<F: ChunkFormat> State<F> {
                 }
                 Some(Err(err)) => return Some(self.fail(err)),
                 None => {
-                    return Some(self.fail(BackendError::Internal(
-                        "the backend's stream ended before the generation finished".into(),
-                    )))
+                    let param = self
+                        .events
+                        .as_ref()
+                        .map_or("messages", Metered::prompt_param);
+                    return Some(self.fail(ApiError::from_backend(
+                        BackendError::Internal(
+                            "the backend's stream ended before the generation finished".into(),
+                        ),
+                        param,
+                    )));
                 }
             }
         }
     }
 
     /// One error event; the stream then ends without `[DONE]`.
-    fn fail(&mut self, err: BackendError) -> Bytes {
+    fn fail(&mut self, err: ApiError) -> Bytes {
         self.events = None;
-        let err = ApiError::from_backend(err, self.prompt_param);
         tracing::warn!(id = %self.meta.id, error = %err, "stream failed after it started");
         let mut out = Vec::new();
         let body = serde_json::to_value(err.body()).unwrap_or(Value::Null);
@@ -110,20 +156,26 @@ impl<F: ChunkFormat> State<F> {
 }
 
 /// Streams `events` to the client as SSE in `format`'s chunk shape.
+/// `first` is an event already read from `events` (a `Queued` one sets the queue headers).
 pub fn response<F: ChunkFormat>(
-    events: EventStream,
+    events: Metered,
+    first: Option<Event>,
     format: F,
     meta: ResponseMeta,
-    include_usage: bool,
-    prompt_param: &'static str,
+    usage: UsageOptions,
 ) -> Response {
+    let queued = match first {
+        Some(Event::Queued { position, eta_ms }) => Some((position, eta_ms)),
+        _ => None,
+    };
     let state = State {
         events: Some(events),
+        pending: first,
         format,
         meta,
-        include_usage,
+        usage,
         opened: false,
-        prompt_param,
+        so_far: Usage::default(),
     };
     let stream = futures::stream::unfold(state, |mut state| async move {
         let bytes = state.next_frame().await?;
@@ -138,6 +190,10 @@ pub fn response<F: ChunkFormat>(
     );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    if let Some((position, eta_ms)) = queued {
+        headers.insert("x-flywheel-queue-position", HeaderValue::from(position));
+        headers.insert("x-flywheel-queue-eta-ms", HeaderValue::from(eta_ms));
+    }
     response.extensions_mut().insert(Streamed);
     response
 }

@@ -174,6 +174,7 @@ impl Backend for UpstreamBackend {
     }
 
     async fn generate(&self, request: GenerateRequest) -> backend::Result<EventStream> {
+        let admitted = futures::stream::iter([Ok(self.admitted(&request))]);
         let (url, body) = self.upstream_request(&request);
         let mut builder = self.client.post(url).json(&body);
         if let Some(key) = &self.api_key {
@@ -203,9 +204,51 @@ impl Backend for UpstreamBackend {
         if is_json {
             // A server that ignored `stream: true` and answered with one JSON object.
             let value: Value = response.json().await.map_err(unreachable)?;
-            return Ok(Box::pin(futures::stream::iter(whole_response(&value))));
+            return Ok(Box::pin(
+                admitted.chain(futures::stream::iter(whole_response(&value))),
+            ));
         }
-        Ok(Box::pin(translate(response.bytes_stream().eventsource())))
+        Ok(Box::pin(
+            admitted.chain(translate(response.bytes_stream().eventsource())),
+        ))
+    }
+}
+
+/// Tokens a template may add around each message and around the whole prompt.
+const TEMPLATE_TOKENS_PER_MESSAGE: u32 = 8;
+const TEMPLATE_TOKENS_PER_PROMPT: u32 = 16;
+/// The completion bound assumed for an upstream that does not say its context length.
+const DEFAULT_UPSTREAM_CONTEXT: u32 = 4096;
+
+impl UpstreamBackend {
+    /// The worst case of a request whose prompt the upstream tokenizes: every byte of text a
+    /// token (no tokenizer yields more) plus the template's own tokens. Settlement uses the
+    /// upstream's reported usage.
+    fn admitted(&self, request: &GenerateRequest) -> Event {
+        let (bytes, messages) = match &request.prompt {
+            Prompt::Chat(messages) => (
+                messages
+                    .iter()
+                    .map(|m| m.content.len() + m.role.len())
+                    .sum::<usize>(),
+                messages.len(),
+            ),
+            Prompt::Text(text) => (text.len(), 0),
+        };
+        let prompt_tokens = u32::try_from(bytes)
+            .unwrap_or(u32::MAX)
+            .saturating_add(TEMPLATE_TOKENS_PER_MESSAGE.saturating_mul(messages as u32))
+            .saturating_add(TEMPLATE_TOKENS_PER_PROMPT);
+        let max_tokens = request.max_tokens.unwrap_or_else(|| {
+            self.info()
+                .context_length
+                .unwrap_or(DEFAULT_UPSTREAM_CONTEXT)
+        });
+        Event::Admitted {
+            prompt_tokens,
+            max_tokens,
+            exact: false,
+        }
     }
 }
 
@@ -305,7 +348,10 @@ fn whole_response(value: &Value) -> Vec<backend::Result<Event>> {
         .and_then(Value::as_str)
         .map_or(FinishReason::Stop, finish_reason);
     let usage = value.get("usage").map(usage).unwrap_or_default();
-    vec![Ok(Event::Text(text)), Ok(Event::Finished { reason, usage })]
+    vec![
+        Ok(Event::text(text, usage.completion_tokens)),
+        Ok(Event::Finished { reason, usage }),
+    ]
 }
 
 /// Turns the upstream's SSE chunks into [`Event`]s.
@@ -387,7 +433,7 @@ where
                     self.finish = Some(finish_reason(reason));
                 }
                 if let Some(text) = choice_text(choice).filter(|t| !t.is_empty()) {
-                    return Some(Ok(Event::Text(text.to_string())));
+                    return Some(Ok(Event::text(text, 1)));
                 }
             }
         }

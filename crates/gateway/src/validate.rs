@@ -83,6 +83,11 @@ impl<'a> Fields<'a> {
         self.map.get(key).filter(|v| !v.is_null())
     }
 
+    /// Whether `key` is present with an explicit `null` (PATCH: "remove this setting").
+    pub fn is_null(&self, key: &str) -> bool {
+        self.map.get(key).is_some_and(Value::is_null)
+    }
+
     /// Refuses any key not in `allowed`.
     pub fn deny_unknown(&self, allowed: &[&str]) -> Result<()> {
         match self.map.keys().find(|k| !allowed.contains(&k.as_str())) {
@@ -294,6 +299,9 @@ pub struct Generation {
     pub stop: Vec<String>,
     pub stream: bool,
     pub include_usage: bool,
+    /// `stream_options.continuous_usage_stats` (vLLM's extension): every chunk carries the
+    /// usage so far, so a client knows what it has been billed for if the stream breaks.
+    pub continuous_usage: bool,
 }
 
 /// Reads the parameters both endpoints share. `max_token_keys` lists the length keys this
@@ -341,8 +349,8 @@ pub fn generation(fields: &Fields<'_>, max_token_keys: &[&str]) -> Result<Genera
     }
 
     let stream = fields.bool("stream")?.unwrap_or(false);
-    let include_usage = match fields.object("stream_options")? {
-        None => false,
+    let (include_usage, continuous_usage) = match fields.object("stream_options")? {
+        None => (false, false),
         Some(_) if !stream => {
             return Err(ApiError::invalid(
                 "stream_options",
@@ -351,9 +359,16 @@ pub fn generation(fields: &Fields<'_>, max_token_keys: &[&str]) -> Result<Genera
         }
         Some(options) => {
             let options = Fields::nested(options, fields.param("stream_options"));
-            options.deny_unknown(&["include_usage", "include_obfuscation"])?;
+            options.deny_unknown(&[
+                "include_usage",
+                "include_obfuscation",
+                "continuous_usage_stats",
+            ])?;
             options.bool("include_obfuscation")?;
-            options.bool("include_usage")?.unwrap_or(false)
+            (
+                options.bool("include_usage")?.unwrap_or(false),
+                options.bool("continuous_usage_stats")?.unwrap_or(false),
+            )
         }
     };
 
@@ -363,6 +378,7 @@ pub fn generation(fields: &Fields<'_>, max_token_keys: &[&str]) -> Result<Genera
         stop: stop(fields)?,
         stream,
         include_usage,
+        continuous_usage,
     })
 }
 

@@ -13,6 +13,7 @@
 
 pub mod accounting;
 mod error;
+pub mod hub;
 pub mod model;
 mod postgres;
 mod sqlite;
@@ -23,6 +24,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 pub use error::{Result, StoreError};
+pub use hub::HubStore;
 pub use model::*;
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
@@ -39,12 +41,12 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
     }
 }
 
-/// Everything tenancy and billing persist, in three parts. Implementations are cheap to share
+/// Everything tenancy, billing and the hub persist, in four parts. Implementations are cheap to share
 /// (`Arc<dyn Store>`) and safe to use from many tasks and from several processes on one
 /// database. Callers bring the parts into scope with `use store::{TenantStore, LedgerStore,
-/// LimitStore}`.
+/// LimitStore, HubStore}`.
 #[async_trait]
-pub trait Store: TenantStore + LedgerStore + LimitStore {
+pub trait Store: TenantStore + LedgerStore + LimitStore + HubStore {
     /// `"sqlite"` or `"postgres"`, for logs.
     fn kind(&self) -> &'static str;
 

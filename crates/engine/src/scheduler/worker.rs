@@ -48,6 +48,8 @@ struct Seq {
     received: Instant,
     last_token: Option<Instant>,
     ignore_eos: bool,
+    /// Tokens sampled since the last text chunk was sent (their text is held back).
+    unsent_tokens: u32,
 }
 
 pub struct WorkerConfig {
@@ -191,6 +193,7 @@ impl Worker<'_> {
                         received: request.received,
                         last_token: None,
                         ignore_eos: request.sampling.ignore_eos,
+                        unsent_tokens: 0,
                     },
                 };
                 let answer = match self.state.enqueue(job) {
@@ -310,6 +313,7 @@ impl Worker<'_> {
             Some(prev) => self.metrics.next_token(now - prev),
         }
         self.metrics.generated();
+        job.payload.unsent_tokens += 1;
         let generated = job.generated + 1;
         let reached_max = generated >= job.max_new;
         if self.model.is_end_of_generation(token) && !job.payload.ignore_eos {
@@ -325,8 +329,14 @@ impl Worker<'_> {
                 out.push_str(&job.payload.stop.finish());
                 self.finish(slot, out, FinishReason::Length);
             }
+            StopOutcome::Continue(out) if out.is_empty() => self.state.push_token(slot, token.0),
             StopOutcome::Continue(out) => {
-                let sent = out.is_empty() || job.payload.events.send(Ok(Event::Text(out))).is_ok();
+                let tokens = std::mem::take(&mut job.payload.unsent_tokens);
+                let sent = job
+                    .payload
+                    .events
+                    .send(Ok(Event::text(out, tokens)))
+                    .is_ok();
                 if sent {
                     self.state.push_token(slot, token.0);
                 } else {
@@ -350,7 +360,13 @@ impl Worker<'_> {
         };
         let seq = job.payload;
         if !tail.is_empty() {
-            let _ = seq.events.send(Ok(Event::Text(tail)));
+            // A matched stop string's tokens are not in the tail; usage counts them.
+            let tokens = if reason == FinishReason::Stop {
+                0
+            } else {
+                seq.unsent_tokens
+            };
+            let _ = seq.events.send(Ok(Event::text(tail, tokens)));
         }
         let _ = seq.events.send(Ok(Event::Finished { reason, usage }));
         let secs = seq.received.elapsed().as_secs_f64();

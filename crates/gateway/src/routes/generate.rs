@@ -3,15 +3,16 @@
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use backend::{BackendError, Event, EventStream, FinishReason};
-use futures::StreamExt;
+use backend::{BackendError, Event, FinishReason};
+use tenancy::Scope;
 
 use super::RawBody;
 use crate::auth::Caller;
 use crate::error::{ApiError, Result};
+use crate::meter::{MeterSpec, Metered};
 use crate::metrics::{self, ModelLabel};
 use crate::observe::RequestId;
-use crate::sse;
+use crate::sse::{self, UsageOptions};
 use crate::wire::chat::{self, ChatChunks, ChatCompletionView};
 use crate::wire::completions::{self, CompletionChunks, CompletionView};
 use crate::wire::{unix_now, ResponseMeta, UsageView, ValidRequest};
@@ -25,36 +26,57 @@ enum Endpoint {
 
 pub async fn chat_completions(
     State(state): State<AppState>,
-    _caller: Caller,
+    caller: Caller,
     Extension(request_id): Extension<RequestId>,
     RawBody(body): RawBody,
 ) -> Result<Response> {
+    caller.require(Scope::Inference)?;
     let request = chat::parse(&body)?;
-    Ok(serve(&state, request_id, request, Endpoint::Chat).await)
+    Ok(serve(&state, caller, request_id, request, Endpoint::Chat).await)
 }
 
 pub async fn completions(
     State(state): State<AppState>,
-    _caller: Caller,
+    caller: Caller,
     Extension(request_id): Extension<RequestId>,
     RawBody(body): RawBody,
 ) -> Result<Response> {
+    caller.require(Scope::Inference)?;
     let request = completions::parse(&body)?;
-    Ok(serve(&state, request_id, request, Endpoint::Completions).await)
+    Ok(serve(&state, caller, request_id, request, Endpoint::Completions).await)
 }
 
 /// Runs a validated request against its model; the response (success or error) is labelled
 /// with the model for metrics.
 async fn serve(
     state: &AppState,
+    caller: Caller,
     request_id: RequestId,
     request: ValidRequest,
     endpoint: Endpoint,
 ) -> Response {
-    let backend = match state.backend(&request.model) {
-        Ok(backend) => backend,
-        Err(err) => return err.into_response(),
+    let model = request.model.clone();
+    let mut response = match generate(state, caller, request_id, request, endpoint).await {
+        Ok(response) => response,
+        Err(err) => err.into_response(),
     };
+    response.extensions_mut().insert(ModelLabel(model));
+    response
+}
+
+async fn generate(
+    state: &AppState,
+    caller: Caller,
+    request_id: RequestId,
+    request: ValidRequest,
+    endpoint: Endpoint,
+) -> Result<Response> {
+    if let Some(principal) = caller.principal() {
+        principal
+            .require_model(&request.model)
+            .map_err(ApiError::from_tenancy)?;
+    }
+    let backend = state.backend(&request.model)?;
     tracing::Span::current().record("model", request.model.as_str());
     let prefix = match endpoint {
         Endpoint::Chat => "chatcmpl",
@@ -66,60 +88,68 @@ async fn serve(
         model: request.model.clone(),
     };
     let prompt_param = request.prompt_param();
-    let mut response = match backend
-        .generate(request.generate_request(meta.id.clone()))
+    let tenant = caller.tenant_id().map(str::to_owned);
+    let events = backend
+        .generate(request.generate_request(meta.id.clone(), tenant))
         .await
-    {
-        Err(err) => ApiError::from_backend(err, prompt_param).into_response(),
-        Ok(events) if request.stream => match endpoint {
-            Endpoint::Chat => sse::response(
-                events,
-                ChatChunks,
-                meta,
-                request.include_usage,
-                prompt_param,
-            ),
-            Endpoint::Completions => sse::response(
-                events,
-                CompletionChunks,
-                meta,
-                request.include_usage,
-                prompt_param,
-            ),
-        },
-        Ok(events) => match collect(events, &meta.model).await {
-            Err(err) => ApiError::from_backend(err, prompt_param).into_response(),
-            Ok((text, reason, usage)) => match endpoint {
-                Endpoint::Chat => {
-                    Json(ChatCompletionView::new(meta, text, reason, usage)).into_response()
-                }
-                Endpoint::Completions => {
-                    Json(CompletionView::new(meta, text, reason, usage)).into_response()
-                }
-            },
-        },
+        .map_err(|err| ApiError::from_backend(err, prompt_param))?;
+    let meter = match caller {
+        Caller::Admin => None,
+        Caller::Tenant(principal) => Some(state.meter(MeterSpec {
+            principal,
+            model: request.model.clone(),
+            request_id: meta.id.clone(),
+            streaming: request.stream,
+        })),
     };
-    response.extensions_mut().insert(ModelLabel(request.model));
-    response
+    let mut events = Metered::new(events, meter, prompt_param);
+    if !request.stream {
+        let (text, reason, usage) = collect(&mut events, &meta.model).await?;
+        return Ok(match endpoint {
+            Endpoint::Chat => {
+                Json(ChatCompletionView::new(meta, text, reason, usage)).into_response()
+            }
+            Endpoint::Completions => {
+                Json(CompletionView::new(meta, text, reason, usage)).into_response()
+            }
+        });
+    }
+    // Answer with a status while one can: admission refusals (402, 429, 403) come before the
+    // first byte unless the request had to queue first.
+    let first = loop {
+        match events.next().await {
+            Some(Ok(Event::Admitted { .. })) => continue,
+            Some(Ok(event)) => break Some(event),
+            Some(Err(err)) => return Err(err),
+            None => break None,
+        }
+    };
+    let usage = UsageOptions {
+        include_usage: request.include_usage,
+        continuous: request.continuous_usage,
+    };
+    Ok(match endpoint {
+        Endpoint::Chat => sse::response(events, first, ChatChunks, meta, usage),
+        Endpoint::Completions => sse::response(events, first, CompletionChunks, meta, usage),
+    })
 }
 
 /// Gathers a whole generation. If the client goes away meanwhile, this future is dropped with
 /// the stream, which cancels the generation.
-async fn collect(
-    mut events: EventStream,
-    model: &str,
-) -> Result<(String, FinishReason, UsageView), BackendError> {
+async fn collect(events: &mut Metered, model: &str) -> Result<(String, FinishReason, UsageView)> {
     let mut text = String::new();
     while let Some(event) = events.next().await {
         match event? {
-            Event::Text(piece) => text.push_str(&piece),
+            Event::Text { text: piece, .. } => text.push_str(&piece),
+            Event::Queued { .. } | Event::Admitted { .. } => {}
             Event::Finished { reason, usage } => {
                 metrics::record_usage(model, usage);
                 return Ok((text, reason, UsageView::from(usage)));
             }
         }
     }
-    Err(BackendError::Internal(
-        "the backend's stream ended before the generation finished".into(),
+    Err(ApiError::from_backend(
+        BackendError::Internal("the backend's stream ended before the generation finished".into()),
+        events.prompt_param(),
     ))
 }

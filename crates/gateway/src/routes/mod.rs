@@ -1,6 +1,9 @@
 //! HTTP handlers, one module per group of routes.
 
+pub mod account;
+pub mod admin;
 pub mod generate;
+pub mod hub;
 pub mod models;
 pub mod ops;
 

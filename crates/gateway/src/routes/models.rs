@@ -34,11 +34,19 @@ pub struct ModelListView {
     pub data: Vec<ModelView>,
 }
 
-pub async fn list(State(state): State<AppState>, _: Caller) -> Json<ModelListView> {
+/// Whether the caller's key may use `model` (its allow-list, if any, names it).
+fn allowed(caller: &Caller, model: &str) -> bool {
+    caller
+        .principal()
+        .is_none_or(|p| p.require_model(model).is_ok())
+}
+
+pub async fn list(State(state): State<AppState>, caller: Caller) -> Json<ModelListView> {
     Json(ModelListView {
         object: "list",
         data: state
             .backends()
+            .filter(|(name, _)| allowed(&caller, name))
             .map(|(_, backend)| ModelView::from(backend.info()))
             .collect(),
     })
@@ -46,9 +54,16 @@ pub async fn list(State(state): State<AppState>, _: Caller) -> Json<ModelListVie
 
 pub async fn get(
     State(state): State<AppState>,
-    _: Caller,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<ModelView>> {
     let backend = state.backend(&id)?;
+    if !allowed(&caller, &id) {
+        return Err(crate::error::ApiError::new(
+            crate::error::Code::ModelNotFound,
+            format!("The model '{id}' does not exist or this API key may not use it."),
+        )
+        .with_param("model"));
+    }
     Ok(Json(ModelView::from(backend.info())))
 }

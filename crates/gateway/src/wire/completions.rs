@@ -84,6 +84,7 @@ pub fn parse(body: &[u8]) -> Result<ValidRequest> {
         stop: generation.stop,
         stream: generation.stream,
         include_usage: generation.include_usage,
+        continuous_usage: generation.continuous_usage,
     })
 }
 

@@ -3,6 +3,7 @@
 
 pub mod chat;
 pub mod completions;
+pub mod tenancy;
 
 use backend::{FinishReason, GenerateRequest, Prompt, SamplingParams, Usage};
 use serde::Serialize;
@@ -17,10 +18,12 @@ pub struct ValidRequest {
     pub stop: Vec<String>,
     pub stream: bool,
     pub include_usage: bool,
+    /// Usage so far on every stream chunk (`stream_options.continuous_usage_stats`).
+    pub continuous_usage: bool,
 }
 
 impl ValidRequest {
-    pub fn generate_request(&self, request_id: String) -> GenerateRequest {
+    pub fn generate_request(&self, request_id: String, tenant: Option<String>) -> GenerateRequest {
         GenerateRequest {
             request_id,
             model: self.model.clone(),
@@ -28,6 +31,7 @@ impl ValidRequest {
             sampling: self.sampling.clone(),
             max_tokens: self.max_tokens,
             stop: self.stop.clone(),
+            tenant,
         }
     }
 

@@ -13,6 +13,8 @@ use futures::StreamExt;
 use gateway::{router, GatewayState};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde_json::Value;
+use tenancy::{Tenancy, TenancyConfig};
+use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
 pub const ADMIN_KEY: &str = "test-admin-key";
@@ -67,10 +69,20 @@ impl Scripted {
     }
 }
 
+/// What a backend sends first: 5 prompt tokens, at most 16 more.
+pub fn admitted() -> Result<Event, BackendError> {
+    Ok(Event::Admitted {
+        prompt_tokens: 5,
+        max_tokens: 16,
+        exact: true,
+    })
+}
+
 pub fn hello_events() -> Vec<Result<Event, BackendError>> {
     vec![
-        Ok(Event::Text("Hello".into())),
-        Ok(Event::Text(" world".into())),
+        admitted(),
+        Ok(Event::text("Hello", 1)),
+        Ok(Event::text(" world", 1)),
         Ok(Event::Finished {
             reason: FinishReason::Stop,
             usage: Usage {
@@ -131,21 +143,42 @@ pub fn metrics_handle() -> PrometheusHandle {
         .clone()
 }
 
-pub fn app_with(models: Vec<Arc<dyn Backend>>, metrics_open: bool) -> Router {
+/// Tenancy on a private in-memory SQLite database.
+pub async fn tenancy() -> Tenancy {
+    let store = store::open("sqlite::memory:")
+        .await
+        .expect("in-memory SQLite");
+    Tenancy::new(
+        store,
+        Arc::new(tenancy::SystemClock),
+        &TenancyConfig::default(),
+    )
+    .expect("default tenancy config")
+}
+
+pub fn app_on(models: Vec<Arc<dyn Backend>>, metrics_open: bool, tenancy: Tenancy) -> Router {
     router(GatewayState {
         models,
         admin_key: ADMIN_KEY.into(),
+        tenancy,
         metrics: metrics_handle(),
         metrics_open,
         max_body_bytes: MAX_BODY,
+        settlements: TaskTracker::new(),
+        hub: None,
     })
 }
 
-pub fn app(models: Vec<Arc<Scripted>>) -> Router {
+pub async fn app_with(models: Vec<Arc<dyn Backend>>, metrics_open: bool) -> Router {
+    app_on(models, metrics_open, tenancy().await)
+}
+
+pub async fn app(models: Vec<Arc<Scripted>>) -> Router {
     app_with(
         models.into_iter().map(|m| m as Arc<dyn Backend>).collect(),
         false,
     )
+    .await
 }
 
 pub struct Reply {
@@ -208,8 +241,17 @@ pub async fn send(app: &Router, request: Request<Body>) -> Reply {
     }
 }
 
+/// POSTs with the admin key.
 pub async fn post_raw(app: &Router, path: &str, body: impl Into<Body>) -> Reply {
-    let request = Request::post(path)
+    post_as(app, path, body, Some(ADMIN_KEY)).await
+}
+
+pub async fn post_as(app: &Router, path: &str, body: impl Into<Body>, key: Option<&str>) -> Reply {
+    let mut request = Request::post(path);
+    if let Some(key) = key {
+        request = request.header(header::AUTHORIZATION, format!("Bearer {key}"));
+    }
+    let request = request
         .header(header::CONTENT_TYPE, "application/json")
         .body(body.into())
         .expect("request");

@@ -7,7 +7,7 @@ use serde_json::json;
 use crate::common::*;
 
 async fn refuse(err: BackendError, path: &str) -> Reply {
-    let app = app(vec![Scripted::new("m", Script::Refuse(err))]);
+    let app = app(vec![Scripted::new("m", Script::Refuse(err))]).await;
     let body = if path.ends_with("chat/completions") {
         json!({ "model": "m", "messages": [{ "role": "user", "content": "Hi" }], "stream": true })
     } else {

@@ -6,5 +6,6 @@ mod errors;
 mod ops;
 mod responses;
 mod streaming;
+mod tenants;
 mod upstream;
 mod validation;

@@ -8,14 +8,14 @@ use crate::common::*;
 
 #[tokio::test]
 async fn health_is_open() {
-    let reply = get(&app(vec![]), "/health", None).await;
+    let reply = get(&app(vec![]).await, "/health", None).await;
     assert_eq!(reply.status, 200);
     assert_eq!(reply.json(), json!({ "status": "ok" }));
 }
 
 #[tokio::test]
 async fn metrics_need_the_admin_key() {
-    let app = app(vec![Scripted::hello("m")]);
+    let app = app(vec![Scripted::hello("m")]).await;
     // Produce some traffic to count.
     post(&app, "/v1/chat/completions", chat_body("m")).await;
 
@@ -55,31 +55,31 @@ async fn metrics_need_the_admin_key() {
 
 #[tokio::test]
 async fn metrics_can_be_open() {
-    let app = app_with(Vec::new(), true);
+    let app = app_with(Vec::new(), true).await;
     assert_eq!(get(&app, "/metrics", None).await.status, 200);
 }
 
 #[tokio::test]
 async fn models_are_listed() {
-    let app = app(vec![Scripted::hello("alpha"), Scripted::hello("org/beta")]);
-    let reply = get(&app, "/v1/models", None).await;
+    let app = app(vec![Scripted::hello("alpha"), Scripted::hello("org/beta")]).await;
+    let reply = get(&app, "/v1/models", Some(ADMIN_KEY)).await;
     assert_eq!(reply.status, 200);
     insta::assert_json_snapshot!(reply.json());
 
-    let reply = get(&app, "/v1/models/org/beta", Some("any-key")).await;
+    let reply = get(&app, "/v1/models/org/beta", Some(ADMIN_KEY)).await;
     assert_eq!(reply.status, 200, "{}", reply.body);
     assert_eq!(
         reply.json(),
         json!({ "id": "org/beta", "object": "model", "created": 1_700_000_000, "owned_by": "flywheel" })
     );
-    get(&app, "/v1/models/gamma", None)
+    get(&app, "/v1/models/gamma", Some(ADMIN_KEY))
         .await
         .assert_error(404, "model_not_found", Some("model"));
 }
 
 #[tokio::test]
 async fn unknown_routes_and_methods_are_openai_errors() {
-    let app = app(vec![]);
+    let app = app(vec![]).await;
     let reply = get(&app, "/v1/embeddings", None).await;
     reply.assert_error(404, "not_found", None);
     assert_eq!(

@@ -6,7 +6,7 @@ use crate::common::*;
 
 #[tokio::test]
 async fn chat_completion_shape() {
-    let app = app(vec![Scripted::hello("m")]);
+    let app = app(vec![Scripted::hello("m")]).await;
     let reply = post(&app, "/v1/chat/completions", chat_body("m")).await;
     assert_eq!(reply.status, 200, "{}", reply.body);
     assert_eq!(reply.header("content-type"), Some("application/json"));
@@ -22,7 +22,7 @@ async fn text_completion_shape() {
     let scripted = Scripted::new(
         "m",
         Script::Events(vec![
-            Ok(Event::Text(" there".into())),
+            Ok(Event::text(" there", 1)),
             Ok(Event::Finished {
                 reason: FinishReason::Length,
                 usage: Usage {
@@ -33,7 +33,7 @@ async fn text_completion_shape() {
             }),
         ]),
     );
-    let app = app(vec![scripted]);
+    let app = app(vec![scripted]).await;
     let reply = post(&app, "/v1/completions", completion_body("m")).await;
     assert_eq!(reply.status, 200, "{}", reply.body);
     let json = reply.json();
@@ -45,7 +45,7 @@ async fn text_completion_shape() {
 
 #[tokio::test]
 async fn every_response_has_a_request_id() {
-    let app = app(vec![Scripted::hello("m")]);
+    let app = app(vec![Scripted::hello("m")]).await;
     let replies = [
         post(&app, "/v1/chat/completions", chat_body("m")).await,
         post(&app, "/v1/chat/completions", chat_body("nope")).await,

@@ -22,7 +22,7 @@ fn parse(events: &[String]) -> Vec<Value> {
 
 #[tokio::test]
 async fn chat_stream_frames() {
-    let app = app(vec![Scripted::hello("m")]);
+    let app = app(vec![Scripted::hello("m")]).await;
     let body =
         json!({ "model": "m", "messages": [{ "role": "user", "content": "Hi" }], "stream": true });
     let reply = post(&app, "/v1/chat/completions", body).await;
@@ -48,7 +48,7 @@ async fn chat_stream_frames() {
 
 #[tokio::test]
 async fn chat_stream_with_usage() {
-    let app = app(vec![Scripted::hello("m")]);
+    let app = app(vec![Scripted::hello("m")]).await;
     let body = json!({
         "model": "m", "messages": [{ "role": "user", "content": "Hi" }],
         "stream": true, "stream_options": { "include_usage": true }
@@ -73,7 +73,7 @@ async fn chat_stream_with_usage() {
 
 #[tokio::test]
 async fn completion_stream_frames() {
-    let app = app(vec![Scripted::hello("m")]);
+    let app = app(vec![Scripted::hello("m")]).await;
     let body = json!({ "model": "m", "prompt": "Hi", "stream": true, "stream_options": { "include_usage": true } });
     let reply = post(&app, "/v1/completions", body).await;
     let events = reply.sse();
@@ -87,11 +87,11 @@ async fn error_after_start_is_one_error_event_without_done() {
     let scripted = Scripted::new(
         "m",
         Script::Events(vec![
-            Ok(Event::Text("partial".into())),
+            Ok(Event::text("partial", 1)),
             Err(BackendError::Internal("the decoder fell over".into())),
         ]),
     );
-    let app = app(vec![scripted.clone()]);
+    let app = app(vec![scripted.clone()]).await;
     let body =
         json!({ "model": "m", "messages": [{ "role": "user", "content": "Hi" }], "stream": true });
     let reply = post(&app, "/v1/chat/completions", body).await;
@@ -111,8 +111,9 @@ async fn error_after_start_is_one_error_event_without_done() {
 async fn stream_that_ends_without_finishing_reports_an_error() {
     let app = app(vec![Scripted::new(
         "m",
-        Script::Events(vec![Ok(Event::Text("x".into()))]),
-    )]);
+        Script::Events(vec![Ok(Event::text("x", 1))]),
+    )])
+    .await;
     let body = json!({ "model": "m", "prompt": "Hi", "stream": true });
     let events = post(&app, "/v1/completions", body).await.sse();
     assert!(!events.contains(&"[DONE]".to_string()));
@@ -124,12 +125,13 @@ async fn stream_that_ends_without_finishing_reports_an_error() {
 async fn disconnect_drops_the_backend_stream() {
     let scripted = Scripted::new(
         "m",
-        Script::EventsThenHang(vec![Ok(Event::Text("tick".into()))]),
+        Script::EventsThenHang(vec![Ok(Event::text("tick", 1))]),
     );
-    let app = app(vec![scripted.clone()]);
+    let app = app(vec![scripted.clone()]).await;
     let body =
         json!({ "model": "m", "messages": [{ "role": "user", "content": "Hi" }], "stream": true });
     let request = Request::post("/v1/chat/completions")
+        .header("authorization", format!("Bearer {ADMIN_KEY}"))
         .header("content-type", "application/json")
         .body(Body::from(body.to_string()))
         .expect("request");
@@ -155,10 +157,11 @@ async fn disconnect_drops_the_backend_stream() {
 async fn non_stream_disconnect_drops_the_backend_stream() {
     let scripted = Scripted::new(
         "m",
-        Script::EventsThenHang(vec![Ok(Event::Text("tick".into()))]),
+        Script::EventsThenHang(vec![Ok(Event::text("tick", 1))]),
     );
-    let app = app(vec![scripted.clone()]);
+    let app = app(vec![scripted.clone()]).await;
     let request = Request::post("/v1/chat/completions")
+        .header("authorization", format!("Bearer {ADMIN_KEY}"))
         .body(Body::from(chat_body("m").to_string()))
         .expect("request");
     let call = app.oneshot(request);

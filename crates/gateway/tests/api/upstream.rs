@@ -117,6 +117,7 @@ fn request(prompt: Prompt) -> GenerateRequest {
         },
         max_tokens: Some(32),
         stop: vec!["END".into()],
+        tenant: None,
     }
 }
 
@@ -131,8 +132,26 @@ async fn collect(
     backend: &UpstreamBackend,
     req: GenerateRequest,
 ) -> Result<Vec<Result<Event, BackendError>>, BackendError> {
-    let stream = backend.generate(req).await?;
-    Ok(stream.collect().await)
+    let prompt_bytes = match &req.prompt {
+        Prompt::Chat(m) => m
+            .iter()
+            .map(|m| m.content.len() + m.role.len())
+            .sum::<usize>(),
+        Prompt::Text(t) => t.len(),
+    };
+    let mut events: Vec<_> = backend.generate(req).await?.collect().await;
+    // First, the worst case to reserve: an upper bound on the prompt, as the upstream
+    // tokenizes it.
+    match events.first() {
+        Some(Ok(Event::Admitted {
+            prompt_tokens,
+            exact: false,
+            ..
+        })) => assert!(*prompt_tokens as usize >= prompt_bytes),
+        other => panic!("the stream does not start with Admitted: {other:?}"),
+    }
+    let _admitted = events.remove(0);
+    Ok(events)
 }
 
 fn chat_sse() -> Vec<String> {
@@ -162,8 +181,8 @@ async fn chat_streams_text_and_usage() {
     assert_eq!(
         events,
         vec![
-            Ok(Event::Text("Hel".into())),
-            Ok(Event::Text("lo".into())),
+            Ok(Event::text("Hel", 1)),
+            Ok(Event::text("lo", 1)),
             Ok(Event::Finished {
                 reason: FinishReason::Stop,
                 usage: Usage {
@@ -227,8 +246,8 @@ async fn completions_stream_text() {
     assert_eq!(
         events,
         vec![
-            Ok(Event::Text("Once".into())),
-            Ok(Event::Text(" upon".into())),
+            Ok(Event::text("Once", 1)),
+            Ok(Event::text(" upon", 1)),
             Ok(Event::Finished {
                 reason: FinishReason::Length,
                 usage: Usage {
@@ -254,7 +273,7 @@ async fn a_json_answer_is_accepted_too() {
     let events = collect(&backend(&url), request(chat_prompt()))
         .await
         .unwrap();
-    assert_eq!(events[0], Ok(Event::Text("Hi!".into())));
+    assert_eq!(events[0], Ok(Event::text("Hi!", 2)));
     assert!(matches!(
         events[1],
         Ok(Event::Finished {
@@ -285,7 +304,7 @@ async fn errors_pass_through_intact() {
     assert_eq!(e.r#type.as_deref(), Some("requests"));
 
     // And through the gateway, to the client.
-    let app = app_with(vec![Arc::new(backend(&url))], false);
+    let app = app_with(vec![Arc::new(backend(&url))], false).await;
     let reply = post(&app, "/v1/chat/completions", chat_body("served")).await;
     reply.assert_error(429, "rate_limit_exceeded", None);
     assert_eq!(reply.header("retry-after"), Some("7"));
@@ -298,7 +317,7 @@ async fn errors_pass_through_intact() {
         body: error.to_string(),
     })
     .await;
-    let app = app_with(vec![Arc::new(backend(&url))], false);
+    let app = app_with(vec![Arc::new(backend(&url))], false).await;
     let reply = post(&app, "/v1/chat/completions", chat_body("served")).await;
     reply.assert_error(400, "context_length_exceeded", Some("messages"));
 }
@@ -316,7 +335,7 @@ async fn unreachable_servers_are_unreachable() {
     .unwrap_err();
     assert!(matches!(err, BackendError::Unreachable(_)), "{err:?}");
 
-    let app = app_with(vec![Arc::new(backend(&format!("http://{addr}/v1")))], false);
+    let app = app_with(vec![Arc::new(backend(&format!("http://{addr}/v1")))], false).await;
     let reply = post(&app, "/v1/chat/completions", chat_body("served")).await;
     reply.assert_error(502, "upstream_unreachable", None);
 }
@@ -349,8 +368,8 @@ async fn a_stream_that_breaks_off_is_an_error() {
 #[tokio::test]
 async fn the_gateway_streams_an_upstream_model() {
     let (url, _) = start(Answer::Sse(chat_sse())).await;
-    let app = app_with(vec![Arc::new(backend(&url))], false);
-    let models = get(&app, "/v1/models", None).await.json();
+    let app = app_with(vec![Arc::new(backend(&url))], false).await;
+    let models = get(&app, "/v1/models", Some(ADMIN_KEY)).await.json();
     assert_eq!(models["data"][0]["id"], "served");
     assert_eq!(models["data"][0]["owned_by"], "upstream");
     let body = json!({ "model": "served", "messages": [{ "role": "user", "content": "Hi" }],

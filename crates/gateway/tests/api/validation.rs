@@ -27,7 +27,7 @@ fn merge(mut base: Value, extra: Value) -> Value {
 
 async fn expect_400(path: &str, body: Value, param: &str) -> String {
     let backend = Scripted::hello("m");
-    let reply = post(&app(vec![backend.clone()]), path, body.clone()).await;
+    let reply = post(&app(vec![backend.clone()]).await, path, body.clone()).await;
     reply.assert_error(400, "invalid_request_error", Some(param));
     assert!(
         backend.seen.lock().unwrap().is_empty(),
@@ -74,7 +74,7 @@ async fn unsupported_chat_parameters_are_refused_by_name() {
 #[tokio::test]
 async fn no_op_values_of_unsupported_parameters_pass() {
     let backend = Scripted::hello("m");
-    let app = app(vec![backend.clone()]);
+    let app = app(vec![backend.clone()]).await;
     let body = chat_with(json!({
         "logit_bias": {}, "logprobs": false, "store": false, "n": 1, "tools": null,
         "response_format": null, "user": "u-1", "metadata": { "k": "v" }
@@ -242,7 +242,7 @@ async fn completion_specific_refusals() {
 
 #[tokio::test]
 async fn malformed_bodies_say_what_is_wrong() {
-    let app = app(vec![Scripted::hello("m")]);
+    let app = app(vec![Scripted::hello("m")]).await;
     for (body, needle) in [
         ("{\"model\": \"m\",", "EOF"),
         ("{\"model\": 'm'}", "line 1 column"),
@@ -264,7 +264,7 @@ async fn malformed_bodies_say_what_is_wrong() {
 
 #[tokio::test]
 async fn too_large_bodies_get_413() {
-    let app = app(vec![Scripted::hello("m")]);
+    let app = app(vec![Scripted::hello("m")]).await;
     let big = "x".repeat(MAX_BODY + 1);
     let reply = post(
         &app,
@@ -277,7 +277,7 @@ async fn too_large_bodies_get_413() {
 
 #[tokio::test]
 async fn unknown_model_is_404_listing_served_models() {
-    let app = app(vec![Scripted::hello("alpha"), Scripted::hello("beta")]);
+    let app = app(vec![Scripted::hello("alpha"), Scripted::hello("beta")]).await;
     for (path, body) in [
         (CHAT, chat_body("gamma")),
         (COMPLETIONS, completion_body("gamma")),
@@ -294,7 +294,7 @@ async fn unknown_model_is_404_listing_served_models() {
 #[tokio::test]
 async fn chat_requests_map_to_generate_requests() {
     let backend = Scripted::hello("m");
-    let app = app(vec![backend.clone()]);
+    let app = app(vec![backend.clone()]).await;
     let body = json!({
         "model": "m",
         "messages": [
@@ -346,7 +346,7 @@ async fn chat_requests_map_to_generate_requests() {
 #[tokio::test]
 async fn completion_requests_map_to_generate_requests() {
     let backend = Scripted::hello("m");
-    let app = app(vec![backend.clone()]);
+    let app = app(vec![backend.clone()]).await;
     let body = json!({ "model": "m", "prompt": ["Once"], "stop": ["a", "b"], "echo": false, "best_of": 1, "suffix": null, "logprobs": null });
     let reply = post(&app, COMPLETIONS, body).await;
     assert_eq!(reply.status, 200, "{}", reply.body);

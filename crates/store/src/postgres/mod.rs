@@ -2,6 +2,7 @@
 //! operations lock the rows they change (`SELECT … FOR UPDATE`) under READ COMMITTED.
 
 mod directory;
+mod hub;
 mod ledger;
 mod limits;
 mod rows;

@@ -2,6 +2,7 @@
 //! serialises processes sharing the file.
 
 mod directory;
+mod hub;
 mod ledger;
 mod limits;
 mod rows;

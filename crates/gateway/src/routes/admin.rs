@@ -1,0 +1,207 @@
+//! `/admin/v1/…`: tenants, orgs, keys, top-ups and prices. Every handler takes [`Admin`], so a
+//! tenant key gets a 403 and no key a 401 before any handler runs.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::Json;
+
+use super::RawBody;
+use crate::auth::Admin;
+use crate::error::{ApiError, Result};
+use crate::wire::tenancy::{
+    self as wire, CreatedKeyView, KeyView, ListView, OrgView, PriceView, RequestBillView,
+    TenantView,
+};
+use crate::AppState;
+
+fn tenancy_err(err: tenancy::Error) -> ApiError {
+    ApiError::from_tenancy(err)
+}
+
+pub async fn create_tenant(
+    State(state): State<AppState>,
+    _: Admin,
+    RawBody(body): RawBody,
+) -> Result<impl IntoResponse> {
+    let spec = wire::tenant_spec(&body)?;
+    let tenant = state
+        .tenancy()
+        .directory
+        .create_tenant(&spec)
+        .await
+        .map_err(tenancy_err)?;
+    tracing::info!(tenant = %tenant.id, name = %tenant.name, "tenant created");
+    Ok((StatusCode::CREATED, Json(TenantView::from(tenant))))
+}
+
+pub async fn list_tenants(
+    State(state): State<AppState>,
+    _: Admin,
+) -> Result<Json<ListView<TenantView>>> {
+    let tenants = state
+        .tenancy()
+        .directory
+        .tenants()
+        .await
+        .map_err(tenancy_err)?;
+    Ok(Json(ListView::new(tenants)))
+}
+
+pub async fn get_tenant(
+    State(state): State<AppState>,
+    _: Admin,
+    Path(id): Path<String>,
+) -> Result<Json<TenantView>> {
+    let tenant = state
+        .tenancy()
+        .directory
+        .tenant(&id)
+        .await
+        .map_err(tenancy_err)?;
+    Ok(Json(tenant.into()))
+}
+
+pub async fn patch_tenant(
+    State(state): State<AppState>,
+    _: Admin,
+    Path(id): Path<String>,
+    RawBody(body): RawBody,
+) -> Result<Json<TenantView>> {
+    let patch = wire::tenant_patch(&body)?;
+    let tenant = state
+        .tenancy()
+        .directory
+        .update_tenant(&id, &patch)
+        .await
+        .map_err(tenancy_err)?;
+    tracing::info!(tenant = %tenant.id, ?patch, "tenant updated");
+    Ok(Json(tenant.into()))
+}
+
+pub async fn create_org(
+    State(state): State<AppState>,
+    _: Admin,
+    Path(id): Path<String>,
+    RawBody(body): RawBody,
+) -> Result<impl IntoResponse> {
+    let name = wire::org_name(&body)?;
+    let org = state
+        .tenancy()
+        .directory
+        .create_org(&id, &name)
+        .await
+        .map_err(tenancy_err)?;
+    Ok((StatusCode::CREATED, Json(OrgView::from(org))))
+}
+
+pub async fn list_orgs(
+    State(state): State<AppState>,
+    _: Admin,
+    Path(id): Path<String>,
+) -> Result<Json<ListView<OrgView>>> {
+    let directory = &state.tenancy().directory;
+    directory.tenant(&id).await.map_err(tenancy_err)?;
+    let orgs = directory.orgs(&id).await.map_err(tenancy_err)?;
+    Ok(Json(ListView::new(orgs)))
+}
+
+pub async fn create_key(
+    State(state): State<AppState>,
+    _: Admin,
+    Path(id): Path<String>,
+    RawBody(body): RawBody,
+) -> Result<impl IntoResponse> {
+    let spec = wire::key_spec(&body)?;
+    let created = state
+        .tenancy()
+        .directory
+        .create_key(&id, &spec)
+        .await
+        .map_err(tenancy_err)?;
+    tracing::info!(tenant = %id, key = %created.key.id, prefix = %created.key.prefix, "key created");
+    Ok((StatusCode::CREATED, Json(CreatedKeyView::from(created))))
+}
+
+pub async fn list_keys(
+    State(state): State<AppState>,
+    _: Admin,
+    Path(id): Path<String>,
+) -> Result<Json<ListView<KeyView>>> {
+    let directory = &state.tenancy().directory;
+    directory.tenant(&id).await.map_err(tenancy_err)?;
+    let keys = directory.keys(&id).await.map_err(tenancy_err)?;
+    Ok(Json(ListView::new(keys)))
+}
+
+pub async fn revoke_key(
+    State(state): State<AppState>,
+    _: Admin,
+    Path(key_id): Path<String>,
+) -> Result<Json<KeyView>> {
+    let key = state
+        .tenancy()
+        .directory
+        .revoke_key(&key_id)
+        .await
+        .map_err(tenancy_err)?;
+    tracing::info!(key = %key.id, "key revoked");
+    Ok(Json(key.into()))
+}
+
+pub async fn top_up(
+    State(state): State<AppState>,
+    _: Admin,
+    Path(id): Path<String>,
+    RawBody(body): RawBody,
+) -> Result<Json<TenantView>> {
+    let (amount, idempotency_key) = wire::top_up(&body)?;
+    let tenant = state
+        .tenancy()
+        .ledger
+        .top_up(&id, amount, idempotency_key.as_deref())
+        .await
+        .map_err(tenancy_err)?;
+    tracing::info!(tenant = %id, amount, "top-up");
+    Ok(Json(tenant.into()))
+}
+
+pub async fn put_price(
+    State(state): State<AppState>,
+    _: Admin,
+    Path(model): Path<String>,
+    RawBody(body): RawBody,
+) -> Result<Json<PriceView>> {
+    let rates = wire::price_rates(&body)?;
+    let price = state
+        .tenancy()
+        .prices
+        .set(&model, rates)
+        .await
+        .map_err(tenancy_err)?;
+    tracing::info!(model = %model, ?rates, "price set");
+    Ok(Json(price.into()))
+}
+
+pub async fn list_prices(
+    State(state): State<AppState>,
+    _: Admin,
+) -> Result<Json<ListView<PriceView>>> {
+    let prices = state.tenancy().prices.list().await.map_err(tenancy_err)?;
+    Ok(Json(ListView::new(prices)))
+}
+
+/// `GET /admin/v1/requests/{id}`: the bill of one request (its `chatcmpl-…`/`cmpl-…` id).
+pub async fn request_bill(
+    State(state): State<AppState>,
+    _: Admin,
+    Path(request_id): Path<String>,
+) -> Result<Json<RequestBillView>> {
+    let reservation = state
+        .tenancy()
+        .ledger
+        .reservation(&request_id)
+        .await
+        .map_err(tenancy_err)?;
+    Ok(Json(reservation.into()))
+}

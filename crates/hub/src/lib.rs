@@ -1,0 +1,162 @@
+//! The model hub: repositories `org/name` with immutable revisions over file trees, files
+//! stored once by sha256 in the data directory, model cards parsed for search, public and
+//! private repositories, download counts, and resumable uploads that become visible only in
+//! a commit. Knows no HTTP server: the gateway renders the Hugging Face and ModelScope wire
+//! formats over [`Hub`]. [`remote`] is the client side of those protocols (for `pull`) and of
+//! Flywheel's upload API (for `push`).
+//!
+//! Metadata lives in the store ([`store::HubStore`]); bytes in [`blobs::BlobStore`]. A
+//! revision names only blobs whose bytes were hashed and moved into place, so a failed or
+//! partial upload can never be read through a revision.
+
+pub mod blobs;
+pub mod card;
+pub mod commit;
+mod error;
+pub mod path;
+pub mod range;
+mod read;
+pub mod remote;
+mod write;
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use store::Store;
+
+pub use error::{ErrorKind, HubError, Result};
+pub use read::{FileView, SearchQuery};
+pub use store::hub::{CardSummary, Commit, Ref, RefKind, Repo, RepoSort, TreeEntry};
+pub use store::Timestamp;
+pub use write::{CommitRequest, FileOp, UploadState};
+
+/// Limits and policy, from the server's configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HubConfig {
+    /// Largest file a repository may hold.
+    pub max_file_bytes: u64,
+    /// Largest body of one upload request.
+    pub max_chunk_bytes: u64,
+    /// Most files in one revision.
+    pub max_files: usize,
+    /// Whether public repositories may be read without a key.
+    pub anonymous_reads: bool,
+    /// Unfinished uploads untouched this long are removed.
+    pub upload_ttl: Duration,
+    /// Paces every file download to this many bytes per second (a test-only setting that
+    /// makes interrupted downloads reproducible); `None` sends at full speed.
+    pub serve_throttle_bytes_per_sec: Option<u64>,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        Self {
+            max_file_bytes: 256 << 30,
+            max_chunk_bytes: 64 << 20,
+            max_files: 10_000,
+            anonymous_reads: true,
+            upload_ttl: Duration::from_secs(7 * 24 * 3600),
+            serve_throttle_bytes_per_sec: None,
+        }
+    }
+}
+
+/// Who is asking, as far as the hub cares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Access {
+    Anonymous,
+    Tenant {
+        tenant_id: String,
+        /// Shown as a commit's author.
+        tenant_name: String,
+        /// The key has `hub:read`.
+        read: bool,
+        /// The key has `hub:write`.
+        write: bool,
+    },
+    /// The admin key: reads and writes everything.
+    Admin,
+}
+
+impl Access {
+    fn author(&self) -> String {
+        match self {
+            Access::Anonymous => "anonymous".into(),
+            Access::Tenant { tenant_name, .. } => tenant_name.clone(),
+            Access::Admin => "admin".into(),
+        }
+    }
+}
+
+/// The hub over one store and one data directory. Cheap to clone.
+#[derive(Clone)]
+pub struct Hub {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<dyn Store>,
+    blobs: blobs::BlobStore,
+    config: HubConfig,
+    /// Upload sessions with a chunk being written by this process.
+    busy: Mutex<HashSet<String>>,
+}
+
+impl Hub {
+    /// Opens the hub whose blobs live under `data_dir/hub`.
+    pub fn open(store: Arc<dyn Store>, data_dir: &Path, config: HubConfig) -> Result<Self> {
+        let blobs = blobs::BlobStore::open(data_dir.join("hub"))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                store,
+                blobs,
+                config,
+                busy: Mutex::new(HashSet::new()),
+            }),
+        })
+    }
+
+    pub fn config(&self) -> &HubConfig {
+        &self.inner.config
+    }
+
+    pub fn blobs(&self) -> &blobs::BlobStore {
+        &self.inner.blobs
+    }
+
+    fn store(&self) -> &dyn Store {
+        self.inner.store.as_ref()
+    }
+
+    /// Whether `access` may see `repo` (a private repo is visible to its tenant and admins).
+    fn may_read(&self, access: &Access, repo: &Repo) -> bool {
+        match access {
+            Access::Admin => true,
+            Access::Anonymous => !repo.private && self.inner.config.anonymous_reads,
+            Access::Tenant {
+                tenant_id,
+                read,
+                write,
+                ..
+            } => {
+                !repo.private
+                    || ((*read || *write) && repo.owner_tenant_id.as_deref() == Some(tenant_id))
+            }
+        }
+    }
+
+    /// Removes upload sessions untouched for longer than the configured TTL, with their
+    /// staging files. Returns how many went.
+    pub async fn clean_stale_uploads(&self) -> Result<usize> {
+        let ttl = chrono::TimeDelta::from_std(self.inner.config.upload_ttl)
+            .unwrap_or(chrono::TimeDelta::days(7));
+        let stale = self.store().stale_uploads(chrono::Utc::now() - ttl).await?;
+        for upload in &stale {
+            self.inner.blobs.discard(&upload.id).await?;
+            self.store().delete_upload(&upload.id).await?;
+        }
+        Ok(stale.len())
+    }
+}

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use hub::{Access, Hub, HubConfig};
 use sqlx::{Connection, PgConnection};
-use store::{NewTenant, Org, Store, TenantStore};
+use store::{NewTenant, Org, Store};
 
 #[derive(Debug, Clone, Copy)]
 pub enum Db {
@@ -38,7 +38,7 @@ pub(crate) use on_both;
 pub struct Fixture {
     pub store: Arc<dyn Store>,
     pub hub: Hub,
-    pub dir: tempfile::TempDir,
+    _dir: tempfile::TempDir,
     _pg: Option<PgScratch>,
 }
 

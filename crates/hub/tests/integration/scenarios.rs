@@ -3,7 +3,6 @@
 use bytes::Bytes;
 use hub::path::RepoId;
 use hub::{Access, CommitRequest, FileOp, HubError, SearchQuery};
-use store::HubStore;
 
 use crate::common::{on_both, Fixture};
 

@@ -9,6 +9,10 @@ import subprocess
 import time
 
 
+# Flywheel's admin key in every bench server (llama-server ignores the header).
+ADMIN_KEY = "bench-admin-key-0123456789"
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -36,7 +40,7 @@ def start_flywheel(bin_path, gguf, threads, slots, slot_ctx, work):
     port = free_port()
     log = os.path.join(work, "flywheel.log")
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLYWHEEL_")}
-    env["FLYWHEEL_ADMIN_KEY"] = "bench-admin-key-0123456789"
+    env["FLYWHEEL_ADMIN_KEY"] = ADMIN_KEY
     proc = subprocess.Popen([bin_path, "serve", "--listen", f"127.0.0.1:{port}", "--data-dir",
                              os.path.join(work, "fw-data"), "--model", f"{gguf}=m", "--slots", str(slots),
                              "--slot-context", str(slot_ctx), "--threads", str(threads),
@@ -62,7 +66,7 @@ def stream(port, path, body):
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=900)
     t0 = time.perf_counter()
     conn.request("POST", path, json.dumps(body),
-                 {"content-type": "application/json", "authorization": "Bearer bench"})
+                 {"content-type": "application/json", "authorization": f"Bearer {ADMIN_KEY}"})
     resp = conn.getresponse()
     if resp.status != 200:
         raise RuntimeError(f"HTTP {resp.status}: {resp.read()[:300]!r}")

@@ -127,7 +127,9 @@ impl Autoscaler {
         if decision.is_change() {
             self.last_change = Some(s.now);
             self.low_since = None;
-            if to > current {
+            // A cold start (0 → n) sets no cooldown: a burst that arrives at zero gets its
+            // next replicas at the next tick.
+            if to > current && current > 0 {
                 self.last_up = Some(s.now);
             }
         }

@@ -61,6 +61,9 @@ fn a_request_at_zero_starts_one_replica() {
     let d = a.decide(&signals(t0, 0, 3, 0));
     assert_eq!((d.from, d.to), (0, 1));
     assert!(d.reason.contains("cold start"));
+    // The burst behind it scales further at the next tick: no cooldown after a cold start.
+    let d = a.decide(&signals(at(t0, 1), 1, 30, 2));
+    assert_eq!((d.from, d.to), (1, 4), "{}", d.reason);
 }
 
 #[test]

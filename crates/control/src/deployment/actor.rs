@@ -427,6 +427,17 @@ impl Actor {
                 self.unload(id, "");
                 let n = self.active();
                 self.event(EventKind::ReplicaFailed, n, n, format!("replica {id}: {e}"));
+                if n == 0 {
+                    // Nothing will serve the waiting requests soon: say why now rather than
+                    // time them out later.
+                    let message = format!("no replica of '{}' could start: {e}", self.spec.name);
+                    while let Some(entry) = self.queue.pop(now) {
+                        let _ = entry
+                            .item
+                            .events
+                            .send(Err(BackendError::Internal(message.clone())));
+                    }
+                }
             }
             Ok(backend) => {
                 r.backend = Some(backend);

@@ -117,6 +117,9 @@ impl ReplicaLauncher for FakeLauncher {
 
     async fn start(&self, spec: &ReplicaSpec) -> Result<Arc<dyn Backend>> {
         tokio::time::sleep(self.load).await;
+        if spec.model == "broken" {
+            return Err(control::Error::Launch("broken: not a GGUF file".into()));
+        }
         self.journal.launches.fetch_add(1, Ordering::SeqCst);
         Ok(Arc::new(FakeReplica {
             model: spec.model.clone(),

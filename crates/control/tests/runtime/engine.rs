@@ -23,7 +23,7 @@ fn chat(id: &str) -> GenerateRequest {
             temperature: 0.0,
             ..SamplingParams::default()
         },
-        max_tokens: Some(4),
+        max_tokens: Some(16),
         stop: Vec::new(),
         tenant: None,
     }
@@ -57,11 +57,14 @@ async fn smollm2_bursts_scales_to_zero_and_cold_starts() {
     };
     let view = plane.create(spec).await.unwrap();
     let mib = view.replica_memory_bytes >> 20;
-    assert!((100..1000).contains(&mib), "SmolLM2 replica estimated at {mib} MiB");
+    assert!(
+        (100..1000).contains(&mib),
+        "SmolLM2 replica estimated at {mib} MiB"
+    );
     let d = Arc::new(plane.get("smol").unwrap());
 
     let started = Instant::now();
-    let burst: Vec<_> = (0..16)
+    let burst: Vec<_> = (0..40)
         .map(|i| {
             let d = d.clone();
             tokio::spawn(async move { run(&*d, chat(&format!("b{i}"))).await })
@@ -71,7 +74,10 @@ async fn smollm2_bursts_scales_to_zero_and_cold_starts() {
         let outcome = h.await.unwrap();
         assert!(matches!(outcome, Outcome::Finished { .. }), "{outcome:?}");
     }
-    eprintln!("burst of 16 served in {:.1} s", started.elapsed().as_secs_f64());
+    eprintln!(
+        "burst of 40 served in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     let events = plane.events("smol").await.unwrap();
     for e in &events {
         eprintln!("event {:?} {}→{} {}", e.kind, e.from, e.to, e.reason);
@@ -95,6 +101,9 @@ async fn smollm2_bursts_scales_to_zero_and_cold_starts() {
     let cold = Instant::now();
     let outcome = run(&*d, chat("cold")).await;
     assert!(matches!(outcome, Outcome::Finished { .. }), "{outcome:?}");
-    eprintln!("cold start + one request: {:.2} s", cold.elapsed().as_secs_f64());
+    eprintln!(
+        "cold start + one request: {:.2} s",
+        cold.elapsed().as_secs_f64()
+    );
     plane.shutdown().await;
 }

@@ -330,3 +330,30 @@ async fn delete_drains_running_requests_first() {
         "{refused:?}"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_replica_that_cannot_start_fails_waiting_requests_with_the_reason() {
+    let fx = fixture(8, Duration::from_secs(1), Duration::from_millis(10));
+    let broken = control::DeploymentSpec {
+        model: "broken".into(),
+        ..spec("broken", 0, 1, 1)
+    };
+    fx.plane.create(broken).await.unwrap();
+    let d = fx.plane.get("broken").unwrap();
+    let start = tokio::time::Instant::now();
+    match run(&d, request("r", None)).await {
+        Outcome::Failed(BackendError::Internal(m)) => {
+            assert!(
+                m.contains("no replica of 'broken' could start") && m.contains("not a GGUF"),
+                "{m}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(start.elapsed() < Duration::from_secs(3));
+    let events = fx.plane.events("broken").await.unwrap();
+    assert!(
+        events.iter().any(|e| e.kind == EventKind::ReplicaFailed),
+        "{events:#?}"
+    );
+}

@@ -12,6 +12,7 @@
 //! (`SELECT … FOR UPDATE`) on PostgreSQL.
 
 pub mod accounting;
+pub mod deployments;
 mod error;
 pub mod hub;
 pub mod model;
@@ -23,6 +24,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+pub use deployments::{DeploymentRecord, DeploymentRecordStore};
 pub use error::{Result, StoreError};
 pub use hub::HubStore;
 pub use model::*;
@@ -41,12 +43,12 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
     }
 }
 
-/// Everything tenancy, billing and the hub persist, in four parts. Implementations are cheap to share
-/// (`Arc<dyn Store>`) and safe to use from many tasks and from several processes on one
+/// Everything tenancy, billing, the hub and the control plane persist, in five parts.
+/// Implementations are cheap to share (`Arc<dyn Store>`) and safe to use from many tasks and from several processes on one
 /// database. Callers bring the parts into scope with `use store::{TenantStore, LedgerStore,
-/// LimitStore, HubStore}`.
+/// LimitStore, HubStore, DeploymentRecordStore}`.
 #[async_trait]
-pub trait Store: TenantStore + LedgerStore + LimitStore + HubStore {
+pub trait Store: TenantStore + LedgerStore + LimitStore + HubStore + DeploymentRecordStore {
     /// `"sqlite"` or `"postgres"`, for logs.
     fn kind(&self) -> &'static str;
 

@@ -1,6 +1,7 @@
 //! The SQLite store: one file in WAL mode. Writers serialise on `BEGIN IMMEDIATE`, which also
 //! serialises processes sharing the file.
 
+mod deployments;
 mod directory;
 mod hub;
 mod ledger;

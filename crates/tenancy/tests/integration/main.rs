@@ -2,6 +2,7 @@
 //! `NAME::postgres` (PostgreSQL must be reachable; see `common.rs`).
 
 mod common;
+mod deployments;
 mod invariants;
 mod keys;
 mod ledger;

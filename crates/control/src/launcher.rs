@@ -23,6 +23,15 @@ pub struct ReplicaSpec {
     pub slots: usize,
     pub threads: usize,
     pub slot_context: Option<u32>,
+    /// Tokens per decode step; `None`: [`STEP_TOKENS`].
+    pub step_tokens: Option<usize>,
+}
+
+impl ReplicaSpec {
+    /// Tokens per decode step actually used: at least one per slot.
+    pub fn step_tokens(&self) -> usize {
+        self.step_tokens.unwrap_or(STEP_TOKENS).max(self.slots)
+    }
 }
 
 /// Sizes and starts replicas.
@@ -46,7 +55,7 @@ mod in_process {
     use backend::Backend;
     use engine::{Engine, EngineOptions};
 
-    use super::{ReplicaLauncher, ReplicaSpec, STEP_TOKENS};
+    use super::{ReplicaLauncher, ReplicaSpec};
     use crate::footprint::{Footprint, ModelShape, Sizing};
     use crate::{Error, Result};
 
@@ -100,7 +109,7 @@ mod in_process {
                 slots: spec.slots,
                 slot_context: spec.slot_context,
                 threads: spec.threads,
-                step_tokens: STEP_TOKENS.max(spec.slots),
+                step_tokens: spec.step_tokens(),
             };
             tokio::task::spawn_blocking(move || {
                 let shape = ModelShape::from_file(&path)?;
@@ -121,7 +130,7 @@ mod in_process {
                 slots: spec.slots,
                 slot_context: spec.slot_context,
                 threads: spec.threads,
-                step_tokens: STEP_TOKENS.max(spec.slots),
+                step_tokens: spec.step_tokens(),
                 // The deployment's queue holds the backlog; the engine's own queue only
                 // absorbs the moment between a slot freeing and the next dispatch.
                 max_queue: spec.slots,

@@ -105,6 +105,7 @@ impl ControlPlane {
             slots: spec.slots_per_replica,
             threads: spec.threads_per_replica,
             slot_context: spec.context_length,
+            step_tokens: spec.step_tokens,
         };
         self.inner.launcher.footprint(&replica).await
     }

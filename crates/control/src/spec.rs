@@ -34,6 +34,10 @@ pub struct DeploymentSpec {
     /// Tokens per slot; `None`: the model's training context, at most 4096.
     #[serde(default)]
     pub context_length: Option<u32>,
+    /// Tokens per decode step of a replica (the prefill chunk budget); `None`: 512. At least
+    /// `slots_per_replica` is used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_tokens: Option<usize>,
     #[serde(default = "default_idle_seconds")]
     pub idle_seconds: u64,
     #[serde(default)]
@@ -94,6 +98,7 @@ impl DeploymentSpec {
             slots_per_replica: default_slots(),
             threads_per_replica: default_threads(),
             context_length: None,
+            step_tokens: None,
             idle_seconds: default_idle_seconds(),
             queue: QueueSpec::default(),
             tenant_weights: BTreeMap::new(),
@@ -158,6 +163,11 @@ impl DeploymentSpec {
                     "context_length",
                     format!("{ctx} is outside 16..=1048576 tokens"),
                 );
+            }
+        }
+        if let Some(step) = self.step_tokens {
+            if !(1..=1 << 16).contains(&step) {
+                return bad("step_tokens", format!("{step} is outside 1..=65536"));
             }
         }
         if self.queue.max_length > 1_000_000 {

@@ -55,6 +55,17 @@ pub struct ServeArgs {
     /// Requests waiting per model before 429 server_overloaded [default: 256].
     #[arg(long, env = "FLYWHEEL_MAX_QUEUE")]
     pub max_queue: Option<usize>,
+    /// Seconds a request may wait in a `--model`'s queue before 503 queue_timeout [default: 60].
+    #[arg(long, env = "FLYWHEEL_MAX_QUEUE_WAIT_SECONDS")]
+    pub max_queue_wait_seconds: Option<u64>,
+    /// Memory the node's replicas may use, in MiB [default: total memory minus the larger of
+    /// 1 GiB and 10%].
+    #[arg(long, env = "FLYWHEEL_NODE_MEMORY_MIB")]
+    pub node_memory_mib: Option<u64>,
+    /// CPU threads the node's replicas may use [default: all cores, or the sum of the
+    /// `--model`s' threads if larger].
+    #[arg(long, env = "FLYWHEEL_NODE_THREADS")]
+    pub node_threads: Option<usize>,
     /// Seconds SIGTERM waits for running requests before exiting [default: 30].
     #[arg(long, env = "FLYWHEEL_DRAIN_SECONDS")]
     pub drain_seconds: Option<u64>,
@@ -85,6 +96,9 @@ pub struct FileConfig {
     pub threads: Option<usize>,
     pub step_tokens: Option<usize>,
     pub max_queue: Option<usize>,
+    pub max_queue_wait_seconds: Option<u64>,
+    pub node_memory_mib: Option<u64>,
+    pub node_threads: Option<usize>,
     pub drain_seconds: Option<u64>,
     pub metrics_open: Option<bool>,
     pub max_body_bytes: Option<usize>,
@@ -116,6 +130,11 @@ pub struct ServeConfig {
     pub models: Vec<ModelSpec>,
     pub upstreams: Vec<UpstreamConfig>,
     pub engine: engine::EngineOptions,
+    /// Seconds a request may wait in a `--model`'s queue.
+    pub max_queue_wait_seconds: u64,
+    /// The node's budgets for replicas; `None` fields: from the machine.
+    pub node_memory_mib: Option<u64>,
+    pub node_threads: Option<usize>,
     pub drain_seconds: u64,
     pub metrics_open: bool,
     pub max_body_bytes: usize,
@@ -185,6 +204,12 @@ impl ServeArgs {
                     .or(file.max_queue)
                     .unwrap_or(defaults.max_queue),
             },
+            max_queue_wait_seconds: self
+                .max_queue_wait_seconds
+                .or(file.max_queue_wait_seconds)
+                .unwrap_or(60),
+            node_memory_mib: self.node_memory_mib.or(file.node_memory_mib),
+            node_threads: self.node_threads.or(file.node_threads),
             drain_seconds: self.drain_seconds.or(file.drain_seconds).unwrap_or(30),
             metrics_open: self.metrics_open.or(file.metrics_open).unwrap_or(false),
             max_body_bytes: self
@@ -213,6 +238,15 @@ impl ServeConfig {
         }
         if e.threads == 0 {
             bail!("--threads must be at least 1");
+        }
+        if !(1..=3600).contains(&self.max_queue_wait_seconds) {
+            bail!(
+                "--max-queue-wait-seconds must be between 1 and 3600 (got {})",
+                self.max_queue_wait_seconds
+            );
+        }
+        if self.node_threads == Some(0) || self.node_memory_mib == Some(0) {
+            bail!("--node-threads and --node-memory-mib must be at least 1");
         }
         let mut names: Vec<&str> = self.models.iter().map(|m| m.name.as_str()).collect();
         names.extend(self.upstreams.iter().map(|u| u.name.as_str()));

@@ -2,6 +2,7 @@
 
 mod admin_key;
 mod config;
+mod deployments;
 mod hub_config;
 mod pull;
 mod push;

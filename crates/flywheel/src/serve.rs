@@ -1,4 +1,5 @@
-//! `flywheel serve`: load the models, build the router, serve until SIGTERM/Ctrl-C, then drain.
+//! `flywheel serve`: start the control plane (`--model`s as pinned deployments, stored
+//! deployments restored), build the router, serve until SIGTERM/Ctrl-C, then drain.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,21 +30,12 @@ async fn serve(config: ServeConfig) -> Result<()> {
     let hub =
         crate::hub_config::open(&config.database_url, &config.data_dir, config.hub.clone()).await?;
 
+    let deployment_store = store::open(&config.database_url)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot open the database for deployments: {e}"))?;
+    let plane = crate::deployments::start(&config, &hub, deployment_store).await?;
+
     let mut models: Vec<Arc<dyn Backend>> = Vec::new();
-    for spec in &config.models {
-        let path = match &spec.hub {
-            Some(r) => crate::hub_config::resolve_model(&hub, r).await?,
-            None => spec.path.clone(),
-        };
-        let (name, opts) = (spec.name.clone(), config.engine.clone());
-        tracing::info!(model = %name, path = %path.display(), "loading model");
-        let engine =
-            tokio::task::spawn_blocking(move || engine::Engine::start(&path, &name, &opts))
-                .await
-                .context("model loading task failed")?
-                .with_context(|| format!("cannot serve model '{}'", spec.name))?;
-        models.push(Arc::new(engine));
-    }
     for up in &config.upstreams {
         let backend = gateway::upstream::UpstreamBackend::new(up.clone())
             .map_err(|e| anyhow::anyhow!("upstream '{}': {e}", up.name))?;
@@ -57,6 +49,7 @@ async fn serve(config: ServeConfig) -> Result<()> {
         tenancy: tenancy.clone(),
         settlements: settlements.clone(),
         hub: Some(hub),
+        plane: Some(plane.clone()),
         metrics,
         metrics_open: config.metrics_open,
         max_body_bytes: config.max_body_bytes,
@@ -86,9 +79,23 @@ async fn serve(config: ServeConfig) -> Result<()> {
         stop.notified().await;
         tokio::time::sleep(drain).await;
     };
-    tokio::select! {
-        result = server => result.context("server error")?,
-        () = deadline => tracing::warn!("drain timeout of {}s passed; exiting with requests still running", drain.as_secs()),
+    let drain_left = tokio::select! {
+        result = server => {
+            result.context("server error")?;
+            drain
+        }
+        () = deadline => {
+            tracing::warn!("drain timeout of {}s passed; exiting with requests still running", drain.as_secs());
+            Duration::from_secs(1)
+        }
+    };
+    // Deployments finish what they still hold and unload (the HTTP side has drained, so
+    // normally nothing is left).
+    if tokio::time::timeout(drain_left, plane.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("deployments did not drain within {}s", drain.as_secs());
     }
     // Interrupted requests settle in the background; give them a moment to land. Whatever
     // does not is settled from its progress marks by the next process to start.

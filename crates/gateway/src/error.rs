@@ -27,6 +27,7 @@ pub enum Code {
     ModelNotFound,
     NotFound,
     Conflict,
+    InsufficientCapacity,
     MethodNotAllowed,
     RequestTooLarge,
     RateLimitExceeded,
@@ -62,6 +63,7 @@ impl Code {
             Code::ModelNotFound         => (S::NOT_FOUND,             INVALID,              "model_not_found"),
             Code::NotFound              => (S::NOT_FOUND,             INVALID,              "not_found"),
             Code::Conflict              => (S::CONFLICT,              INVALID,              "conflict"),
+            Code::InsufficientCapacity  => (S::CONFLICT,              INVALID,              "insufficient_capacity"),
             Code::MethodNotAllowed      => (S::METHOD_NOT_ALLOWED,    INVALID,              "method_not_allowed"),
             Code::RequestTooLarge       => (S::PAYLOAD_TOO_LARGE,     INVALID,              "request_too_large"),
             Code::RateLimitExceeded     => (S::TOO_MANY_REQUESTS,     "requests",           "rate_limit_exceeded"),
@@ -169,6 +171,25 @@ impl ApiError {
                 "The server could not reach its database; try again, and tell the operator if \
                  it persists.",
             ),
+        }
+    }
+
+    /// Maps a control-plane refusal (deployment admin routes).
+    pub fn from_control(err: control::Error) -> Self {
+        use control::Error as E;
+        let message = err.to_string();
+        match err {
+            E::InvalidSpec { field, .. } => Self::invalid(field, message),
+            E::NotFound(_) => Self::new(Code::NotFound, message),
+            E::AlreadyExists(_) => Self::new(Code::Conflict, message),
+            E::NoRoom(_) => Self::new(Code::InsufficientCapacity, message),
+            // Admin calls only size replicas (they start in the background), so a launch error
+            // here is a model SPEC that does not resolve to a file.
+            E::Model(_) | E::Launch(_) => Self::invalid("model", message),
+            E::Store(_) => Self::new(Code::Internal, message),
+            E::Stopped(_) => {
+                Self::new(Code::ShuttingDown, message).with_retry_after(SHUTTING_DOWN_RETRY_AFTER)
+            }
         }
     }
 
@@ -297,6 +318,7 @@ mod tests {
             Code::ModelNotFound,
             Code::NotFound,
             Code::Conflict,
+            Code::InsufficientCapacity,
             Code::MethodNotAllowed,
             Code::RequestTooLarge,
             Code::RateLimitExceeded,

@@ -55,6 +55,9 @@ pub struct GatewayState {
     pub settlements: TaskTracker,
     /// The model hub; `None` serves no hub routes (404).
     pub hub: Option<hub::Hub>,
+    /// Deployments (served after `models` of the same name); `None` serves no deployment
+    /// routes (404).
+    pub plane: Option<control::ControlPlane>,
 }
 
 /// The state handlers see: cheap to clone.
@@ -70,6 +73,7 @@ struct Inner {
     metrics: PrometheusHandle,
     metrics_open: bool,
     hub: Option<hub::Hub>,
+    plane: Option<control::ControlPlane>,
 }
 
 impl AppState {
@@ -92,27 +96,54 @@ impl AppState {
             tenancy: state.tenancy,
             settlements: state.settlements,
             hub: state.hub,
+            plane: state.plane,
             metrics: state.metrics,
             metrics_open: state.metrics_open,
         }))
     }
 
-    /// The served models, in order.
+    /// The fixed backends (upstreams), in order.
     pub fn backends(&self) -> impl Iterator<Item = (&str, &Arc<dyn Backend>)> {
         self.0.models.iter().map(|(name, b)| (name.as_str(), b))
     }
 
-    /// The backend serving `model`, or a 404 `model_not_found` listing what is served.
+    /// Every served model: the fixed backends, then the deployments by name.
+    pub fn models(&self) -> Vec<backend::ModelInfo> {
+        let mut infos: Vec<backend::ModelInfo> =
+            self.backends().map(|(_, backend)| backend.info()).collect();
+        if let Some(plane) = &self.0.plane {
+            infos.extend(
+                plane
+                    .names()
+                    .iter()
+                    .filter(|name| !self.0.by_name.contains_key(name.as_str()))
+                    .filter_map(|name| plane.get(name))
+                    .map(|deployment| deployment.info()),
+            );
+        }
+        infos
+    }
+
+    /// The control plane, if this server runs one.
+    pub fn plane(&self) -> Option<&control::ControlPlane> {
+        self.0.plane.as_ref()
+    }
+
+    /// The backend serving `model` (a fixed backend, else the deployment of that name, looked
+    /// up per request), or a 404 `model_not_found` listing what is served.
     pub fn backend(&self, model: &str) -> Result<Arc<dyn Backend>, ApiError> {
-        match self
+        let fixed = self
             .0
             .by_name
             .get(model)
-            .and_then(|&i| self.0.models.get(i))
-        {
-            Some((_, backend)) => Ok(Arc::clone(backend)),
+            .and_then(|&i| self.0.models.get(i));
+        if let Some((_, backend)) = fixed {
+            return Ok(Arc::clone(backend));
+        }
+        match self.0.plane.as_ref().and_then(|p| p.get(model)) {
+            Some(deployment) => Ok(Arc::new(deployment)),
             None => {
-                let available: Vec<&str> = self.backends().map(|(name, _)| name).collect();
+                let available: Vec<String> = self.models().into_iter().map(|m| m.id).collect();
                 let available = if available.is_empty() {
                     "none".to_string()
                 } else {
@@ -196,6 +227,17 @@ pub fn router(state: GatewayState) -> Router {
             get(routes::admin::request_bill),
         )
         .route("/admin/v1/prices/{*model}", put(routes::admin::put_price))
+        .route(
+            "/admin/v1/deployments",
+            post(routes::deployments::create).get(routes::deployments::list),
+        )
+        .route(
+            "/admin/v1/deployments/{*name}",
+            get(routes::deployments::get)
+                .patch(routes::deployments::patch)
+                .delete(routes::deployments::delete),
+        )
+        .route("/admin/v1/node", get(routes::deployments::node))
         .merge(routes::hub::router())
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)

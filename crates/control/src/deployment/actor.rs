@@ -390,6 +390,7 @@ impl Actor {
             slots: self.spec.slots_per_replica,
             threads: self.spec.threads_per_replica,
             slot_context: self.spec.context_length,
+            step_tokens: self.spec.step_tokens,
         };
         self.replicas.insert(Replica {
             id,

@@ -64,18 +64,19 @@ pub async fn usage(
         Some(t) => parse_time("start", t)?,
         None => end - Duration::days(DEFAULT_USAGE_DAYS),
     };
-    let group_by =
-        match params.group_by.as_deref().unwrap_or("model") {
-            "model" => UsageGroup::Model,
-            "day" => UsageGroup::Day,
-            "key" => UsageGroup::Key,
-            other => return Err(ApiError::invalid(
+    let group_by = match params.group_by.as_deref().unwrap_or("model") {
+        "model" => UsageGroup::Model,
+        "day" => UsageGroup::Day,
+        "key" => UsageGroup::Key,
+        other => {
+            return Err(ApiError::invalid(
                 "group_by",
                 format!(
                     "Invalid value for 'group_by': expected model, day or key, but got '{other}'."
                 ),
-            )),
-        };
+            ))
+        }
+    };
     let rows = state
         .tenancy()
         .usage

@@ -2,6 +2,7 @@
 
 pub mod account;
 pub mod admin;
+pub mod deployments;
 pub mod generate;
 pub mod hub;
 pub mod models;

@@ -45,9 +45,10 @@ pub async fn list(State(state): State<AppState>, caller: Caller) -> Json<ModelLi
     Json(ModelListView {
         object: "list",
         data: state
-            .backends()
-            .filter(|(name, _)| allowed(&caller, name))
-            .map(|(_, backend)| ModelView::from(backend.info()))
+            .models()
+            .into_iter()
+            .filter(|info| allowed(&caller, &info.id))
+            .map(ModelView::from)
             .collect(),
     })
 }

@@ -157,6 +157,16 @@ pub async fn tenancy() -> Tenancy {
 }
 
 pub fn app_on(models: Vec<Arc<dyn Backend>>, metrics_open: bool, tenancy: Tenancy) -> Router {
+    app_full(models, metrics_open, tenancy, None)
+}
+
+/// The router with fixed `models` and, optionally, a control plane for deployments.
+pub fn app_full(
+    models: Vec<Arc<dyn Backend>>,
+    metrics_open: bool,
+    tenancy: Tenancy,
+    plane: Option<control::ControlPlane>,
+) -> Router {
     router(GatewayState {
         models,
         admin_key: ADMIN_KEY.into(),
@@ -166,6 +176,7 @@ pub fn app_on(models: Vec<Arc<dyn Backend>>, metrics_open: bool, tenancy: Tenanc
         max_body_bytes: MAX_BODY,
         settlements: TaskTracker::new(),
         hub: None,
+        plane,
     })
 }
 

@@ -2,6 +2,7 @@
 //! upstream backend against a small OpenAI-compatible server started in-process.
 
 mod common;
+mod deployments;
 mod errors;
 mod ops;
 mod responses;

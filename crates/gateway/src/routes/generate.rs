@@ -115,14 +115,12 @@ async fn generate(
         });
     }
     // Answer with a status while one can: admission refusals (402, 429, 403) come before the
-    // first byte unless the request had to queue first.
-    let first = loop {
-        match events.next().await {
-            Some(Ok(Event::Admitted { .. })) => continue,
-            Some(Ok(event)) => break Some(event),
-            Some(Err(err)) => return Err(err),
-            None => break None,
-        }
+    // first byte unless the request had to queue first. Once admitted (and reserved) or
+    // queued, the stream starts at once, so a client waiting for a slot already has its id.
+    let first = match events.next().await {
+        Some(Ok(event)) => Some(event),
+        Some(Err(err)) => return Err(err),
+        None => None,
     };
     let usage = UsageOptions {
         include_usage: request.include_usage,

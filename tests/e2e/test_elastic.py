@@ -95,7 +95,7 @@ async def _http(url, key, body, stream=False, timeout=180.0):
                 k, _, v = line.decode().partition(":")
                 headers[k.strip().lower()] = v.strip()
             out = {"status": status, "headers": headers, "t_headers": time.monotonic() - t0}
-            if stream:
+            if stream and status == 200:
                 events = []
                 while True:
                     line = await reader.readline()
@@ -142,8 +142,8 @@ def test_a_deployment_that_does_not_fit_is_refused_with_the_numbers(elastic, pat
     assert err["code"] == "insufficient_capacity", err
     assert f"{NODE_THREADS + 1} threads" in err["message"] and f"of {NODE_THREADS} threads" in err["message"], err
     r = requests.post(elastic.url + "/admin/v1/deployments", headers=elastic.auth(elastic.admin_key), timeout=30,
-                      json={"name": "huge", "model": paths["tiny"], "slots_per_replica": 256,
-                            "context_length": 1 << 20})
+                      json={"name": "huge", "model": paths["qwen"], "slots_per_replica": 256,
+                            "context_length": 32768})
     assert r.status_code == 409, r.text
     err = r.json()["error"]
     assert err["code"] == "insufficient_capacity" and f"of {NODE_MEMORY_MIB} MiB" in err["message"], err

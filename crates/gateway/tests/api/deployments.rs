@@ -149,7 +149,9 @@ async fn deployments_are_created_listed_patched_and_deleted() {
     .await
     .assert_error(400, "invalid_request_error", Some("name"));
 
-    let models = call(&app, "GET", "/v1/models", ADMIN_KEY, None).await.json();
+    let models = call(&app, "GET", "/v1/models", ADMIN_KEY, None)
+        .await
+        .json();
     assert_eq!(models["data"][0]["id"], "org/m");
 
     let deleted = admin(&app, "DELETE", "/deployments/org/m", None).await;
@@ -249,7 +251,12 @@ async fn a_request_past_the_maximum_wait_gets_503_and_is_not_billed() {
     // Neither was billed, and nothing is held.
     tokio::time::sleep(Duration::from_millis(100)).await;
     let after = call(&app, "GET", "/v1/account", &key, None).await.json();
-    for field in ["grant_tokens_left", "grant_tokens_held", "balance", "amount_held"] {
+    for field in [
+        "grant_tokens_left",
+        "grant_tokens_held",
+        "balance",
+        "amount_held",
+    ] {
         assert_eq!(after[field], before[field], "{field}: {after}");
     }
     assert_eq!(after["grant_tokens_held"], 0);

@@ -20,7 +20,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve models through the OpenAI-compatible API.
-    Serve(config::ServeArgs),
+    Serve(Box<config::ServeArgs>),
     /// Push a directory into a hub repository as a new revision.
     Push(push::PushArgs),
     /// Pull a repository from Hugging Face, ModelScope or another Flywheel into this one.

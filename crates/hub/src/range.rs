@@ -49,7 +49,7 @@ impl RangeRequest {
                     }
                 }
             }
-            (false, Some(start), last) if !last.is_some_and(|l| l < start) => {
+            (false, Some(start), last) if last.is_none_or(|l| l >= start) => {
                 if last.is_none() && !last_is_empty(last_raw(spec)) {
                     return Self::Full;
                 }

@@ -60,7 +60,7 @@ impl Fixture {
         Self {
             store,
             hub,
-            dir,
+            _dir: dir,
             _pg: pg,
         }
     }

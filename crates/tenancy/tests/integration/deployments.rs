@@ -3,7 +3,6 @@
 //! connection pool (a restarted process).
 
 use chrono::TimeDelta;
-use store::DeploymentRecordStore;
 use tenancy::Clock;
 
 use crate::common::{on_both, Fixture};

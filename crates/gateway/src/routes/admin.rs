@@ -15,10 +15,6 @@ use crate::wire::tenancy::{
 };
 use crate::AppState;
 
-fn tenancy_err(err: tenancy::Error) -> ApiError {
-    ApiError::from_tenancy(err)
-}
-
 pub async fn create_tenant(
     State(state): State<AppState>,
     _: Admin,
@@ -30,7 +26,7 @@ pub async fn create_tenant(
         .directory
         .create_tenant(&spec)
         .await
-        .map_err(tenancy_err)?;
+        .map_err(ApiError::from_tenancy)?;
     tracing::info!(tenant = %tenant.id, name = %tenant.name, "tenant created");
     Ok((StatusCode::CREATED, Json(TenantView::from(tenant))))
 }
@@ -44,7 +40,7 @@ pub async fn list_tenants(
         .directory
         .tenants()
         .await
-        .map_err(tenancy_err)?;
+        .map_err(ApiError::from_tenancy)?;
     Ok(Json(ListView::new(tenants)))
 }
 
@@ -58,7 +54,7 @@ pub async fn get_tenant(
         .directory
         .tenant(&id)
         .await
-        .map_err(tenancy_err)?;
+        .map_err(ApiError::from_tenancy)?;
     Ok(Json(tenant.into()))
 }
 
@@ -74,7 +70,7 @@ pub async fn patch_tenant(
         .directory
         .update_tenant(&id, &patch)
         .await
-        .map_err(tenancy_err)?;
+        .map_err(ApiError::from_tenancy)?;
     tracing::info!(tenant = %tenant.id, ?patch, "tenant updated");
     Ok(Json(tenant.into()))
 }
@@ -91,7 +87,7 @@ pub async fn create_org(
         .directory
         .create_org(&id, &name)
         .await
-        .map_err(tenancy_err)?;
+        .map_err(ApiError::from_tenancy)?;
     Ok((StatusCode::CREATED, Json(OrgView::from(org))))
 }
 
@@ -101,8 +97,11 @@ pub async fn list_orgs(
     Path(id): Path<String>,
 ) -> Result<Json<ListView<OrgView>>> {
     let directory = &state.tenancy().directory;
-    directory.tenant(&id).await.map_err(tenancy_err)?;
-    let orgs = directory.orgs(&id).await.map_err(tenancy_err)?;
+    directory
+        .tenant(&id)
+        .await
+        .map_err(ApiError::from_tenancy)?;
+    let orgs = directory.orgs(&id).await.map_err(ApiError::from_tenancy)?;
     Ok(Json(ListView::new(orgs)))
 }
 
@@ -118,7 +117,7 @@ pub async fn create_key(
         .directory
         .create_key(&id, &spec)
         .await
-        .map_err(tenancy_err)?;
+        .map_err(ApiError::from_tenancy)?;
     tracing::info!(tenant = %id, key = %created.key.id, prefix = %created.key.prefix, "key created");
     Ok((StatusCode::CREATED, Json(CreatedKeyView::from(created))))
 }
@@ -129,8 +128,11 @@ pub async fn list_keys(
     Path(id): Path<String>,
 ) -> Result<Json<ListView<KeyView>>> {
     let directory = &state.tenancy().directory;
-    directory.tenant(&id).await.map_err(tenancy_err)?;
-    let keys = directory.keys(&id).await.map_err(tenancy_err)?;
+    directory
+        .tenant(&id)
+        .await
+        .map_err(ApiError::from_tenancy)?;
+    let keys = directory.keys(&id).await.map_err(ApiError::from_tenancy)?;
     Ok(Json(ListView::new(keys)))
 }
 
@@ -144,7 +146,7 @@ pub async fn revoke_key(
         .directory
         .revoke_key(&key_id)
         .await
-        .map_err(tenancy_err)?;
+        .map_err(ApiError::from_tenancy)?;
     tracing::info!(key = %key.id, "key revoked");
     Ok(Json(key.into()))
 }
@@ -161,7 +163,7 @@ pub async fn top_up(
         .ledger
         .top_up(&id, amount, idempotency_key.as_deref())
         .await
-        .map_err(tenancy_err)?;
+        .map_err(ApiError::from_tenancy)?;
     tracing::info!(tenant = %id, amount, "top-up");
     Ok(Json(tenant.into()))
 }
@@ -178,7 +180,7 @@ pub async fn put_price(
         .prices
         .set(&model, rates)
         .await
-        .map_err(tenancy_err)?;
+        .map_err(ApiError::from_tenancy)?;
     tracing::info!(model = %model, ?rates, "price set");
     Ok(Json(price.into()))
 }
@@ -187,7 +189,12 @@ pub async fn list_prices(
     State(state): State<AppState>,
     _: Admin,
 ) -> Result<Json<ListView<PriceView>>> {
-    let prices = state.tenancy().prices.list().await.map_err(tenancy_err)?;
+    let prices = state
+        .tenancy()
+        .prices
+        .list()
+        .await
+        .map_err(ApiError::from_tenancy)?;
     Ok(Json(ListView::new(prices)))
 }
 
@@ -202,6 +209,6 @@ pub async fn request_bill(
         .ledger
         .reservation(&request_id)
         .await
-        .map_err(tenancy_err)?;
+        .map_err(ApiError::from_tenancy)?;
     Ok(Json(reservation.into()))
 }

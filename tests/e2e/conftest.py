@@ -229,3 +229,25 @@ def pytest_runtest_makereport(item, call):
             report.sections.append((f"{s.name} log tail ({s.log_path})", s.log_tail(40)))
             if s.proc.poll() is not None:
                 report.sections.append((f"{s.name} exited", f"exit status {s.proc.returncode}"))
+
+
+# Figures the issues ask for as measurements, not assertions (cold start, ETA error, ...):
+# tests record them with the `figure` fixture and they are printed at the end of every run,
+# captured output or not.
+_FIGURES: list = []
+
+
+@pytest.fixture
+def figure(request):
+    def record(text: str) -> None:
+        _FIGURES.append(f"{request.node.name}: {text}")
+        print(f"[figure] {text}")
+
+    return record
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _FIGURES:
+        terminalreporter.section("figures (measured, not asserted)")
+        for line in _FIGURES:
+            terminalreporter.write_line(line)

@@ -3,8 +3,8 @@ cold start, fairness across tenants, a 2,000-request burst that scales up and ba
 rolling model change that drops nothing. One server with no --model and a small node budget;
 every deployment serves the tiny random-weight model with small slots and contexts.
 
-Figures (cold start, burst-to-scale-up decision, queue ETA error) are printed, not asserted:
-run with `-s` to see them (scripts/e2e.sh -k elastic -s).
+Figures (cold start, burst-to-scale-up decision, queue ETA error) are recorded with the `figure`
+fixture, not asserted; every run prints them in a closing "figures" section.
 """
 
 import asyncio
@@ -155,7 +155,7 @@ def test_a_deployment_that_does_not_fit_is_refused_with_the_numbers(elastic, pat
     assert r.status_code == 400 and r.json()["error"]["param"] == "max_replica", r.text
 
 
-def test_scale_to_zero_then_cold_start(elastic, paths):
+def test_scale_to_zero_then_cold_start(elastic, paths, figure):
     _deploy(elastic, "idle", paths["tiny"], min_replicas=0, max_replicas=1, idle_seconds=2)
     try:
         assert elastic.admin("GET", "/deployments/idle", expect=200)["replicas"] == []
@@ -172,13 +172,13 @@ def test_scale_to_zero_then_cold_start(elastic, paths):
         r = _complete(elastic, "idle")
         again = time.monotonic() - t0
         assert r.status_code == 200, r.text
-        print(f"\n[figure] cold start (request at zero replicas → completion): first {first * 1000:.0f} ms, "
+        figure(f"cold start (request at zero replicas → completion): first {first * 1000:.0f} ms, "
               f"after scale-to-zero {again * 1000:.0f} ms")
     finally:
         elastic.admin("DELETE", "/deployments/idle", expect=200)
 
 
-def test_fairness_across_tenants(elastic, paths):
+def test_fairness_across_tenants(elastic, paths, figure):
     _deploy(elastic, "fair", paths["tiny"], min_replicas=1, max_replicas=1, slots_per_replica=1,
             queue={"max_length": 2000, "max_wait_seconds": 600})
     try:
@@ -204,14 +204,14 @@ def test_fairness_across_tenants(elastic, paths):
         asyncio.run(main())
         b_last = max(done["tenant-b"])
         a_before = sum(1 for t in done["tenant-a"] if t <= b_last)
-        print(f"\n[figure] fairness: when B's 50th request completed, A had {a_before} of 500 done")
+        figure(f"fairness: when B's 50th request completed, A had {a_before} of 500 done")
         assert a_before < 500, "A's backlog was gone before B finished: no fairness shown"
         assert a_before <= 50 * 2 + 60, f"B waited behind too much of A's backlog ({a_before} of A's done first)"
     finally:
         elastic.admin("DELETE", "/deployments/fair", expect=200)
 
 
-def test_burst_scales_up_refuses_with_retry_after_and_scales_down(elastic, paths):
+def test_burst_scales_up_refuses_with_retry_after_and_scales_down(elastic, paths, figure):
     _deploy(elastic, "burst", paths["tiny"], min_replicas=0, max_replicas=2, slots_per_replica=4,
             idle_seconds=4, queue={"max_length": 300, "max_wait_seconds": 6})
     try:
@@ -238,7 +238,7 @@ def test_burst_scales_up_refuses_with_retry_after_and_scales_down(elastic, paths
             outcomes[o] = outcomes.get(o, 0) + 1
             if r["status"] in (429, 503):
                 assert int(r["headers"].get("retry-after", "0")) >= 1, r["headers"]
-        print(f"\n[figure] burst of {BURST} in {elapsed:.1f}s: {outcomes}")
+        figure(f"burst of {BURST} in {elapsed:.1f}s: {outcomes}")
         assert set(outcomes) <= {"completion", "server_overloaded", "queue_timeout"}, outcomes
         assert outcomes.get("completion", 0) > 0 and sum(outcomes.values()) == BURST
 
@@ -248,7 +248,7 @@ def test_burst_scales_up_refuses_with_retry_after_and_scales_down(elastic, paths
                 and "t_first_data" in r and _outcome(r) == "completion"]
         if errs:
             errs.sort()
-            print(f"[figure] queue ETA error over {len(errs)} queued streams: median {errs[len(errs) // 2]:.0f} ms, "
+            figure(f"queue ETA error over {len(errs)} queued streams: median {errs[len(errs) // 2]:.0f} ms, "
                   f"p90 {errs[int(len(errs) * 0.9)]:.0f} ms")
 
         events = _wait(lambda: (lambda ev: ev if any(e["kind"] == "scale" and e["to"] < e["from"] and _at(e) > t_burst
@@ -257,16 +257,16 @@ def test_burst_scales_up_refuses_with_retry_after_and_scales_down(elastic, paths
         ups = [e for e in events if e["kind"] == "scale" and e["to"] > e["from"] and e["from"] >= 1
                and _at(e) >= t_burst - 0.5]
         assert ups, f"no scale-up after the burst: {events}"
-        print(f"[figure] burst → scale-up decision: {(_at(ups[0]) - t_burst) * 1000:.0f} ms "
+        figure(f"burst → scale-up decision: {(_at(ups[0]) - t_burst) * 1000:.0f} ms "
               f"({ups[0]['from']}→{ups[0]['to']}: {ups[0]['reason']})")
         downs = [e for e in events if e["kind"] == "scale" and e["to"] < e["from"] and _at(e) > t_burst]
-        print(f"[figure] scale-down: {downs[0]['from']}→{downs[0]['to']} {_at(downs[0]) - t_burst:.1f}s after the burst "
+        figure(f"scale-down: {downs[0]['from']}→{downs[0]['to']} {_at(downs[0]) - t_burst:.1f}s after the burst "
               f"({downs[0]['reason']})")
     finally:
         elastic.admin("DELETE", "/deployments/burst", expect=200)
 
 
-def test_rolling_model_change_drops_no_request(elastic, paths, tmp_path):
+def test_rolling_model_change_drops_no_request(elastic, paths, tmp_path, figure):
     v2 = str(tmp_path / "tiny-v2.gguf")
     shutil.copyfile(paths["tiny"], v2)
     _deploy(elastic, "roll", paths["tiny"], min_replicas=1, max_replicas=1)
@@ -295,7 +295,7 @@ def test_rolling_model_change_drops_no_request(elastic, paths, tmp_path):
         for w in workers:
             w.join(timeout=150)
         bad = [r for r in results if r[0] != 200]
-        print(f"\n[figure] rolling change: {len(results)} requests during the rollout, {len(bad)} failed")
+        figure(f"rolling change: {len(results)} requests during the rollout, {len(bad)} failed")
         assert results and not bad, bad[:5]
         assert any(e["kind"] == "rollout" for e in _events(elastic, "roll"))
     finally:

@@ -1,7 +1,8 @@
 """Hub download throughput: one 500 MB file over loopback from Flywheel's
 `/{repo}/resolve/main/{file}` vs nginx serving the same bytes as a static file, in the same run.
-Each side is read REPEAT times with one client (http.client, 1 MiB reads, body discarded); the
-best run counts. nginx (Debian package `nginx`) is installed with apt-get if missing and runs as
+Each side is read once with Python (sha256 of the body must match the file), then timed REPEAT
+times with `curl -o /dev/null` (one connection; the best run counts), so the client is not the
+bottleneck. The server's RSS is sampled during the timed runs. nginx (Debian package `nginx`) is installed with apt-get if missing and runs as
 this user's process with a temporary config on a free port.
 
   python3 bench/hub.py --flywheel BIN [--size-mb 500] [--repeat 3] [--out FILE]
@@ -59,22 +60,40 @@ def start_flywheel(bin_path, work):
     return proc, port
 
 
-def download(port, path):
-    """Seconds and sha256 of one GET of `path`."""
+def sha256_of(port, path):
+    """sha256 and length of one GET of `path` (the correctness check; not timed)."""
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
-    start = time.perf_counter()
     c.request("GET", path)
     r = c.getresponse()
-    assert r.status == 200, r.status
-    h = hashlib.sha256()
-    n = 0
-    while True:
-        block = r.read(1 << 20)
-        if not block:
-            break
+    if r.status != 200:
+        raise RuntimeError(f"GET {path}: HTTP {r.status}")
+    h, n = hashlib.sha256(), 0
+    while block := r.read(1 << 20):
         n += len(block)
         h.update(block)
-    return time.perf_counter() - start, n, h.hexdigest()
+    return h.hexdigest(), n
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def timed_download(port, path, pid):
+    """Seconds for one `curl` GET of `path` (body discarded) and the server's peak RSS (KiB)."""
+    proc = subprocess.Popen(["curl", "-sS", "-o", "/dev/null", "-w", "%{time_total} %{size_download}",
+                             f"http://127.0.0.1:{port}{path}"], stdout=subprocess.PIPE, text=True)
+    peak = 0
+    while proc.poll() is None:
+        peak = max(peak, rss_kib(pid))
+        time.sleep(0.05)
+    out = proc.stdout.read().split()
+    if proc.returncode != 0 or len(out) != 2:
+        raise RuntimeError(f"curl failed ({proc.returncode}): {out}")
+    return float(out[0]), int(out[1]), peak
 
 
 def main():
@@ -102,19 +121,25 @@ def main():
                        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         ngx, ngx_port = start_nginx(root, work)
         procs.append(ngx)
+        with open(path, "rb") as f:
+            want = hashlib.file_digest(f, "sha256").hexdigest()
         results = {}
-        for name, port, url in [("flywheel", fw_port, "/bench/big/resolve/main/big.bin"),
-                                ("nginx", ngx_port, "/files/big.bin")]:
-            runs = [download(port, url) for _ in range(args.repeat)]
-            assert len({r[2] for r in runs}) == 1
+        for name, proc, port, url in [("flywheel", fw, fw_port, "/bench/big/resolve/main/big.bin"),
+                                      ("nginx", ngx, ngx_port, "/files/big.bin")]:
+            got, n = sha256_of(port, url)
+            if got != want or n != args.size_mb << 20:
+                raise RuntimeError(f"{name} served different bytes: {n} bytes, sha256 {got}")
+            base_rss = rss_kib(proc.pid)
+            runs = [timed_download(port, url, proc.pid) for _ in range(args.repeat)]
             best = min(r[0] for r in runs)
-            results[name] = {"best_s": best, "mb_per_s": runs[0][1] / best / 1e6, "bytes": runs[0][1]}
+            results[name] = {"best_s": best, "mb_per_s": n / best / 1e6, "bytes": n,
+                             "rss_growth_mib": max(r[2] for r in runs) / 1024 - base_rss / 1024}
         ratio = results["flywheel"]["mb_per_s"] / results["nginx"]["mb_per_s"]
-        print("| server | best of %d | MB/s |" % args.repeat)
-        print("|---|---|---|")
+        print("| server | best of %d | MB/s | RSS growth while serving |" % args.repeat)
+        print("|---|---|---|---|")
         for name, r in results.items():
-            print(f"| {name} | {r['best_s']:.2f} s | {r['mb_per_s']:.0f} |")
-        print(f"| ratio flywheel/nginx | | {ratio:.2f} |")
+            print(f"| {name} | {r['best_s']:.2f} s | {r['mb_per_s']:.0f} | {r['rss_growth_mib']:.1f} MiB |")
+        print(f"| ratio flywheel/nginx | | {ratio:.2f} | |")
         if args.out:
             with open(args.out, "w") as f:
                 json.dump({"size_mb": args.size_mb, "results": results, "ratio": ratio}, f, indent=2)

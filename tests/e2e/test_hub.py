@@ -144,6 +144,18 @@ def test_modelscope_paths(hub, pushed):
     assert [b["Revision"] for b in revs["Data"]["RevisionMap"]["Branches"]] == ["main"]
 
 
+def test_modelscope_client_downloads_identical_files(hub, pushed, tmp_path):
+    modelscope = pytest.importorskip("modelscope")
+
+    cache = str(tmp_path / "ms-cache")
+    snap = modelscope.snapshot_download("acme/smol", endpoint=hub.url, cache_dir=cache)
+    for rel in ["smol.Q4_1.gguf", "README.md", "config.json", "nested/deeper/notes.txt"]:
+        assert _sha256(os.path.join(snap, rel)) == _sha256(os.path.join(pushed, rel)), rel
+    one = modelscope.model_file_download("acme/smol", "config.json", endpoint=hub.url,
+                                         cache_dir=str(tmp_path / "ms-one"))
+    assert _sha256(one) == _sha256(pushed / "config.json")
+
+
 def test_random_ranges_return_the_right_bytes(hub, pushed):
     data = (pushed / "nested" / "deeper" / "notes.txt").read_bytes()
     url = f"{hub.url}/acme/smol/resolve/main/nested/deeper/notes.txt"

@@ -208,8 +208,8 @@ impl DeploymentSpec {
         QueueConfig {
             max_length: self.queue.max_length,
             max_wait: Duration::from_secs(self.queue.max_wait_seconds),
-            // A replica finishing a short request every two seconds per slot, until observed.
-            prior_drain_per_sec: self.slots_per_replica as f64 / 2.0,
+            // A slot finishing a short request every two seconds, until observed.
+            prior_per_slot_per_sec: 0.5,
         }
     }
 

@@ -132,6 +132,7 @@ impl Actor {
                 replica,
                 completed,
                 tokens,
+                service,
             } => {
                 if let Some(r) = self.replicas.get_mut(replica) {
                     r.in_flight = r.in_flight.saturating_sub(1);
@@ -146,7 +147,7 @@ impl Actor {
                     }
                 }
                 if completed {
-                    self.queue.record_completions(now, 1);
+                    self.queue.record_completion(now, service);
                 }
                 self.tokens.record(now, tokens);
                 self.try_dispatch(now);
@@ -193,6 +194,23 @@ impl Actor {
                 self.closing.get_or_insert_with(Vec::new).push(reply);
             }
         }
+        self.sync_slots(now);
+    }
+
+    /// Tell the queue's drain estimate the capacity serving it: ready slots, and the slots it
+    /// will have once loading replicas are ready (at least one replica's: a request at zero
+    /// replicas starts one).
+    fn sync_slots(&mut self, now: Instant) {
+        let (mut ready, mut loading) = (0, 0);
+        for r in self.replicas.iter() {
+            match r.state {
+                ReplicaState::Ready => ready += r.slots,
+                ReplicaState::Loading => loading += r.slots,
+                ReplicaState::Draining => {}
+            }
+        }
+        let planned = (ready + loading).max(self.spec.slots_per_replica);
+        self.queue.set_slots(now, ready, planned);
     }
 
     fn enqueue(
@@ -277,6 +295,7 @@ impl Actor {
 
     fn tick(&mut self) {
         let now = now();
+        self.sync_slots(now);
         let retry_after = self.queue.retry_after();
         for entry in self.queue.expire(now) {
             metrics::timeout(&self.spec.name);

@@ -44,6 +44,7 @@ pub(crate) fn spawn(
     actor: mpsc::UnboundedSender<Command>,
 ) {
     tokio::spawn(async move {
+        let started = tokio::time::Instant::now();
         let request = job.waiter().request.clone();
         let events = job.waiter().events.clone();
         let mut stream = match backend.generate(request).await {
@@ -58,6 +59,7 @@ pub(crate) fn spawn(
                     replica,
                     completed: false,
                     tokens: 0,
+                    service: started.elapsed(),
                 });
                 return;
             }
@@ -85,6 +87,7 @@ pub(crate) fn spawn(
             replica,
             completed,
             tokens,
+            service: started.elapsed(),
         });
     });
 }

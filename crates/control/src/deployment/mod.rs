@@ -40,6 +40,8 @@ pub(crate) enum Command {
         replica: u64,
         completed: bool,
         tokens: u32,
+        /// How long the request held its slot (dispatch to end).
+        service: std::time::Duration,
     },
     /// A replica's engine refused a dispatched request as overloaded; it goes back in line.
     Bounced { replica: u64, job: forward::Job },

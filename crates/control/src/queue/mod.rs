@@ -11,6 +11,7 @@
 //! position ≤ 2k. Weights give a tenant proportionally more turns.
 
 mod drain;
+mod eta;
 #[cfg(test)]
 mod tests;
 
@@ -18,6 +19,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 pub use drain::DrainRate;
+pub use eta::QueueDrain;
 
 /// Tag units per request at weight 1 (weights divide it).
 const TAG_UNIT: u64 = 1 << 20;
@@ -36,8 +38,8 @@ pub struct QueueConfig {
     pub max_length: usize,
     /// A request waiting longer is removed with a timeout (503).
     pub max_wait: Duration,
-    /// Completions per second assumed before any were observed.
-    pub prior_drain_per_sec: f64,
+    /// Completions per second per slot assumed before any were observed.
+    pub prior_per_slot_per_sec: f64,
 }
 
 impl Default for QueueConfig {
@@ -45,7 +47,7 @@ impl Default for QueueConfig {
         Self {
             max_length: 1024,
             max_wait: Duration::from_secs(60),
-            prior_drain_per_sec: 1.0,
+            prior_per_slot_per_sec: 1.0,
         }
     }
 }
@@ -100,12 +102,12 @@ pub struct State<T> {
     weights: HashMap<String, u32>,
     virtual_time: u64,
     next_id: TicketId,
-    drain: DrainRate,
+    drain: QueueDrain,
 }
 
 impl<T> State<T> {
     pub fn new(config: QueueConfig) -> Self {
-        let drain = DrainRate::new(config.prior_drain_per_sec);
+        let drain = QueueDrain::new(config.prior_per_slot_per_sec);
         Self {
             config,
             order: BTreeMap::new(),
@@ -144,8 +146,14 @@ impl<T> State<T> {
         self.order.is_empty()
     }
 
-    pub fn drain_rate(&self) -> &DrainRate {
+    pub fn drain_rate(&self) -> &QueueDrain {
         &self.drain
+    }
+
+    /// The capacity serving this queue from `now` on: slots on ready replicas, and the slots it
+    /// will have once loading replicas are ready (see [`QueueDrain::set_slots`]).
+    pub fn set_slots(&mut self, now: Instant, ready: usize, planned: usize) {
+        self.drain.set_slots(now, ready, planned);
     }
 
     /// `Retry-After` for a refusal at `now`: the time the current backlog needs to drain.
@@ -193,6 +201,7 @@ impl<T> State<T> {
             },
         );
         self.arrivals.insert(id, tag);
+        self.drain.observe(now, true);
         let position = self.order.range(..(tag, id)).count() + 1;
         Ok((id, self.position_at(position)))
     }
@@ -202,6 +211,7 @@ impl<T> State<T> {
         self.drain.observe(now, !self.is_empty());
         let ((tag, id), waiting) = self.order.pop_first()?;
         self.arrivals.remove(&id);
+        self.drain.observe(now, !self.is_empty());
         self.virtual_time = self.virtual_time.max(tag);
         self.forget_idle_tenants();
         Some(Entry {
@@ -270,6 +280,7 @@ impl<T> State<T> {
                 expired.push(entry);
             }
         }
+        self.drain.observe(now, !self.is_empty());
         expired
     }
 
@@ -280,9 +291,9 @@ impl<T> State<T> {
         Some(w.enqueued + self.config.max_wait)
     }
 
-    /// Record `n` completions at `now` (the drain rate's evidence).
-    pub fn record_completions(&mut self, now: Instant, n: u32) {
-        self.drain.record(now, n);
+    /// A request that held a slot for `service` completed at `now` (the drain rate's evidence).
+    pub fn record_completion(&mut self, now: Instant, service: Duration) {
+        self.drain.record(now, service);
     }
 
     /// Every waiting request with its position and ETA, in the order they will be taken.

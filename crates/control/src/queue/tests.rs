@@ -8,7 +8,7 @@ fn config(max_length: usize, max_wait_secs: u64) -> QueueConfig {
     QueueConfig {
         max_length,
         max_wait: Duration::from_secs(max_wait_secs),
-        prior_drain_per_sec: 1.0,
+        prior_per_slot_per_sec: 1.0,
     }
 }
 
@@ -136,16 +136,18 @@ fn eta_follows_the_observed_drain_rate() {
             eta_ms: 10_000
         }
     );
-    // Observe 5 completions per second for a few seconds.
+    // Observe 5 completions per second on the one slot for a few seconds (the service times,
+    // 400 ms, alone would say 2.5/s: observed drain wins).
     for s in 0..5u64 {
         for j in 0..5u64 {
             let now = t0 + Duration::from_millis(s * 1000 + j * 200);
             q.pop(now).unwrap();
-            q.record_completions(now, 1);
+            q.record_completion(now, Duration::from_millis(400));
         }
     }
     q.push(None, 1000, t0 + Duration::from_secs(5)).unwrap();
     let rate = q.drain_rate().per_sec();
+    assert!(q.drain_rate().is_observed());
     assert!((rate - 5.0).abs() < 0.5, "rate {rate}");
     let tenth = q.positions().nth(9).unwrap().2;
     assert!((1_800..=2_200).contains(&tenth.eta_ms), "{tenth:?}");

@@ -19,14 +19,14 @@ def free_port():
         return s.getsockname()[1]
 
 
-def wait_health(port, proc, log, timeout=180):
+def wait_health(port, proc, log, timeout=180, path="/health"):
     deadline = time.time() + timeout
     while time.time() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"server exited; see {log}")
         try:
             c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            c.request("GET", "/health")
+            c.request("GET", path)
             if c.getresponse().status == 200:
                 return
         except OSError:

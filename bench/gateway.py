@@ -110,7 +110,8 @@ litellm_settings: {{telemetry: false}}
                              "--port", str(port), "--num_workers", "1"],
                             stdout=open(log, "w"), stderr=subprocess.STDOUT,
                             env=dict(os.environ, LITELLM_LOG="ERROR"))
-    wait_health(port, proc, log, timeout=300)
+    # LiteLLM's /health checks every model and needs a key; liveliness is its readiness probe.
+    wait_health(port, proc, log, timeout=300, path="/health/liveliness")
     return proc, port
 
 

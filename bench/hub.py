@@ -104,6 +104,7 @@ def main():
     ap.add_argument("--out")
     args = ap.parse_args()
     work = tempfile.mkdtemp(prefix="fw-bench-hub-")
+    os.chmod(work, 0o755)  # nginx started as root reads as its worker user
     procs = []
     try:
         root = os.path.join(work, "www")

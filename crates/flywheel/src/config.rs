@@ -37,7 +37,8 @@ pub struct ServeArgs {
     /// after a crash, another process settles it once the lease expires [default: 30].
     #[arg(long, env = "FLYWHEEL_RESERVATION_LEASE_SECONDS")]
     pub reservation_lease_seconds: Option<u32>,
-    /// A model to serve: PATH[=NAME] (repeatable). NAME defaults to the file name without `.gguf`.
+    /// A model to serve: PATH[=NAME] or hub:ORG/NAME[@REV][#FILE][=NAME] (repeatable).
+    /// NAME defaults to the file name without `.gguf`.
     #[arg(long = "model", env = "FLYWHEEL_MODELS", value_delimiter = ',')]
     pub models: Vec<String>,
     /// Sequence slots per model (decoded together) [default: 16].

@@ -31,7 +31,7 @@ pub struct PushArgs {
     /// Create the repository private (only your tenant's keys can read it).
     #[arg(long)]
     pub private: bool,
-    /// The branch to move [default: main].
+    /// The branch to move.
     #[arg(long, default_value = "main")]
     pub branch: String,
     /// The new revision's message.

@@ -1,5 +1,6 @@
-//! How fast a deployment's queue drains: an exponentially weighted moving average of
-//! completions per second, measured over one-second windows in which work was waiting.
+//! A rate of events per second while there was work (a deployment's tokens per second): an
+//! exponentially weighted moving average over one-second windows in which work was present.
+//! Queue ETAs use the per-slot estimate in `eta.rs` instead.
 //!
 //! Windows with nothing waiting are not evidence about capacity (nothing *could* complete
 //! faster than it arrived), so they are discarded instead of pulling the rate towards zero.
@@ -85,19 +86,6 @@ impl DrainRate {
         self.completions = 0;
         self.backlog_seen = false;
     }
-
-    /// Milliseconds until `ahead` requests (including this one) have drained.
-    pub fn eta_ms(&self, ahead: usize) -> u64 {
-        let secs = ahead as f64 / self.per_sec;
-        (secs * 1000.0).min(u64::MAX as f64 / 2.0) as u64
-    }
-
-    /// Seconds a refused client should wait: the time for `backlog` requests to drain,
-    /// at least 1 and at most `cap_secs`.
-    pub fn retry_after_secs(&self, backlog: usize, cap_secs: u64) -> u64 {
-        let secs = (backlog as f64 / self.per_sec).ceil();
-        (secs.min(cap_secs as f64) as u64).clamp(1, cap_secs.max(1))
-    }
 }
 
 #[cfg(test)]
@@ -122,15 +110,6 @@ mod tests {
     }
 
     #[test]
-    fn eta_and_retry_after_follow_the_rate() {
-        let d = DrainRate::new(4.0);
-        assert_eq!(d.eta_ms(8), 2000);
-        assert_eq!(d.retry_after_secs(10, 300), 3);
-        assert_eq!(d.retry_after_secs(0, 300), 1);
-        assert_eq!(d.retry_after_secs(100_000, 300), 300);
-    }
-
-    #[test]
     fn a_stalled_queue_keeps_a_finite_estimate() {
         let t0 = Instant::now();
         let mut d = DrainRate::new(1.0);
@@ -138,6 +117,5 @@ mod tests {
             d.observe(t0 + Duration::from_secs(s), true);
         }
         assert!(d.per_sec() >= FLOOR_PER_SEC);
-        assert!(d.retry_after_secs(10, 300) <= 300);
     }
 }

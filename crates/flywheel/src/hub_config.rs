@@ -123,16 +123,13 @@ pub fn parse_hub_spec(spec: &str) -> Result<(HubModelRef, String)> {
     ))
 }
 
-/// Opens the hub over the database at `database_url` (its own connection pool) with its
-/// files under `data_dir/hub`, and removes expired uploads.
+/// Opens the hub over `store` with its files under `data_dir/hub`, and removes expired
+/// uploads.
 pub async fn open(
-    database_url: &str,
+    store: std::sync::Arc<dyn store::Store>,
     data_dir: &std::path::Path,
     config: hub::HubConfig,
 ) -> Result<hub::Hub> {
-    let store = store::open(database_url)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot open the database for the hub: {e}"))?;
     let hub = hub::Hub::open(store, data_dir, config)
         .map_err(|e| anyhow::anyhow!("cannot open the hub under {}: {e}", data_dir.display()))?;
     match hub.clean_stale_uploads().await {

@@ -25,15 +25,12 @@ async fn serve(config: ServeConfig) -> Result<()> {
         .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
     let admin_key = crate::admin_key::load_or_create(&config.data_dir)?;
     let metrics = install_metrics()?;
-    let tenancy = open_tenancy(&config).await?;
+    // One database pool (and one migration run) for tenancy, the hub and deployments.
+    let store = open_store(&config).await?;
+    let tenancy = open_tenancy(&config, store.clone()).await?;
     let settlements = TaskTracker::new();
-    let hub =
-        crate::hub_config::open(&config.database_url, &config.data_dir, config.hub.clone()).await?;
-
-    let deployment_store = store::open(&config.database_url)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot open the database for deployments: {e}"))?;
-    let plane = crate::deployments::start(&config, &hub, deployment_store).await?;
+    let hub = crate::hub_config::open(store.clone(), &config.data_dir, config.hub.clone()).await?;
+    let plane = crate::deployments::start(&config, &hub, store).await?;
 
     let mut models: Vec<Arc<dyn Backend>> = Vec::new();
     for up in &config.upstreams {
@@ -111,14 +108,22 @@ async fn serve(config: ServeConfig) -> Result<()> {
     Ok(())
 }
 
-/// Opens the database (migrating it), settles or releases the reservations of processes that
-/// died, and starts this process's lease heartbeat.
-async fn open_tenancy(config: &ServeConfig) -> Result<tenancy::Tenancy> {
+/// Opens the database at `--database-url`, migrating it.
+async fn open_store(config: &ServeConfig) -> Result<Arc<dyn store::Store>> {
     let shown = redact_password(&config.database_url);
     let store = store::open(&config.database_url)
         .await
         .map_err(|e| anyhow::anyhow!("cannot open the database {shown}: {e}. Check --database-url (sqlite://PATH or postgres://USER@HOST/DB) and that the server is reachable"))?;
     tracing::info!(database = %shown, kind = store.kind(), "database ready");
+    Ok(store)
+}
+
+/// The tenancy domain over `store`, after settling or releasing the reservations of processes
+/// that died.
+async fn open_tenancy(
+    config: &ServeConfig,
+    store: Arc<dyn store::Store>,
+) -> Result<tenancy::Tenancy> {
     let tenancy = tenancy::Tenancy::new(store, Arc::new(tenancy::SystemClock), &config.tenancy)
         .map_err(|e| anyhow::anyhow!("tenancy settings: {e}"))?;
     let recovery = tenancy

@@ -115,6 +115,23 @@ impl Source {
         }
     }
 
+    /// GET `url` and decode its JSON answer.
+    async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        http: &reqwest::Client,
+        url: &str,
+        token: Option<&str>,
+    ) -> Result<T> {
+        check(
+            self.request(http, url, token).send().await.map_err(net)?,
+            url,
+        )
+        .await?
+        .json()
+        .await
+        .map_err(|e| HubError::Remote(format!("{url}: unexpected answer: {e}")))
+    }
+
     /// Lists the files of `revision`.
     pub async fn snapshot(
         &self,
@@ -130,14 +147,7 @@ impl Source {
                     self.repo,
                     encode_component(revision)
                 );
-                let info: HfModelInfo = check(
-                    self.request(http, &url, token).send().await.map_err(net)?,
-                    &url,
-                )
-                .await?
-                .json()
-                .await
-                .map_err(|e| HubError::Remote(format!("{url}: unexpected answer: {e}")))?;
+                let info: HfModelInfo = self.get_json(http, &url, token).await?;
                 let files = info
                     .siblings
                     .into_iter()
@@ -162,14 +172,7 @@ impl Source {
                     self.repo,
                     encode_component(revision)
                 );
-                let listing: MsListing = check(
-                    self.request(http, &url, token).send().await.map_err(net)?,
-                    &url,
-                )
-                .await?
-                .json()
-                .await
-                .map_err(|e| HubError::Remote(format!("{url}: unexpected answer: {e}")))?;
+                let listing: MsListing = self.get_json(http, &url, token).await?;
                 let files = listing
                     .data
                     .files

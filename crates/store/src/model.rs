@@ -158,8 +158,9 @@ pub struct NewReservation {
     pub model: String,
     pub prompt_tokens: i64,
     pub max_completion_tokens: i64,
-    /// The price at reservation time; settlement uses the same.
-    pub rates: PriceRates,
+    /// The price when the model has no price-book entry. The entry, read in the reservation's
+    /// own transaction, wins; the reservation records the price it used and settlement uses it.
+    pub default_rates: PriceRates,
     /// The process that serves the request and renews the lease.
     pub owner: String,
     pub lease_expires_at: Timestamp,

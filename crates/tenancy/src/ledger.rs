@@ -91,7 +91,6 @@ impl Ledger {
         if request.max_completion_tokens < 0 {
             return Err(Error::invalid("max_tokens", "must be 0 or more"));
         }
-        let rates = self.prices.rates(&request.served_model).await?;
         let now = self.clock.now();
         let new = NewReservation {
             request_id: request.request_id.clone(),
@@ -100,7 +99,8 @@ impl Ledger {
             model: request.served_model.clone(),
             prompt_tokens: request.prompt_tokens,
             max_completion_tokens: request.max_completion_tokens,
-            rates,
+            // The store reads the model's price-book entry in the reservation's transaction.
+            default_rates: self.prices.default_rates(),
             owner: self.process_id.to_string(),
             lease_expires_at: now + self.lease,
             created_at: now,

@@ -82,6 +82,15 @@ pub(super) fn price(row: &PgRow) -> Result<Price> {
     })
 }
 
+/// The rates of a price-book entry LEFT JOINed into `row` (its `*_per_million` columns), or
+/// `default` where the model has none.
+pub(super) fn rates_or(row: &PgRow, default: PriceRates) -> Result<PriceRates> {
+    match row.try_get::<Option<i64>, _>("input_per_million")? {
+        Some(_) => rates(row),
+        None => Ok(default),
+    }
+}
+
 fn rates(row: &PgRow) -> Result<PriceRates> {
     Ok(PriceRates {
         input_per_million: row.try_get("input_per_million")?,

@@ -3,7 +3,7 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::sqlite::SqliteRow;
-use sqlx::{Row, Sqlite, Transaction};
+use sqlx::Row;
 
 use super::rows::ts;
 use super::SqliteStore;
@@ -112,7 +112,7 @@ impl SqliteStore {
     }
 
     async fn head_in(
-        tx: &mut Transaction<'static, Sqlite>,
+        tx: &mut super::WriteTx,
         repo_id: &str,
         branch: &str,
     ) -> Result<Option<(String, String)>> {

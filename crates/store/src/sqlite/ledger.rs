@@ -1,24 +1,45 @@
 //! The account, ledger and reservations on SQLite.
 
 use async_trait::async_trait;
-use sqlx::{Sqlite, Transaction};
 
 use super::rows::{self, ts};
-use super::SqliteStore;
+use super::{SqliteStore, WriteTx};
 use crate::accounting::{self, HoldRefusal};
 use crate::error::{Result, StoreError};
 use crate::model::{
-    Debit, LedgerEntry, LedgerKind, NewReservation, Reservation, ReservationState, SettleWith,
-    Settlement, Tenant, Timestamp, TokenUsage, UsageGroup, UsageRow,
+    Debit, LedgerEntry, LedgerKind, NewReservation, PriceRates, Reservation, ReservationState,
+    SettleWith, Settlement, Tenant, Timestamp, TokenUsage, UsageGroup, UsageRow,
 };
 use crate::LedgerStore;
 
-type Tx = Transaction<'static, Sqlite>;
+type Tx = WriteTx;
 
 async fn tenant_in(tx: &mut Tx, id: &str) -> Result<Tenant> {
     let sql = format!("SELECT {} FROM tenants WHERE id = $1", rows::TENANT);
     let row = sqlx::query(&sql).bind(id).fetch_optional(&mut **tx).await?;
     rows::tenant(&row.ok_or_else(|| StoreError::not_found("tenant", id))?)
+}
+
+/// The tenant and the model's price (or `default`) in one statement.
+async fn tenant_and_rates_in(
+    tx: &mut Tx,
+    id: &str,
+    model: &str,
+    default: PriceRates,
+) -> Result<(Tenant, PriceRates)> {
+    let sql = format!(
+        "SELECT {}, prices.input_per_million, prices.output_per_million, \
+         prices.cached_input_per_million FROM tenants \
+         LEFT JOIN prices ON prices.served_model = $2 WHERE tenants.id = $1",
+        rows::TENANT
+    );
+    let row = sqlx::query(&sql)
+        .bind(id)
+        .bind(model)
+        .fetch_optional(&mut **tx)
+        .await?;
+    let row = row.ok_or_else(|| StoreError::not_found("tenant", id))?;
+    Ok((rows::tenant(&row)?, rows::rates_or(&row, default)?))
 }
 
 async fn reservation_in(tx: &mut Tx, request_id: &str) -> Result<Reservation> {
@@ -41,20 +62,37 @@ async fn append(
     key: &str,
     now: Timestamp,
 ) -> Result<u64> {
-    let done = sqlx::query(
+    append_all(tx, tenant_id, &[(kind, debit)], key, now).await
+}
+
+/// Appends entries that share a tenant, an idempotency key and a time, in one statement;
+/// returns how many were new.
+async fn append_all(
+    tx: &mut Tx,
+    tenant_id: &str,
+    entries: &[(LedgerKind, Debit)],
+    key: &str,
+    now: Timestamp,
+) -> Result<u64> {
+    let values: Vec<String> = (0..entries.len())
+        .map(|i| {
+            let p = 4 + 3 * i;
+            format!("($1, ${}, ${}, ${}, $2, $3)", p, p + 1, p + 2)
+        })
+        .collect();
+    let sql = format!(
         "INSERT INTO ledger_entries (tenant_id, kind, tokens, amount, idempotency_key, \
-         created_at) VALUES ($1, $2, $3, $4, $5, $6) \
-         ON CONFLICT (idempotency_key, kind) DO NOTHING",
-    )
-    .bind(tenant_id)
-    .bind(kind.as_str())
-    .bind(debit.grant_tokens)
-    .bind(debit.amount)
-    .bind(key)
-    .bind(ts(now))
-    .execute(&mut **tx)
-    .await?;
-    Ok(done.rows_affected())
+         created_at) VALUES {} ON CONFLICT (idempotency_key, kind) DO NOTHING",
+        values.join(", ")
+    );
+    let mut query = sqlx::query(&sql).bind(tenant_id).bind(key).bind(ts(now));
+    for (kind, debit) in entries {
+        query = query
+            .bind(kind.as_str())
+            .bind(debit.grant_tokens)
+            .bind(debit.amount);
+    }
+    Ok(query.execute(&mut **tx).await?.rows_affected())
 }
 
 impl SqliteStore {
@@ -105,24 +143,11 @@ impl SqliteStore {
         .execute(&mut *tx)
         .await?;
         let (tenant, key) = (&res.tenant_id, request_id);
-        append(
-            &mut tx,
-            tenant,
-            LedgerKind::Charge,
-            closing.charged,
-            key,
-            now,
-        )
-        .await?;
-        append(
-            &mut tx,
-            tenant,
-            LedgerKind::Release,
-            closing.released,
-            key,
-            now,
-        )
-        .await?;
+        let entries = [
+            (LedgerKind::Charge, closing.charged),
+            (LedgerKind::Release, closing.released),
+        ];
+        append_all(&mut tx, tenant, &entries, key, now).await?;
         tx.commit().await?;
         Ok(Some(Settlement {
             request_id: res.request_id,
@@ -190,7 +215,8 @@ impl LedgerStore for SqliteStore {
 
     async fn reserve(&self, new: &NewReservation) -> Result<Reservation> {
         let mut tx = self.write().await?;
-        let tenant = tenant_in(&mut tx, &new.tenant_id).await?;
+        let (tenant, rates) =
+            tenant_and_rates_in(&mut tx, &new.tenant_id, &new.model, new.default_rates).await?;
         if tenant.disabled {
             return Err(StoreError::TenantDisabled(tenant.id));
         }
@@ -198,7 +224,7 @@ impl LedgerStore for SqliteStore {
         let hold = accounting::hold(
             new.prompt_tokens,
             new.max_completion_tokens,
-            &new.rates,
+            &rates,
             tenant.balances.grant_tokens_available(),
         );
         accounting::check_hold(&tenant.balances, tenant.free_tier_only, &hold, worst_case)
@@ -224,9 +250,9 @@ impl LedgerStore for SqliteStore {
             .bind(&new.model)
             .bind(new.prompt_tokens)
             .bind(new.max_completion_tokens)
-            .bind(new.rates.input_per_million)
-            .bind(new.rates.output_per_million)
-            .bind(new.rates.cached_input_per_million)
+            .bind(rates.input_per_million)
+            .bind(rates.output_per_million)
+            .bind(rates.cached_input_per_million)
             .bind(hold.grant_tokens)
             .bind(hold.amount)
             .bind(&new.owner)

@@ -107,6 +107,15 @@ pub(super) fn price(row: &SqliteRow) -> Result<Price> {
     })
 }
 
+/// The rates of a price-book entry LEFT JOINed into `row` (its `*_per_million` columns), or
+/// `default` where the model has none.
+pub(super) fn rates_or(row: &SqliteRow, default: PriceRates) -> Result<PriceRates> {
+    match row.try_get::<Option<i64>, _>("input_per_million")? {
+        Some(_) => rates(row),
+        None => Ok(default),
+    }
+}
+
 fn rates(row: &SqliteRow) -> Result<PriceRates> {
     Ok(PriceRates {
         input_per_million: row.try_get("input_per_million")?,

@@ -2,8 +2,9 @@
 """Engine vs llama.cpp's own tools, same GGUF, same threads, same run.
 
 Flywheel is measured through its HTTP API (streaming, as users see it):
-  - single-stream decode tok/s: one request, 128 tokens generated (ignore_eos), rate between the
-    first and the last streamed token — compared with `llama-bench -n 128` (tg128);
+  - single-stream decode tok/s: one request with a one-word prompt, 128 tokens generated
+    (ignore_eos), rate between the first and the last streamed token — compared with
+    `llama-bench -n 128` (tg128, which starts from an empty KV cache too);
   - 16-stream aggregate: 16 concurrent requests of ~PP prompt tokens each generating TG tokens;
     (prompt + generated tokens) / wall time — compared with `llama-batched-bench` doing the same
     work (-npp PP -ntg TG -npl 16, unified KV), whose figure excludes HTTP, tokenizing and
@@ -47,7 +48,8 @@ def flywheel(bin_path, model, threads, data_dir):
         # Single stream.
         # Tokens after end-of-sequence may render as no text, so count tokens by usage and time
         # from the first token to the end of the stream.
-        _, arr, usage = stream_completion(port, prompt_of(1000, words), TG)
+        # A one-word prompt, so the KV depth matches tg128's (0 → 128 tokens).
+        _, arr, usage = stream_completion(port, prompt_of(1000, 1), TG)
         single = (usage["completion_tokens"] - 1) / (usage["_end"] - arr[0])
         # 16 streams at once.
         results = [None] * STREAMS

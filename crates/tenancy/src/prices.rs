@@ -65,15 +65,6 @@ impl PriceBook {
         Ok(self.store.put_price(&price).await?)
     }
 
-    /// The model's prices, or the default.
-    pub async fn rates(&self, served_model: &str) -> Result<PriceRates> {
-        Ok(self
-            .store
-            .price(served_model)
-            .await?
-            .map_or(self.default, |p| p.rates))
-    }
-
     /// Every entry, by model name.
     pub async fn list(&self) -> Result<Vec<Price>> {
         Ok(self.store.prices().await?)

@@ -42,6 +42,13 @@ pub enum StoreError {
     Corrupt(String),
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    /// From the SQLite ledger writer's own connection (rusqlite); a failed group commit hands
+    /// the same message to every request in the group.
+    #[error("database error: {0}")]
+    Sqlite(String),
+    /// The private scratch database behind `sqlite::memory:` could not be created.
+    #[error("cannot create a scratch database: {0}")]
+    Scratch(std::io::Error),
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
 }
@@ -62,6 +69,22 @@ impl StoreError {
         }
     }
 
+    /// Maps a rusqlite unique-constraint violation to `Conflict(message)`.
+    pub(crate) fn sqlite_unique(err: rusqlite::Error, message: impl FnOnce() -> String) -> Self {
+        use rusqlite::ffi::{SQLITE_CONSTRAINT_PRIMARYKEY, SQLITE_CONSTRAINT_UNIQUE};
+        match &err {
+            rusqlite::Error::SqliteFailure(e, _)
+                if matches!(
+                    e.extended_code,
+                    SQLITE_CONSTRAINT_UNIQUE | SQLITE_CONSTRAINT_PRIMARYKEY
+                ) =>
+            {
+                Self::Conflict(message())
+            }
+            _ => Self::from(err),
+        }
+    }
+
     pub(crate) fn refused(limits: &LimitSubject, refusal: Refusal, tokens: i64) -> Self {
         match refusal {
             Refusal::RateLimited { retry_after_secs } => Self::RateLimited {
@@ -74,5 +97,11 @@ impl StoreError {
                 tokens,
             },
         }
+    }
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(err: rusqlite::Error) -> Self {
+        Self::Sqlite(err.to_string())
     }
 }

@@ -110,6 +110,8 @@ impl From<StoreError> for Error {
             StoreError::InvalidUrl(_)
             | StoreError::Corrupt(_)
             | StoreError::Database(_)
+            | StoreError::Sqlite(_)
+            | StoreError::Scratch(_)
             | StoreError::Migrate(_) => {
                 tracing::error!(error = %err, "store failure");
                 Self::Internal

@@ -2,13 +2,19 @@
 //! serialises processes sharing the file. Within a process they first queue on an async lock,
 //! so that a waiting writer sleeps on a future that wakes when the lock is free rather than in
 //! SQLite's busy handler, which polls with sleeps of 1 ms and more while the lock sits idle.
+//!
+//! Two drivers share the file: sqlx's pool for reads and the less frequent writes, and the
+//! ledger writer's own rusqlite connection (`writer`) for the ledger's writes, which it commits
+//! in groups. Both take the same in-process lock before they write.
 
 mod deployments;
 mod directory;
 mod hub;
 mod ledger;
+mod ledger_writes;
 mod limits;
 mod rows;
+mod writer;
 
 use std::ops::{Deref, DerefMut};
 use std::str::FromStr;
@@ -22,8 +28,9 @@ use sqlx::sqlite::{
 use sqlx::{Sqlite, SqliteConnection, Transaction};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
-use crate::error::Result;
+use crate::error::{Result, StoreError};
 use crate::Store;
+use writer::LedgerWriter;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -59,6 +66,9 @@ pub struct SqliteStore {
     pool: SqlitePool,
     /// This process's turn to write (see the module docs).
     writer: Arc<Mutex<()>>,
+    ledger: Arc<LedgerWriter>,
+    /// The directory of a `sqlite::memory:` database, removed with the last handle.
+    _scratch: Option<Arc<tempfile::TempDir>>,
 }
 
 /// A write transaction and this process's writer turn, held until it is committed or dropped
@@ -89,40 +99,47 @@ impl DerefMut for WriteTx {
 
 impl SqliteStore {
     /// Opens `sqlite://PATH`, creating the file if missing, and migrates it. `sqlite::memory:`
-    /// gives a private in-memory database on one connection (for tests and demos).
+    /// gives a private database that lives as long as the store: a file in a scratch
+    /// directory, because the ledger writer needs a second connection to the same database.
     pub async fn open(url: &str) -> Result<Self> {
-        let options = SqliteConnectOptions::from_str(url)?
+        let scratch = if url.contains(":memory:") {
+            let dir = tempfile::Builder::new()
+                .prefix("flywheel-sqlite-")
+                .tempdir()
+                .map_err(StoreError::Scratch)?;
+            Some(Arc::new(dir))
+        } else {
+            None
+        };
+        let options = match &scratch {
+            Some(dir) => SqliteConnectOptions::new().filename(dir.path().join("flywheel.db")),
+            None => SqliteConnectOptions::from_str(url)?,
+        };
+        // Checkpoints (copying the WAL back into the file, with an fsync) run on a timer
+        // (`checkpoint_every`), not inside whichever request's commit crosses the WAL's size
+        // threshold: in a commit they cost that request 10 ms and more.
+        let options = options
             .create_if_missing(true)
             .busy_timeout(BUSY_TIMEOUT)
-            .foreign_keys(true);
-        let pool = if url.contains(":memory:") {
-            // Every connection would open its own empty database: keep exactly one, forever.
-            SqlitePoolOptions::new()
-                .min_connections(1)
-                .max_connections(1)
-                .idle_timeout(None)
-                .max_lifetime(None)
-                .connect_with(options)
-                .await?
-        } else {
-            // Checkpoints (copying the WAL back into the file, with an fsync) run on a timer
-            // (`checkpoint_every`), not inside whichever request's commit crosses the WAL's
-            // size threshold: in a commit they cost that request 10 ms and more.
-            let options = options
-                .journal_mode(SqliteJournalMode::Wal)
-                .synchronous(SqliteSynchronous::Normal)
-                .pragma("wal_autocheckpoint", "0");
-            let pool = SqlitePoolOptions::new()
-                .max_connections(8)
-                .connect_with(options)
-                .await?;
-            tokio::spawn(checkpoint_every(pool.clone(), CHECKPOINT_INTERVAL));
-            pool
-        };
+            .foreign_keys(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .pragma("wal_autocheckpoint", "0");
+        // A local file's connection does not go stale: no ping before each use.
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .test_before_acquire(false)
+            .connect_with(options.clone())
+            .await?;
         MIGRATOR.run(&pool).await?;
+        tokio::spawn(checkpoint_every(pool.clone(), CHECKPOINT_INTERVAL));
+        let writer = Arc::new(Mutex::new(()));
+        let ledger = LedgerWriter::start(options.get_filename(), BUSY_TIMEOUT, writer.clone())?;
         Ok(Self {
             pool,
-            writer: Arc::new(Mutex::new(())),
+            writer,
+            ledger: Arc::new(ledger),
+            _scratch: scratch,
         })
     }
 
@@ -144,6 +161,7 @@ impl Store for SqliteStore {
     }
 
     async fn close(&self) {
+        self.ledger.stop();
         self.pool.close().await;
     }
 }

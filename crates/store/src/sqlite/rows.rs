@@ -1,4 +1,8 @@
 //! SQLite rows to records. Times are stored as fixed-width RFC 3339 text (see [`ts`]).
+//!
+//! Rows come from two drivers: sqlx's pool (reads and most writes) and the ledger writer's
+//! rusqlite connection (see `writer`). Both decode through the functions here, by way of
+//! [`Columns`].
 
 use chrono::{DateTime, Utc};
 use sqlx::sqlite::SqliteRow;
@@ -9,6 +13,49 @@ use crate::model::{
     ApiKey, Balances, Debit, LedgerEntry, LedgerKind, Org, Price, PriceRates, Reservation,
     ReservationState, Tenant, Timestamp, TokenUsage,
 };
+
+/// A row's columns by name, whichever driver read it. SQLite stores every value here as an
+/// INTEGER or TEXT (or NULL).
+pub(super) trait Columns {
+    fn opt_int(&self, column: &str) -> Result<Option<i64>>;
+    fn opt_text(&self, column: &str) -> Result<Option<String>>;
+
+    fn int(&self, column: &str) -> Result<i64> {
+        self.opt_int(column)?.ok_or_else(|| null(column))
+    }
+
+    fn text(&self, column: &str) -> Result<String> {
+        self.opt_text(column)?.ok_or_else(|| null(column))
+    }
+
+    fn flag(&self, column: &str) -> Result<bool> {
+        Ok(self.int(column)? != 0)
+    }
+}
+
+fn null(column: &str) -> StoreError {
+    StoreError::Corrupt(format!("column '{column}' is NULL"))
+}
+
+impl Columns for SqliteRow {
+    fn opt_int(&self, column: &str) -> Result<Option<i64>> {
+        Ok(self.try_get(column)?)
+    }
+
+    fn opt_text(&self, column: &str) -> Result<Option<String>> {
+        Ok(self.try_get(column)?)
+    }
+}
+
+impl Columns for rusqlite::Row<'_> {
+    fn opt_int(&self, column: &str) -> Result<Option<i64>> {
+        Ok(self.get(column)?)
+    }
+
+    fn opt_text(&self, column: &str) -> Result<Option<String>> {
+        Ok(self.get(column)?)
+    }
+}
 
 /// RFC 3339 UTC with six fractional digits, so that text order is time order.
 pub(super) fn ts(t: Timestamp) -> String {
@@ -21,14 +68,12 @@ fn parse_ts(text: &str) -> Result<Timestamp> {
         .map_err(|e| StoreError::Corrupt(format!("time '{text}': {e}")))
 }
 
-fn time(row: &SqliteRow, column: &str) -> Result<Timestamp> {
-    parse_ts(&row.try_get::<String, _>(column)?)
+fn time(row: &impl Columns, column: &str) -> Result<Timestamp> {
+    parse_ts(&row.text(column)?)
 }
 
-fn opt_time(row: &SqliteRow, column: &str) -> Result<Option<Timestamp>> {
-    row.try_get::<Option<String>, _>(column)?
-        .map(|t| parse_ts(&t))
-        .transpose()
+fn opt_time(row: &impl Columns, column: &str) -> Result<Option<Timestamp>> {
+    row.opt_text(column)?.map(|t| parse_ts(&t)).transpose()
 }
 
 pub(super) fn json_list(items: &[String]) -> Result<String> {
@@ -42,32 +87,32 @@ fn parse_list(text: &str) -> Result<Vec<String>> {
 pub(super) const TENANT: &str = "id, name, created_at, free_tier_only, disabled, rpm, tpm, \
     grant_tokens_total, grant_tokens_used, grant_tokens_held, balance, amount_held";
 
-pub(super) fn tenant(row: &SqliteRow) -> Result<Tenant> {
+pub(super) fn tenant(row: &impl Columns) -> Result<Tenant> {
     Ok(Tenant {
-        id: row.try_get("id")?,
-        name: row.try_get("name")?,
+        id: row.text("id")?,
+        name: row.text("name")?,
         created_at: time(row, "created_at")?,
-        free_tier_only: row.try_get("free_tier_only")?,
-        disabled: row.try_get("disabled")?,
-        rpm: row.try_get("rpm")?,
-        tpm: row.try_get("tpm")?,
+        free_tier_only: row.flag("free_tier_only")?,
+        disabled: row.flag("disabled")?,
+        rpm: row.opt_int("rpm")?,
+        tpm: row.opt_int("tpm")?,
         balances: Balances {
-            grant_tokens_total: row.try_get("grant_tokens_total")?,
-            grant_tokens_used: row.try_get("grant_tokens_used")?,
-            grant_tokens_held: row.try_get("grant_tokens_held")?,
-            balance: row.try_get("balance")?,
-            amount_held: row.try_get("amount_held")?,
+            grant_tokens_total: row.int("grant_tokens_total")?,
+            grant_tokens_used: row.int("grant_tokens_used")?,
+            grant_tokens_held: row.int("grant_tokens_held")?,
+            balance: row.int("balance")?,
+            amount_held: row.int("amount_held")?,
         },
     })
 }
 
 pub(super) const ORG: &str = "id, tenant_id, name, created_at";
 
-pub(super) fn org(row: &SqliteRow) -> Result<Org> {
+pub(super) fn org(row: &impl Columns) -> Result<Org> {
     Ok(Org {
-        id: row.try_get("id")?,
-        tenant_id: row.try_get("tenant_id")?,
-        name: row.try_get("name")?,
+        id: row.text("id")?,
+        tenant_id: row.text("tenant_id")?,
+        name: row.text("name")?,
         created_at: time(row, "created_at")?,
     })
 }
@@ -75,20 +120,20 @@ pub(super) fn org(row: &SqliteRow) -> Result<Org> {
 pub(super) const API_KEY: &str = "id, tenant_id, name, prefix, key_hash, scopes, models, rpm, \
     tpm, created_at, expires_at, revoked_at, last_used_at";
 
-pub(super) fn api_key(row: &SqliteRow) -> Result<ApiKey> {
+pub(super) fn api_key(row: &impl Columns) -> Result<ApiKey> {
     Ok(ApiKey {
-        id: row.try_get("id")?,
-        tenant_id: row.try_get("tenant_id")?,
-        name: row.try_get("name")?,
-        prefix: row.try_get("prefix")?,
-        hash: row.try_get("key_hash")?,
-        scopes: parse_list(&row.try_get::<String, _>("scopes")?)?,
+        id: row.text("id")?,
+        tenant_id: row.text("tenant_id")?,
+        name: row.text("name")?,
+        prefix: row.text("prefix")?,
+        hash: row.text("key_hash")?,
+        scopes: parse_list(&row.text("scopes")?)?,
         models: row
-            .try_get::<Option<String>, _>("models")?
+            .opt_text("models")?
             .map(|m| parse_list(&m))
             .transpose()?,
-        rpm: row.try_get("rpm")?,
-        tpm: row.try_get("tpm")?,
+        rpm: row.opt_int("rpm")?,
+        tpm: row.opt_int("tpm")?,
         created_at: time(row, "created_at")?,
         expires_at: opt_time(row, "expires_at")?,
         revoked_at: opt_time(row, "revoked_at")?,
@@ -99,9 +144,9 @@ pub(super) fn api_key(row: &SqliteRow) -> Result<ApiKey> {
 pub(super) const PRICE: &str =
     "served_model, input_per_million, output_per_million, cached_input_per_million, updated_at";
 
-pub(super) fn price(row: &SqliteRow) -> Result<Price> {
+pub(super) fn price(row: &impl Columns) -> Result<Price> {
     Ok(Price {
-        served_model: row.try_get("served_model")?,
+        served_model: row.text("served_model")?,
         rates: rates(row)?,
         updated_at: time(row, "updated_at")?,
     })
@@ -109,34 +154,34 @@ pub(super) fn price(row: &SqliteRow) -> Result<Price> {
 
 /// The rates of a price-book entry LEFT JOINed into `row` (its `*_per_million` columns), or
 /// `default` where the model has none.
-pub(super) fn rates_or(row: &SqliteRow, default: PriceRates) -> Result<PriceRates> {
-    match row.try_get::<Option<i64>, _>("input_per_million")? {
+pub(super) fn rates_or(row: &impl Columns, default: PriceRates) -> Result<PriceRates> {
+    match row.opt_int("input_per_million")? {
         Some(_) => rates(row),
         None => Ok(default),
     }
 }
 
-fn rates(row: &SqliteRow) -> Result<PriceRates> {
+fn rates(row: &impl Columns) -> Result<PriceRates> {
     Ok(PriceRates {
-        input_per_million: row.try_get("input_per_million")?,
-        output_per_million: row.try_get("output_per_million")?,
-        cached_input_per_million: row.try_get("cached_input_per_million")?,
+        input_per_million: row.int("input_per_million")?,
+        output_per_million: row.int("output_per_million")?,
+        cached_input_per_million: row.int("cached_input_per_million")?,
     })
 }
 
 pub(super) const LEDGER_ENTRY: &str =
     "id, tenant_id, kind, tokens, amount, idempotency_key, created_at";
 
-pub(super) fn ledger_entry(row: &SqliteRow) -> Result<LedgerEntry> {
-    let kind: String = row.try_get("kind")?;
+pub(super) fn ledger_entry(row: &impl Columns) -> Result<LedgerEntry> {
+    let kind = row.text("kind")?;
     Ok(LedgerEntry {
-        id: row.try_get("id")?,
-        tenant_id: row.try_get("tenant_id")?,
+        id: row.int("id")?,
+        tenant_id: row.text("tenant_id")?,
         kind: LedgerKind::parse(&kind)
             .ok_or_else(|| StoreError::Corrupt(format!("ledger kind '{kind}'")))?,
-        tokens: row.try_get("tokens")?,
-        amount: row.try_get("amount")?,
-        idempotency_key: row.try_get("idempotency_key")?,
+        tokens: row.int("tokens")?,
+        amount: row.int("amount")?,
+        idempotency_key: row.text("idempotency_key")?,
         created_at: time(row, "created_at")?,
     })
 }
@@ -148,10 +193,10 @@ pub(super) const RESERVATION: &str = "request_id, tenant_id, key_id, model, prom
     billed_prompt_tokens, billed_completion_tokens, billed_cached_tokens, \
     charged_grant_tokens, charged_amount, settled_at";
 
-fn usage(row: &SqliteRow, prefix: &str) -> Result<Option<TokenUsage>> {
-    let prompt: Option<i64> = row.try_get(format!("{prefix}_prompt_tokens").as_str())?;
-    let completion: Option<i64> = row.try_get(format!("{prefix}_completion_tokens").as_str())?;
-    let cached: Option<i64> = row.try_get(format!("{prefix}_cached_tokens").as_str())?;
+fn usage(row: &impl Columns, prefix: &str) -> Result<Option<TokenUsage>> {
+    let prompt = row.opt_int(&format!("{prefix}_prompt_tokens"))?;
+    let completion = row.opt_int(&format!("{prefix}_completion_tokens"))?;
+    let cached = row.opt_int(&format!("{prefix}_cached_tokens"))?;
     Ok(match (prompt, completion) {
         (Some(prompt_tokens), Some(completion_tokens)) => Some(TokenUsage {
             prompt_tokens,
@@ -162,23 +207,23 @@ fn usage(row: &SqliteRow, prefix: &str) -> Result<Option<TokenUsage>> {
     })
 }
 
-pub(super) fn reservation(row: &SqliteRow) -> Result<Reservation> {
-    let state: String = row.try_get("state")?;
-    let charged_grant: Option<i64> = row.try_get("charged_grant_tokens")?;
-    let charged_amount: Option<i64> = row.try_get("charged_amount")?;
+pub(super) fn reservation(row: &impl Columns) -> Result<Reservation> {
+    let state = row.text("state")?;
+    let charged_grant = row.opt_int("charged_grant_tokens")?;
+    let charged_amount = row.opt_int("charged_amount")?;
     Ok(Reservation {
-        request_id: row.try_get("request_id")?,
-        tenant_id: row.try_get("tenant_id")?,
-        key_id: row.try_get("key_id")?,
-        model: row.try_get("model")?,
-        prompt_tokens: row.try_get("prompt_tokens")?,
-        max_completion_tokens: row.try_get("max_completion_tokens")?,
+        request_id: row.text("request_id")?,
+        tenant_id: row.text("tenant_id")?,
+        key_id: row.opt_text("key_id")?,
+        model: row.text("model")?,
+        prompt_tokens: row.int("prompt_tokens")?,
+        max_completion_tokens: row.int("max_completion_tokens")?,
         rates: rates(row)?,
         hold: Debit {
-            grant_tokens: row.try_get("held_grant_tokens")?,
-            amount: row.try_get("held_amount")?,
+            grant_tokens: row.int("held_grant_tokens")?,
+            amount: row.int("held_amount")?,
         },
-        owner: row.try_get("owner")?,
+        owner: row.text("owner")?,
         lease_expires_at: time(row, "lease_expires_at")?,
         created_at: time(row, "created_at")?,
         state: ReservationState::parse(&state)

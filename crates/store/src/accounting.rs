@@ -10,8 +10,10 @@
 //! to the reservation (prompt ≤ reserved prompt, completion ≤ reserved completion) and the same
 //! grant tokens come first, a charge never exceeds its hold.
 
+use crate::error::StoreError;
 use crate::model::{
-    Balances, Debit, PriceRates, Reservation, ReservationState, SettleWith, TokenUsage,
+    Balances, Debit, NewReservation, PriceRates, Reservation, ReservationState, SettleWith, Tenant,
+    TokenUsage,
 };
 
 const PER_MILLION: i128 = 1_000_000;
@@ -138,6 +140,33 @@ pub fn check_hold(
         });
     }
     Ok(())
+}
+
+/// The hold `new` takes from `tenant` at `rates`, or why the tenant cannot take it.
+pub fn hold_for(
+    tenant: &Tenant,
+    new: &NewReservation,
+    rates: &PriceRates,
+) -> Result<Debit, StoreError> {
+    if tenant.disabled {
+        return Err(StoreError::TenantDisabled(tenant.id.clone()));
+    }
+    let worst_case = new.prompt_tokens + new.max_completion_tokens;
+    let held = hold(
+        new.prompt_tokens,
+        new.max_completion_tokens,
+        rates,
+        tenant.balances.grant_tokens_available(),
+    );
+    check_hold(&tenant.balances, tenant.free_tier_only, &held, worst_case).map_err(|refusal| {
+        match refusal {
+            HoldRefusal::GrantExhausted => StoreError::GrantExhausted,
+            HoldRefusal::Insufficient { needed, available } => {
+                StoreError::InsufficientQuota { needed, available }
+            }
+        }
+    })?;
+    Ok(held)
 }
 
 /// How an open reservation closes: what is billed, charged and released, and its final state.

@@ -6,7 +6,7 @@ use sqlx::{Postgres, Transaction};
 
 use super::rows;
 use super::PostgresStore;
-use crate::accounting::{self, HoldRefusal};
+use crate::accounting;
 use crate::error::{Result, StoreError};
 use crate::model::{
     Debit, LedgerEntry, LedgerKind, NewReservation, PriceRates, Reservation, ReservationState,
@@ -222,23 +222,7 @@ impl LedgerStore for PostgresStore {
         let mut tx = self.pool.begin().await?;
         let (tenant, rates) =
             tenant_and_rates_in(&mut tx, &new.tenant_id, &new.model, new.default_rates).await?;
-        if tenant.disabled {
-            return Err(StoreError::TenantDisabled(tenant.id));
-        }
-        let worst_case = new.prompt_tokens + new.max_completion_tokens;
-        let hold = accounting::hold(
-            new.prompt_tokens,
-            new.max_completion_tokens,
-            &rates,
-            tenant.balances.grant_tokens_available(),
-        );
-        accounting::check_hold(&tenant.balances, tenant.free_tier_only, &hold, worst_case)
-            .map_err(|refusal| match refusal {
-                HoldRefusal::GrantExhausted => StoreError::GrantExhausted,
-                HoldRefusal::Insufficient { needed, available } => {
-                    StoreError::InsufficientQuota { needed, available }
-                }
-            })?;
+        let hold = accounting::hold_for(&tenant, new, &rates)?;
         let sql = format!(
             "INSERT INTO reservations (request_id, tenant_id, key_id, model, prompt_tokens, \
              max_completion_tokens, input_per_million, output_per_million, \

@@ -5,7 +5,7 @@
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::rows::{self, ts};
-use crate::accounting::{self, HoldRefusal};
+use crate::accounting;
 use crate::error::{Result, StoreError};
 use crate::model::{
     Debit, LedgerKind, NewReservation, PriceRates, Reservation, ReservationState, SettleWith,
@@ -117,24 +117,7 @@ pub(super) fn top_up(
 /// Holds the priced worst case of `new`, or refuses.
 pub(super) fn reserve(conn: &Connection, new: &NewReservation) -> Result<Reservation> {
     let (tenant, rates) = tenant_and_rates(conn, &new.tenant_id, &new.model, new.default_rates)?;
-    if tenant.disabled {
-        return Err(StoreError::TenantDisabled(tenant.id));
-    }
-    let worst_case = new.prompt_tokens + new.max_completion_tokens;
-    let hold = accounting::hold(
-        new.prompt_tokens,
-        new.max_completion_tokens,
-        &rates,
-        tenant.balances.grant_tokens_available(),
-    );
-    accounting::check_hold(&tenant.balances, tenant.free_tier_only, &hold, worst_case).map_err(
-        |refusal| match refusal {
-            HoldRefusal::GrantExhausted => StoreError::GrantExhausted,
-            HoldRefusal::Insufficient { needed, available } => {
-                StoreError::InsufficientQuota { needed, available }
-            }
-        },
-    )?;
+    let hold = accounting::hold_for(&tenant, new, &rates)?;
     let sql = format!(
         "INSERT INTO reservations (request_id, tenant_id, key_id, model, prompt_tokens, \
          max_completion_tokens, input_per_million, output_per_million, \

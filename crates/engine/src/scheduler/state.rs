@@ -48,8 +48,10 @@ pub struct Running<P> {
     pending: Vec<Token>,
     /// True once the whole prompt has been fed.
     decoding: bool,
-    /// Admission order, for first-come-first-served prefill.
+    /// Admission order, the tie-break between equal prefill priorities.
     ticket: u64,
+    /// The decode step at admission, for prefill aging.
+    admitted_step: u64,
 }
 
 #[derive(Debug)]
@@ -86,11 +88,17 @@ pub struct Chunk {
     pub sample: bool,
 }
 
+/// How fast a waiting prompt gains prefill priority: `step_tokens / PREFILL_AGING_SHARE` tokens
+/// per decode step it has waited (see [`State::plan`]).
+const PREFILL_AGING_SHARE: usize = 8;
+
 pub struct State<P> {
     limits: Limits,
     slots: Vec<Slot<P>>,
     queue: VecDeque<Job<P>>,
     clock: u64,
+    /// Decode steps committed so far.
+    steps: u64,
 }
 
 impl<P> State<P> {
@@ -107,6 +115,7 @@ impl<P> State<P> {
             slots,
             queue: VecDeque::new(),
             clock: 0,
+            steps: 0,
         }
     }
 
@@ -230,6 +239,7 @@ impl<P> State<P> {
                 pending: job.prompt[reused..].to_vec(),
                 decoding: false,
                 ticket: self.clock,
+                admitted_step: self.steps,
                 payload: job.payload,
             });
             out.push(Admission {
@@ -258,7 +268,13 @@ impl<P> State<P> {
     }
 
     /// What to feed in the next decode step: one token for every decoding job, then prompt chunks
-    /// in admission order while the step's token budget lasts.
+    /// while the step's token budget lasts, shortest remaining prompt first.
+    ///
+    /// Shortest-first minimises the typical time to first token when prompts of very different
+    /// lengths arrive together (a 64-token question no longer waits behind a 1,500-token
+    /// document). So that long prompts cannot starve, a prompt gains `step_tokens /
+    /// PREFILL_AGING_SHARE` tokens of priority for every step it has waited; equal priorities go
+    /// in admission order.
     pub fn plan(&self) -> Vec<Chunk> {
         let mut chunks = Vec::new();
         let mut budget = self.limits.step_tokens;
@@ -277,19 +293,20 @@ impl<P> State<P> {
                 budget = budget.saturating_sub(job.pending.len());
             }
         }
-        let mut prefilling: Vec<(u64, usize)> = self
+        let aging = (self.limits.step_tokens / PREFILL_AGING_SHARE).max(1);
+        let mut prefilling: Vec<(i64, u64, usize)> = self
             .slots
             .iter()
             .enumerate()
             .filter_map(|(i, s)| {
-                s.job
-                    .as_ref()
-                    .filter(|j| !j.decoding)
-                    .map(|j| (j.ticket, i))
+                let job = s.job.as_ref().filter(|j| !j.decoding)?;
+                let waited = self.steps.saturating_sub(job.admitted_step);
+                let key = prefill_priority(job.pending.len(), waited, aging);
+                Some((key, job.ticket, i))
             })
             .collect();
         prefilling.sort_unstable();
-        for (_, i) in prefilling {
+        for (_, _, i) in prefilling {
             if budget == 0 {
                 break;
             }
@@ -309,6 +326,7 @@ impl<P> State<P> {
 
     /// The planned chunks were decoded: their tokens are now in the KV cache.
     pub fn commit(&mut self, chunks: &[Chunk]) {
+        self.steps += 1;
         for c in chunks {
             let slot = &mut self.slots[c.slot];
             slot.cached.extend_from_slice(&c.tokens);
@@ -350,6 +368,13 @@ impl<P> State<P> {
         }
         out
     }
+}
+
+/// Lower goes first: the prompt tokens left, less `aging` for every step waited.
+fn prefill_priority(left: usize, waited_steps: u64, aging: usize) -> i64 {
+    let left = i64::try_from(left).unwrap_or(i64::MAX);
+    let credit = i64::try_from(waited_steps.saturating_mul(aging as u64)).unwrap_or(i64::MAX);
+    left.saturating_sub(credit)
 }
 
 fn common_prefix(a: &[Token], b: &[Token]) -> usize {

@@ -208,3 +208,53 @@ fn cancelled_queued_jobs_are_dropped_and_released_slots_free_at_once() {
     assert!(s.is_idle());
     assert_eq!(s.kv_cells(), (0, 0));
 }
+
+#[test]
+fn shortest_remaining_prompt_is_prefilled_first() {
+    let mut s = State::new(limits(3, 8, 4));
+    s.enqueue(job(0..20, "long")).expect("queued");
+    s.enqueue(job(100..104, "short")).expect("queued");
+    assert_eq!(s.admit().len(), 2);
+    // The later, shorter prompt takes the budget first and samples this step.
+    assert_eq!(
+        shape(&step(&mut s)),
+        vec![(1, 0, 4, true), (0, 0, 4, false)]
+    );
+}
+
+#[test]
+fn a_long_prompt_is_not_starved_by_a_stream_of_short_ones() {
+    // Budget 8, so a waiting prompt gains 1 token of priority per step. Every step a new
+    // 8-token prompt arrives, enough to fill the budget on its own; each finishes after its
+    // first token. Without aging the 40-token prompt would never get a token.
+    let mut s = State::new(limits(16, 8, 16));
+    s.enqueue(job(0..40, "long")).expect("queued");
+    s.admit();
+    let mut steps = 0;
+    while s.job(0).is_some_and(|j| !j.decoding) {
+        steps += 1;
+        assert!(
+            steps <= 60,
+            "the long prompt is still prefilling after {steps} steps"
+        );
+        let start = 1000 + 10 * steps;
+        s.enqueue(job(start..start + 8, "short")).expect("queued");
+        s.admit();
+        step(&mut s);
+        for slot in s.running_where(|tag| *tag == "short") {
+            if s.job(slot).is_some_and(|j| j.generated > 0) {
+                s.release(slot, false);
+            }
+        }
+    }
+    // It waits while its priority (40 − steps waited) is worse than a fresh short one's (8).
+    assert!(steps > 30, "aged too fast: done after {steps} steps");
+}
+
+#[test]
+fn prefill_priority_ages_by_steps_waited() {
+    assert_eq!(prefill_priority(1500, 0, 64), 1500);
+    assert_eq!(prefill_priority(1500, 10, 64), 860);
+    assert!(prefill_priority(1500, 30, 64) < prefill_priority(64, 0, 64));
+    assert_eq!(prefill_priority(usize::MAX, u64::MAX, usize::MAX), 0);
+}

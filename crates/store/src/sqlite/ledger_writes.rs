@@ -2,7 +2,9 @@
 //! ledger writer's connection (see `writer`): each runs inside the group's transaction, within
 //! its own savepoint, so it reads and writes as if it were alone.
 
-use rusqlite::{params, Connection, OptionalExtension};
+use std::sync::LazyLock;
+
+use rusqlite::{params, Connection, OptionalExtension, Params, Row};
 
 use super::rows::{self, ts};
 use crate::accounting;
@@ -12,14 +14,50 @@ use crate::model::{
     Settlement, Tenant, Timestamp, TokenUsage,
 };
 
+// Built once: every request runs these, and the statement cache is keyed by the text.
+static TENANT: LazyLock<String> =
+    LazyLock::new(|| format!("SELECT {} FROM tenants WHERE id = ?1", rows::TENANT));
+static TENANT_AND_RATES: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {}, prices.input_per_million, prices.output_per_million, \
+         prices.cached_input_per_million FROM tenants \
+         LEFT JOIN prices ON prices.served_model = ?2 WHERE tenants.id = ?1",
+        rows::TENANT
+    )
+});
+static RESERVATION: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {} FROM reservations WHERE request_id = ?1",
+        rows::RESERVATION
+    )
+});
+static INSERT_RESERVATION: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "INSERT INTO reservations (request_id, tenant_id, key_id, model, prompt_tokens, \
+         max_completion_tokens, input_per_million, output_per_million, \
+         cached_input_per_million, held_grant_tokens, held_amount, owner, \
+         lease_expires_at, created_at, state) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, 'open') \
+         RETURNING {}",
+        rows::RESERVATION
+    )
+});
+
+/// The first row `sql` returns, decoded; `None` when it returns none.
+fn first<T>(
+    conn: &Connection,
+    sql: &str,
+    params: impl Params,
+    decode: impl FnOnce(&Row<'_>) -> Result<T>,
+) -> Result<Option<T>> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let mut found = stmt.query(params)?;
+    found.next()?.map(decode).transpose()
+}
+
 fn tenant(conn: &Connection, id: &str) -> Result<Tenant> {
-    let sql = format!("SELECT {} FROM tenants WHERE id = ?1", rows::TENANT);
-    let mut stmt = conn.prepare_cached(&sql)?;
-    let mut found = stmt.query(params![id])?;
-    match found.next()? {
-        Some(row) => rows::tenant(row),
-        None => Err(StoreError::not_found("tenant", id)),
-    }
+    first(conn, &TENANT, params![id], |row| rows::tenant(row))?
+        .ok_or_else(|| StoreError::not_found("tenant", id))
 }
 
 /// The tenant and the model's price (or `default`) in one statement.
@@ -29,31 +67,17 @@ fn tenant_and_rates(
     model: &str,
     default: PriceRates,
 ) -> Result<(Tenant, PriceRates)> {
-    let sql = format!(
-        "SELECT {}, prices.input_per_million, prices.output_per_million, \
-         prices.cached_input_per_million FROM tenants \
-         LEFT JOIN prices ON prices.served_model = ?2 WHERE tenants.id = ?1",
-        rows::TENANT
-    );
-    let mut stmt = conn.prepare_cached(&sql)?;
-    let mut found = stmt.query(params![id, model])?;
-    match found.next()? {
-        Some(row) => Ok((rows::tenant(row)?, rows::rates_or(row, default)?)),
-        None => Err(StoreError::not_found("tenant", id)),
-    }
+    first(conn, &TENANT_AND_RATES, params![id, model], |row| {
+        Ok((rows::tenant(row)?, rows::rates_or(row, default)?))
+    })?
+    .ok_or_else(|| StoreError::not_found("tenant", id))
 }
 
 fn reservation(conn: &Connection, request_id: &str) -> Result<Reservation> {
-    let sql = format!(
-        "SELECT {} FROM reservations WHERE request_id = ?1",
-        rows::RESERVATION
-    );
-    let mut stmt = conn.prepare_cached(&sql)?;
-    let mut found = stmt.query(params![request_id])?;
-    match found.next()? {
-        Some(row) => rows::reservation(row),
-        None => Err(StoreError::not_found("reservation", request_id)),
-    }
+    first(conn, &RESERVATION, params![request_id], |row| {
+        rows::reservation(row)
+    })?
+    .ok_or_else(|| StoreError::not_found("reservation", request_id))
 }
 
 /// Appends one ledger entry; whether it was new (its idempotency key and kind unused).
@@ -118,17 +142,8 @@ pub(super) fn top_up(
 pub(super) fn reserve(conn: &Connection, new: &NewReservation) -> Result<Reservation> {
     let (tenant, rates) = tenant_and_rates(conn, &new.tenant_id, &new.model, new.default_rates)?;
     let hold = accounting::hold_for(&tenant, new, &rates)?;
-    let sql = format!(
-        "INSERT INTO reservations (request_id, tenant_id, key_id, model, prompt_tokens, \
-         max_completion_tokens, input_per_million, output_per_million, \
-         cached_input_per_million, held_grant_tokens, held_amount, owner, \
-         lease_expires_at, created_at, state) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, 'open') \
-         RETURNING {}",
-        rows::RESERVATION
-    );
     let reservation = {
-        let mut stmt = conn.prepare_cached(&sql)?;
+        let mut stmt = conn.prepare_cached(&INSERT_RESERVATION)?;
         let inserted = stmt.query(params![
             new.request_id,
             new.tenant_id,

@@ -17,7 +17,11 @@ mod error;
 pub mod hub;
 pub mod model;
 mod postgres;
+mod rows;
+mod sql;
 mod sqlite;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod window;
 
 use std::sync::Arc;

@@ -4,9 +4,9 @@ use bytes::Bytes;
 use hub::path::RepoId;
 use hub::{Access, CommitRequest, FileOp, HubError, SearchQuery};
 
-use crate::common::{on_both, Fixture};
+use crate::common::Fixture;
 
-on_both!(
+store::on_both!(Fixture;
     upload_commit_and_read_back,
     interrupted_upload_resumes_and_bad_hash_is_discarded,
     private_repos_are_invisible_and_writes_need_ownership,

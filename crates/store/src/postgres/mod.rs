@@ -1,9 +1,7 @@
 //! The PostgreSQL store, for several gateway processes on one database. Read-then-write
 //! operations lock the rows they change (`SELECT … FOR UPDATE`) under READ COMMITTED.
 
-mod deployments;
-mod directory;
-mod hub;
+mod exec;
 mod ledger;
 mod limits;
 mod rows;

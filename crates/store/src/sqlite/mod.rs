@@ -7,9 +7,7 @@
 //! ledger writer's own rusqlite connection (`writer`) for the ledger's writes, which it commits
 //! in groups. Both take the same in-process lock before they write.
 
-mod deployments;
-mod directory;
-mod hub;
+mod exec;
 mod ledger;
 mod ledger_writes;
 mod limits;
@@ -73,7 +71,7 @@ pub struct SqliteStore {
 
 /// A write transaction and this process's writer turn, held until it is committed or dropped
 /// (a dropped transaction rolls back). Derefs to the connection, like `&mut *transaction`.
-pub(super) struct WriteTx {
+pub(crate) struct WriteTx {
     tx: Transaction<'static, Sqlite>,
     _turn: OwnedMutexGuard<()>,
 }

@@ -5,9 +5,9 @@
 use chrono::TimeDelta;
 use tenancy::Clock;
 
-use crate::common::{on_both, Fixture};
+use crate::common::Fixture;
 
-on_both!(deployment_records_persist);
+store::on_both!(Fixture;deployment_records_persist);
 
 async fn deployment_records_persist(fx: Fixture) {
     let t0 = fx.clock.now();

@@ -4,9 +4,9 @@
 use chrono::TimeDelta;
 use tenancy::{Error, KeySpec, Scope, TenantPatch, TenantSpec};
 
-use crate::common::{on_both, Fixture};
+use crate::common::Fixture;
 
-on_both!(
+store::on_both!(Fixture;
     keys_are_shown_once_and_verify,
     revoked_expired_and_disabled_keys_are_invalid,
     scopes_and_model_allow_lists,

@@ -8,9 +8,9 @@ use tenancy::{
     TokenUsage,
 };
 
-use crate::common::{on_both, Fixture, LEASE_SECS};
+use crate::common::{Fixture, LEASE_SECS};
 
-on_both!(
+store::on_both!(Fixture;
     grant_is_consumed_before_the_balance,
     free_tier_only_tenants_stop_when_the_grant_is_used,
     settlement_is_idempotent,

@@ -3,9 +3,9 @@
 
 use tenancy::{Error, KeySpec, Limiter, TenantPatch};
 
-use crate::common::{on_both, Fixture};
+use crate::common::Fixture;
 
-on_both!(
+store::on_both!(Fixture;
     rpm_holds_across_two_stores,
     tpm_is_charged_with_the_worst_case_and_corrected,
 );

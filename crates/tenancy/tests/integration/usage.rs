@@ -3,10 +3,10 @@
 use chrono::TimeDelta;
 use tenancy::{KeySpec, ReserveRequest, UsageGroup, UsageQuery};
 
-use crate::common::{on_both, Fixture};
+use crate::common::Fixture;
 use crate::ledger::{usage, RATES};
 
-on_both!(usage_is_grouped_and_isolated);
+store::on_both!(Fixture;usage_is_grouped_and_isolated);
 
 async fn usage_is_grouped_and_isolated(fx: Fixture) {
     let t = &fx.tenancy;

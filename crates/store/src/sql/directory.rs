@@ -1,15 +1,15 @@
-//! Tenants, orgs, keys and prices on SQLite.
+//! Tenants, orgs, keys and prices, on either database.
 
 use async_trait::async_trait;
 
-use super::rows::{self, json_list, ts};
-use super::SqliteStore;
+use super::{args, Db, Exec, WriteTx};
 use crate::error::{Result, StoreError};
 use crate::model::{ApiKey, LedgerKind, NewTenant, Org, Price, Tenant, TenantPatch, Timestamp};
+use crate::rows;
 use crate::TenantStore;
 
 #[async_trait]
-impl TenantStore for SqliteStore {
+impl<D: Db> TenantStore for D {
     async fn create_tenant(&self, new: &NewTenant) -> Result<Tenant> {
         let mut tx = self.write().await?;
         let sql = format!(
@@ -17,29 +17,34 @@ impl TenantStore for SqliteStore {
              grant_tokens_total) VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {}",
             rows::TENANT
         );
-        let row = sqlx::query(&sql)
-            .bind(&new.id)
-            .bind(&new.name)
-            .bind(ts(new.created_at))
-            .bind(new.free_tier_only)
-            .bind(new.rpm)
-            .bind(new.tpm)
-            .bind(new.grant_tokens)
-            .fetch_one(&mut *tx)
+        let row = tx
+            .fetch_one(
+                &sql,
+                &args![
+                    &new.id,
+                    &new.name,
+                    new.created_at,
+                    new.free_tier_only,
+                    new.rpm,
+                    new.tpm,
+                    new.grant_tokens
+                ],
+            )
             .await
             .map_err(|e| {
                 StoreError::unique(e, || format!("a tenant named '{}' exists", new.name))
             })?;
         if new.grant_tokens > 0 {
-            sqlx::query(
+            tx.execute(
                 "INSERT INTO ledger_entries (tenant_id, kind, tokens, amount, idempotency_key, \
                  created_at) VALUES ($1, $2, $3, 0, $1, $4)",
+                &args![
+                    &new.id,
+                    LedgerKind::Grant.as_str(),
+                    new.grant_tokens,
+                    new.created_at
+                ],
             )
-            .bind(&new.id)
-            .bind(LedgerKind::Grant.as_str())
-            .bind(new.grant_tokens)
-            .bind(ts(new.created_at))
-            .execute(&mut *tx)
             .await?;
         }
         let tenant = rows::tenant(&row)?;
@@ -49,10 +54,7 @@ impl TenantStore for SqliteStore {
 
     async fn tenant(&self, id: &str) -> Result<Tenant> {
         let sql = format!("SELECT {} FROM tenants WHERE id = $1", rows::TENANT);
-        let row = sqlx::query(&sql)
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = self.reader().fetch_optional(&sql, &args![id]).await?;
         rows::tenant(&row.ok_or_else(|| StoreError::not_found("tenant", id))?)
     }
 
@@ -61,7 +63,7 @@ impl TenantStore for SqliteStore {
             "SELECT {} FROM tenants ORDER BY created_at, id",
             rows::TENANT
         );
-        let all = sqlx::query(&sql).fetch_all(&self.pool).await?;
+        let all = self.reader().fetch_all(&sql, &[]).await?;
         all.iter().map(rows::tenant).collect()
     }
 
@@ -74,16 +76,16 @@ impl TenantStore for SqliteStore {
              WHERE id = $1 RETURNING {}",
             rows::TENANT
         );
-        let row = sqlx::query(&sql)
-            .bind(id)
-            .bind(patch.free_tier_only)
-            .bind(patch.disabled)
-            .bind(patch.rpm.is_some())
-            .bind(patch.rpm.flatten())
-            .bind(patch.tpm.is_some())
-            .bind(patch.tpm.flatten())
-            .fetch_optional(&self.pool)
-            .await?;
+        let args = args![
+            id,
+            patch.free_tier_only,
+            patch.disabled,
+            patch.rpm.is_some(),
+            patch.rpm.flatten(),
+            patch.tpm.is_some(),
+            patch.tpm.flatten()
+        ];
+        let row = self.reader().fetch_optional(&sql, &args).await?;
         rows::tenant(&row.ok_or_else(|| StoreError::not_found("tenant", id))?)
     }
 
@@ -93,14 +95,11 @@ impl TenantStore for SqliteStore {
              RETURNING {}",
             rows::ORG
         );
-        let row = sqlx::query(&sql)
-            .bind(&org.id)
-            .bind(&org.tenant_id)
-            .bind(&org.name)
-            .bind(ts(org.created_at))
-            .fetch_one(&self.pool)
-            .await
-            .map_err(|e| StoreError::unique(e, || format!("the name '{}' is taken", org.name)))?;
+        let args = args![&org.id, &org.tenant_id, &org.name, org.created_at];
+        let row =
+            self.reader().fetch_one(&sql, &args).await.map_err(|e| {
+                StoreError::unique(e, || format!("the name '{}' is taken", org.name))
+            })?;
         rows::org(&row)
     }
 
@@ -109,19 +108,13 @@ impl TenantStore for SqliteStore {
             "SELECT {} FROM orgs WHERE tenant_id = $1 ORDER BY name",
             rows::ORG
         );
-        let all = sqlx::query(&sql)
-            .bind(tenant_id)
-            .fetch_all(&self.pool)
-            .await?;
+        let all = self.reader().fetch_all(&sql, &args![tenant_id]).await?;
         all.iter().map(rows::org).collect()
     }
 
     async fn org_by_name(&self, name: &str) -> Result<Org> {
         let sql = format!("SELECT {} FROM orgs WHERE name = $1", rows::ORG);
-        let row = sqlx::query(&sql)
-            .bind(name)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = self.reader().fetch_optional(&sql, &args![name]).await?;
         rows::org(&row.ok_or_else(|| StoreError::not_found("org", name))?)
     }
 
@@ -132,22 +125,24 @@ impl TenantStore for SqliteStore {
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING {}",
             rows::API_KEY
         );
-        let models = key.models.as_deref().map(json_list).transpose()?;
-        let row = sqlx::query(&sql)
-            .bind(&key.id)
-            .bind(&key.tenant_id)
-            .bind(&key.name)
-            .bind(&key.prefix)
-            .bind(&key.hash)
-            .bind(json_list(&key.scopes)?)
-            .bind(models)
-            .bind(key.rpm)
-            .bind(key.tpm)
-            .bind(ts(key.created_at))
-            .bind(key.expires_at.map(ts))
-            .bind(key.revoked_at.map(ts))
-            .bind(key.last_used_at.map(ts))
-            .fetch_one(&self.pool)
+        let args = args![
+            &key.id,
+            &key.tenant_id,
+            &key.name,
+            &key.prefix,
+            &key.hash,
+            &key.scopes,
+            &key.models,
+            key.rpm,
+            key.tpm,
+            key.created_at,
+            key.expires_at,
+            key.revoked_at,
+            key.last_used_at
+        ];
+        let row = self
+            .reader()
+            .fetch_one(&sql, &args)
             .await
             .map_err(|e| StoreError::unique(e, || "key id or secret collision".into()))?;
         rows::api_key(&row)
@@ -155,10 +150,7 @@ impl TenantStore for SqliteStore {
 
     async fn api_key(&self, id: &str) -> Result<ApiKey> {
         let sql = format!("SELECT {} FROM api_keys WHERE id = $1", rows::API_KEY);
-        let row = sqlx::query(&sql)
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = self.reader().fetch_optional(&sql, &args![id]).await?;
         rows::api_key(&row.ok_or_else(|| StoreError::not_found("key", id))?)
     }
 
@@ -167,16 +159,13 @@ impl TenantStore for SqliteStore {
             "SELECT {} FROM api_keys WHERE tenant_id = $1 ORDER BY created_at, id",
             rows::API_KEY
         );
-        let all = sqlx::query(&sql)
-            .bind(tenant_id)
-            .fetch_all(&self.pool)
-            .await?;
+        let all = self.reader().fetch_all(&sql, &args![tenant_id]).await?;
         all.iter().map(rows::api_key).collect()
     }
 
     async fn api_keys_by_prefix(&self, prefix: &str) -> Result<Vec<ApiKey>> {
         let sql = format!("SELECT {} FROM api_keys WHERE prefix = $1", rows::API_KEY);
-        let all = sqlx::query(&sql).bind(prefix).fetch_all(&self.pool).await?;
+        let all = self.reader().fetch_all(&sql, &args![prefix]).await?;
         all.iter().map(rows::api_key).collect()
     }
 
@@ -186,19 +175,16 @@ impl TenantStore for SqliteStore {
              RETURNING {}",
             rows::API_KEY
         );
-        let row = sqlx::query(&sql)
-            .bind(id)
-            .bind(ts(now))
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = self.reader().fetch_optional(&sql, &args![id, now]).await?;
         rows::api_key(&row.ok_or_else(|| StoreError::not_found("key", id))?)
     }
 
     async fn touch_api_key(&self, id: &str, now: Timestamp) -> Result<()> {
-        sqlx::query("UPDATE api_keys SET last_used_at = $2 WHERE id = $1")
-            .bind(id)
-            .bind(ts(now))
-            .execute(&self.pool)
+        self.reader()
+            .execute(
+                "UPDATE api_keys SET last_used_at = $2 WHERE id = $1",
+                &args![id, now],
+            )
             .await?;
         Ok(())
     }
@@ -214,29 +200,29 @@ impl TenantStore for SqliteStore {
              updated_at = excluded.updated_at RETURNING {}",
             rows::PRICE
         );
-        let row = sqlx::query(&sql)
-            .bind(&price.served_model)
-            .bind(price.rates.input_per_million)
-            .bind(price.rates.output_per_million)
-            .bind(price.rates.cached_input_per_million)
-            .bind(ts(price.updated_at))
-            .fetch_one(&self.pool)
-            .await?;
+        let args = args![
+            &price.served_model,
+            price.rates.input_per_million,
+            price.rates.output_per_million,
+            price.rates.cached_input_per_million,
+            price.updated_at
+        ];
+        let row = self.reader().fetch_one(&sql, &args).await?;
         rows::price(&row)
     }
 
     async fn price(&self, served_model: &str) -> Result<Option<Price>> {
         let sql = format!("SELECT {} FROM prices WHERE served_model = $1", rows::PRICE);
-        let row = sqlx::query(&sql)
-            .bind(served_model)
-            .fetch_optional(&self.pool)
+        let row = self
+            .reader()
+            .fetch_optional(&sql, &args![served_model])
             .await?;
         row.as_ref().map(rows::price).transpose()
     }
 
     async fn prices(&self) -> Result<Vec<Price>> {
         let sql = format!("SELECT {} FROM prices ORDER BY served_model", rows::PRICE);
-        let all = sqlx::query(&sql).fetch_all(&self.pool).await?;
+        let all = self.reader().fetch_all(&sql, &[]).await?;
         all.iter().map(rows::price).collect()
     }
 }

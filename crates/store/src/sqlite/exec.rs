@@ -1,0 +1,103 @@
+//! SQLite under the shared statements (`crate::sql`): times as fixed-width RFC 3339 text, lists
+//! as JSON text, writes behind the process's writer turn in `BEGIN IMMEDIATE`.
+
+use async_trait::async_trait;
+use sqlx::query::Query;
+use sqlx::sqlite::{SqliteArguments, SqlitePool, SqliteRow};
+use sqlx::Sqlite;
+
+use super::rows::{json_list, ts};
+use super::{SqliteStore, WriteTx};
+use crate::error::Result;
+use crate::sql::{self, Arg, Db, Exec};
+
+fn query<'q>(sql: &'q str, args: &[Arg<'q>]) -> Query<'q, Sqlite, SqliteArguments<'q>> {
+    let mut query = sqlx::query(sql);
+    for arg in args {
+        query = match *arg {
+            Arg::Text(v) => query.bind(v),
+            Arg::Int(v) => query.bind(v),
+            Arg::Bool(v) => query.bind(v),
+            Arg::Time(v) => query.bind(v.map(ts)),
+            Arg::List(v) => query.bind(v.map(json_list)),
+        };
+    }
+    query
+}
+
+/// The pool, for statements outside a write transaction.
+pub(crate) struct Reader<'a>(&'a SqlitePool);
+
+#[async_trait]
+impl Exec for Reader<'_> {
+    type Row = SqliteRow;
+
+    async fn fetch_all(
+        &mut self,
+        sql: &str,
+        args: &[Arg<'_>],
+    ) -> Result<Vec<SqliteRow>, sqlx::Error> {
+        query(sql, args).fetch_all(self.0).await
+    }
+
+    async fn fetch_optional(
+        &mut self,
+        sql: &str,
+        args: &[Arg<'_>],
+    ) -> Result<Option<SqliteRow>, sqlx::Error> {
+        query(sql, args).fetch_optional(self.0).await
+    }
+
+    async fn execute(&mut self, sql: &str, args: &[Arg<'_>]) -> Result<u64, sqlx::Error> {
+        Ok(query(sql, args).execute(self.0).await?.rows_affected())
+    }
+}
+
+#[async_trait]
+impl Exec for WriteTx {
+    type Row = SqliteRow;
+
+    async fn fetch_all(
+        &mut self,
+        sql: &str,
+        args: &[Arg<'_>],
+    ) -> Result<Vec<SqliteRow>, sqlx::Error> {
+        query(sql, args).fetch_all(&mut **self).await
+    }
+
+    async fn fetch_optional(
+        &mut self,
+        sql: &str,
+        args: &[Arg<'_>],
+    ) -> Result<Option<SqliteRow>, sqlx::Error> {
+        query(sql, args).fetch_optional(&mut **self).await
+    }
+
+    async fn execute(&mut self, sql: &str, args: &[Arg<'_>]) -> Result<u64, sqlx::Error> {
+        Ok(query(sql, args).execute(&mut **self).await?.rows_affected())
+    }
+}
+
+#[async_trait]
+impl sql::WriteTx for WriteTx {
+    async fn commit(self) -> Result<()> {
+        WriteTx::commit(self).await
+    }
+}
+
+#[async_trait]
+impl Db for SqliteStore {
+    type Row = SqliteRow;
+    type Reader<'a> = Reader<'a>;
+    type Tx = WriteTx;
+
+    const LOCK_ROWS: &'static str = "";
+
+    fn reader(&self) -> Reader<'_> {
+        Reader(&self.pool)
+    }
+
+    async fn write(&self) -> Result<WriteTx> {
+        SqliteStore::write(self).await
+    }
+}

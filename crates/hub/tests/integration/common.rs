@@ -44,6 +44,10 @@ pub struct Fixture {
 
 impl Fixture {
     pub async fn new(db: Db) -> Self {
+        Self::with_config(db, HubConfig::default()).await
+    }
+
+    pub async fn with_config(db: Db, config: HubConfig) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let (url, pg) = match db {
             Db::Sqlite => (
@@ -56,13 +60,18 @@ impl Fixture {
             }
         };
         let store = store::open(&url).await.expect("open the store");
-        let hub = Hub::open(store.clone(), dir.path(), HubConfig::default()).expect("open the hub");
+        let hub = Hub::open(store.clone(), dir.path(), config).expect("open the hub");
         Self {
             store,
             hub,
             _dir: dir,
             _pg: pg,
         }
+    }
+
+    /// The same hub over the same store and files, with another configuration.
+    pub fn reconfigured(&self, config: HubConfig) -> Hub {
+        Hub::open(self.store.clone(), self._dir.path(), config).expect("reopen the hub")
     }
 
     /// A tenant owning org `org`, and its access with the given scopes.

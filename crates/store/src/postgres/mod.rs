@@ -4,6 +4,7 @@
 mod deployments;
 mod directory;
 mod hub;
+mod hub_access;
 mod ledger;
 mod limits;
 mod rows;

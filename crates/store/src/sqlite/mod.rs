@@ -10,6 +10,7 @@
 mod deployments;
 mod directory;
 mod hub;
+mod hub_access;
 mod ledger;
 mod ledger_writes;
 mod limits;

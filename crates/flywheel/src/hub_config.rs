@@ -23,6 +23,13 @@ pub struct HubArgs {
     /// Most files in one revision [default: 10000].
     #[arg(long, env = "FLYWHEEL_HUB_MAX_FILES")]
     pub hub_max_files: Option<usize>,
+    /// Most bytes one tenant may hold in the hub: files it uploaded plus the sizes its open
+    /// uploads declared [default: 1 TiB].
+    #[arg(long, env = "FLYWHEEL_HUB_TENANT_QUOTA_BYTES")]
+    pub hub_tenant_quota_bytes: Option<u64>,
+    /// Most unfinished uploads one tenant may have open [default: 1000].
+    #[arg(long, env = "FLYWHEEL_HUB_MAX_OPEN_UPLOADS")]
+    pub hub_max_open_uploads: Option<usize>,
     /// Testing only: pace every hub download to this many bytes per second.
     #[arg(long, env = "FLYWHEEL_HUB_THROTTLE_BYTES_PER_SEC", hide = true)]
     pub hub_throttle_bytes_per_sec: Option<u64>,
@@ -36,6 +43,8 @@ pub struct HubFileConfig {
     pub max_file_bytes: Option<u64>,
     pub max_chunk_bytes: Option<u64>,
     pub max_files: Option<usize>,
+    pub tenant_quota_bytes: Option<u64>,
+    pub max_open_uploads: Option<usize>,
     pub upload_ttl_hours: Option<u64>,
 }
 
@@ -57,6 +66,14 @@ impl HubArgs {
                 .hub_anonymous_reads
                 .or(file.anonymous_reads)
                 .unwrap_or(d.anonymous_reads),
+            tenant_quota_bytes: self
+                .hub_tenant_quota_bytes
+                .or(file.tenant_quota_bytes)
+                .unwrap_or(d.tenant_quota_bytes),
+            max_open_uploads: self
+                .hub_max_open_uploads
+                .or(file.max_open_uploads)
+                .unwrap_or(d.max_open_uploads),
             upload_ttl: file
                 .upload_ttl_hours
                 .map_or(d.upload_ttl, |h| Duration::from_secs(h * 3600)),
@@ -67,6 +84,9 @@ impl HubArgs {
         }
         if config.max_files == 0 || config.max_file_bytes == 0 {
             bail!("--hub-max-files and --hub-max-file-bytes must be positive");
+        }
+        if config.tenant_quota_bytes == 0 || config.max_open_uploads == 0 {
+            bail!("--hub-tenant-quota-bytes and --hub-max-open-uploads must be positive");
         }
         Ok(config)
     }

@@ -38,8 +38,12 @@ fn default_staging() -> PathBuf {
     home.join(".cache/flywheel/pull")
 }
 
+/// One directory name made from `base` (a URL or a revision): `/` and anything unusual
+/// become `_`, and a name of only dots (`.`, `..`) is wrapped in `_` so it can never name the
+/// directory itself or its parent. (The revision was validated already; this holds anyway.)
 fn host_dir(base: &str) -> String {
-    base.chars()
+    let name: String = base
+        .chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
                 c
@@ -47,7 +51,12 @@ fn host_dir(base: &str) -> String {
                 '_'
             }
         })
-        .collect()
+        .collect();
+    if name.is_empty() || name.bytes().all(|b| b == b'.') {
+        format!("_{name}_")
+    } else {
+        name
+    }
 }
 
 pub async fn run(args: PullArgs) -> Result<()> {
@@ -113,4 +122,22 @@ pub async fn run(args: PullArgs) -> Result<()> {
         tracing::warn!(error = %e, dir = %staging.display(), "could not remove the staging directory");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_dir;
+
+    #[test]
+    fn staging_names_stay_one_directory() {
+        assert_eq!(host_dir("https://huggingface.co"), "https___huggingface.co");
+        assert_eq!(host_dir("refs/pr/1"), "refs_pr_1");
+        for bad in ["..", ".", "", "..."] {
+            let name = host_dir(bad);
+            assert!(
+                name.starts_with('_') && name.ends_with('_'),
+                "{bad:?} -> {name:?}"
+            );
+        }
+    }
 }

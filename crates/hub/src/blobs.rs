@@ -136,12 +136,14 @@ impl BlobStore {
 
     /// Writes a chunk stream into an upload's staging file at `offset` (anything beyond
     /// `offset` from an unrecorded earlier attempt is cut off first). Refuses to write past
-    /// `limit` bytes in all. Returns the new length, synced to disk.
+    /// `limit` bytes in all, or more than `max_chunk` bytes in this call (`TooLarge`, and
+    /// nothing of the chunk stays). Returns the new length, synced to disk.
     pub async fn write_at<S, E>(
         &self,
         upload_id: &str,
         offset: u64,
         limit: u64,
+        max_chunk: u64,
         mut body: S,
     ) -> Result<u64>
     where
@@ -171,7 +173,15 @@ impl BlobStore {
                     "reading the request body: {e}"
                 )))
             })?;
-            if at + chunk.len() as u64 > limit {
+            let end = at + chunk.len() as u64;
+            if end - offset > max_chunk {
+                file.set_len(offset).await?;
+                return Err(HubError::TooLarge(format!(
+                    "a chunk may carry at most {max_chunk} bytes; send smaller chunks and \
+                     resume from byte {offset}"
+                )));
+            }
+            if end > limit {
                 file.set_len(offset).await?;
                 return Err(HubError::TooLarge(format!(
                     "the chunk goes past the declared size of {limit} bytes"
@@ -252,19 +262,29 @@ mod tests {
             futures::stream::iter(vec![Ok::<_, std::io::Error>(Bytes::from_static(b))])
         };
         assert_eq!(
-            blobs.write_at(id, 0, 10, chunk(b"hello")).await.ok(),
+            blobs.write_at(id, 0, 10, 64, chunk(b"hello")).await.ok(),
             Some(5)
         );
         // A retried chunk from 3 overwrites what followed.
         assert_eq!(
-            blobs.write_at(id, 3, 10, chunk(b"lo wor")).await.ok(),
+            blobs.write_at(id, 3, 10, 64, chunk(b"lo wor")).await.ok(),
             Some(9)
         );
         assert!(
-            blobs.write_at(id, 9, 10, chunk(b"ld!")).await.is_err(),
+            blobs.write_at(id, 9, 10, 64, chunk(b"ld!")).await.is_err(),
             "past the limit"
         );
-        assert_eq!(blobs.write_at(id, 9, 10, chunk(b"l")).await.ok(), Some(10));
+        assert!(
+            matches!(
+                blobs.write_at(id, 9, 10, 0, chunk(b"l")).await,
+                Err(HubError::TooLarge(_))
+            ),
+            "over the chunk limit"
+        );
+        assert_eq!(
+            blobs.write_at(id, 9, 10, 64, chunk(b"l")).await.ok(),
+            Some(10)
+        );
         let staging = blobs.staging_path(id).expect("path");
         let d = hash_file(&staging).await.expect("hash");
         assert_eq!(d, Digests::of(b"hello worl"));

@@ -59,16 +59,24 @@ impl TreeEdit {
         self.files.len() != before
     }
 
-    /// A file may not also be a directory (`a` and `a/b`).
+    /// A file may not also be a directory (`a` and `a/b`). The files under `a/` sort
+    /// together, but not necessarily right after `a` (`a-x` and `a.txt` come between), so
+    /// each file looks up the first path at or after `a/`: one ordered lookup per file.
     pub fn conflicting_path(&self) -> Option<String> {
-        let mut prev: Option<&str> = None;
+        let mut dir = String::new();
         for path in self.files.keys() {
-            if let Some(p) = prev {
-                if path.starts_with(p) && path.as_bytes().get(p.len()) == Some(&b'/') {
-                    return Some(p.to_owned());
+            dir.clear();
+            dir.push_str(path);
+            dir.push('/');
+            let next = self.files.range::<str, _>((
+                std::ops::Bound::Included(dir.as_str()),
+                std::ops::Bound::Unbounded,
+            ));
+            if let Some((under, _)) = next.into_iter().next() {
+                if under.starts_with(dir.as_str()) {
+                    return Some(path.clone());
                 }
             }
-            prev = Some(path);
         }
         None
     }
@@ -83,6 +91,11 @@ impl TreeEdit {
 
     pub fn into_files(self) -> Vec<TreeEntry> {
         self.files.into_values().collect()
+    }
+
+    /// The sha256 of every file.
+    pub fn sha256s(&self) -> impl Iterator<Item = String> + '_ {
+        self.files.values().map(|f| f.sha256.clone())
     }
 
     pub fn get(&self, path: &str) -> Option<&TreeEntry> {
@@ -126,5 +139,19 @@ mod tests {
         assert_eq!(e.len(), 1);
         e.put(entry("ab/x", 4));
         assert_eq!(e.conflicting_path().as_deref(), Some("ab"));
+    }
+
+    #[test]
+    fn a_file_and_a_directory_apart_in_sort_order_conflict() {
+        // '-' and '.' sort before '/', so `a-x` and `a.txt` come between `a` and `a/b`.
+        let e = TreeEdit::from_parent(vec![
+            entry("a", 1),
+            entry("a-x", 2),
+            entry("a.txt", 3),
+            entry("a/b", 4),
+        ]);
+        assert_eq!(e.conflicting_path().as_deref(), Some("a"));
+        let fine = TreeEdit::from_parent(vec![entry("a", 1), entry("a-x/b", 2), entry("ab/c", 3)]);
+        assert_eq!(fine.conflicting_path(), None);
     }
 }

@@ -16,6 +16,8 @@ pub enum ErrorKind {
     Forbidden,
     Conflict,
     TooLarge,
+    /// A tenant's hub storage or open-upload quota is used up.
+    QuotaExceeded,
     RangeNotSatisfiable,
     Internal,
 }
@@ -49,6 +51,8 @@ pub enum HubError {
     WrongOffset { expected: i64, got: i64 },
     #[error("{0}")]
     TooLarge(String),
+    #[error("{0}")]
+    QuotaExceeded(String),
     #[error("the requested range is outside the file of {size} bytes")]
     RangeNotSatisfiable { size: u64 },
     #[error("file system error: {0}")]
@@ -79,6 +83,7 @@ impl HubError {
             HubError::Forbidden(_) => ErrorKind::Forbidden,
             HubError::Conflict(_) | HubError::WrongOffset { .. } => ErrorKind::Conflict,
             HubError::TooLarge(_) => ErrorKind::TooLarge,
+            HubError::QuotaExceeded(_) => ErrorKind::QuotaExceeded,
             HubError::RangeNotSatisfiable { .. } => ErrorKind::RangeNotSatisfiable,
             HubError::Io(_) | HubError::Store(_) | HubError::Remote(_) => ErrorKind::Internal,
         }

@@ -13,6 +13,7 @@ pub mod blobs;
 pub mod card;
 pub mod commit;
 mod error;
+pub mod listing;
 pub mod path;
 pub mod range;
 mod read;
@@ -41,8 +42,14 @@ pub struct HubConfig {
     pub max_chunk_bytes: u64,
     /// Most files in one revision.
     pub max_files: usize,
-    /// Whether public repositories may be read without a key.
+    /// Whether public repositories may be read without a key. When not, a tenant key needs
+    /// `hub:read` (or `hub:write`) to read them too.
     pub anonymous_reads: bool,
+    /// The most one tenant may hold in the hub: the bytes of the blobs it uploaded plus the
+    /// sizes its open uploads declared.
+    pub tenant_quota_bytes: u64,
+    /// The most unfinished uploads one tenant may have open at once.
+    pub max_open_uploads: usize,
     /// Unfinished uploads untouched this long are removed.
     pub upload_ttl: Duration,
     /// Paces every file download to this many bytes per second (a test-only setting that
@@ -57,6 +64,8 @@ impl Default for HubConfig {
             max_chunk_bytes: 64 << 20,
             max_files: 10_000,
             anonymous_reads: true,
+            tenant_quota_bytes: 1 << 40,
+            max_open_uploads: 1000,
             upload_ttl: Duration::from_secs(7 * 24 * 3600),
             serve_throttle_bytes_per_sec: None,
         }
@@ -130,7 +139,8 @@ impl Hub {
         self.inner.store.as_ref()
     }
 
-    /// Whether `access` may see `repo` (a private repo is visible to its tenant and admins).
+    /// Whether `access` may see `repo` (a private repo is visible to its tenant and admins;
+    /// a public one to anyone who may read at all, see [`Hub::check_may_read`]).
     fn may_read(&self, access: &Access, repo: &Repo) -> bool {
         match access {
             Access::Admin => true,
@@ -141,9 +151,31 @@ impl Hub {
                 write,
                 ..
             } => {
-                !repo.private
-                    || ((*read || *write) && repo.owner_tenant_id.as_deref() == Some(tenant_id))
+                let scoped = *read || *write;
+                (!repo.private && (scoped || self.inner.config.anonymous_reads))
+                    || (scoped && repo.owner_tenant_id.as_deref() == Some(tenant_id))
             }
+        }
+    }
+
+    /// Refuses a caller who may read nothing at all: anonymous, or a key without `hub:read`
+    /// or `hub:write`, when anonymous reads are off.
+    fn check_may_read(&self, access: &Access) -> Result<()> {
+        if self.inner.config.anonymous_reads {
+            return Ok(());
+        }
+        match access {
+            Access::Anonymous => Err(HubError::Unauthenticated),
+            Access::Tenant {
+                read: false,
+                write: false,
+                ..
+            } => Err(HubError::Forbidden(
+                "this API key lacks the 'hub:read' scope, and this server does not allow \
+                 anonymous reads; ask an admin for a key with 'hub:read'"
+                    .into(),
+            )),
+            _ => Ok(()),
         }
     }
 

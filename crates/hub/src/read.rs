@@ -31,14 +31,49 @@ pub struct SearchQuery {
 }
 
 pub const MAX_SEARCH_LIMIT: i64 = 1000;
+/// The most tags one search may require (each is one more condition on every repository).
+pub const MAX_SEARCH_TAGS: usize = 16;
+/// The longest search text, author, task or tag.
+pub const MAX_SEARCH_TERM_BYTES: usize = 256;
+
+impl SearchQuery {
+    /// Refuses searches whose cost grows with the request: too many tags, or terms too long
+    /// to match anything.
+    fn check(&self) -> Result<()> {
+        if self.tags.len() > MAX_SEARCH_TAGS {
+            return Err(HubError::invalid(
+                "filter",
+                format!(
+                    "a search may require at most {MAX_SEARCH_TAGS} tags, not {}; narrow the \
+                     filter",
+                    self.tags.len()
+                ),
+            ));
+        }
+        let terms = [
+            ("search", self.search.as_deref()),
+            ("author", self.author.as_deref()),
+            ("pipeline_tag", self.pipeline_tag.as_deref()),
+        ];
+        let too_long = terms
+            .into_iter()
+            .chain(self.tags.iter().map(|t| ("filter", Some(t.as_str()))))
+            .find(|(_, v)| v.is_some_and(|v| v.len() > MAX_SEARCH_TERM_BYTES));
+        if let Some((param, _)) = too_long {
+            return Err(HubError::invalid(
+                param,
+                format!("'{param}' is longer than {MAX_SEARCH_TERM_BYTES} bytes"),
+            ));
+        }
+        Ok(())
+    }
+}
 
 impl Hub {
     /// The repository, if `access` may see it; otherwise `RepoNotFound`, exactly as if it did
     /// not exist (or `Unauthenticated` when anonymous reads are off).
     pub async fn repo(&self, access: &Access, id: &RepoId) -> Result<Repo> {
-        if *access == Access::Anonymous && !self.config().anonymous_reads {
-            return Err(HubError::Unauthenticated);
-        }
+        self.check_may_read(access)?;
         match self.store().repo(&id.org, &id.name).await {
             Ok(repo) if self.may_read(access, &repo) => Ok(repo),
             Ok(_) | Err(StoreError::NotFound { .. }) => Err(HubError::RepoNotFound(id.to_string())),
@@ -73,8 +108,12 @@ impl Hub {
         }
     }
 
+    /// A revision's files, sorted by path bytewise (whatever the database's collation), as
+    /// [`crate::listing::page`] needs them.
     pub async fn tree(&self, repo: &Repo, commit: &Commit) -> Result<Vec<TreeEntry>> {
-        Ok(self.store().tree(&repo.id, &commit.id).await?)
+        let mut tree = self.store().tree(&repo.id, &commit.id).await?;
+        tree.sort_unstable_by(|a, b| a.path.cmp(&b.path));
+        Ok(tree)
     }
 
     pub async fn refs(&self, repo: &Repo) -> Result<Vec<Ref>> {
@@ -117,11 +156,10 @@ impl Hub {
 
     /// Repositories `access` may see that match the query.
     pub async fn search(&self, access: &Access, q: SearchQuery) -> Result<Vec<Repo>> {
+        self.check_may_read(access)?;
+        q.check()?;
         let viewer = match access {
             Access::Admin => Viewer::Admin,
-            Access::Anonymous if !self.config().anonymous_reads => {
-                return Err(HubError::Unauthenticated)
-            }
             Access::Anonymous => Viewer::Anonymous,
             Access::Tenant {
                 tenant_id,

@@ -6,6 +6,7 @@ use bytes::Bytes;
 use futures::Stream;
 use serde::{Deserialize, Serialize};
 use store::hub::{Blob, Commit, NewCommit, NewRepo, Ref, Repo, TreeEntry, UploadSession};
+use store::hub_access::{HubQuota, UploadAdmission};
 use store::StoreError;
 
 use crate::card;
@@ -161,8 +162,23 @@ impl Hub {
         Ok(Repo { private, ..repo })
     }
 
-    /// Starts (or finds, to resume) the upload of one blob into a repository. A blob the hub
-    /// already has needs no upload at all.
+    /// Whether `access` may name blob `sha256` without sending its bytes: the admin always; a
+    /// tenant if it uploaded those bytes itself or may read a repository holding them. Blobs
+    /// are stored once for everyone, so knowing a hash must not be enough to copy a file.
+    async fn reachable(&self, access: &Access, sha256: &str) -> Result<bool> {
+        match access {
+            Access::Admin => Ok(true),
+            Access::Tenant { tenant_id, .. } => {
+                Ok(self.store().blob_reachable(sha256, tenant_id).await?)
+            }
+            Access::Anonymous => Ok(false),
+        }
+    }
+
+    /// Starts (or finds, to resume) the upload of one blob into a repository. A blob the
+    /// caller can already reach needs no upload at all; any other hash, whether or not the
+    /// hub has it, starts an ordinary upload (the same answer either way, so it tells
+    /// nothing about other tenants' files).
     pub async fn start_upload(
         &self,
         access: &Access,
@@ -178,40 +194,26 @@ impl Hub {
             )));
         }
         let repo = self.writable_repo(access, id).await?;
-        let done = |state_size| UploadState {
-            upload_id: None,
-            sha256: sha256.to_owned(),
-            size: state_size,
-            offset: state_size,
-            complete: true,
+        // Reachability first: whether or not the hub has the blob, the same work is done
+        // for a hash the caller cannot reach.
+        let known = match self.reachable(access, sha256).await? {
+            true => self.store().blob(sha256).await?,
+            false => None,
         };
-        if let Some(blob) = self.store().blob(sha256).await? {
-            if self.blobs().exists(sha256).await? {
-                if blob.size != size {
-                    return Err(HubError::invalid(
-                        "size",
-                        format!("the blob {sha256} has {} bytes, not {size}", blob.size),
-                    ));
-                }
-                return Ok(done(size));
+        if let Some(blob) = known {
+            if blob.size == size && self.blobs().exists(sha256).await? {
+                return Ok(UploadState {
+                    upload_id: None,
+                    sha256: sha256.to_owned(),
+                    size,
+                    offset: size,
+                    complete: true,
+                });
             }
         }
         let session = match self.store().find_upload(&repo.id, sha256, size).await? {
             Some(existing) => existing,
-            None => {
-                let now = chrono::Utc::now();
-                self.store()
-                    .create_upload(&UploadSession {
-                        id: uuid::Uuid::new_v4().simple().to_string(),
-                        repo_id: repo.id.clone(),
-                        sha256: sha256.to_owned(),
-                        size,
-                        received: 0,
-                        created_at: now,
-                        updated_at: now,
-                    })
-                    .await?
-            }
+            None => self.create_session(access, &repo, sha256, size).await?,
         };
         if size == 0 {
             return self
@@ -233,6 +235,59 @@ impl Hub {
         })
     }
 
+    /// A new upload session; a tenant's only within its quota.
+    async fn create_session(
+        &self,
+        access: &Access,
+        repo: &Repo,
+        sha256: &str,
+        size: i64,
+    ) -> Result<UploadSession> {
+        let now = chrono::Utc::now();
+        let session = UploadSession {
+            id: uuid::Uuid::new_v4().simple().to_string(),
+            repo_id: repo.id.clone(),
+            sha256: sha256.to_owned(),
+            size,
+            received: 0,
+            created_at: now,
+            updated_at: now,
+        };
+        let tenant_id = match (access, &repo.owner_tenant_id) {
+            (Access::Tenant { .. }, Some(owner)) => owner,
+            _ => return Ok(self.store().create_upload(&session).await?),
+        };
+        let config = self.config();
+        let quota = HubQuota {
+            max_bytes: i64::try_from(config.tenant_quota_bytes).unwrap_or(i64::MAX),
+            max_open_uploads: i64::try_from(config.max_open_uploads).unwrap_or(i64::MAX),
+        };
+        match self
+            .store()
+            .create_upload_within(&session, tenant_id, quota)
+            .await?
+        {
+            UploadAdmission::Created(session) => Ok(session),
+            UploadAdmission::OverQuota(usage) if usage.open_uploads >= quota.max_open_uploads => {
+                Err(HubError::QuotaExceeded(format!(
+                    "your tenant has {} unfinished uploads open, the most this server allows; \
+                     finish them (or let them expire) before starting another",
+                    usage.open_uploads
+                )))
+            }
+            UploadAdmission::OverQuota(usage) => Err(HubError::QuotaExceeded(format!(
+                "your tenant holds {} bytes in the hub ({} stored, {} declared by unfinished \
+                 uploads); this upload of {size} bytes would pass its quota of {} bytes: \
+                 finish or abandon open uploads, or ask the operator for a larger \
+                 --hub-tenant-quota-bytes",
+                usage.bytes(),
+                usage.stored_bytes,
+                usage.declared_bytes,
+                quota.max_bytes
+            ))),
+        }
+    }
+
     /// Where an upload stands (to resume after an interruption).
     pub async fn upload_status(
         &self,
@@ -240,7 +295,7 @@ impl Hub {
         id: &RepoId,
         upload_id: &str,
     ) -> Result<UploadState> {
-        let session = self.session(access, id, upload_id).await?;
+        let (_, session) = self.session(access, id, upload_id).await?;
         Ok(UploadState {
             upload_id: Some(session.id),
             sha256: session.sha256,
@@ -255,7 +310,7 @@ impl Hub {
         access: &Access,
         id: &RepoId,
         upload_id: &str,
-    ) -> Result<UploadSession> {
+    ) -> Result<(Repo, UploadSession)> {
         let repo = self.writable_repo(access, id).await?;
         let missing = || {
             HubError::invalid(
@@ -271,7 +326,7 @@ impl Hub {
         if session.repo_id != repo.id {
             return Err(missing());
         }
-        Ok(session)
+        Ok((repo, session))
     }
 
     /// Appends one chunk at `offset`, which must be where the upload stands. The last chunk
@@ -288,7 +343,7 @@ impl Hub {
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
-        let session = self.session(access, id, upload_id).await?;
+        let (repo, session) = self.session(access, id, upload_id).await?;
         if offset != session.received {
             return Err(HubError::WrongOffset {
                 expected: session.received,
@@ -314,7 +369,13 @@ impl Hub {
         let size = session.size as u64;
         let written = self
             .blobs()
-            .write_at(&session.id, offset as u64, size, body)
+            .write_at(
+                &session.id,
+                offset as u64,
+                size,
+                self.config().max_chunk_bytes,
+                body,
+            )
             .await? as i64;
         let now = chrono::Utc::now();
         if !self
@@ -334,14 +395,16 @@ impl Hub {
             complete: false,
         };
         if written == session.size {
-            self.finish_upload(&session).await?;
+            self.finish_upload(&repo, &session).await?;
             state.upload_id = None;
             state.complete = true;
         }
         Ok(state)
     }
 
-    async fn finish_upload(&self, session: &UploadSession) -> Result<()> {
+    /// Checks a complete upload's hash and stores its blob, recorded as uploaded by the
+    /// repository's tenant (who has now shown it has the bytes).
+    async fn finish_upload(&self, repo: &Repo, session: &UploadSession) -> Result<()> {
         let staging = self.blobs().staging_path(&session.id)?;
         let digests = blobs::hash_file(&staging).await?;
         if digests.sha256 != session.sha256 || digests.size as i64 != session.size {
@@ -365,6 +428,11 @@ impl Hub {
                 created_at: chrono::Utc::now(),
             })
             .await?;
+        if let Some(tenant_id) = &repo.owner_tenant_id {
+            self.store()
+                .record_blob_uploader(&session.sha256, tenant_id, chrono::Utc::now())
+                .await?;
+        }
         self.store().delete_upload(&session.id).await?;
         Ok(())
     }
@@ -429,14 +497,22 @@ impl Hub {
                 });
             }
         }
+        // Blobs already in the tree are reachable: the caller may write (so read) this repo.
+        let in_tree: std::collections::HashSet<String> = edit.sha256s().collect();
         for op in &req.files {
             let path = ValidPath::parse(&op.path)?;
             check_sha256(&op.sha256)?;
-            let blob = self
-                .store()
-                .blob(&op.sha256)
-                .await?
-                .filter(|b| b.size == op.size);
+            let blob = match self.store().blob(&op.sha256).await? {
+                Some(b)
+                    if b.size == op.size
+                        && (in_tree.contains(&b.sha256)
+                            || self.reachable(access, &b.sha256).await?) =>
+                {
+                    Some(b)
+                }
+                // Unknown, another size, or another tenant's: one answer for all three.
+                _ => None,
+            };
             let Some(blob) = blob else {
                 return Err(HubError::invalid(
                     "files",

@@ -15,6 +15,7 @@ pub mod accounting;
 pub mod deployments;
 mod error;
 pub mod hub;
+pub mod hub_access;
 pub mod model;
 mod postgres;
 mod rows;
@@ -31,6 +32,7 @@ use async_trait::async_trait;
 pub use deployments::{DeploymentRecord, DeploymentRecordStore};
 pub use error::{Result, StoreError};
 pub use hub::HubStore;
+pub use hub_access::HubAccessStore;
 pub use model::*;
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
@@ -50,9 +52,11 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
 /// Everything tenancy, billing, the hub and the control plane persist, in five parts.
 /// Implementations are cheap to share (`Arc<dyn Store>`) and safe to use from many tasks and from several processes on one
 /// database. Callers bring the parts into scope with `use store::{TenantStore, LedgerStore,
-/// LimitStore, HubStore, DeploymentRecordStore}`.
+/// LimitStore, HubStore, HubAccessStore, DeploymentRecordStore}`.
 #[async_trait]
-pub trait Store: TenantStore + LedgerStore + LimitStore + HubStore + DeploymentRecordStore {
+pub trait Store:
+    TenantStore + LedgerStore + LimitStore + HubStore + HubAccessStore + DeploymentRecordStore
+{
     /// `"sqlite"` or `"postgres"`, for logs.
     fn kind(&self) -> &'static str;
 

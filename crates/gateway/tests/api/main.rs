@@ -4,6 +4,7 @@
 mod common;
 mod deployments;
 mod errors;
+mod hub;
 mod ops;
 mod responses;
 mod streaming;

@@ -54,7 +54,13 @@ pub(crate) async fn check(response: reqwest::Response, what: &str) -> Result<req
         .get("x-error-code")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let body = response.text().await.unwrap_or_default();
+    // An error page is read only so far: enough to quote it.
+    let body = source::read_bounded(response, 64 << 10)
+        .await
+        .ok()
+        .flatten()
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
     let message = serde_json::from_str::<serde_json::Value>(&body)
         .ok()
         .and_then(|v| {

@@ -13,7 +13,7 @@ use tokio::io::AsyncWriteExt;
 use super::{check, encode_component, encode_path};
 use crate::blobs::hash_file;
 use crate::error::{HubError, Result};
-use crate::path::{RepoId, ValidPath};
+use crate::path::{validate_revision, RepoId, ValidPath};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
@@ -115,25 +115,66 @@ impl Source {
         }
     }
 
-    /// GET `url` and decode its JSON answer.
+    /// GET `url` and decode its JSON answer, read up to [`MAX_LISTING_BYTES`].
     async fn get_json<T: serde::de::DeserializeOwned>(
         &self,
         http: &reqwest::Client,
         url: &str,
         token: Option<&str>,
     ) -> Result<T> {
-        check(
+        let response = check(
             self.request(http, url, token).send().await.map_err(net)?,
             url,
         )
-        .await?
-        .json()
-        .await
-        .map_err(|e| HubError::Remote(format!("{url}: unexpected answer: {e}")))
+        .await?;
+        let body = read_bounded(response, MAX_LISTING_BYTES)
+            .await?
+            .ok_or_else(|| {
+                HubError::Remote(format!(
+                    "{url}: the answer is larger than {MAX_LISTING_BYTES} bytes; this is not a \
+                     listing Flywheel can pull"
+                ))
+            })?;
+        serde_json::from_slice(&body)
+            .map_err(|e| HubError::Remote(format!("{url}: unexpected answer: {e}")))
     }
 
-    /// Lists the files of `revision`.
+    /// Lists the files of `revision`. Every file must come with a sha256 or a git blob id
+    /// (a download is only kept once it matches one), the listing must be bounded
+    /// ([`MAX_LISTING_BYTES`], [`MAX_LISTING_FILES`]), and the revision the source answers
+    /// with must be a valid revision name (it names a local directory).
     pub async fn snapshot(
+        &self,
+        http: &reqwest::Client,
+        revision: &str,
+        token: Option<&str>,
+    ) -> Result<Snapshot> {
+        validate_revision(revision)?;
+        let snapshot = self.list(http, revision, token).await?;
+        validate_revision(&snapshot.revision).map_err(|e| {
+            HubError::Remote(format!("the source answered with a bad revision name: {e}"))
+        })?;
+        if snapshot.files.len() > MAX_LISTING_FILES {
+            return Err(HubError::Remote(format!(
+                "the source lists {} files, more than the {MAX_LISTING_FILES} a pull takes",
+                snapshot.files.len()
+            )));
+        }
+        if let Some(f) = snapshot
+            .files
+            .iter()
+            .find(|f| f.sha256.is_none() && f.git_oid.is_none())
+        {
+            return Err(HubError::Remote(format!(
+                "the source lists '{}' without a sha256 or git blob id, so its download could \
+                 not be checked; refusing to pull it",
+                f.path
+            )));
+        }
+        Ok(snapshot)
+    }
+
+    async fn list(
         &self,
         http: &reqwest::Client,
         revision: &str,
@@ -155,8 +196,15 @@ impl Source {
                         Ok(RemoteFile {
                             path: ValidPath::parse(&s.rfilename)?,
                             size: s.lfs.as_ref().map(|l| l.size).or(s.size),
-                            sha256: s.lfs.map(|l| l.sha256),
-                            git_oid: s.blob_id,
+                            sha256: s
+                                .lfs
+                                .map(|l| l.sha256)
+                                .filter(|h| is_hex(h, 64))
+                                .map(|h| h.to_ascii_lowercase()),
+                            git_oid: s
+                                .blob_id
+                                .filter(|h| is_hex(h, 40))
+                                .map(|h| h.to_ascii_lowercase()),
                         })
                     })
                     .collect::<Result<Vec<_>>>()?;
@@ -182,8 +230,14 @@ impl Source {
                         Ok(RemoteFile {
                             path: ValidPath::parse(&f.path)?,
                             size: Some(f.size),
-                            sha256: f.sha256.filter(|s| !s.is_empty()),
-                            git_oid: None,
+                            sha256: f
+                                .sha256
+                                .filter(|h| is_hex(h, 64))
+                                .map(|h| h.to_ascii_lowercase()),
+                            git_oid: f
+                                .id
+                                .filter(|h| is_hex(h, 40))
+                                .map(|h| h.to_ascii_lowercase()),
                         })
                     })
                     .collect::<Result<Vec<_>>>()?;
@@ -299,13 +353,20 @@ impl Source {
             ))
         } else if let Some(want) = file.sha256.as_deref().filter(|w| *w != digests.sha256) {
             Some(bad("sha256", want, &digests.sha256))
-        } else if file.sha256.is_none() {
-            file.git_oid
-                .as_deref()
-                .filter(|w| *w != digests.git_oid)
-                .map(|w| bad("git blob id", w, &digests.git_oid))
-        } else {
+        } else if file.sha256.is_some() {
             None
+        } else {
+            match file.git_oid.as_deref() {
+                Some(want) if want != digests.git_oid => {
+                    Some(bad("git blob id", want, &digests.git_oid))
+                }
+                Some(_) => None,
+                None => Some(HubError::Remote(format!(
+                    "{}: the source gave no sha256 or git blob id to check the download \
+                     against; it was removed",
+                    file.path
+                ))),
+            }
         };
         match failure {
             Some(err) => {
@@ -315,6 +376,35 @@ impl Source {
             None => Ok(()),
         }
     }
+}
+
+/// The largest file listing a pull reads.
+pub const MAX_LISTING_BYTES: usize = 64 << 20;
+/// The most files a pull takes from one revision.
+pub const MAX_LISTING_FILES: usize = 100_000;
+
+fn is_hex(s: &str, len: usize) -> bool {
+    s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// A response's body, or `None` if it is longer than `limit` bytes (reading stops there).
+pub(crate) async fn read_bounded(
+    response: reqwest::Response,
+    limit: usize,
+) -> Result<Option<Vec<u8>>> {
+    if response.content_length().is_some_and(|n| n > limit as u64) {
+        return Ok(None);
+    }
+    let mut body = Vec::new();
+    let mut stream = response.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(net)?;
+        if body.len() + chunk.len() > limit {
+            return Ok(None);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Some(body))
 }
 
 fn net(e: reqwest::Error) -> HubError {
@@ -365,6 +455,9 @@ struct MsFile {
     size: u64,
     #[serde(rename = "Sha256")]
     sha256: Option<String>,
+    /// The git blob id.
+    #[serde(rename = "Id")]
+    id: Option<String>,
     #[serde(rename = "Type")]
     r#type: String,
 }

@@ -18,16 +18,25 @@ pub struct Fixture {
 
 impl Fixture {
     pub async fn new(kind: Kind) -> Self {
+        Self::with_config(kind, HubConfig::default()).await
+    }
+
+    pub async fn with_config(kind: Kind, config: HubConfig) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let db = ScratchDb::new(kind).await;
         let store = store::open(&db.url).await.expect("open the store");
-        let hub = Hub::open(store.clone(), dir.path(), HubConfig::default()).expect("open the hub");
+        let hub = Hub::open(store.clone(), dir.path(), config).expect("open the hub");
         Self {
             store,
             hub,
             _dir: dir,
             _db: db,
         }
+    }
+
+    /// The same hub over the same store and files, with another configuration.
+    pub fn reconfigured(&self, config: HubConfig) -> Hub {
+        Hub::open(self.store.clone(), self._dir.path(), config).expect("reopen the hub")
     }
 
     /// A tenant owning org `org`, and its access with the given scopes.

@@ -2,4 +2,6 @@
 //! `NAME::postgres` (PostgreSQL must be reachable; see `common.rs`).
 
 mod common;
+mod hardening;
+mod remote;
 mod scenarios;

@@ -13,11 +13,13 @@ store::on_both!(Fixture;
     search_by_card_and_tags_do_not_move,
 );
 
-fn stream(data: &[u8]) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> + Unpin {
+pub(crate) fn stream(
+    data: &[u8],
+) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> + Unpin {
     futures::stream::iter(vec![Ok(Bytes::copy_from_slice(data))])
 }
 
-async fn upload(f: &Fixture, access: &Access, id: &RepoId, data: &[u8]) -> FileOp {
+pub(crate) async fn upload(f: &Fixture, access: &Access, id: &RepoId, data: &[u8]) -> FileOp {
     let d = hub::blobs::Digests::of(data);
     let state = f
         .hub
@@ -40,7 +42,7 @@ async fn upload(f: &Fixture, access: &Access, id: &RepoId, data: &[u8]) -> FileO
     }
 }
 
-fn op(path: &str, mut f: FileOp) -> FileOp {
+pub(crate) fn op(path: &str, mut f: FileOp) -> FileOp {
     f.path = path.into();
     f
 }

@@ -82,6 +82,8 @@ impl Db for PostgresStore {
     type Reader<'a> = Reader<'a>;
     type Tx = Transaction<'static, Postgres>;
 
+    const LOCK_KEY: Option<&'static str> =
+        Some("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))");
     const LOCK_ROWS: &'static str = " FOR UPDATE";
 
     fn reader(&self) -> Reader<'_> {

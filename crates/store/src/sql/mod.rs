@@ -4,7 +4,7 @@
 //! statements on SQLite and PostgreSQL; only how a value is encoded (times, lists of strings),
 //! how a write transaction starts (`BEGIN IMMEDIATE` behind the process's writer turn, or a plain
 //! `BEGIN` with row locks) and whether a read locks its row differ. [`Db`] is that seam; the
-//! trait implementations in `directory`, `hub` and `deployments` are generic over it. What
+//! trait implementations in `directory`, `hub`, `hub_access` and `deployments` are generic over it. What
 //! really differs stays per database: the ledger (SQLite's group-commit writer) and the rate
 //! windows (PostgreSQL's per-subject row locks).
 //!
@@ -15,6 +15,7 @@
 mod deployments;
 mod directory;
 mod hub;
+mod hub_access;
 
 use async_trait::async_trait;
 
@@ -157,6 +158,10 @@ pub(crate) trait Db: Send + Sync + 'static {
     /// Appended to a `SELECT` inside a write transaction to lock the rows it reads until the
     /// commit (PostgreSQL's `FOR UPDATE`; SQLite's write transaction already excludes writers).
     const LOCK_ROWS: &'static str;
+    /// A statement taking a transaction-scoped lock on the text key `$1`, where the database
+    /// needs one to serialise writers that lock no common row (PostgreSQL's advisory locks;
+    /// SQLite's write transaction already excludes every other writer).
+    const LOCK_KEY: Option<&'static str>;
 
     /// Statements outside a transaction, on the pool.
     fn reader(&self) -> Self::Reader<'_>;

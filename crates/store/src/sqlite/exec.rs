@@ -91,6 +91,7 @@ impl Db for SqliteStore {
     type Reader<'a> = Reader<'a>;
     type Tx = WriteTx;
 
+    const LOCK_KEY: Option<&'static str> = None;
     const LOCK_ROWS: &'static str = "";
 
     fn reader(&self) -> Reader<'_> {

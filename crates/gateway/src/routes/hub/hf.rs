@@ -2,12 +2,11 @@
 //! (`/api/models…`), the tree listing `snapshot_download` reads, and `/resolve/` with the
 //! headers `hf_hub_download` needs.
 
-use std::collections::BTreeSet;
-
 use axum::extract::{OriginalUri, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, Method};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use hub::listing::{self, Node};
 use hub::Repo;
 use hub::{Commit, Hub, RepoSort, SearchQuery, TreeEntry};
 use serde_json::{json, Value};
@@ -192,7 +191,8 @@ fn dir_oid(commit: &str, dir: &str) -> String {
 }
 
 /// `GET /api/models/{org}/{name}/tree/{rev}[/{path}]?recursive=&cursor=`: files and
-/// directories under `path`, paged with a `Link: <…>; rel="next"` header.
+/// directories under `path`, paged with a `Link: <…>; rel="next"` header. Only the page is
+/// built (see [`hub::listing`]), however deep and wide the tree.
 async fn tree(
     State(state): State<AppState>,
     Reader(access): Reader,
@@ -202,51 +202,28 @@ async fn tree(
 ) -> HubResult<Response> {
     let hub = the_hub(&state)?;
     let id = repo_id(&org, &name)?;
-    let repo = hub.repo(&access, &id).await?;
-    let commit = hub.resolve(&repo, &rev).await?;
-    let entries = hub.tree(&repo, &commit).await?;
     let prefix = path.trim_matches('/');
     if !prefix.is_empty() {
         hub::path::ValidPath::parse(prefix)?;
     }
+    let start: usize = match params.cursor.as_deref() {
+        None | Some("") => 0,
+        Some(c) => c.parse().map_err(|_| hub::HubError::Invalid {
+            param: "cursor".into(),
+            message: "the cursor is not one this server gave; follow the Link header's next URL, \
+                      or start without a cursor"
+                .into(),
+        })?,
+    };
+    let repo = hub.repo(&access, &id).await?;
+    let commit = hub.resolve(&repo, &rev).await?;
+    let entries = hub.tree(&repo, &commit).await?;
     let recursive = params
         .recursive
         .as_deref()
         .is_some_and(|r| r.eq_ignore_ascii_case("true") || r == "1");
-    let under = |p: &str| -> Option<String> {
-        if prefix.is_empty() {
-            Some(p.to_owned())
-        } else {
-            p.strip_prefix(prefix)
-                .and_then(|r| r.strip_prefix('/'))
-                .map(str::to_owned)
-        }
-    };
-    let base = if prefix.is_empty() {
-        String::new()
-    } else {
-        format!("{prefix}/")
-    };
-    let mut dirs = BTreeSet::new();
-    let mut files_out = Vec::new();
-    for e in &entries {
-        let Some(rest) = under(&e.path) else { continue };
-        let segments: Vec<&str> = rest.split('/').collect();
-        for depth in 1..segments.len() {
-            if depth > 1 && !recursive {
-                break;
-            }
-            dirs.insert(format!("{base}{}", segments[..depth].join("/")));
-        }
-        if recursive || segments.len() == 1 {
-            let mut v = json!({"type": "file", "oid": e.git_oid, "size": e.size, "path": e.path});
-            if let Some(lfs) = lfs_json(e, "oid") {
-                v["lfs"] = lfs;
-            }
-            files_out.push(v);
-        }
-    }
-    if !prefix.is_empty() && files_out.is_empty() && dirs.is_empty() {
+    let page = listing::page(&entries, prefix, recursive, start, TREE_PAGE);
+    if !prefix.is_empty() && !page.found {
         return Err(hub::HubError::EntryNotFound {
             repo: repo.full_name(),
             path: prefix.to_owned(),
@@ -254,23 +231,29 @@ async fn tree(
         }
         .into());
     }
-    let mut all: Vec<Value> = dirs
+    let nodes: Vec<Value> = page
+        .nodes
         .iter()
-        .map(|d| json!({"type": "directory", "oid": dir_oid(&commit.id, d), "size": 0, "path": d}))
+        .map(|node| match node {
+            Node::Directory(d) => {
+                json!({"type": "directory", "oid": dir_oid(&commit.id, d), "size": 0, "path": d})
+            }
+            Node::File(e) => {
+                let mut v =
+                    json!({"type": "file", "oid": e.git_oid, "size": e.size, "path": e.path});
+                if let Some(lfs) = lfs_json(e, "oid") {
+                    v["lfs"] = lfs;
+                }
+                v
+            }
+        })
         .collect();
-    all.extend(files_out);
-    let start: usize = params
-        .cursor
-        .as_deref()
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let page: Vec<Value> = all.iter().skip(start).take(TREE_PAGE).cloned().collect();
-    let mut response = Json(Value::Array(page)).into_response();
-    if start + TREE_PAGE < all.len() {
+    let mut response = Json(Value::Array(nodes)).into_response();
+    if page.more {
         let next = format!(
             "<{}?recursive={recursive}&cursor={}>; rel=\"next\"",
             uri.path(),
-            start + TREE_PAGE
+            start.saturating_add(page.nodes.len())
         );
         if let Ok(v) = HeaderValue::from_str(&next) {
             response.headers_mut().insert(axum::http::header::LINK, v);

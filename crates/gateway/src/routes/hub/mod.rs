@@ -186,7 +186,7 @@ impl IntoResponse for HubApiError {
             ErrorKind::Unauthenticated => (Code::InvalidApiKey, None),
             ErrorKind::Forbidden => (Code::PermissionDenied, None),
             ErrorKind::Conflict => (Code::Conflict, None),
-            ErrorKind::TooLarge => (Code::RequestTooLarge, None),
+            ErrorKind::TooLarge | ErrorKind::QuotaExceeded => (Code::RequestTooLarge, None),
             ErrorKind::RangeNotSatisfiable => {
                 let size = match &err {
                     HubError::RangeNotSatisfiable { size } => *size,

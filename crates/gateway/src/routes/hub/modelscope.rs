@@ -10,6 +10,8 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use hub::listing::{self, Node};
+
 use super::{files, repo_id, the_hub, HubResult, Reader};
 use crate::AppState;
 
@@ -23,6 +25,12 @@ fn ok(data: Value) -> Json<Value> {
     }))
 }
 
+/// The most entries one listing answers: a listing without `PageSize` that would hold more
+/// is refused (ModelScope's own client does not page), and no page may be larger.
+const MAX_ENTRIES: usize = 20_000;
+/// The longest commit message repeated in every file entry.
+const ENTRY_MESSAGE_CHARS: usize = 200;
+
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "PascalCase")]
 pub struct FilesParams {
@@ -30,6 +38,31 @@ pub struct FilesParams {
     recursive: Option<String>,
     root: Option<String>,
     file_path: Option<String>,
+    page_number: Option<String>,
+    page_size: Option<String>,
+}
+
+/// `PageNumber` (from 1) and `PageSize`, if the client pages.
+fn paging(p: &FilesParams) -> Result<Option<(usize, usize)>, hub::HubError> {
+    let number =
+        |param: &str, value: Option<&str>, max: usize| -> Result<Option<usize>, hub::HubError> {
+            match value.filter(|v| !v.is_empty()) {
+                None => Ok(None),
+                Some(v) => match v.parse::<usize>() {
+                    Ok(n) if (1..=max).contains(&n) => Ok(Some(n)),
+                    _ => Err(hub::HubError::Invalid {
+                        param: param.into(),
+                        message: format!("{param} must be an integer from 1 to {max}, not '{v}'"),
+                    }),
+                },
+            }
+        };
+    let size = number("PageSize", p.page_size.as_deref(), MAX_ENTRIES)?;
+    let page = number("PageNumber", p.page_number.as_deref(), usize::MAX)?;
+    Ok(match (page, size) {
+        (None, None) => None,
+        (page, size) => Some((page.unwrap_or(1), size.unwrap_or(100))),
+    })
 }
 
 fn revision(p: &FilesParams) -> &str {
@@ -56,7 +89,9 @@ pub async fn model(
     })))
 }
 
-/// `GET /api/v1/models/{org}/{name}/repo/files?Revision=&Recursive=&Root=`
+/// `GET /api/v1/models/{org}/{name}/repo/files?Revision=&Recursive=&Root=&PageNumber=&PageSize=`:
+/// the listing, built one page at a time (see [`hub::listing`]); without `PageSize`, the
+/// whole listing up to [`MAX_ENTRIES`] entries, and a clear refusal past that.
 pub async fn files(
     State(state): State<AppState>,
     Reader(access): Reader,
@@ -64,6 +99,11 @@ pub async fn files(
     Query(params): Query<FilesParams>,
 ) -> HubResult<Json<Value>> {
     let hub = the_hub(&state)?;
+    let paging = paging(&params)?;
+    let root = params.root.as_deref().unwrap_or("").trim_matches('/');
+    if !root.is_empty() {
+        hub::path::ValidPath::parse(root)?;
+    }
     let repo = hub.repo(&access, &repo_id(&org, &name)?).await?;
     let commit = hub.resolve(&repo, revision(&params)).await?;
     let entries = hub.tree(&repo, &commit).await?;
@@ -71,55 +111,61 @@ pub async fn files(
         .recursive
         .as_deref()
         .is_some_and(|r| r.eq_ignore_ascii_case("true") || r == "1");
-    let root = params.root.as_deref().unwrap_or("").trim_matches('/');
-    let base = if root.is_empty() {
-        String::new()
-    } else {
-        format!("{root}/")
+    let (skip, take) = match paging {
+        Some((number, size)) => ((number - 1).saturating_mul(size), size),
+        None => (0, MAX_ENTRIES),
     };
-    let mut dirs = std::collections::BTreeSet::new();
-    let mut out = Vec::new();
-    for e in &entries {
-        let Some(rest) = e.path.strip_prefix(&base) else {
-            continue;
-        };
-        let segments: Vec<&str> = rest.split('/').collect();
-        if !recursive && segments.len() > 1 {
-            dirs.insert(format!("{base}{}", segments[0]));
-            continue;
+    let page = listing::page(&entries, root, recursive, skip, take);
+    if paging.is_none() && page.more {
+        return Err(hub::HubError::Invalid {
+            param: "PageSize".into(),
+            message: format!(
+                "this listing has more than {MAX_ENTRIES} entries; page it with PageNumber \
+                 (from 1) and PageSize (at most {MAX_ENTRIES}), or list a subdirectory with Root"
+            ),
         }
-        for depth in 1..segments.len() {
-            dirs.insert(format!("{base}{}", segments[..depth].join("/")));
-        }
-        out.push(json!({
-            "Name": e.path.rsplit('/').next().unwrap_or(&e.path),
-            "Path": e.path,
-            "Type": "blob",
-            "Size": e.size,
-            "Sha256": e.sha256,
-            "Id": e.git_oid,
-            "Mode": "33188",
-            "IsLFS": files::is_lfs(e),
-            "Revision": commit.id,
-            "CommitId": commit.id,
-            "CommitMessage": commit.message,
-            "CommitterName": commit.author,
-            "CommittedDate": commit.created_at.timestamp(),
-        }));
+        .into());
     }
-    let mut all: Vec<Value> = dirs
+    let message: String = commit
+        .message
+        .lines()
+        .next()
+        .unwrap_or("")
+        .chars()
+        .take(ENTRY_MESSAGE_CHARS)
+        .collect();
+    let all: Vec<Value> = page
+        .nodes
         .iter()
-        .map(|d| {
-            json!({"Name": d.rsplit('/').next().unwrap_or(d), "Path": d, "Type": "tree",
-            "Size": 0, "Revision": commit.id})
+        .map(|node| match node {
+            Node::Directory(d) => json!({"Name": d.rsplit('/').next().unwrap_or(d), "Path": d,
+                "Type": "tree", "Size": 0, "Revision": commit.id}),
+            Node::File(e) => json!({
+                "Name": e.path.rsplit('/').next().unwrap_or(&e.path),
+                "Path": e.path,
+                "Type": "blob",
+                "Size": e.size,
+                "Sha256": e.sha256,
+                "Id": e.git_oid,
+                "Mode": "33188",
+                "IsLFS": files::is_lfs(e),
+                "Revision": commit.id,
+                "CommitId": commit.id,
+                "CommitMessage": message,
+                "CommitterName": commit.author,
+                "CommittedDate": commit.created_at.timestamp(),
+            }),
         })
         .collect();
-    all.extend(out);
-    Ok(ok(json!({
+    let mut data = json!({
         "Files": all,
         "LatestCommitter": {"CommitterName": commit.author, "CommittedDate": commit.created_at.timestamp(),
             "Id": commit.id, "Message": commit.message},
-    })))
+    });
+    if paging.is_some() {
+        data["HasMore"] = json!(page.more);
+    }
+    Ok(ok(data))
 }
 
 /// `GET|HEAD /api/v1/models/{org}/{name}/repo?Revision=&FilePath=`: a file's bytes.

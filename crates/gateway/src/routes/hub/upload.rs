@@ -17,7 +17,6 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::Json;
-use futures::StreamExt;
 use hub::{CommitRequest, HubError, UploadState};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -122,7 +121,8 @@ pub struct ChunkParams {
     offset: i64,
 }
 
-/// `PUT …/uploads/{id}?offset=N`: the body is streamed to disk, never held whole.
+/// `PUT …/uploads/{id}?offset=N`: the body is streamed to disk, never held whole; a chunk
+/// larger than the server's `max_chunk_bytes` is a 413 and leaves the upload where it was.
 pub async fn chunk(
     State(state): State<AppState>,
     Writer(access): Writer,
@@ -135,26 +135,10 @@ pub async fn chunk(
         message: "give the chunk's starting byte as ?offset=N".into(),
     })?;
     let hub = the_hub(&state)?;
-    let limit = usize::try_from(hub.config().max_chunk_bytes).unwrap_or(usize::MAX);
-    let mut seen = 0usize;
-    let stream = body.into_data_stream().map(move |r| {
-        let bytes = r.map_err(|e| e.to_string())?;
-        seen += bytes.len();
-        if seen > limit {
-            return Err(format!(
-                "a chunk may carry at most {limit} bytes; send smaller chunks"
-            ));
-        }
-        Ok(bytes)
-    });
+    // The hub refuses a chunk past `max_chunk_bytes` (413) as the bytes arrive.
+    let stream = body.into_data_stream();
     let result = hub
-        .write_chunk(
-            &access,
-            &repo_id(&org, &name)?,
-            &id,
-            params.offset,
-            Box::pin(stream),
-        )
+        .write_chunk(&access, &repo_id(&org, &name)?, &id, params.offset, stream)
         .await;
     match &result {
         Ok(state) => {

@@ -1,5 +1,7 @@
 """OpenAI-shaped errors: status, `code`, `param`, through the SDK and raw HTTP."""
 
+import time
+
 import openai
 import pytest
 import requests
@@ -148,3 +150,34 @@ def test_metrics_need_admin_key(server):
     r = requests.get(server.url + "/metrics", headers={"Authorization": f"Bearer {server.admin_key}"}, timeout=10)
     assert r.status_code == 200
     assert "flywheel_" in r.text
+
+
+def test_stop_sequence_flood_is_refused(client):
+    """Long stop sequences cost every token of every tenant on the engine thread: bounded in bytes."""
+    with pytest.raises(openai.BadRequestError) as e:
+        chat(client, "smol", CAPITAL, max_tokens=4, stop=["x" * 1_000_000] * 15)
+    check_shape(e.value)
+    assert e.value.param == "stop[0]", e.value.body
+    with pytest.raises(openai.BadRequestError) as e:
+        chat(client, "smol", CAPITAL, max_tokens=4, stop=["y" * 200] * 16)
+    assert e.value.param == "stop", e.value.body
+
+
+def test_big_prompts_from_a_tenant_that_cannot_pay_or_is_over_rpm_are_refused_before_tokenizing(server):
+    """8 MB prompts are refused at once (tokenizing one takes seconds), before the engine sees them."""
+    big = "hello " * (8 * 1024 * 1024 // 6)
+    broke = server.new_tenant("broke-e2e", grant_tokens=0, free_tier_only=True)
+    broke_key = server.new_key(broke, rpm=1)["key"]
+    limited = server.new_tenant("limited-e2e", grant_tokens=1_000_000)
+    limited_key = server.new_key(limited, rpm=1)["key"]
+    url = server.url + "/v1/completions"
+    ok = requests.post(url, json={"model": "smol", "prompt": "hi", "max_tokens": 1}, headers=server.auth(limited_key), timeout=60)
+    assert ok.status_code == 200, ok.text[:300]
+    started = time.monotonic()
+    for key, status, code in [(broke_key, 403, "permission_denied"), (limited_key, 429, "rate_limit_exceeded")]:
+        for _ in range(4):
+            r = requests.post(url, json={"model": "smol", "prompt": big, "max_tokens": 1}, headers=server.auth(key), timeout=60)
+            assert r.status_code == status, f"{r.status_code} {r.text[:300]}"
+            assert raw_error(r)["code"] == code, r.text[:300]
+    elapsed = time.monotonic() - started
+    assert elapsed < 8, f"8 refusals of 8 MB prompts took {elapsed:.1f} s: were they tokenized?"

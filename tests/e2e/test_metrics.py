@@ -1,6 +1,11 @@
 """Prometheus metrics at /metrics."""
 
-from fw import PLANETS, chat, has_metric, metric
+import secrets
+
+import openai
+import pytest
+
+from fw import CAPITAL, PLANETS, chat, has_metric, metric
 
 
 def test_tokens_generated_counts_every_token(server, client):
@@ -33,3 +38,17 @@ def test_histograms_grow(server, client):
     for h in ("flywheel_time_to_first_token_seconds", "flywheel_inter_token_latency_seconds"):
         a, b = metric(m0, h + "_count", 0), metric(m1, h + "_count", 0)
         assert b > a, f"{h}_count did not grow ({a} -> {b})"
+
+
+def test_unserved_model_names_are_not_labels(server, client):
+    """Unique long model names must not become label values: /metrics stays flat."""
+    chat(client, "smol", CAPITAL, max_tokens=1)
+    before = len(server.metrics())
+    names = [f"{i:03d}-{secrets.token_hex(8)}-" + "m" * (256 * 1024) for i in range(40)]
+    for name in names:
+        with pytest.raises(openai.NotFoundError):
+            chat(client, name, CAPITAL, max_tokens=1)
+    m = server.metrics()
+    assert not any(name[:32] in m for name in names), "an unserved model name became a label"
+    assert len(m) < before + 64 * 1024, f"/metrics grew from {before} to {len(m)} bytes"
+    assert metric(m, "flywheel_http_requests_total", None, model="unknown", status="404") is not None

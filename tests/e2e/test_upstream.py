@@ -3,7 +3,7 @@
 import openai
 import pytest
 
-from fw import CAPITAL, PLANETS, chat, greedy, stream_chat
+from fw import CAPITAL, PLANETS, chat, greedy, metric, stream_chat
 
 MAX = 32
 
@@ -57,3 +57,23 @@ def test_unknown_model_on_server2(client2):
     with pytest.raises(openai.NotFoundError) as e:
         chat(client2, "smol-not-here", CAPITAL, max_tokens=4)
     assert e.value.code == "model_not_found", e.value.body
+
+
+def _upstream_requests(server) -> float:
+    return sum(
+        metric(server.metrics(), "flywheel_http_requests_total", 0, endpoint="/v1/chat/completions", model="smol", status=s)
+        for s in ("200", "400", "402", "403", "429")
+    )
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_tenant_that_cannot_pay_never_reaches_the_upstream(server, upstream_server, stream):
+    broke = upstream_server.new_tenant(f"broke-upstream-{stream}", grant_tokens=0, free_tier_only=True)
+    key = upstream_server.new_key(broke)["key"]
+    before = _upstream_requests(server)
+    with pytest.raises(openai.PermissionDeniedError):
+        upstream_server.client(api_key=key).chat.completions.create(
+            model="remote-smol", messages=CAPITAL, max_tokens=4, stream=stream
+        )
+    assert _upstream_requests(server) == before, "the upstream served a request nobody can pay for"
+

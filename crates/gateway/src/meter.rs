@@ -1,9 +1,12 @@
 //! Billing a tenant's request as its events pass through on their way to the client.
 //!
-//! The backend's events drive the ledger (see `tenancy`'s crate docs for the protocol):
-//! - `Admitted { prompt_tokens, max_tokens }`: count the request against the key's and the
-//!   tenant's RPM/TPM windows with its worst case, then reserve that worst case (402/429/403
-//!   before anything is delivered);
+//! Before the backend is asked anything, [`preadmit`] refuses a tenant that cannot pay even for
+//! the smallest request of this prompt and counts the request against its RPM windows (402,
+//! 403, 429), so an unpaying or over-limit tenant costs no queueing, tokenizing or upstream
+//! call. Then the backend's events drive the ledger (see `tenancy`'s crate docs for the
+//! protocol):
+//! - `Admitted { prompt_tokens, max_tokens }`: count the worst case against the key's and the
+//!   tenant's TPM windows, then reserve it (402/429/403 before anything is delivered);
 //! - `Text { tokens }` of a stream: before the chunk is sent, persist a progress mark when the
 //!   last one no longer covers it (at most [`tenancy::PROGRESS_INTERVAL_TOKENS`] ahead of what
 //!   was sent), so a crash bills at most K tokens more than the client received;
@@ -11,22 +14,54 @@
 //!
 //! If the request ends any other way (the client disconnects, the backend fails, the stream is
 //! dropped), dropping the [`Meter`] settles what was *delivered*: the prompt and the completion
-//! tokens already sent. A non-streamed request delivers its completion only at the end.
+//! tokens already sent. A non-streamed request delivers its completion only at the end. One
+//! exception: a backend that fails before delivering anything after an estimated admission
+//! (`exact: false`: an upstream server that refused or could not be reached) did no billable
+//! work for us, so its reservation is released.
 //! Settlements spawned on drop are tracked, so a draining server waits for them.
 //!
 //! Requests with the admin key are not metered (no tenant pays for them).
 
 use backend::{Event, EventStream, Usage};
 use futures::StreamExt;
-use tenancy::{Admission, Principal, ProgressMarks, ReserveRequest, Tenancy, TokenUsage};
+use tenancy::{Admission, Counted, Principal, ProgressMarks, ReserveRequest, Tenancy, TokenUsage};
 use tokio_util::task::TaskTracker;
 
 use crate::error::ApiError;
+
+/// Pre-admission: what can refuse a tenant's request before its backend does any work for it.
+/// A tenant that cannot pay for the smallest request of this prompt (`min_prompt_tokens`, a
+/// lower bound derived from its bytes, and one completion token) gets 402 (403 when its free
+/// grant is used up and it is free-tier only); otherwise the request is counted against the
+/// key's and the tenant's RPM (429 when over, or when a TPM window is already full). A request
+/// refused here does not count toward RPM; one counted here does, whatever happens to it later.
+///
+/// This is the seam a serving layer in front of the backends takes over: call it once per
+/// request, before `Backend::generate`, and hand what it returns to the request's [`Meter`].
+pub async fn preadmit(
+    tenancy: &Tenancy,
+    principal: &Principal,
+    model: &str,
+    min_prompt_tokens: u32,
+) -> Result<Counted, ApiError> {
+    tenancy
+        .ledger
+        .check_affordable(&principal.tenant, model, i64::from(min_prompt_tokens))
+        .await
+        .map_err(ApiError::from_tenancy)?;
+    tenancy
+        .limits
+        .admit_request(Some(&principal.key), &principal.tenant)
+        .await
+        .map_err(ApiError::from_tenancy)
+}
 
 /// The ledger side of one tenant request.
 pub struct Meter {
     tenancy: Tenancy,
     principal: Box<Principal>,
+    /// The request's place in its RPM windows, from [`preadmit`].
+    counted: Counted,
     model: String,
     request_id: String,
     streaming: bool,
@@ -44,11 +79,15 @@ pub struct Meter {
 struct Open {
     admission: Admission,
     prompt_tokens: i64,
+    /// Whether `prompt_tokens` is the backend's count rather than an upper-bound estimate.
+    exact: bool,
 }
 
 /// What a meter needs to know about its request.
 pub struct MeterSpec {
     pub principal: Box<Principal>,
+    /// What [`preadmit`] returned for the request.
+    pub counted: Counted,
     pub model: String,
     pub request_id: String,
     pub streaming: bool,
@@ -59,6 +98,7 @@ impl Meter {
         Self {
             tenancy,
             principal: spec.principal,
+            counted: spec.counted,
             model: spec.model,
             request_id: spec.request_id,
             streaming: spec.streaming,
@@ -71,8 +111,13 @@ impl Meter {
         }
     }
 
-    /// Rate limits and reservation for the request's worst case.
-    async fn admit(&mut self, prompt_tokens: u32, max_tokens: u32) -> Result<(), ApiError> {
+    /// TPM and reservation for the request's worst case.
+    async fn admit(
+        &mut self,
+        prompt_tokens: u32,
+        max_tokens: u32,
+        exact: bool,
+    ) -> Result<(), ApiError> {
         if self.open.is_some() {
             return Ok(());
         }
@@ -81,11 +126,7 @@ impl Meter {
         let admission = self
             .tenancy
             .limits
-            .admit(
-                Some(&self.principal.key),
-                &self.principal.tenant,
-                prompt_tokens + max_tokens,
-            )
+            .admit_tokens(&self.counted, prompt_tokens + max_tokens)
             .await
             .map_err(ApiError::from_tenancy)?;
         let request = ReserveRequest {
@@ -106,8 +147,32 @@ impl Meter {
         self.open = Some(Open {
             admission,
             prompt_tokens,
+            exact,
         });
         Ok(())
+    }
+
+    /// The backend failed. After an estimated admission with nothing delivered (an upstream
+    /// server that refused or could not be reached), nothing was done that the tenant should
+    /// pay for: the reservation is released now.
+    async fn backend_failed(&mut self) {
+        let refused = self
+            .open
+            .as_ref()
+            .is_some_and(|open| !open.exact && self.delivered == 0);
+        if !refused || self.settled {
+            return;
+        }
+        // Also what the drop settles, should this settlement fail.
+        self.final_usage = Some(TokenUsage::default());
+        let result = settle(
+            &self.tenancy,
+            &self.request_id,
+            self.open.as_ref(),
+            TokenUsage::default(),
+        )
+        .await;
+        self.settled = result.is_ok();
     }
 
     /// Called before `tokens` more completion tokens are sent.
@@ -216,6 +281,8 @@ pub struct Metered {
     events: EventStream,
     meter: Option<Meter>,
     prompt_param: &'static str,
+    /// An event already read and billed, handed out again by the next [`Metered::next`].
+    unread: Option<Event>,
 }
 
 impl Metered {
@@ -225,14 +292,28 @@ impl Metered {
             events,
             meter,
             prompt_param,
+            unread: None,
         }
+    }
+
+    /// Puts back an event [`Metered::next`] returned (its ledger step is not repeated).
+    pub fn unread(&mut self, event: Event) {
+        self.unread = Some(event);
     }
 
     /// The next event, or `None` when the backend's stream ended.
     pub async fn next(&mut self) -> Option<Result<Event, ApiError>> {
+        if let Some(event) = self.unread.take() {
+            return Some(Ok(event));
+        }
         let event = match self.events.next().await? {
             Ok(event) => event,
-            Err(err) => return Some(Err(ApiError::from_backend(err, self.prompt_param))),
+            Err(err) => {
+                if let Some(meter) = &mut self.meter {
+                    meter.backend_failed().await;
+                }
+                return Some(Err(ApiError::from_backend(err, self.prompt_param)));
+            }
         };
         if let Some(meter) = &mut self.meter {
             let billed = match &event {
@@ -240,8 +321,8 @@ impl Metered {
                 Event::Admitted {
                     prompt_tokens,
                     max_tokens,
-                    ..
-                } => meter.admit(*prompt_tokens, *max_tokens).await,
+                    exact,
+                } => meter.admit(*prompt_tokens, *max_tokens, *exact).await,
                 Event::Text { tokens, .. } => meter.before_send(*tokens).await,
                 Event::Finished { usage, .. } => meter.finish(*usage).await,
             };

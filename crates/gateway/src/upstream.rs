@@ -2,8 +2,16 @@
 //!
 //! Requests always go upstream as streams (`stream: true`, `include_usage: true`), so one code
 //! path serves both our streamed and non-streamed responses and usage is always known. Upstream
-//! errors pass through intact (status, message, type, code, param, `Retry-After`); a server that
+//! errors pass through (status, message, type, code, param, `Retry-After`); a server that
 //! cannot be reached, or a stream that breaks off, is [`BackendError::Unreachable`].
+//!
+//! Nothing crosses to the upstream before the gateway holds the request's reservation: the
+//! stream starts with `Admitted` (an upper bound of the prompt and the completion limit), and
+//! the upstream is called only when the next item is asked for, so its refusals arrive as that
+//! item. `max_tokens` is always sent (the reserved limit when the client sent none) and
+//! enforced: text past it is cut off and the stream ends there with `length`. What the tenant
+//! sees of a failure never names the upstream's address or credentials; the details are
+//! logged.
 
 use std::time::Duration;
 
@@ -22,6 +30,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_TIMEOUT_SECONDS: u64 = 600;
 /// Longest excerpt of a non-JSON error body quoted in a message.
 const MAX_QUOTED_BODY: usize = 500;
+/// Default for [`UpstreamConfig::default_max_tokens`].
+const DEFAULT_MAX_TOKENS: u32 = 4096;
+/// What replaces the upstream's address in messages a tenant may see.
+const REDACTED_ADDRESS: &str = "<upstream>";
 
 /// One upstream-served model. `Debug` leaves the API key out.
 #[derive(Clone, serde::Deserialize)]
@@ -38,6 +50,10 @@ pub struct UpstreamConfig {
     /// stream) before the request fails as unreachable. Defaults to 600 s.
     #[serde(default)]
     pub timeout_seconds: Option<u64>,
+    /// Completion tokens asked for (and reserved) when a client sends no `max_tokens`.
+    /// Defaults to 4096; lower it for an upstream whose context is smaller.
+    #[serde(default)]
+    pub default_max_tokens: Option<u32>,
 }
 
 impl std::fmt::Debug for UpstreamConfig {
@@ -48,6 +64,7 @@ impl std::fmt::Debug for UpstreamConfig {
             .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
             .field("model", &self.model)
             .field("timeout_seconds", &self.timeout_seconds)
+            .field("default_max_tokens", &self.default_max_tokens)
             .finish()
     }
 }
@@ -60,6 +77,9 @@ pub struct UpstreamBackend {
     completions_url: reqwest::Url,
     client: reqwest::Client,
     created: u64,
+    default_max_tokens: u32,
+    /// The upstream's base URL and `host[:port]`, never shown to tenants.
+    secrets: Redactions,
 }
 
 impl UpstreamBackend {
@@ -93,6 +113,14 @@ impl UpstreamBackend {
                     cfg.name
                 )
             })?;
+        let mut secrets = vec![base.to_string()];
+        if let Some(host) = chat_url.host_str() {
+            secrets.push(match chat_url.port() {
+                Some(port) => format!("{host}:{port}"),
+                None => host.to_string(),
+            });
+        }
+        secrets.extend(cfg.api_key.iter().filter(|k| !k.is_empty()).cloned());
         Ok(Self {
             model: cfg.model.unwrap_or_else(|| cfg.name.clone()),
             name: cfg.name,
@@ -101,11 +129,17 @@ impl UpstreamBackend {
             completions_url,
             client,
             created: crate::wire::unix_now(),
+            default_max_tokens: cfg.default_max_tokens.unwrap_or(DEFAULT_MAX_TOKENS).max(1),
+            secrets: Redactions(secrets),
         })
     }
 
-    /// The upstream URL and OpenAI body for `request`.
-    fn upstream_request(&self, request: &GenerateRequest) -> (reqwest::Url, Value) {
+    /// The upstream URL and OpenAI body for `request`, asking for at most `max_tokens`.
+    fn upstream_request(
+        &self,
+        request: &GenerateRequest,
+        max_tokens: u32,
+    ) -> (reqwest::Url, Value) {
         let mut body = Map::new();
         body.insert("model".into(), json!(self.model));
         let url = match &request.prompt {
@@ -145,9 +179,7 @@ impl UpstreamBackend {
                 json!(decimal(s.frequency_penalty)),
             );
         }
-        if let Some(max_tokens) = request.max_tokens {
-            body.insert("max_tokens".into(), json!(max_tokens));
-        }
+        body.insert("max_tokens".into(), json!(max_tokens));
         if !request.stop.is_empty() {
             body.insert("stop".into(), json!(request.stop));
         }
@@ -174,14 +206,120 @@ impl Backend for UpstreamBackend {
     }
 
     async fn generate(&self, request: GenerateRequest) -> backend::Result<EventStream> {
-        let admitted = futures::stream::iter([Ok(self.admitted(&request))]);
-        let (url, body) = self.upstream_request(&request);
+        let limit = request.max_tokens.unwrap_or(self.default_max_tokens);
+        let prompt_tokens = prompt_upper_bound(&request.prompt);
+        let admitted = Event::Admitted {
+            prompt_tokens,
+            max_tokens: limit,
+            exact: false,
+        };
+        let (url, body) = self.upstream_request(&request, limit);
         let mut builder = self.client.post(url).json(&body);
         if let Some(key) = &self.api_key {
             builder = builder.bearer_auth(key);
         }
-        tracing::debug!(request_id = %request.request_id, upstream_model = %self.model, "sending upstream");
-        let response = builder.send().await.map_err(unreachable)?;
+        let call = Call {
+            builder,
+            request_id: request.request_id,
+            upstream_model: self.model.clone(),
+            secrets: self.secrets.clone(),
+            bounds: Bounds {
+                limit,
+                prompt_tokens,
+            },
+        };
+        // The call is made only when the item after `Admitted` is asked for, i.e. once the
+        // gateway has reserved the worst case.
+        let answer = futures::stream::once(call.run()).flatten();
+        Ok(Box::pin(
+            futures::stream::iter([Ok(admitted)]).chain(answer),
+        ))
+    }
+}
+
+/// Tokens a template may add around each message and around the whole prompt.
+const TEMPLATE_TOKENS_PER_MESSAGE: u32 = 8;
+const TEMPLATE_TOKENS_PER_PROMPT: u32 = 16;
+
+/// The worst case of a prompt the upstream tokenizes: every byte of text a token (no tokenizer
+/// yields more) plus the template's own tokens. Settlement uses the upstream's reported usage.
+fn prompt_upper_bound(prompt: &Prompt) -> u32 {
+    let (bytes, messages) = match prompt {
+        Prompt::Chat(messages) => (
+            messages
+                .iter()
+                .map(|m| m.content.len() + m.role.len())
+                .sum::<usize>(),
+            messages.len(),
+        ),
+        Prompt::Text(text) => (text.len(), 0),
+    };
+    u32::try_from(bytes)
+        .unwrap_or(u32::MAX)
+        .saturating_add(
+            TEMPLATE_TOKENS_PER_MESSAGE.saturating_mul(u32::try_from(messages).unwrap_or(u32::MAX)),
+        )
+        .saturating_add(TEMPLATE_TOKENS_PER_PROMPT)
+}
+
+/// Strings of this server's configuration that tenants must not see in messages: the
+/// upstream's base URL, its `host[:port]` and its API key.
+#[derive(Clone)]
+struct Redactions(Vec<String>);
+
+impl Redactions {
+    fn apply(&self, message: &str) -> String {
+        self.0.iter().fold(message.to_string(), |m, secret| {
+            m.replace(secret.as_str(), REDACTED_ADDRESS)
+        })
+    }
+
+    fn error(&self, mut error: UpstreamError) -> UpstreamError {
+        error.message = self.apply(&error.message);
+        error
+    }
+}
+
+/// What the gateway reserved for a request: its completion limit and its prompt's upper bound
+/// (billed when the upstream does not report the prompt's tokens).
+#[derive(Clone, Copy)]
+struct Bounds {
+    limit: u32,
+    prompt_tokens: u32,
+}
+
+impl Bounds {
+    /// The usage to bill: the upstream's report where it gave one, the completion at least
+    /// what was delivered (`delivered` tokens) and never past the limit.
+    fn usage(&self, reported: Option<Usage>, delivered: u32) -> Usage {
+        let prompt_tokens = reported.map_or(self.prompt_tokens, |u| u.prompt_tokens);
+        let completion = reported.map_or(0, |u| u.completion_tokens).max(delivered);
+        Usage {
+            prompt_tokens,
+            completion_tokens: completion.min(self.limit),
+            cached_tokens: reported.map_or(0, |u| u.cached_tokens.min(prompt_tokens)),
+        }
+    }
+}
+
+/// One upstream call, made when its stream is first polled.
+struct Call {
+    builder: reqwest::RequestBuilder,
+    request_id: String,
+    upstream_model: String,
+    secrets: Redactions,
+    bounds: Bounds,
+}
+
+impl Call {
+    async fn run(self) -> EventStream {
+        let fail =
+            |err: BackendError| -> EventStream { Box::pin(futures::stream::iter([Err(err)])) };
+        tracing::debug!(request_id = %self.request_id, upstream_model = %self.upstream_model, "sending upstream");
+        let response = match self.builder.send().await {
+            Ok(response) => response,
+            Err(err) => return fail(unreachable(&self.request_id, &err)),
+        };
         let status = response.status();
         if !status.is_success() {
             let retry_after = response
@@ -190,11 +328,22 @@ impl Backend for UpstreamBackend {
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.trim().parse::<u64>().ok());
             let text = response.text().await.unwrap_or_default();
-            return Err(BackendError::Upstream(error_from_body(
-                status.as_u16(),
-                &text,
-                retry_after,
-            )));
+            if matches!(status.as_u16(), 401 | 403 | 407) {
+                // About this server's credentials, not the tenant's.
+                tracing::error!(request_id = %self.request_id, status = status.as_u16(), body = %text, "the upstream refused this server's credentials");
+                return fail(BackendError::Upstream(UpstreamError {
+                    status: 502,
+                    message: "The upstream server refused this server's credentials; tell the \
+                              operator. Retrying will not help until they fix it."
+                        .into(),
+                    r#type: Some("server_error".into()),
+                    code: Some("upstream_error".into()),
+                    param: None,
+                    retry_after: None,
+                }));
+            }
+            let error = error_from_body(status.as_u16(), &text, retry_after);
+            return fail(BackendError::Upstream(self.secrets.error(error)));
         }
         let is_json = response
             .headers()
@@ -203,65 +352,46 @@ impl Backend for UpstreamBackend {
             .is_some_and(|v| v.starts_with("application/json"));
         if is_json {
             // A server that ignored `stream: true` and answered with one JSON object.
-            let value: Value = response.json().await.map_err(unreachable)?;
-            return Ok(Box::pin(
-                admitted.chain(futures::stream::iter(whole_response(&value))),
-            ));
+            return match response.json::<Value>().await {
+                Ok(value) => Box::pin(futures::stream::iter(whole_response(
+                    &value,
+                    self.bounds,
+                    &self.secrets,
+                ))),
+                Err(err) => fail(unreachable(&self.request_id, &err)),
+            };
         }
-        Ok(Box::pin(
-            admitted.chain(translate(response.bytes_stream().eventsource())),
+        Box::pin(translate(
+            response.bytes_stream().eventsource(),
+            self.bounds,
+            self.request_id,
+            self.secrets,
         ))
     }
 }
 
-/// Tokens a template may add around each message and around the whole prompt.
-const TEMPLATE_TOKENS_PER_MESSAGE: u32 = 8;
-const TEMPLATE_TOKENS_PER_PROMPT: u32 = 16;
-/// The completion bound assumed for an upstream that does not say its context length.
-const DEFAULT_UPSTREAM_CONTEXT: u32 = 4096;
-
-impl UpstreamBackend {
-    /// The worst case of a request whose prompt the upstream tokenizes: every byte of text a
-    /// token (no tokenizer yields more) plus the template's own tokens. Settlement uses the
-    /// upstream's reported usage.
-    fn admitted(&self, request: &GenerateRequest) -> Event {
-        let (bytes, messages) = match &request.prompt {
-            Prompt::Chat(messages) => (
-                messages
-                    .iter()
-                    .map(|m| m.content.len() + m.role.len())
-                    .sum::<usize>(),
-                messages.len(),
-            ),
-            Prompt::Text(text) => (text.len(), 0),
-        };
-        let prompt_tokens = u32::try_from(bytes)
-            .unwrap_or(u32::MAX)
-            .saturating_add(TEMPLATE_TOKENS_PER_MESSAGE.saturating_mul(messages as u32))
-            .saturating_add(TEMPLATE_TOKENS_PER_PROMPT);
-        let max_tokens = request.max_tokens.unwrap_or_else(|| {
-            self.info()
-                .context_length
-                .unwrap_or(DEFAULT_UPSTREAM_CONTEXT)
-        });
-        Event::Admitted {
-            prompt_tokens,
-            max_tokens,
-            exact: false,
-        }
-    }
-}
-
-fn unreachable(err: reqwest::Error) -> BackendError {
+/// A failed call as tenants see it: what went wrong, without the upstream's address (reqwest
+/// names the URL); the whole error is logged.
+fn unreachable(request_id: &str, err: &reqwest::Error) -> BackendError {
     // The error's chain says what failed (connect refused, timed out, …).
-    let mut message = err.to_string();
-    let mut source = std::error::Error::source(&err);
+    let mut chain = err.to_string();
+    let mut source = std::error::Error::source(err);
     while let Some(cause) = source {
-        message.push_str(": ");
-        message.push_str(&cause.to_string());
+        chain.push_str(": ");
+        chain.push_str(&cause.to_string());
         source = cause.source();
     }
-    BackendError::Unreachable(message)
+    tracing::warn!(request_id = %request_id, error = %chain, "the upstream call failed");
+    let what = if err.is_timeout() {
+        "it did not answer in time"
+    } else if err.is_connect() {
+        "the connection to it failed"
+    } else if err.is_decode() || err.is_body() {
+        "its answer could not be read"
+    } else {
+        "the request to it failed"
+    };
+    BackendError::Unreachable(what.into())
 }
 
 /// Reads an OpenAI-shaped (or not) error body.
@@ -333,32 +463,56 @@ fn choice_text(choice: &Value) -> Option<&str> {
         .and_then(Value::as_str)
 }
 
-/// The events of a non-streamed response.
-fn whole_response(value: &Value) -> Vec<backend::Result<Event>> {
+/// The events of a non-streamed response. Text past the limit (by the upstream's count, or
+/// one token per byte when it reports none) is cut off in proportion.
+fn whole_response(
+    value: &Value,
+    bounds: Bounds,
+    secrets: &Redactions,
+) -> Vec<backend::Result<Event>> {
     if let Some(err) = value.get("error") {
         let text = json!({ "error": err }).to_string();
-        return vec![Err(BackendError::Upstream(error_from_body(
-            502, &text, None,
-        )))];
+        let error = secrets.error(error_from_body(502, &text, None));
+        return vec![Err(BackendError::Upstream(error))];
     }
     let choice = value.pointer("/choices/0").unwrap_or(&Value::Null);
-    let text = choice_text(choice).unwrap_or_default().to_string();
-    let reason = choice
+    let mut text = choice_text(choice).unwrap_or_default().to_string();
+    let mut reason = choice
         .get("finish_reason")
         .and_then(Value::as_str)
         .map_or(FinishReason::Stop, finish_reason);
-    let usage = value.get("usage").map(usage).unwrap_or_default();
+    let reported = value.get("usage").map(usage);
+    let produced = reported.map_or_else(
+        || u32::try_from(text.len()).unwrap_or(u32::MAX),
+        |u| u.completion_tokens,
+    );
+    if produced > bounds.limit {
+        let chars = text.chars().count();
+        let keep = (chars as u64 * u64::from(bounds.limit) / u64::from(produced)) as usize;
+        if let Some((at, _)) = text.char_indices().nth(keep) {
+            text.truncate(at);
+        }
+        reason = FinishReason::Length;
+    }
+    let usage = bounds.usage(reported, produced);
     vec![
         Ok(Event::text(text, usage.completion_tokens)),
         Ok(Event::Finished { reason, usage }),
     ]
 }
 
-/// Turns the upstream's SSE chunks into [`Event`]s.
+/// Turns the upstream's SSE chunks into [`Event`]s, one token per chunk of text, ending the
+/// stream (`length`) at the first chunk past the limit.
 struct Translate<S> {
     inner: S,
+    bounds: Bounds,
+    request_id: String,
+    secrets: Redactions,
     finish: Option<FinishReason>,
-    usage: Usage,
+    /// The upstream's usage, once it reported one.
+    usage: Option<Usage>,
+    /// Chunks of text passed on.
+    delivered: u32,
     done: bool,
 }
 
@@ -371,7 +525,7 @@ where
         self.done = true;
         Ok(Event::Finished {
             reason,
-            usage: self.usage,
+            usage: self.bounds.usage(self.usage, self.delivered),
         })
     }
 
@@ -395,9 +549,10 @@ where
                     })
                 }
                 Some(Err(e)) => {
-                    return Some(self.fail(BackendError::Unreachable(format!(
-                        "reading the upstream stream failed: {e}"
-                    ))))
+                    tracing::warn!(request_id = %self.request_id, error = %e, "reading the upstream stream failed");
+                    return Some(self.fail(BackendError::Unreachable(
+                        "reading its stream failed".into(),
+                    )));
                 }
                 Some(Ok(sse)) => sse,
             };
@@ -423,16 +578,23 @@ where
                 }
             };
             if chunk.get("error").is_some() {
-                return Some(self.fail(BackendError::Upstream(error_from_body(502, data, None))));
+                let error = self.secrets.error(error_from_body(502, data, None));
+                return Some(self.fail(BackendError::Upstream(error)));
             }
             if let Some(u) = chunk.get("usage").filter(|u| u.is_object()) {
-                self.usage = usage(u);
+                self.usage = Some(usage(u));
             }
             if let Some(choice) = chunk.pointer("/choices/0") {
                 if let Some(reason) = choice.get("finish_reason").and_then(Value::as_str) {
                     self.finish = Some(finish_reason(reason));
                 }
                 if let Some(text) = choice_text(choice).filter(|t| !t.is_empty()) {
+                    if self.delivered >= self.bounds.limit {
+                        // Past the `max_tokens` it was sent: what was delivered is all there is.
+                        tracing::warn!(request_id = %self.request_id, limit = self.bounds.limit, "the upstream sent more than max_tokens; cut off");
+                        return Some(self.finished(FinishReason::Length));
+                    }
+                    self.delivered += 1;
                     return Some(Ok(Event::text(text, 1)));
                 }
             }
@@ -440,15 +602,24 @@ where
     }
 }
 
-fn translate<S, E>(inner: S) -> impl Stream<Item = backend::Result<Event>> + Send
+fn translate<S, E>(
+    inner: S,
+    bounds: Bounds,
+    request_id: String,
+    secrets: Redactions,
+) -> impl Stream<Item = backend::Result<Event>> + Send
 where
     S: Stream<Item = Result<eventsource_stream::Event, E>> + Unpin + Send,
     E: std::fmt::Display + Send,
 {
     let state = Translate {
         inner,
+        bounds,
+        request_id,
+        secrets,
         finish: None,
-        usage: Usage::default(),
+        usage: None,
+        delivered: 0,
         done: false,
     };
     futures::stream::unfold(state, |mut state| async move {
@@ -506,6 +677,7 @@ mod tests {
             api_key: None,
             model: None,
             timeout_seconds: None,
+            default_max_tokens: None,
         };
         assert!(UpstreamBackend::new(cfg("not a url")).is_err());
         assert!(UpstreamBackend::new(cfg("ftp://host/v1")).is_err());

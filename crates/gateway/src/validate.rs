@@ -11,6 +11,12 @@ use crate::error::{ApiError, Result};
 
 /// Most stop sequences one request may carry.
 pub const MAX_STOP_SEQUENCES: usize = 16;
+/// Longest stop sequence, in bytes. Every sequence is looked for after every generated token
+/// on the engine's one worker thread, which all requests of a model share, so stop sequences
+/// are bounded in length as well as number.
+pub const MAX_STOP_BYTES: usize = 256;
+/// Most bytes of all of one request's stop sequences together.
+pub const MAX_STOP_TOTAL_BYTES: usize = 1024;
 
 /// Parses a request body that must be a JSON object.
 pub fn parse_object(body: &[u8]) -> Result<Map<String, Value>> {
@@ -94,10 +100,12 @@ impl<'a> Fields<'a> {
             None => Ok(()),
             Some(key) => {
                 let param = self.param(key);
-                Err(ApiError::invalid(
-                    param.clone(),
-                    format!("Unrecognized request argument supplied: {param}"),
-                ))
+                let message = if key.is_empty() {
+                    format!("Unrecognized request argument supplied: '{param}' (an empty key); remove it.")
+                } else {
+                    format!("Unrecognized request argument supplied: {param}")
+                };
+                Err(ApiError::invalid(param, message))
             }
         }
     }
@@ -382,19 +390,13 @@ pub fn generation(fields: &Fields<'_>, max_token_keys: &[&str]) -> Result<Genera
     })
 }
 
-/// `stop`: a string or an array of up to [`MAX_STOP_SEQUENCES`] non-empty strings.
+/// `stop`: a string or an array of up to [`MAX_STOP_SEQUENCES`] non-empty strings, each at
+/// most [`MAX_STOP_BYTES`] long and all together at most [`MAX_STOP_TOTAL_BYTES`].
 fn stop(fields: &Fields<'_>) -> Result<Vec<String>> {
     let param = fields.param("stop");
-    let empty = |p: String| {
-        ApiError::invalid(
-            p.clone(),
-            format!("Invalid value for '{p}': stop sequences must not be empty."),
-        )
-    };
-    match fields.get("stop") {
-        None => Ok(Vec::new()),
-        Some(Value::String(s)) if s.is_empty() => Err(empty(param)),
-        Some(Value::String(s)) => Ok(vec![s.clone()]),
+    let stops = match fields.get("stop") {
+        None => return Ok(Vec::new()),
+        Some(Value::String(s)) => vec![(param.clone(), s)],
         Some(Value::Array(items)) => {
             if items.len() > MAX_STOP_SEQUENCES {
                 return Err(ApiError::invalid(
@@ -409,8 +411,7 @@ fn stop(fields: &Fields<'_>) -> Result<Vec<String>> {
                 .iter()
                 .enumerate()
                 .map(|(i, item)| match item {
-                    Value::String(s) if s.is_empty() => Err(empty(format!("{param}[{i}]"))),
-                    Value::String(s) => Ok(s.clone()),
+                    Value::String(s) => Ok((format!("{param}[{i}]"), s)),
                     other => Err(ApiError::invalid(
                         format!("{param}[{i}]"),
                         format!(
@@ -419,16 +420,46 @@ fn stop(fields: &Fields<'_>) -> Result<Vec<String>> {
                         ),
                     )),
                 })
-                .collect()
+                .collect::<Result<Vec<_>>>()?
         }
-        Some(other) => Err(ApiError::invalid(
+        Some(other) => {
+            return Err(ApiError::invalid(
+                param.clone(),
+                format!(
+                    "Invalid type for '{param}': expected a string or an array of strings, but got {} instead.",
+                    kind(other)
+                ),
+            ))
+        }
+    };
+    let mut total = 0;
+    for (p, s) in &stops {
+        if s.is_empty() {
+            return Err(ApiError::invalid(
+                p.clone(),
+                format!("Invalid value for '{p}': stop sequences must not be empty."),
+            ));
+        }
+        if s.len() > MAX_STOP_BYTES {
+            return Err(ApiError::invalid(
+                p.clone(),
+                format!(
+                    "Invalid value for '{p}': a stop sequence may be at most {MAX_STOP_BYTES} bytes long, but this one has {}. Use a shorter one.",
+                    s.len()
+                ),
+            ));
+        }
+        total += s.len();
+    }
+    if total > MAX_STOP_TOTAL_BYTES {
+        return Err(ApiError::invalid(
             param.clone(),
             format!(
-                "Invalid type for '{param}': expected a string or an array of strings, but got {} instead.",
-                kind(other)
+                "Invalid value for '{param}': the stop sequences may have at most {MAX_STOP_TOTAL_BYTES} bytes together, but these have {total}. Use fewer or shorter ones."
             ),
-        )),
+        ));
     }
+    Ok(stops.into_iter().map(|(_, s)| s.clone()).collect())
 }
 
 /// `n`: only 1 is supported.

@@ -16,8 +16,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::TimeDelta;
+use store::accounting::{self, HoldRefusal};
 use store::{
-    LedgerEntry, NewReservation, Reservation, SettleWith, Settlement, Store, Tenant, TokenUsage,
+    LedgerEntry, NewReservation, Reservation, SettleWith, Settlement, Store, StoreError, Tenant,
+    TokenUsage,
 };
 
 use crate::clock::Clock;
@@ -106,6 +108,40 @@ impl Ledger {
             created_at: now,
         };
         Ok(self.store.reserve(&new).await?)
+    }
+
+    /// Refuses a request that `tenant` (as read for this request) could not pay for even at its
+    /// smallest, `prompt_tokens` (a lower bound of its prompt, at least 1) and one completion
+    /// token of `served_model`, before any work is done for it: `InsufficientQuota`, or
+    /// `PermissionDenied` for a disabled tenant or a free-tier-only one whose grant is used up.
+    /// [`Ledger::reserve`] still decides with the real worst case; this only keeps a tenant
+    /// that cannot pay from costing queueing or tokenizing. Reads the price only when the
+    /// tenant's free grant does not cover the request.
+    pub async fn check_affordable(
+        &self,
+        tenant: &Tenant,
+        served_model: &str,
+        prompt_tokens: i64,
+    ) -> Result<()> {
+        if tenant.disabled {
+            return Err(StoreError::TenantDisabled(tenant.id.clone()).into());
+        }
+        let prompt = prompt_tokens.max(1);
+        let worst_case = prompt.saturating_add(1);
+        let grant = tenant.balances.grant_tokens_available();
+        if grant >= worst_case {
+            return Ok(());
+        }
+        let rates = self.prices.rates(served_model).await?;
+        let hold = accounting::hold(prompt, 1, &rates, grant);
+        accounting::check_hold(&tenant.balances, tenant.free_tier_only, &hold, worst_case).map_err(
+            |refusal| match refusal {
+                HoldRefusal::GrantExhausted => StoreError::GrantExhausted.into(),
+                HoldRefusal::Insufficient { needed, available } => {
+                    StoreError::InsufficientQuota { needed, available }.into()
+                }
+            },
+        )
     }
 
     /// Persists a stream's progress: the prompt (and cached) tokens and a completion-token mark

@@ -6,7 +6,11 @@
 //! ```text
 //! let principal = tenancy.directory.verify(bearer).await?;          // 401
 //! principal.require(Scope::Inference)?; principal.require_model(m)?; // 403
-//! let admission = tenancy.limits.admit(Some(&principal.key), &principal.tenant, worst).await?; // 429
+//! // before any work is done for the request (queueing, tokenizing, an upstream call):
+//! tenancy.ledger.check_affordable(&principal.tenant, m, prompt_lower_bound).await?; // 402 / 403
+//! let counted = tenancy.limits.admit_request(Some(&principal.key), &principal.tenant).await?; // 429
+//! // once the backend knows the worst case (prompt tokens + max_tokens):
+//! let admission = tenancy.limits.admit_tokens(&counted, worst).await?; // 429
 //! let reservation = tenancy.ledger.reserve(&request).await?;        // 402 / 403 (then correct(…, 0))
 //! // stream: before each chunk, `if let Some(mark) = marks.before_send(sent, n)
 //! //          { tenancy.ledger.progress(id, usage_with(mark)).await? }`, then send it
@@ -33,7 +37,7 @@ pub use directory::{CreatedKey, Directory, KeySpec, TenantSpec};
 pub use error::{Error, Result};
 pub use keys::{Principal, Scope, PREFIX_LEN, SECRET_PREFIX};
 pub use ledger::{Ledger, Recovery, ReserveRequest};
-pub use limits::{key_subject, tenant_subject, Admission, Limiter};
+pub use limits::{key_subject, tenant_subject, Admission, Counted, Limiter};
 pub use prices::{cost, PriceBook};
 pub use progress::{ProgressMarks, PROGRESS_INTERVAL_TOKENS};
 pub use usage::{Account, UsageQuery, UsageReports};

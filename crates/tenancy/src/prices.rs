@@ -51,6 +51,15 @@ impl PriceBook {
         self.default
     }
 
+    /// The rates a new reservation of `served_model` is priced at: its entry, else the default.
+    pub async fn rates(&self, served_model: &str) -> Result<PriceRates> {
+        Ok(self
+            .store
+            .price(served_model)
+            .await?
+            .map_or(self.default, |price| price.rates))
+    }
+
     /// Sets (or replaces) a model's prices. Reservations already taken keep their price.
     pub async fn set(&self, served_model: &str, rates: PriceRates) -> Result<Price> {
         if served_model.trim().is_empty() {

@@ -9,7 +9,7 @@ use tenancy::Scope;
 use super::RawBody;
 use crate::auth::Caller;
 use crate::error::{ApiError, Result};
-use crate::meter::{MeterSpec, Metered};
+use crate::meter::{preadmit, MeterSpec, Metered};
 use crate::metrics::{self, ModelLabel};
 use crate::observe::RequestId;
 use crate::sse::{self, UsageOptions};
@@ -29,10 +29,11 @@ pub async fn chat_completions(
     caller: Caller,
     Extension(request_id): Extension<RequestId>,
     RawBody(body): RawBody,
-) -> Result<Response> {
-    caller.require(Scope::Inference)?;
-    let request = chat::parse(&body)?;
-    Ok(serve(&state, caller, request_id, request, Endpoint::Chat).await)
+) -> Response {
+    let request = caller
+        .require(Scope::Inference)
+        .and_then(|()| chat::parse(&body));
+    serve(&state, caller, request_id, request, Endpoint::Chat).await
 }
 
 pub async fn completions(
@@ -40,27 +41,33 @@ pub async fn completions(
     caller: Caller,
     Extension(request_id): Extension<RequestId>,
     RawBody(body): RawBody,
-) -> Result<Response> {
-    caller.require(Scope::Inference)?;
-    let request = completions::parse(&body)?;
-    Ok(serve(&state, caller, request_id, request, Endpoint::Completions).await)
+) -> Response {
+    let request = caller
+        .require(Scope::Inference)
+        .and_then(|()| completions::parse(&body));
+    serve(&state, caller, request_id, request, Endpoint::Completions).await
 }
 
-/// Runs a validated request against its model; the response (success or error) is labelled
-/// with the model for metrics.
+/// The metric label of responses for a model name this server does not serve: labels must
+/// not grow with what clients send.
+const UNKNOWN_MODEL: &str = "unknown";
+
+/// Runs a validated request against its model. The response (success or error) is labelled
+/// for metrics with the model's name if it is served, else [`UNKNOWN_MODEL`].
 async fn serve(
     state: &AppState,
     caller: Caller,
     request_id: RequestId,
-    request: ValidRequest,
+    request: Result<ValidRequest>,
     endpoint: Endpoint,
 ) -> Response {
-    let model = request.model.clone();
-    let mut response = match generate(state, caller, request_id, request, endpoint).await {
-        Ok(response) => response,
-        Err(err) => err.into_response(),
+    let mut label = ModelLabel(UNKNOWN_MODEL.to_string());
+    let result = match request {
+        Ok(request) => generate(state, caller, request_id, request, endpoint, &mut label).await,
+        Err(err) => Err(err),
     };
-    response.extensions_mut().insert(ModelLabel(model));
+    let mut response = result.unwrap_or_else(IntoResponse::into_response);
+    response.extensions_mut().insert(label);
     response
 }
 
@@ -70,14 +77,34 @@ async fn generate(
     request_id: RequestId,
     request: ValidRequest,
     endpoint: Endpoint,
+    label: &mut ModelLabel,
 ) -> Result<Response> {
+    let backend = state.backend(&request.model);
+    if backend.is_ok() {
+        label.0.clone_from(&request.model);
+    }
     if let Some(principal) = caller.principal() {
         principal
             .require_model(&request.model)
             .map_err(ApiError::from_tenancy)?;
     }
-    let backend = state.backend(&request.model)?;
+    let backend = backend?;
     tracing::Span::current().record("model", request.model.as_str());
+    // Bounds that need no tokenizer come first: nothing below may cost the backend work for a
+    // request that cannot fit, or that its tenant cannot pay for or may not send now.
+    request.check_prompt_fits(backend.info().context_length)?;
+    let counted = match &caller {
+        Caller::Admin => None,
+        Caller::Tenant(principal) => Some(
+            preadmit(
+                state.tenancy(),
+                principal,
+                &request.model,
+                request.min_prompt_tokens(),
+            )
+            .await?,
+        ),
+    };
     let prefix = match endpoint {
         Endpoint::Chat => "chatcmpl",
         Endpoint::Completions => "cmpl",
@@ -93,14 +120,15 @@ async fn generate(
         .generate(request.generate_request(meta.id.clone(), tenant))
         .await
         .map_err(|err| ApiError::from_backend(err, prompt_param))?;
-    let meter = match caller {
-        Caller::Admin => None,
-        Caller::Tenant(principal) => Some(state.meter(MeterSpec {
+    let meter = match (caller, counted) {
+        (Caller::Tenant(principal), Some(counted)) => Some(state.meter(MeterSpec {
             principal,
+            counted,
             model: request.model.clone(),
             request_id: meta.id.clone(),
             streaming: request.stream,
         })),
+        _ => None,
     };
     let mut events = Metered::new(events, meter, prompt_param);
     if !request.stream {
@@ -117,11 +145,21 @@ async fn generate(
     // Answer with a status while one can: admission refusals (402, 429, 403) come before the
     // first byte unless the request had to queue first. Once admitted (and reserved) or
     // queued, the stream starts at once, so a client waiting for a slot already has its id.
+    // An estimated admission (`exact: false`: an upstream server, called only once the
+    // reservation is held) is not yet an answer: the upstream may still refuse, so its first
+    // answer is awaited too.
     let first = match events.next().await {
         Some(Ok(event)) => Some(event),
         Some(Err(err)) => return Err(err),
         None => None,
     };
+    if let Some(Event::Admitted { exact: false, .. }) = first {
+        match events.next().await {
+            Some(Ok(event)) => events.unread(event),
+            Some(Err(err)) => return Err(err),
+            None => {}
+        }
+    }
     let usage = UsageOptions {
         include_usage: request.include_usage,
         continuous: request.continuous_usage,

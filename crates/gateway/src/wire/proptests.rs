@@ -1,10 +1,12 @@
-//! Random bodies never panic the request parsers, and whatever they accept is in range.
+//! Random bodies never panic the request parsers: whatever they accept is in range, and
+//! whatever they refuse is a 400 `invalid_request_error` that names the offending parameter
+//! whenever the body is a JSON object.
 
 use proptest::prelude::*;
 use serde_json::{Map, Value};
 
 use super::{chat, completions, ValidRequest};
-use crate::validate::MAX_STOP_SEQUENCES;
+use crate::validate::{MAX_STOP_BYTES, MAX_STOP_SEQUENCES, MAX_STOP_TOTAL_BYTES};
 
 const KEYS: &[&str] = &[
     "model",
@@ -61,6 +63,9 @@ fn leaf() -> impl Strategy<Value = Value> {
         )
         .prop_map(Value::from),
         ".{0,6}".prop_map(Value::from),
+        // Around the length bounds of stop sequences.
+        (0usize..2 * MAX_STOP_BYTES, any::<char>())
+            .prop_map(|(n, c)| Value::from(c.to_string().repeat(n))),
     ]
 }
 
@@ -74,7 +79,7 @@ fn json() -> impl Strategy<Value = Value> {
     })
 }
 
-fn check(result: crate::error::Result<ValidRequest>) {
+fn check(bytes: &[u8], result: crate::error::Result<ValidRequest>) {
     match result {
         Ok(req) => {
             let s = &req.sampling;
@@ -84,13 +89,84 @@ fn check(result: crate::error::Result<ValidRequest>) {
             assert!((0.0..=1.0).contains(&s.min_p));
             assert!(req.max_tokens.is_none_or(|m| m >= 1));
             assert!(req.stop.len() <= MAX_STOP_SEQUENCES && req.stop.iter().all(|s| !s.is_empty()));
+            assert!(req.stop.iter().all(|s| s.len() <= MAX_STOP_BYTES));
+            assert!(req.stop.iter().map(String::len).sum::<usize>() <= MAX_STOP_TOTAL_BYTES);
             assert!(!req.include_usage || req.stream);
         }
         Err(err) => {
             assert_eq!(err.status().as_u16(), 400);
+            assert_eq!(err.code_str(), "invalid_request_error", "{err}");
             assert!(!err.message().is_empty());
+            // Only a body that is not a JSON object has no parameter to blame. (An unknown
+            // empty key is named as it is: "".)
+            let is_object = serde_json::from_slice::<Value>(bytes).is_ok_and(|v| v.is_object());
+            let param = err.body().error.param;
+            assert_eq!(param.is_some(), is_object, "{err} (param {param:?})");
         }
     }
+}
+
+fn both(bytes: &[u8]) {
+    check(bytes, chat::parse(bytes));
+    check(bytes, completions::parse(bytes));
+}
+
+/// A valid request body of either endpoint, with long stop sequences now and then.
+fn valid_body() -> impl Strategy<Value = Vec<u8>> {
+    let stop = prop_oneof![
+        Just(Value::Null),
+        "[a-z]{1,8}".prop_map(Value::from),
+        proptest::collection::vec("[a-z]{1,300}".prop_map(Value::from), 0..20)
+            .prop_map(Value::Array),
+    ];
+    (any::<bool>(), stop, 1u32..100).prop_map(|(chat, stop, max_tokens)| {
+        let mut body = Map::new();
+        body.insert("model".into(), Value::from("m"));
+        if chat {
+            body.insert(
+                "messages".into(),
+                serde_json::json!([{ "role": "user", "content": "Hi" }]),
+            );
+        } else {
+            body.insert("prompt".into(), Value::from("Once"));
+        }
+        body.insert("stop".into(), stop);
+        body.insert("max_tokens".into(), Value::from(max_tokens));
+        Value::Object(body).to_string().into_bytes()
+    })
+}
+
+/// A byte-level change: overwrite, insert or delete one byte at a position (taken modulo the
+/// body's length).
+#[derive(Debug, Clone)]
+enum Edit {
+    Set(usize, u8),
+    Insert(usize, u8),
+    Delete(usize),
+}
+
+fn apply(bytes: &mut Vec<u8>, edit: &Edit) {
+    let len = bytes.len().max(1);
+    match *edit {
+        Edit::Set(at, b) if !bytes.is_empty() => bytes[at % len] = b,
+        Edit::Insert(at, b) => bytes.insert(at % (bytes.len() + 1), b),
+        Edit::Delete(at) if !bytes.is_empty() => {
+            bytes.remove(at % len);
+        }
+        _ => {}
+    }
+}
+
+fn edit() -> impl Strategy<Value = Edit> {
+    let byte = prop_oneof![
+        proptest::sample::select(&b"{}[]\":,0-9.eE tnfu\\"[..]),
+        any::<u8>(),
+    ];
+    prop_oneof![
+        (any::<usize>(), byte.clone()).prop_map(|(at, b)| Edit::Set(at, b)),
+        (any::<usize>(), byte).prop_map(|(at, b)| Edit::Insert(at, b)),
+        any::<usize>().prop_map(Edit::Delete),
+    ]
 }
 
 proptest! {
@@ -98,15 +174,24 @@ proptest! {
 
     #[test]
     fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
-        check(chat::parse(&bytes));
-        check(completions::parse(&bytes));
+        both(&bytes);
+    }
+
+    #[test]
+    fn mangled_requests_never_panic(
+        body in valid_body(),
+        edits in proptest::collection::vec(edit(), 0..6),
+    ) {
+        let mut bytes = body;
+        for e in &edits {
+            apply(&mut bytes, e);
+        }
+        both(&bytes);
     }
 
     #[test]
     fn random_json_never_panics(body in json()) {
-        let bytes = body.to_string().into_bytes();
-        check(chat::parse(&bytes));
-        check(completions::parse(&bytes));
+        both(&body.to_string().into_bytes());
     }
 
     #[test]
@@ -120,10 +205,10 @@ proptest! {
         let messages = messages.into_iter().map(|m| Value::Object(m.into_iter().collect())).collect();
         body.insert("messages".into(), Value::Array(messages));
         let bytes = Value::Object(body.clone()).to_string().into_bytes();
-        check(chat::parse(&bytes));
+        check(&bytes, chat::parse(&bytes));
         body.remove("messages");
         body.entry("prompt").or_insert_with(|| Value::from("p"));
         let bytes = Value::Object(body).to_string().into_bytes();
-        check(completions::parse(&bytes));
+        check(&bytes, completions::parse(&bytes));
     }
 }

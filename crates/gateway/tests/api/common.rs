@@ -36,15 +36,23 @@ pub enum Script {
 pub struct Scripted {
     pub id: String,
     pub script: Script,
+    /// What `info()` reports as the context length.
+    pub context_length: u32,
     pub seen: Mutex<Vec<GenerateRequest>>,
     pub dropped: Arc<AtomicBool>,
 }
 
 impl Scripted {
     pub fn new(id: &str, script: Script) -> Arc<Self> {
+        Self::with_context(id, script, 4096)
+    }
+
+    /// A scripted backend whose model has a context of `context_length` tokens.
+    pub fn with_context(id: &str, script: Script, context_length: u32) -> Arc<Self> {
         Arc::new(Self {
             id: id.into(),
             script,
+            context_length,
             seen: Mutex::new(Vec::new()),
             dropped: Arc::new(AtomicBool::new(false)),
         })
@@ -109,7 +117,7 @@ impl Backend for Scripted {
         ModelInfo {
             id: self.id.clone(),
             owned_by: "flywheel".into(),
-            context_length: Some(4096),
+            context_length: Some(self.context_length),
             created: 1_700_000_000,
         }
     }

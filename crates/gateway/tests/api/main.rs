@@ -1,6 +1,7 @@
 //! The gateway's HTTP API, driven through `router(...)` with scripted backends, and the
 //! upstream backend against a small OpenAI-compatible server started in-process.
 
+mod bounds;
 mod common;
 mod deployments;
 mod errors;

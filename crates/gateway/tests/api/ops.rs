@@ -96,3 +96,37 @@ async fn unknown_routes_and_methods_are_openai_errors() {
         .await
         .assert_error(405, "method_not_allowed", None);
 }
+
+#[tokio::test]
+async fn unserved_model_names_never_become_metric_labels() {
+    let app = app(vec![Scripted::hello("served-model")]).await;
+    let size = |body: &str| body.len();
+    post(&app, "/v1/chat/completions", chat_body("served-model")).await;
+    let before = get(&app, "/metrics", Some(ADMIN_KEY)).await.body;
+    // The attack, scaled to the test's body limit: many unique long model names.
+    let names: Vec<String> = (0..40)
+        .map(|i| format!("{i:04}{}", "n".repeat(60 * 1024)))
+        .collect();
+    for name in &names {
+        post(&app, "/v1/chat/completions", chat_body(name))
+            .await
+            .assert_error(404, "model_not_found", Some("model"));
+        let reply = post(&app, "/v1/completions", completion_body(name)).await;
+        reply.assert_error(404, "model_not_found", Some("model"));
+    }
+    let after = get(&app, "/metrics", Some(ADMIN_KEY)).await.body;
+    let prefix = &names[0][..64];
+    assert!(!after.contains(prefix), "a model name became a label");
+    // Other tests share the recorder, so allow some growth, but far less than one name.
+    assert!(
+        size(&after) < size(&before) + 60 * 1024,
+        "/metrics grew from {} to {} bytes",
+        size(&before),
+        size(&after)
+    );
+    assert!(
+        after.contains("model=\"unknown\""),
+        "refusals for unserved names are not labelled unknown"
+    );
+    assert!(after.contains("model=\"served-model\""), "{after}");
+}

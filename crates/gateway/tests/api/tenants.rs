@@ -14,13 +14,13 @@ use tenancy::Tenancy;
 
 use crate::common::*;
 
-async fn setup(models: Vec<Arc<Scripted>>) -> (Router, Tenancy) {
+pub async fn setup(models: Vec<Arc<Scripted>>) -> (Router, Tenancy) {
     let tenancy = tenancy().await;
     let models = models.into_iter().map(|m| m as Arc<dyn Backend>).collect();
     (app_on(models, false, tenancy.clone()), tenancy)
 }
 
-async fn admin(app: &Router, method: &str, path: &str, body: Option<Value>) -> Reply {
+pub async fn admin(app: &Router, method: &str, path: &str, body: Option<Value>) -> Reply {
     let request = Request::builder()
         .method(method)
         .uri(format!("/admin/v1{path}"))
@@ -31,7 +31,7 @@ async fn admin(app: &Router, method: &str, path: &str, body: Option<Value>) -> R
 }
 
 /// A tenant with `fields` and one key with `key_fields`: `(tenant id, secret, key id)`.
-async fn tenant_with_key(
+pub async fn tenant_with_key(
     app: &Router,
     fields: Value,
     key_fields: Value,
@@ -60,7 +60,7 @@ async fn tenant_with_key(
     )
 }
 
-async fn account(app: &Router, key: &str) -> Value {
+pub async fn account(app: &Router, key: &str) -> Value {
     let reply = get(app, "/v1/account", Some(key)).await;
     assert_eq!(reply.status.as_u16(), 200, "{}", reply.body);
     reply.json()

@@ -16,6 +16,7 @@ use gateway::upstream::{UpstreamBackend, UpstreamConfig};
 use serde_json::{json, Value};
 
 use crate::common::*;
+use crate::tenants::{admin, tenant_with_key};
 
 /// What the fake upstream answers.
 #[derive(Clone)]
@@ -28,6 +29,8 @@ enum Answer {
     },
     Json(Value),
     Stall,
+    /// A 500 whose message names the address the request was sent to.
+    ErrorNamingItself,
 }
 
 struct Fake {
@@ -76,6 +79,15 @@ async fn fake_answer(
             tokio::time::sleep(Duration::from_secs(30)).await;
             StatusCode::OK.into_response()
         }
+        Answer::ErrorNamingItself => {
+            let host = headers
+                .get("host")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            let message = format!("backend http://{host}/v1 is overloaded");
+            let body = json!({ "error": { "message": message, "type": "server_error" } });
+            (StatusCode::INTERNAL_SERVER_ERROR, Json(body)).into_response()
+        }
     }
 }
 
@@ -96,12 +108,17 @@ async fn start(answer: Answer) -> (String, Arc<Fake>) {
 }
 
 fn backend(base_url: &str) -> UpstreamBackend {
+    backend_with_default(base_url, None)
+}
+
+fn backend_with_default(base_url: &str, default_max_tokens: Option<u32>) -> UpstreamBackend {
     UpstreamBackend::new(UpstreamConfig {
         name: "served".into(),
         base_url: base_url.into(),
         api_key: Some("sk-up".into()),
         model: Some("upstream-id".into()),
         timeout_seconds: Some(1),
+        default_max_tokens,
     })
     .unwrap()
 }
@@ -151,6 +168,10 @@ async fn collect(
         other => panic!("the stream does not start with Admitted: {other:?}"),
     }
     let _admitted = events.remove(0);
+    // The upstream is called only after `Admitted`; its refusal is the one item after it.
+    if let [Err(_)] = events.as_slice() {
+        return Err(events.remove(0).unwrap_err());
+    }
     Ok(events)
 }
 
@@ -379,4 +400,233 @@ async fn the_gateway_streams_an_upstream_model() {
     let usage: Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
     assert_eq!(usage["usage"]["prompt_tokens_details"]["cached_tokens"], 1);
     assert_eq!(usage["model"], "served");
+}
+
+/// The gateway serving the upstream at `url` to tenants.
+async fn tenant_app(url: &str, default_max_tokens: Option<u32>) -> Router {
+    let upstream: Arc<dyn Backend> = Arc::new(backend_with_default(url, default_max_tokens));
+    app_on(vec![upstream], false, tenancy().await)
+}
+
+/// `n` chunks of text `t0`, `t1`, … then the upstream's usage claiming all `n` tokens.
+fn chunks(n: usize) -> Vec<String> {
+    let mut sse: Vec<String> = (0..n)
+        .map(|i| {
+            json!({ "choices": [{ "index": 0, "delta": { "content": format!("t{i}") }, "finish_reason": null }] })
+                .to_string()
+        })
+        .collect();
+    sse.push(
+        json!({ "choices": [{ "index": 0, "delta": {}, "finish_reason": "stop" }] }).to_string(),
+    );
+    sse.push(
+        json!({ "choices": [], "usage": { "prompt_tokens": 3, "completion_tokens": n } })
+            .to_string(),
+    );
+    sse.push("[DONE]".into());
+    sse
+}
+
+async fn bill(app: &Router, id: &str) -> Value {
+    let reply = get(app, &format!("/admin/v1/requests/{id}"), Some(ADMIN_KEY)).await;
+    assert_eq!(reply.status.as_u16(), 200, "{}", reply.body);
+    reply.json()
+}
+
+#[tokio::test]
+async fn a_tenant_that_cannot_pay_never_reaches_the_upstream() {
+    let (url, fake) = start(Answer::Sse(chat_sse())).await;
+    let app = tenant_app(&url, None).await;
+    let price = admin(
+        &app,
+        "PUT",
+        "/prices/served",
+        Some(json!({ "input_per_million": 1_000_000, "output_per_million": 1_000_000 })),
+    )
+    .await;
+    assert_eq!(price.status.as_u16(), 200, "{}", price.body);
+    let (_, broke, _) = tenant_with_key(&app, json!({ "grant_tokens": 0 }), json!({})).await;
+    // A tenant that can pay for a little, but not for this request's worst case (the
+    // prompt's upper bound and 100 completion tokens): refused when the reservation fails,
+    // which is before anything is sent upstream.
+    let (id, poor, _) = tenant_with_key(&app, json!({ "grant_tokens": 0 }), json!({})).await;
+    admin(
+        &app,
+        "POST",
+        &format!("/tenants/{id}/topups"),
+        Some(json!({ "amount": 50 })),
+    )
+    .await;
+    for stream in [false, true] {
+        let mut body = chat_body("served");
+        body["max_tokens"] = json!(100);
+        body["stream"] = json!(stream);
+        for key in [&broke, &poor] {
+            post_as(&app, "/v1/chat/completions", body.to_string(), Some(key))
+                .await
+                .assert_error(402, "insufficient_quota", None);
+        }
+    }
+    assert!(
+        fake.seen.lock().unwrap().is_empty(),
+        "an unpaid request reached the upstream"
+    );
+    let poor_account = get(&app, "/v1/account", Some(&poor)).await.json();
+    assert_eq!(poor_account["balance"], 50, "{poor_account}");
+    assert_eq!(poor_account["amount_held"], 0, "{poor_account}");
+
+    // Within its means, it is served.
+    let mut body = chat_body("served");
+    body["max_tokens"] = json!(10);
+    let ok = post_as(&app, "/v1/chat/completions", body.to_string(), Some(&poor)).await;
+    assert_eq!(ok.status.as_u16(), 200, "{}", ok.body);
+    assert_eq!(fake.seen.lock().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn an_upstream_that_ignores_max_tokens_is_cut_off_and_billed_what_was_delivered() {
+    let (url, fake) = start(Answer::Sse(chunks(10))).await;
+    let app = tenant_app(&url, None).await;
+    let (_, key, _) = tenant_with_key(&app, json!({}), json!({})).await;
+
+    let mut body = chat_body("served");
+    body["max_tokens"] = json!(4);
+    let reply = post_as(&app, "/v1/chat/completions", body.to_string(), Some(&key)).await;
+    assert_eq!(reply.status.as_u16(), 200, "{}", reply.body);
+    let json = reply.json();
+    assert_eq!(json["choices"][0]["message"]["content"], "t0t1t2t3");
+    assert_eq!(json["choices"][0]["finish_reason"], "length");
+    assert_eq!(json["usage"]["completion_tokens"], 4);
+    let billed = bill(&app, json["id"].as_str().unwrap()).await;
+    assert_eq!(billed["billed"]["completion_tokens"], 4, "{billed}");
+    assert_eq!(fake.seen.lock().unwrap()[0].2["max_tokens"], 4);
+
+    body["stream"] = json!(true);
+    body["stream_options"] = json!({ "include_usage": true });
+    let reply = post_as(&app, "/v1/chat/completions", body.to_string(), Some(&key)).await;
+    let frames: Vec<Value> = reply
+        .sse()
+        .iter()
+        .filter(|f| *f != "[DONE]")
+        .map(|f| serde_json::from_str(f).unwrap())
+        .collect();
+    let text: String = frames
+        .iter()
+        .filter_map(|f| f["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(text, "t0t1t2t3");
+    let usage = &frames.last().unwrap()["usage"];
+    assert_eq!(usage["completion_tokens"], 4, "{usage}");
+    let billed = bill(&app, frames[0]["id"].as_str().unwrap()).await;
+    assert_eq!(billed["billed"]["completion_tokens"], 4, "{billed}");
+    assert!(
+        billed["billed"]["prompt_tokens"].as_i64() <= billed["prompt_tokens"].as_i64(),
+        "{billed}"
+    );
+
+    // Without a max_tokens from the client, the reserved default is sent and enforced.
+    let app = tenant_app(&url, Some(3)).await;
+    let (_, key, _) = tenant_with_key(&app, json!({}), json!({})).await;
+    let reply = post_as(
+        &app,
+        "/v1/chat/completions",
+        chat_body("served").to_string(),
+        Some(&key),
+    )
+    .await;
+    let json = reply.json();
+    assert_eq!(json["choices"][0]["message"]["content"], "t0t1t2", "{json}");
+    assert_eq!(fake.seen.lock().unwrap().last().unwrap().2["max_tokens"], 3);
+    let billed = bill(&app, json["id"].as_str().unwrap()).await;
+    assert_eq!(billed["max_completion_tokens"], 3, "{billed}");
+    assert_eq!(billed["billed"]["completion_tokens"], 3, "{billed}");
+}
+
+#[tokio::test]
+async fn an_upstream_refusal_bills_nothing() {
+    let error = json!({ "error": { "message": "Rate limit reached", "type": "requests", "code": "rate_limit_exceeded" } });
+    let (url, fake) = start(Answer::Error {
+        status: 429,
+        retry_after: Some("7"),
+        body: error.to_string(),
+    })
+    .await;
+    let app = tenant_app(&url, None).await;
+    let (_, key, _) = tenant_with_key(&app, json!({}), json!({})).await;
+    let before = get(&app, "/v1/account", Some(&key)).await.json();
+    for stream in [false, true] {
+        let mut body = chat_body("served");
+        body["stream"] = json!(stream);
+        let reply = post_as(&app, "/v1/chat/completions", body.to_string(), Some(&key)).await;
+        // Still a status, also for a stream: the upstream's answer is awaited first.
+        reply.assert_error(429, "rate_limit_exceeded", None);
+        assert_eq!(reply.header("retry-after"), Some("7"));
+    }
+    assert_eq!(fake.seen.lock().unwrap().len(), 2);
+    let after = get(&app, "/v1/account", Some(&key)).await.json();
+    assert_eq!(
+        after["grant_tokens_left"], before["grant_tokens_left"],
+        "{after}"
+    );
+    assert_eq!(after["grant_tokens_held"], 0, "{after}");
+}
+
+#[tokio::test]
+async fn tenants_never_see_the_upstreams_address_or_key() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    let app = tenant_app(&format!("http://{addr}/v1"), None).await;
+    let (_, key, _) = tenant_with_key(&app, json!({}), json!({})).await;
+    for stream in [false, true] {
+        let mut body = chat_body("served");
+        body["stream"] = json!(stream);
+        let reply = post_as(&app, "/v1/chat/completions", body.to_string(), Some(&key)).await;
+        reply.assert_error(502, "upstream_unreachable", None);
+        assert!(!reply.body.contains("127.0.0.1"), "{}", reply.body);
+        assert!(
+            !reply.body.contains(&addr.port().to_string()),
+            "{}",
+            reply.body
+        );
+    }
+
+    let (url, _) = start(Answer::ErrorNamingItself).await;
+    let app = tenant_app(&url, None).await;
+    let (_, key, _) = tenant_with_key(&app, json!({}), json!({})).await;
+    let reply = post_as(
+        &app,
+        "/v1/chat/completions",
+        chat_body("served").to_string(),
+        Some(&key),
+    )
+    .await;
+    assert_eq!(reply.status.as_u16(), 500, "{}", reply.body);
+    let message = reply.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(!message.contains("127.0.0.1"), "{message}");
+    assert!(message.contains("is overloaded"), "{message}");
+
+    // The upstream refusing this server's own key is the operator's problem, and says nothing
+    // of the key.
+    let refusal = json!({ "error": { "message": "Incorrect API key provided: sk-up", "code": "invalid_api_key" } });
+    let (url, _) = start(Answer::Error {
+        status: 401,
+        retry_after: None,
+        body: refusal.to_string(),
+    })
+    .await;
+    let app = tenant_app(&url, None).await;
+    let (_, key, _) = tenant_with_key(&app, json!({}), json!({})).await;
+    let reply = post_as(
+        &app,
+        "/v1/chat/completions",
+        chat_body("served").to_string(),
+        Some(&key),
+    )
+    .await;
+    reply.assert_error(502, "upstream_error", None);
+    assert!(!reply.body.contains("sk-up"), "{}", reply.body);
 }

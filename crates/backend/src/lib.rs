@@ -186,6 +186,13 @@ pub enum BackendError {
     },
     #[error("The server is overloaded: {queued} requests are waiting for this model. Retry after {retry_after} s.")]
     Overloaded { queued: usize, retry_after: u64 },
+    /// The tenant already holds its share of the model's queue (others may still queue).
+    #[error("You already have {waiting} requests waiting for this model, your share of its queue ({limit}). Retry after {retry_after} s, when the first of them has been served, or wait for a response before sending more.")]
+    QueueShareExceeded {
+        waiting: usize,
+        limit: usize,
+        retry_after: u64,
+    },
     #[error("The request waited {waited_secs} s in the queue for this model, longer than its maximum wait. Retry after {retry_after} s.")]
     QueueTimeout { waited_secs: u64, retry_after: u64 },
     #[error("{}", .0.message)]

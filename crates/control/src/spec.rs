@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::autoscale::ScalePolicy;
-use crate::queue::QueueConfig;
+use crate::queue::{QueueConfig, DEFAULT_TENANT_SHARE_PERCENT};
 use crate::{Error, Result};
 
 /// Most replicas one deployment may ask for.
@@ -57,6 +57,10 @@ pub struct QueueSpec {
     pub max_length: usize,
     #[serde(default = "default_max_wait")]
     pub max_wait_seconds: u64,
+    /// Percent of `max_length` one tenant may hold waiting (1..=100, default 50; at least one
+    /// request). Requests without a tenant are bounded by `max_length` alone.
+    #[serde(default = "default_tenant_share")]
+    pub tenant_share_percent: u8,
 }
 
 impl Default for QueueSpec {
@@ -64,6 +68,7 @@ impl Default for QueueSpec {
         Self {
             max_length: default_max_length(),
             max_wait_seconds: default_max_wait(),
+            tenant_share_percent: default_tenant_share(),
         }
     }
 }
@@ -85,6 +90,9 @@ fn default_max_length() -> usize {
 }
 fn default_max_wait() -> u64 {
     60
+}
+fn default_tenant_share() -> u8 {
+    DEFAULT_TENANT_SHARE_PERCENT
 }
 
 impl DeploymentSpec {
@@ -182,6 +190,15 @@ impl DeploymentSpec {
                 format!("{} is outside 1..=3600", self.queue.max_wait_seconds),
             );
         }
+        if !(1..=100).contains(&self.queue.tenant_share_percent) {
+            return bad(
+                "queue.tenant_share_percent",
+                format!(
+                    "{} is outside 1..=100 (the percent of queue.max_length one tenant may hold)",
+                    self.queue.tenant_share_percent
+                ),
+            );
+        }
         if let Some((tenant, w)) = self
             .tenant_weights
             .iter()
@@ -208,6 +225,7 @@ impl DeploymentSpec {
         QueueConfig {
             max_length: self.queue.max_length,
             max_wait: Duration::from_secs(self.queue.max_wait_seconds),
+            tenant_share_percent: self.queue.tenant_share_percent,
             // A slot finishing a short request every two seconds, until observed.
             prior_per_slot_per_sec: 0.5,
         }
@@ -335,6 +353,29 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("queue.max_wait_seconds"));
+        s.queue.max_wait_seconds = 60;
+        s.queue.tenant_share_percent = 0;
+        assert!(s
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("queue.tenant_share_percent"));
+    }
+
+    #[test]
+    fn a_tenant_holds_half_the_queue_unless_configured() {
+        let spec: DeploymentSpec = serde_json::from_str(
+            r#"{"name": "smol", "model": "m.gguf", "queue": {"max_length": 9}}"#,
+        )
+        .unwrap();
+        assert_eq!(spec.queue.tenant_share_percent, 50);
+        assert_eq!(spec.queue_config().per_tenant_limit(), 4);
+        let mut spec = spec;
+        spec.queue.tenant_share_percent = 100;
+        assert_eq!(spec.queue_config().per_tenant_limit(), 9);
+        spec.queue.max_length = 1;
+        spec.queue.tenant_share_percent = 1;
+        assert_eq!(spec.queue_config().per_tenant_limit(), 1, "at least one");
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod metrics;
 pub mod model;
 pub mod sampling;
 pub mod scheduler;
+pub mod special;
 pub mod template;
 pub mod text;
 

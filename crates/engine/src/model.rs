@@ -5,12 +5,14 @@ use std::num::NonZeroU16;
 use std::path::Path;
 use std::sync::{Mutex, OnceLock};
 
-use backend::Prompt;
+use backend::{ChatMessage, Prompt};
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
+use llama_cpp_2::token_type::LlamaTokenAttr;
 
+use crate::special::{Piece, Special, SpecialTokens};
 use crate::template::{ChatTemplate, TemplateError, CHATML};
 use crate::{EngineError, Result};
 
@@ -41,6 +43,8 @@ pub struct LoadedModel {
     pub template: ChatTemplate,
     /// Whether the template came from the GGUF (false: the ChatML fallback).
     pub template_from_gguf: bool,
+    /// The control tokens, which only the chat template may write.
+    specials: SpecialTokens,
     add_bos: bool,
     pub n_ctx_train: u32,
     pub file_bytes: u64,
@@ -93,32 +97,70 @@ impl LoadedModel {
         let template = ChatTemplate::new(&source, &bos_token, &eos_token)
             .map_err(|e| EngineError::Load(format!("{}: {e}", path.display())))?;
         let n_ctx_train = model.n_ctx_train();
+        let specials = control_tokens(&model);
         Ok(Self {
             model,
             template,
             template_from_gguf,
+            specials,
             add_bos,
             n_ctx_train,
             file_bytes,
         })
     }
 
-    /// The prompt's tokens: chat messages go through the model's template; special tokens written
-    /// in the text (e.g. `<|im_start|>`) are parsed as special tokens, as llama-server does.
+    /// The prompt's tokens, BOS first if the vocabulary wants it and the prompt does not start
+    /// with it already.
+    ///
+    /// Chat messages go through the model's template, and only the special tokens the template
+    /// writes are special: the same texts in a message's role or content are plain text (see
+    /// [`crate::special`]). A raw `/v1/completions` prompt is the client's whole prompt, template
+    /// included, so special-token texts in it are parsed as special tokens, as llama-server does.
     pub fn prompt_tokens(&self, prompt: &Prompt) -> Result<Vec<LlamaToken>> {
-        let text = match prompt {
-            Prompt::Chat(messages) => self.template.render(messages).map_err(|e| match e {
-                TemplateError::Rejected(m) => EngineError::BadPrompt(format!(
-                    "the model's chat template rejected the messages: {m}"
-                )),
-                TemplateError::Invalid(m) => EngineError::Load(m),
-            })?,
-            Prompt::Text(t) => t.clone(),
-        };
-        tracing::debug!(prompt = %text, "rendered prompt");
+        match prompt {
+            Prompt::Chat(messages) => self.chat_tokens(messages),
+            Prompt::Text(text) => {
+                let add_bos = self.wants_bos(text);
+                Ok(self.model.vocab().tokenize(text.as_bytes(), add_bos, true))
+            }
+        }
+    }
+
+    fn chat_tokens(&self, messages: &[ChatMessage]) -> Result<Vec<LlamaToken>> {
+        let escaped: Vec<ChatMessage> = messages
+            .iter()
+            .map(|m| ChatMessage {
+                role: self.specials.escape(&m.role).into_owned(),
+                content: self.specials.escape(&m.content).into_owned(),
+            })
+            .collect();
+        let rendered = self.template.render(&escaped).map_err(|e| match e {
+            TemplateError::Rejected(m) => EngineError::BadPrompt(format!(
+                "the model's chat template rejected the messages: {m}"
+            )),
+            TemplateError::Invalid(m) => EngineError::Load(m),
+        })?;
+        tracing::debug!(prompt = %rendered, "rendered prompt");
+        let vocab = self.model.vocab();
+        let mut tokens = Vec::with_capacity(rendered.len() / 3 + 2);
+        if self.wants_bos(&rendered) {
+            tokens.push(vocab.bos());
+        }
+        for piece in self.specials.split(&rendered) {
+            match piece {
+                Piece::Special(id) => tokens.push(LlamaToken(id)),
+                Piece::Text(text) => {
+                    vocab.tokenize_into(text.as_bytes(), &mut tokens, false, false)
+                }
+            }
+        }
+        Ok(tokens)
+    }
+
+    /// Whether to put BOS before a prompt that renders to `text`.
+    fn wants_bos(&self, text: &str) -> bool {
         let bos = self.template.bos_token();
-        let add_bos = self.add_bos && (bos.is_empty() || !text.starts_with(bos));
-        Ok(self.model.vocab().tokenize(text.as_bytes(), add_bos, true))
+        self.add_bos && (bos.is_empty() || !text.starts_with(bos))
     }
 
     pub fn is_end_of_generation(&self, token: LlamaToken) -> bool {
@@ -132,6 +174,24 @@ impl LoadedModel {
             .vocab()
             .token_to_piece_into(token, buf, false, None::<NonZeroU16>);
     }
+}
+
+/// The tokens llama.cpp parses only when asked to: control and unknown tokens.
+fn control_tokens(model: &LlamaModel) -> SpecialTokens {
+    let vocab = model.vocab();
+    SpecialTokens::new(vocab.tokens().filter_map(|token| {
+        let attr = vocab.attr(token);
+        if !(attr.contains(LlamaTokenAttr::Control) || attr.contains(LlamaTokenAttr::Unknown)) {
+            return None;
+        }
+        let text = vocab.text(token)?.to_str().ok()?;
+        Some(Special {
+            text: text.to_owned(),
+            id: token.0,
+            lstrip: attr.contains(LlamaTokenAttr::LStrip),
+            rstrip: attr.contains(LlamaTokenAttr::RStrip),
+        })
+    }))
 }
 
 fn piece(model: &LlamaModel, token: LlamaToken) -> String {

@@ -106,6 +106,7 @@ fn pinned_spec(spec: &ModelSpec, config: &ServeConfig) -> DeploymentSpec {
         queue: QueueSpec {
             max_length: e.max_queue,
             max_wait_seconds: config.max_queue_wait_seconds,
+            ..QueueSpec::default()
         },
         pinned: true,
         ..DeploymentSpec::new(spec.name.clone(), model_of(spec))

@@ -137,6 +137,9 @@ impl ApiError {
             BackendError::Overloaded { retry_after, .. } => {
                 Self::new(Code::ServerOverloaded, message).with_retry_after(retry_after)
             }
+            BackendError::QueueShareExceeded { retry_after, .. } => {
+                Self::new(Code::RateLimitExceeded, message).with_retry_after(retry_after)
+            }
             BackendError::QueueTimeout { retry_after, .. } => {
                 Self::new(Code::QueueTimeout, message).with_retry_after(retry_after)
             }

@@ -17,7 +17,7 @@ use crate::launcher::{ReplicaLauncher, ReplicaSpec};
 use crate::metrics;
 use crate::node::Node;
 use crate::placement::ReplicaKey;
-use crate::queue::{DrainRate, State};
+use crate::queue::{DrainRate, Refusal, State};
 use crate::spec::DeploymentSpec;
 
 /// How often the control loop runs (expiry, positions, autoscaling).
@@ -256,12 +256,27 @@ impl Actor {
                     eta_ms: pos.eta_ms,
                 }));
             }
-            Err(full) => {
+            Err(refusal) => {
                 metrics::rejection(&self.spec.name);
-                let _ = events.send(Err(BackendError::Overloaded {
-                    queued: full.queued,
-                    retry_after: full.retry_after,
-                }));
+                let error = match refusal {
+                    Refusal::Full {
+                        queued,
+                        retry_after,
+                    } => BackendError::Overloaded {
+                        queued,
+                        retry_after,
+                    },
+                    Refusal::OverShare {
+                        waiting,
+                        limit,
+                        retry_after,
+                    } => BackendError::QueueShareExceeded {
+                        waiting,
+                        limit,
+                        retry_after,
+                    },
+                };
+                let _ = events.send(Err(error));
             }
         }
     }

@@ -9,6 +9,14 @@
 //! in arrival order). A tenant with a backlog of 500 therefore cannot delay another tenant's
 //! k-th request by more than about k of its own (weight 1 each): B's k-th request is taken at a
 //! position ≤ 2k. Weights give a tenant proportionally more turns.
+//!
+//! **Shares** bound what one tenant may *hold*: fair order alone decides who goes next, but a
+//! tenant that fills the whole queue still locks every other tenant out of it. So a tenant may
+//! hold at most `max(1, max_length × tenant_share_percent / 100)` waiting requests (half by
+//! default); one more is refused with a `Retry-After` of its own: the time until its first
+//! waiting request is taken, which frees a place in its share. Requests without a tenant (the
+//! admin, or a server without keys, where everyone is that one class) are bounded by
+//! `max_length` alone.
 
 mod drain;
 mod eta;
@@ -26,6 +34,9 @@ const TAG_UNIT: u64 = 1 << 20;
 /// `Retry-After` never exceeds this many seconds.
 pub const RETRY_AFTER_CAP_SECS: u64 = 300;
 
+/// A tenant's share of a queue unless configured: half, so one tenant never holds it all.
+pub const DEFAULT_TENANT_SHARE_PERCENT: u8 = 50;
+
 /// Identifies a waiting request (unique within one queue).
 pub type TicketId = u64;
 
@@ -38,8 +49,18 @@ pub struct QueueConfig {
     pub max_length: usize,
     /// A request waiting longer is removed with a timeout (503).
     pub max_wait: Duration,
+    /// Percent of `max_length` one tenant may hold (1..=100; at least one request).
+    pub tenant_share_percent: u8,
     /// Completions per second per slot assumed before any were observed.
     pub prior_per_slot_per_sec: f64,
+}
+
+impl QueueConfig {
+    /// Waiting requests one tenant may hold: its share of `max_length`, at least one.
+    pub fn per_tenant_limit(&self) -> usize {
+        let percent = usize::from(self.tenant_share_percent.clamp(1, 100));
+        (self.max_length.saturating_mul(percent) / 100).max(1)
+    }
 }
 
 impl Default for QueueConfig {
@@ -47,6 +68,7 @@ impl Default for QueueConfig {
         Self {
             max_length: 1024,
             max_wait: Duration::from_secs(60),
+            tenant_share_percent: DEFAULT_TENANT_SHARE_PERCENT,
             prior_per_slot_per_sec: 1.0,
         }
     }
@@ -59,11 +81,28 @@ pub struct Position {
     pub eta_ms: u64,
 }
 
-/// The queue refused a request: it is full.
+/// Why the queue refused a request, with the seconds after which a retry may succeed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Full {
-    pub queued: usize,
-    pub retry_after: u64,
+pub enum Refusal {
+    /// The queue holds `max_length` requests.
+    Full { queued: usize, retry_after: u64 },
+    /// The request's tenant already holds its share (`limit`) of the queue; `retry_after` is
+    /// the time until its first waiting request is taken.
+    OverShare {
+        waiting: usize,
+        limit: usize,
+        retry_after: u64,
+    },
+}
+
+impl Refusal {
+    pub fn retry_after(&self) -> u64 {
+        match *self {
+            Refusal::Full { retry_after, .. } | Refusal::OverShare { retry_after, .. } => {
+                retry_after
+            }
+        }
+    }
 }
 
 /// A request leaving the queue (taken, expired or cancelled), with what is needed to put it
@@ -98,6 +137,8 @@ pub struct State<T> {
     order: BTreeMap<(u64, TicketId), Waiting<T>>,
     /// id → tag, in arrival order (ids increase), for expiry and removal.
     arrivals: BTreeMap<TicketId, u64>,
+    /// Waiting requests per tenant (only tenants with at least one).
+    held: HashMap<TenantKey, usize>,
     last_finish: HashMap<TenantKey, u64>,
     weights: HashMap<String, u32>,
     virtual_time: u64,
@@ -112,6 +153,7 @@ impl<T> State<T> {
             config,
             order: BTreeMap::new(),
             arrivals: BTreeMap::new(),
+            held: HashMap::new(),
             last_finish: HashMap::new(),
             weights: HashMap::new(),
             virtual_time: 0,
@@ -162,16 +204,30 @@ impl<T> State<T> {
             .retry_after_secs(self.len().max(1), RETRY_AFTER_CAP_SECS)
     }
 
-    /// Put a request in line, or refuse it when the queue is full.
+    /// Waiting requests of this tenant.
+    pub fn held_by(&self, tenant: &TenantKey) -> usize {
+        self.held.get(tenant).copied().unwrap_or(0)
+    }
+
+    /// Put a request in line, or refuse it when its tenant holds its share or the queue is full.
     pub fn push(
         &mut self,
         tenant: TenantKey,
         item: T,
         now: Instant,
-    ) -> Result<(TicketId, Position), Full> {
+    ) -> Result<(TicketId, Position), Refusal> {
         self.drain.observe(now, !self.is_empty());
+        let waiting = self.held_by(&tenant);
+        let limit = self.config.per_tenant_limit();
+        if tenant.is_some() && waiting >= limit {
+            return Err(Refusal::OverShare {
+                waiting,
+                limit,
+                retry_after: self.retry_after_for(&tenant),
+            });
+        }
         if self.len() >= self.config.max_length {
-            return Err(Full {
+            return Err(Refusal::Full {
                 queued: self.len(),
                 retry_after: self.retry_after(),
             });
@@ -190,6 +246,7 @@ impl<T> State<T> {
             .max(self.virtual_time);
         let tag = start.saturating_add(TAG_UNIT / u64::from(weight));
         self.last_finish.insert(tenant.clone(), tag);
+        *self.held.entry(tenant.clone()).or_insert(0) += 1;
         let id = self.next_id;
         self.next_id += 1;
         self.order.insert(
@@ -211,6 +268,7 @@ impl<T> State<T> {
         self.drain.observe(now, !self.is_empty());
         let ((tag, id), waiting) = self.order.pop_first()?;
         self.arrivals.remove(&id);
+        self.release(&waiting.tenant);
         self.drain.observe(now, !self.is_empty());
         self.virtual_time = self.virtual_time.max(tag);
         self.forget_idle_tenants();
@@ -232,6 +290,7 @@ impl<T> State<T> {
     /// its arrival time, so it neither loses its turn nor gains wait allowance.
     pub fn requeue(&mut self, entry: Entry<T>) {
         self.arrivals.insert(entry.id, entry.tag);
+        *self.held.entry(entry.tenant.clone()).or_insert(0) += 1;
         self.order.insert(
             (entry.tag, entry.id),
             Waiting {
@@ -252,6 +311,7 @@ impl<T> State<T> {
     pub fn remove(&mut self, id: TicketId) -> Option<Entry<T>> {
         let tag = self.arrivals.remove(&id)?;
         let waiting = self.order.remove(&(tag, id))?;
+        self.release(&waiting.tenant);
         Some(Entry {
             id,
             tenant: waiting.tenant,
@@ -316,6 +376,26 @@ impl<T> State<T> {
             .filter(|(_, w)| f(&w.item))
             .map(|((_, id), _)| *id)
             .collect()
+    }
+
+    /// `Retry-After` for a tenant over its share: until its first waiting request is taken.
+    fn retry_after_for(&self, tenant: &TenantKey) -> u64 {
+        let first = self
+            .order
+            .values()
+            .position(|w| &w.tenant == tenant)
+            .map_or(1, |i| i + 1);
+        self.drain.retry_after_secs(first, RETRY_AFTER_CAP_SECS)
+    }
+
+    /// One of this tenant's requests left the queue.
+    fn release(&mut self, tenant: &TenantKey) {
+        if let Some(n) = self.held.get_mut(tenant) {
+            *n -= 1;
+            if *n == 0 {
+                self.held.remove(tenant);
+            }
+        }
     }
 
     fn position_at(&self, position: usize) -> Position {

@@ -8,7 +8,16 @@ fn config(max_length: usize, max_wait_secs: u64) -> QueueConfig {
     QueueConfig {
         max_length,
         max_wait: Duration::from_secs(max_wait_secs),
+        // These tests are about order and bounds, not shares: one tenant may hold it all.
+        tenant_share_percent: 100,
         prior_per_slot_per_sec: 1.0,
+    }
+}
+
+fn shared(max_length: usize, tenant_share_percent: u8) -> QueueConfig {
+    QueueConfig {
+        tenant_share_percent,
+        ..config(max_length, 600)
     }
 }
 
@@ -96,9 +105,14 @@ fn a_full_queue_refuses_with_retry_after() {
         q.push(None, i, t0).unwrap();
     }
     let full = q.push(None, 3, t0).unwrap_err();
-    assert_eq!(full.queued, 3);
     // Prior of 1/s: three waiting need 3 s.
-    assert_eq!(full.retry_after, 3);
+    assert_eq!(
+        full,
+        Refusal::Full {
+            queued: 3,
+            retry_after: 3
+        }
+    );
     q.pop(t0).unwrap();
     assert!(q.push(None, 4, t0).is_ok());
 }
@@ -181,13 +195,121 @@ fn tenant_bookkeeping_stays_bounded() {
     assert!(q.last_finish.len() <= 32, "{}", q.last_finish.len());
 }
 
+#[test]
+fn a_tenant_cannot_hold_more_than_its_share_and_others_still_queue() {
+    let t0 = Instant::now();
+    let mut q = State::new(shared(10, 50));
+    for i in 0..5 {
+        q.push(tenant("a"), i, t0).unwrap();
+    }
+    // A holds its 5 of 10: its sixth is refused though the queue has room.
+    let refused = q.push(tenant("a"), 5, t0).unwrap_err();
+    assert!(
+        matches!(
+            refused,
+            Refusal::OverShare {
+                waiting: 5,
+                limit: 5,
+                ..
+            }
+        ),
+        "{refused:?}"
+    );
+    assert_eq!(q.len(), 5);
+    // B (and the tenant-less class) still get in, and B is next after A's first.
+    let (_, pos) = q.push(tenant("b"), 100, t0).unwrap();
+    assert_eq!(pos.position, 2);
+    q.push(None, 200, t0).unwrap();
+    assert_eq!(q.held_by(&tenant("a")), 5);
+    assert_eq!(q.held_by(&tenant("b")), 1);
+}
+
+#[test]
+fn over_share_retry_after_is_the_wait_for_its_own_first_request() {
+    let t0 = Instant::now();
+    // Prior 1/s on one slot.
+    let mut q = State::new(shared(100, 10));
+    for i in 0..20 {
+        q.push(None, i, t0).unwrap();
+    }
+    for i in 0..10 {
+        q.push(tenant("a"), 100 + i, t0).unwrap();
+    }
+    // A's first waiting request is 2nd in fair order: about 2 s, not the whole backlog's 30 s.
+    let Err(Refusal::OverShare { retry_after, .. }) = q.push(tenant("a"), 999, t0) else {
+        panic!("A is over its share of 10");
+    };
+    assert_eq!(retry_after, 2);
+    assert_eq!(q.retry_after(), 30);
+}
+
+#[test]
+fn a_share_frees_up_as_its_requests_leave_the_queue() {
+    let t0 = Instant::now();
+    let mut q = State::new(shared(4, 50));
+    let (a0, _) = q.push(tenant("a"), 0, t0).unwrap();
+    q.push(tenant("a"), 1, t0).unwrap();
+    assert!(q.push(tenant("a"), 2, t0).is_err());
+    // Taken: a place frees up.
+    let taken = q.pop(t0).unwrap();
+    assert_eq!(taken.id, a0);
+    q.push(tenant("a"), 2, t0).unwrap();
+    assert!(q.push(tenant("a"), 3, t0).is_err());
+    // Put back after a replica bounced it: it counts again (the share may be exceeded by one
+    // requeue, never by a push).
+    q.requeue(taken);
+    assert_eq!(q.held_by(&tenant("a")), 3);
+    assert!(q.push(tenant("a"), 3, t0).is_err());
+    // Removed (client left) and expired ones free their places too.
+    let ids = q.ids_where(|i| *i == 1);
+    q.remove(ids[0]).unwrap();
+    q.pop(t0).unwrap();
+    assert_eq!(q.held_by(&tenant("a")), 1);
+    q.push(tenant("a"), 4, t0).unwrap();
+    assert_eq!(q.expire(t0 + Duration::from_secs(600)).len(), 2);
+    assert_eq!(q.held_by(&tenant("a")), 0);
+    assert!(
+        q.held.is_empty(),
+        "no bookkeeping for tenants with nothing waiting"
+    );
+}
+
+#[test]
+fn the_tenant_less_class_is_bounded_by_max_length_alone() {
+    let t0 = Instant::now();
+    let mut q = State::new(shared(4, 25));
+    for i in 0..4 {
+        q.push(None, i, t0).unwrap();
+    }
+    assert!(matches!(
+        q.push(None, 4, t0),
+        Err(Refusal::Full { queued: 4, .. })
+    ));
+    // A full queue refuses a tenant under its share as full, not as over its share.
+    assert!(matches!(
+        q.push(tenant("a"), 4, t0),
+        Err(Refusal::Full { .. })
+    ));
+}
+
+#[test]
+fn a_share_is_at_least_one_request() {
+    let t0 = Instant::now();
+    let mut q = State::new(shared(3, 1));
+    q.push(tenant("a"), 0, t0).unwrap();
+    assert!(matches!(
+        q.push(tenant("a"), 1, t0),
+        Err(Refusal::OverShare { limit: 1, .. })
+    ));
+}
+
 proptest::proptest! {
-    /// Whatever the operations, positions are 1..=len in take order and the queue never
-    /// holds more than max_length.
+    /// Whatever the operations, positions are 1..=len in take order, the queue never holds
+    /// more than max_length and no tenant more than its share.
     #[test]
     fn positions_are_dense_and_bounded(ops in proptest::collection::vec((0u8..4, 0u8..5), 1..300)) {
         let t0 = Instant::now();
-        let mut q = State::new(config(20, 30));
+        let mut q = State::new(QueueConfig { max_wait: Duration::from_secs(30), ..shared(20, 30) });
         let mut now = t0;
         for (op, who) in ops {
             now += Duration::from_millis(700);
@@ -197,6 +319,10 @@ proptest::proptest! {
                 _ => { q.expire(now); }
             }
             proptest::prop_assert!(q.len() <= 20);
+            // No tenant holds more than its share (30 % of 20), and the counts add up.
+            let held: usize = q.held.values().sum();
+            proptest::prop_assert_eq!(held, q.len());
+            proptest::prop_assert!(q.held.values().all(|&n| (1..=6).contains(&n)));
             let ps: Vec<usize> = q.positions().map(|(_, _, p)| p.position).collect();
             proptest::prop_assert_eq!(ps, (1..=q.len()).collect::<Vec<_>>());
         }

@@ -52,6 +52,7 @@ async fn smollm2_bursts_scales_to_zero_and_cold_starts() {
         queue: QueueSpec {
             max_length: 64,
             max_wait_seconds: 120,
+            ..QueueSpec::default()
         },
         ..DeploymentSpec::new("smol", path.to_string_lossy())
     };

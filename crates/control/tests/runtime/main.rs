@@ -77,6 +77,7 @@ async fn tenant_b_is_served_while_a_has_a_backlog() {
         queue: QueueSpec {
             max_length: 1000,
             max_wait_seconds: 3600,
+            ..QueueSpec::default()
         },
         ..spec("fair", 1, 1, 1)
     };
@@ -130,12 +131,81 @@ async fn tenant_b_is_served_while_a_has_a_backlog() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn tenant_a_filling_its_share_leaves_room_for_tenant_b() {
+    let fx = fixture(8, Duration::from_millis(100), Duration::from_secs(1));
+    let spec = control::DeploymentSpec {
+        queue: QueueSpec {
+            max_length: 8,
+            max_wait_seconds: 600,
+            tenant_share_percent: 50,
+        },
+        ..spec("shared", 1, 1, 1)
+    };
+    fx.plane.create(spec).await.unwrap();
+    wait_until(&fx.plane, "shared", 10, |v| ready(v) == 1).await;
+    let d = fx.plane.get("shared").unwrap();
+
+    // A takes the one slot, then tries to fill the whole queue of 8.
+    let mut a_streams = vec![d.generate(request("a-running", Some("a"))).await.unwrap()];
+    let mut a_refusals = Vec::new();
+    for i in 0..8 {
+        match d.generate(request(&format!("a{i}"), Some("a"))).await {
+            Ok(stream) => a_streams.push(stream),
+            Err(e) => a_refusals.push(e),
+        }
+    }
+    assert_eq!(a_streams.len(), 1 + 4, "A holds its share: 4 of 8 waiting");
+    assert_eq!(a_refusals.len(), 4);
+    for e in &a_refusals {
+        match e {
+            BackendError::QueueShareExceeded {
+                waiting,
+                limit,
+                retry_after,
+            } => {
+                assert_eq!((*waiting, *limit), (4, 4));
+                // A's first waiting request is next: one request's time, not the cap of 300.
+                assert!((1..=10).contains(retry_after), "{retry_after}");
+            }
+            other => panic!("expected A over its share, got {other:?}"),
+        }
+    }
+
+    // B is still queued behind A's share, and answered.
+    let b: Vec<_> = (0..4)
+        .map(|i| {
+            let d = fx.plane.get("shared").unwrap();
+            tokio::spawn(async move { run(&d, request(&format!("b{i}"), Some("b"))).await })
+        })
+        .collect();
+    let a: Vec<_> = a_streams
+        .into_iter()
+        .map(|s| tokio::spawn(finish(s)))
+        .collect();
+    for h in b {
+        let outcome = h.await.unwrap();
+        assert!(
+            matches!(outcome, Outcome::Finished { queued_events } if queued_events >= 1),
+            "B waited in the queue and was answered: {outcome:?}"
+        );
+    }
+    for h in a {
+        assert!(matches!(h.await.unwrap(), Outcome::Finished { .. }));
+    }
+    // Fair order interleaved B with A's backlog instead of serving it after.
+    let order = fx.journal.started.lock().unwrap().clone();
+    let at = |id: &str| order.iter().position(|x| x == id).unwrap();
+    assert!(at("b0") < at("a3"), "{order:?}");
+}
+
+#[tokio::test(start_paused = true)]
 async fn past_max_wait_the_stream_ends_with_queue_timeout() {
     let fx = fixture(8, Duration::from_millis(10), Duration::from_secs(100));
     let spec = control::DeploymentSpec {
         queue: QueueSpec {
             max_length: 10,
             max_wait_seconds: 5,
+            ..QueueSpec::default()
         },
         ..spec("slow", 1, 1, 1)
     };
@@ -174,6 +244,7 @@ async fn a_full_queue_refuses_with_retry_after() {
         queue: QueueSpec {
             max_length: 2,
             max_wait_seconds: 600,
+            ..QueueSpec::default()
         },
         ..spec("small", 1, 1, 1)
     };

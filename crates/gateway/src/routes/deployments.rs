@@ -32,7 +32,7 @@ const SPEC_FIELDS: &[&str] = &[
     "queue",
     "tenant_weights",
 ];
-const QUEUE_FIELDS: &[&str] = &["max_length", "max_wait_seconds"];
+const QUEUE_FIELDS: &[&str] = &["max_length", "max_wait_seconds", "tenant_share_percent"];
 
 fn plane(state: &AppState) -> Result<&ControlPlane> {
     state.plane().ok_or_else(|| {

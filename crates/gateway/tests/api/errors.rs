@@ -60,6 +60,27 @@ async fn overloaded_is_429_with_retry_after() {
 }
 
 #[tokio::test]
+async fn over_the_tenant_share_of_a_queue_is_429_rate_limit_with_its_retry_after() {
+    let reply = refuse(
+        BackendError::QueueShareExceeded {
+            waiting: 32,
+            limit: 32,
+            retry_after: 4,
+        },
+        CHAT,
+    )
+    .await;
+    reply.assert_error(429, "rate_limit_exceeded", None);
+    assert_eq!(reply.json()["error"]["type"], "requests");
+    assert_eq!(reply.header("retry-after"), Some("4"));
+    assert!(
+        reply.body.contains("your share of its queue (32)"),
+        "{}",
+        reply.body
+    );
+}
+
+#[tokio::test]
 async fn shutting_down_is_503_with_retry_after() {
     let reply = refuse(BackendError::ShuttingDown, COMPLETIONS).await;
     reply.assert_error(503, "shutting_down", None);

@@ -207,7 +207,10 @@ impl ControlPlane {
                     None => d.shutdown().await,
                     Some(grace) => {
                         if tokio::time::timeout(grace, d.shutdown()).await.is_err() {
-                            tracing::warn!(deployment = d.name(), "requests still running after the drain; ending them");
+                            tracing::warn!(
+                                deployment = d.name(),
+                                "requests still running after the drain; ending them"
+                            );
                             d.stop().await;
                         }
                     }

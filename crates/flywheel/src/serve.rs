@@ -51,14 +51,12 @@ async fn serve(config: ServeConfig) -> Result<()> {
         max_body_bytes: config.max_body_bytes,
     });
     let limits = connection_limits(&config);
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot listen on {}; is another server using it?",
-                config.listen
-            )
-        })?;
+    let listener = crate::http::bind(config.listen).with_context(|| {
+        format!(
+            "cannot listen on {}; is another server using it?",
+            config.listen
+        )
+    })?;
     let addr = listener.local_addr().context("listener has no address")?;
     tracing::info!("listening on http://{addr}");
     eprintln!("flywheel is serving on http://{addr}");
@@ -116,7 +114,7 @@ fn connection_limits(config: &ServeConfig) -> crate::http::ConnectionLimits {
     let files = crate::http::raise_open_files_limit();
     let fitting = crate::http::ConnectionLimits::fitting(files);
     if limits.max_connections > fitting {
-        tracing::warn!(
+        tracing::info!(
             configured = limits.max_connections,
             open_file_limit = files,
             max_connections = fitting,

@@ -16,13 +16,14 @@ mod limits;
 
 use std::convert::Infallible;
 use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::Service;
@@ -37,6 +38,24 @@ const CONNECTIONS: &str = "flywheel_http_connections";
 const REFUSED: &str = "flywheel_http_connections_refused_total";
 /// Connections closed by a timeout, by `reason` (`idle`, `header_read`).
 const TIMED_OUT: &str = "flywheel_http_connections_timed_out_total";
+
+/// Connections the kernel completes and queues before the accept loop takes them. std's and
+/// tokio's default (128) overflows under a burst of connects on a busy machine, and every
+/// dropped SYN costs its client a one-second retransmit; the kernel caps this at somaxconn.
+const BACKLOG: u32 = 4096;
+
+/// Listen on `addr` with a backlog that absorbs bursts.
+pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}
 
 /// A running server: the accept loop and its connections.
 pub struct Server {

@@ -141,7 +141,7 @@ def test_sigterm_past_the_drain_ends_streams_and_exits_cleanly(tmp_path_factory,
     with SIGSEGV, 139) and exits 0; each request is settled at what its client was sent."""
     tmp = str(tmp_path_factory.mktemp("drain-cut"))
     args = ["--model", f"{paths['smol']}=smol", "--slots", "3", "--slot-context", "512",
-            "--threads", "1", "--drain-seconds", "1"]
+            "--threads", "2", "--drain-seconds", "1"]
     server = _start("drain-cut", args, tmp, admin_key).with_tenant()
     outs = [{} for _ in range(3)]
     try:

@@ -137,7 +137,10 @@ fn run(
         stopping: false,
     };
     worker.run();
-    // `worker` (and with it the context) is dropped here, on this thread.
+    let model_name = worker.metrics.model().to_owned();
+    // The context is freed here, on this thread.
+    drop(worker);
+    tracing::info!(model = %model_name, "engine thread stopped");
 }
 
 struct Worker<'m> {

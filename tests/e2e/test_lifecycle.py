@@ -106,3 +106,74 @@ def test_sigterm_drains_running_stream(tmp_path_factory, paths, admin_key):
         assert bill["billed"]["prompt_tokens"] == out["usage"]["prompt_tokens"], bill
     finally:
         _stop(again)
+
+
+def _stream_until_cut(server, out: dict, started: threading.Event):
+    """A stream that would run long (ignore_eos), recording what the client received."""
+    body = {"model": "smol", "prompt": "Once upon a time", "max_tokens": 480, "stream": True,
+            "ignore_eos": True, "stream_options": {"include_usage": True}}
+    out.update(chunks=0, text_chunks=0, error=None, done=False)
+    try:
+        with requests.post(server.url + "/v1/completions", json=body, headers=server.auth(),
+                           stream=True, timeout=120) as r:
+            out["status"] = r.status_code
+            for line in r.iter_lines():
+                if line == b"data: [DONE]":
+                    out["done"] = True
+                elif line.startswith(b"data: "):
+                    event = json.loads(line[6:])
+                    if "error" in event:
+                        out["error"] = event["error"]
+                        continue
+                    out["id"] = event.get("id")
+                    out["chunks"] += 1
+                    if any(c.get("text") for c in event.get("choices", [])):
+                        out["text_chunks"] += 1
+                    started.set()
+    except requests.RequestException as e:
+        out["exception"] = repr(e)
+    started.set()
+
+
+def test_sigterm_past_the_drain_ends_streams_and_exits_cleanly(tmp_path_factory, paths, admin_key):
+    """With --drain-seconds 1 and streams that outlast it, SIGTERM ends the streams (an error
+    event `shutting_down`), stops the engine thread before the process exits (it used to exit
+    with SIGSEGV, 139) and exits 0; each request is settled at what its client was sent."""
+    tmp = str(tmp_path_factory.mktemp("drain-cut"))
+    args = ["--model", f"{paths['smol']}=smol", "--slots", "3", "--slot-context", "512",
+            "--threads", "2", "--drain-seconds", "1"]
+    server = _start("drain-cut", args, tmp, admin_key).with_tenant()
+    outs = [{} for _ in range(3)]
+    try:
+        started = [threading.Event() for _ in outs]
+        runners = [threading.Thread(target=_stream_until_cut, args=(server, out, ev))
+                   for out, ev in zip(outs, started)]
+        for t in runners:
+            t.start()
+        for ev in started:
+            assert ev.wait(60), "a stream never started"
+        time.sleep(0.5)
+        server.proc.send_signal(signal.SIGTERM)  # by PID: the process this test started
+        t0 = time.monotonic()
+        code = server.proc.wait(timeout=30)
+        took = time.monotonic() - t0
+        for t in runners:
+            t.join(30)
+        assert code == 0, f"exit status {code} after SIGTERM:\n{server.log_tail()}"
+        assert took < 15, f"shutdown took {took:.1f}s with --drain-seconds 1"
+        for out in outs:
+            assert out.get("status") == 200, out
+            assert not out["done"], f"a stream of 480 tokens finished within the drain: {out}"
+            assert out["error"] and out["error"]["code"] == "shutting_down", out
+    finally:
+        _stop(server)
+    again = _start("drain-cut-again", args, tmp, admin_key)
+    try:
+        for out in outs:
+            bill = again.admin("GET", f"/requests/{out['id']}", expect=200)
+            assert bill["state"] == "settled", bill
+            billed = bill["billed"]["completion_tokens"]
+            # Every text chunk carries at least one token; the reservation was 480.
+            assert out["text_chunks"] <= billed < 480, (bill, out)
+    finally:
+        _stop(again)

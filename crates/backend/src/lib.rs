@@ -216,4 +216,9 @@ pub trait Backend: Send + Sync {
     /// overload, upstream refusal) come back here, so the gateway can answer with a status code
     /// before it sends any SSE bytes.
     async fn generate(&self, request: GenerateRequest) -> Result<EventStream>;
+
+    /// Shutdown: end every request now (streams still running end with `ShuttingDown`), take
+    /// no new ones, and release what the backend runs on (an engine joins its thread);
+    /// returns once that is done. Nothing to do by default.
+    async fn stop(&self) {}
 }

@@ -182,15 +182,40 @@ impl ControlPlane {
         Ok(())
     }
 
-    /// Drain every deployment (SIGTERM). Specs stay in the store.
+    /// Drain every deployment (SIGTERM): let queued and running requests finish, then unload.
+    /// Specs stay in the store.
     pub async fn shutdown(&self) {
+        self.drain(None).await;
+    }
+
+    /// Like [`shutdown`](Self::shutdown), but requests still queued or running after `grace`
+    /// are ended (their streams end with `ShuttingDown`). Returns once every replica has
+    /// stopped: no engine thread runs any more.
+    pub async fn shutdown_within(&self, grace: std::time::Duration) {
+        self.drain(Some(grace)).await;
+    }
+
+    async fn drain(&self, grace: Option<std::time::Duration>) {
         let all: Vec<Deployment> = std::mem::take(&mut *write(&self.inner.deployments))
             .into_values()
             .map(|(_, d)| d)
             .collect();
         let mut drains = tokio::task::JoinSet::new();
         for d in all {
-            drains.spawn(async move { d.shutdown().await });
+            drains.spawn(async move {
+                match grace {
+                    None => d.shutdown().await,
+                    Some(grace) => {
+                        if tokio::time::timeout(grace, d.shutdown()).await.is_err() {
+                            tracing::warn!(
+                                deployment = d.name(),
+                                "requests still running after the drain; ending them"
+                            );
+                            d.stop().await;
+                        }
+                    }
+                }
+            });
         }
         while drains.join_next().await.is_some() {}
     }

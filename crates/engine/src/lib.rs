@@ -4,6 +4,9 @@
 //! `slots` sequences (one KV stream per slot) and runs continuous batching over it (see
 //! [`scheduler`]). It implements [`backend::Backend`], so the gateway neither knows nor cares
 //! that llama.cpp is underneath. This crate knows nothing of HTTP.
+//!
+//! [`Backend::stop`] (and dropping the last handle) ends the worker's requests and *joins* its
+//! thread, so the context is freed on that thread before anything else is torn down.
 
 pub mod metrics;
 pub mod model;
@@ -14,7 +17,9 @@ pub mod template;
 pub mod text;
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use backend::{Backend, BackendError, Event, EventStream, GenerateRequest, ModelInfo};
@@ -79,6 +84,10 @@ pub struct Engine {
     model: Arc<LoadedModel>,
     slot_context: u32,
     commands: mpsc::UnboundedSender<Command>,
+    /// The worker thread until it has been joined (shared with the blocking task joining it).
+    worker: Arc<Mutex<Option<JoinHandle<()>>>>,
+    /// Set by `stop`: new requests are refused as `ShuttingDown`.
+    stopped: AtomicBool,
 }
 
 impl Engine {
@@ -111,8 +120,9 @@ impl Engine {
             limits,
             threads: opts.threads.max(1) as i32,
         };
-        let commands = worker::spawn(model.clone(), config, metrics::ModelMetrics::new(name))
-            .map_err(EngineError::Load)?;
+        let (commands, thread) =
+            worker::spawn(model.clone(), config, metrics::ModelMetrics::new(name))
+                .map_err(EngineError::Load)?;
         tracing::info!(
             model = name,
             path = %path.display(),
@@ -135,11 +145,38 @@ impl Engine {
             model,
             slot_context,
             commands,
+            worker: Arc::new(Mutex::new(Some(thread))),
+            stopped: AtomicBool::new(false),
         })
     }
 
     pub fn model(&self) -> &LoadedModel {
         &self.model
+    }
+
+    /// Tell the worker to end every request now and wait (blocking, at most one decode step)
+    /// until its thread has ended. Idempotent; a second caller waits for the first one's join.
+    pub fn stop_blocking(&self) {
+        self.stopped.store(true, Ordering::SeqCst);
+        let _ = self.commands.send(Command::Stop);
+        join(&self.worker);
+    }
+}
+
+fn join(worker: &Mutex<Option<JoinHandle<()>>>) {
+    let mut handle = worker.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(thread) = handle.take() {
+        if thread.join().is_err() {
+            tracing::error!("the engine thread panicked");
+        }
+    }
+}
+
+/// Dropping the last handle stops the worker and joins it (off the async threads, please: the
+/// control plane drops replicas on the blocking pool).
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.stop_blocking();
     }
 }
 
@@ -149,7 +186,22 @@ impl Backend for Engine {
         self.info.clone()
     }
 
+    async fn stop(&self) {
+        self.stopped.store(true, Ordering::SeqCst);
+        let _ = self.commands.send(Command::Stop);
+        let worker = self.worker.clone();
+        if tokio::task::spawn_blocking(move || join(&worker))
+            .await
+            .is_err()
+        {
+            tracing::error!(model = %self.info.id, "could not join the engine thread");
+        }
+    }
+
     async fn generate(&self, request: GenerateRequest) -> backend::Result<EventStream> {
+        if self.stopped.load(Ordering::SeqCst) {
+            return Err(BackendError::ShuttingDown);
+        }
         let received = Instant::now();
         let model = self.model.clone();
         let prompt = request.prompt;
@@ -192,12 +244,15 @@ impl Backend for Engine {
             },
             reply,
         };
-        self.commands
-            .send(submit)
-            .map_err(|_| BackendError::Internal("the engine thread has stopped".into()))?;
-        answer
-            .await
-            .map_err(|_| BackendError::Internal("the engine thread has stopped".into()))??;
+        let stopped = || {
+            if self.stopped.load(Ordering::SeqCst) {
+                BackendError::ShuttingDown
+            } else {
+                BackendError::Internal("the engine thread has stopped".into())
+            }
+        };
+        self.commands.send(submit).map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())??;
         Ok(Box::pin(
             tokio_stream::wrappers::UnboundedReceiverStream::new(rx),
         ))

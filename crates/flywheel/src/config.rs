@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -76,6 +77,22 @@ pub struct ServeArgs {
     /// Largest accepted request body in bytes [default: 16 MiB].
     #[arg(long, env = "FLYWHEEL_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<usize>,
+    /// Open client connections in all; more are answered 503 and closed [default: 10000,
+    /// lowered to fit the open-file limit].
+    #[arg(long, env = "FLYWHEEL_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Open connections from one client address (IPv6: one /64); more are answered 429 and
+    /// closed. Raise it behind a reverse proxy, whose connections share its address [default: 1024].
+    #[arg(long, env = "FLYWHEEL_MAX_CONNECTIONS_PER_ADDRESS")]
+    pub max_connections_per_address: Option<usize>,
+    /// Seconds a request head may take from its first byte before the connection is closed
+    /// [default: 30].
+    #[arg(long, env = "FLYWHEEL_HEADER_READ_TIMEOUT_SECONDS")]
+    pub header_read_timeout_seconds: Option<u64>,
+    /// Seconds a connection with no request in flight stays open (new or kept alive); a
+    /// running request, streamed or not, is never cut by it [default: 60].
+    #[arg(long, env = "FLYWHEEL_IDLE_TIMEOUT_SECONDS")]
+    pub idle_timeout_seconds: Option<u64>,
     #[command(flatten)]
     pub hub: crate::hub_config::HubArgs,
 }
@@ -103,6 +120,10 @@ pub struct FileConfig {
     pub drain_seconds: Option<u64>,
     pub metrics_open: Option<bool>,
     pub max_body_bytes: Option<usize>,
+    pub max_connections: Option<usize>,
+    pub max_connections_per_address: Option<usize>,
+    pub header_read_timeout_seconds: Option<u64>,
+    pub idle_timeout_seconds: Option<u64>,
     /// The `[hub]` table.
     #[serde(default)]
     pub hub: crate::hub_config::HubFileConfig,
@@ -139,6 +160,8 @@ pub struct ServeConfig {
     pub drain_seconds: u64,
     pub metrics_open: bool,
     pub max_body_bytes: usize,
+    /// Connection caps and timeouts, before the open-file limit is applied (see `serve`).
+    pub connections: crate::http::ConnectionLimits,
     pub hub: hub::HubConfig,
 }
 
@@ -217,6 +240,26 @@ impl ServeArgs {
                 .max_body_bytes
                 .or(file.max_body_bytes)
                 .unwrap_or(16 << 20),
+            connections: crate::http::ConnectionLimits {
+                max_connections: self
+                    .max_connections
+                    .or(file.max_connections)
+                    .unwrap_or(10_000),
+                max_connections_per_address: self
+                    .max_connections_per_address
+                    .or(file.max_connections_per_address)
+                    .unwrap_or(1024),
+                header_read_timeout: Duration::from_secs(
+                    self.header_read_timeout_seconds
+                        .or(file.header_read_timeout_seconds)
+                        .unwrap_or(30),
+                ),
+                idle_timeout: Duration::from_secs(
+                    self.idle_timeout_seconds
+                        .or(file.idle_timeout_seconds)
+                        .unwrap_or(60),
+                ),
+            },
             hub: self.hub.resolve(&file.hub)?,
         };
         config.validate()?;
@@ -245,6 +288,21 @@ impl ServeConfig {
                 "--max-queue-wait-seconds must be between 1 and 3600 (got {})",
                 self.max_queue_wait_seconds
             );
+        }
+        let c = &self.connections;
+        if c.max_connections == 0 || c.max_connections_per_address == 0 {
+            bail!("--max-connections and --max-connections-per-address must be at least 1");
+        }
+        for (flag, timeout) in [
+            ("--header-read-timeout-seconds", c.header_read_timeout),
+            ("--idle-timeout-seconds", c.idle_timeout),
+        ] {
+            if !(1..=3600).contains(&timeout.as_secs()) {
+                bail!(
+                    "{flag} must be between 1 and 3600 (got {})",
+                    timeout.as_secs()
+                );
+            }
         }
         if self.node_threads == Some(0) || self.node_memory_mib == Some(0) {
             bail!("--node-threads and --node-memory-mib must be at least 1");
@@ -337,6 +395,8 @@ mod tests {
         assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(c.engine.slots, 16);
         assert!(c.models.is_empty());
+        assert_eq!(c.connections.max_connections_per_address, 1024);
+        assert_eq!(c.connections.idle_timeout, Duration::from_secs(60));
     }
 
     #[test]

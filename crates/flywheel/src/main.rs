@@ -3,6 +3,7 @@
 mod admin_key;
 mod config;
 mod deployments;
+mod http;
 mod hub_config;
 mod pull;
 mod push;

@@ -7,7 +7,6 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use backend::Backend;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use tokio::sync::Notify;
 use tokio_util::task::TaskTracker;
 
 use crate::config::ServeConfig;
@@ -51,48 +50,48 @@ async fn serve(config: ServeConfig) -> Result<()> {
         metrics_open: config.metrics_open,
         max_body_bytes: config.max_body_bytes,
     });
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot listen on {}; is another server using it?",
-                config.listen
-            )
-        })?;
+    let limits = connection_limits(&config);
+    let listener = crate::http::bind(config.listen).with_context(|| {
+        format!(
+            "cannot listen on {}; is another server using it?",
+            config.listen
+        )
+    })?;
     let addr = listener.local_addr().context("listener has no address")?;
     tracing::info!("listening on http://{addr}");
     eprintln!("flywheel is serving on http://{addr}");
 
     let heartbeat = spawn_lease_keeper(tenancy.ledger.clone(), &config.tenancy);
-    let stop = Arc::new(Notify::new());
-    let signalled = stop.clone();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        shutdown_signal().await;
-        tracing::info!("shutting down: no new connections; waiting for running requests");
-        signalled.notify_waiters();
-    });
+    let server = crate::http::Server::start(listener, app, limits);
+    shutdown_signal().await;
+    tracing::info!("shutting down: no new connections; waiting for running requests");
+    server.close();
     let drain = Duration::from_secs(config.drain_seconds);
-    let deadline = async {
-        stop.notified().await;
-        tokio::time::sleep(drain).await;
+    let drained = tokio::time::timeout(drain, server.closed()).await.is_ok();
+    if !drained {
+        tracing::warn!(
+            "drain timeout of {}s passed; ending the requests still running",
+            drain.as_secs()
+        );
+    }
+    // Deployments end what they still run (after the drain, nothing normally) and stop their
+    // replicas: every engine thread is joined here, before the process exits.
+    let grace = if drained {
+        Duration::from_secs(1)
+    } else {
+        Duration::ZERO
     };
-    let drain_left = tokio::select! {
-        result = server => {
-            result.context("server error")?;
-            drain
+    plane.shutdown_within(grace).await;
+    if !drained {
+        // The ended streams send their last event and close; what still runs (a stream from
+        // an upstream server) is cut. Their meters settle what was delivered.
+        if tokio::time::timeout(Duration::from_secs(2), server.closed())
+            .await
+            .is_err()
+        {
+            server.abort();
+            server.closed().await;
         }
-        () = deadline => {
-            tracing::warn!("drain timeout of {}s passed; exiting with requests still running", drain.as_secs());
-            Duration::from_secs(1)
-        }
-    };
-    // Deployments finish what they still hold and unload (the HTTP side has drained, so
-    // normally nothing is left).
-    if tokio::time::timeout(drain_left, plane.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!("deployments did not drain within {}s", drain.as_secs());
     }
     // Interrupted requests settle in the background; give them a moment to land. Whatever
     // does not is settled from its progress marks by the next process to start.
@@ -106,6 +105,31 @@ async fn serve(config: ServeConfig) -> Result<()> {
     heartbeat.abort();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The configured connection limits, with the open-file limit raised as far as allowed and
+/// the total cap lowered to fit under it.
+fn connection_limits(config: &ServeConfig) -> crate::http::ConnectionLimits {
+    let mut limits = config.connections;
+    let files = crate::http::raise_open_files_limit();
+    let fitting = crate::http::ConnectionLimits::fitting(files);
+    if limits.max_connections > fitting {
+        tracing::info!(
+            configured = limits.max_connections,
+            open_file_limit = files,
+            max_connections = fitting,
+            "--max-connections lowered to fit the open-file limit (raise it with ulimit -n)"
+        );
+        limits.max_connections = fitting;
+    }
+    tracing::info!(
+        max_connections = limits.max_connections,
+        per_address = limits.max_connections_per_address,
+        header_read_timeout_s = limits.header_read_timeout.as_secs(),
+        idle_timeout_s = limits.idle_timeout.as_secs(),
+        "connection limits"
+    );
+    limits
 }
 
 /// Opens the database at `--database-url`, migrating it.

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use backend::{BackendError, Event};
 use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
 
 use super::forward::{self, Job, Waiter};
 use super::replicas::{Replica, ReplicaSet, ReplicaState};
@@ -52,6 +53,10 @@ struct Actor {
     last_traffic: Option<Instant>,
     /// Set by `Shutdown`: who waits for the drain to finish.
     closing: Option<Vec<oneshot::Sender<()>>>,
+    /// Set by `Stop`: nothing waits or runs any more.
+    stopped: bool,
+    /// Unloaded replicas whose backends are stopping (engine threads being joined).
+    unloading: JoinSet<()>,
 }
 
 /// The control loop's clock: tokio's, so tests can pause and advance it.
@@ -88,6 +93,8 @@ pub(crate) fn spawn(parts: Parts) {
         tokens: DrainRate::new(0.0),
         last_traffic: None,
         closing: None,
+        stopped: false,
+        unloading: JoinSet::new(),
     };
     tokio::spawn(actor.run(rx));
 }
@@ -112,6 +119,8 @@ impl Actor {
         for id in ids {
             self.unload(id, "the deployment was deleted");
         }
+        // Whoever waits for the shutdown is answered only once no engine thread runs.
+        while self.unloading.join_next().await.is_some() {}
         self.env.node.unregister(&self.spec.name);
         metrics::queue(&self.spec.name, 0, 0);
         metrics::replicas(&self.spec.name, 0, 0, 0);
@@ -193,6 +202,10 @@ impl Actor {
             Command::Shutdown { reply } => {
                 self.closing.get_or_insert_with(Vec::new).push(reply);
             }
+            Command::Stop { reply } => {
+                self.closing.get_or_insert_with(Vec::new).push(reply);
+                self.stop_now(now);
+            }
         }
         self.sync_slots(now);
     }
@@ -242,8 +255,26 @@ impl Actor {
         }
     }
 
+    /// Shutdown past the drain: queued requests end now, and every replica that runs some is
+    /// stopped, which ends their streams; the forwarders' `Done`s then drain the deployment.
+    fn stop_now(&mut self, now: Instant) {
+        self.stopped = true;
+        while let Some(entry) = self.queue.pop(now) {
+            let _ = entry.item.events.send(Err(BackendError::ShuttingDown));
+        }
+        for r in self.replicas.iter().filter(|r| r.in_flight > 0) {
+            if let Some(backend) = r.backend.clone() {
+                self.unloading.spawn(async move { backend.stop().await });
+            }
+        }
+    }
+
     /// Put a request in line and tell its client where it stands, or refuse it.
     fn push(&mut self, waiter: Waiter, now: Instant) {
+        if self.stopped {
+            let _ = waiter.events.send(Err(BackendError::ShuttingDown));
+            return;
+        }
         let events = waiter.events.clone();
         let tenant = waiter.request.tenant.clone();
         match self.queue.push(tenant, waiter, now) {
@@ -326,6 +357,7 @@ impl Actor {
         for r in self.replicas.iter_mut() {
             r.saturated = false;
         }
+        while self.unloading.try_join_next().is_some() {}
         let busy = self.replicas.in_flight() > 0;
         self.tokens.observe(now, busy);
         if busy || !self.queue.is_empty() {
@@ -542,8 +574,13 @@ impl Actor {
         };
         self.env.node.release(&self.key(id));
         if let Some(backend) = r.backend {
-            // An engine's teardown frees its model and context: off the runtime threads.
-            tokio::task::spawn_blocking(move || drop(backend));
+            // An engine stops its thread and joins it (on the blocking pool); shutdown waits
+            // for these before it answers.
+            self.unloading.spawn(async move {
+                backend.stop().await;
+                // The model's memory is freed with the last handle: off the runtime threads.
+                let _ = tokio::task::spawn_blocking(move || drop(backend)).await;
+            });
         }
         if !reason.is_empty() {
             let n = self.active();

@@ -64,6 +64,9 @@ pub(crate) enum Command {
     },
     /// Take no new requests, finish the queued and running ones, unload, then reply.
     Shutdown { reply: oneshot::Sender<()> },
+    /// Take no new requests, end the queued and running ones now (`ShuttingDown`), unload,
+    /// then reply once every replica has stopped (engine threads joined).
+    Stop { reply: oneshot::Sender<()> },
 }
 
 /// A deployment as the admin API shows it.
@@ -152,6 +155,13 @@ impl Deployment {
     /// Refuse new requests, let queued and running ones finish, unload every replica.
     pub async fn shutdown(&self) {
         let _ = self.ask(|reply| Command::Shutdown { reply }).await;
+    }
+
+    /// Refuse new requests and end the queued and running ones now (their streams end with
+    /// `ShuttingDown`); returns once every replica has stopped. Also ends a `shutdown` that is
+    /// still waiting.
+    pub async fn stop(&self) {
+        let _ = self.ask(|reply| Command::Stop { reply }).await;
     }
 }
 

@@ -23,6 +23,8 @@ pub struct Journal {
     /// Models of replicas that served requests, by request id.
     pub served_by: Mutex<Vec<(String, String)>>,
     pub launches: AtomicUsize,
+    /// Replicas told to stop (`Backend::stop`).
+    pub stops: AtomicUsize,
 }
 
 pub struct FakeReplica {
@@ -31,10 +33,17 @@ pub struct FakeReplica {
     running: Arc<AtomicUsize>,
     work: Duration,
     journal: Arc<Journal>,
+    /// Set by `stop`: running requests end with `ShuttingDown`.
+    stopped: tokio::sync::watch::Sender<bool>,
 }
 
 #[async_trait::async_trait]
 impl Backend for FakeReplica {
+    async fn stop(&self) {
+        self.journal.stops.fetch_add(1, Ordering::SeqCst);
+        self.stopped.send_replace(true);
+    }
+
     fn info(&self) -> ModelInfo {
         ModelInfo {
             id: self.model.clone(),
@@ -64,6 +73,7 @@ impl Backend for FakeReplica {
             .push((request.request_id.clone(), self.model.clone()));
         let running = self.running.clone();
         let work = self.work;
+        let mut stopped = self.stopped.subscribe();
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let _ = tx.send(Ok(Event::Admitted {
             prompt_tokens: 3,
@@ -81,6 +91,10 @@ impl Backend for FakeReplica {
             tokio::select! {
                 () = tokio::time::sleep(work) => {}
                 () = tx.closed() => return,
+                _ = stopped.wait_for(|s| *s) => {
+                    let _ = tx.send(Err(BackendError::ShuttingDown));
+                    return;
+                }
             }
             let _ = tx.send(Ok(Event::text("ok", 2)));
             let _ = tx.send(Ok(Event::Finished {
@@ -127,6 +141,7 @@ impl ReplicaLauncher for FakeLauncher {
             running: Arc::default(),
             work: self.work,
             journal: self.journal.clone(),
+            stopped: tokio::sync::watch::Sender::new(false),
         }))
     }
 }

@@ -4,6 +4,7 @@
 mod common;
 #[cfg(feature = "engine")]
 mod engine;
+mod shutdown;
 
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;

@@ -1,9 +1,12 @@
 //! The worker: one OS thread per model that owns the llama.cpp context and runs the batching
 //! loop. Between decode steps it takes new requests (commands from [`crate::Engine`]), drops
 //! the ones whose client went away, admits queued jobs into free slots (applying prefix reuse
-//! to the KV cache), decodes one batch, samples, and streams text back.
+//! to the KV cache), decodes one batch, samples, and streams text back. On [`Command::Stop`]
+//! (or when every handle is gone and nothing runs) it ends and frees its context on its own
+//! thread; [`crate::Engine`] joins it, so no llama.cpp call outlives the process's teardown.
 
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::Instant;
 
 use backend::{BackendError, Event, FinishReason, SamplingParams, Usage};
@@ -37,6 +40,9 @@ pub enum Command {
         request: Request,
         reply: oneshot::Sender<Result<(), BackendError>>,
     },
+    /// End every queued and running request now (their streams get `ShuttingDown`), then end
+    /// the thread.
+    Stop,
 }
 
 /// Per-sequence state that lives on the worker thread (samplers are not `Send`).
@@ -57,22 +63,29 @@ pub struct WorkerConfig {
     pub threads: i32,
 }
 
-/// Start the worker thread; returns once the context exists (or failed to be created).
+/// Start the worker thread; returns once the context exists (or failed to be created), with
+/// the thread's handle for joining it.
 pub fn spawn(
     model: Arc<LoadedModel>,
     config: WorkerConfig,
     metrics: ModelMetrics,
-) -> Result<mpsc::UnboundedSender<Command>, String> {
+) -> Result<(mpsc::UnboundedSender<Command>, JoinHandle<()>), String> {
     let (tx, rx) = mpsc::unbounded_channel();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    std::thread::Builder::new()
+    let thread = std::thread::Builder::new()
         .name(format!("engine-{}", metrics.model()))
         .spawn(move || run(model, config, metrics, rx, ready_tx))
         .map_err(|e| format!("could not start the engine thread: {e}"))?;
     match ready_rx.recv() {
-        Ok(Ok(())) => Ok(tx),
-        Ok(Err(e)) => Err(e),
-        Err(_) => Err("the engine thread ended during start-up".into()),
+        Ok(Ok(())) => Ok((tx, thread)),
+        Ok(Err(e)) => {
+            let _ = thread.join();
+            Err(e)
+        }
+        Err(_) => {
+            let _ = thread.join();
+            Err("the engine thread ended during start-up".into())
+        }
     }
 }
 
@@ -121,8 +134,13 @@ fn run(
         rx,
         avg_request_secs: 1.0,
         piece: Vec::with_capacity(32),
+        stopping: false,
     };
     worker.run();
+    let model_name = worker.metrics.model().to_owned();
+    // The context is freed here, on this thread.
+    drop(worker);
+    tracing::info!(model = %model_name, "engine thread stopped");
 }
 
 struct Worker<'m> {
@@ -135,6 +153,8 @@ struct Worker<'m> {
     /// Moving average of request duration, for `Retry-After` estimates.
     avg_request_secs: f64,
     piece: Vec<u8>,
+    /// `Stop` arrived: end everything and return.
+    stopping: bool,
 }
 
 impl Worker<'_> {
@@ -158,6 +178,11 @@ impl Worker<'_> {
                         break;
                     }
                 }
+            }
+            if self.stopping {
+                self.end_all();
+                self.publish_gauges();
+                return;
             }
             self.reap_cancelled();
             for adm in self.state.admit() {
@@ -210,6 +235,25 @@ impl Worker<'_> {
                 };
                 let _ = reply.send(answer);
             }
+            Command::Stop => self.stopping = true,
+        }
+    }
+
+    /// Shutdown: every queued and running request ends with `ShuttingDown` (the gateway
+    /// settles what was delivered).
+    fn end_all(&mut self) {
+        let queued = self.state.drain_queued(|_| true);
+        let running: Vec<Seq> = self
+            .state
+            .running_where(|_| true)
+            .into_iter()
+            .filter_map(|slot| self.state.release(slot, false))
+            .map(|job| job.payload)
+            .collect();
+        let ended = queued.into_iter().map(|job| job.payload).chain(running);
+        for seq in ended {
+            let _ = seq.events.send(Err(BackendError::ShuttingDown));
+            self.metrics.cancelled();
         }
     }
 

@@ -16,8 +16,8 @@ pub enum Kind {
 }
 
 /// Runs async scenarios against both databases, as `NAME::sqlite` and `NAME::postgres`:
-/// `on_both!(Fixture; scenario_a, scenario_b)` where `Fixture::new(Kind) -> Fixture` is async
-/// and each scenario is an `async fn(Fixture)` in the calling module.
+/// `on_both!(Fixture; scenario_a, scenario_b)`, where `Fixture` (in scope where it is called)
+/// has an async `new(Kind) -> Fixture` and each scenario is an `async fn(Fixture)` there.
 #[macro_export]
 macro_rules! on_both {
     ($fixture:ident; $($name:ident),* $(,)?) => {$(
@@ -26,12 +26,12 @@ macro_rules! on_both {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn sqlite() {
-                super::$name(crate::common::$fixture::new(Kind::Sqlite).await).await;
+                super::$name(super::$fixture::new(Kind::Sqlite).await).await;
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn postgres() {
-                super::$name(crate::common::$fixture::new(Kind::Postgres).await).await;
+                super::$name(super::$fixture::new(Kind::Postgres).await).await;
             }
         }
     )*};

@@ -21,7 +21,6 @@ mod postgres;
 mod rows;
 mod sql;
 mod sqlite;
-#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod window;
 

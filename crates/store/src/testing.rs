@@ -1,6 +1,8 @@
-//! Scratch databases for tests (feature `testing`): a fresh SQLite file in a temp directory, or
+//! Scratch databases for tests: a fresh SQLite file in a temp directory, or
 //! a PostgreSQL database created for one test and dropped (`WITH (FORCE)`) when it ends. Every
-//! crate whose tests run on both databases uses this one fixture.
+//! crate whose tests run on both databases uses this one fixture. Always compiled (it needs
+//! nothing the store does not already link) rather than behind a feature: a dev-dependency
+//! feature would make `cargo test` and `cargo build` compile every crate above the store twice.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;

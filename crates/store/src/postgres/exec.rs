@@ -8,7 +8,7 @@ use sqlx::{Postgres, Transaction};
 
 use super::PostgresStore;
 use crate::error::Result;
-use crate::sql::{Arg, Db, Exec, WriteTx};
+use crate::sql::{impl_exec, Arg, Db, WriteTx};
 
 fn query<'q>(sql: &'q str, args: &[Arg<'q>]) -> Query<'q, Postgres, PgArguments> {
     let mut query = sqlx::query(sql);
@@ -27,47 +27,11 @@ fn query<'q>(sql: &'q str, args: &[Arg<'q>]) -> Query<'q, Postgres, PgArguments>
 /// The pool, for statements outside a write transaction.
 pub(crate) struct Reader<'a>(&'a PgPool);
 
-#[async_trait]
-impl Exec for Reader<'_> {
-    type Row = PgRow;
+impl_exec!(Reader<'_>, PgRow, query, |this| this.0);
 
-    async fn fetch_all(&mut self, sql: &str, args: &[Arg<'_>]) -> Result<Vec<PgRow>, sqlx::Error> {
-        query(sql, args).fetch_all(self.0).await
-    }
-
-    async fn fetch_optional(
-        &mut self,
-        sql: &str,
-        args: &[Arg<'_>],
-    ) -> Result<Option<PgRow>, sqlx::Error> {
-        query(sql, args).fetch_optional(self.0).await
-    }
-
-    async fn execute(&mut self, sql: &str, args: &[Arg<'_>]) -> Result<u64, sqlx::Error> {
-        Ok(query(sql, args).execute(self.0).await?.rows_affected())
-    }
-}
-
-#[async_trait]
-impl Exec for Transaction<'static, Postgres> {
-    type Row = PgRow;
-
-    async fn fetch_all(&mut self, sql: &str, args: &[Arg<'_>]) -> Result<Vec<PgRow>, sqlx::Error> {
-        query(sql, args).fetch_all(&mut **self).await
-    }
-
-    async fn fetch_optional(
-        &mut self,
-        sql: &str,
-        args: &[Arg<'_>],
-    ) -> Result<Option<PgRow>, sqlx::Error> {
-        query(sql, args).fetch_optional(&mut **self).await
-    }
-
-    async fn execute(&mut self, sql: &str, args: &[Arg<'_>]) -> Result<u64, sqlx::Error> {
-        Ok(query(sql, args).execute(&mut **self).await?.rows_affected())
-    }
-}
+impl_exec!(Transaction<'static, Postgres>, PgRow, query, |this| {
+    &mut **this
+});
 
 #[async_trait]
 impl WriteTx for Transaction<'static, Postgres> {

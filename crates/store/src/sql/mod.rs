@@ -140,6 +140,45 @@ pub(crate) trait Exec: Send {
     }
 }
 
+/// Implements [`Exec`] for `$ty` (rows `$row`), building each statement with `$query` (the
+/// database's binder) and running it on `$executor`, written in terms of `$this: &mut $ty`.
+macro_rules! impl_exec {
+    ($ty:ty, $row:ty, $query:path, |$this:ident| $executor:expr) => {
+        #[async_trait::async_trait]
+        impl $crate::sql::Exec for $ty {
+            type Row = $row;
+
+            async fn fetch_all(
+                &mut self,
+                sql: &str,
+                args: &[$crate::sql::Arg<'_>],
+            ) -> Result<Vec<$row>, sqlx::Error> {
+                let $this = self;
+                $query(sql, args).fetch_all($executor).await
+            }
+
+            async fn fetch_optional(
+                &mut self,
+                sql: &str,
+                args: &[$crate::sql::Arg<'_>],
+            ) -> Result<Option<$row>, sqlx::Error> {
+                let $this = self;
+                $query(sql, args).fetch_optional($executor).await
+            }
+
+            async fn execute(
+                &mut self,
+                sql: &str,
+                args: &[$crate::sql::Arg<'_>],
+            ) -> Result<u64, sqlx::Error> {
+                let $this = self;
+                Ok($query(sql, args).execute($executor).await?.rows_affected())
+            }
+        }
+    };
+}
+pub(crate) use impl_exec;
+
 /// A write transaction: rolled back if dropped before `commit`.
 #[async_trait]
 pub(crate) trait WriteTx: Exec + Sized {

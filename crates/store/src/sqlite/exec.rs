@@ -9,7 +9,7 @@ use sqlx::Sqlite;
 use super::rows::{json_list, ts};
 use super::{SqliteStore, WriteTx};
 use crate::error::Result;
-use crate::sql::{self, Arg, Db, Exec};
+use crate::sql::{self, impl_exec, Arg, Db};
 
 fn query<'q>(sql: &'q str, args: &[Arg<'q>]) -> Query<'q, Sqlite, SqliteArguments<'q>> {
     let mut query = sqlx::query(sql);
@@ -28,55 +28,9 @@ fn query<'q>(sql: &'q str, args: &[Arg<'q>]) -> Query<'q, Sqlite, SqliteArgument
 /// The pool, for statements outside a write transaction.
 pub(crate) struct Reader<'a>(&'a SqlitePool);
 
-#[async_trait]
-impl Exec for Reader<'_> {
-    type Row = SqliteRow;
+impl_exec!(Reader<'_>, SqliteRow, query, |this| this.0);
 
-    async fn fetch_all(
-        &mut self,
-        sql: &str,
-        args: &[Arg<'_>],
-    ) -> Result<Vec<SqliteRow>, sqlx::Error> {
-        query(sql, args).fetch_all(self.0).await
-    }
-
-    async fn fetch_optional(
-        &mut self,
-        sql: &str,
-        args: &[Arg<'_>],
-    ) -> Result<Option<SqliteRow>, sqlx::Error> {
-        query(sql, args).fetch_optional(self.0).await
-    }
-
-    async fn execute(&mut self, sql: &str, args: &[Arg<'_>]) -> Result<u64, sqlx::Error> {
-        Ok(query(sql, args).execute(self.0).await?.rows_affected())
-    }
-}
-
-#[async_trait]
-impl Exec for WriteTx {
-    type Row = SqliteRow;
-
-    async fn fetch_all(
-        &mut self,
-        sql: &str,
-        args: &[Arg<'_>],
-    ) -> Result<Vec<SqliteRow>, sqlx::Error> {
-        query(sql, args).fetch_all(&mut **self).await
-    }
-
-    async fn fetch_optional(
-        &mut self,
-        sql: &str,
-        args: &[Arg<'_>],
-    ) -> Result<Option<SqliteRow>, sqlx::Error> {
-        query(sql, args).fetch_optional(&mut **self).await
-    }
-
-    async fn execute(&mut self, sql: &str, args: &[Arg<'_>]) -> Result<u64, sqlx::Error> {
-        Ok(query(sql, args).execute(&mut **self).await?.rows_affected())
-    }
-}
+impl_exec!(WriteTx, SqliteRow, query, |this| &mut **this);
 
 #[async_trait]
 impl sql::WriteTx for WriteTx {

@@ -164,8 +164,14 @@ def test_stop_sequence_flood_is_refused(client):
 
 
 def test_big_prompts_from_a_tenant_that_cannot_pay_or_is_over_rpm_are_refused_before_tokenizing(server):
-    """8 MB prompts are refused at once (tokenizing one takes seconds), before the engine sees them."""
-    big = "hello " * (8 * 1024 * 1024 // 6)
+    """Prompts of about a megabyte (tokenizing one takes a second or more) from a tenant that
+    cannot pay or is over its RPM are refused at once, before the engine sees them; one too big
+    for the model's context is refused as such, whoever sends it."""
+    models = requests.get(server.url + "/v1/models", headers=server.auth(server.admin_key), timeout=30).json()
+    context = next((m.get("context_length") for m in models["data"] if m["id"] == "smol"), None) or 4096
+    # Just under the byte bound (256 bytes per context token), so only pre-admission refuses it.
+    big = "hello " * (min(1024 * 1024, context * 256 * 9 // 10) // 6)
+    huge = "hello " * (8 * 1024 * 1024 // 6)
     broke = server.new_tenant("broke-e2e", grant_tokens=0, free_tier_only=True)
     broke_key = server.new_key(broke, rpm=1)["key"]
     limited = server.new_tenant("limited-e2e", grant_tokens=1_000_000)
@@ -173,6 +179,8 @@ def test_big_prompts_from_a_tenant_that_cannot_pay_or_is_over_rpm_are_refused_be
     url = server.url + "/v1/completions"
     ok = requests.post(url, json={"model": "smol", "prompt": "hi", "max_tokens": 1}, headers=server.auth(limited_key), timeout=60)
     assert ok.status_code == 200, ok.text[:300]
+    r = requests.post(url, json={"model": "smol", "prompt": huge, "max_tokens": 1}, headers=server.auth(broke_key), timeout=60)
+    assert r.status_code == 400 and raw_error(r)["code"] == "context_length_exceeded", r.text[:300]
     started = time.monotonic()
     for key, status, code in [(broke_key, 403, "permission_denied"), (limited_key, 429, "rate_limit_exceeded")]:
         for _ in range(4):
@@ -180,4 +188,4 @@ def test_big_prompts_from_a_tenant_that_cannot_pay_or_is_over_rpm_are_refused_be
             assert r.status_code == status, f"{r.status_code} {r.text[:300]}"
             assert raw_error(r)["code"] == code, r.text[:300]
     elapsed = time.monotonic() - started
-    assert elapsed < 8, f"8 refusals of 8 MB prompts took {elapsed:.1f} s: were they tokenized?"
+    assert elapsed < 8, f"8 refusals of ~1 MB prompts took {elapsed:.1f} s: were they tokenized?"

@@ -59,3 +59,84 @@ fn client_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()
         .map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    /// `--flag` → its environment variable, from the README's `flywheel serve` table
+    /// (rows like ``| `--listen ADDR` | `FLYWHEEL_LISTEN` | … |``).
+    fn readme_flags() -> BTreeMap<String, Option<String>> {
+        let readme = include_str!("../../../README.md");
+        readme
+            .lines()
+            .filter(|line| line.starts_with("| `--"))
+            .filter_map(|line| {
+                let mut cells = line.split('|').map(str::trim).skip(1);
+                let flag = cells.next()?.trim_matches('`');
+                let flag = flag.split_whitespace().next()?.trim_start_matches("--");
+                let env = cells
+                    .next()?
+                    .split('`')
+                    .nth(1)
+                    .map(str::to_owned)
+                    .filter(|e| e.starts_with("FLYWHEEL_"));
+                Some((flag.to_owned(), env))
+            })
+            .collect()
+    }
+
+    /// `--flag` → its environment variable, from `flywheel serve`'s clap definition (hidden
+    /// flags left out).
+    fn serve_flags() -> BTreeMap<String, Option<String>> {
+        let cli = Cli::command();
+        let serve = cli
+            .get_subcommands()
+            .find(|c| c.get_name() == "serve")
+            .expect("a serve subcommand");
+        serve
+            .get_arguments()
+            .filter_map(|arg| {
+                let long = arg.get_long()?;
+                // Hidden flags are for tests only and stay out of the README.
+                (long != "help" && !arg.is_hide_set()).then(|| {
+                    let env = arg.get_env().map(|e| e.to_string_lossy().into_owned());
+                    (long.to_owned(), env)
+                })
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_readme_flag_table_matches_serve_flags() {
+        let documented = readme_flags();
+        let defined = serve_flags();
+        assert!(
+            documented.len() > 20,
+            "the README's flag table was not found"
+        );
+        let undocumented: Vec<_> = defined
+            .keys()
+            .filter(|f| !documented.contains_key(*f))
+            .collect();
+        let unknown: Vec<_> = documented
+            .keys()
+            .filter(|f| !defined.contains_key(*f))
+            .collect();
+        assert!(
+            undocumented.is_empty() && unknown.is_empty(),
+            "README.md's serve flag table is out of date: missing rows for {undocumented:?}, \
+             rows for flags that do not exist: {unknown:?}"
+        );
+        for (flag, env) in &defined {
+            assert_eq!(
+                &documented[flag], env,
+                "README.md documents --{flag} with another environment variable"
+            );
+        }
+    }
+}

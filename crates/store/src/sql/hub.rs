@@ -9,6 +9,7 @@ use crate::hub::{
     search_sql, Blob, CardSummary, Commit, HubStore, NewCommit, NewRepo, Ref, RefKind, Repo,
     RepoQuery, TreeEntry, UploadSession,
 };
+use crate::hub_access::INSERT_UPLOAD_SQL;
 use crate::model::Timestamp;
 use crate::rows::{json_list, parse_list, Columns};
 
@@ -84,6 +85,19 @@ fn upload_row(row: &impl Columns) -> Result<UploadSession> {
         created_at: row.time("created_at")?,
         updated_at: row.time("updated_at")?,
     })
+}
+
+/// The columns of `hub_uploads`, in [`INSERT_UPLOAD_SQL`]'s order.
+pub(super) fn upload_args(u: &UploadSession) -> [Arg<'_>; 7] {
+    args![
+        &u.id,
+        &u.repo_id,
+        &u.sha256,
+        u.size,
+        u.received,
+        u.created_at,
+        u.updated_at
+    ]
 }
 
 async fn repo_tags<D: Db>(db: &D, repo_id: &str) -> Result<Vec<String>> {
@@ -376,21 +390,10 @@ impl<D: Db> HubStore for D {
     }
 
     async fn create_upload(&self, u: &UploadSession) -> Result<UploadSession> {
-        let sql = format!(
-            "INSERT INTO hub_uploads ({UPLOAD}) VALUES ($1, $2, $3, $4, $5, $6, $7) \
-             RETURNING {UPLOAD}"
-        );
-        let args = args![
-            &u.id,
-            &u.repo_id,
-            &u.sha256,
-            u.size,
-            u.received,
-            u.created_at,
-            u.updated_at
-        ];
-        let row = self.reader().fetch_one(&sql, &args).await?;
-        upload_row(&row)
+        self.reader()
+            .execute(INSERT_UPLOAD_SQL, &upload_args(u))
+            .await?;
+        Ok(u.clone())
     }
 
     async fn upload(&self, id: &str) -> Result<UploadSession> {

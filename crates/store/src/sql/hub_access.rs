@@ -39,16 +39,8 @@ impl<D: Db> HubAccessStore for D {
         if !quota.admits(usage, u.size) {
             return Ok(UploadAdmission::OverQuota(usage));
         }
-        let args = args![
-            &u.id,
-            &u.repo_id,
-            &u.sha256,
-            u.size,
-            u.received,
-            u.created_at,
-            u.updated_at
-        ];
-        tx.execute(INSERT_UPLOAD_SQL, &args).await?;
+        tx.execute(INSERT_UPLOAD_SQL, &super::hub::upload_args(u))
+            .await?;
         tx.commit().await?;
         Ok(UploadAdmission::Created(u.clone()))
     }

@@ -158,15 +158,70 @@ pub fn hold_for(
         rates,
         tenant.balances.grant_tokens_available(),
     );
-    check_hold(&tenant.balances, tenant.free_tier_only, &held, worst_case).map_err(|refusal| {
-        match refusal {
-            HoldRefusal::GrantExhausted => StoreError::GrantExhausted,
-            HoldRefusal::Insufficient { needed, available } => {
-                StoreError::InsufficientQuota { needed, available }
-            }
-        }
-    })?;
+    check_hold(&tenant.balances, tenant.free_tier_only, &held, worst_case).map_err(refused)?;
     Ok(held)
+}
+
+/// What resizing an open reservation changes: its new hold, and the parts of it that grew
+/// (taken from the account) and shrank (given back), each at least 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resize {
+    pub hold: Debit,
+    pub taken: Debit,
+    pub returned: Debit,
+}
+
+/// The hold `reservation` (open, of `tenant` as read now) takes once its worst case becomes
+/// `prompt_tokens` and `max_completion_tokens` at its own rates, or why the account cannot
+/// take it. The account is checked as if this reservation held nothing, so a resize that
+/// shrinks the hold always succeeds.
+pub fn resize(
+    tenant: &Tenant,
+    reservation: &Reservation,
+    prompt_tokens: i64,
+    max_completion_tokens: i64,
+) -> Result<Resize, StoreError> {
+    let old = reservation.hold;
+    let mut balances = tenant.balances.clone();
+    balances.grant_tokens_held -= old.grant_tokens;
+    balances.amount_held -= old.amount;
+    let held = hold(
+        prompt_tokens,
+        max_completion_tokens,
+        &reservation.rates,
+        balances.grant_tokens_available(),
+    );
+    let grows = held.grant_tokens > old.grant_tokens || held.amount > old.amount;
+    if grows {
+        let worst_case = prompt_tokens.max(0) + max_completion_tokens.max(0);
+        check_hold(&balances, tenant.free_tier_only, &held, worst_case).map_err(refused)?;
+    }
+    Ok(Resize {
+        hold: held,
+        taken: Debit {
+            grant_tokens: (held.grant_tokens - old.grant_tokens).max(0),
+            amount: (held.amount - old.amount).max(0),
+        },
+        returned: Debit {
+            grant_tokens: (old.grant_tokens - held.grant_tokens).max(0),
+            amount: (old.amount - held.amount).max(0),
+        },
+    })
+}
+
+fn refused(refusal: HoldRefusal) -> StoreError {
+    match refusal {
+        HoldRefusal::GrantExhausted => StoreError::GrantExhausted,
+        HoldRefusal::Insufficient { needed, available } => {
+            StoreError::InsufficientQuota { needed, available }
+        }
+    }
+}
+
+/// The idempotency key of a reservation's resize entries: a reservation is resized at most
+/// once (when its backend has counted the prompt).
+pub fn resize_key(request_id: &str) -> String {
+    format!("{request_id}:resize")
 }
 
 /// How an open reservation closes: what is billed, charged and released, and its final state.

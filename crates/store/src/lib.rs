@@ -113,6 +113,18 @@ pub trait LedgerStore: Send + Sync + 'static {
     /// or `Conflict` for a request id already used.
     async fn reserve(&self, new: &NewReservation) -> Result<Reservation>;
     async fn reservation(&self, request_id: &str) -> Result<Reservation>;
+    /// Changes an open reservation's worst case to `prompt_tokens` and `max_completion_tokens`
+    /// at its own rates ([`accounting::resize`]): a larger hold is taken only if the account
+    /// can take it (`InsufficientQuota`, `GrantExhausted`), a smaller one gives the difference
+    /// back. At most once per reservation (a second resize is `Conflict`); a closed
+    /// reservation is returned as it is.
+    async fn resize_reservation(
+        &self,
+        request_id: &str,
+        prompt_tokens: i64,
+        max_completion_tokens: i64,
+        now: Timestamp,
+    ) -> Result<Reservation>;
     /// Persists a stream's progress while the reservation is open (a no-op after it closed).
     /// Completion tokens only ever grow.
     async fn record_progress(

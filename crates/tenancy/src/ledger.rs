@@ -110,6 +110,34 @@ impl Ledger {
         Ok(self.store.reserve(&new).await?)
     }
 
+    /// Replaces an open reservation's worst case with `prompt_tokens` + `max_completion_tokens`
+    /// (at the rates it was reserved at), once per request: when the backend has counted the
+    /// prompt that a bound from its bytes was reserved for. A smaller hold gives the difference
+    /// back at once; a larger one is taken only if the account can take it (`InsufficientQuota`
+    /// or `PermissionDenied` otherwise, the reservation unchanged).
+    pub async fn resize(
+        &self,
+        request_id: &str,
+        prompt_tokens: i64,
+        max_completion_tokens: i64,
+    ) -> Result<Reservation> {
+        if prompt_tokens < 0 {
+            return Err(Error::invalid("prompt_tokens", "must be 0 or more"));
+        }
+        if max_completion_tokens < 0 {
+            return Err(Error::invalid("max_tokens", "must be 0 or more"));
+        }
+        Ok(self
+            .store
+            .resize_reservation(
+                request_id,
+                prompt_tokens,
+                max_completion_tokens,
+                self.clock.now(),
+            )
+            .await?)
+    }
+
     /// Refuses a request that `tenant` (as read for this request) could not pay for even at its
     /// smallest, `prompt_tokens` (a lower bound of its prompt, at least 1) and one completion
     /// token of `served_model`, before any work is done for it: `InsufficientQuota`, or

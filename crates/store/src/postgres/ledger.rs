@@ -282,6 +282,60 @@ impl LedgerStore for PostgresStore {
         rows::reservation(&row.ok_or_else(|| StoreError::not_found("reservation", request_id))?)
     }
 
+    async fn resize_reservation(
+        &self,
+        request_id: &str,
+        prompt_tokens: i64,
+        max_completion_tokens: i64,
+        now: Timestamp,
+    ) -> Result<Reservation> {
+        let mut tx = self.pool.begin().await?;
+        let res = reservation_in(&mut tx, request_id).await?;
+        if res.state != ReservationState::Open {
+            return Ok(res);
+        }
+        let tenant = tenant_in(&mut tx, &res.tenant_id).await?;
+        let change = accounting::resize(&tenant, &res, prompt_tokens, max_completion_tokens)?;
+        let key = accounting::resize_key(request_id);
+        for (kind, debit) in [
+            (LedgerKind::Reserve, change.taken),
+            (LedgerKind::Release, change.returned),
+        ] {
+            if debit != Debit::default()
+                && append(&mut tx, &res.tenant_id, kind, debit, &key, now).await? == 0
+            {
+                return Err(StoreError::Conflict(format!(
+                    "reservation '{request_id}' was already resized"
+                )));
+            }
+        }
+        let sql = format!(
+            "UPDATE reservations SET prompt_tokens = $2, max_completion_tokens = $3, \
+             held_grant_tokens = $4, held_amount = $5 WHERE request_id = $1 RETURNING {}",
+            rows::RESERVATION
+        );
+        let row = sqlx::query(&sql)
+            .bind(request_id)
+            .bind(prompt_tokens)
+            .bind(max_completion_tokens)
+            .bind(change.hold.grant_tokens)
+            .bind(change.hold.amount)
+            .fetch_one(&mut *tx)
+            .await?;
+        sqlx::query(
+            "UPDATE tenants SET grant_tokens_held = grant_tokens_held + $2, \
+             amount_held = amount_held + $3 WHERE id = $1",
+        )
+        .bind(&res.tenant_id)
+        .bind(change.hold.grant_tokens - res.hold.grant_tokens)
+        .bind(change.hold.amount - res.hold.amount)
+        .execute(&mut *tx)
+        .await?;
+        let resized = rows::reservation(&row)?;
+        tx.commit().await?;
+        Ok(resized)
+    }
+
     async fn record_progress(
         &self,
         request_id: &str,

@@ -35,6 +35,19 @@ impl LedgerStore for SqliteStore {
             .await
     }
 
+    async fn resize_reservation(
+        &self,
+        request_id: &str,
+        prompt_tokens: i64,
+        max_completion_tokens: i64,
+        now: Timestamp,
+    ) -> Result<Reservation> {
+        let id = request_id.to_owned();
+        self.ledger
+            .run(move |conn| writes::resize(conn, &id, prompt_tokens, max_completion_tokens, now))
+            .await
+    }
+
     async fn record_progress(
         &self,
         request_id: &str,

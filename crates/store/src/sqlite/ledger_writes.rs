@@ -178,6 +178,54 @@ pub(super) fn reserve(conn: &Connection, new: &NewReservation) -> Result<Reserva
     Ok(reservation)
 }
 
+/// Resizes an open reservation's worst case (see `LedgerStore::resize_reservation`).
+pub(super) fn resize(
+    conn: &Connection,
+    request_id: &str,
+    prompt_tokens: i64,
+    max_completion_tokens: i64,
+    now: Timestamp,
+) -> Result<Reservation> {
+    let res = reservation(conn, request_id)?;
+    if res.state != ReservationState::Open {
+        return Ok(res);
+    }
+    let tenant = tenant(conn, &res.tenant_id)?;
+    let change = accounting::resize(&tenant, &res, prompt_tokens, max_completion_tokens)?;
+    let key = accounting::resize_key(request_id);
+    for (kind, debit) in [
+        (LedgerKind::Reserve, change.taken),
+        (LedgerKind::Release, change.returned),
+    ] {
+        if debit != Debit::default() && !append(conn, &res.tenant_id, kind, debit, &key, now)? {
+            return Err(StoreError::Conflict(format!(
+                "reservation '{request_id}' was already resized"
+            )));
+        }
+    }
+    conn.prepare_cached(
+        "UPDATE reservations SET prompt_tokens = ?2, max_completion_tokens = ?3, \
+         held_grant_tokens = ?4, held_amount = ?5 WHERE request_id = ?1 AND state = 'open'",
+    )?
+    .execute(params![
+        request_id,
+        prompt_tokens,
+        max_completion_tokens,
+        change.hold.grant_tokens,
+        change.hold.amount
+    ])?;
+    conn.prepare_cached(
+        "UPDATE tenants SET grant_tokens_held = grant_tokens_held + ?2, \
+         amount_held = amount_held + ?3 WHERE id = ?1",
+    )?
+    .execute(params![
+        res.tenant_id,
+        change.hold.grant_tokens - res.hold.grant_tokens,
+        change.hold.amount - res.hold.amount
+    ])?;
+    reservation(conn, request_id)
+}
+
 /// Records a stream's progress on an open reservation; a closed one is left as it is.
 pub(super) fn record_progress(
     conn: &Connection,

@@ -16,6 +16,7 @@ store::on_both!(Fixture;
     settlement_is_idempotent,
     concurrent_reservations_take_exactly_what_the_balance_covers,
     expired_leases_are_recovered_and_live_ones_are_not,
+    a_reservation_shrinks_to_its_counted_prompt_and_grows_only_if_the_account_can_pay,
 );
 
 /// 1 micro-unit per input token, 2 per output token, 0.5 per cached input token.
@@ -406,4 +407,70 @@ async fn expired_leases_are_recovered_and_live_ones_are_not(fx: Fixture) {
     assert_eq!(account.balance, 100_000 - 164 - 200);
     assert_eq!((account.amount_held, account.grant_tokens_held), (0, 0));
     assert_consistent(a, &tenant.id).await;
+}
+
+async fn a_reservation_shrinks_to_its_counted_prompt_and_grows_only_if_the_account_can_pay(
+    fx: Fixture,
+) {
+    let t = &fx.tenancy;
+    t.prices.set("m", RATES).await.expect("price");
+    let tenant = fx.tenant("acme", 0).await;
+    t.ledger
+        .top_up(&tenant.id, 1_000, None)
+        .await
+        .expect("top up");
+
+    // A bound of 400 prompt tokens and 100 completion tokens: 400 + 200 held.
+    let r = t
+        .ledger
+        .reserve(&request("r1", &tenant.id, 400, 100))
+        .await
+        .expect("reserve");
+    assert_eq!(r.hold.amount, 600);
+    // The backend counted 100 prompt tokens: 300 go back at once.
+    let r = t.ledger.resize("r1", 100, 100).await.expect("shrink");
+    assert_eq!((r.prompt_tokens, r.max_completion_tokens), (100, 100));
+    assert_eq!(r.hold.amount, 300);
+    let account = t.usage.account(&tenant.id).await.expect("account");
+    assert_eq!((account.balance, account.amount_held), (1_000, 300));
+    assert_consistent(t, &tenant.id).await;
+    // Once per reservation.
+    let again = t.ledger.resize("r1", 50, 100).await;
+    assert!(matches!(again, Err(Error::Conflict { .. })), "{again:?}");
+
+    // Growing takes only what the account has: 700 are free, 300 held by r1.
+    t.ledger
+        .reserve(&request("r2", &tenant.id, 100, 100))
+        .await
+        .expect("reserve r2");
+    let refused = t.ledger.resize("r2", 900, 100).await;
+    assert!(
+        matches!(refused, Err(Error::InsufficientQuota { .. })),
+        "{refused:?}"
+    );
+    let unchanged = t.ledger.reservation("r2").await.expect("r2");
+    assert_eq!((unchanged.prompt_tokens, unchanged.hold.amount), (100, 300));
+    let r = t.ledger.resize("r2", 300, 100).await.expect("grow");
+    assert_eq!(r.hold.amount, 500);
+    let account = t.usage.account(&tenant.id).await.expect("account");
+    assert_eq!(account.amount_held, 800);
+    assert_consistent(t, &tenant.id).await;
+
+    // Settling bills up to the resized worst case and releases the rest.
+    let s = t
+        .ledger
+        .settle("r2", usage(300, 10, 0))
+        .await
+        .expect("settle");
+    assert_eq!((s.charged.amount, s.released.amount), (320, 180));
+    t.ledger
+        .settle("r1", usage(100, 0, 0))
+        .await
+        .expect("settle");
+    // A closed reservation is returned unchanged.
+    let closed = t.ledger.resize("r1", 10, 10).await.expect("closed");
+    assert_eq!(closed.prompt_tokens, 100);
+    let account = t.usage.account(&tenant.id).await.expect("account");
+    assert_eq!((account.balance, account.amount_held), (580, 0));
+    assert_consistent(t, &tenant.id).await;
 }

@@ -61,7 +61,7 @@ async fn serve(config: ServeConfig) -> Result<()> {
     tracing::info!("listening on http://{addr}");
     eprintln!("flywheel is serving on http://{addr}");
 
-    let heartbeat = spawn_lease_keeper(tenancy.ledger.clone(), &config.tenancy);
+    let heartbeat = tenancy.ledger.spawn_heartbeat();
     let server = crate::http::Server::start(listener, app, limits);
     shutdown_signal().await;
     tracing::info!("shutting down: no new connections; waiting for running requests");
@@ -163,38 +163,6 @@ async fn open_tenancy(
         );
     }
     Ok(tenancy)
-}
-
-/// Renews this process's leases every third of the lease and closes the reservations of
-/// processes whose lease ran out (one that crashed and restarted within a lease is recovered
-/// here, once its old lease expires).
-fn spawn_lease_keeper(
-    ledger: tenancy::Ledger,
-    config: &tenancy::TenancyConfig,
-) -> tokio::task::JoinHandle<()> {
-    let every = (config.lease / 3)
-        .to_std()
-        .unwrap_or(Duration::from_secs(10))
-        .max(Duration::from_millis(100));
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            if let Err(e) = ledger.heartbeat().await {
-                tracing::warn!(error = %e, "lease heartbeat failed");
-            }
-            match ledger.recover().await {
-                Ok(r) if !r.settled.is_empty() || !r.released.is_empty() => tracing::info!(
-                    settled = r.settled.len(),
-                    released = r.released.len(),
-                    "recovered the reservations of processes that stopped"
-                ),
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "reservation recovery failed"),
-            }
-        }
-    })
 }
 
 /// `postgres://user:secret@host/db` → `postgres://user:***@host/db`, for logs and errors.

@@ -152,6 +152,21 @@ impl ApiError {
         }
     }
 
+    /// Maps a serving-layer refusal; `prompt_param` names the request field holding the
+    /// prompt (`messages` or `prompt`).
+    pub fn from_serve(err: serving::ServeError, prompt_param: &str) -> Self {
+        use serving::ServeError as E;
+        let message = err.to_string();
+        match err {
+            E::ModelNotFound { .. } => Self::new(Code::ModelNotFound, message).with_param("model"),
+            E::PromptTooLong { .. } => {
+                Self::new(Code::ContextLengthExceeded, message).with_param(prompt_param)
+            }
+            E::Tenancy(err) => Self::from_tenancy(err),
+            E::Backend(err) => Self::from_backend(err, prompt_param),
+        }
+    }
+
     /// Maps a tenancy refusal (auth, quota, limits, admin input) by its stable code.
     pub fn from_tenancy(err: tenancy::Error) -> Self {
         use tenancy::Error as E;

@@ -12,7 +12,6 @@
 
 pub mod auth;
 pub mod error;
-pub mod meter;
 pub mod metrics;
 pub mod observe;
 mod routes;
@@ -21,7 +20,6 @@ pub mod upstream;
 pub mod validate;
 pub mod wire;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
@@ -33,9 +31,10 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tenancy::Tenancy;
 use tokio_util::task::TaskTracker;
 
+use serving::{Catalog, Serving};
+
 use crate::auth::Authenticator;
-use crate::error::{ApiError, Code};
-use crate::meter::{Meter, MeterSpec};
+use crate::error::ApiError;
 
 /// What the binary hands the gateway.
 pub struct GatewayState {
@@ -65,97 +64,50 @@ pub struct GatewayState {
 pub struct AppState(Arc<Inner>);
 
 struct Inner {
-    models: Vec<(String, Arc<dyn Backend>)>,
-    by_name: HashMap<String, usize>,
+    serving: Serving,
     auth: Authenticator,
-    tenancy: Tenancy,
-    settlements: TaskTracker,
     metrics: PrometheusHandle,
     metrics_open: bool,
     hub: Option<hub::Hub>,
-    plane: Option<control::ControlPlane>,
 }
 
 impl AppState {
     fn new(state: GatewayState) -> Self {
-        let mut models = Vec::with_capacity(state.models.len());
-        let mut by_name = HashMap::new();
-        for backend in state.models {
-            let name = backend.info().id;
-            if by_name.contains_key(&name) {
-                tracing::warn!(model = %name, "two backends serve the same model name; the first wins");
-                continue;
-            }
-            by_name.insert(name.clone(), models.len());
-            models.push((name, backend));
-        }
+        let catalog = Catalog::new(state.models, state.plane);
         Self(Arc::new(Inner {
-            models,
-            by_name,
             auth: Authenticator::new(state.admin_key, state.tenancy.directory.clone()),
-            tenancy: state.tenancy,
-            settlements: state.settlements,
+            serving: Serving::new(catalog, state.tenancy, state.settlements),
             hub: state.hub,
-            plane: state.plane,
             metrics: state.metrics,
             metrics_open: state.metrics_open,
         }))
     }
 
-    /// The fixed backends (upstreams), in order.
-    pub fn backends(&self) -> impl Iterator<Item = (&str, &Arc<dyn Backend>)> {
-        self.0.models.iter().map(|(name, b)| (name.as_str(), b))
+    /// The serving layer every generating route calls.
+    pub fn serving(&self) -> &Serving {
+        &self.0.serving
     }
 
     /// Every served model: the fixed backends, then the deployments by name.
     pub fn models(&self) -> Vec<backend::ModelInfo> {
-        let mut infos: Vec<backend::ModelInfo> =
-            self.backends().map(|(_, backend)| backend.info()).collect();
-        if let Some(plane) = &self.0.plane {
-            infos.extend(
-                plane
-                    .names()
-                    .iter()
-                    .filter(|name| !self.0.by_name.contains_key(name.as_str()))
-                    .filter_map(|name| plane.get(name))
-                    .map(|deployment| deployment.info()),
-            );
-        }
-        infos
+        self.0.serving.catalog().models()
     }
 
     /// The control plane, if this server runs one.
     pub fn plane(&self) -> Option<&control::ControlPlane> {
-        self.0.plane.as_ref()
+        self.0.serving.catalog().plane()
     }
 
-    /// The backend serving `model` (a fixed backend, else the deployment of that name, looked
-    /// up per request), or a 404 `model_not_found` listing what is served.
+    /// The backend serving `model`, or a 404 `model_not_found` listing what is served.
     pub fn backend(&self, model: &str) -> Result<Arc<dyn Backend>, ApiError> {
-        let fixed = self
-            .0
-            .by_name
-            .get(model)
-            .and_then(|&i| self.0.models.get(i));
-        if let Some((_, backend)) = fixed {
-            return Ok(Arc::clone(backend));
-        }
-        match self.0.plane.as_ref().and_then(|p| p.get(model)) {
-            Some(deployment) => Ok(Arc::new(deployment)),
-            None => {
-                let available: Vec<String> = self.models().into_iter().map(|m| m.id).collect();
-                let available = if available.is_empty() {
-                    "none".to_string()
-                } else {
-                    available.join(", ")
-                };
-                Err(ApiError::new(
-                    Code::ModelNotFound,
-                    format!("The model '{model}' does not exist. Available: {available}"),
-                )
-                .with_param("model"))
-            }
-        }
+        let catalog = self.0.serving.catalog();
+        catalog.backend(model).ok_or_else(|| {
+            let err = serving::ServeError::ModelNotFound {
+                model: model.to_owned(),
+                available: catalog.names(),
+            };
+            ApiError::from_serve(err, "model")
+        })
     }
 
     /// The model hub, if this server runs one.
@@ -164,12 +116,7 @@ impl AppState {
     }
 
     pub fn tenancy(&self) -> &Tenancy {
-        &self.0.tenancy
-    }
-
-    /// A meter for one tenant request.
-    pub fn meter(&self, spec: MeterSpec) -> Meter {
-        Meter::new(self.0.tenancy.clone(), self.0.settlements.clone(), spec)
+        self.0.serving.tenancy()
     }
 
     pub fn metrics_open(&self) -> bool {

@@ -1,8 +1,8 @@
 //! Server-sent events for streamed completions.
 //!
-//! The response body owns the backend's event stream (inside [`Metered`]) and nothing else
-//! holds it, so when the client disconnects and hyper drops the body, the stream is dropped
-//! and generation stops (and the request's meter settles what was delivered).
+//! The response body owns the request's [`Served`] events and nothing else holds them, so when
+//! the client disconnects and hyper drops the body, they are dropped: generation stops and the
+//! serving layer settles what was delivered.
 //!
 //! A request waiting in a queue gets its headers at once (`x-flywheel-queue-position`,
 //! `x-flywheel-queue-eta-ms`), then an SSE comment line `: queue position=N eta_ms=M` whenever
@@ -16,9 +16,9 @@ use axum::response::Response;
 use backend::{BackendError, Event, Usage};
 use bytes::Bytes;
 use serde_json::Value;
+use serving::Served;
 
 use crate::error::ApiError;
-use crate::meter::Metered;
 use crate::metrics;
 use crate::observe::Streamed;
 use crate::wire::{ChunkFormat, ChunkUsage, ResponseMeta, UsageView};
@@ -46,7 +46,8 @@ pub struct UsageOptions {
 
 struct State<F> {
     /// `None` once the stream is over, so the backend's stream is dropped at once.
-    events: Option<Metered>,
+    events: Option<Served>,
+    prompt_param: &'static str,
     /// An event read before the response started (to set its headers), sent first.
     pending: Option<Event>,
     format: F,
@@ -72,7 +73,8 @@ impl<F: ChunkFormat> State<F> {
         if let Some(event) = self.pending.take() {
             return Some(Ok(event));
         }
-        self.events.as_mut()?.next().await
+        let next = self.events.as_mut()?.next().await?;
+        Some(next.map_err(|err| ApiError::from_serve(err, self.prompt_param)))
     }
 
     /// The next bytes to send, or `None` when the stream is over.
@@ -129,15 +131,11 @@ impl<F: ChunkFormat> State<F> {
                 }
                 Some(Err(err)) => return Some(self.fail(err)),
                 None => {
-                    let param = self
-                        .events
-                        .as_ref()
-                        .map_or("messages", Metered::prompt_param);
                     return Some(self.fail(ApiError::from_backend(
                         BackendError::Internal(
                             "the backend's stream ended before the generation finished".into(),
                         ),
-                        param,
+                        self.prompt_param,
                     )));
                 }
             }
@@ -155,21 +153,33 @@ impl<F: ChunkFormat> State<F> {
     }
 }
 
-/// Streams `events` to the client as SSE in `format`'s chunk shape.
-/// `first` is an event already read from `events` (a `Queued` one sets the queue headers).
-pub fn response<F: ChunkFormat>(
-    events: Metered,
-    first: Option<Event>,
-    format: F,
-    meta: ResponseMeta,
-    usage: UsageOptions,
-) -> Response {
+/// A request's events, ready to stream.
+pub struct Stream {
+    pub events: Served,
+    /// An event already read from `events` (a `Queued` one sets the queue headers).
+    pub first: Option<Event>,
+    pub meta: ResponseMeta,
+    pub usage: UsageOptions,
+    /// The request field that holds the prompt, for errors about it.
+    pub prompt_param: &'static str,
+}
+
+/// Streams `stream`'s events to the client as SSE in `format`'s chunk shape.
+pub fn response<F: ChunkFormat>(stream: Stream, format: F) -> Response {
+    let Stream {
+        events,
+        first,
+        meta,
+        usage,
+        prompt_param,
+    } = stream;
     let queued = match first {
         Some(Event::Queued { position, eta_ms }) => Some((position, eta_ms)),
         _ => None,
     };
     let state = State {
         events: Some(events),
+        prompt_param,
         pending: first,
         format,
         meta,

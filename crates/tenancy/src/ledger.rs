@@ -138,30 +138,31 @@ impl Ledger {
             .await?)
     }
 
-    /// Refuses a request that `tenant` (as read for this request) could not pay for even at its
-    /// smallest, `prompt_tokens` (a lower bound of its prompt, at least 1) and one completion
-    /// token of `served_model`, before any work is done for it: `InsufficientQuota`, or
+    /// Refuses, before any work is done for it, a request that `tenant` (as read for this
+    /// request) could not pay for: `prompt_tokens` (at least 1) and `max_completion_tokens` of
+    /// `served_model`, its worst case as known before tokenizing. `InsufficientQuota`, or
     /// `PermissionDenied` for a disabled tenant or a free-tier-only one whose grant is used up.
-    /// [`Ledger::reserve`] still decides with the real worst case; this only keeps a tenant
-    /// that cannot pay from costing queueing or tokenizing. Reads the price only when the
-    /// tenant's free grant does not cover the request.
+    /// No write: [`Ledger::reserve`] still decides against the account as it is then. Reads
+    /// the price only when the tenant's free grant does not cover the request.
     pub async fn check_affordable(
         &self,
         tenant: &Tenant,
         served_model: &str,
         prompt_tokens: i64,
+        max_completion_tokens: i64,
     ) -> Result<()> {
         if tenant.disabled {
             return Err(StoreError::TenantDisabled(tenant.id.clone()).into());
         }
         let prompt = prompt_tokens.max(1);
-        let worst_case = prompt.saturating_add(1);
+        let completion = max_completion_tokens.max(0);
+        let worst_case = prompt.saturating_add(completion);
         let grant = tenant.balances.grant_tokens_available();
         if grant >= worst_case {
             return Ok(());
         }
         let rates = self.prices.rates(served_model).await?;
-        let hold = accounting::hold(prompt, 1, &rates, grant);
+        let hold = accounting::hold(prompt, completion, &rates, grant);
         accounting::check_hold(&tenant.balances, tenant.free_tier_only, &hold, worst_case).map_err(
             |refusal| match refusal {
                 HoldRefusal::GrantExhausted => StoreError::GrantExhausted.into(),
@@ -202,8 +203,14 @@ impl Ledger {
         Ok(self.store.renew_leases(&self.process_id, until).await?)
     }
 
-    /// Heartbeats every `every` until the returned task is aborted.
-    pub fn spawn_heartbeat(&self, every: Duration) -> tokio::task::JoinHandle<()> {
+    /// Every third of the lease until the returned task is aborted: a heartbeat, then a
+    /// recovery pass (a process that crashed and restarted within a lease is recovered here,
+    /// once its old lease ran out).
+    pub fn spawn_heartbeat(&self) -> tokio::task::JoinHandle<()> {
+        let every = (self.lease / 3)
+            .to_std()
+            .unwrap_or(Duration::from_secs(10))
+            .max(Duration::from_millis(100));
         let ledger = self.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
@@ -212,6 +219,15 @@ impl Ledger {
                 tick.tick().await;
                 if let Err(e) = ledger.heartbeat().await {
                     tracing::warn!(error = %e, "lease heartbeat failed");
+                }
+                match ledger.recover().await {
+                    Ok(r) if !r.settled.is_empty() || !r.released.is_empty() => tracing::info!(
+                        settled = r.settled.len(),
+                        released = r.released.len(),
+                        "recovered the reservations of processes that stopped"
+                    ),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "reservation recovery failed"),
                 }
             }
         })

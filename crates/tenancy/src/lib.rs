@@ -2,16 +2,19 @@
 //! book, the reserve-then-settle ledger, RPM/TPM limits and usage reports. On top of
 //! [`store::Store`]; knows nothing of HTTP (the gateway maps [`Error::code`] to statuses).
 //!
-//! One request through the gateway, in order:
+//! One request, in order (the `serving` crate runs this for every API):
 //! ```text
 //! let principal = tenancy.directory.verify(bearer).await?;          // 401
 //! principal.require(Scope::Inference)?; principal.require_model(m)?; // 403
-//! // before any work is done for the request (queueing, tokenizing, an upstream call):
-//! tenancy.ledger.check_affordable(&principal.tenant, m, prompt_lower_bound).await?; // 402 / 403
+//! // before any work is done for the request (queueing, tokenizing, an upstream call),
+//! // with its worst case bounded from its bytes:
+//! tenancy.ledger.check_affordable(&principal.tenant, m, prompt_bound, max).await?; // 402 / 403
 //! let counted = tenancy.limits.admit_request(Some(&principal.key), &principal.tenant).await?; // 429
-//! // once the backend knows the worst case (prompt tokens + max_tokens):
-//! let admission = tenancy.limits.admit_tokens(&counted, worst).await?; // 429
-//! let reservation = tenancy.ledger.reserve(&request).await?;        // 402 / 403 (then correct(…, 0))
+//! let mut admission = tenancy.limits.admit_tokens(&counted, prompt_bound + max).await?; // 429
+//! tenancy.ledger.reserve(&request).await?;                          // 402 / 403 (then correct(…, 0))
+//! // once the backend counted the prompt:
+//! tenancy.ledger.resize(id, prompt_tokens, max).await?;             // 402 only if it grows
+//! tenancy.limits.shrink(&mut admission, prompt_tokens + max).await?;
 //! // stream: before each chunk, `if let Some(mark) = marks.before_send(sent, n)
 //! //          { tenancy.ledger.progress(id, usage_with(mark)).await? }`, then send it
 //! let settlement = tenancy.ledger.settle(id, delivered).await?;     // always, also on cancel

@@ -4,12 +4,12 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use backend::{BackendError, Event, FinishReason};
+use serving::{Delivery, Served};
 use tenancy::Scope;
 
 use super::RawBody;
 use crate::auth::Caller;
 use crate::error::{ApiError, Result};
-use crate::meter::{preadmit, MeterSpec, Metered};
 use crate::metrics::{self, ModelLabel};
 use crate::observe::RequestId;
 use crate::sse::{self, UsageOptions};
@@ -79,32 +79,10 @@ async fn generate(
     endpoint: Endpoint,
     label: &mut ModelLabel,
 ) -> Result<Response> {
-    let backend = state.backend(&request.model);
-    if backend.is_ok() {
+    if state.serving().catalog().backend(&request.model).is_some() {
         label.0.clone_from(&request.model);
+        tracing::Span::current().record("model", request.model.as_str());
     }
-    if let Some(principal) = caller.principal() {
-        principal
-            .require_model(&request.model)
-            .map_err(ApiError::from_tenancy)?;
-    }
-    let backend = backend?;
-    tracing::Span::current().record("model", request.model.as_str());
-    // Bounds that need no tokenizer come first: nothing below may cost the backend work for a
-    // request that cannot fit, or that its tenant cannot pay for or may not send now.
-    request.check_prompt_fits(backend.info().context_length)?;
-    let counted = match &caller {
-        Caller::Admin => None,
-        Caller::Tenant(principal) => Some(
-            preadmit(
-                state.tenancy(),
-                principal,
-                &request.model,
-                request.min_prompt_tokens(),
-            )
-            .await?,
-        ),
-    };
     let prefix = match endpoint {
         Endpoint::Chat => "chatcmpl",
         Endpoint::Completions => "cmpl",
@@ -115,24 +93,22 @@ async fn generate(
         model: request.model.clone(),
     };
     let prompt_param = request.prompt_param();
-    let tenant = caller.tenant_id().map(str::to_owned);
-    let events = backend
-        .generate(request.generate_request(meta.id.clone(), tenant))
-        .await
-        .map_err(|err| ApiError::from_backend(err, prompt_param))?;
-    let meter = match (caller, counted) {
-        (Caller::Tenant(principal), Some(counted)) => Some(state.meter(MeterSpec {
-            principal,
-            counted,
-            model: request.model.clone(),
-            request_id: meta.id.clone(),
-            streaming: request.stream,
-        })),
-        _ => None,
+    let delivery = if request.stream {
+        Delivery::Stream
+    } else {
+        Delivery::Whole
     };
-    let mut events = Metered::new(events, meter, prompt_param);
+    let tenant = caller.tenant_id().map(str::to_owned);
+    let generate = request.generate_request(meta.id.clone(), tenant);
+    // Admission (limits, balance, the reservation) happens in here, before the request may
+    // queue: its refusals are HTTP statuses.
+    let mut events = state
+        .serving()
+        .serve(caller.principal(), generate, delivery)
+        .await
+        .map_err(|err| ApiError::from_serve(err, prompt_param))?;
     if !request.stream {
-        let (text, reason, usage) = collect(&mut events, &meta.model).await?;
+        let (text, reason, usage) = collect(&mut events, &meta.model, prompt_param).await?;
         return Ok(match endpoint {
             Endpoint::Chat => {
                 Json(ChatCompletionView::new(meta, text, reason, usage)).into_response()
@@ -142,21 +118,21 @@ async fn generate(
             }
         });
     }
-    // Answer with a status while one can: admission refusals (402, 429, 403) come before the
-    // first byte unless the request had to queue first. Once admitted (and reserved) or
+    // Answer with a status while one can: a backend's refusal (a full queue, the context)
+    // comes before the first byte unless the request had to queue first. Once admitted or
     // queued, the stream starts at once, so a client waiting for a slot already has its id.
     // An estimated admission (`exact: false`: an upstream server, called only once the
     // reservation is held) is not yet an answer: the upstream may still refuse, so its first
     // answer is awaited too.
     let first = match events.next().await {
         Some(Ok(event)) => Some(event),
-        Some(Err(err)) => return Err(err),
+        Some(Err(err)) => return Err(ApiError::from_serve(err, prompt_param)),
         None => None,
     };
     if let Some(Event::Admitted { exact: false, .. }) = first {
         match events.next().await {
             Some(Ok(event)) => events.unread(event),
-            Some(Err(err)) => return Err(err),
+            Some(Err(err)) => return Err(ApiError::from_serve(err, prompt_param)),
             None => {}
         }
     }
@@ -164,18 +140,29 @@ async fn generate(
         include_usage: request.include_usage,
         continuous: request.continuous_usage,
     };
+    let stream = sse::Stream {
+        events,
+        first,
+        meta,
+        usage,
+        prompt_param,
+    };
     Ok(match endpoint {
-        Endpoint::Chat => sse::response(events, first, ChatChunks, meta, usage),
-        Endpoint::Completions => sse::response(events, first, CompletionChunks, meta, usage),
+        Endpoint::Chat => sse::response(stream, ChatChunks),
+        Endpoint::Completions => sse::response(stream, CompletionChunks),
     })
 }
 
 /// Gathers a whole generation. If the client goes away meanwhile, this future is dropped with
 /// the stream, which cancels the generation.
-async fn collect(events: &mut Metered, model: &str) -> Result<(String, FinishReason, UsageView)> {
+async fn collect(
+    events: &mut Served,
+    model: &str,
+    prompt_param: &'static str,
+) -> Result<(String, FinishReason, UsageView)> {
     let mut text = String::new();
     while let Some(event) = events.next().await {
-        match event? {
+        match event.map_err(|err| ApiError::from_serve(err, prompt_param))? {
             Event::Text { text: piece, .. } => text.push_str(&piece),
             Event::Queued { .. } | Event::Admitted { .. } => {}
             Event::Finished { reason, usage } => {
@@ -186,6 +173,6 @@ async fn collect(events: &mut Metered, model: &str) -> Result<(String, FinishRea
     }
     Err(ApiError::from_backend(
         BackendError::Internal("the backend's stream ended before the generation finished".into()),
-        events.prompt_param(),
+        prompt_param,
     ))
 }

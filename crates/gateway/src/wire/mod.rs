@@ -8,12 +8,7 @@ pub mod tenancy;
 use backend::{FinishReason, GenerateRequest, Prompt, SamplingParams, Usage};
 use serde::Serialize;
 
-use crate::error::{ApiError, Code, Result};
-
-/// No token of any tokenizer we serve is longer than this many bytes of text (the longest in
-/// common vocabularies are at most 128 or so), so a prompt of `n` bytes is at least
-/// `n / MAX_BYTES_PER_TOKEN` tokens: a bound from below that is known before tokenizing.
-pub const MAX_BYTES_PER_TOKEN: usize = 256;
+use crate::error::Result;
 
 /// A request that passed validation, for either endpoint.
 #[derive(Debug, Clone, PartialEq)]
@@ -40,42 +35,6 @@ impl ValidRequest {
             stop: self.stop.clone(),
             tenant,
         }
-    }
-
-    /// Bytes of prompt text: the text, or every message's content (a chat template adds to it).
-    pub fn prompt_bytes(&self) -> usize {
-        match &self.prompt {
-            Prompt::Chat(messages) => messages.iter().map(|m| m.content.len()).sum(),
-            Prompt::Text(text) => text.len(),
-        }
-    }
-
-    /// Fewest tokens the prompt can tokenize to, from its bytes alone (at least 1).
-    pub fn min_prompt_tokens(&self) -> u32 {
-        let tokens = self.prompt_bytes().div_ceil(MAX_BYTES_PER_TOKEN).max(1);
-        u32::try_from(tokens).unwrap_or(u32::MAX)
-    }
-
-    /// Refuses, before anything tokenizes it, a prompt too long for a context of
-    /// `context_length` tokens whatever the tokenizer (`None`: unknown, nothing to check).
-    pub fn check_prompt_fits(&self, context_length: Option<u32>) -> Result<()> {
-        let Some(context_length) = context_length else {
-            return Ok(());
-        };
-        let at_least = self.min_prompt_tokens();
-        if at_least < context_length {
-            return Ok(());
-        }
-        Err(ApiError::new(
-            Code::ContextLengthExceeded,
-            format!(
-                "This model's maximum context length is {context_length} tokens. However, your \
-                 prompt has {} bytes of text, which is at least {at_least} tokens. Shorten the \
-                 prompt or start a new conversation.",
-                self.prompt_bytes()
-            ),
-        )
-        .with_param(self.prompt_param()))
     }
 
     /// The request field that holds the prompt, for errors about it.

@@ -1,0 +1,163 @@
+//! The worst case of a request, known before anything tokenizes it: what admission reserves
+//! for a request before it may queue (and so before any replica has to start for it).
+//!
+//! A token covers at least one byte of the text it was cut from, so a prompt never has more
+//! tokens than the bytes its chat template renders, plus the special tokens the template and
+//! the tokenizer add. The template's own text is unknown here; [`TEMPLATE_TOKENS`] and
+//! [`TEMPLATE_TOKENS_PER_MESSAGE`] cover the templates of common models (role markers, a
+//! default system prompt). Where a template adds more, the backend's exact count grows the
+//! reservation at admission, if the account can pay (see `Meter::admitted`).
+//!
+//! From below: no tokenizer makes a token from more than [`MAX_BYTES_PER_TOKEN`] bytes, so a
+//! prompt whose bytes alone reach the context is refused without tokenizing it.
+
+use backend::{GenerateRequest, Prompt};
+
+use crate::error::ServeError;
+
+/// No tokenizer's token is longer than this many bytes (llama.cpp vocabularies stay far
+/// below it), so `n` bytes of text are at least `n / MAX_BYTES_PER_TOKEN` tokens.
+pub const MAX_BYTES_PER_TOKEN: usize = 256;
+/// Template text and special tokens a chat template adds once (a default system prompt, the
+/// generation prompt, BOS).
+pub const TEMPLATE_TOKENS: u32 = 256;
+/// Template tokens a chat template adds around each message (role markers, separators).
+pub const TEMPLATE_TOKENS_PER_MESSAGE: u32 = 16;
+/// Special tokens around a raw completion prompt (BOS, EOS).
+pub const RAW_PROMPT_TOKENS: u32 = 8;
+/// The completion bound of a request without `max_tokens` to a backend that does not know its
+/// context (an upstream server, which applies its own default, also 4,096 unless configured).
+pub const UNKNOWN_CONTEXT_COMPLETION_TOKENS: u32 = 4096;
+
+/// A request's prompt and completion, bounded before tokenizing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bound {
+    /// At least this many prompt tokens (≥ 1).
+    pub min_prompt: u32,
+    /// At most this many prompt tokens (or the backend's exact count grows the reservation).
+    pub prompt: u32,
+    /// At most this many completion tokens.
+    pub completion: u32,
+}
+
+/// Bytes of prompt text: the text, or every message's role and content.
+pub fn prompt_bytes(prompt: &Prompt) -> usize {
+    match prompt {
+        Prompt::Chat(messages) => messages
+            .iter()
+            .map(|m| m.role.len().saturating_add(m.content.len()))
+            .fold(0, usize::saturating_add),
+        Prompt::Text(text) => text.len(),
+    }
+}
+
+fn to_u32(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+impl Bound {
+    /// The bound of `request` for a model of `context_length` tokens (`None`: unknown), or
+    /// `PromptTooLong` when its bytes alone cannot fit.
+    pub fn of(request: &GenerateRequest, context_length: Option<u32>) -> Result<Self, ServeError> {
+        let bytes = prompt_bytes(&request.prompt);
+        let min_prompt = to_u32(bytes.div_ceil(MAX_BYTES_PER_TOKEN).max(1));
+        if let Some(context_length) = context_length {
+            if min_prompt >= context_length {
+                return Err(ServeError::PromptTooLong {
+                    prompt_bytes: bytes,
+                    at_least: min_prompt,
+                    context_length,
+                });
+            }
+        }
+        let overhead = match &request.prompt {
+            Prompt::Chat(messages) => TEMPLATE_TOKENS
+                .saturating_add(TEMPLATE_TOKENS_PER_MESSAGE.saturating_mul(to_u32(messages.len()))),
+            Prompt::Text(_) => RAW_PROMPT_TOKENS,
+        };
+        let mut prompt = to_u32(bytes).saturating_add(overhead);
+        let completion = match context_length {
+            Some(context_length) => {
+                // A prompt that runs is shorter than the context, and prompt plus completion
+                // never exceed it.
+                prompt = prompt.min(context_length - 1);
+                let room = context_length - min_prompt;
+                request.max_tokens.unwrap_or(room).min(room)
+            }
+            None => request
+                .max_tokens
+                .unwrap_or(UNKNOWN_CONTEXT_COMPLETION_TOKENS),
+        };
+        Ok(Self {
+            min_prompt,
+            prompt: prompt.max(min_prompt),
+            completion,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use backend::{ChatMessage, SamplingParams};
+
+    use super::*;
+
+    fn request(prompt: Prompt, max_tokens: Option<u32>) -> GenerateRequest {
+        GenerateRequest {
+            request_id: "r".into(),
+            model: "m".into(),
+            prompt,
+            sampling: SamplingParams::default(),
+            max_tokens,
+            stop: Vec::new(),
+            tenant: None,
+        }
+    }
+
+    fn chat(content: &str) -> Prompt {
+        Prompt::Chat(vec![ChatMessage {
+            role: "user".into(),
+            content: content.into(),
+        }])
+    }
+
+    #[test]
+    fn a_chat_prompt_is_bounded_by_its_bytes_and_the_template() {
+        let b = Bound::of(&request(chat("hello"), Some(10)), Some(2048)).expect("fits");
+        assert_eq!(b.min_prompt, 1);
+        assert_eq!(b.prompt, 4 + 5 + TEMPLATE_TOKENS + TEMPLATE_TOKENS_PER_MESSAGE);
+        assert_eq!(b.completion, 10);
+    }
+
+    #[test]
+    fn the_context_caps_both_parts() {
+        let long = "x".repeat(10_000);
+        let b = Bound::of(&request(chat(&long), None), Some(2048)).expect("fits");
+        assert_eq!(b.prompt, 2047);
+        // 10,004 bytes are at least 40 tokens, which leaves at most 2,008 to generate.
+        assert_eq!(b.min_prompt, 40);
+        assert_eq!(b.completion, 2008);
+        let b = Bound::of(&request(Prompt::Text(long), Some(5000)), Some(2048)).expect("fits");
+        assert_eq!(b.completion, 2048 - 40);
+    }
+
+    #[test]
+    fn an_unknown_context_bounds_the_completion_by_the_upstream_default() {
+        let b = Bound::of(&request(Prompt::Text("hi".into()), None), None).expect("fits");
+        assert_eq!((b.prompt, b.completion), (2 + RAW_PROMPT_TOKENS, 4096));
+    }
+
+    #[test]
+    fn a_prompt_whose_bytes_cannot_fit_is_refused_without_tokenizing() {
+        let long = "x".repeat(256 * 2048);
+        let err = Bound::of(&request(Prompt::Text(long), None), Some(2048)).expect_err("refused");
+        assert!(matches!(
+            err,
+            ServeError::PromptTooLong {
+                at_least: 2048,
+                context_length: 2048,
+                ..
+            }
+        ));
+    }
+}

@@ -1,0 +1,157 @@
+//! The one serving path below the wire. Every API that generates (chat and text completions
+//! today; Responses, Messages, MCP tool calls and batches later) hands a parsed
+//! [`GenerateRequest`] to [`Serving::serve`] and renders the [`Served`] events it gets back;
+//! the wire layer only parses, calls this, and maps [`ServeError`]s to its own error shapes.
+//! This crate knows no HTTP.
+//!
+//! [`Serving::serve`], in order, before the backend is asked anything:
+//! 1. the model: the tenant's allow-list (403), then a backend or deployment of that name
+//!    ([`Catalog`], 404);
+//! 2. the request's worst case from its bytes ([`Bound`]): a prompt whose bytes alone cannot
+//!    fit the context is refused;
+//! 3. for a tenant: a balance check of that worst case against the account as authenticated
+//!    (402, or 403 for a free-tier-only tenant whose grant is used up), then the request
+//!    counted against the key's and the tenant's RPM (429; also when a TPM window is already
+//!    full), then the worst case counted against the TPM windows (429) and reserved in the
+//!    ledger (402 when a concurrent request took the balance first).
+//!
+//! Only then may the request queue, start a replica or reach an upstream server: a tenant who
+//! cannot pay or is over a limit costs no backend any work, and gets its refusal before any
+//! response has started. A request refused in step 1–3 does not count toward RPM, except one
+//! refused by the reservation itself (it was counted just before); one counted counts whatever
+//! happens to it later (a full queue, a queue timeout). The hold then follows the request
+//! (see [`meter`](crate::meter)): resized when the backend counted the prompt, settled exactly
+//! once, and given back whole when the request leaves the queue without running.
+//!
+//! Requests with the admin key (`payer: None`) are neither limited nor metered.
+
+mod bound;
+mod catalog;
+mod error;
+mod meter;
+mod served;
+
+use backend::GenerateRequest;
+use tenancy::{Principal, ReserveRequest, Tenancy};
+use tokio_util::task::TaskTracker;
+
+pub use bound::{prompt_bytes, Bound, MAX_BYTES_PER_TOKEN};
+pub use catalog::Catalog;
+pub use error::ServeError;
+pub use meter::Delivery;
+pub use served::Served;
+
+use meter::{Meter, Reserved};
+
+/// The serving layer: the served models, the tenancy services and the settlements in flight.
+/// Cheap to clone.
+#[derive(Clone)]
+pub struct Serving {
+    catalog: Catalog,
+    tenancy: Tenancy,
+    settlements: TaskTracker,
+}
+
+impl Serving {
+    /// `settlements`: where settlements of interrupted requests run; a draining server waits
+    /// for them.
+    pub fn new(catalog: Catalog, tenancy: Tenancy, settlements: TaskTracker) -> Self {
+        Self {
+            catalog,
+            tenancy,
+            settlements,
+        }
+    }
+
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    pub fn tenancy(&self) -> &Tenancy {
+        &self.tenancy
+    }
+
+    /// Admits `request` for `payer` (`None`: the admin, not metered) and starts it on its
+    /// model's backend. See the crate docs for the order of the checks.
+    pub async fn serve(
+        &self,
+        payer: Option<&Principal>,
+        request: GenerateRequest,
+        delivery: Delivery,
+    ) -> Result<Served, ServeError> {
+        if let Some(principal) = payer {
+            principal.require_model(&request.model)?;
+        }
+        let backend =
+            self.catalog
+                .backend(&request.model)
+                .ok_or_else(|| ServeError::ModelNotFound {
+                    model: request.model.clone(),
+                    available: self.catalog.names(),
+                })?;
+        let bound = Bound::of(&request, backend.info().context_length)?;
+        let mut meter = match payer {
+            Some(principal) => Some(self.admit(principal, &request, bound, delivery).await?),
+            None => None,
+        };
+        match backend.generate(request).await {
+            Ok(events) => Ok(Served::new(events, meter)),
+            Err(err) => {
+                if let Some(meter) = &mut meter {
+                    meter.release().await;
+                }
+                Err(ServeError::Backend(err))
+            }
+        }
+    }
+
+    /// Steps 3 of the crate docs: balance, RPM, TPM, reservation of the bound.
+    async fn admit(
+        &self,
+        principal: &Principal,
+        request: &GenerateRequest,
+        bound: Bound,
+        delivery: Delivery,
+    ) -> Result<Meter, ServeError> {
+        let (prompt, completion) = (i64::from(bound.prompt), i64::from(bound.completion));
+        let tenancy = &self.tenancy;
+        tenancy
+            .ledger
+            .check_affordable(&principal.tenant, &request.model, prompt, completion)
+            .await?;
+        let counted = tenancy
+            .limits
+            .admit_request(Some(&principal.key), &principal.tenant)
+            .await?;
+        let admission = tenancy
+            .limits
+            .admit_tokens(&counted, prompt + completion)
+            .await?;
+        let reserve = ReserveRequest {
+            request_id: request.request_id.clone(),
+            tenant_id: principal.tenant.id.clone(),
+            key_id: Some(principal.key.id.clone()),
+            served_model: request.model.clone(),
+            prompt_tokens: prompt,
+            max_completion_tokens: completion,
+        };
+        if let Err(err) = tenancy.ledger.reserve(&reserve).await {
+            // Not admitted after all: give the windows their tokens back.
+            if let Err(undo) = tenancy.limits.correct(&admission, 0).await {
+                tracing::warn!(error = %undo, "could not return a refused request's tokens to its TPM window");
+            }
+            return Err(err.into());
+        }
+        Ok(Meter::new(
+            tenancy.clone(),
+            self.settlements.clone(),
+            Reserved {
+                request_id: request.request_id.clone(),
+                delivery,
+                admission,
+                prompt_tokens: prompt,
+                completion_tokens: completion,
+            },
+        ))
+    }
+}

@@ -20,9 +20,9 @@ use crate::error::ServeError;
 pub const MAX_BYTES_PER_TOKEN: usize = 256;
 /// Template text and special tokens a chat template adds once (a default system prompt, the
 /// generation prompt, BOS).
-pub const TEMPLATE_TOKENS: u32 = 256;
+pub const TEMPLATE_TOKENS: u32 = 96;
 /// Template tokens a chat template adds around each message (role markers, separators).
-pub const TEMPLATE_TOKENS_PER_MESSAGE: u32 = 16;
+pub const TEMPLATE_TOKENS_PER_MESSAGE: u32 = 8;
 /// Special tokens around a raw completion prompt (BOS, EOS).
 pub const RAW_PROMPT_TOKENS: u32 = 8;
 /// The completion bound of a request without `max_tokens` to a backend that does not know its
@@ -125,7 +125,10 @@ mod tests {
     fn a_chat_prompt_is_bounded_by_its_bytes_and_the_template() {
         let b = Bound::of(&request(chat("hello"), Some(10)), Some(2048)).expect("fits");
         assert_eq!(b.min_prompt, 1);
-        assert_eq!(b.prompt, 4 + 5 + TEMPLATE_TOKENS + TEMPLATE_TOKENS_PER_MESSAGE);
+        assert_eq!(
+            b.prompt,
+            4 + 5 + TEMPLATE_TOKENS + TEMPLATE_TOKENS_PER_MESSAGE
+        );
         assert_eq!(b.completion, 10);
     }
 

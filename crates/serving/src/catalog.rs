@@ -69,11 +69,7 @@ impl Catalog {
 
     /// The backend serving `model`: a fixed backend, else the deployment of that name.
     pub fn backend(&self, model: &str) -> Option<Arc<dyn Backend>> {
-        let fixed = self
-            .0
-            .by_name
-            .get(model)
-            .and_then(|&i| self.0.fixed.get(i));
+        let fixed = self.0.by_name.get(model).and_then(|&i| self.0.fixed.get(i));
         if let Some((_, backend)) = fixed {
             return Some(Arc::clone(backend));
         }

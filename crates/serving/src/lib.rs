@@ -12,8 +12,9 @@
 //! 3. for a tenant: a balance check of that worst case against the account as authenticated
 //!    (402, or 403 for a free-tier-only tenant whose grant is used up), then the request
 //!    counted against the key's and the tenant's RPM (429; also when a TPM window is already
-//!    full), then the worst case counted against the TPM windows (429) and reserved in the
-//!    ledger (402 when a concurrent request took the balance first).
+//!    full), then the worst case reserved in the ledger (402 when a concurrent request took
+//!    the balance first). TPM counts the worst case once the backend has counted the prompt
+//!    (a bytes bound would refuse small TPM limits for nothing).
 //!
 //! Only then may the request queue, start a replica or reach an upstream server: a tenant who
 //! cannot pay or is over a limit costs no backend any work, and gets its refusal before any
@@ -123,10 +124,6 @@ impl Serving {
             .limits
             .admit_request(Some(&principal.key), &principal.tenant)
             .await?;
-        let admission = tenancy
-            .limits
-            .admit_tokens(&counted, prompt + completion)
-            .await?;
         let reserve = ReserveRequest {
             request_id: request.request_id.clone(),
             tenant_id: principal.tenant.id.clone(),
@@ -135,20 +132,14 @@ impl Serving {
             prompt_tokens: prompt,
             max_completion_tokens: completion,
         };
-        if let Err(err) = tenancy.ledger.reserve(&reserve).await {
-            // Not admitted after all: give the windows their tokens back.
-            if let Err(undo) = tenancy.limits.correct(&admission, 0).await {
-                tracing::warn!(error = %undo, "could not return a refused request's tokens to its TPM window");
-            }
-            return Err(err.into());
-        }
+        tenancy.ledger.reserve(&reserve).await?;
         Ok(Meter::new(
             tenancy.clone(),
             self.settlements.clone(),
             Reserved {
                 request_id: request.request_id.clone(),
                 delivery,
-                admission,
+                counted,
                 prompt_tokens: prompt,
                 completion_tokens: completion,
             },

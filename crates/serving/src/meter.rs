@@ -5,8 +5,9 @@
 //! the backend's events drive it:
 //! - `Admitted { prompt_tokens, max_tokens }`: the backend counted the prompt; the reservation
 //!   is resized to that worst case (given back at once when smaller; grown, if the account can
-//!   pay, when a template added more than the bound allowed), and the TPM windows are lowered
-//!   to it;
+//!   pay, when a template added more than the bound allowed), and the worst case is counted
+//!   against the key's and the tenant's TPM windows (429 when it does not fit; a window
+//!   already full refused the request before it queued);
 //! - `Text { tokens }` of a stream: before the chunk is sent, a progress mark is persisted when
 //!   the last one no longer covers it (at most [`tenancy::PROGRESS_INTERVAL_TOKENS`] ahead of
 //!   what was sent), so a crash bills at most K tokens more than the client received;
@@ -21,7 +22,7 @@
 //! be reached). Settlements spawned on drop are tracked, so a draining server waits for them.
 
 use backend::Usage;
-use tenancy::{Admission, ProgressMarks, Tenancy, TokenUsage};
+use tenancy::{Admission, Counted, ProgressMarks, Tenancy, TokenUsage};
 use tokio_util::task::TaskTracker;
 
 use crate::error::ServeError;
@@ -40,8 +41,10 @@ pub(crate) struct Meter {
     settlements: TaskTracker,
     request_id: String,
     delivery: Delivery,
-    /// The request's TPM windows, counted with the reserved bound.
-    admission: Admission,
+    /// The request's place in its RPM windows, whose TPM windows it joins once admitted.
+    counted: Counted,
+    /// Its worst case in the TPM windows, once admitted.
+    admission: Option<Admission>,
     /// Prompt and completion tokens the reservation holds for.
     reserved: (i64, i64),
     /// Set once the backend counted the prompt.
@@ -65,7 +68,7 @@ struct Admitted {
 pub(crate) struct Reserved {
     pub request_id: String,
     pub delivery: Delivery,
-    pub admission: Admission,
+    pub counted: Counted,
     pub prompt_tokens: i64,
     pub completion_tokens: i64,
 }
@@ -77,7 +80,8 @@ impl Meter {
             settlements,
             request_id: reserved.request_id,
             delivery: reserved.delivery,
-            admission: reserved.admission,
+            counted: reserved.counted,
+            admission: None,
             reserved: (reserved.prompt_tokens, reserved.completion_tokens),
             admitted: None,
             marks: ProgressMarks::new(),
@@ -106,14 +110,12 @@ impl Meter {
                 .await?;
             self.reserved = worst;
         }
-        if let Err(err) = self
+        let admission = self
             .tenancy
             .limits
-            .shrink(&mut self.admission, worst.0 + worst.1)
-            .await
-        {
-            tracing::warn!(id = %self.request_id, error = %err, "could not lower the TPM windows to the counted prompt");
-        }
+            .admit_tokens(&self.counted, worst.0 + worst.1)
+            .await?;
+        self.admission = Some(admission);
         self.admitted = Some(Admitted {
             prompt_tokens: worst.0,
             exact,
@@ -144,7 +146,7 @@ impl Meter {
         let result = settle(
             &self.tenancy,
             &self.request_id,
-            &self.admission,
+            self.admission.as_ref(),
             TokenUsage::default(),
         )
         .await;
@@ -184,7 +186,13 @@ impl Meter {
             cached_tokens: i64::from(usage.cached_tokens),
         };
         self.final_usage = Some(usage);
-        let result = settle(&self.tenancy, &self.request_id, &self.admission, usage).await;
+        let result = settle(
+            &self.tenancy,
+            &self.request_id,
+            self.admission.as_ref(),
+            usage,
+        )
+        .await;
         self.settled = result.is_ok();
         result
     }
@@ -205,7 +213,7 @@ impl Meter {
 async fn settle(
     tenancy: &Tenancy,
     request_id: &str,
-    admission: &Admission,
+    admission: Option<&Admission>,
     usage: TokenUsage,
 ) -> Result<(), ServeError> {
     let settlement = tenancy
@@ -216,6 +224,9 @@ async fn settle(
             tracing::error!(id = %request_id, error = %err, "settlement failed; recovery will settle from the last progress mark");
             ServeError::from(err)
         })?;
+    let Some(admission) = admission else {
+        return Ok(());
+    };
     if let Err(err) = tenancy
         .limits
         .correct(admission, settlement.billed.total())
@@ -231,9 +242,7 @@ impl Drop for Meter {
         if self.settled {
             return;
         }
-        let usage = self
-            .final_usage
-            .unwrap_or_else(|| self.delivered_usage());
+        let usage = self.final_usage.unwrap_or_else(|| self.delivered_usage());
         let tenancy = self.tenancy.clone();
         let request_id = std::mem::take(&mut self.request_id);
         let admission = self.admission.clone();
@@ -243,7 +252,7 @@ impl Drop for Meter {
         }
         tracing::debug!(id = %request_id, ?usage, "settling an interrupted request");
         self.settlements.spawn(async move {
-            let _ = settle(&tenancy, &request_id, &admission, usage).await;
+            let _ = settle(&tenancy, &request_id, admission.as_ref(), usage).await;
         });
     }
 }

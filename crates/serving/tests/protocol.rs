@@ -85,7 +85,10 @@ impl Backend for Scripted {
         }
         let events = tokio_stream::iter(self.script.events.clone());
         Ok(if self.script.then_wait {
-            Box::pin(tokio_stream::StreamExt::chain(events, futures::stream::pending()))
+            Box::pin(tokio_stream::StreamExt::chain(
+                events,
+                futures::stream::pending(),
+            ))
         } else {
             Box::pin(events)
         })
@@ -115,7 +118,8 @@ impl Fixture {
         let store = store::open(&scratch.url).await.expect("open the store");
         let start = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).single();
         let clock = Arc::new(ManualClock::new(start.expect("a valid time")));
-        let tenancy = Tenancy::new(store.clone(), clock.clone(), &config("proc-a")).expect("tenancy");
+        let tenancy =
+            Tenancy::new(store.clone(), clock.clone(), &config("proc-a")).expect("tenancy");
         Self {
             clock,
             tenancy,
@@ -236,7 +240,7 @@ async fn the_bound_is_reserved_before_the_backend_is_asked(fx: Fixture) {
         .await
         .expect("served");
     // "hello" and "user": 9 bytes, plus the template allowance, at 1; 20 completion at 2.
-    let bound = 9 + 256 + 16 + 2 * 20;
+    let bound = 9 + 96 + 8 + 2 * 20;
     assert_eq!(*backend.held_at_generate.lock().expect("lock"), vec![bound]);
     assert_eq!(drain(&mut served).await, None);
     let bill = fx.tenancy.ledger.reservation("r1").await.expect("bill");
@@ -253,7 +257,12 @@ async fn a_tenant_that_cannot_pay_never_reaches_the_backend(fx: Fixture) {
         .await
         .err();
     assert!(
-        matches!(err, Some(ServeError::Tenancy(tenancy::Error::InsufficientQuota { .. }))),
+        matches!(
+            err,
+            Some(ServeError::Tenancy(
+                tenancy::Error::InsufficientQuota { .. }
+            ))
+        ),
         "{err:?}"
     );
     // Enough for ten tokens; a 1,000-token prompt.
@@ -263,14 +272,32 @@ async fn a_tenant_that_cannot_pay_never_reaches_the_backend(fx: Fixture) {
             grant_tokens: Some(0),
             ..TenantSpec::default()
         };
-        let t = fx.tenancy.directory.create_tenant(&spec).await.expect("tenant");
-        fx.tenancy.ledger.top_up(&t.id, 10, None).await.expect("top up");
+        let t = fx
+            .tenancy
+            .directory
+            .create_tenant(&spec)
+            .await
+            .expect("tenant");
+        fx.tenancy
+            .ledger
+            .top_up(&t.id, 10, None)
+            .await
+            .expect("top up");
         let key = KeySpec {
             name: "k".into(),
             ..KeySpec::default()
         };
-        let created = fx.tenancy.directory.create_key(&t.id, &key).await.expect("key");
-        fx.tenancy.directory.verify(&created.secret).await.expect("verify")
+        let created = fx
+            .tenancy
+            .directory
+            .create_key(&t.id, &key)
+            .await
+            .expect("key");
+        fx.tenancy
+            .directory
+            .verify(&created.secret)
+            .await
+            .expect("verify")
     };
     let long = "word ".repeat(1_000);
     let err = serving
@@ -278,11 +305,19 @@ async fn a_tenant_that_cannot_pay_never_reaches_the_backend(fx: Fixture) {
         .await
         .err();
     assert!(
-        matches!(err, Some(ServeError::Tenancy(tenancy::Error::InsufficientQuota { .. }))),
+        matches!(
+            err,
+            Some(ServeError::Tenancy(
+                tenancy::Error::InsufficientQuota { .. }
+            ))
+        ),
         "{err:?}"
     );
     assert_eq!(backend.calls.load(Ordering::SeqCst), 0);
-    assert!(fx.tenancy.ledger.reservation("r2").await.is_err(), "nothing reserved");
+    assert!(
+        fx.tenancy.ledger.reservation("r2").await.is_err(),
+        "nothing reserved"
+    );
 }
 
 async fn refused_requests_do_not_count_toward_rpm(fx: Fixture) {
@@ -290,10 +325,19 @@ async fn refused_requests_do_not_count_toward_rpm(fx: Fixture) {
     let (serving, backend) = fx.serving(script(vec![admitted(1, 1), finished(1, 1)]), &payer);
     for i in 0..3 {
         let err = serving
-            .serve(Some(&payer), request(&format!("r{i}"), "hi", 1), Delivery::Whole)
+            .serve(
+                Some(&payer),
+                request(&format!("r{i}"), "hi", 1),
+                Delivery::Whole,
+            )
             .await
             .err();
-        assert!(matches!(err, Some(ServeError::Tenancy(tenancy::Error::InsufficientQuota { .. }))));
+        assert!(matches!(
+            err,
+            Some(ServeError::Tenancy(
+                tenancy::Error::InsufficientQuota { .. }
+            ))
+        ));
     }
     fx.tenancy
         .ledger
@@ -302,7 +346,12 @@ async fn refused_requests_do_not_count_toward_rpm(fx: Fixture) {
         .expect("top up");
     // The next request reads the account afresh.
     let payer = Principal {
-        tenant: fx.tenancy.directory.tenant(&payer.tenant.id).await.expect("tenant"),
+        tenant: fx
+            .tenancy
+            .directory
+            .tenant(&payer.tenant.id)
+            .await
+            .expect("tenant"),
         ..payer
     };
     let mut served = serving
@@ -314,7 +363,13 @@ async fn refused_requests_do_not_count_toward_rpm(fx: Fixture) {
         .serve(Some(&payer), request("over", "hi", 1), Delivery::Whole)
         .await
         .err();
-    assert!(matches!(err, Some(ServeError::Tenancy(tenancy::Error::RateLimited { .. }))), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            Some(ServeError::Tenancy(tenancy::Error::RateLimited { .. }))
+        ),
+        "{err:?}"
+    );
     assert_eq!(backend.calls.load(Ordering::SeqCst), 1);
 }
 
@@ -329,21 +384,39 @@ async fn the_reservation_shrinks_to_the_counted_prompt_and_settles_once(fx: Fixt
     let queued_bound = served.next().await;
     assert!(matches!(queued_bound, Some(Ok(Event::Admitted { .. }))));
     let reservation = fx.tenancy.ledger.reservation("r1").await.expect("r1");
-    assert_eq!((reservation.prompt_tokens, reservation.max_completion_tokens), (5, 10));
+    assert_eq!(
+        (reservation.prompt_tokens, reservation.max_completion_tokens),
+        (5, 10)
+    );
     assert_eq!(fx.held(&payer).await, 5 + 2 * 10);
     assert_eq!(drain(&mut served).await, None);
     drop(served);
     fx.settled().await;
-    let entries = fx.tenancy.ledger.entries(&payer.tenant.id).await.expect("ledger");
+    let entries = fx
+        .tenancy
+        .ledger
+        .entries(&payer.tenant.id)
+        .await
+        .expect("ledger");
     let charges = entries
         .iter()
         .filter(|e| e.kind == tenancy::LedgerKind::Charge)
         .count();
     assert_eq!(charges, 1, "{entries:?}");
-    let again = fx.tenancy.ledger.settle("r1", Default::default()).await.expect("settle");
+    let again = fx
+        .tenancy
+        .ledger
+        .settle("r1", Default::default())
+        .await
+        .expect("settle");
     assert!(again.already_settled);
     assert_eq!(again.charged.amount, 5 + 2 * 3);
-    let tenant = fx.tenancy.directory.tenant(&payer.tenant.id).await.expect("tenant");
+    let tenant = fx
+        .tenancy
+        .directory
+        .tenant(&payer.tenant.id)
+        .await
+        .expect("tenant");
     assert_eq!(tenant.balances.balance, 100_000 - 11);
 }
 
@@ -357,13 +430,20 @@ async fn a_dropped_stream_settles_what_was_delivered(fx: Fixture) {
             .serve(Some(&payer), request(id, "hello", 50), delivery)
             .await
             .expect("served");
-        assert!(matches!(served.next().await, Some(Ok(Event::Admitted { .. }))));
+        assert!(matches!(
+            served.next().await,
+            Some(Ok(Event::Admitted { .. }))
+        ));
         assert!(matches!(served.next().await, Some(Ok(Event::Text { .. }))));
         drop(served);
         fx.settled().await;
         let bill = fx.tenancy.ledger.reservation(id).await.expect("bill");
         let billed = bill.billed.expect("settled");
-        assert_eq!((billed.prompt_tokens, billed.completion_tokens), (6, completion), "{id}");
+        assert_eq!(
+            (billed.prompt_tokens, billed.completion_tokens),
+            (6, completion),
+            "{id}"
+        );
     }
     assert_eq!(fx.held(&payer).await, 0);
 }
@@ -384,7 +464,10 @@ async fn a_request_that_leaves_the_queue_gets_its_hold_back(fx: Fixture) {
         .serve(Some(&payer), request("t", "hello", 10), Delivery::Stream)
         .await
         .expect("queued");
-    assert!(matches!(drain(&mut served).await, Some(ServeError::Backend(BackendError::QueueTimeout { .. }))));
+    assert!(matches!(
+        drain(&mut served).await,
+        Some(ServeError::Backend(BackendError::QueueTimeout { .. }))
+    ));
     assert_eq!(fx.held(&payer).await, 0, "released when it left the queue");
     // Its client went away while it waited.
     let mut waiting = script(vec![queued]);
@@ -394,14 +477,22 @@ async fn a_request_that_leaves_the_queue_gets_its_hold_back(fx: Fixture) {
         .serve(Some(&payer), request("gone", "hello", 10), Delivery::Stream)
         .await
         .expect("queued");
-    assert!(matches!(served.next().await, Some(Ok(Event::Queued { .. }))));
+    assert!(matches!(
+        served.next().await,
+        Some(Ok(Event::Queued { .. }))
+    ));
     assert!(fx.held(&payer).await > 0, "held while queued");
     drop(served);
     fx.settled().await;
     assert_eq!(fx.held(&payer).await, 0);
     let bill = fx.tenancy.ledger.reservation("gone").await.expect("bill");
     assert_eq!(bill.state, ReservationState::Released);
-    let balance = fx.tenancy.directory.tenant(&payer.tenant.id).await.expect("tenant");
+    let balance = fx
+        .tenancy
+        .directory
+        .tenant(&payer.tenant.id)
+        .await
+        .expect("tenant");
     assert_eq!(balance.balances.balance, 100_000);
 }
 
@@ -417,7 +508,10 @@ async fn a_backend_refusal_gives_the_hold_back(fx: Fixture) {
         .serve(Some(&payer), request("r", "hello", 10), Delivery::Whole)
         .await
         .err();
-    assert!(matches!(err, Some(ServeError::Backend(BackendError::Overloaded { .. }))));
+    assert!(matches!(
+        err,
+        Some(ServeError::Backend(BackendError::Overloaded { .. }))
+    ));
     assert!(backend.held_at_generate.lock().expect("lock")[0] > 0);
     assert_eq!(fx.held(&payer).await, 0);
     let bill = fx.tenancy.ledger.reservation("r").await.expect("bill");
@@ -433,7 +527,10 @@ async fn heartbeats_keep_a_long_request_from_being_recovered(fx: Fixture) {
         .serve(Some(&payer), request("long", "hello", 10), Delivery::Stream)
         .await
         .expect("served");
-    assert!(matches!(served.next().await, Some(Ok(Event::Admitted { .. }))));
+    assert!(matches!(
+        served.next().await,
+        Some(Ok(Event::Admitted { .. }))
+    ));
     let other = Tenancy::new(fx.store.clone(), fx.clock.clone(), &config("proc-b")).expect("b");
     let keeper = fx.tenancy.ledger.spawn_heartbeat();
     for _ in 0..3 {

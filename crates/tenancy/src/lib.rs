@@ -10,11 +10,10 @@
 //! // with its worst case bounded from its bytes:
 //! tenancy.ledger.check_affordable(&principal.tenant, m, prompt_bound, max).await?; // 402 / 403
 //! let counted = tenancy.limits.admit_request(Some(&principal.key), &principal.tenant).await?; // 429
-//! let mut admission = tenancy.limits.admit_tokens(&counted, prompt_bound + max).await?; // 429
-//! tenancy.ledger.reserve(&request).await?;                          // 402 / 403 (then correct(…, 0))
+//! tenancy.ledger.reserve(&request).await?;                          // 402 / 403
 //! // once the backend counted the prompt:
 //! tenancy.ledger.resize(id, prompt_tokens, max).await?;             // 402 only if it grows
-//! tenancy.limits.shrink(&mut admission, prompt_tokens + max).await?;
+//! let admission = tenancy.limits.admit_tokens(&counted, prompt_tokens + max).await?; // 429
 //! // stream: before each chunk, `if let Some(mark) = marks.before_send(sent, n)
 //! //          { tenancy.ledger.progress(id, usage_with(mark)).await? }`, then send it
 //! let settlement = tenancy.ledger.settle(id, delivered).await?;     // always, also on cancel

@@ -150,18 +150,6 @@ impl Limiter {
         self.admit_tokens(&counted, worst_case_tokens).await
     }
 
-    /// Lowers the worst case `admission` counted to `tokens` (a better bound learned later),
-    /// giving the difference back to its windows now; a larger `tokens` changes nothing.
-    pub async fn shrink(&self, admission: &mut Admission, tokens: i64) -> Result<()> {
-        let tokens = tokens.max(0);
-        if tokens >= admission.tokens {
-            return Ok(());
-        }
-        self.correct(admission, tokens).await?;
-        admission.tokens = tokens;
-        Ok(())
-    }
-
     /// Replaces the worst case counted at admission with the tokens actually used.
     pub async fn correct(&self, admission: &Admission, used_tokens: i64) -> Result<()> {
         let delta = admission.tokens - used_tokens.max(0);

@@ -161,22 +161,18 @@ async fn a_big_prompt_from_a_tenant_that_cannot_pay_never_reaches_the_backend() 
         &app,
         "POST",
         &format!("/tenants/{id}/topups"),
-        Some(json!({ "amount": 100 })),
+        Some(json!({ "amount": 1_000 })),
     )
     .await;
     assert_eq!(topped.status.as_u16(), 200, "{}", topped.body);
-    let body = json!({ "model": "m", "prompt": big }).to_string();
+    let body = json!({ "model": "m", "prompt": big, "max_tokens": 16 }).to_string();
     post_as(&app, "/v1/completions", body, Some(&poor))
         .await
         .assert_error(402, "insufficient_quota", None);
     assert_eq!(seen(&backend), 0);
-    let ok = post_as(
-        &app,
-        "/v1/chat/completions",
-        chat_body("m").to_string(),
-        Some(&poor),
-    )
-    .await;
+    let mut small = chat_body("m");
+    small["max_tokens"] = json!(16);
+    let ok = post_as(&app, "/v1/chat/completions", small.to_string(), Some(&poor)).await;
     assert_eq!(ok.status.as_u16(), 200, "{}", ok.body);
     assert_eq!(seen(&backend), 1);
 }

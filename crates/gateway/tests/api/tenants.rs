@@ -209,25 +209,36 @@ async fn an_empty_account_gets_402_and_a_top_up_pays_at_the_price() {
     )
     .await;
     assert_eq!(price.status.as_u16(), 200, "{}", price.body);
-    let body = chat_body("m").to_string();
+    let mut body = chat_body("m");
+    body["max_tokens"] = json!(16);
+    let body = body.to_string();
     let refused = post_as(&app, "/v1/chat/completions", body.clone(), Some(&key)).await;
     refused.assert_error(402, "insufficient_quota", None);
     assert_eq!(refused.json()["error"]["type"], "insufficient_quota");
-    // Worst case 5 prompt + 16 max at 1 and 2 micro-units per token: 5 + 32 = 37.
-    let topped = admin(
-        &app,
-        "POST",
-        &format!("/tenants/{id}/topups"),
-        Some(json!({ "amount": 37 })),
-    )
-    .await;
-    assert_eq!(topped.json()["balance"], 37, "{}", topped.body);
+    // Before it may queue, the request holds its worst case bounded from its bytes: "user" and
+    // "Hi" (6 bytes) plus the chat template's allowance (96 + 8 per message) at 1, and 16
+    // completion tokens at 2: 110 + 32 = 142. One micro-unit less is refused.
+    for (amount, key_id) in [(141, "t1"), (1, "t2")] {
+        let topped = admin(
+            &app,
+            "POST",
+            &format!("/tenants/{id}/topups"),
+            Some(json!({ "amount": amount, "idempotency_key": key_id })),
+        )
+        .await;
+        assert_eq!(topped.status.as_u16(), 200, "{}", topped.body);
+        if amount == 141 {
+            post_as(&app, "/v1/chat/completions", body.clone(), Some(&key))
+                .await
+                .assert_error(402, "insufficient_quota", None);
+        }
+    }
     let ok = post_as(&app, "/v1/chat/completions", body, Some(&key)).await;
     assert_eq!(ok.status.as_u16(), 200, "{}", ok.body);
     // Billed: 2 uncached + 3 cached prompt tokens at 1 (the cached price defaults to the
     // input price) + 2 completion tokens at 2 = 9.
     let after = account(&app, &key).await;
-    assert_eq!(after["balance"], 37 - 9, "{after}");
+    assert_eq!(after["balance"], 142 - 9, "{after}");
     assert_eq!(after["amount_held"], 0, "{after}");
 }
 

@@ -447,19 +447,19 @@ async fn a_tenant_that_cannot_pay_never_reaches_the_upstream() {
     assert_eq!(price.status.as_u16(), 200, "{}", price.body);
     let (_, broke, _) = tenant_with_key(&app, json!({ "grant_tokens": 0 }), json!({})).await;
     // A tenant that can pay for a little, but not for this request's worst case (the
-    // prompt's upper bound and 100 completion tokens): refused when the reservation fails,
+    // prompt's upper bound and 1,000 completion tokens): refused when the reservation fails,
     // which is before anything is sent upstream.
     let (id, poor, _) = tenant_with_key(&app, json!({ "grant_tokens": 0 }), json!({})).await;
     admin(
         &app,
         "POST",
         &format!("/tenants/{id}/topups"),
-        Some(json!({ "amount": 50 })),
+        Some(json!({ "amount": 500 })),
     )
     .await;
     for stream in [false, true] {
         let mut body = chat_body("served");
-        body["max_tokens"] = json!(100);
+        body["max_tokens"] = json!(1_000);
         body["stream"] = json!(stream);
         for key in [&broke, &poor] {
             post_as(&app, "/v1/chat/completions", body.to_string(), Some(key))
@@ -472,7 +472,7 @@ async fn a_tenant_that_cannot_pay_never_reaches_the_upstream() {
         "an unpaid request reached the upstream"
     );
     let poor_account = get(&app, "/v1/account", Some(&poor)).await.json();
-    assert_eq!(poor_account["balance"], 50, "{poor_account}");
+    assert_eq!(poor_account["balance"], 500, "{poor_account}");
     assert_eq!(poor_account["amount_held"], 0, "{poor_account}");
 
     // Within its means, it is served.

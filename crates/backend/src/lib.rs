@@ -28,6 +28,45 @@ pub enum Prompt {
     Text(String),
 }
 
+/// Tokens a chat template adds once at most, in common models' templates (a default system
+/// prompt, the generation prompt, BOS); see [`Prompt::max_tokens`].
+pub const TEMPLATE_TOKENS: u32 = 96;
+/// Tokens a chat template adds around each message at most (role markers, separators).
+pub const TEMPLATE_TOKENS_PER_MESSAGE: u32 = 8;
+/// Special tokens around a raw completion prompt (BOS, EOS).
+pub const RAW_PROMPT_TOKENS: u32 = 8;
+
+impl Prompt {
+    /// Bytes of text: the raw prompt, or every message's role and content.
+    pub fn text_bytes(&self) -> usize {
+        match self {
+            Prompt::Chat(messages) => messages
+                .iter()
+                .map(|m| m.role.len().saturating_add(m.content.len()))
+                .fold(0, usize::saturating_add),
+            Prompt::Text(text) => text.len(),
+        }
+    }
+
+    /// An upper bound of the prompt's tokens, known before tokenizing: a token covers at least
+    /// one byte of the text it was cut from, so a prompt has at most as many tokens as its
+    /// bytes, plus what the chat template adds ([`TEMPLATE_TOKENS`],
+    /// [`TEMPLATE_TOKENS_PER_MESSAGE`]; a template that adds more is the exception the
+    /// serving layer corrects once the backend has counted).
+    pub fn max_tokens(&self) -> u32 {
+        let overhead = match self {
+            Prompt::Chat(messages) => TEMPLATE_TOKENS.saturating_add(
+                TEMPLATE_TOKENS_PER_MESSAGE
+                    .saturating_mul(u32::try_from(messages.len()).unwrap_or(u32::MAX)),
+            ),
+            Prompt::Text(_) => RAW_PROMPT_TOKENS,
+        };
+        u32::try_from(self.text_bytes())
+            .unwrap_or(u32::MAX)
+            .saturating_add(overhead)
+    }
+}
+
 /// Sampling parameters, already validated by the gateway (ranges as OpenAI documents them).
 #[derive(Debug, Clone, PartialEq)]
 pub struct SamplingParams {
@@ -179,6 +218,9 @@ pub enum BackendError {
         prompt_tokens: u32,
         context_length: u32,
     },
+    /// The prompt cannot be used as sent (the wire names its own prompt field).
+    #[error("{0}")]
+    InvalidPrompt(String),
     #[error("{message}")]
     InvalidRequest {
         message: String,

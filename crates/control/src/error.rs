@@ -12,10 +12,10 @@ pub enum Error {
         message: String,
     },
     /// No deployment has this name (404).
-    #[error("no deployment is named '{0}'; list them with GET /admin/v1/deployments")]
+    #[error("no deployment is named '{0}'")]
     NotFound(String),
     /// A deployment with this name exists (409).
-    #[error("a deployment named '{0}' exists already; PATCH it or DELETE it first")]
+    #[error("a deployment named '{0}' exists already")]
     AlreadyExists(String),
     /// The node's budgets cannot hold a replica (409/507 at the gateway's choice).
     #[error(transparent)]

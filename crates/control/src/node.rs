@@ -7,9 +7,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use serde::Serialize;
-use tokio::sync::mpsc;
 
-use crate::deployment::Command;
 use crate::footprint::Footprint;
 use crate::placement::{NoRoom, NodeBudget, Placement, ReplicaKey};
 use crate::spec::lock;
@@ -23,9 +21,20 @@ pub struct NodeView {
     pub threads_used: usize,
 }
 
+/// A request to a deployment to unload one of its idle replicas to make room for another.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Eviction {
+    pub replica: u64,
+    pub reason: String,
+}
+
+/// How the node asks a deployment to unload a replica: the deployment registers it, so the
+/// node knows nothing of how deployments take commands.
+pub(crate) type Evict = Box<dyn Fn(Eviction) + Send + Sync>;
+
 pub struct Node {
     placement: Mutex<Placement>,
-    deployments: Mutex<HashMap<String, mpsc::UnboundedSender<Command>>>,
+    deployments: Mutex<HashMap<String, Evict>>,
 }
 
 impl Node {
@@ -51,8 +60,8 @@ impl Node {
         lock(&self.placement).fits_empty_node(deployment, f)
     }
 
-    pub(crate) fn register(&self, name: &str, commands: mpsc::UnboundedSender<Command>) {
-        lock(&self.deployments).insert(name.to_owned(), commands);
+    pub(crate) fn register(&self, name: &str, evict: Evict) {
+        lock(&self.deployments).insert(name.to_owned(), evict);
     }
 
     pub(crate) fn unregister(&self, name: &str) {
@@ -66,8 +75,8 @@ impl Node {
         if let Err(no_room) = &result {
             let deployments = lock(&self.deployments);
             for victim in &no_room.evict {
-                if let Some(tx) = deployments.get(&victim.deployment) {
-                    let _ = tx.send(Command::Evict {
+                if let Some(evict) = deployments.get(&victim.deployment) {
+                    evict(Eviction {
                         replica: victim.replica,
                         reason: format!("unloaded to make room for '{}'", no_room.deployment),
                     });

@@ -42,10 +42,7 @@ pub type Result<T, E = EngineError> = std::result::Result<T, E>;
 impl From<EngineError> for BackendError {
     fn from(e: EngineError) -> Self {
         match e {
-            EngineError::BadPrompt(message) => BackendError::InvalidRequest {
-                message,
-                param: Some("messages".into()),
-            },
+            EngineError::BadPrompt(message) => BackendError::InvalidPrompt(message),
             EngineError::Load(m) => BackendError::Internal(m),
         }
     }
@@ -209,11 +206,9 @@ impl Backend for Engine {
             .await
             .map_err(|e| BackendError::Internal(format!("tokenizer task failed: {e}")))??;
         if tokens.is_empty() {
-            return Err(BackendError::InvalidRequest {
-                message: "The prompt is empty after tokenization; send at least one token of text."
-                    .into(),
-                param: Some("prompt".into()),
-            });
+            return Err(BackendError::InvalidPrompt(
+                "The prompt is empty after tokenization; send at least one token of text.".into(),
+            ));
         }
         let room = self.slot_context as usize;
         if tokens.len() >= room {

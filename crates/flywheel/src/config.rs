@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use gateway::upstream::UpstreamConfig;
 use serde::Deserialize;
+use upstream::UpstreamConfig;
 
 /// Flags and environment variables of `flywheel serve`. Every field is optional here so that
 /// the config file can supply it; [`ServeArgs::resolve`] applies the defaults.

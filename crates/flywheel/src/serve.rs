@@ -33,7 +33,7 @@ async fn serve(config: ServeConfig) -> Result<()> {
 
     let mut models: Vec<Arc<dyn Backend>> = Vec::new();
     for up in &config.upstreams {
-        let backend = gateway::upstream::UpstreamBackend::new(up.clone())
+        let backend = upstream::UpstreamBackend::new(up.clone())
             .map_err(|e| anyhow::anyhow!("upstream '{}': {e}", up.name))?;
         tracing::info!(model = %up.name, base_url = %up.base_url, "serving upstream model");
         models.push(Arc::new(backend));

@@ -108,7 +108,7 @@ impl Caller {
     }
 
     /// 403 `permission_denied` unless the caller has `scope` (the admin has all).
-    pub fn require(&self, scope: Scope) -> Result<(), ApiError> {
+    pub(crate) fn require(&self, scope: Scope) -> Result<(), ApiError> {
         match self {
             Caller::Admin => Ok(()),
             Caller::Tenant(principal) => principal.require(scope).map_err(ApiError::from_tenancy),
@@ -134,6 +134,25 @@ where
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         let presented = bearer(parts).ok_or_else(missing_key)?;
         Authenticator::from_ref(state).authenticate(presented).await
+    }
+}
+
+/// A caller whose key may run inference (the `inference` scope; 403 otherwise), checked
+/// before the handler runs, so a generating route cannot forget it.
+#[derive(Debug, Clone)]
+pub struct Inference(pub Caller);
+
+impl<S> FromRequestParts<S> for Inference
+where
+    Authenticator: FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let caller = Caller::from_request_parts(parts, state).await?;
+        caller.require(Scope::Inference)?;
+        Ok(Inference(caller))
     }
 }
 

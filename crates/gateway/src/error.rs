@@ -16,9 +16,24 @@ const DEFAULT_RETRY_AFTER: u64 = 1;
 /// Seconds a client is told to wait when this process is draining.
 const SHUTTING_DOWN_RETRY_AFTER: u64 = 5;
 
-/// Stable error codes. Adding one means adding one row to [`Code::row`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Code {
+/// Declares [`Code`] and [`Code::ALL`] from one list, so the tests over every code cannot miss
+/// one.
+macro_rules! codes {
+    ($($name:ident),* $(,)?) => {
+        /// Stable error codes. Adding one means adding one row to [`Code::row`].
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum Code {
+            $($name),*
+        }
+
+        impl Code {
+            /// Every code, in declaration order.
+            pub const ALL: &'static [Code] = &[$(Code::$name),*];
+        }
+    };
+}
+
+codes!(
     InvalidRequest,
     ContextLengthExceeded,
     InvalidApiKey,
@@ -36,7 +51,7 @@ pub enum Code {
     UpstreamUnreachable,
     QueueTimeout,
     ShuttingDown,
-}
+);
 
 /// What one code means on the wire.
 struct Row {
@@ -130,6 +145,9 @@ impl ApiError {
             BackendError::ContextLengthExceeded { .. } => {
                 Self::new(Code::ContextLengthExceeded, message).with_param(prompt_param)
             }
+            BackendError::InvalidPrompt(_) => {
+                Self::new(Code::InvalidRequest, message).with_param(prompt_param)
+            }
             BackendError::InvalidRequest { param, .. } => Self {
                 param,
                 ..Self::new(Code::InvalidRequest, message)
@@ -180,6 +198,9 @@ impl ApiError {
             } => Self::new(Code::RateLimitExceeded, message).with_retry_after(retry_after_secs),
             E::NotFound { .. } => Self::new(Code::NotFound, message),
             E::Conflict { .. } => Self::new(Code::Conflict, message),
+            E::ExceedsTokenLimit { .. } => {
+                Self::invalid("max_tokens", format!("{message}; lower max_tokens"))
+            }
             E::Invalid { param, .. } => Self {
                 param,
                 ..Self::new(Code::InvalidRequest, message)
@@ -198,8 +219,14 @@ impl ApiError {
         let message = err.to_string();
         match err {
             E::InvalidSpec { field, .. } => Self::invalid(field, message),
-            E::NotFound(_) => Self::new(Code::NotFound, message),
-            E::AlreadyExists(_) => Self::new(Code::Conflict, message),
+            E::NotFound(_) => Self::new(
+                Code::NotFound,
+                format!("{message}; list them with GET /admin/v1/deployments"),
+            ),
+            E::AlreadyExists(_) => Self::new(
+                Code::Conflict,
+                format!("{message}; PATCH it or DELETE it first"),
+            ),
             E::NoRoom(_) => Self::new(Code::InsufficientCapacity, message),
             // Admin calls only size replicas (they start in the background), so a launch error
             // here is a model SPEC that does not resolve to a file.
@@ -327,26 +354,7 @@ mod tests {
 
     #[test]
     fn every_429_and_503_has_retry_after() {
-        let all = [
-            Code::InvalidRequest,
-            Code::ContextLengthExceeded,
-            Code::InvalidApiKey,
-            Code::InsufficientQuota,
-            Code::PermissionDenied,
-            Code::ModelNotFound,
-            Code::NotFound,
-            Code::Conflict,
-            Code::InsufficientCapacity,
-            Code::MethodNotAllowed,
-            Code::RequestTooLarge,
-            Code::RateLimitExceeded,
-            Code::ServerOverloaded,
-            Code::Internal,
-            Code::UpstreamUnreachable,
-            Code::QueueTimeout,
-            Code::ShuttingDown,
-        ];
-        for code in all {
+        for &code in Code::ALL {
             let err = ApiError::new(code, "x");
             let status = err.status().as_u16();
             assert_eq!(
@@ -355,6 +363,15 @@ mod tests {
                 "{code:?}"
             );
         }
+    }
+
+    #[test]
+    fn every_code_has_its_own_wire_code() {
+        let mut seen = std::collections::HashSet::new();
+        for &code in Code::ALL {
+            assert!(seen.insert(code.row().code), "{code:?} reuses a wire code");
+        }
+        assert_eq!(seen.len(), Code::ALL.len());
     }
 
     #[test]

@@ -2,8 +2,8 @@
 //!
 //! Only this crate knows HTTP and the OpenAI wire format. It parses and validates requests into
 //! [`backend::GenerateRequest`]s, hands them to the `Arc<dyn Backend>` serving the addressed
-//! model, and renders the [`backend::Event`]s back as JSON or server-sent events. [`upstream`]
-//! is a [`backend::Backend`] that proxies to an external OpenAI-compatible server.
+//! model through the `serving` layer, and renders the [`backend::Event`]s back as JSON or
+//! server-sent events.
 //!
 //! Code map: [`router`] (routes and state, here); `routes/` (handlers); `wire/` (request
 //! parsing, `*View` response shapes); `validate` (strict field reading); `sse` (streaming);
@@ -16,7 +16,6 @@ pub mod metrics;
 pub mod observe;
 mod routes;
 pub mod sse;
-pub mod upstream;
 pub mod validate;
 pub mod wire;
 

@@ -15,7 +15,6 @@ pub mod commit;
 mod error;
 pub mod listing;
 pub mod path;
-pub mod range;
 mod read;
 pub mod remote;
 mod write;

@@ -1,30 +1,20 @@
 //! The worst case of a request, known before anything tokenizes it: what admission reserves
 //! for a request before it may queue (and so before any replica has to start for it).
 //!
-//! A token covers at least one byte of the text it was cut from, so a prompt never has more
-//! tokens than the bytes its chat template renders, plus the special tokens the template and
-//! the tokenizer add. The template's own text is unknown here; [`TEMPLATE_TOKENS`] and
-//! [`TEMPLATE_TOKENS_PER_MESSAGE`] cover the templates of common models (role markers, a
-//! default system prompt). Where a template adds more, the backend's exact count grows the
-//! reservation at admission, if the account can pay (see `Meter::admitted`).
+//! From above, [`backend::Prompt::max_tokens`]: the prompt's bytes plus a chat template's allowance.
+//! Where a template adds more, the backend's exact count grows the reservation at admission,
+//! if the account can pay (see `Meter::admitted`).
 //!
 //! From below: no tokenizer makes a token from more than [`MAX_BYTES_PER_TOKEN`] bytes, so a
 //! prompt whose bytes alone reach the context is refused without tokenizing it.
 
-use backend::{GenerateRequest, Prompt};
+use backend::GenerateRequest;
 
 use crate::error::ServeError;
 
 /// No tokenizer's token is longer than this many bytes (llama.cpp vocabularies stay far
 /// below it), so `n` bytes of text are at least `n / MAX_BYTES_PER_TOKEN` tokens.
 pub const MAX_BYTES_PER_TOKEN: usize = 256;
-/// Template text and special tokens a chat template adds once (a default system prompt, the
-/// generation prompt, BOS).
-pub const TEMPLATE_TOKENS: u32 = 96;
-/// Template tokens a chat template adds around each message (role markers, separators).
-pub const TEMPLATE_TOKENS_PER_MESSAGE: u32 = 8;
-/// Special tokens around a raw completion prompt (BOS, EOS).
-pub const RAW_PROMPT_TOKENS: u32 = 8;
 /// The completion bound of a request without `max_tokens` to a backend that does not know its
 /// context (an upstream server, which applies its own default, also 4,096 unless configured).
 pub const UNKNOWN_CONTEXT_COMPLETION_TOKENS: u32 = 4096;
@@ -40,17 +30,6 @@ pub struct Bound {
     pub completion: u32,
 }
 
-/// Bytes of prompt text: the text, or every message's role and content.
-pub fn prompt_bytes(prompt: &Prompt) -> usize {
-    match prompt {
-        Prompt::Chat(messages) => messages
-            .iter()
-            .map(|m| m.role.len().saturating_add(m.content.len()))
-            .fold(0, usize::saturating_add),
-        Prompt::Text(text) => text.len(),
-    }
-}
-
 fn to_u32(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
 }
@@ -59,7 +38,7 @@ impl Bound {
     /// The bound of `request` for a model of `context_length` tokens (`None`: unknown), or
     /// `PromptTooLong` when its bytes alone cannot fit.
     pub fn of(request: &GenerateRequest, context_length: Option<u32>) -> Result<Self, ServeError> {
-        let bytes = prompt_bytes(&request.prompt);
+        let bytes = request.prompt.text_bytes();
         let min_prompt = to_u32(bytes.div_ceil(MAX_BYTES_PER_TOKEN).max(1));
         if let Some(context_length) = context_length {
             if min_prompt >= context_length {
@@ -70,12 +49,7 @@ impl Bound {
                 });
             }
         }
-        let overhead = match &request.prompt {
-            Prompt::Chat(messages) => TEMPLATE_TOKENS
-                .saturating_add(TEMPLATE_TOKENS_PER_MESSAGE.saturating_mul(to_u32(messages.len()))),
-            Prompt::Text(_) => RAW_PROMPT_TOKENS,
-        };
-        let mut prompt = to_u32(bytes).saturating_add(overhead);
+        let mut prompt = request.prompt.max_tokens();
         let completion = match context_length {
             Some(context_length) => {
                 // A prompt that runs is shorter than the context, and prompt plus completion
@@ -98,7 +72,10 @@ impl Bound {
 
 #[cfg(test)]
 mod tests {
-    use backend::{ChatMessage, SamplingParams};
+    use backend::{
+        ChatMessage, Prompt, SamplingParams, RAW_PROMPT_TOKENS, TEMPLATE_TOKENS,
+        TEMPLATE_TOKENS_PER_MESSAGE,
+    };
 
     use super::*;
 

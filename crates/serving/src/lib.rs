@@ -36,7 +36,7 @@ use backend::GenerateRequest;
 use tenancy::{Principal, ReserveRequest, Tenancy};
 use tokio_util::task::TaskTracker;
 
-pub use bound::{prompt_bytes, Bound, MAX_BYTES_PER_TOKEN};
+pub use bound::{Bound, MAX_BYTES_PER_TOKEN};
 pub use catalog::Catalog;
 pub use error::ServeError;
 pub use meter::Delivery;

@@ -182,7 +182,7 @@ pub fn resize(
     max_completion_tokens: i64,
 ) -> Result<Resize, StoreError> {
     let old = reservation.hold;
-    let mut balances = tenant.balances.clone();
+    let mut balances = tenant.balances;
     balances.grant_tokens_held -= old.grant_tokens;
     balances.amount_held -= old.amount;
     let held = hold(

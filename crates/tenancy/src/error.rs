@@ -26,7 +26,17 @@ pub enum Error {
     NotFound { message: String },
     #[error("{message}")]
     Conflict { message: String },
-    /// Input that fails validation; `param` names the offending field (400).
+    /// A request's worst case is more than a TPM limit allows in a minute, so it can never be
+    /// admitted as sent (400).
+    #[error("this request may use {tokens} tokens, more than the {owner} limit of {limit} tokens per minute")]
+    ExceedsTokenLimit {
+        tokens: i64,
+        limit: i64,
+        /// `key` or `tenant`.
+        owner: String,
+    },
+    /// Input that fails validation; `param` names the offending field of the domain request
+    /// (400).
     #[error("{message}")]
     Invalid {
         message: String,
@@ -47,7 +57,7 @@ impl Error {
             Self::RateLimited { .. } => "rate_limit_exceeded",
             Self::NotFound { .. } => "not_found",
             Self::Conflict { .. } => "conflict",
-            Self::Invalid { .. } => "invalid_request_error",
+            Self::Invalid { .. } | Self::ExceedsTokenLimit { .. } => "invalid_request_error",
             Self::Internal => "internal_error",
         }
     }
@@ -99,14 +109,11 @@ impl From<StoreError> for Error {
                 subject,
                 tpm,
                 tokens,
-            } => Self::invalid(
-                "max_tokens",
-                format!(
-                    "this request may use {tokens} tokens, more than the {} limit of {tpm} \
-                     tokens per minute; lower max_tokens",
-                    subject.split(':').next().unwrap_or("key")
-                ),
-            ),
+            } => Self::ExceedsTokenLimit {
+                tokens,
+                limit: tpm,
+                owner: subject.split(':').next().unwrap_or("key").to_owned(),
+            },
             StoreError::InvalidUrl(_)
             | StoreError::Corrupt(_)
             | StoreError::Database(_)

@@ -91,7 +91,7 @@ impl Ledger {
             return Err(Error::invalid("prompt_tokens", "must be 0 or more"));
         }
         if request.max_completion_tokens < 0 {
-            return Err(Error::invalid("max_tokens", "must be 0 or more"));
+            return Err(Error::invalid("max_completion_tokens", "must be 0 or more"));
         }
         let now = self.clock.now();
         let new = NewReservation {
@@ -125,7 +125,7 @@ impl Ledger {
             return Err(Error::invalid("prompt_tokens", "must be 0 or more"));
         }
         if max_completion_tokens < 0 {
-            return Err(Error::invalid("max_tokens", "must be 0 or more"));
+            return Err(Error::invalid("max_completion_tokens", "must be 0 or more"));
         }
         Ok(self
             .store

@@ -114,7 +114,7 @@ impl Limiter {
         worst_case_tokens: i64,
     ) -> Result<Admission> {
         if worst_case_tokens < 0 {
-            return Err(Error::invalid("max_tokens", "must be 0 or more"));
+            return Err(Error::invalid("worst_case_tokens", "must be 0 or more"));
         }
         let now = self.clock.now();
         let second = if counted.token_windows.is_empty() {
@@ -144,7 +144,7 @@ impl Limiter {
         worst_case_tokens: i64,
     ) -> Result<Admission> {
         if worst_case_tokens < 0 {
-            return Err(Error::invalid("max_tokens", "must be 0 or more"));
+            return Err(Error::invalid("worst_case_tokens", "must be 0 or more"));
         }
         let counted = self.admit_request(key, tenant).await?;
         self.admit_tokens(&counted, worst_case_tokens).await

@@ -10,6 +10,7 @@ use tokio::task::JoinSet;
 
 use super::forward::{self, Job, Waiter};
 use super::replicas::{Replica, ReplicaSet, ReplicaState};
+use super::rollout;
 use super::{Command, DeploymentView};
 use crate::autoscale::{Autoscaler, Signals};
 use crate::events::{EventKind, EventLog, ScaleEvent};
@@ -523,11 +524,8 @@ impl Actor {
                     format!("replica {id} loaded in {load_secs:.1} s"),
                 );
                 if generation == self.generation {
-                    if let Some(old) = self.replicas.choose_to_drain(1, self.generation).first() {
-                        let stale = self.replicas.stale(self.generation).any(|r| r.id == *old);
-                        if stale {
-                            self.drain(*old, "rollout: replaced by a replica of the new model");
-                        }
+                    if let Some(old) = rollout::replaced(&self.replicas, self.generation) {
+                        self.drain(old, "rollout: replaced by a replica of the new model");
                     }
                 }
                 self.try_dispatch(now);
@@ -539,16 +537,11 @@ impl Actor {
     /// there is no room for it, drain an old one first); each new one that is ready drains
     /// an old one (see `started`).
     fn roll(&mut self, now: Instant) {
-        let stale = self.replicas.stale(self.generation).count();
-        let fresh_loading = self
-            .replicas
-            .iter()
-            .any(|r| r.generation == self.generation && r.state == ReplicaState::Loading);
-        if stale == 0 || fresh_loading {
+        if !rollout::should_start_new(&self.replicas, self.generation) {
             return;
         }
         if !self.start_replica(now) {
-            if let Some(&old) = self.replicas.choose_to_drain(1, self.generation).first() {
+            if let Some(old) = rollout::make_room(&self.replicas, self.generation) {
                 self.drain(old, "rollout: making room for a replica of the new model");
             }
         }
@@ -605,10 +598,7 @@ impl Actor {
     }
 
     fn update(&mut self, spec: DeploymentSpec, footprint: Footprint) {
-        let reshaped = spec.model != self.spec.model
-            || spec.slots_per_replica != self.spec.slots_per_replica
-            || spec.threads_per_replica != self.spec.threads_per_replica
-            || spec.context_length != self.spec.context_length;
+        let reshaped = rollout::reshapes(&self.spec, &spec);
         for tenant in self.spec.tenant_weights.keys() {
             self.queue.set_weight(tenant, 1);
         }

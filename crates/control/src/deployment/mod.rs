@@ -11,6 +11,7 @@
 mod actor;
 mod forward;
 mod replicas;
+mod rollout;
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -25,7 +26,7 @@ pub use replicas::{ReplicaState, ReplicaView};
 use crate::events::ScaleEvent;
 use crate::footprint::Footprint;
 use crate::launcher::ReplicaLauncher;
-use crate::node::Node;
+use crate::node::{Eviction, Node};
 use crate::spec::DeploymentSpec;
 use crate::{Error, Result};
 
@@ -103,7 +104,17 @@ impl Deployment {
         launcher: Arc<dyn ReplicaLauncher>,
     ) -> Self {
         let (commands, rx) = mpsc::unbounded_channel();
-        node.register(&spec.name, commands.clone());
+        let evictions = commands.clone();
+        node.register(
+            &spec.name,
+            Box::new(move |eviction: Eviction| {
+                // A deployment that has stopped has nothing to unload.
+                let _ = evictions.send(Command::Evict {
+                    replica: eviction.replica,
+                    reason: eviction.reason,
+                });
+            }),
+        );
         let handle = Self {
             name: spec.name.as_str().into(),
             created: SystemTime::now()

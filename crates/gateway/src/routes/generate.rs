@@ -5,10 +5,9 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use backend::{BackendError, Event, FinishReason};
 use serving::{Delivery, Served};
-use tenancy::Scope;
 
 use super::RawBody;
-use crate::auth::Caller;
+use crate::auth::{Caller, Inference};
 use crate::error::{ApiError, Result};
 use crate::metrics::{self, ModelLabel};
 use crate::observe::RequestId;
@@ -26,25 +25,21 @@ enum Endpoint {
 
 pub async fn chat_completions(
     State(state): State<AppState>,
-    caller: Caller,
+    Inference(caller): Inference,
     Extension(request_id): Extension<RequestId>,
     RawBody(body): RawBody,
 ) -> Response {
-    let request = caller
-        .require(Scope::Inference)
-        .and_then(|()| chat::parse(&body));
+    let request = chat::parse(&body);
     serve(&state, caller, request_id, request, Endpoint::Chat).await
 }
 
 pub async fn completions(
     State(state): State<AppState>,
-    caller: Caller,
+    Inference(caller): Inference,
     Extension(request_id): Extension<RequestId>,
     RawBody(body): RawBody,
 ) -> Response {
-    let request = caller
-        .require(Scope::Inference)
-        .and_then(|()| completions::parse(&body));
+    let request = completions::parse(&body);
     serve(&state, caller, request_id, request, Endpoint::Completions).await
 }
 

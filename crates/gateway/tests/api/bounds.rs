@@ -8,7 +8,7 @@ use backend::Event;
 use serde_json::json;
 
 use crate::common::*;
-use crate::tenants::{admin, setup, tenant_with_key};
+use crate::tenants::{account, admin, setup, tenant_with_key};
 
 fn seen(backend: &Scripted) -> usize {
     backend.seen.lock().unwrap().len()
@@ -256,4 +256,62 @@ async fn rpm_counts_each_request_once_and_tpm_its_worst_case() {
         .await
         .assert_error(429, "rate_limit_exceeded", None);
     assert_eq!(seen(&backend), 3, "a request over RPM reached the backend");
+}
+
+#[tokio::test]
+async fn a_request_that_leaves_the_queue_gives_its_hold_back() {
+    let queued = Ok(Event::Queued {
+        position: 1,
+        eta_ms: 1_000,
+    });
+    let waits = Scripted::new("waits", Script::EventsThenHang(vec![queued.clone()]));
+    let times_out = Scripted::new(
+        "times-out",
+        Script::Events(vec![
+            queued,
+            Err(backend::BackendError::QueueTimeout {
+                waited_secs: 30,
+                retry_after: 5,
+            }),
+        ]),
+    );
+    let (app, _) = setup(vec![waits, times_out]).await;
+    let (id, key, _) = tenant_with_key(&app, json!({ "grant_tokens": 0 }), json!({})).await;
+    let topped = admin(
+        &app,
+        "POST",
+        &format!("/tenants/{id}/topups"),
+        Some(json!({ "amount": 1_000_000 })),
+    )
+    .await;
+    assert_eq!(topped.status.as_u16(), 200, "{}", topped.body);
+
+    // Its client leaves while it waits: the hold taken before it queued goes back.
+    let mut body = chat_body("waits");
+    body["stream"] = json!(true);
+    let request = Request::post("/v1/chat/completions")
+        .header(header::AUTHORIZATION, format!("Bearer {key}"))
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body.to_string()))
+        .expect("request");
+    let waiting = tower::ServiceExt::oneshot(app.clone(), request)
+        .await
+        .expect("infallible");
+    assert_eq!(waiting.status().as_u16(), 200);
+    assert!(account(&app, &key).await["amount_held"].as_i64() > Some(0));
+    drop(waiting);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while account(&app, &key).await["amount_held"] != 0 {
+        assert!(std::time::Instant::now() < deadline, "the hold was kept");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+
+    // It times out in the queue: its status says so, and nothing is held or charged.
+    let body = chat_body("times-out").to_string();
+    post_as(&app, "/v1/chat/completions", body, Some(&key))
+        .await
+        .assert_error(503, "queue_timeout", None);
+    let after = account(&app, &key).await;
+    assert_eq!(after["amount_held"], 0, "{after}");
+    assert_eq!(after["balance"], 1_000_000, "{after}");
 }

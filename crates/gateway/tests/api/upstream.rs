@@ -12,8 +12,8 @@ use backend::{
     SamplingParams, Usage,
 };
 use futures::StreamExt;
-use gateway::upstream::{UpstreamBackend, UpstreamConfig};
 use serde_json::{json, Value};
+use upstream::{UpstreamBackend, UpstreamConfig};
 
 use crate::common::*;
 use crate::tenants::{admin, tenant_with_key};

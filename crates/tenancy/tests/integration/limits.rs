@@ -116,12 +116,22 @@ async fn tpm_is_charged_with_the_worst_case_and_corrected(fx: Fixture) {
         .admit(None, &tenant, 1)
         .await
         .expect_err("one token over");
-    // A request larger than the whole limit can never pass: 400, naming max_tokens.
+    // A request larger than the whole limit can never pass, and says so with the numbers.
     let err = limits
         .admit(None, &tenant, 1_001)
         .await
         .expect_err("too large");
-    assert!(matches!(&err, Error::Invalid { param: Some(p), .. } if p == "max_tokens"));
+    assert!(
+        matches!(
+            &err,
+            Error::ExceedsTokenLimit {
+                tokens: 1_001,
+                limit: 1_000,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     // Without limits nothing is counted.
     let free = fx.tenant("free", 0).await;
     for _ in 0..100 {

@@ -5,11 +5,11 @@
 use std::io::SeekFrom;
 use std::time::{Duration, Instant};
 
+use super::range::RangeRequest;
 use axum::body::Body;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
-use hub::range::RangeRequest;
 use hub::{FileView, TreeEntry};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};

@@ -10,6 +10,7 @@ mod files;
 mod hf;
 pub mod metrics;
 mod modelscope;
+mod range;
 mod upload;
 
 use axum::extract::{FromRequestParts, MatchedPath, Request};

@@ -5,7 +5,7 @@
 //! errors pass through (status, message, type, code, param, `Retry-After`); a server that
 //! cannot be reached, or a stream that breaks off, is [`BackendError::Unreachable`].
 //!
-//! Nothing crosses to the upstream before the gateway holds the request's reservation: the
+//! Nothing crosses to the upstream before the serving layer holds the request's reservation: the
 //! stream starts with `Admitted` (an upper bound of the prompt and the completion limit), and
 //! the upstream is called only when the next item is asked for, so its refusals arrive as that
 //! item. `max_tokens` is always sent (the reserved limit when the client sent none) and
@@ -128,7 +128,7 @@ impl UpstreamBackend {
             chat_url,
             completions_url,
             client,
-            created: crate::wire::unix_now(),
+            created: unix_now(),
             default_max_tokens: cfg.default_max_tokens.unwrap_or(DEFAULT_MAX_TOKENS).max(1),
             secrets: Redactions(secrets),
         })
@@ -207,7 +207,7 @@ impl Backend for UpstreamBackend {
 
     async fn generate(&self, request: GenerateRequest) -> backend::Result<EventStream> {
         let limit = request.max_tokens.unwrap_or(self.default_max_tokens);
-        let prompt_tokens = prompt_upper_bound(&request.prompt);
+        let prompt_tokens = request.prompt.max_tokens();
         let admitted = Event::Admitted {
             prompt_tokens,
             max_tokens: limit,
@@ -235,31 +235,6 @@ impl Backend for UpstreamBackend {
             futures::stream::iter([Ok(admitted)]).chain(answer),
         ))
     }
-}
-
-/// Tokens a template may add around each message and around the whole prompt.
-const TEMPLATE_TOKENS_PER_MESSAGE: u32 = 8;
-const TEMPLATE_TOKENS_PER_PROMPT: u32 = 16;
-
-/// The worst case of a prompt the upstream tokenizes: every byte of text a token (no tokenizer
-/// yields more) plus the template's own tokens. Settlement uses the upstream's reported usage.
-fn prompt_upper_bound(prompt: &Prompt) -> u32 {
-    let (bytes, messages) = match prompt {
-        Prompt::Chat(messages) => (
-            messages
-                .iter()
-                .map(|m| m.content.len() + m.role.len())
-                .sum::<usize>(),
-            messages.len(),
-        ),
-        Prompt::Text(text) => (text.len(), 0),
-    };
-    u32::try_from(bytes)
-        .unwrap_or(u32::MAX)
-        .saturating_add(
-            TEMPLATE_TOKENS_PER_MESSAGE.saturating_mul(u32::try_from(messages).unwrap_or(u32::MAX)),
-        )
-        .saturating_add(TEMPLATE_TOKENS_PER_PROMPT)
 }
 
 /// Strings of this server's configuration that tenants must not see in messages: the
@@ -626,6 +601,12 @@ where
         let event = state.next_event().await?;
         Some((event, state))
     })
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 #[cfg(test)]

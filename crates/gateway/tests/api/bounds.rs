@@ -276,6 +276,11 @@ async fn a_request_that_leaves_the_queue_gives_its_hold_back() {
         ]),
     );
     let (app, _) = setup(vec![waits, times_out]).await;
+    for model in ["waits", "times-out"] {
+        let price = json!({ "input_per_million": 1_000_000, "output_per_million": 1_000_000 });
+        let put = admin(&app, "PUT", &format!("/prices/{model}"), Some(price)).await;
+        assert_eq!(put.status.as_u16(), 200, "{}", put.body);
+    }
     let (id, key, _) = tenant_with_key(&app, json!({ "grant_tokens": 0 }), json!({})).await;
     let topped = admin(
         &app,

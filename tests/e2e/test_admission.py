@@ -53,8 +53,11 @@ def test_refused_tenants_get_a_status_and_start_no_replica(admission):
     s = admission
     assert s.admin("GET", "/deployments/cold", expect=200)["replicas"] == []
     _, broke = _key(s, "broke")
-    # Ten micro-units: ten tokens at this price; the prompt is about a thousand.
+    # Ten micro-units: ten tokens at this price; the prompt is about a thousand. And a hundred:
+    # more than the prompt's bytes prove it has (5,000 bytes are at least 20 tokens), so only
+    # a bound from above refuses it before it queues.
     poor_id, poor = _key(s, "poor", balance=10)
+    _, poorish = _key(s, "poorish", balance=100)
     _, limited = _key(s, "limited", grant_tokens=1_000_000, rpm=1)
     # The limited key spends its one request of this minute on the warm deployment.
     r = _chat(s, limited, "warm", "hi", stream=False)
@@ -62,6 +65,7 @@ def test_refused_tenants_get_a_status_and_start_no_replica(admission):
     thousand = "word " * 1000
     cases = [(broke, "hi", 402, "insufficient_quota"),
              (poor, thousand, 402, "insufficient_quota"),
+             (poorish, thousand, 402, "insufficient_quota"),
              (limited, "hi", 429, "rate_limit_exceeded")]
     for key, content, status, code in cases:
         for stream in (False, True):

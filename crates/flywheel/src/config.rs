@@ -1,5 +1,9 @@
-//! `flywheel serve` configuration: one struct, three layers (TOML file < environment < flags).
-//! clap handles flags and environment; the file fills in what neither set.
+//! `flywheel serve` configuration: one struct for three layers (TOML file < environment <
+//! flags). clap reads [`ServeArgs`] from flags and environment, serde reads the same struct
+//! from the file, and [`ServeArgs::resolve`] lays the first over the second, then applies the
+//! defaults and checks the result. A setting is added in one place: a field of `ServeArgs`
+//! (flag, env and file key together), its default in `resolve`, and its README row (a test
+//! compares the README's table with the flags).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -7,15 +11,19 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use upstream::UpstreamConfig;
 
-/// Flags and environment variables of `flywheel serve`. Every field is optional here so that
-/// the config file can supply it; [`ServeArgs::resolve`] applies the defaults.
-#[derive(Debug, Args, Default)]
+/// Flags and environment variables of `flywheel serve`, and the keys of its TOML file. Every
+/// field is optional so that a lower layer can supply it; [`ServeArgs::resolve`] applies the
+/// defaults.
+#[derive(Debug, Args, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ServeArgs {
     /// TOML config file (flags and environment override it).
     #[arg(long, env = "FLYWHEEL_CONFIG")]
+    #[serde(skip)]
     pub config: Option<PathBuf>,
     /// Address to listen on [default: 127.0.0.1:8080].
     #[arg(long, env = "FLYWHEEL_LISTEN")]
@@ -41,6 +49,7 @@ pub struct ServeArgs {
     /// A model to serve: PATH[=NAME] or hub:ORG/NAME[@REV][#FILE][=NAME] (repeatable).
     /// NAME defaults to the file name without `.gguf`.
     #[arg(long = "model", env = "FLYWHEEL_MODELS", value_delimiter = ',')]
+    #[serde(default)]
     pub models: Vec<String>,
     /// Sequence slots per model (decoded together) [default: 16].
     #[arg(long, env = "FLYWHEEL_SLOTS")]
@@ -93,42 +102,14 @@ pub struct ServeArgs {
     /// running request, streamed or not, is never cut by it [default: 60].
     #[arg(long, env = "FLYWHEEL_IDLE_TIMEOUT_SECONDS")]
     pub idle_timeout_seconds: Option<u64>,
+    /// The `[hub]` table of the file.
     #[command(flatten)]
+    #[serde(default)]
     pub hub: crate::hub_config::HubArgs,
-}
-
-/// The TOML file: the same settings, plus what has no flag (upstream servers).
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct FileConfig {
-    pub listen: Option<SocketAddr>,
-    pub data_dir: Option<PathBuf>,
-    pub database_url: Option<String>,
-    pub free_grant_tokens: Option<i64>,
-    pub default_price: Option<String>,
-    pub reservation_lease_seconds: Option<u32>,
-    #[serde(default)]
-    pub models: Vec<String>,
-    pub slots: Option<usize>,
-    pub slot_context: Option<u32>,
-    pub threads: Option<usize>,
-    pub step_tokens: Option<usize>,
-    pub max_queue: Option<usize>,
-    pub max_queue_wait_seconds: Option<u64>,
-    pub node_memory_mib: Option<u64>,
-    pub node_threads: Option<usize>,
-    pub drain_seconds: Option<u64>,
-    pub metrics_open: Option<bool>,
-    pub max_body_bytes: Option<usize>,
-    pub max_connections: Option<usize>,
-    pub max_connections_per_address: Option<usize>,
-    pub header_read_timeout_seconds: Option<u64>,
-    pub idle_timeout_seconds: Option<u64>,
-    /// The `[hub]` table.
-    #[serde(default)]
-    pub hub: crate::hub_config::HubFileConfig,
-    /// External OpenAI-compatible servers, each served under its own name.
-    #[serde(default)]
+    /// External OpenAI-compatible servers, each served under its own name (file only:
+    /// `[[upstreams]]`).
+    #[arg(skip)]
+    #[serde(default, skip_serializing)]
     pub upstreams: Vec<UpstreamConfig>,
 }
 
@@ -166,101 +147,65 @@ pub struct ServeConfig {
 }
 
 impl ServeArgs {
+    /// The file's settings (if `--config` names one) under these, defaults applied, checked.
     pub fn resolve(self) -> Result<ServeConfig> {
-        let file = match &self.config {
-            Some(path) => load_file(path)?,
-            None => FileConfig::default(),
-        };
+        let args = self.over_file()?;
         let defaults = engine::EngineOptions::default();
-        let specs = if self.models.is_empty() {
-            file.models
-        } else {
-            self.models
-        };
-        let models = specs
+        let models = args
+            .models
             .iter()
             .map(|s| parse_model_spec(s))
             .collect::<Result<Vec<_>>>()?;
-        let data_dir = self
+        let data_dir = args
             .data_dir
-            .or(file.data_dir)
             .unwrap_or_else(|| PathBuf::from("flywheel-data"));
-        let database_url = self
+        let database_url = args
             .database_url
-            .or(file.database_url)
             .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("flywheel.db").display()));
         let mut tenancy = tenancy::TenancyConfig::default();
-        if let Some(grant) = self.free_grant_tokens.or(file.free_grant_tokens) {
+        if let Some(grant) = args.free_grant_tokens {
             tenancy.free_grant_tokens = grant;
         }
-        if let Some(price) = self.default_price.or(file.default_price) {
+        if let Some(price) = args.default_price {
             tenancy.default_price = parse_price(&price)?;
         }
-        if let Some(secs) = self
-            .reservation_lease_seconds
-            .or(file.reservation_lease_seconds)
-        {
+        if let Some(secs) = args.reservation_lease_seconds {
             tenancy.lease = chrono::TimeDelta::seconds(i64::from(secs.max(1)));
         }
         tenancy
             .validate()
             .map_err(|e| anyhow::anyhow!("tenancy settings: {e}"))?;
         let config = ServeConfig {
-            listen: self
+            listen: args
                 .listen
-                .or(file.listen)
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
             data_dir,
             database_url,
             tenancy,
             models,
-            upstreams: file.upstreams,
+            upstreams: args.upstreams,
             engine: engine::EngineOptions {
-                slots: self.slots.or(file.slots).unwrap_or(defaults.slots),
-                slot_context: self.slot_context.or(file.slot_context),
-                threads: self.threads.or(file.threads).unwrap_or(defaults.threads),
-                step_tokens: self
-                    .step_tokens
-                    .or(file.step_tokens)
-                    .unwrap_or(defaults.step_tokens),
-                max_queue: self
-                    .max_queue
-                    .or(file.max_queue)
-                    .unwrap_or(defaults.max_queue),
+                slots: args.slots.unwrap_or(defaults.slots),
+                slot_context: args.slot_context,
+                threads: args.threads.unwrap_or(defaults.threads),
+                step_tokens: args.step_tokens.unwrap_or(defaults.step_tokens),
+                max_queue: args.max_queue.unwrap_or(defaults.max_queue),
             },
-            max_queue_wait_seconds: self
-                .max_queue_wait_seconds
-                .or(file.max_queue_wait_seconds)
-                .unwrap_or(60),
-            node_memory_mib: self.node_memory_mib.or(file.node_memory_mib),
-            node_threads: self.node_threads.or(file.node_threads),
-            drain_seconds: self.drain_seconds.or(file.drain_seconds).unwrap_or(30),
-            metrics_open: self.metrics_open.or(file.metrics_open).unwrap_or(false),
-            max_body_bytes: self
-                .max_body_bytes
-                .or(file.max_body_bytes)
-                .unwrap_or(16 << 20),
+            max_queue_wait_seconds: args.max_queue_wait_seconds.unwrap_or(60),
+            node_memory_mib: args.node_memory_mib,
+            node_threads: args.node_threads,
+            drain_seconds: args.drain_seconds.unwrap_or(30),
+            metrics_open: args.metrics_open.unwrap_or(false),
+            max_body_bytes: args.max_body_bytes.unwrap_or(16 << 20),
             connections: crate::http::ConnectionLimits {
-                max_connections: self
-                    .max_connections
-                    .or(file.max_connections)
-                    .unwrap_or(10_000),
-                max_connections_per_address: self
-                    .max_connections_per_address
-                    .or(file.max_connections_per_address)
-                    .unwrap_or(1024),
+                max_connections: args.max_connections.unwrap_or(10_000),
+                max_connections_per_address: args.max_connections_per_address.unwrap_or(1024),
                 header_read_timeout: Duration::from_secs(
-                    self.header_read_timeout_seconds
-                        .or(file.header_read_timeout_seconds)
-                        .unwrap_or(30),
+                    args.header_read_timeout_seconds.unwrap_or(30),
                 ),
-                idle_timeout: Duration::from_secs(
-                    self.idle_timeout_seconds
-                        .or(file.idle_timeout_seconds)
-                        .unwrap_or(60),
-                ),
+                idle_timeout: Duration::from_secs(args.idle_timeout_seconds.unwrap_or(60)),
             },
-            hub: self.hub.resolve(&file.hub)?,
+            hub: args.hub.resolve()?,
         };
         config.validate()?;
         Ok(config)
@@ -340,10 +285,61 @@ fn parse_price(text: &str) -> Result<tenancy::PriceRates> {
     })
 }
 
-fn load_file(path: &Path) -> Result<FileConfig> {
+fn load_file(path: &Path) -> Result<ServeArgs> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read config file {}", path.display()))?;
     toml::from_str(&text).with_context(|| format!("config file {} is not valid", path.display()))
+}
+
+impl ServeArgs {
+    /// These settings over the file's: whatever flags or environment set wins; an unset
+    /// option or an empty list leaves the file's value.
+    fn over_file(self) -> Result<ServeArgs> {
+        let Some(path) = self.config.clone() else {
+            return Ok(self);
+        };
+        let file = load_file(&path)?;
+        let upstreams = file.upstreams.clone();
+        let mut merged = serde_json::to_value(&file)?;
+        overlay(&mut merged, serde_json::to_value(&self)?);
+        let mut args: ServeArgs = serde_json::from_value(merged).with_context(|| {
+            format!(
+                "config file {} does not combine with the flags",
+                path.display()
+            )
+        })?;
+        args.config = Some(path);
+        args.upstreams = upstreams;
+        Ok(args)
+    }
+}
+
+/// Lays `top` over `base`: tables key by key, anything else replaced unless `top`'s value is
+/// unset (null) or an empty list.
+fn overlay(base: &mut Value, top: Value) {
+    match (base, top) {
+        (Value::Object(base), Value::Object(top)) => {
+            for (key, value) in top {
+                match base.get_mut(&key) {
+                    Some(slot) => overlay(slot, value),
+                    None if !unset(&value) => {
+                        base.insert(key, value);
+                    }
+                    None => {}
+                }
+            }
+        }
+        (slot, value) if !unset(&value) => *slot = value,
+        _ => {}
+    }
+}
+
+fn unset(value: &Value) -> bool {
+    match value {
+        Value::Null => true,
+        Value::Array(items) => items.is_empty(),
+        _ => false,
+    }
 }
 
 /// Parse `PATH[=NAME]` or `hub:ORG/NAME[@REV][#FILE][=NAME]`.
@@ -420,12 +416,16 @@ mod tests {
         let path = dir.path().join("f.toml");
         std::fs::write(
             &path,
-            "slots = 4\nmax_queue = 9\nmodels = [\"/x.gguf=x\"]\n[[upstreams]]\nname = \"up\"\nbase_url = \"http://127.0.0.1:9/v1\"\n",
+            "slots = 4\nmax_queue = 9\nmodels = [\"/x.gguf=x\"]\n[hub]\nmax_files = 5\nmax_open_uploads = 7\n[[upstreams]]\nname = \"up\"\nbase_url = \"http://127.0.0.1:9/v1\"\n",
         )
         .expect("write");
         let args = ServeArgs {
             config: Some(path),
             slots: Some(8),
+            hub: crate::hub_config::HubArgs {
+                hub_max_files: Some(6),
+                ..Default::default()
+            },
             ..Default::default()
         };
         let c = args.resolve().expect("valid");
@@ -433,6 +433,21 @@ mod tests {
         assert_eq!(c.engine.max_queue, 9);
         assert_eq!(c.models[0].name, "x");
         assert_eq!(c.upstreams[0].name, "up");
+        // The [hub] table is the same settings: a flag wins, the file fills the rest.
+        assert_eq!((c.hub.max_files, c.hub.max_open_uploads), (6, 7));
+        // Flags that name models replace the file's list.
+        let dir2 = tempfile::tempdir().expect("tempdir");
+        let path2 = dir2.path().join("g.toml");
+        std::fs::write(&path2, "models = [\"/x.gguf=x\"]\n").expect("write");
+        let c = ServeArgs {
+            config: Some(path2),
+            models: vec!["/y.gguf=y".into()],
+            ..Default::default()
+        }
+        .resolve()
+        .expect("valid");
+        assert_eq!(c.models.len(), 1);
+        assert_eq!(c.models[0].name, "y");
     }
 
     #[test]

@@ -6,77 +6,61 @@ use std::time::Duration;
 
 use anyhow::{bail, Result};
 use clap::Args;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-/// Flags of the hub.
-#[derive(Debug, Args, Default)]
+/// Flags of the hub; in the config file, the keys of the `[hub]` table (without `hub_`).
+#[derive(Debug, Args, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct HubArgs {
     /// Let anyone read public hub repositories without a key [default: true].
     #[arg(long, env = "FLYWHEEL_HUB_ANONYMOUS_READS")]
+    #[serde(rename = "anonymous_reads")]
     pub hub_anonymous_reads: Option<bool>,
     /// Largest file a hub repository may hold, in bytes [default: 256 GiB].
     #[arg(long, env = "FLYWHEEL_HUB_MAX_FILE_BYTES")]
+    #[serde(rename = "max_file_bytes")]
     pub hub_max_file_bytes: Option<u64>,
     /// Largest upload chunk (one request body), in bytes [default: 64 MiB].
     #[arg(long, env = "FLYWHEEL_HUB_MAX_CHUNK_BYTES")]
+    #[serde(rename = "max_chunk_bytes")]
     pub hub_max_chunk_bytes: Option<u64>,
     /// Most files in one revision [default: 10000].
     #[arg(long, env = "FLYWHEEL_HUB_MAX_FILES")]
+    #[serde(rename = "max_files")]
     pub hub_max_files: Option<usize>,
     /// Most bytes one tenant may hold in the hub: files it uploaded plus the sizes its open
     /// uploads declared [default: 1 TiB].
     #[arg(long, env = "FLYWHEEL_HUB_TENANT_QUOTA_BYTES")]
+    #[serde(rename = "tenant_quota_bytes")]
     pub hub_tenant_quota_bytes: Option<u64>,
     /// Most unfinished uploads one tenant may have open [default: 1000].
     #[arg(long, env = "FLYWHEEL_HUB_MAX_OPEN_UPLOADS")]
+    #[serde(rename = "max_open_uploads")]
     pub hub_max_open_uploads: Option<usize>,
     /// Testing only: pace every hub download to this many bytes per second.
     #[arg(long, env = "FLYWHEEL_HUB_THROTTLE_BYTES_PER_SEC", hide = true)]
+    #[serde(rename = "throttle_bytes_per_sec")]
     pub hub_throttle_bytes_per_sec: Option<u64>,
-}
-
-/// The `[hub]` table of the config file.
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct HubFileConfig {
-    pub anonymous_reads: Option<bool>,
-    pub max_file_bytes: Option<u64>,
-    pub max_chunk_bytes: Option<u64>,
-    pub max_files: Option<usize>,
-    pub tenant_quota_bytes: Option<u64>,
-    pub max_open_uploads: Option<usize>,
-    pub upload_ttl_hours: Option<u64>,
+    /// Hours an unfinished hub upload is kept before it is removed [default: 168].
+    #[arg(long, env = "FLYWHEEL_HUB_UPLOAD_TTL_HOURS")]
+    #[serde(rename = "upload_ttl_hours")]
+    pub hub_upload_ttl_hours: Option<u64>,
 }
 
 impl HubArgs {
-    /// Flags over the file over the defaults, validated.
-    pub fn resolve(&self, file: &HubFileConfig) -> Result<hub::HubConfig> {
+    /// These settings over the defaults, validated.
+    pub fn resolve(&self) -> Result<hub::HubConfig> {
         let d = hub::HubConfig::default();
         let config = hub::HubConfig {
-            max_file_bytes: self
-                .hub_max_file_bytes
-                .or(file.max_file_bytes)
-                .unwrap_or(d.max_file_bytes),
-            max_chunk_bytes: self
-                .hub_max_chunk_bytes
-                .or(file.max_chunk_bytes)
-                .unwrap_or(d.max_chunk_bytes),
-            max_files: self.hub_max_files.or(file.max_files).unwrap_or(d.max_files),
-            anonymous_reads: self
-                .hub_anonymous_reads
-                .or(file.anonymous_reads)
-                .unwrap_or(d.anonymous_reads),
-            tenant_quota_bytes: self
-                .hub_tenant_quota_bytes
-                .or(file.tenant_quota_bytes)
-                .unwrap_or(d.tenant_quota_bytes),
-            max_open_uploads: self
-                .hub_max_open_uploads
-                .or(file.max_open_uploads)
-                .unwrap_or(d.max_open_uploads),
-            upload_ttl: file
-                .upload_ttl_hours
-                .map_or(d.upload_ttl, |h| Duration::from_secs(h * 3600)),
+            max_file_bytes: self.hub_max_file_bytes.unwrap_or(d.max_file_bytes),
+            max_chunk_bytes: self.hub_max_chunk_bytes.unwrap_or(d.max_chunk_bytes),
+            max_files: self.hub_max_files.unwrap_or(d.max_files),
+            anonymous_reads: self.hub_anonymous_reads.unwrap_or(d.anonymous_reads),
+            tenant_quota_bytes: self.hub_tenant_quota_bytes.unwrap_or(d.tenant_quota_bytes),
+            max_open_uploads: self.hub_max_open_uploads.unwrap_or(d.max_open_uploads),
+            upload_ttl: self.hub_upload_ttl_hours.map_or(d.upload_ttl, |h| {
+                Duration::from_secs(h.saturating_mul(3600))
+            }),
             serve_throttle_bytes_per_sec: self.hub_throttle_bytes_per_sec.filter(|r| *r > 0),
         };
         if config.max_chunk_bytes < 1 << 20 {
@@ -84,6 +68,9 @@ impl HubArgs {
         }
         if config.max_files == 0 || config.max_file_bytes == 0 {
             bail!("--hub-max-files and --hub-max-file-bytes must be positive");
+        }
+        if config.upload_ttl.is_zero() {
+            bail!("--hub-upload-ttl-hours must be at least 1");
         }
         if config.tenant_quota_bytes == 0 || config.max_open_uploads == 0 {
             bail!("--hub-tenant-quota-bytes and --hub-max-open-uploads must be positive");
@@ -195,9 +182,7 @@ mod tests {
 
     #[test]
     fn defaults_resolve() {
-        let c = HubArgs::default()
-            .resolve(&HubFileConfig::default())
-            .expect("defaults");
+        let c = HubArgs::default().resolve().expect("defaults");
         assert_eq!(c, hub::HubConfig::default());
     }
 }

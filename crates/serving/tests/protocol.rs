@@ -131,9 +131,13 @@ impl Fixture {
 
     /// A tenant with `balance` micro-units and no grant, and a principal for one of its keys.
     async fn payer(&self, balance: i64, rpm: Option<i64>) -> Principal {
+        self.named_payer("acme", balance, rpm).await
+    }
+
+    async fn named_payer(&self, name: &str, balance: i64, rpm: Option<i64>) -> Principal {
         let directory = &self.tenancy.directory;
         let spec = TenantSpec {
-            name: "acme".into(),
+            name: name.into(),
             rpm,
             grant_tokens: Some(0),
             ..TenantSpec::default()
@@ -221,6 +225,16 @@ fn script(events: Vec<Result<Event, BackendError>>) -> Script {
     }
 }
 
+/// Whether the request was refused for want of money.
+fn unpaid(err: &Option<ServeError>) -> bool {
+    matches!(
+        err,
+        Some(ServeError::Tenancy(
+            tenancy::Error::InsufficientQuota { .. }
+        ))
+    )
+}
+
 /// Reads every event; the error that ended the stream, if any.
 async fn drain(served: &mut serving::Served) -> Option<ServeError> {
     while let Some(event) = served.next().await {
@@ -256,63 +270,15 @@ async fn a_tenant_that_cannot_pay_never_reaches_the_backend(fx: Fixture) {
         .serve(Some(&broke), request("r1", "hi", 1), Delivery::Whole)
         .await
         .err();
-    assert!(
-        matches!(
-            err,
-            Some(ServeError::Tenancy(
-                tenancy::Error::InsufficientQuota { .. }
-            ))
-        ),
-        "{err:?}"
-    );
+    assert!(unpaid(&err), "{err:?}");
     // Enough for ten tokens; a 1,000-token prompt.
-    let poor = {
-        let spec = TenantSpec {
-            name: "poor".into(),
-            grant_tokens: Some(0),
-            ..TenantSpec::default()
-        };
-        let t = fx
-            .tenancy
-            .directory
-            .create_tenant(&spec)
-            .await
-            .expect("tenant");
-        fx.tenancy
-            .ledger
-            .top_up(&t.id, 10, None)
-            .await
-            .expect("top up");
-        let key = KeySpec {
-            name: "k".into(),
-            ..KeySpec::default()
-        };
-        let created = fx
-            .tenancy
-            .directory
-            .create_key(&t.id, &key)
-            .await
-            .expect("key");
-        fx.tenancy
-            .directory
-            .verify(&created.secret)
-            .await
-            .expect("verify")
-    };
+    let poor = fx.named_payer("poor", 10, None).await;
     let long = "word ".repeat(1_000);
     let err = serving
         .serve(Some(&poor), request("r2", &long, 1), Delivery::Stream)
         .await
         .err();
-    assert!(
-        matches!(
-            err,
-            Some(ServeError::Tenancy(
-                tenancy::Error::InsufficientQuota { .. }
-            ))
-        ),
-        "{err:?}"
-    );
+    assert!(unpaid(&err), "{err:?}");
     assert_eq!(backend.calls.load(Ordering::SeqCst), 0);
     assert!(
         fx.tenancy.ledger.reservation("r2").await.is_err(),
@@ -332,12 +298,7 @@ async fn refused_requests_do_not_count_toward_rpm(fx: Fixture) {
             )
             .await
             .err();
-        assert!(matches!(
-            err,
-            Some(ServeError::Tenancy(
-                tenancy::Error::InsufficientQuota { .. }
-            ))
-        ));
+        assert!(unpaid(&err), "{err:?}");
     }
     fx.tenancy
         .ledger

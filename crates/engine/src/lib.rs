@@ -15,6 +15,7 @@ pub mod scheduler;
 pub mod special;
 pub mod template;
 pub mod text;
+pub mod tool_calls;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};

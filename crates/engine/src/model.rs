@@ -14,6 +14,7 @@ use llama_cpp_2::token_type::LlamaTokenAttr;
 
 use crate::special::{Piece, Special, SpecialTokens};
 use crate::template::{ChatTemplate, TemplateError, CHATML};
+use crate::tool_calls::CallFormat;
 use crate::{EngineError, Result};
 
 static BACKEND: OnceLock<LlamaBackend> = OnceLock::new();
@@ -43,6 +44,8 @@ pub struct LoadedModel {
     pub template: ChatTemplate,
     /// Whether the template came from the GGUF (false: the ChatML fallback).
     pub template_from_gguf: bool,
+    /// How the template teaches the model to call tools; `None`: it has no tool support.
+    pub call_format: Option<CallFormat>,
     /// The control tokens, which only the chat template may write.
     specials: SpecialTokens,
     add_bos: bool,
@@ -96,12 +99,15 @@ impl LoadedModel {
         }
         let template = ChatTemplate::new(&source, &bos_token, &eos_token)
             .map_err(|e| EngineError::Load(format!("{}: {e}", path.display())))?;
+        let call_format = CallFormat::detect(&source);
+        tracing::info!(model = name, tool_calls = ?call_format, "chat template read");
         let n_ctx_train = model.n_ctx_train();
         let specials = control_tokens(&model);
         Ok(Self {
             model,
             template,
             template_from_gguf,
+            call_format,
             specials,
             add_bos,
             n_ctx_train,

@@ -52,12 +52,26 @@ impl ChatTemplate {
 
     /// Render the conversation with the generation prompt appended.
     pub fn render(&self, messages: &[ChatMessage]) -> Result<String, TemplateError> {
+        self.render_with_tools(messages, None)
+    }
+
+    /// Render the conversation offering `tools` (OpenAI's `tools` array: `{"type":
+    /// "function", "function": {"name", "description", "parameters"}}` each), as Hugging
+    /// Face's `apply_chat_template(messages, tools=…)` does: `tools` is `none` when there are
+    /// none, which templates test with `if tools` or `tools is not none`.
+    pub fn render_with_tools(
+        &self,
+        messages: &[ChatMessage],
+        tools: Option<&serde_json::Value>,
+    ) -> Result<String, TemplateError> {
+        let tools = tools.map(minijinja::Value::from_serialize);
         let tmpl = self
             .env
             .get_template(NAME)
             .map_err(|e| TemplateError::Invalid(describe(&e)))?;
         tmpl.render(context! {
             messages => messages,
+            tools => tools,
             add_generation_prompt => true,
             bos_token => self.bos_token,
             eos_token => self.eos_token,
@@ -107,6 +121,29 @@ mod tests {
         assert_eq!(
             out,
             "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+        );
+    }
+
+    #[test]
+    fn tools_reach_the_template_and_are_none_without_any() {
+        let src = "{% if tools is not none %}<tools>{% for t in tools %}{{ t.function.name }}({{ t.function.parameters | tojson }}) {% endfor %}</tools>\n{% endif %}{% for m in messages %}{{ m.content }}{% endfor %}";
+        let t = ChatTemplate::new(src, "", "").expect("compiles");
+        let tools = serde_json::json!([{"type": "function", "function": {
+            "name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]);
+        let out = t
+            .render_with_tools(&[msg("user", "Hi")], Some(&tools))
+            .expect("renders");
+        assert!(
+            out.starts_with("<tools>get_weather({\"properties\""),
+            "{out}"
+        );
+        assert!(out.ends_with("Hi"), "{out}");
+        assert_eq!(t.render(&[msg("user", "Hi")]).expect("renders"), "Hi");
+        // The tool-call format follows from the template.
+        let hermes = format!("{src}<tool_call>");
+        assert_eq!(
+            crate::tool_calls::CallFormat::detect(&hermes),
+            Some(crate::tool_calls::CallFormat::Hermes)
         );
     }
 

@@ -102,3 +102,16 @@ fn chat_tokens_match_the_whole_rendered_prompt_when_content_has_no_special_text(
         );
     }
 }
+
+#[test]
+fn the_tool_call_format_is_read_from_the_template() {
+    for (var, path) in models() {
+        let model = LoadedModel::load(&path, &var).expect("loads");
+        // Qwen 2.5's template teaches Hermes-style <tool_call> blocks; SmolLM2's has no tools.
+        let want = match var.as_str() {
+            "FLYWHEEL_QWEN_GGUF" => Some(engine::tool_calls::CallFormat::Hermes),
+            _ => None,
+        };
+        assert_eq!(model.call_format, want, "{var}");
+    }
+}

@@ -1,0 +1,365 @@
+//! Tool calls in generated text: which format a model's chat template teaches it, and parsers
+//! that turn a stream of generated text into plain text and whole calls, one per format behind
+//! [`CallParser`].
+//!
+//! A parser never loses text: whatever is not a well-formed call (an unclosed `<tool_call>`
+//! when generation stops, a body that is not a JSON call) comes back as text, so a call cut off
+//! by `max_tokens` is content, never a broken call. Text that may still become a call opener is
+//! held back until it is decided, as the stop-string matcher holds back a possible stop string.
+
+use serde_json::{Map, Value};
+
+/// How a model writes tool calls, recognised from its chat template.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallFormat {
+    /// Hermes / Qwen 2.5: `<tool_call>{"name": …, "arguments": {…}}</tool_call>`, any number.
+    Hermes,
+    /// Llama 3.1/3.2 JSON: the whole reply is `{"name": …, "parameters": {…}}` (optionally after
+    /// `<|python_tag|>`), several separated by `;`.
+    Llama3Json,
+}
+
+impl CallFormat {
+    /// The format a chat template teaches, or `None` when it has no tool support.
+    pub fn detect(template: &str) -> Option<Self> {
+        if template.contains("<tool_call>") {
+            return Some(Self::Hermes);
+        }
+        let llama3 = template.contains("<|start_header_id|>") || template.contains("<|eom_id|>");
+        if llama3 && template.contains("tools") && template.contains("\"parameters\"") {
+            return Some(Self::Llama3Json);
+        }
+        None
+    }
+
+    /// A parser for one generation.
+    pub fn parser(self) -> Box<dyn CallParser + Send> {
+        match self {
+            Self::Hermes => Box::new(Hermes::default()),
+            Self::Llama3Json => Box::new(Llama3Json::default()),
+        }
+    }
+}
+
+/// A tool call as the model wrote it: the function's name and its arguments as JSON text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Call {
+    pub name: String,
+    pub arguments: String,
+}
+
+/// A piece of generated output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Piece {
+    Text(String),
+    Call(Call),
+}
+
+/// Turns generated text, fed as it comes, into text and calls.
+pub trait CallParser {
+    /// The pieces `text` completes; text that may still open a call is held back.
+    fn feed(&mut self, text: &str) -> Vec<Piece>;
+    /// Generation ended: what was held back, as text unless it is a complete call.
+    fn finish(&mut self) -> Vec<Piece>;
+}
+
+/// A JSON object with a string `name` and an object under `args_key` (a string holding
+/// JSON is accepted too), as a [`Call`]; `None` for anything else.
+fn json_call(text: &str, args_key: &str) -> Option<Call> {
+    let Value::Object(mut object) = serde_json::from_str::<Value>(text.trim()).ok()? else {
+        return None;
+    };
+    let Some(Value::String(name)) = object.remove("name") else {
+        return None;
+    };
+    let arguments = match object.remove(args_key) {
+        None => Value::Object(Map::new()),
+        Some(Value::String(raw)) => match serde_json::from_str::<Value>(&raw).ok()? {
+            object @ Value::Object(_) => object,
+            _ => return None,
+        },
+        Some(object @ Value::Object(_)) => object,
+        Some(_) => return None,
+    };
+    if name.is_empty() {
+        return None;
+    }
+    Some(Call {
+        name,
+        arguments: arguments.to_string(),
+    })
+}
+
+/// The length of the longest suffix of `text` that is a proper prefix of `marker`.
+fn partial_suffix(text: &str, marker: &str) -> usize {
+    (1..marker.len().min(text.len() + 1))
+        .rev()
+        .find(|&n| {
+            text.is_char_boundary(text.len() - n) && marker.starts_with(&text[text.len() - n..])
+        })
+        .unwrap_or(0)
+}
+
+fn push_text(out: &mut Vec<Piece>, text: &str) {
+    if text.is_empty() {
+        return;
+    }
+    if let Some(Piece::Text(last)) = out.last_mut() {
+        last.push_str(text);
+    } else {
+        out.push(Piece::Text(text.to_owned()));
+    }
+}
+
+const HERMES_OPEN: &str = "<tool_call>";
+const HERMES_CLOSE: &str = "</tool_call>";
+
+/// `<tool_call>{…}</tool_call>` anywhere in the text.
+#[derive(Default)]
+struct Hermes {
+    /// Text not yet decided: outside a call, a possible start of the opener; inside, the call
+    /// so far (opener included).
+    held: String,
+    inside: bool,
+}
+
+impl CallParser for Hermes {
+    fn feed(&mut self, text: &str) -> Vec<Piece> {
+        let mut out = Vec::new();
+        self.held.push_str(text);
+        loop {
+            if self.inside {
+                let Some(end) = self.held.find(HERMES_CLOSE) else {
+                    return out;
+                };
+                let whole = self.held[..end + HERMES_CLOSE.len()].to_owned();
+                let body = &whole[HERMES_OPEN.len()..end];
+                match json_call(body, "arguments") {
+                    Some(call) => out.push(Piece::Call(call)),
+                    None => push_text(&mut out, &whole),
+                }
+                self.held.drain(..whole.len());
+                self.inside = false;
+            } else if let Some(start) = self.held.find(HERMES_OPEN) {
+                let before = self.held[..start].to_owned();
+                push_text(&mut out, &before);
+                self.held.drain(..start);
+                self.inside = true;
+            } else {
+                let keep = partial_suffix(&self.held, HERMES_OPEN);
+                let sure = self.held.len() - keep;
+                let text = self.held[..sure].to_owned();
+                push_text(&mut out, &text);
+                self.held.drain(..sure);
+                return out;
+            }
+        }
+    }
+
+    fn finish(&mut self) -> Vec<Piece> {
+        let mut out = Vec::new();
+        push_text(&mut out, &std::mem::take(&mut self.held));
+        self.inside = false;
+        out
+    }
+}
+
+const PYTHON_TAG: &str = "<|python_tag|>";
+
+/// A reply that is one or more JSON calls (`;`-separated), or plain text.
+#[derive(Default)]
+struct Llama3Json {
+    /// Everything so far, while it may still be a call.
+    held: String,
+    /// Decided: plain text (passed through as it comes).
+    text: bool,
+}
+
+impl Llama3Json {
+    fn could_be_call(held: &str) -> bool {
+        let start = held.trim_start();
+        start.is_empty()
+            || start.starts_with('{')
+            || start.starts_with(PYTHON_TAG)
+            || PYTHON_TAG.starts_with(start)
+    }
+
+    fn calls(held: &str) -> Option<Vec<Call>> {
+        let body = held.trim_start();
+        let body = body.strip_prefix(PYTHON_TAG).unwrap_or(body);
+        let calls: Option<Vec<Call>> = body
+            .split(';')
+            .filter(|part| !part.trim().is_empty())
+            .map(|part| json_call(part, "parameters"))
+            .collect();
+        calls.filter(|c| !c.is_empty())
+    }
+}
+
+impl CallParser for Llama3Json {
+    fn feed(&mut self, text: &str) -> Vec<Piece> {
+        let mut out = Vec::new();
+        if self.text {
+            push_text(&mut out, text);
+            return out;
+        }
+        self.held.push_str(text);
+        if !Self::could_be_call(&self.held) {
+            self.text = true;
+            push_text(&mut out, &std::mem::take(&mut self.held));
+        }
+        out
+    }
+
+    fn finish(&mut self) -> Vec<Piece> {
+        let held = std::mem::take(&mut self.held);
+        match Self::calls(&held) {
+            Some(calls) => calls.into_iter().map(Piece::Call).collect(),
+            None => {
+                let mut out = Vec::new();
+                push_text(&mut out, &held);
+                out
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Feeds `chunks` one by one, then finishes; adjacent text pieces merged.
+    fn run(format: CallFormat, chunks: &[&str]) -> Vec<Piece> {
+        let mut parser = format.parser();
+        let mut out = Vec::new();
+        for chunk in chunks {
+            for piece in parser.feed(chunk) {
+                match piece {
+                    Piece::Text(t) => push_text(&mut out, &t),
+                    call => out.push(call),
+                }
+            }
+        }
+        for piece in parser.finish() {
+            match piece {
+                Piece::Text(t) => push_text(&mut out, &t),
+                call => out.push(call),
+            }
+        }
+        out
+    }
+
+    fn call(name: &str, arguments: &str) -> Piece {
+        Piece::Call(Call {
+            name: name.into(),
+            arguments: arguments.into(),
+        })
+    }
+
+    #[test]
+    fn formats_are_recognised_from_templates() {
+        let qwen = "{%- if tools %}<tools>{{ tool }}</tools> ... <tool_call>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</tool_call>{% endif %}";
+        assert_eq!(CallFormat::detect(qwen), Some(CallFormat::Hermes));
+        let llama = "{%- if tools is not none %}<|start_header_id|>user<|end_header_id|>Respond in the format {\"name\": function name, \"parameters\": dictionary of argument name and its value}{% endif %}";
+        assert_eq!(CallFormat::detect(llama), Some(CallFormat::Llama3Json));
+        assert_eq!(CallFormat::detect(crate::template::CHATML), None);
+    }
+
+    #[test]
+    fn hermes_calls_between_text_in_any_chunking() {
+        let whole = "Let me check.<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Oslo\"}}\n</tool_call><tool_call>{\"name\":\"now\",\"arguments\":{}}</tool_call>";
+        let want = vec![
+            Piece::Text("Let me check.".into()),
+            call("get_weather", "{\"city\":\"Oslo\"}"),
+            call("now", "{}"),
+        ];
+        assert_eq!(run(CallFormat::Hermes, &[whole]), want);
+        let chars: Vec<String> = whole.chars().map(String::from).collect();
+        let refs: Vec<&str> = chars.iter().map(String::as_str).collect();
+        assert_eq!(run(CallFormat::Hermes, &refs), want);
+    }
+
+    #[test]
+    fn a_cut_off_or_malformed_hermes_call_stays_text() {
+        let cut = "ok <tool_call>{\"name\": \"f\", \"argu";
+        assert_eq!(
+            run(CallFormat::Hermes, &[cut]),
+            vec![Piece::Text(cut.into())]
+        );
+        let bad = "<tool_call>not json</tool_call> after";
+        assert_eq!(
+            run(CallFormat::Hermes, &[bad]),
+            vec![Piece::Text(bad.into())]
+        );
+        // A held-back partial opener that never completes comes back at the end.
+        assert_eq!(
+            run(CallFormat::Hermes, &["a <tool_c"]),
+            vec![Piece::Text("a <tool_c".into())]
+        );
+    }
+
+    #[test]
+    fn llama3_json_calls_and_plain_text() {
+        let one = "{\"name\": \"get_weather\", \"parameters\": {\"city\": \"Oslo\"}}";
+        assert_eq!(
+            run(CallFormat::Llama3Json, &[&one[..10], &one[10..]]),
+            vec![call("get_weather", "{\"city\":\"Oslo\"}")]
+        );
+        let two = "<|python_tag|>{\"name\": \"a\", \"parameters\": {}}; {\"name\": \"b\", \"parameters\": {\"x\": 1}}";
+        assert_eq!(
+            run(CallFormat::Llama3Json, &[two]),
+            vec![call("a", "{}"), call("b", "{\"x\":1}")]
+        );
+        assert_eq!(
+            run(CallFormat::Llama3Json, &["The weather ", "is fine."]),
+            vec![Piece::Text("The weather is fine.".into())]
+        );
+        let cut = "{\"name\": \"a\", \"param";
+        assert_eq!(
+            run(CallFormat::Llama3Json, &[cut]),
+            vec![Piece::Text(cut.into())]
+        );
+    }
+
+    fn text_of(pieces: &[Piece]) -> String {
+        pieces
+            .iter()
+            .map(|p| match p {
+                Piece::Text(t) => t.clone(),
+                Piece::Call(c) => format!("[{}]", c.name),
+            })
+            .collect()
+    }
+
+    proptest! {
+        /// Arbitrary text, cut anywhere: no panic, and without an opener nothing but the same
+        /// text comes out.
+        #[test]
+        fn arbitrary_text_is_never_lost(text in ".{0,200}", cuts in proptest::collection::vec(0usize..200, 0..6)) {
+            let mut bounds: Vec<usize> = cuts.into_iter().filter(|&c| c <= text.len() && text.is_char_boundary(c)).collect();
+            bounds.push(0);
+            bounds.push(text.len());
+            bounds.sort_unstable();
+            bounds.dedup();
+            let chunks: Vec<&str> = bounds.windows(2).map(|w| &text[w[0]..w[1]]).collect();
+            for format in [CallFormat::Hermes, CallFormat::Llama3Json] {
+                let pieces = run(format, &chunks);
+                if !text.contains(HERMES_OPEN) && !text.contains('{') {
+                    prop_assert_eq!(text_of(&pieces), text.clone());
+                }
+            }
+        }
+
+        /// A Hermes call with arbitrary text around it parses the same however it is cut.
+        #[test]
+        fn hermes_calls_survive_any_cut(before in "[a-z ]{0,20}", city in "[A-Za-z]{1,12}", cut in 0usize..120) {
+            let whole = format!("{before}<tool_call>{{\"name\": \"w\", \"arguments\": {{\"city\": \"{city}\"}}}}</tool_call>");
+            let cut = cut.min(whole.len());
+            let pieces = run(CallFormat::Hermes, &[&whole[..cut], &whole[cut..]]);
+            let want_call = call("w", &format!("{{\"city\":\"{city}\"}}"));
+            prop_assert_eq!(pieces.last(), Some(&want_call));
+        }
+    }
+}

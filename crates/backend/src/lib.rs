@@ -13,10 +13,74 @@ use std::pin::Pin;
 use serde::Serialize;
 
 /// One message of a chat prompt. Content is plain text (the gateway flattens text parts).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// Serialized as chat templates read it (Hugging Face's message dicts): tool calls and the
+/// tool-call id only where present.
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
 pub struct ChatMessage {
     pub role: String,
     pub content: String,
+    /// The calls an assistant message made.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCall>,
+    /// For a `tool` message: the call it answers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+    /// For a `tool` message: the function that answered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+impl ChatMessage {
+    /// A plain text message.
+    pub fn text(role: impl Into<String>, content: impl Into<String>) -> Self {
+        Self {
+            role: role.into(),
+            content: content.into(),
+            ..Self::default()
+        }
+    }
+}
+
+/// A call an assistant made, as a template reads it: `{"id", "type": "function", "function":
+/// {"name", "arguments"}}` with the arguments as a JSON object.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ToolCall {
+    pub id: String,
+    pub r#type: &'static str,
+    pub function: FunctionCall,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FunctionCall {
+    pub name: String,
+    pub arguments: serde_json::Value,
+}
+
+impl ToolCall {
+    pub fn function(id: String, name: String, arguments: serde_json::Value) -> Self {
+        Self {
+            id,
+            r#type: "function",
+            function: FunctionCall { name, arguments },
+        }
+    }
+}
+
+/// A function the model may call, in the shape chat templates read (`{"type": "function",
+/// "function": {"name", "description", "parameters"}}`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Tool {
+    pub r#type: &'static str,
+    pub function: FunctionSpec,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FunctionSpec {
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// A JSON Schema object.
+    pub parameters: serde_json::Value,
 }
 
 /// What to generate from.
@@ -35,6 +99,9 @@ pub const TEMPLATE_TOKENS: u32 = 96;
 pub const TEMPLATE_TOKENS_PER_MESSAGE: u32 = 8;
 /// Special tokens around a raw completion prompt (BOS, EOS).
 pub const RAW_PROMPT_TOKENS: u32 = 8;
+/// Tokens a chat template adds to explain tools when some are offered (Qwen 2.5's and Llama
+/// 3.1's instructions are about 100–150), besides the tools' own JSON.
+pub const TOOLS_TEMPLATE_TOKENS: u32 = 512;
 
 impl Prompt {
     /// Bytes of text: the raw prompt, or every message's role and content.
@@ -42,7 +109,24 @@ impl Prompt {
         match self {
             Prompt::Chat(messages) => messages
                 .iter()
-                .map(|m| m.role.len().saturating_add(m.content.len()))
+                .map(|m| {
+                    let calls: usize = m
+                        .tool_calls
+                        .iter()
+                        .map(|c| {
+                            c.id.len()
+                                + c.function.name.len()
+                                + c.function.arguments.to_string().len()
+                        })
+                        .sum();
+                    let extra = m.tool_call_id.as_ref().map_or(0, String::len)
+                        + m.name.as_ref().map_or(0, String::len);
+                    m.role
+                        .len()
+                        .saturating_add(m.content.len())
+                        .saturating_add(calls)
+                        .saturating_add(extra)
+                })
                 .fold(0, usize::saturating_add),
             Prompt::Text(text) => text.len(),
         }
@@ -128,6 +212,23 @@ pub struct GenerateRequest {
     /// The tenant the request is for (`None`: the admin or an unauthenticated deployment);
     /// queues use it to share capacity fairly between tenants.
     pub tenant: Option<String>,
+    /// Functions the model may call (chat only; empty: none offered).
+    pub tools: Vec<Tool>,
+}
+
+impl GenerateRequest {
+    /// An upper bound of the prompt's tokens before tokenizing: [`Prompt::max_tokens`], plus
+    /// the offered tools' JSON and the template's explanation of them.
+    pub fn max_prompt_tokens(&self) -> u32 {
+        let prompt = self.prompt.max_tokens();
+        if self.tools.is_empty() {
+            return prompt;
+        }
+        let tools = serde_json::to_string(&self.tools).map_or(usize::MAX, |json| json.len());
+        prompt
+            .saturating_add(u32::try_from(tools).unwrap_or(u32::MAX))
+            .saturating_add(TOOLS_TEMPLATE_TOKENS)
+    }
 }
 
 /// Token counts of one request. `cached_tokens` ≤ `prompt_tokens` counts prompt tokens served
@@ -146,6 +247,8 @@ pub enum FinishReason {
     Stop,
     /// `max_tokens` reached or the context is full.
     Length,
+    /// The model called one or more tools (reported as `ToolCall` events).
+    ToolCalls,
 }
 
 /// What a backend streams back. A well-formed stream is any number of `Queued` events, one
@@ -176,6 +279,14 @@ pub enum Event {
     Text {
         text: String,
         tokens: u32,
+    },
+    /// A whole tool call the model made (its text is not sent as `Text`). `index` counts the
+    /// request's calls from 0; `arguments` is JSON text.
+    ToolCall {
+        index: u32,
+        id: String,
+        name: String,
+        arguments: String,
     },
     Finished {
         reason: FinishReason,
@@ -221,6 +332,9 @@ pub enum BackendError {
     /// The prompt cannot be used as sent (the wire names its own prompt field).
     #[error("{0}")]
     InvalidPrompt(String),
+    /// The request offers tools to a model that cannot call them.
+    #[error("{0}")]
+    ToolsUnsupported(String),
     #[error("{message}")]
     InvalidRequest {
         message: String,

@@ -201,11 +201,24 @@ impl Backend for Engine {
             return Err(BackendError::ShuttingDown);
         }
         let received = Instant::now();
+        let parser = match (request.tools.is_empty(), self.model.call_format) {
+            (true, _) => None,
+            (false, Some(format)) => Some(format.parser()),
+            (false, None) => {
+                return Err(BackendError::ToolsUnsupported(format!(
+                    "The chat template of '{}' has no tool support, so this model cannot call \
+                     tools. Send the request without tools, or use a model whose template \
+                     offers them (Qwen 2.5, Llama 3.1 and later).",
+                    self.info.id
+                )))
+            }
+        };
         let model = self.model.clone();
-        let prompt = request.prompt;
-        let tokens = tokio::task::spawn_blocking(move || model.prompt_tokens(&prompt))
-            .await
-            .map_err(|e| BackendError::Internal(format!("tokenizer task failed: {e}")))??;
+        let (prompt, tools) = (request.prompt, request.tools);
+        let tokens =
+            tokio::task::spawn_blocking(move || model.prompt_tokens_with_tools(&prompt, &tools))
+                .await
+                .map_err(|e| BackendError::Internal(format!("tokenizer task failed: {e}")))??;
         if tokens.is_empty() {
             return Err(BackendError::InvalidPrompt(
                 "The prompt is empty after tokenization; send at least one token of text.".into(),
@@ -249,6 +262,10 @@ impl Backend for Engine {
         };
         self.commands.send(submit).map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())??;
+        let rx = match parser {
+            Some(parser) => tool_calls::parse_calls(rx, parser),
+            None => rx,
+        };
         Ok(Box::pin(
             tokio_stream::wrappers::UnboundedReceiverStream::new(rx),
         ))

@@ -5,7 +5,7 @@ use std::num::NonZeroU16;
 use std::path::Path;
 use std::sync::{Mutex, OnceLock};
 
-use backend::{ChatMessage, Prompt};
+use backend::{ChatMessage, Prompt, Tool, ToolCall};
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::LlamaModel;
@@ -123,8 +123,18 @@ impl LoadedModel {
     /// [`crate::special`]). A raw `/v1/completions` prompt is the client's whole prompt, template
     /// included, so special-token texts in it are parsed as special tokens, as llama-server does.
     pub fn prompt_tokens(&self, prompt: &Prompt) -> Result<Vec<LlamaToken>> {
+        self.prompt_tokens_with_tools(prompt, &[])
+    }
+
+    /// [`LoadedModel::prompt_tokens`] with `tools` offered to a chat prompt's template. Every
+    /// string of the tools and of the messages' tool calls is escaped like content.
+    pub fn prompt_tokens_with_tools(
+        &self,
+        prompt: &Prompt,
+        tools: &[Tool],
+    ) -> Result<Vec<LlamaToken>> {
         match prompt {
-            Prompt::Chat(messages) => self.chat_tokens(messages),
+            Prompt::Chat(messages) => self.chat_tokens(messages, tools),
             Prompt::Text(text) => {
                 let add_bos = self.wants_bos(text);
                 Ok(self.model.vocab().tokenize(text.as_bytes(), add_bos, true))
@@ -132,20 +142,44 @@ impl LoadedModel {
         }
     }
 
-    fn chat_tokens(&self, messages: &[ChatMessage]) -> Result<Vec<LlamaToken>> {
+    fn chat_tokens(&self, messages: &[ChatMessage], tools: &[Tool]) -> Result<Vec<LlamaToken>> {
+        let escape = |s: &str| self.specials.escape(s).into_owned();
         let escaped: Vec<ChatMessage> = messages
             .iter()
             .map(|m| ChatMessage {
-                role: self.specials.escape(&m.role).into_owned(),
-                content: self.specials.escape(&m.content).into_owned(),
+                role: escape(&m.role),
+                content: escape(&m.content),
+                tool_calls: m
+                    .tool_calls
+                    .iter()
+                    .map(|c| {
+                        ToolCall::function(
+                            escape(&c.id),
+                            escape(&c.function.name),
+                            self.escape_json(&c.function.arguments),
+                        )
+                    })
+                    .collect(),
+                tool_call_id: m.tool_call_id.as_deref().map(escape),
+                name: m.name.as_deref().map(escape),
             })
             .collect();
-        let rendered = self.template.render(&escaped).map_err(|e| match e {
-            TemplateError::Rejected(m) => EngineError::BadPrompt(format!(
-                "the model's chat template rejected the messages: {m}"
-            )),
-            TemplateError::Invalid(m) => EngineError::Load(m),
-        })?;
+        let tools = if tools.is_empty() {
+            None
+        } else {
+            let value = serde_json::to_value(tools)
+                .map_err(|e| EngineError::BadPrompt(format!("the tools cannot be encoded: {e}")))?;
+            Some(self.escape_json(&value))
+        };
+        let rendered = self
+            .template
+            .render_with_tools(&escaped, tools.as_ref())
+            .map_err(|e| match e {
+                TemplateError::Rejected(m) => EngineError::BadPrompt(format!(
+                    "the model's chat template rejected the messages: {m}"
+                )),
+                TemplateError::Invalid(m) => EngineError::Load(m),
+            })?;
         tracing::debug!(prompt = %rendered, "rendered prompt");
         let vocab = self.model.vocab();
         let mut tokens = Vec::with_capacity(rendered.len() / 3 + 2);
@@ -164,6 +198,23 @@ impl LoadedModel {
     }
 
     /// Whether to put BOS before a prompt that renders to `text`.
+    /// `value` with every string (keys included) escaped like message content.
+    fn escape_json(&self, value: &serde_json::Value) -> serde_json::Value {
+        use serde_json::Value;
+        match value {
+            Value::String(s) => Value::String(self.specials.escape(s).into_owned()),
+            Value::Array(items) => {
+                Value::Array(items.iter().map(|v| self.escape_json(v)).collect())
+            }
+            Value::Object(map) => Value::Object(
+                map.iter()
+                    .map(|(k, v)| (self.specials.escape(k).into_owned(), self.escape_json(v)))
+                    .collect(),
+            ),
+            other => other.clone(),
+        }
+    }
+
     fn wants_bos(&self, text: &str) -> bool {
         let bos = self.template.bos_token();
         self.add_bos && (bos.is_empty() || !text.starts_with(bos))

@@ -7,7 +7,9 @@
 //! by `max_tokens` is content, never a broken call. Text that may still become a call opener is
 //! held back until it is decided, as the stop-string matcher holds back a possible stop string.
 
+use backend::{BackendError, Event, FinishReason};
 use serde_json::{Map, Value};
+use tokio::sync::mpsc;
 
 /// How a model writes tool calls, recognised from its chat template.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -222,6 +224,77 @@ impl CallParser for Llama3Json {
             }
         }
     }
+}
+
+/// Events of one generation with tool calls parsed out of its text: `Text` becomes text and
+/// `ToolCall` events (ids `call_…`), and a generation that called a tool and then stopped
+/// finishes with `ToolCalls`. Tokens of text held back ride with the next text released. Runs
+/// as a task that ends when either side does, so a client gone still cancels the generation.
+pub(crate) fn parse_calls(
+    mut inner: mpsc::UnboundedReceiver<Result<Event, BackendError>>,
+    mut parser: Box<dyn CallParser + Send>,
+) -> mpsc::UnboundedReceiver<Result<Event, BackendError>> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut calls = 0u32;
+        let mut held_tokens = 0u32;
+        let mut emit = |pieces: Vec<Piece>, held_tokens: &mut u32| -> bool {
+            for piece in pieces {
+                let event = match piece {
+                    Piece::Text(text) => Event::Text {
+                        text,
+                        tokens: std::mem::take(held_tokens),
+                    },
+                    Piece::Call(call) => {
+                        let event = Event::ToolCall {
+                            index: calls,
+                            id: format!("call_{:024x}", rand::random::<u128>() >> 32),
+                            name: call.name,
+                            arguments: call.arguments,
+                        };
+                        calls += 1;
+                        event
+                    }
+                };
+                if tx.send(Ok(event)).is_err() {
+                    return false;
+                }
+            }
+            true
+        };
+        loop {
+            let item = tokio::select! {
+                item = inner.recv() => item,
+                () = tx.closed() => return,
+            };
+            let Some(item) = item else { return };
+            match item {
+                Ok(Event::Text { text, tokens }) => {
+                    held_tokens = held_tokens.saturating_add(tokens);
+                    if !emit(parser.feed(&text), &mut held_tokens) {
+                        return;
+                    }
+                }
+                Ok(Event::Finished { reason, usage }) => {
+                    if !emit(parser.finish(), &mut held_tokens) {
+                        return;
+                    }
+                    let reason = match reason {
+                        FinishReason::Stop if calls > 0 => FinishReason::ToolCalls,
+                        other => other,
+                    };
+                    let _ = tx.send(Ok(Event::Finished { reason, usage }));
+                    return;
+                }
+                other => {
+                    if tx.send(other).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    rx
 }
 
 #[cfg(test)]

@@ -23,10 +23,7 @@ fn models() -> Vec<(String, std::path::PathBuf)> {
 }
 
 fn msg(role: &str, content: &str) -> ChatMessage {
-    ChatMessage {
-        role: role.into(),
-        content: content.into(),
-    }
+    ChatMessage::text(role, content)
 }
 
 /// The id of a special token, from its text.

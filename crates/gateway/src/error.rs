@@ -148,6 +148,9 @@ impl ApiError {
             BackendError::InvalidPrompt(_) => {
                 Self::new(Code::InvalidRequest, message).with_param(prompt_param)
             }
+            BackendError::ToolsUnsupported(_) => {
+                Self::new(Code::InvalidRequest, message).with_param("tools")
+            }
             BackendError::InvalidRequest { param, .. } => Self {
                 param,
                 ..Self::new(Code::InvalidRequest, message)

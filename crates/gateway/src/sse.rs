@@ -21,6 +21,7 @@ use serving::Served;
 use crate::error::ApiError;
 use crate::metrics;
 use crate::observe::Streamed;
+use crate::wire::tools::ToolCallView;
 use crate::wire::{ChunkFormat, ChunkUsage, ResponseMeta, UsageView};
 
 /// One `data: …` event.
@@ -110,6 +111,19 @@ impl<F: ChunkFormat> State<F> {
                         &self.format.text(&self.meta, &text, self.chunk_usage()),
                     );
                     return Some(out.into());
+                }
+                Some(Ok(Event::ToolCall {
+                    index,
+                    id,
+                    name,
+                    arguments,
+                })) => {
+                    let call = ToolCallView::new(id, name, arguments);
+                    let usage = self.chunk_usage();
+                    if let Some(data) = self.format.tool_call(&self.meta, index, call, usage) {
+                        frame(&mut out, &data);
+                        return Some(out.into());
+                    }
                 }
                 Some(Ok(Event::Finished { reason, usage })) => {
                     self.events = None;

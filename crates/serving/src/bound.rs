@@ -49,7 +49,7 @@ impl Bound {
                 });
             }
         }
-        let mut prompt = request.prompt.max_tokens();
+        let mut prompt = request.max_prompt_tokens();
         let completion = match context_length {
             Some(context_length) => {
                 // A prompt that runs is shorter than the context, and prompt plus completion
@@ -88,14 +88,12 @@ mod tests {
             max_tokens,
             stop: Vec::new(),
             tenant: None,
+            tools: Vec::new(),
         }
     }
 
     fn chat(content: &str) -> Prompt {
-        Prompt::Chat(vec![ChatMessage {
-            role: "user".into(),
-            content: content.into(),
-        }])
+        Prompt::Chat(vec![ChatMessage::text("user", content)])
     }
 
     #[test]

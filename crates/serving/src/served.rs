@@ -47,7 +47,7 @@ impl Served {
         };
         if let Some(meter) = &mut self.meter {
             let billed = match &event {
-                Event::Queued { .. } => Ok(()),
+                Event::Queued { .. } | Event::ToolCall { .. } => Ok(()),
                 Event::Admitted {
                     prompt_tokens,
                     max_tokens,

@@ -187,14 +187,12 @@ fn request(id: &str, prompt: &str, max_tokens: u32) -> GenerateRequest {
     GenerateRequest {
         request_id: id.into(),
         model: MODEL.into(),
-        prompt: Prompt::Chat(vec![ChatMessage {
-            role: "user".into(),
-            content: prompt.into(),
-        }]),
+        prompt: Prompt::Chat(vec![ChatMessage::text("user", prompt)]),
         sampling: SamplingParams::default(),
         max_tokens: Some(max_tokens),
         stop: Vec::new(),
         tenant: None,
+        tools: Vec::new(),
     }
 }
 

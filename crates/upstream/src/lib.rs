@@ -206,6 +206,13 @@ impl Backend for UpstreamBackend {
     }
 
     async fn generate(&self, request: GenerateRequest) -> backend::Result<EventStream> {
+        if !request.tools.is_empty() {
+            return Err(BackendError::ToolsUnsupported(format!(
+                "Tools cannot be passed to the upstream server of '{}' yet; send the request \
+                 without tools, or to a model this server runs itself.",
+                self.name
+            )));
+        }
         let limit = request.max_tokens.unwrap_or(self.default_max_tokens);
         let prompt_tokens = request.prompt.max_tokens();
         let admitted = Event::Admitted {

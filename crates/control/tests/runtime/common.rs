@@ -189,6 +189,7 @@ pub fn request(id: &str, tenant: Option<&str>) -> GenerateRequest {
         max_tokens: Some(2),
         stop: Vec::new(),
         tenant: tenant.map(str::to_owned),
+        tools: Vec::new(),
     }
 }
 

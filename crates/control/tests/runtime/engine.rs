@@ -15,10 +15,7 @@ fn chat(id: &str) -> GenerateRequest {
     GenerateRequest {
         request_id: id.into(),
         model: "smol".into(),
-        prompt: Prompt::Chat(vec![ChatMessage {
-            role: "user".into(),
-            content: "Say hi.".into(),
-        }]),
+        prompt: Prompt::Chat(vec![ChatMessage::text("user", "Say hi.")]),
         sampling: SamplingParams {
             temperature: 0.0,
             ..SamplingParams::default()
@@ -26,6 +23,7 @@ fn chat(id: &str) -> GenerateRequest {
         max_tokens: Some(16),
         stop: Vec::new(),
         tenant: None,
+        tools: Vec::new(),
     }
 }
 

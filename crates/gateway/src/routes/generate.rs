@@ -14,6 +14,7 @@ use crate::observe::RequestId;
 use crate::sse::{self, UsageOptions};
 use crate::wire::chat::{self, ChatChunks, ChatCompletionView};
 use crate::wire::completions::{self, CompletionChunks, CompletionView};
+use crate::wire::tools::ToolCallView;
 use crate::wire::{unix_now, ResponseMeta, UsageView, ValidRequest};
 use crate::AppState;
 
@@ -103,10 +104,10 @@ async fn generate(
         .await
         .map_err(|err| ApiError::from_serve(err, prompt_param))?;
     if !request.stream {
-        let (text, reason, usage) = collect(&mut events, &meta.model, prompt_param).await?;
+        let (text, calls, reason, usage) = collect(&mut events, &meta.model, prompt_param).await?;
         return Ok(match endpoint {
             Endpoint::Chat => {
-                Json(ChatCompletionView::new(meta, text, reason, usage)).into_response()
+                Json(ChatCompletionView::new(meta, text, calls, reason, usage)).into_response()
             }
             Endpoint::Completions => {
                 Json(CompletionView::new(meta, text, reason, usage)).into_response()
@@ -154,15 +155,22 @@ async fn collect(
     events: &mut Served,
     model: &str,
     prompt_param: &'static str,
-) -> Result<(String, FinishReason, UsageView)> {
+) -> Result<(String, Vec<ToolCallView>, FinishReason, UsageView)> {
     let mut text = String::new();
+    let mut calls = Vec::new();
     while let Some(event) = events.next().await {
         match event.map_err(|err| ApiError::from_serve(err, prompt_param))? {
             Event::Text { text: piece, .. } => text.push_str(&piece),
+            Event::ToolCall {
+                id,
+                name,
+                arguments,
+                ..
+            } => calls.push(ToolCallView::new(id, name, arguments)),
             Event::Queued { .. } | Event::Admitted { .. } => {}
             Event::Finished { reason, usage } => {
                 metrics::record_usage(model, usage);
-                return Ok((text, reason, UsageView::from(usage)));
+                return Ok((text, calls, reason, UsageView::from(usage)));
             }
         }
     }

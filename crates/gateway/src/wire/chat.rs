@@ -4,6 +4,7 @@ use backend::{ChatMessage, FinishReason, Prompt};
 use serde::Serialize;
 use serde_json::{json, Value};
 
+use super::tools::ToolCallView;
 use super::{ChunkFormat, ChunkUsage, ResponseMeta, UsageView, ValidRequest};
 use crate::error::{ApiError, Result};
 use crate::validate::{self, is_empty_array, is_empty_object, is_false, never, Fields, Refused};
@@ -29,27 +30,18 @@ const ACCEPTED: &[&str] = &[
     "logprobs",
     "store",
     "metadata",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
 ];
 
 const REFUSED: &[Refused] = &[
-    Refused {
-        key: "tools",
-        is_noop: never,
-    },
-    Refused {
-        key: "tool_choice",
-        is_noop: never,
-    },
     Refused {
         key: "functions",
         is_noop: never,
     },
     Refused {
         key: "function_call",
-        is_noop: never,
-    },
-    Refused {
-        key: "parallel_tool_calls",
         is_noop: never,
     },
     Refused {
@@ -122,6 +114,7 @@ pub fn parse(body: &[u8]) -> Result<ValidRequest> {
 
     let model = fields.required_string("model")?.to_string();
     let messages = messages(&fields)?;
+    let tools = super::tools::parse(&fields)?;
     validate::n(&fields)?;
     fields.string("user")?;
     fields.object("metadata")?;
@@ -136,6 +129,7 @@ pub fn parse(body: &[u8]) -> Result<ValidRequest> {
         stream: generation.stream,
         include_usage: generation.include_usage,
         continuous_usage: generation.continuous_usage,
+        tools,
     })
 }
 
@@ -147,11 +141,30 @@ fn messages(fields: &Fields<'_>) -> Result<Vec<ChatMessage>> {
             "Invalid 'messages': empty array. Expected an array with minimum length 1, but got an empty array instead.",
         ));
     }
-    items
+    let messages: Vec<ChatMessage> = items
         .iter()
         .enumerate()
         .map(|(i, item)| message(item, format!("messages[{i}]")))
-        .collect()
+        .collect::<Result<_>>()?;
+    // A tool message answers a call an earlier assistant message made.
+    let mut calls = std::collections::HashSet::new();
+    for (i, m) in messages.iter().enumerate() {
+        calls.extend(m.tool_calls.iter().map(|c| c.id.as_str()));
+        if m.role == "tool" {
+            let param = format!("messages[{i}].tool_call_id");
+            match m.tool_call_id.as_deref() {
+                Some(id) if calls.contains(id) => {}
+                Some(id) => {
+                    return Err(ApiError::invalid(
+                        param.clone(),
+                        format!("Invalid '{param}': no earlier assistant message made a tool call with id '{id}'."),
+                    ))
+                }
+                None => return Err(ApiError::invalid(param, "A 'tool' message needs the 'tool_call_id' of the call it answers.")),
+            }
+        }
+    }
+    Ok(messages)
 }
 
 fn message(item: &Value, path: String) -> Result<ChatMessage> {
@@ -175,13 +188,15 @@ fn message(item: &Value, path: String) -> Result<ChatMessage> {
             format!("Invalid value for '{param}': '{role}'. Supported values are: 'system', 'developer', 'user', 'assistant', and 'tool'."),
         ));
     }
-    for key in ["tool_calls", "function_call"] {
-        if fields.get(key).is_some_and(|v| !is_empty_array(v)) {
-            return Err(validate::unsupported(&fields.param(key)));
-        }
+    if fields
+        .get("function_call")
+        .is_some_and(|v| !is_empty_array(v))
+    {
+        return Err(validate::unsupported(&fields.param("function_call")));
     }
-    fields.string("name")?;
-    fields.string("tool_call_id")?;
+    let tool_calls = super::tools::message_calls(&fields)?;
+    let name = fields.string("name")?.map(str::to_owned);
+    let tool_call_id = fields.string("tool_call_id")?.map(str::to_owned);
     fields.string("refusal")?;
     fields.string("reasoning_content")?;
 
@@ -209,6 +224,9 @@ fn message(item: &Value, path: String) -> Result<ChatMessage> {
     Ok(ChatMessage {
         role: role.to_string(),
         content,
+        tool_calls,
+        tool_call_id,
+        name,
     })
 }
 
@@ -264,16 +282,21 @@ pub struct ChatChoiceView {
 #[derive(Debug, Serialize)]
 pub struct AssistantMessageView {
     pub role: &'static str,
-    pub content: String,
+    /// `null` when the answer is only tool calls.
+    pub content: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCallView>,
 }
 
 impl ChatCompletionView {
     pub fn new(
         meta: ResponseMeta,
         content: String,
+        tool_calls: Vec<ToolCallView>,
         reason: FinishReason,
         usage: UsageView,
     ) -> Self {
+        let content = (!content.is_empty() || tool_calls.is_empty()).then_some(content);
         Self {
             id: meta.id,
             object: "chat.completion",
@@ -284,6 +307,7 @@ impl ChatCompletionView {
                 message: AssistantMessageView {
                     role: "assistant",
                     content,
+                    tool_calls,
                 },
                 finish_reason: super::finish_reason(reason),
                 logprobs: None,
@@ -321,5 +345,21 @@ impl ChunkFormat for ChatChunks {
 
     fn usage(&self, meta: &ResponseMeta, usage: UsageView) -> Value {
         chunk(meta, json!([]), ChunkUsage::Some(usage))
+    }
+
+    fn tool_call(
+        &self,
+        meta: &ResponseMeta,
+        index: u32,
+        call: ToolCallView,
+        usage: ChunkUsage,
+    ) -> Option<Value> {
+        let delta = json!({ "tool_calls": [{
+            "index": index,
+            "id": call.id,
+            "type": call.r#type,
+            "function": { "name": call.function.name, "arguments": call.function.arguments },
+        }] });
+        Some(chunk(meta, choice(delta, None), usage))
     }
 }

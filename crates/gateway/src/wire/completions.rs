@@ -85,6 +85,7 @@ pub fn parse(body: &[u8]) -> Result<ValidRequest> {
         stream: generation.stream,
         include_usage: generation.include_usage,
         continuous_usage: generation.continuous_usage,
+        tools: Vec::new(),
     })
 }
 

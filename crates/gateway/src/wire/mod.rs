@@ -4,6 +4,7 @@
 pub mod chat;
 pub mod completions;
 pub mod tenancy;
+pub mod tools;
 
 use backend::{FinishReason, GenerateRequest, Prompt, SamplingParams, Usage};
 use serde::Serialize;
@@ -22,6 +23,8 @@ pub struct ValidRequest {
     pub include_usage: bool,
     /// Usage so far on every stream chunk (`stream_options.continuous_usage_stats`).
     pub continuous_usage: bool,
+    /// Functions offered to the model (chat only).
+    pub tools: Vec<backend::Tool>,
 }
 
 impl ValidRequest {
@@ -34,6 +37,7 @@ impl ValidRequest {
             max_tokens: self.max_tokens,
             stop: self.stop.clone(),
             tenant,
+            tools: self.tools.clone(),
         }
     }
 
@@ -96,6 +100,7 @@ pub fn finish_reason(reason: FinishReason) -> &'static str {
     match reason {
         FinishReason::Stop => "stop",
         FinishReason::Length => "length",
+        FinishReason::ToolCalls => "tool_calls",
     }
 }
 
@@ -150,6 +155,17 @@ pub trait ChunkFormat: Send + 'static {
     ) -> serde_json::Value;
     /// The `include_usage` chunk, with no choices.
     fn usage(&self, meta: &ResponseMeta, usage: UsageView) -> serde_json::Value;
+    /// A whole tool call; `None` for formats without tool calls (they are never offered tools).
+    fn tool_call(
+        &self,
+        meta: &ResponseMeta,
+        index: u32,
+        call: tools::ToolCallView,
+        usage: ChunkUsage,
+    ) -> Option<serde_json::Value> {
+        let _ = (meta, index, call, usage);
+        None
+    }
 }
 
 #[cfg(test)]

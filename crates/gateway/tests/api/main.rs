@@ -10,5 +10,6 @@ mod ops;
 mod responses;
 mod streaming;
 mod tenants;
+mod tools;
 mod upstream;
 mod validation;

@@ -135,14 +135,12 @@ fn request(prompt: Prompt) -> GenerateRequest {
         max_tokens: Some(32),
         stop: vec!["END".into()],
         tenant: None,
+        tools: Vec::new(),
     }
 }
 
 fn chat_prompt() -> Prompt {
-    Prompt::Chat(vec![ChatMessage {
-        role: "user".into(),
-        content: "Hi".into(),
-    }])
+    Prompt::Chat(vec![ChatMessage::text("user", "Hi")])
 }
 
 async fn collect(

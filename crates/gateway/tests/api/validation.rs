@@ -42,14 +42,8 @@ async fn expect_400(path: &str, body: Value, param: &str) -> String {
 #[tokio::test]
 async fn unsupported_chat_parameters_are_refused_by_name() {
     let cases = [
-        (
-            "tools",
-            json!([{ "type": "function", "function": { "name": "f" } }]),
-        ),
-        ("tool_choice", json!("auto")),
         ("functions", json!([{ "name": "f" }])),
         ("function_call", json!("auto")),
-        ("parallel_tool_calls", json!(true)),
         ("response_format", json!({ "type": "json_object" })),
         ("logit_bias", json!({ "50256": -100 })),
         ("top_logprobs", json!(2)),
@@ -186,8 +180,49 @@ async fn bad_values_are_named() {
             "messages[0].content[0]",
         ),
         (
-            json!({ "messages": [{ "role": "assistant", "content": null, "tool_calls": [{ "id": "c", "type": "function", "function": { "name": "f", "arguments": "{}" } }] }] }),
-            "messages[0].tool_calls",
+            json!({ "messages": [{ "role": "assistant", "content": null, "tool_calls": [{ "id": "c", "type": "function", "function": { "name": "f", "arguments": "not json" } }] }] }),
+            "messages[0].tool_calls[0].function.arguments",
+        ),
+        (
+            json!({ "messages": [{ "role": "user", "content": "x" }, { "role": "tool", "tool_call_id": "nope", "content": "42" }] }),
+            "messages[1].tool_call_id",
+        ),
+        (
+            json!({ "messages": [{ "role": "tool", "content": "42" }] }),
+            "messages[0].tool_call_id",
+        ),
+        (json!({ "tool_choice": "auto" }), "tool_choice"),
+        (
+            json!({ "tools": [{ "type": "function", "function": { "name": "has space" } }] }),
+            "tools[0].function.name",
+        ),
+        (
+            json!({ "tools": [{ "type": "function", "function": { "name": "f" } }, { "type": "function", "function": { "name": "f" } }] }),
+            "tools[1].function.name",
+        ),
+        (
+            json!({ "tools": [{ "type": "retrieval" }] }),
+            "tools[0].type",
+        ),
+        (
+            json!({ "tools": [{ "type": "function", "function": { "name": "f", "parameters": { "type": "string" } } }] }),
+            "tools[0].function.parameters",
+        ),
+        (
+            json!({ "tools": [{ "type": "function", "function": { "name": "f", "strict": true } }] }),
+            "tools[0].function.strict",
+        ),
+        (
+            json!({ "tools": [{ "type": "function", "function": { "name": "f" } }], "tool_choice": "required" }),
+            "tool_choice",
+        ),
+        (
+            json!({ "tools": [{ "type": "function", "function": { "name": "f" } }], "tool_choice": { "type": "function", "function": { "name": "g" } } }),
+            "tool_choice",
+        ),
+        (
+            json!({ "tools": [{ "type": "function", "function": { "name": "f" } }], "parallel_tool_calls": false }),
+            "parallel_tool_calls",
         ),
     ];
     for (extra, param) in cases {
@@ -300,9 +335,11 @@ async fn chat_requests_map_to_generate_requests() {
         "messages": [
             { "role": "developer", "content": "Be brief." },
             { "role": "user", "name": "ann", "content": [{ "type": "text", "text": "Hello" }, { "type": "text", "text": "there" }] },
-            { "role": "assistant", "content": null },
+            { "role": "assistant", "content": null, "tool_calls": [{ "id": "c1", "type": "function", "function": { "name": "answer", "arguments": "{\"q\": 1}" } }] },
             { "role": "tool", "tool_call_id": "c1", "content": "42" }
         ],
+        "tools": [{ "type": "function", "function": { "name": "answer", "description": "d", "parameters": { "type": "object" } } }],
+        "tool_choice": "auto", "parallel_tool_calls": true,
         "temperature": 0.5, "top_p": 0.9, "top_k": 40, "min_p": 0.05, "seed": 7,
         "max_tokens": 100, "max_completion_tokens": 50, "stop": "END",
         "presence_penalty": 0.5, "frequency_penalty": -0.5
@@ -310,19 +347,28 @@ async fn chat_requests_map_to_generate_requests() {
     let reply = post(&app, CHAT, body).await;
     assert_eq!(reply.status, 200, "{}", reply.body);
     let request = backend.last_request();
-    let msg = |role: &str, content: &str| ChatMessage {
-        role: role.into(),
-        content: content.into(),
-    };
+    let msg = |role: &str, content: &str| ChatMessage::text(role, content);
+    let call = backend::ToolCall::function("c1".into(), "answer".into(), json!({ "q": 1 }));
     assert_eq!(
         request.prompt,
         Prompt::Chat(vec![
             msg("system", "Be brief."),
-            msg("user", "Hello\nthere"),
-            msg("assistant", ""),
-            msg("tool", "42"),
+            ChatMessage {
+                name: Some("ann".into()),
+                ..msg("user", "Hello\nthere")
+            },
+            ChatMessage {
+                tool_calls: vec![call],
+                ..msg("assistant", "")
+            },
+            ChatMessage {
+                tool_call_id: Some("c1".into()),
+                ..msg("tool", "42")
+            },
         ])
     );
+    assert_eq!(request.tools.len(), 1);
+    assert_eq!(request.tools[0].function.name, "answer");
     assert_eq!(request.model, "m");
     assert_eq!(request.max_tokens, Some(50));
     assert_eq!(request.stop, vec!["END".to_string()]);

@@ -37,6 +37,7 @@ impl ChatTemplate {
         env.add_function("strftime_now", |fmt: String| -> String {
             chrono::Utc::now().format(&fmt).to_string()
         });
+        env.add_filter("tojson", python_tojson);
         env.add_template_owned(NAME, source.to_owned())
             .map_err(|e| TemplateError::Invalid(describe(&e)))?;
         Ok(Self {
@@ -77,6 +78,68 @@ impl ChatTemplate {
             eos_token => self.eos_token,
         })
         .map_err(|e| TemplateError::Rejected(describe(&e)))
+    }
+}
+
+/// Jinja2's `tojson` as Hugging Face's templates see it: Python's `json.dumps` spacing
+/// (`", "` and `": "`; `indent` for pretty output) and non-ASCII left as is, so a tool schema
+/// or a call's arguments read exactly as in the model's training data.
+fn python_tojson(value: minijinja::Value, indent: Option<usize>) -> Result<String, Error> {
+    let fail =
+        |e: &dyn std::fmt::Display| Error::new(ErrorKind::InvalidOperation, format!("tojson: {e}"));
+    let json = serde_json::to_value(&value).map_err(|e| fail(&e))?;
+    let mut out = Vec::new();
+    let written = match indent {
+        Some(n) => {
+            let pad = vec![b' '; n];
+            let formatter = serde_json::ser::PrettyFormatter::with_indent(&pad);
+            serde::Serialize::serialize(
+                &json,
+                &mut serde_json::Serializer::with_formatter(&mut out, formatter),
+            )
+        }
+        None => serde::Serialize::serialize(
+            &json,
+            &mut serde_json::Serializer::with_formatter(&mut out, PythonFormatter),
+        ),
+    };
+    written.map_err(|e| fail(&e))?;
+    String::from_utf8(out).map_err(|e| fail(&e))
+}
+
+/// `json.dumps` separators: a space after each `,` and `:`.
+struct PythonFormatter;
+
+impl serde_json::ser::Formatter for PythonFormatter {
+    fn begin_array_value<W: ?Sized + std::io::Write>(
+        &mut self,
+        writer: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
+        if first {
+            Ok(())
+        } else {
+            writer.write_all(b", ")
+        }
+    }
+
+    fn begin_object_key<W: ?Sized + std::io::Write>(
+        &mut self,
+        writer: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
+        if first {
+            Ok(())
+        } else {
+            writer.write_all(b", ")
+        }
+    }
+
+    fn begin_object_value<W: ?Sized + std::io::Write>(
+        &mut self,
+        writer: &mut W,
+    ) -> std::io::Result<()> {
+        writer.write_all(b": ")
     }
 }
 
@@ -131,7 +194,7 @@ mod tests {
             .render_with_tools(&[msg("user", "Hi")], Some(&tools))
             .expect("renders");
         assert!(
-            out.starts_with("<tools>get_weather({\"properties\""),
+            out.starts_with("<tools>get_weather({\"properties\": {\"city\": "),
             "{out}"
         );
         assert!(out.ends_with("Hi"), "{out}");

@@ -116,19 +116,44 @@ fn push_text(out: &mut Vec<Piece>, text: &str) {
 const HERMES_OPEN: &str = "<tool_call>";
 const HERMES_CLOSE: &str = "</tool_call>";
 
-/// `<tool_call>{…}</tool_call>` anywhere in the text.
+/// `<tool_call>{…}</tool_call>` anywhere in the text; or, as small models often write it, a
+/// reply that is nothing but the call objects without the tags.
 #[derive(Default)]
 struct Hermes {
     /// Text not yet decided: outside a call, a possible start of the opener; inside, the call
-    /// so far (opener included).
+    /// so far (opener included); in a bare reply, all of it.
     held: String,
     inside: bool,
+    /// Whether anything was released yet (a bare JSON reply must start the reply).
+    started: bool,
+    /// The reply began with `{`: held whole until the end, then parsed as calls.
+    bare: bool,
+}
+
+/// One or more JSON call objects, whitespace-separated, with their arguments under `key`.
+fn bare_calls(text: &str, key: &str) -> Option<Vec<Call>> {
+    let mut calls = Vec::new();
+    for value in serde_json::Deserializer::from_str(text).into_iter::<Value>() {
+        calls.push(json_call(&value.ok()?.to_string(), key)?);
+    }
+    (!calls.is_empty()).then_some(calls)
 }
 
 impl CallParser for Hermes {
     fn feed(&mut self, text: &str) -> Vec<Piece> {
         let mut out = Vec::new();
         self.held.push_str(text);
+        if !self.started {
+            let start = self.held.trim_start();
+            if start.is_empty() {
+                return out;
+            }
+            self.started = true;
+            self.bare = start.starts_with('{');
+        }
+        if self.bare {
+            return out;
+        }
         loop {
             if self.inside {
                 let Some(end) = self.held.find(HERMES_CLOSE) else {
@@ -159,8 +184,14 @@ impl CallParser for Hermes {
     }
 
     fn finish(&mut self) -> Vec<Piece> {
+        let held = std::mem::take(&mut self.held);
+        if self.bare {
+            if let Some(calls) = bare_calls(&held, "arguments") {
+                return calls.into_iter().map(Piece::Call).collect();
+            }
+        }
         let mut out = Vec::new();
-        push_text(&mut out, &std::mem::take(&mut self.held));
+        push_text(&mut out, &held);
         self.inside = false;
         out
     }
@@ -352,6 +383,27 @@ mod tests {
         let chars: Vec<String> = whole.chars().map(String::from).collect();
         let refs: Vec<&str> = chars.iter().map(String::as_str).collect();
         assert_eq!(run(CallFormat::Hermes, &refs), want);
+    }
+
+    #[test]
+    fn a_bare_json_reply_is_a_call_and_other_braces_stay_text() {
+        let bare = "{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}";
+        assert_eq!(
+            run(CallFormat::Hermes, &[" ", &bare[..7], &bare[7..]]),
+            vec![call("get_weather", "{\"city\":\"Paris\"}")]
+        );
+        let two = format!("{bare}\n{bare}");
+        assert_eq!(run(CallFormat::Hermes, &[&two]).len(), 2);
+        let json = "{\"answer\": 42}";
+        assert_eq!(
+            run(CallFormat::Hermes, &[json]),
+            vec![Piece::Text(json.into())]
+        );
+        // Braces later in a reply are text as they come.
+        assert_eq!(
+            run(CallFormat::Hermes, &["Use ", "{x}"]),
+            vec![Piece::Text("Use {x}".into())]
+        );
     }
 
     #[test]

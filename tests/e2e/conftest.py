@@ -183,7 +183,7 @@ def server(tmp_path_factory, paths, admin_key):
 
 @pytest.fixture(scope="session")
 def upstream_server(tmp_path_factory, server, admin_key):
-    """Server 2: no local models, one external OpenAI-compatible upstream (server 1's smol)."""
+    """Server 2: no local models, two external OpenAI-compatible upstreams (server 1's smol and qwen)."""
     tmp = str(tmp_path_factory.mktemp("server2"))
     cfg = os.path.join(tmp, "flywheel.toml")
     with open(cfg, "w") as f:
@@ -193,6 +193,11 @@ def upstream_server(tmp_path_factory, server, admin_key):
             f'base_url = "{server.url}/v1"\n'
             f'api_key = "{server.key}"\n'
             'model = "smol"\n'
+            "[[upstreams]]\n"
+            'name = "remote-qwen"\n'
+            f'base_url = "{server.url}/v1"\n'
+            f'api_key = "{server.key}"\n'
+            'model = "qwen"\n'
         )
     s = _start("server2", ["--config", cfg], tmp, admin_key)
     yield s

@@ -1,7 +1,8 @@
 """Tool calling with the official `openai` client (issue 15, the model-decides part): Qwen 2.5's
 own template offers the tools, its calls come back as `tool_calls` (streamed as
-`delta.tool_calls`), and the tool's answer reaches the model. A model whose template has no
-tool support, and an upstream server, refuse tools with a 400 naming them.
+`delta.tool_calls`), and the tool's answer reaches the model. Through a second Flywheel that
+serves it as an upstream, the same calls come back. A model whose template has no tool support
+refuses tools with a 400 naming them, also through an upstream.
 """
 
 import json
@@ -24,8 +25,8 @@ WEATHER = [{
 ASK = [{"role": "user", "content": "What is the weather in Paris right now?"}]
 
 
-def _ask(client, messages, **kw):
-    return client.chat.completions.create(model="qwen", messages=messages, tools=WEATHER,
+def _ask(client, messages, model="qwen", **kw):
+    return client.chat.completions.create(model=model, messages=messages, tools=WEATHER,
                                           temperature=0, max_tokens=128, **kw)
 
 
@@ -46,11 +47,10 @@ def test_a_tool_loop_on_qwen(client):
     assert "23.4" in (second.choices[0].message.content or ""), second.choices[0]
 
 
-def test_streamed_calls_reassemble_to_the_whole_answer(client):
-    whole = _ask(client, ASK).choices[0].message.tool_calls
+def _streamed_calls(client, model):
     calls = {}
     finish = None
-    for chunk in _ask(client, ASK, stream=True):
+    for chunk in _ask(client, ASK, model=model, stream=True):
         if not chunk.choices:
             continue
         delta = chunk.choices[0].delta
@@ -61,10 +61,31 @@ def test_streamed_calls_reassemble_to_the_whole_answer(client):
             call["arguments"] += (d.function.arguments or "") if d.function else ""
         finish = chunk.choices[0].finish_reason or finish
     assert finish == "tool_calls"
-    streamed = [calls[i] for i in sorted(calls)]
+    return [calls[i] for i in sorted(calls)]
+
+
+def test_streamed_calls_reassemble_to_the_whole_answer(client):
+    whole = _ask(client, ASK).choices[0].message.tool_calls
+    streamed = _streamed_calls(client, "qwen")
     assert [(c["name"], c["arguments"]) for c in streamed] == \
         [(c.function.name, c.function.arguments) for c in whole]
     assert all(c["id"].startswith("call_") for c in streamed)
+
+
+def test_an_upstream_passes_tools_and_calls_through(client, client2):
+    direct = _ask(client, ASK).choices[0]
+    relayed = _ask(client2, ASK, model="remote-qwen").choices[0]
+    assert relayed.finish_reason == "tool_calls", relayed
+    assert [(c.function.name, c.function.arguments) for c in relayed.message.tool_calls] == \
+        [(c.function.name, c.function.arguments) for c in direct.message.tool_calls]
+    streamed = _streamed_calls(client2, "remote-qwen")
+    assert [(c["name"], c["arguments"]) for c in streamed] == \
+        [(c.function.name, c.function.arguments) for c in direct.message.tool_calls]
+    # The whole loop through the upstream: the tool message reaches the model.
+    call = relayed.message.tool_calls[0]
+    messages = ASK + [relayed.message.model_dump(exclude_none=True),
+                      {"role": "tool", "tool_call_id": call.id, "content": "23.4 °C, sunny"}]
+    assert "23.4" in (_ask(client2, messages, model="remote-qwen").choices[0].message.content or "")
 
 
 def test_models_and_servers_that_cannot_call_tools_say_so(client, client2):

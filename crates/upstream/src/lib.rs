@@ -13,6 +13,9 @@
 //! sees of a failure never names the upstream's address or credentials; the details are
 //! logged.
 
+mod tools;
+
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use backend::{
@@ -144,7 +147,10 @@ impl UpstreamBackend {
         body.insert("model".into(), json!(self.model));
         let url = match &request.prompt {
             Prompt::Chat(messages) => {
-                body.insert("messages".into(), json!(messages));
+                body.insert("messages".into(), tools::messages(messages));
+                if !request.tools.is_empty() {
+                    body.insert("tools".into(), json!(request.tools));
+                }
                 self.chat_url.clone()
             }
             Prompt::Text(prompt) => {
@@ -206,13 +212,6 @@ impl Backend for UpstreamBackend {
     }
 
     async fn generate(&self, request: GenerateRequest) -> backend::Result<EventStream> {
-        if !request.tools.is_empty() {
-            return Err(BackendError::ToolsUnsupported(format!(
-                "Tools cannot be passed to the upstream server of '{}' yet; send the request \
-                 without tools, or to a model this server runs itself.",
-                self.name
-            )));
-        }
         let limit = request.max_tokens.unwrap_or(self.default_max_tokens);
         let prompt_tokens = request.prompt.max_tokens();
         let admitted = Event::Admitted {
@@ -420,6 +419,7 @@ pub fn error_from_body(status: u16, text: &str, retry_after: Option<u64>) -> Ups
 fn finish_reason(reason: &str) -> FinishReason {
     match reason {
         "length" => FinishReason::Length,
+        "tool_calls" => FinishReason::ToolCalls,
         _ => FinishReason::Stop,
     }
 }
@@ -477,10 +477,12 @@ fn whole_response(
         reason = FinishReason::Length;
     }
     let usage = bounds.usage(reported, produced);
-    vec![
-        Ok(Event::text(text, usage.completion_tokens)),
-        Ok(Event::Finished { reason, usage }),
-    ]
+    let mut calls = tools::Calls::default();
+    calls.absorb(choice);
+    let mut events = vec![Ok(Event::text(text, usage.completion_tokens))];
+    events.extend(calls.take_events().into_iter().map(Ok));
+    events.push(Ok(Event::Finished { reason, usage }));
+    events
 }
 
 /// Turns the upstream's SSE chunks into [`Event`]s, one token per chunk of text, ending the
@@ -493,8 +495,12 @@ struct Translate<S> {
     finish: Option<FinishReason>,
     /// The upstream's usage, once it reported one.
     usage: Option<Usage>,
-    /// Chunks of text passed on.
+    /// Chunks of text (and of tool calls) passed on.
     delivered: u32,
+    /// Tool calls being streamed, sent whole before the answer finishes.
+    calls: tools::Calls,
+    /// Events ready to hand out before reading on.
+    ready: VecDeque<backend::Result<Event>>,
     done: bool,
 }
 
@@ -503,12 +509,18 @@ where
     S: Stream<Item = Result<eventsource_stream::Event, E>> + Unpin,
     E: std::fmt::Display,
 {
+    /// The gathered tool calls, then `Finished`: the first of them now, the rest queued.
     fn finished(&mut self, reason: FinishReason) -> backend::Result<Event> {
         self.done = true;
-        Ok(Event::Finished {
+        self.ready
+            .extend(self.calls.take_events().into_iter().map(Ok));
+        self.ready.push_back(Ok(Event::Finished {
             reason,
             usage: self.bounds.usage(self.usage, self.delivered),
-        })
+        }));
+        self.ready
+            .pop_front()
+            .unwrap_or_else(|| Err(BackendError::Internal("no finish".into())))
     }
 
     fn fail(&mut self, err: BackendError) -> backend::Result<Event> {
@@ -517,6 +529,9 @@ where
     }
 
     async fn next_event(&mut self) -> Option<backend::Result<Event>> {
+        if let Some(event) = self.ready.pop_front() {
+            return Some(event);
+        }
         if self.done {
             return None;
         }
@@ -570,6 +585,13 @@ where
                 if let Some(reason) = choice.get("finish_reason").and_then(Value::as_str) {
                     self.finish = Some(finish_reason(reason));
                 }
+                if self.calls.absorb(choice) {
+                    if self.delivered >= self.bounds.limit {
+                        tracing::warn!(request_id = %self.request_id, limit = self.bounds.limit, "the upstream sent more than max_tokens; cut off");
+                        return Some(self.finished(FinishReason::Length));
+                    }
+                    self.delivered += 1;
+                }
                 if let Some(text) = choice_text(choice).filter(|t| !t.is_empty()) {
                     if self.delivered >= self.bounds.limit {
                         // Past the `max_tokens` it was sent: what was delivered is all there is.
@@ -602,6 +624,8 @@ where
         finish: None,
         usage: None,
         delivered: 0,
+        calls: tools::Calls::default(),
+        ready: VecDeque::new(),
         done: false,
     };
     futures::stream::unfold(state, |mut state| async move {

@@ -93,7 +93,7 @@ pub enum Prompt {
 }
 
 /// Tokens a chat template adds once at most, in common models' templates (a default system
-/// prompt, the generation prompt, BOS); see [`Prompt::max_tokens`].
+/// prompt, the generation prompt, BOS); see [`GenerateRequest::max_prompt_tokens`].
 pub const TEMPLATE_TOKENS: u32 = 96;
 /// Tokens a chat template adds around each message at most (role markers, separators).
 pub const TEMPLATE_TOKENS_PER_MESSAGE: u32 = 8;
@@ -132,22 +132,16 @@ impl Prompt {
         }
     }
 
-    /// An upper bound of the prompt's tokens, known before tokenizing: a token covers at least
-    /// one byte of the text it was cut from, so a prompt has at most as many tokens as its
-    /// bytes, plus what the chat template adds ([`TEMPLATE_TOKENS`],
-    /// [`TEMPLATE_TOKENS_PER_MESSAGE`]; a template that adds more is the exception the
-    /// serving layer corrects once the backend has counted).
-    pub fn max_tokens(&self) -> u32 {
-        let overhead = match self {
+    /// Tokens the chat template (or the tokenizer, for raw text) adds to the prompt's own text,
+    /// at most ([`TEMPLATE_TOKENS`], [`TEMPLATE_TOKENS_PER_MESSAGE`], [`RAW_PROMPT_TOKENS`]).
+    pub fn template_tokens(&self) -> u32 {
+        match self {
             Prompt::Chat(messages) => TEMPLATE_TOKENS.saturating_add(
                 TEMPLATE_TOKENS_PER_MESSAGE
                     .saturating_mul(u32::try_from(messages.len()).unwrap_or(u32::MAX)),
             ),
             Prompt::Text(_) => RAW_PROMPT_TOKENS,
-        };
-        u32::try_from(self.text_bytes())
-            .unwrap_or(u32::MAX)
-            .saturating_add(overhead)
+        }
     }
 }
 
@@ -217,17 +211,23 @@ pub struct GenerateRequest {
 }
 
 impl GenerateRequest {
-    /// An upper bound of the prompt's tokens before tokenizing: [`Prompt::max_tokens`], plus
-    /// the offered tools' JSON and the template's explanation of them.
-    pub fn max_prompt_tokens(&self) -> u32 {
-        let prompt = self.prompt.max_tokens();
-        if self.tools.is_empty() {
-            return prompt;
+    /// An upper bound of the prompt's tokens, known before tokenizing, for a prompt of
+    /// `text_bytes` ([`Prompt::text_bytes`], passed in because callers need it too): a token
+    /// covers at least one byte of the text it was cut from, so a prompt has at most as many
+    /// tokens as its bytes, plus what the template adds ([`Prompt::template_tokens`]) and the
+    /// offered tools' JSON with the template's explanation of them. A template that adds more
+    /// is the exception the serving layer corrects once the backend has counted.
+    pub fn max_prompt_tokens(&self, text_bytes: usize) -> u32 {
+        let mut tokens = u32::try_from(text_bytes)
+            .unwrap_or(u32::MAX)
+            .saturating_add(self.prompt.template_tokens());
+        if !self.tools.is_empty() {
+            let tools = serde_json::to_string(&self.tools).map_or(usize::MAX, |json| json.len());
+            tokens = tokens
+                .saturating_add(u32::try_from(tools).unwrap_or(u32::MAX))
+                .saturating_add(TOOLS_TEMPLATE_TOKENS);
         }
-        let tools = serde_json::to_string(&self.tools).map_or(usize::MAX, |json| json.len());
-        prompt
-            .saturating_add(u32::try_from(tools).unwrap_or(u32::MAX))
-            .saturating_add(TOOLS_TEMPLATE_TOKENS)
+        tokens
     }
 }
 

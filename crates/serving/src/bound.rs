@@ -1,7 +1,8 @@
 //! The worst case of a request, known before anything tokenizes it: what admission reserves
 //! for a request before it may queue (and so before any replica has to start for it).
 //!
-//! From above, [`backend::Prompt::max_tokens`]: the prompt's bytes plus a chat template's allowance.
+//! From above, [`GenerateRequest::max_prompt_tokens`]: the prompt's bytes plus a chat template's
+//! allowance (and the tools offered).
 //! Where a template adds more, the backend's exact count grows the reservation at admission,
 //! if the account can pay (see `Meter::admitted`).
 //!
@@ -49,7 +50,7 @@ impl Bound {
                 });
             }
         }
-        let mut prompt = request.max_prompt_tokens();
+        let mut prompt = request.max_prompt_tokens(bytes);
         let completion = match context_length {
             Some(context_length) => {
                 // A prompt that runs is shorter than the context, and prompt plus completion

@@ -158,7 +158,8 @@ pub fn hold_for(
         rates,
         tenant.balances.grant_tokens_available(),
     );
-    check_hold(&tenant.balances, tenant.free_tier_only, &held, worst_case).map_err(refused)?;
+    check_hold(&tenant.balances, tenant.free_tier_only, &held, worst_case)
+        .map_err(StoreError::from)?;
     Ok(held)
 }
 
@@ -194,7 +195,8 @@ pub fn resize(
     let grows = held.grant_tokens > old.grant_tokens || held.amount > old.amount;
     if grows {
         let worst_case = prompt_tokens.max(0) + max_completion_tokens.max(0);
-        check_hold(&balances, tenant.free_tier_only, &held, worst_case).map_err(refused)?;
+        check_hold(&balances, tenant.free_tier_only, &held, worst_case)
+            .map_err(StoreError::from)?;
     }
     Ok(Resize {
         hold: held,
@@ -209,11 +211,13 @@ pub fn resize(
     })
 }
 
-fn refused(refusal: HoldRefusal) -> StoreError {
-    match refusal {
-        HoldRefusal::GrantExhausted => StoreError::GrantExhausted,
-        HoldRefusal::Insufficient { needed, available } => {
-            StoreError::InsufficientQuota { needed, available }
+impl From<HoldRefusal> for StoreError {
+    fn from(refusal: HoldRefusal) -> Self {
+        match refusal {
+            HoldRefusal::GrantExhausted => StoreError::GrantExhausted,
+            HoldRefusal::Insufficient { needed, available } => {
+                StoreError::InsufficientQuota { needed, available }
+            }
         }
     }
 }

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::TimeDelta;
-use store::accounting::{self, HoldRefusal};
+use store::accounting;
 use store::{
     LedgerEntry, NewReservation, Reservation, SettleWith, Settlement, Store, StoreError, Tenant,
     TokenUsage,
@@ -163,14 +163,8 @@ impl Ledger {
         }
         let rates = self.prices.rates(served_model).await?;
         let hold = accounting::hold(prompt, completion, &rates, grant);
-        accounting::check_hold(&tenant.balances, tenant.free_tier_only, &hold, worst_case).map_err(
-            |refusal| match refusal {
-                HoldRefusal::GrantExhausted => StoreError::GrantExhausted.into(),
-                HoldRefusal::Insufficient { needed, available } => {
-                    StoreError::InsufficientQuota { needed, available }.into()
-                }
-            },
-        )
+        accounting::check_hold(&tenant.balances, tenant.free_tier_only, &hold, worst_case)
+            .map_err(|refusal| StoreError::from(refusal).into())
     }
 
     /// Persists a stream's progress: the prompt (and cached) tokens and a completion-token mark

@@ -213,7 +213,8 @@ impl Backend for UpstreamBackend {
 
     async fn generate(&self, request: GenerateRequest) -> backend::Result<EventStream> {
         let limit = request.max_tokens.unwrap_or(self.default_max_tokens);
-        let prompt_tokens = request.prompt.max_tokens();
+        // The serving layer reserved this same bound, so admission resizes nothing.
+        let prompt_tokens = request.max_prompt_tokens(request.prompt.text_bytes());
         let admitted = Event::Admitted {
             prompt_tokens,
             max_tokens: limit,
@@ -509,18 +510,22 @@ where
     S: Stream<Item = Result<eventsource_stream::Event, E>> + Unpin,
     E: std::fmt::Display,
 {
-    /// The gathered tool calls, then `Finished`: the first of them now, the rest queued.
+    /// The gathered tool calls, then `Finished`: the first of these now, the rest queued.
     fn finished(&mut self, reason: FinishReason) -> backend::Result<Event> {
         self.done = true;
-        self.ready
-            .extend(self.calls.take_events().into_iter().map(Ok));
-        self.ready.push_back(Ok(Event::Finished {
+        let finished = Ok(Event::Finished {
             reason,
             usage: self.bounds.usage(self.usage, self.delivered),
-        }));
-        self.ready
-            .pop_front()
-            .unwrap_or_else(|| Err(BackendError::Internal("no finish".into())))
+        });
+        let mut calls = self.calls.take_events().into_iter().map(Ok);
+        match calls.next() {
+            None => finished,
+            Some(first) => {
+                self.ready.extend(calls);
+                self.ready.push_back(finished);
+                first
+            }
+        }
     }
 
     fn fail(&mut self, err: BackendError) -> backend::Result<Event> {

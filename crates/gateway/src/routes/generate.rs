@@ -75,10 +75,6 @@ async fn generate(
     endpoint: Endpoint,
     label: &mut ModelLabel,
 ) -> Result<Response> {
-    if state.serving().catalog().backend(&request.model).is_some() {
-        label.0.clone_from(&request.model);
-        tracing::Span::current().record("model", request.model.as_str());
-    }
     let prefix = match endpoint {
         Endpoint::Chat => "chatcmpl",
         Endpoint::Completions => "cmpl",
@@ -98,11 +94,22 @@ async fn generate(
     let generate = request.generate_request(meta.id.clone(), tenant);
     // Admission (limits, balance, the reservation) happens in here, before the request may
     // queue: its refusals are HTTP statuses.
-    let mut events = state
+    let served = state
         .serving()
         .serve(caller.principal(), generate, delivery)
-        .await
-        .map_err(|err| ApiError::from_serve(err, prompt_param))?;
+        .await;
+    // Only served names become labels. A request that was served named one; a refused one is
+    // looked up (off the hot path).
+    let served_name = match &served {
+        Ok(_) => true,
+        Err(serving::ServeError::ModelNotFound { .. }) => false,
+        Err(_) => state.serving().catalog().backend(&request.model).is_some(),
+    };
+    if served_name {
+        label.0.clone_from(&request.model);
+        tracing::Span::current().record("model", request.model.as_str());
+    }
+    let mut events = served.map_err(|err| ApiError::from_serve(err, prompt_param))?;
     if !request.stream {
         let (text, calls, reason, usage) = collect(&mut events, &meta.model, prompt_param).await?;
         return Ok(match endpoint {

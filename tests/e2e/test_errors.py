@@ -74,7 +74,7 @@ def test_context_length_exceeded_completions(client):
         ("frequency_penalty", -2.5),
         ("n", 2),
         ("tools", [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]),
-        ("response_format", {"type": "json_object"}),
+        ("response_format", "json"),
         ("min_p", 1.5),
         ("top_k", "many"),
         ("foo_bar_unknown", 1),

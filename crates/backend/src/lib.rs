@@ -208,6 +208,45 @@ pub struct GenerateRequest {
     pub tenant: Option<String>,
     /// Functions the model may call (chat only; empty: none offered).
     pub tools: Vec<Tool>,
+    /// Whether the model must call one of `tools` (ignored without tools).
+    pub tool_choice: ToolChoice,
+    /// Whether one answer may hold several calls (ignored without tools).
+    pub parallel_tool_calls: bool,
+    /// The shape the answer's text must have.
+    pub format: OutputFormat,
+}
+
+/// Whether and which tool the model must call.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum ToolChoice {
+    /// The model decides (a call it makes is still a valid call of an offered tool where the
+    /// backend can constrain it).
+    #[default]
+    Auto,
+    /// The answer is one or more calls of offered tools, and nothing else.
+    Required,
+    /// The answer is a call of this tool.
+    Function(String),
+}
+
+/// The shape of the answer's text.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum OutputFormat {
+    #[default]
+    Text,
+    /// One JSON object.
+    JsonObject,
+    /// One JSON document valid against this JSON Schema.
+    JsonSchema(serde_json::Value),
+}
+
+/// Where in a request a JSON Schema sits (the wire names the parameter).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SchemaSite {
+    /// The parameters of the tool at this index of [`GenerateRequest::tools`].
+    Tool(usize),
+    /// [`OutputFormat::JsonSchema`].
+    Format,
 }
 
 impl GenerateRequest {
@@ -335,6 +374,9 @@ pub enum BackendError {
     /// The request offers tools to a model that cannot call them.
     #[error("{0}")]
     ToolsUnsupported(String),
+    /// A JSON Schema the backend cannot enforce (or that is not a schema).
+    #[error("{message}")]
+    UnsupportedSchema { site: SchemaSite, message: String },
     #[error("{message}")]
     InvalidRequest {
         message: String,

@@ -8,6 +8,7 @@
 //! [`Backend::stop`] (and dropping the last handle) ends the worker's requests and *joins* its
 //! thread, so the context is freed on that thread before anything else is torn down.
 
+pub mod constrain;
 pub mod metrics;
 pub mod model;
 pub mod sampling;
@@ -80,6 +81,8 @@ impl Default for EngineOptions {
 pub struct Engine {
     info: ModelInfo,
     model: Arc<LoadedModel>,
+    /// Grammars built for constrained requests.
+    grammars: Arc<constrain::Cache>,
     slot_context: u32,
     commands: mpsc::UnboundedSender<Command>,
     /// The worker thread until it has been joined (shared with the blocking task joining it).
@@ -141,6 +144,7 @@ impl Engine {
                 created,
             },
             model,
+            grammars: Arc::default(),
             slot_context,
             commands,
             worker: Arc::new(Mutex::new(Some(thread))),
@@ -213,6 +217,12 @@ impl Backend for Engine {
                 )))
             }
         };
+        // A grammar (when the answer is constrained) is built before the request may queue: a
+        // schema it cannot enforce is a 400 now, not an error mid-stream.
+        let grammar = match constrain::Spec::of(&request, self.model.call_format) {
+            Some(spec) => Some(self.grammars.compile(&self.model, spec).await?),
+            None => None,
+        };
         let model = self.model.clone();
         let (prompt, tools) = (request.prompt, request.tools);
         let tokens =
@@ -247,6 +257,7 @@ impl Backend for Engine {
                 prompt: tokens,
                 max_new,
                 sampling: request.sampling,
+                grammar,
                 stop: request.stop,
                 events,
                 received,

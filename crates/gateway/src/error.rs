@@ -151,6 +151,13 @@ impl ApiError {
             BackendError::ToolsUnsupported(_) => {
                 Self::new(Code::InvalidRequest, message).with_param("tools")
             }
+            BackendError::UnsupportedSchema { site, .. } => {
+                let param = match site {
+                    backend::SchemaSite::Tool(i) => format!("tools[{i}].function.parameters"),
+                    backend::SchemaSite::Format => "response_format.json_schema.schema".into(),
+                };
+                Self::new(Code::InvalidRequest, message).with_param(param)
+            }
             BackendError::InvalidRequest { param, .. } => Self {
                 param,
                 ..Self::new(Code::InvalidRequest, message)

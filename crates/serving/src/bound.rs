@@ -90,6 +90,9 @@ mod tests {
             stop: Vec::new(),
             tenant: None,
             tools: Vec::new(),
+            tool_choice: Default::default(),
+            parallel_tool_calls: true,
+            format: Default::default(),
         }
     }
 

@@ -193,6 +193,9 @@ fn request(id: &str, prompt: &str, max_tokens: u32) -> GenerateRequest {
         stop: Vec::new(),
         tenant: None,
         tools: Vec::new(),
+        tool_choice: Default::default(),
+        parallel_tool_calls: true,
+        format: Default::default(),
     }
 }
 

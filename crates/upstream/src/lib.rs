@@ -148,9 +148,7 @@ impl UpstreamBackend {
         let url = match &request.prompt {
             Prompt::Chat(messages) => {
                 body.insert("messages".into(), tools::messages(messages));
-                if !request.tools.is_empty() {
-                    body.insert("tools".into(), json!(request.tools));
-                }
+                tools::offer(request, &mut body);
                 self.chat_url.clone()
             }
             Prompt::Text(prompt) => {
@@ -184,6 +182,9 @@ impl UpstreamBackend {
                 "frequency_penalty".into(),
                 json!(decimal(s.frequency_penalty)),
             );
+        }
+        if let Some(format) = tools::response_format(&request.format) {
+            body.insert("response_format".into(), format);
         }
         body.insert("max_tokens".into(), json!(max_tokens));
         if !request.stop.is_empty() {

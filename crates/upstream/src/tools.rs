@@ -4,8 +4,39 @@
 
 use std::collections::BTreeMap;
 
-use backend::{ChatMessage, Event};
-use serde_json::{json, Value};
+use backend::{ChatMessage, Event, GenerateRequest, OutputFormat, ToolChoice};
+use serde_json::{json, Map, Value};
+
+/// `tools`, `tool_choice` and `parallel_tool_calls` as OpenAI takes them (nothing without
+/// tools).
+pub(crate) fn offer(request: &GenerateRequest, body: &mut Map<String, Value>) {
+    if request.tools.is_empty() {
+        return;
+    }
+    body.insert("tools".into(), json!(request.tools));
+    let choice = match &request.tool_choice {
+        ToolChoice::Auto => json!("auto"),
+        ToolChoice::Required => json!("required"),
+        ToolChoice::Function(name) => json!({ "type": "function", "function": { "name": name } }),
+    };
+    body.insert("tool_choice".into(), choice);
+    if !request.parallel_tool_calls {
+        body.insert("parallel_tool_calls".into(), json!(false));
+    }
+}
+
+/// `response_format` as OpenAI takes it (`None` for plain text). The schema's name is not
+/// kept below the wire: the upstream sees `response`.
+pub(crate) fn response_format(format: &OutputFormat) -> Option<Value> {
+    match format {
+        OutputFormat::Text => None,
+        OutputFormat::JsonObject => Some(json!({ "type": "json_object" })),
+        OutputFormat::JsonSchema(schema) => Some(json!({
+            "type": "json_schema",
+            "json_schema": { "name": "response", "schema": schema },
+        })),
+    }
+}
 
 /// `messages` in OpenAI's shape: a call's arguments are a JSON object in a string.
 pub(crate) fn messages(messages: &[ChatMessage]) -> Value {

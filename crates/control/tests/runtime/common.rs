@@ -190,6 +190,9 @@ pub fn request(id: &str, tenant: Option<&str>) -> GenerateRequest {
         stop: Vec::new(),
         tenant: tenant.map(str::to_owned),
         tools: Vec::new(),
+        tool_choice: Default::default(),
+        parallel_tool_calls: true,
+        format: Default::default(),
     }
 }
 

@@ -24,6 +24,9 @@ fn chat(id: &str) -> GenerateRequest {
         stop: Vec::new(),
         tenant: None,
         tools: Vec::new(),
+        tool_choice: Default::default(),
+        parallel_tool_calls: true,
+        format: Default::default(),
     }
 }
 

@@ -30,6 +30,8 @@ pub struct Request {
     pub prompt: Vec<LlamaToken>,
     pub max_new: usize,
     pub sampling: SamplingParams,
+    /// The grammar the answer must follow, if constrained.
+    pub grammar: Option<crate::constrain::Grammar>,
     pub stop: Vec<String>,
     pub events: Events,
     pub received: Instant,
@@ -49,6 +51,7 @@ pub enum Command {
 struct Seq {
     events: Events,
     sampler: LlamaSampler,
+    grammar: Option<LlamaSampler>,
     utf8: Utf8Stream,
     stop: StopMatcher,
     received: Instant,
@@ -213,6 +216,7 @@ impl Worker<'_> {
                     payload: Seq {
                         events: request.events,
                         sampler,
+                        grammar: request.grammar.map(crate::constrain::Grammar::into_sampler),
                         utf8: Utf8Stream::default(),
                         stop: StopMatcher::new(request.stop),
                         received: request.received,
@@ -350,7 +354,20 @@ impl Worker<'_> {
         let Some(job) = self.state.job_mut(slot) else {
             return;
         };
-        let token = job.payload.sampler.sample(&self.ctx, idx);
+        let seq = &mut job.payload;
+        let token = match seq.grammar.as_mut() {
+            None => seq.sampler.sample(&self.ctx, idx),
+            Some(grammar) => {
+                match crate::constrain::sample(&self.ctx, idx, &mut seq.sampler, grammar) {
+                    Some(token) => token,
+                    None => {
+                        // The grammar allows no token: end here rather than break the format.
+                        let tail = seq.utf8.finish() + &seq.stop.finish();
+                        return self.finish(slot, tail, FinishReason::Stop);
+                    }
+                }
+            }
+        };
         let now = Instant::now();
         match job.payload.last_token.replace(now) {
             None => self.metrics.first_token(now - job.payload.received),

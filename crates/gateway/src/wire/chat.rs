@@ -33,6 +33,7 @@ const ACCEPTED: &[&str] = &[
     "tools",
     "tool_choice",
     "parallel_tool_calls",
+    "response_format",
 ];
 
 const REFUSED: &[Refused] = &[
@@ -42,10 +43,6 @@ const REFUSED: &[Refused] = &[
     },
     Refused {
         key: "function_call",
-        is_noop: never,
-    },
-    Refused {
-        key: "response_format",
         is_noop: never,
     },
     Refused {
@@ -115,6 +112,7 @@ pub fn parse(body: &[u8]) -> Result<ValidRequest> {
     let model = fields.required_string("model")?.to_string();
     let messages = messages(&fields)?;
     let tools = super::tools::parse(&fields)?;
+    let format = super::format::parse(&fields)?;
     validate::n(&fields)?;
     fields.string("user")?;
     fields.object("metadata")?;
@@ -130,6 +128,7 @@ pub fn parse(body: &[u8]) -> Result<ValidRequest> {
         include_usage: generation.include_usage,
         continuous_usage: generation.continuous_usage,
         tools,
+        format,
     })
 }
 

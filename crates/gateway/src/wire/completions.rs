@@ -25,6 +25,7 @@ const ACCEPTED: &[&str] = &[
     "stream_options",
     "n",
     "user",
+    "response_format",
 ];
 
 fn is_one(v: &Value) -> bool {
@@ -85,7 +86,8 @@ pub fn parse(body: &[u8]) -> Result<ValidRequest> {
         stream: generation.stream,
         include_usage: generation.include_usage,
         continuous_usage: generation.continuous_usage,
-        tools: Vec::new(),
+        tools: super::tools::Offer::default(),
+        format: super::format::parse(&fields)?,
     })
 }
 

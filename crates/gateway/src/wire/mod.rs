@@ -3,6 +3,7 @@
 
 pub mod chat;
 pub mod completions;
+pub mod format;
 pub mod tenancy;
 pub mod tools;
 
@@ -23,8 +24,10 @@ pub struct ValidRequest {
     pub include_usage: bool,
     /// Usage so far on every stream chunk (`stream_options.continuous_usage_stats`).
     pub continuous_usage: bool,
-    /// Functions offered to the model (chat only).
-    pub tools: Vec<backend::Tool>,
+    /// Functions offered to the model (chat only), and whether it must call one.
+    pub tools: tools::Offer,
+    /// The shape the answer's text must have.
+    pub format: backend::OutputFormat,
 }
 
 impl ValidRequest {
@@ -37,7 +40,10 @@ impl ValidRequest {
             max_tokens: self.max_tokens,
             stop: self.stop.clone(),
             tenant,
-            tools: self.tools.clone(),
+            tools: self.tools.tools.clone(),
+            tool_choice: self.tools.choice.clone(),
+            parallel_tool_calls: self.tools.parallel,
+            format: self.format.clone(),
         }
     }
 

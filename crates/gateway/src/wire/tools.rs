@@ -1,14 +1,15 @@
 //! Tool calling on `/v1/chat/completions`: `tools`, `tool_choice`, `parallel_tool_calls`, the
 //! tool fields of messages, and the `tool_calls` of answers.
 //!
-//! The model decides whether to call (`tool_choice: "auto"`, or `"none"`, which offers it no
-//! tools). Forcing a call (`"required"` or a named function), forbidding parallel calls and
-//! `strict` schemas need constrained decoding, which this server does not do yet: they are
-//! refused by name rather than ignored.
+//! `tool_choice: "none"` offers the model no tools; `"auto"` lets it decide; `"required"` and a
+//! named function make the answer a call (the engine constrains its decoding to valid calls of
+//! the offered tools). `parallel_tool_calls: false` allows one call per answer. `strict` is
+//! accepted either way: the engine enforces every schema it accepts, and refuses (400) the
+//! keywords it cannot enforce.
 
 use std::collections::HashSet;
 
-use backend::{FunctionSpec, Tool, ToolCall};
+use backend::{FunctionSpec, Tool, ToolCall, ToolChoice};
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 
@@ -17,34 +18,53 @@ use crate::validate::{self, Fields};
 
 /// Most tools one request may offer.
 const MAX_TOOLS: usize = 128;
-/// Largest JSON of one tool's `parameters`, and deepest nesting.
-const MAX_SCHEMA_BYTES: usize = 64 * 1024;
-const MAX_SCHEMA_DEPTH: usize = 32;
+/// Largest JSON of one schema (a tool's `parameters`, a `response_format`'s schema), and
+/// deepest nesting.
+pub const MAX_SCHEMA_BYTES: usize = 64 * 1024;
+pub const MAX_SCHEMA_DEPTH: usize = 32;
 
-/// The tools a request offers the model: none without `tools` or with `tool_choice: "none"`.
-pub fn parse(fields: &Fields<'_>) -> Result<Vec<Tool>> {
+/// What a request offers the model to call.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Offer {
+    /// None without `tools` or with `tool_choice: "none"`.
+    pub tools: Vec<Tool>,
+    pub choice: ToolChoice,
+    pub parallel: bool,
+}
+
+impl Default for Offer {
+    /// No tools (as OpenAI, parallel calls allowed once some are offered).
+    fn default() -> Self {
+        Self {
+            tools: Vec::new(),
+            choice: ToolChoice::Auto,
+            parallel: true,
+        }
+    }
+}
+
+/// The tools a request offers the model, and whether it must call one.
+pub fn parse(fields: &Fields<'_>) -> Result<Offer> {
     let tools = match fields.array("tools")? {
         Some(items) => tools(fields, items)?,
         None => Vec::new(),
     };
-    if let Some(parallel) = fields.bool("parallel_tool_calls")? {
-        if !parallel && !tools.is_empty() {
-            return Err(ApiError::invalid(
-                "parallel_tool_calls",
-                "'parallel_tool_calls: false' needs constrained decoding, which this server does not do yet; leave it unset (the model may then make several calls).",
-            ));
-        }
-    }
+    let parallel = fields.bool("parallel_tool_calls")?.unwrap_or(true);
+    let offer = |tools, choice| Offer {
+        tools,
+        choice,
+        parallel,
+    };
     match fields.get("tool_choice") {
-        None | Some(Value::Null) => Ok(tools),
-        Some(Value::String(choice)) if choice == "none" => Ok(Vec::new()),
+        None | Some(Value::Null) => Ok(offer(tools, ToolChoice::Auto)),
+        Some(Value::String(choice)) if choice == "none" => Ok(offer(Vec::new(), ToolChoice::Auto)),
         Some(Value::String(choice)) if choice == "auto" => {
             require_tools(&tools)?;
-            Ok(tools)
+            Ok(offer(tools, ToolChoice::Auto))
         }
         Some(Value::String(choice)) if choice == "required" => {
             require_tools(&tools)?;
-            Err(needs_constraint("'tool_choice: \"required\"'"))
+            Ok(offer(tools, ToolChoice::Required))
         }
         Some(Value::Object(choice)) => {
             require_tools(&tools)?;
@@ -65,7 +85,8 @@ pub fn parse(fields: &Fields<'_>) -> Result<Vec<Tool>> {
                     format!("Invalid 'tool_choice': no tool named '{name}' is in 'tools'."),
                 ));
             }
-            Err(needs_constraint("A named 'tool_choice'"))
+            let name = name.to_owned();
+            Ok(offer(tools, ToolChoice::Function(name)))
         }
         Some(other) => Err(ApiError::invalid(
             "tool_choice",
@@ -85,13 +106,6 @@ fn require_tools(tools: &[Tool]) -> Result<()> {
         ));
     }
     Ok(())
-}
-
-fn needs_constraint(what: &str) -> ApiError {
-    ApiError::invalid(
-        "tool_choice",
-        format!("{what} needs constrained decoding, which this server does not do yet; use \"auto\" (the model decides whether to call)."),
-    )
 }
 
 fn tools(fields: &Fields<'_>, items: &[Value]) -> Result<Vec<Tool>> {
@@ -145,12 +159,7 @@ fn tools(fields: &Fields<'_>, items: &[Value]) -> Result<Vec<Tool>> {
                 format!("Invalid 'tools': the name '{name}' is used by two tools."),
             ));
         }
-        if function.bool("strict")? == Some(true) {
-            return Err(ApiError::invalid(
-                function.param("strict"),
-                "'strict: true' needs constrained decoding, which this server does not do yet; leave it unset or false.",
-            ));
-        }
+        function.bool("strict")?;
         let parameters = match function.object("parameters")? {
             Some(schema) => schema_checked(&function.param("parameters"), schema)?,
             None => json!({ "type": "object", "properties": {} }),
@@ -167,7 +176,7 @@ fn tools(fields: &Fields<'_>, items: &[Value]) -> Result<Vec<Tool>> {
     Ok(tools)
 }
 
-fn valid_name(name: &str) -> bool {
+pub fn valid_name(name: &str) -> bool {
     (1..=64).contains(&name.len())
         && name
             .bytes()
@@ -176,6 +185,23 @@ fn valid_name(name: &str) -> bool {
 
 /// A tool's JSON Schema within the size and depth bounds.
 fn schema_checked(param: &str, schema: &Map<String, Value>) -> Result<Value> {
+    let value = bounded_schema(param, schema)?;
+    if let Some(kind) = schema.get("type") {
+        if kind != "object" {
+            return Err(ApiError::invalid(
+                param,
+                format!(
+                    "Invalid '{param}': a function's parameters must be a schema of type 'object'."
+                ),
+            ));
+        }
+    }
+    Ok(value)
+}
+
+/// A JSON Schema within the size and depth bounds (what it may contain is the backend's to
+/// say: the engine refuses keywords it cannot enforce, an upstream server its own).
+pub fn bounded_schema(param: &str, schema: &Map<String, Value>) -> Result<Value> {
     let value = Value::Object(schema.clone());
     if value.to_string().len() > MAX_SCHEMA_BYTES {
         return Err(ApiError::invalid(
@@ -188,16 +214,6 @@ fn schema_checked(param: &str, schema: &Map<String, Value>) -> Result<Value> {
             param,
             format!("Invalid '{param}': the schema nests deeper than {MAX_SCHEMA_DEPTH} levels."),
         ));
-    }
-    if let Some(kind) = schema.get("type") {
-        if kind != "object" {
-            return Err(ApiError::invalid(
-                param,
-                format!(
-                    "Invalid '{param}': a function's parameters must be a schema of type 'object'."
-                ),
-            ));
-        }
     }
     Ok(value)
 }

@@ -136,6 +136,9 @@ fn request(prompt: Prompt) -> GenerateRequest {
         stop: vec!["END".into()],
         tenant: None,
         tools: Vec::new(),
+        tool_choice: Default::default(),
+        parallel_tool_calls: true,
+        format: Default::default(),
     }
 }
 

@@ -44,7 +44,6 @@ async fn unsupported_chat_parameters_are_refused_by_name() {
     let cases = [
         ("functions", json!([{ "name": "f" }])),
         ("function_call", json!("auto")),
-        ("response_format", json!({ "type": "json_object" })),
         ("logit_bias", json!({ "50256": -100 })),
         ("top_logprobs", json!(2)),
         ("logprobs", json!(true)),
@@ -209,20 +208,38 @@ async fn bad_values_are_named() {
             "tools[0].function.parameters",
         ),
         (
-            json!({ "tools": [{ "type": "function", "function": { "name": "f", "strict": true } }] }),
-            "tools[0].function.strict",
-        ),
-        (
-            json!({ "tools": [{ "type": "function", "function": { "name": "f" } }], "tool_choice": "required" }),
-            "tool_choice",
-        ),
-        (
             json!({ "tools": [{ "type": "function", "function": { "name": "f" } }], "tool_choice": { "type": "function", "function": { "name": "g" } } }),
             "tool_choice",
         ),
         (
-            json!({ "tools": [{ "type": "function", "function": { "name": "f" } }], "parallel_tool_calls": false }),
+            json!({ "tools": [{ "type": "function", "function": { "name": "f" } }], "parallel_tool_calls": "no" }),
             "parallel_tool_calls",
+        ),
+        (
+            json!({ "tools": [{ "type": "function", "function": { "name": "f" } }], "tool_choice": "any" }),
+            "tool_choice",
+        ),
+        (json!({ "tool_choice": "required" }), "tool_choice"),
+        (json!({ "response_format": "json" }), "response_format"),
+        (
+            json!({ "response_format": { "type": "xml" } }),
+            "response_format.type",
+        ),
+        (
+            json!({ "response_format": { "type": "json_schema" } }),
+            "response_format.json_schema",
+        ),
+        (
+            json!({ "response_format": { "type": "json_schema", "json_schema": { "name": "has space", "schema": {} } } }),
+            "response_format.json_schema.name",
+        ),
+        (
+            json!({ "response_format": { "type": "json_schema", "json_schema": { "name": "r", "schema": [] } } }),
+            "response_format.json_schema.schema",
+        ),
+        (
+            json!({ "response_format": { "type": "json_object", "schema": {} } }),
+            "response_format.schema",
         ),
     ];
     for (extra, param) in cases {

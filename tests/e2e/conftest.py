@@ -162,16 +162,17 @@ def paths() -> dict:
         "smol": _env_path("FLYWHEEL_SMOL_GGUF"),
         "qwen": _env_path("FLYWHEEL_QWEN_GGUF"),
         "tiny": _env_path("FLYWHEEL_TINY_GGUF"),
+        "tiny-tools": _env_path("FLYWHEEL_TINY_TOOLS_GGUF"),
         "tokenizer": _env_path("FLYWHEEL_QWEN_TOKENIZER"),
     }
 
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory, paths, admin_key):
-    """Server 1: smol, qwen and tiny in-process, 16 slots of 4096 tokens each."""
+    """Server 1: smol, qwen, tiny and tiny-tools in-process, 16 slots of 4096 tokens each."""
     tmp = str(tmp_path_factory.mktemp("server1"))
     args = []
-    for name in ("smol", "qwen", "tiny"):
+    for name in ("smol", "qwen", "tiny", "tiny-tools"):
         args += ["--model", f"{paths[name]}={name}"]
     args += ["--slots", str(SLOTS), "--slot-context", str(SLOT_CONTEXT)]
     threads = os.environ.get("FLYWHEEL_E2E_THREADS") or str(os.cpu_count() or 2)

@@ -1,13 +1,15 @@
 #!/usr/bin/env python3
 """Write a tiny random-weight GGUF that proves chat templates come from the model.
 
-    make_test_gguf.py [--tokenizer-from QWEN.gguf] OUT.gguf
+    make_test_gguf.py [--tokenizer-from QWEN.gguf] [--template llama3|llama31-tools] OUT.gguf
 
 * architecture `qwen2`, 2 layers, n_embd 64, 4 heads / 2 KV heads, ff 128, ctx 4096,
   F16 matrices and F32 norms/biases (every tensor llama.cpp's qwen2 loader needs,
   including the attention q/k/v biases);
 * the tokenizer (`tokenizer.ggml.*`) copied verbatim from the real Qwen GGUF;
-* a Llama-3-style (NOT ChatML) `tokenizer.chat_template`.
+* a Llama-3-style (NOT ChatML) `tokenizer.chat_template`; with `--template llama31-tools`,
+  one that offers tools as Llama 3.1's does (JSON calls `{"name", "parameters"}`), for
+  grammar-constrained calls on a model that cannot call tools by itself.
 
 The output layer only has weight on plain-word tokens (e.g. "Ġhello"); every other row,
 including all special / end-of-generation tokens, is zero. The model therefore emits
@@ -44,6 +46,36 @@ CHAT_TEMPLATE = (
     "{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}"
     "{%- endif %}"
 )
+
+# Llama-3.1-style tool template: the tools' JSON in the system turn, calls as JSON objects with
+# "parameters", tool answers in `ipython` turns.
+TOOLS_TEMPLATE = (
+    "{{- bos_token }}"
+    "{%- if tools %}"
+    "{{- '<|start_header_id|>system<|end_header_id|>\\n\\n' }}"
+    "{{- 'To call a function, respond with JSON for a function call: "
+    "{\"name\": function name, \"parameters\": dictionary of argument name and its value}.\\n\\n' }}"
+    "{%- for t in tools %}{{- t | tojson }}{{- '\\n\\n' }}{%- endfor %}"
+    "{{- '<|eot_id|>' }}"
+    "{%- endif %}"
+    "{%- for message in messages %}"
+    "{%- if message['role'] == 'tool' %}"
+    "{{- '<|start_header_id|>ipython<|end_header_id|>\\n\\n' ~ message['content'] ~ '<|eot_id|>' }}"
+    "{%- elif message.tool_calls %}"
+    "{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}"
+    "{%- for c in message.tool_calls %}"
+    "{{- '{\"name\": \"' ~ c.function.name ~ '\", \"parameters\": ' ~ (c.function.arguments | tojson) ~ '}' }}"
+    "{%- endfor %}"
+    "{{- '<|eot_id|>' }}"
+    "{%- else %}"
+    "{{- '<|start_header_id|>' ~ message['role'] ~ '<|end_header_id|>\\n\\n' ~ (message['content'] | trim) ~ '<|eot_id|>' }}"
+    "{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}"
+    "{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}"
+    "{%- endif %}"
+)
+TEMPLATES = {"llama3": CHAT_TEMPLATE, "llama31-tools": TOOLS_TEMPLATE}
 
 N_LAYER = 2
 N_EMBD = 64
@@ -95,7 +127,7 @@ def read_tokenizer(path: str) -> dict:
     return out
 
 
-def build(tok: dict, out_path: str) -> None:
+def build(tok: dict, out_path: str, template: str = CHAT_TEMPLATE) -> None:
     rng = np.random.default_rng(SEED)
     tokens = tok["tokenizer.ggml.tokens"]
     types = tok["tokenizer.ggml.token_type"]
@@ -133,7 +165,7 @@ def build(tok: dict, out_path: str) -> None:
     w.add_eos_token_id(tok["tokenizer.ggml.eos_token_id"])
     w.add_pad_token_id(tok["tokenizer.ggml.padding_token_id"])
     w.add_add_bos_token(tok["tokenizer.ggml.add_bos_token"])
-    w.add_chat_template(CHAT_TEMPLATE)
+    w.add_chat_template(template)
 
     w.add_tensor("token_embd.weight", mat(n_vocab, N_EMBD, 1.0))
     for i in range(N_LAYER):
@@ -173,8 +205,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("out", help="output .gguf path")
     ap.add_argument("--tokenizer-from", default=default_qwen(), help="the real Qwen GGUF to copy the tokenizer from")
+    ap.add_argument("--template", choices=sorted(TEMPLATES), default="llama3", help="the chat template to embed")
     args = ap.parse_args()
-    build(read_tokenizer(args.tokenizer_from), args.out)
+    build(read_tokenizer(args.tokenizer_from), args.out, TEMPLATES[args.template])
 
 
 if __name__ == "__main__":

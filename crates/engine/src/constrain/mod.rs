@@ -320,6 +320,13 @@ fn closed(mut schema: Value) -> Value {
     schema
 }
 
+/// Whether `grammar`, in its current state, lets `token` come next.
+pub fn allows(grammar: &mut LlamaSampler, token: LlamaToken) -> bool {
+    let mut one = LlamaTokenDataArray::new(vec![LlamaTokenData::new(token, 0.0, 0.0)], false);
+    one.apply_sampler(grammar);
+    one.data.first().is_some_and(|d| d.logit().is_finite())
+}
+
 /// One constrained draw: the chain's choice if the grammar allows it, else the chain's choice
 /// among the tokens the grammar allows. Both samplers accept the token. `None`: the grammar
 /// refused every token (it cannot continue).
@@ -332,11 +339,7 @@ pub fn sample(
     let mut candidates = ctx.token_data_array_ith(idx);
     candidates.apply_sampler(chain);
     let first = candidates.selected_token();
-    let allowed = first.is_some_and(|token| {
-        let mut one = LlamaTokenDataArray::new(vec![LlamaTokenData::new(token, 0.0, 0.0)], false);
-        one.apply_sampler(grammar);
-        one.data.first().is_some_and(|d| d.logit().is_finite())
-    });
+    let allowed = first.is_some_and(|token| allows(grammar, token));
     let token = match first {
         Some(token) if allowed => token,
         _ => {

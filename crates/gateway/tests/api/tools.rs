@@ -97,3 +97,56 @@ async fn a_model_without_tool_support_is_a_400_naming_tools() {
         .await
         .assert_error(400, "invalid_request_error", Some("tools"));
 }
+
+#[tokio::test]
+async fn forced_choices_parallel_calls_and_formats_reach_the_backend() {
+    use backend::{OutputFormat, SchemaSite, ToolChoice};
+    let backend = calling();
+    let router = app(vec![backend.clone()]).await;
+    let cases = [
+        (json!("required"), true, ToolChoice::Required),
+        (
+            json!({ "type": "function", "function": { "name": "get_weather" } }),
+            false,
+            ToolChoice::Function("get_weather".into()),
+        ),
+        (json!("auto"), true, ToolChoice::Auto),
+    ];
+    for (choice, parallel, expected) in cases {
+        let mut request = body(false);
+        request["tool_choice"] = choice;
+        request["parallel_tool_calls"] = json!(parallel);
+        let reply = post(&router, "/v1/chat/completions", request).await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        let seen = backend.last_request();
+        assert_eq!(seen.tool_choice, expected);
+        assert_eq!(seen.parallel_tool_calls, parallel);
+    }
+    let schema = json!({ "type": "object", "properties": { "a": { "type": "integer" } } });
+    let mut request = chat_body("m");
+    request["response_format"] = json!({ "type": "json_schema", "json_schema": {
+        "name": "r", "schema": schema, "strict": true } });
+    let reply = post(&router, "/v1/chat/completions", request).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(
+        backend.last_request().format,
+        OutputFormat::JsonSchema(schema)
+    );
+
+    // A schema the backend cannot enforce is a 400 naming where it sits.
+    let refusing = Scripted::new(
+        "m",
+        Script::Refuse(backend::BackendError::UnsupportedSchema {
+            site: SchemaSite::Tool(0),
+            message: "the JSON Schema keyword 'pattern' at /properties/city cannot be enforced"
+                .into(),
+        }),
+    );
+    let refused = app(vec![refusing]).await;
+    let reply = post(&refused, "/v1/chat/completions", body(false)).await;
+    assert_eq!(reply.status, 400, "{}", reply.body);
+    assert_eq!(
+        reply.json()["error"]["param"],
+        "tools[0].function.parameters"
+    );
+}

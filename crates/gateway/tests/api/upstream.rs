@@ -248,6 +248,37 @@ async fn extensions_are_sent_only_when_set() {
     assert_eq!(body["seed"], 9);
     assert_eq!(body["presence_penalty"], 0.5);
     assert!(body.get("frequency_penalty").is_none());
+    assert!(body.get("tool_choice").is_none() && body.get("response_format").is_none());
+}
+
+#[tokio::test]
+async fn tool_choices_and_formats_are_passed_through() {
+    let (url, fake) = start(Answer::Sse(chat_sse())).await;
+    let mut req = request(chat_prompt());
+    req.tools = vec![backend::Tool {
+        r#type: "function",
+        function: backend::FunctionSpec {
+            name: "f".into(),
+            description: None,
+            parameters: json!({ "type": "object" }),
+        },
+    }];
+    req.tool_choice = backend::ToolChoice::Function("f".into());
+    req.parallel_tool_calls = false;
+    req.format = backend::OutputFormat::JsonSchema(json!({ "type": "object" }));
+    collect(&backend(&url), req).await.unwrap();
+    let seen = fake.seen.lock().unwrap();
+    let body = &seen[0].2;
+    assert_eq!(
+        body["tool_choice"],
+        json!({ "type": "function", "function": { "name": "f" } })
+    );
+    assert_eq!(body["parallel_tool_calls"], false);
+    assert_eq!(body["response_format"]["type"], "json_schema");
+    assert_eq!(
+        body["response_format"]["json_schema"]["schema"],
+        json!({ "type": "object" })
+    );
 }
 
 #[tokio::test]

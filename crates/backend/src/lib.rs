@@ -399,6 +399,10 @@ pub enum BackendError {
     Unreachable(String),
     #[error("The server is shutting down and takes no new requests; retry on another instance.")]
     ShuttingDown,
+    /// The model cannot answer this now (a deployment scaled to zero has no tokenizer
+    /// loaded); retrying later may succeed.
+    #[error("{0}")]
+    Unavailable(String),
     #[error("Internal error: {0}")]
     Internal(String),
 }
@@ -414,6 +418,19 @@ pub trait Backend: Send + Sync {
     /// overload, upstream refusal) come back here, so the gateway can answer with a status code
     /// before it sends any SSE bytes.
     async fn generate(&self, request: GenerateRequest) -> Result<EventStream>;
+
+    /// The number of tokens `request`'s prompt (with its tools) would have, without generating
+    /// anything. Backends that cannot count refuse by default.
+    async fn count_prompt_tokens(&self, request: &GenerateRequest) -> Result<u32> {
+        Err(BackendError::InvalidRequest {
+            message: format!(
+                "'{}' cannot count tokens without generating: it is served by a server that \
+                 has no token-counting endpoint.",
+                request.model
+            ),
+            param: Some("model".into()),
+        })
+    }
 
     /// Shutdown: end every request now (streams still running end with `ShuttingDown`), take
     /// no new ones, and release what the backend runs on (an engine joins its thread);

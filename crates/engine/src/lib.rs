@@ -182,6 +182,17 @@ impl Drop for Engine {
     }
 }
 
+impl Engine {
+    fn no_tool_support(&self) -> BackendError {
+        BackendError::ToolsUnsupported(format!(
+            "The chat template of '{}' has no tool support, so this model cannot call tools. \
+             Send the request without tools, or use a model whose template offers them \
+             (Qwen 2.5, Llama 3.1 and later).",
+            self.info.id
+        ))
+    }
+}
+
 #[async_trait::async_trait]
 impl Backend for Engine {
     fn info(&self) -> ModelInfo {
@@ -200,6 +211,19 @@ impl Backend for Engine {
         }
     }
 
+    async fn count_prompt_tokens(&self, request: &GenerateRequest) -> backend::Result<u32> {
+        if !request.tools.is_empty() && self.model.call_format.is_none() {
+            return Err(self.no_tool_support());
+        }
+        let model = self.model.clone();
+        let (prompt, tools) = (request.prompt.clone(), request.tools.clone());
+        let tokens =
+            tokio::task::spawn_blocking(move || model.prompt_tokens_with_tools(&prompt, &tools))
+                .await
+                .map_err(|e| BackendError::Internal(format!("tokenizer task failed: {e}")))??;
+        Ok(u32::try_from(tokens.len()).unwrap_or(u32::MAX))
+    }
+
     async fn generate(&self, request: GenerateRequest) -> backend::Result<EventStream> {
         if self.stopped.load(Ordering::SeqCst) {
             return Err(BackendError::ShuttingDown);
@@ -208,14 +232,7 @@ impl Backend for Engine {
         let parser = match (request.tools.is_empty(), self.model.call_format) {
             (true, _) => None,
             (false, Some(format)) => Some(format.parser()),
-            (false, None) => {
-                return Err(BackendError::ToolsUnsupported(format!(
-                    "The chat template of '{}' has no tool support, so this model cannot call \
-                     tools. Send the request without tools, or use a model whose template \
-                     offers them (Qwen 2.5, Llama 3.1 and later).",
-                    self.info.id
-                )))
-            }
+            (false, None) => return Err(self.no_tool_support()),
         };
         // A grammar (when the answer is constrained) is built before the request may queue: a
         // schema it cannot enforce is a 400 now, not an error mid-stream.

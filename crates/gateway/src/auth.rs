@@ -54,14 +54,21 @@ impl Authenticator {
     }
 }
 
-/// The bearer token of a request, if it sent one.
+/// The key a request presents: its bearer token, else its `x-api-key` header (Anthropic's
+/// clients send that), if it sent one.
 pub fn bearer(parts: &Parts) -> Option<&str> {
-    let value = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim())
-        .filter(|t| !t.is_empty())
+    let from_authorization = || {
+        let value = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+        let (scheme, token) = value.split_once(' ')?;
+        scheme
+            .eq_ignore_ascii_case("bearer")
+            .then(|| token.trim())
+            .filter(|t| !t.is_empty())
+    };
+    from_authorization().or_else(|| {
+        let value = parts.headers.get("x-api-key")?.to_str().ok()?.trim();
+        (!value.is_empty()).then_some(value)
+    })
 }
 
 /// Compares without an early exit on the first differing byte.
@@ -76,7 +83,8 @@ fn same_secret(a: &str, b: &str) -> bool {
 fn missing_key() -> ApiError {
     ApiError::new(
         Code::InvalidApiKey,
-        "You didn't provide an API key. Send it in an 'Authorization: Bearer KEY' header.",
+        "You didn't provide an API key. Send it in an 'Authorization: Bearer KEY' header (or \
+         'x-api-key: KEY').",
     )
 }
 

@@ -50,6 +50,7 @@ codes!(
     Internal,
     UpstreamUnreachable,
     QueueTimeout,
+    ModelUnavailable,
     ShuttingDown,
 );
 
@@ -86,6 +87,7 @@ impl Code {
             Code::Internal              => (S::INTERNAL_SERVER_ERROR, SERVER,               "internal_error"),
             Code::UpstreamUnreachable   => (S::BAD_GATEWAY,           SERVER,               "upstream_unreachable"),
             Code::QueueTimeout          => (S::SERVICE_UNAVAILABLE,   SERVER,               "queue_timeout"),
+            Code::ModelUnavailable      => (S::SERVICE_UNAVAILABLE,   SERVER,               "model_unavailable"),
             Code::ShuttingDown          => (S::SERVICE_UNAVAILABLE,   SERVER,               "shutting_down"),
         };
         Row { status, r#type, code }
@@ -176,6 +178,7 @@ impl ApiError {
             BackendError::ShuttingDown => {
                 Self::new(Code::ShuttingDown, message).with_retry_after(SHUTTING_DOWN_RETRY_AFTER)
             }
+            BackendError::Unavailable(_) => Self::new(Code::ModelUnavailable, message),
             BackendError::Internal(_) => Self::new(Code::Internal, message),
         }
     }
@@ -346,14 +349,27 @@ impl std::fmt::Display for ApiError {
 
 impl std::error::Error for ApiError {}
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let mut response = (self.status(), axum::Json(self.body())).into_response();
+impl ApiError {
+    /// This error as a response with `body` (the shape of the API it came in on), its status
+    /// and `Retry-After`.
+    pub fn respond_with(&self, body: impl Serialize) -> Response {
+        let mut response = (self.status(), axum::Json(body)).into_response();
         if let Some(seconds) = self.retry_after() {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
+        response
+    }
+}
+
+impl IntoResponse for ApiError {
+    /// OpenAI's shape. The error rides along in the response's extensions, so a route whose
+    /// API has another shape (Anthropic's) can rewrite every error it answers with, those of
+    /// extractors (auth, body limits) included.
+    fn into_response(self) -> Response {
+        let mut response = self.respond_with(self.body());
+        response.extensions_mut().insert(self);
         response
     }
 }

@@ -147,6 +147,15 @@ pub fn router(state: GatewayState) -> Router {
             post(routes::generate::chat_completions),
         )
         .route("/v1/completions", post(routes::generate::completions))
+        .merge(
+            Router::new()
+                .route("/v1/messages", post(routes::messages::create))
+                .route(
+                    "/v1/messages/count_tokens",
+                    post(routes::messages::count_tokens),
+                )
+                .layer(axum::middleware::from_fn(wire::anthropic::view::errors)),
+        )
         .route("/v1/account", get(routes::account::account))
         .route("/v1/usage", get(routes::account::usage))
         .route(

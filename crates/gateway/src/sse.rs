@@ -13,7 +13,7 @@ use std::convert::Infallible;
 use axum::body::Body;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::Response;
-use backend::{BackendError, Event, Usage};
+use backend::{BackendError, Event, FinishReason, Usage};
 use bytes::Bytes;
 use serde_json::Value;
 use serving::Served;
@@ -25,13 +25,21 @@ use crate::wire::tools::ToolCallView;
 use crate::wire::{ChunkFormat, ChunkUsage, ResponseMeta, UsageView};
 
 /// One `data: …` event.
-fn frame(out: &mut Vec<u8>, data: &Value) {
+pub fn frame(out: &mut Vec<u8>, data: &Value) {
     out.extend_from_slice(b"data: ");
     // Serializing a `Value` cannot fail.
     if serde_json::to_writer(&mut *out, data).is_err() {
         out.extend_from_slice(b"{}");
     }
     out.extend_from_slice(b"\n\n");
+}
+
+/// One `event: NAME` + `data: …` event (Anthropic's and the Responses API's streams).
+pub fn named_frame(out: &mut Vec<u8>, name: &str, data: &Value) {
+    out.extend_from_slice(b"event: ");
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b"\n");
+    frame(out, data);
 }
 
 const DONE: &[u8] = b"data: [DONE]\n\n";
@@ -45,31 +53,43 @@ pub struct UsageOptions {
     pub continuous: bool,
 }
 
-struct State<F> {
+/// Writes one API's SSE frames for a stream's events. The driver ([`respond`]) reads the
+/// events, keeps the usage so far, sends queue comments and stops reading at the end.
+pub trait Encoder: Send + 'static {
+    /// Frames sent before any event is read (OpenAI's chat sends the assistant role).
+    fn open(&mut self, out: &mut Vec<u8>) {
+        let _ = out;
+    }
+    /// The backend counted the prompt.
+    fn admitted(&mut self, out: &mut Vec<u8>, prompt_tokens: u32) {
+        let _ = (out, prompt_tokens);
+    }
+    /// A piece of the answer's text (never empty); `so_far` counts it.
+    fn text(&mut self, out: &mut Vec<u8>, text: &str, so_far: Usage);
+    /// A whole tool call, the `index`th of the answer.
+    fn tool_call(&mut self, out: &mut Vec<u8>, index: u32, call: ToolCallView, so_far: Usage);
+    /// The end of the answer; the stream ends after this.
+    fn finish(&mut self, out: &mut Vec<u8>, reason: FinishReason, usage: Usage);
+    /// An error after the stream started; the stream ends after this.
+    fn fail(&mut self, out: &mut Vec<u8>, err: &ApiError);
+}
+
+struct State<E> {
     /// `None` once the stream is over, so the backend's stream is dropped at once.
     events: Option<Served>,
     prompt_param: &'static str,
     /// An event read before the response started (to set its headers), sent first.
     pending: Option<Event>,
-    format: F,
-    meta: ResponseMeta,
-    usage: UsageOptions,
+    encoder: E,
+    /// For logs and metrics.
+    id: String,
+    model: String,
     opened: bool,
     /// Prompt tokens (from admission) and completion tokens sent so far.
     so_far: Usage,
 }
 
-impl<F: ChunkFormat> State<F> {
-    fn chunk_usage(&self) -> ChunkUsage {
-        if self.usage.continuous {
-            ChunkUsage::Some(UsageView::from(self.so_far))
-        } else if self.usage.include_usage {
-            ChunkUsage::Null
-        } else {
-            ChunkUsage::Omit
-        }
-    }
-
+impl<E: Encoder> State<E> {
     async fn next_event(&mut self) -> Option<Result<Event, ApiError>> {
         if let Some(event) = self.pending.take() {
             return Some(Ok(event));
@@ -83,8 +103,8 @@ impl<F: ChunkFormat> State<F> {
         let mut out = Vec::new();
         if !self.opened {
             self.opened = true;
-            if let Some(opening) = self.format.opening(&self.meta, self.chunk_usage()) {
-                frame(&mut out, &opening);
+            self.encoder.open(&mut out);
+            if !out.is_empty() {
                 return Some(out.into());
             }
         }
@@ -95,22 +115,17 @@ impl<F: ChunkFormat> State<F> {
                     out.extend_from_slice(
                         format!(": queue position={position} eta_ms={eta_ms}\n\n").as_bytes(),
                     );
-                    return Some(out.into());
                 }
                 Some(Ok(Event::Admitted { prompt_tokens, .. })) => {
                     self.so_far.prompt_tokens = prompt_tokens;
+                    self.encoder.admitted(&mut out, prompt_tokens);
                 }
                 Some(Ok(Event::Text { text, tokens })) => {
                     self.so_far.completion_tokens =
                         self.so_far.completion_tokens.saturating_add(tokens);
-                    if text.is_empty() {
-                        continue;
+                    if !text.is_empty() {
+                        self.encoder.text(&mut out, &text, self.so_far);
                     }
-                    frame(
-                        &mut out,
-                        &self.format.text(&self.meta, &text, self.chunk_usage()),
-                    );
-                    return Some(out.into());
                 }
                 Some(Ok(Event::ToolCall {
                     index,
@@ -119,51 +134,91 @@ impl<F: ChunkFormat> State<F> {
                     arguments,
                 })) => {
                     let call = ToolCallView::new(id, name, arguments);
-                    let usage = self.chunk_usage();
-                    if let Some(data) = self.format.tool_call(&self.meta, index, call, usage) {
-                        frame(&mut out, &data);
-                        return Some(out.into());
-                    }
+                    self.encoder.tool_call(&mut out, index, call, self.so_far);
                 }
                 Some(Ok(Event::Finished { reason, usage })) => {
                     self.events = None;
-                    metrics::record_usage(&self.meta.model, usage);
-                    tracing::debug!(id = %self.meta.id, ?reason, ?usage, "stream finished");
+                    metrics::record_usage(&self.model, usage);
+                    tracing::debug!(id = %self.id, ?reason, ?usage, "stream finished");
                     self.so_far = usage;
-                    frame(
-                        &mut out,
-                        &self.format.finish(&self.meta, reason, self.chunk_usage()),
-                    );
-                    if self.usage.include_usage {
-                        frame(
-                            &mut out,
-                            &self.format.usage(&self.meta, UsageView::from(usage)),
-                        );
-                    }
-                    out.extend_from_slice(DONE);
-                    return Some(out.into());
+                    self.encoder.finish(&mut out, reason, usage);
                 }
-                Some(Err(err)) => return Some(self.fail(err)),
+                Some(Err(err)) => self.fail(&mut out, &err),
                 None => {
-                    return Some(self.fail(ApiError::from_backend(
+                    let err = ApiError::from_backend(
                         BackendError::Internal(
                             "the backend's stream ended before the generation finished".into(),
                         ),
                         self.prompt_param,
-                    )));
+                    );
+                    self.fail(&mut out, &err);
                 }
+            }
+            if !out.is_empty() || self.events.is_none() {
+                return (!out.is_empty()).then(|| out.into());
             }
         }
     }
 
-    /// One error event; the stream then ends without `[DONE]`.
-    fn fail(&mut self, err: ApiError) -> Bytes {
+    /// An error event; the stream then ends.
+    fn fail(&mut self, out: &mut Vec<u8>, err: &ApiError) {
         self.events = None;
-        tracing::warn!(id = %self.meta.id, error = %err, "stream failed after it started");
-        let mut out = Vec::new();
+        tracing::warn!(id = %self.id, error = %err, "stream failed after it started");
+        self.encoder.fail(out, err);
+    }
+}
+
+/// OpenAI's streams: `data:` chunks in `F`'s shape, then `data: [DONE]` (not after an error).
+pub struct OpenAi<F> {
+    format: F,
+    meta: ResponseMeta,
+    usage: UsageOptions,
+}
+
+impl<F: ChunkFormat> OpenAi<F> {
+    fn chunk_usage(&self, so_far: Usage) -> ChunkUsage {
+        if self.usage.continuous {
+            ChunkUsage::Some(UsageView::from(so_far))
+        } else if self.usage.include_usage {
+            ChunkUsage::Null
+        } else {
+            ChunkUsage::Omit
+        }
+    }
+}
+
+impl<F: ChunkFormat> Encoder for OpenAi<F> {
+    fn open(&mut self, out: &mut Vec<u8>) {
+        let usage = self.chunk_usage(Usage::default());
+        if let Some(opening) = self.format.opening(&self.meta, usage) {
+            frame(out, &opening);
+        }
+    }
+
+    fn text(&mut self, out: &mut Vec<u8>, text: &str, so_far: Usage) {
+        let usage = self.chunk_usage(so_far);
+        frame(out, &self.format.text(&self.meta, text, usage));
+    }
+
+    fn tool_call(&mut self, out: &mut Vec<u8>, index: u32, call: ToolCallView, so_far: Usage) {
+        let usage = self.chunk_usage(so_far);
+        if let Some(data) = self.format.tool_call(&self.meta, index, call, usage) {
+            frame(out, &data);
+        }
+    }
+
+    fn finish(&mut self, out: &mut Vec<u8>, reason: FinishReason, usage: Usage) {
+        let chunk_usage = self.chunk_usage(usage);
+        frame(out, &self.format.finish(&self.meta, reason, chunk_usage));
+        if self.usage.include_usage {
+            frame(out, &self.format.usage(&self.meta, UsageView::from(usage)));
+        }
+        out.extend_from_slice(DONE);
+    }
+
+    fn fail(&mut self, out: &mut Vec<u8>, err: &ApiError) {
         let body = serde_json::to_value(err.body()).unwrap_or(Value::Null);
-        frame(&mut out, &body);
-        out.into()
+        frame(out, &body);
     }
 }
 
@@ -178,7 +233,7 @@ pub struct Stream {
     pub prompt_param: &'static str,
 }
 
-/// Streams `stream`'s events to the client as SSE in `format`'s chunk shape.
+/// Streams `stream`'s events to the client as OpenAI SSE in `format`'s chunk shape.
 pub fn response<F: ChunkFormat>(stream: Stream, format: F) -> Response {
     let Stream {
         events,
@@ -187,6 +242,46 @@ pub fn response<F: ChunkFormat>(stream: Stream, format: F) -> Response {
         usage,
         prompt_param,
     } = stream;
+    let (id, model) = (meta.id.clone(), meta.model.clone());
+    let encoder = OpenAi {
+        format,
+        meta,
+        usage,
+    };
+    respond(
+        Source {
+            events,
+            first,
+            id,
+            model,
+            prompt_param,
+        },
+        encoder,
+    )
+}
+
+/// What [`respond`] streams: a request's events and what names it.
+pub struct Source {
+    pub events: Served,
+    /// An event already read from `events` (a `Queued` one sets the queue headers).
+    pub first: Option<Event>,
+    /// The response id, for logs.
+    pub id: String,
+    /// The served model, for metrics.
+    pub model: String,
+    /// The request field that holds the prompt, for errors about it.
+    pub prompt_param: &'static str,
+}
+
+/// Streams `source`'s events to the client as SSE written by `encoder`.
+pub fn respond<E: Encoder>(source: Source, encoder: E) -> Response {
+    let Source {
+        events,
+        first,
+        id,
+        model,
+        prompt_param,
+    } = source;
     let queued = match first {
         Some(Event::Queued { position, eta_ms }) => Some((position, eta_ms)),
         _ => None,
@@ -195,9 +290,9 @@ pub fn response<F: ChunkFormat>(stream: Stream, format: F) -> Response {
         events: Some(events),
         prompt_param,
         pending: first,
-        format,
-        meta,
-        usage,
+        encoder,
+        id,
+        model,
         opened: false,
         so_far: Usage::default(),
     };

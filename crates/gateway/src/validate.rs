@@ -383,18 +383,18 @@ pub fn generation(fields: &Fields<'_>, max_token_keys: &[&str]) -> Result<Genera
     Ok(Generation {
         sampling,
         max_tokens,
-        stop: stop(fields)?,
+        stop: stop(fields, "stop")?,
         stream,
         include_usage,
         continuous_usage,
     })
 }
 
-/// `stop`: a string or an array of up to [`MAX_STOP_SEQUENCES`] non-empty strings, each at
+/// `stop` (or another `key`): a string or an array of up to [`MAX_STOP_SEQUENCES`] non-empty strings, each at
 /// most [`MAX_STOP_BYTES`] long and all together at most [`MAX_STOP_TOTAL_BYTES`].
-fn stop(fields: &Fields<'_>) -> Result<Vec<String>> {
-    let param = fields.param("stop");
-    let stops = match fields.get("stop") {
+pub fn stop(fields: &Fields<'_>, key: &str) -> Result<Vec<String>> {
+    let param = fields.param(key);
+    let stops = match fields.get(key) {
         None => return Ok(Vec::new()),
         Some(Value::String(s)) => vec![(param.clone(), s)],
         Some(Value::Array(items)) => {
@@ -470,5 +470,20 @@ pub fn n(fields: &Fields<'_>) -> Result<()> {
             "'n' > 1 is not supported yet by this server; send one request per completion.",
         )),
         _ => Ok(()),
+    }
+}
+
+/// The object at `path` in a list (`messages[2]`, `tools[0]`), ready to read; anything else is
+/// a 400 naming it.
+pub fn object_item(item: &Value, path: String) -> Result<Fields<'_>> {
+    match item.as_object() {
+        Some(map) => Ok(Fields::nested(map, path)),
+        None => Err(ApiError::invalid(
+            path.clone(),
+            format!(
+                "Invalid type for '{path}': expected an object, but got {} instead.",
+                kind(item)
+            ),
+        )),
     }
 }

@@ -106,6 +106,37 @@ impl Serving {
         }
     }
 
+    /// The tokens `request`'s prompt would have on its model, counted by its backend without
+    /// generating. Checked like a generation (allow-list, model, and for a tenant its RPM: a
+    /// count costs tokenizer time) but not metered: nothing is reserved or charged.
+    pub async fn count_prompt_tokens(
+        &self,
+        payer: Option<&Principal>,
+        request: &GenerateRequest,
+    ) -> Result<u32, ServeError> {
+        if let Some(principal) = payer {
+            principal.require_model(&request.model)?;
+        }
+        let backend =
+            self.catalog
+                .backend(&request.model)
+                .ok_or_else(|| ServeError::ModelNotFound {
+                    model: request.model.clone(),
+                    available: self.catalog.names(),
+                })?;
+        Bound::of(request, backend.info().context_length)?;
+        if let Some(principal) = payer {
+            self.tenancy
+                .limits
+                .admit_request(Some(&principal.key), &principal.tenant)
+                .await?;
+        }
+        backend
+            .count_prompt_tokens(request)
+            .await
+            .map_err(ServeError::Backend)
+    }
+
     /// Steps 3 of the crate docs: balance, RPM, TPM, reservation of the bound.
     async fn admit(
         &self,

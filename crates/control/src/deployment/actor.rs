@@ -194,6 +194,14 @@ impl Actor {
                 let _ = reply.send(());
                 self.tick();
             }
+            Command::ReadyReplica { reply } => {
+                let ready = self
+                    .replicas
+                    .iter()
+                    .filter(|r| r.state == ReplicaState::Ready)
+                    .find_map(|r| r.backend.clone());
+                let _ = reply.send(ready);
+            }
             Command::Describe { reply } => {
                 let _ = reply.send(self.view(now));
             }

@@ -63,6 +63,11 @@ pub(crate) enum Command {
     Events {
         reply: oneshot::Sender<Vec<ScaleEvent>>,
     },
+    /// A ready replica's backend, if one is ready (for work beside generation: counting
+    /// tokens).
+    ReadyReplica {
+        reply: oneshot::Sender<Option<Arc<dyn Backend>>>,
+    },
     /// Take no new requests, finish the queued and running ones, unload, then reply.
     Shutdown { reply: oneshot::Sender<()> },
     /// Take no new requests, end the queued and running ones now (`ShuttingDown`), unload,
@@ -184,6 +189,23 @@ impl Backend for Deployment {
             owned_by: "flywheel".into(),
             context_length: self.context_length,
             created: self.created,
+        }
+    }
+
+    /// Counted by a ready replica; with none ready (scaled to zero, or still loading) the
+    /// deployment is not started for this: the caller is told to retry.
+    async fn count_prompt_tokens(&self, request: &GenerateRequest) -> backend::Result<u32> {
+        let replica = self
+            .ask(|reply| Command::ReadyReplica { reply })
+            .await
+            .map_err(|_| BackendError::ShuttingDown)?;
+        match replica {
+            Some(backend) => backend.count_prompt_tokens(request).await,
+            None => Err(BackendError::Unavailable(format!(
+                "'{}' has no replica loaded to count tokens with (it is scaled to zero or still \
+                 loading). Send it a request to start it, then retry.",
+                self.name
+            ))),
         }
     }
 

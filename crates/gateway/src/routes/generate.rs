@@ -3,7 +3,7 @@
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use backend::{BackendError, Event, FinishReason};
+use backend::{BackendError, Event, FinishReason, Usage};
 use serving::{Delivery, Served};
 
 use super::RawBody;
@@ -46,11 +46,11 @@ pub async fn completions(
 
 /// The metric label of responses for a model name this server does not serve: labels must
 /// not grow with what clients send.
-const UNKNOWN_MODEL: &str = "unknown";
+pub(crate) const UNKNOWN_MODEL: &str = "unknown";
 
 /// Runs a validated request against its model. The response (success or error) is labelled
 /// for metrics with the model's name if it is served, else [`UNKNOWN_MODEL`].
-async fn serve(
+pub(crate) async fn serve(
     state: &AppState,
     caller: Caller,
     request_id: RequestId,
@@ -84,6 +84,67 @@ async fn generate(
         created: unix_now(),
         model: request.model.clone(),
     };
+    let (include_usage, continuous) = (request.include_usage, request.continuous_usage);
+    match run(state, &caller, &request, meta.id.clone(), label).await? {
+        Outcome::Whole(whole) => {
+            let usage = UsageView::from(whole.usage);
+            Ok(match endpoint {
+                Endpoint::Chat => Json(ChatCompletionView::new(
+                    meta,
+                    whole.text,
+                    whole.calls,
+                    whole.reason,
+                    usage,
+                ))
+                .into_response(),
+                Endpoint::Completions => {
+                    Json(CompletionView::new(meta, whole.text, whole.reason, usage)).into_response()
+                }
+            })
+        }
+        Outcome::Stream(source) => {
+            let stream = sse::Stream {
+                events: source.events,
+                first: source.first,
+                meta,
+                usage: UsageOptions {
+                    include_usage,
+                    continuous,
+                },
+                prompt_param: source.prompt_param,
+            };
+            Ok(match endpoint {
+                Endpoint::Chat => sse::response(stream, ChatChunks),
+                Endpoint::Completions => sse::response(stream, CompletionChunks),
+            })
+        }
+    }
+}
+
+/// A whole generation, gathered.
+pub(crate) struct Whole {
+    pub text: String,
+    pub calls: Vec<ToolCallView>,
+    pub reason: FinishReason,
+    pub usage: Usage,
+}
+
+/// What [`run`] gives the wire layer to render.
+pub(crate) enum Outcome {
+    Whole(Whole),
+    Stream(sse::Source),
+}
+
+/// The one path every generating API takes below its wire format: serve `request` (admission,
+/// metering) under the response id `id`, label the response's metrics with the model if it is
+/// served, then gather the whole answer or hand back the events to stream.
+pub(crate) async fn run(
+    state: &AppState,
+    caller: &Caller,
+    request: &ValidRequest,
+    id: String,
+    label: &mut ModelLabel,
+) -> Result<Outcome> {
     let prompt_param = request.prompt_param();
     let delivery = if request.stream {
         Delivery::Stream
@@ -91,7 +152,7 @@ async fn generate(
         Delivery::Whole
     };
     let tenant = caller.tenant_id().map(str::to_owned);
-    let generate = request.generate_request(meta.id.clone(), tenant);
+    let generate = request.generate_request(id.clone(), tenant);
     // Admission (limits, balance, the reservation) happens in here, before the request may
     // queue: its refusals are HTTP statuses.
     let served = state
@@ -111,15 +172,8 @@ async fn generate(
     }
     let mut events = served.map_err(|err| ApiError::from_serve(err, prompt_param))?;
     if !request.stream {
-        let (text, calls, reason, usage) = collect(&mut events, &meta.model, prompt_param).await?;
-        return Ok(match endpoint {
-            Endpoint::Chat => {
-                Json(ChatCompletionView::new(meta, text, calls, reason, usage)).into_response()
-            }
-            Endpoint::Completions => {
-                Json(CompletionView::new(meta, text, reason, usage)).into_response()
-            }
-        });
+        let whole = collect(&mut events, &request.model, prompt_param).await?;
+        return Ok(Outcome::Whole(whole));
     }
     // Answer with a status while one can: a backend's refusal (a full queue, the context)
     // comes before the first byte unless the request had to queue first. Once admitted or
@@ -139,30 +193,18 @@ async fn generate(
             None => {}
         }
     }
-    let usage = UsageOptions {
-        include_usage: request.include_usage,
-        continuous: request.continuous_usage,
-    };
-    let stream = sse::Stream {
+    Ok(Outcome::Stream(sse::Source {
         events,
         first,
-        meta,
-        usage,
+        id,
+        model: request.model.clone(),
         prompt_param,
-    };
-    Ok(match endpoint {
-        Endpoint::Chat => sse::response(stream, ChatChunks),
-        Endpoint::Completions => sse::response(stream, CompletionChunks),
-    })
+    }))
 }
 
 /// Gathers a whole generation. If the client goes away meanwhile, this future is dropped with
 /// the stream, which cancels the generation.
-async fn collect(
-    events: &mut Served,
-    model: &str,
-    prompt_param: &'static str,
-) -> Result<(String, Vec<ToolCallView>, FinishReason, UsageView)> {
+async fn collect(events: &mut Served, model: &str, prompt_param: &'static str) -> Result<Whole> {
     let mut text = String::new();
     let mut calls = Vec::new();
     while let Some(event) = events.next().await {
@@ -177,7 +219,12 @@ async fn collect(
             Event::Queued { .. } | Event::Admitted { .. } => {}
             Event::Finished { reason, usage } => {
                 metrics::record_usage(model, usage);
-                return Ok((text, calls, reason, UsageView::from(usage)));
+                return Ok(Whole {
+                    text,
+                    calls,
+                    reason,
+                    usage,
+                });
             }
         }
     }

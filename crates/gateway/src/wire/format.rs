@@ -28,14 +28,7 @@ pub fn parse(fields: &Fields<'_>) -> Result<OutputFormat> {
             })?;
             let spec = Fields::nested(spec, format.param("json_schema"));
             spec.deny_unknown(&["name", "description", "schema", "strict"])?;
-            let name = spec.required_string("name")?;
-            if !super::tools::valid_name(name) {
-                let param = spec.param("name");
-                return Err(ApiError::invalid(
-                    param.clone(),
-                    format!("Invalid '{param}': '{name}' must be 1 to 64 characters of a-z, A-Z, 0-9, '_' and '-'."),
-                ));
-            }
+            super::tools::checked_name(&spec, "name")?;
             spec.string("description")?;
             spec.bool("strict")?;
             match spec.object("schema")? {

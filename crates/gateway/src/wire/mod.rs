@@ -1,6 +1,7 @@
 //! The OpenAI wire format: request parsing into [`ValidRequest`] and the `*View` types that go
 //! out. Only this module (and `upstream`) knows OpenAI's JSON.
 
+pub mod anthropic;
 pub mod chat;
 pub mod completions;
 pub mod format;

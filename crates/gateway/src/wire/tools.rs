@@ -17,7 +17,7 @@ use crate::error::{ApiError, Result};
 use crate::validate::{self, Fields};
 
 /// Most tools one request may offer.
-const MAX_TOOLS: usize = 128;
+pub const MAX_TOOLS: usize = 128;
 /// Largest JSON of one schema (a tool's `parameters`, a `response_format`'s schema), and
 /// deepest nesting.
 pub const MAX_SCHEMA_BYTES: usize = 64 * 1024;
@@ -145,35 +145,51 @@ fn tools(fields: &Fields<'_>, items: &[Value]) -> Result<Vec<Tool>> {
         })?;
         let function = Fields::nested(function, tool.param("function"));
         function.deny_unknown(&["name", "description", "parameters", "strict"])?;
-        let name = function.required_string("name")?;
-        if !valid_name(name) {
-            let param = function.param("name");
-            return Err(ApiError::invalid(
-                param.clone(),
-                format!("Invalid '{param}': '{name}' must be 1 to 64 characters of a-z, A-Z, 0-9, '_' and '-'."),
-            ));
-        }
-        if !names.insert(name.to_owned()) {
-            return Err(ApiError::invalid(
-                function.param("name"),
-                format!("Invalid 'tools': the name '{name}' is used by two tools."),
-            ));
-        }
         function.bool("strict")?;
-        let parameters = match function.object("parameters")? {
-            Some(schema) => schema_checked(&function.param("parameters"), schema)?,
-            None => json!({ "type": "object", "properties": {} }),
-        };
-        tools.push(Tool {
-            r#type: "function",
-            function: FunctionSpec {
-                name: name.to_owned(),
-                description: function.string("description")?.map(str::to_owned),
-                parameters,
-            },
-        });
+        tools.push(declared(&function, "parameters", &mut names)?);
     }
     Ok(tools)
+}
+
+/// One declared function: `name` (unique among `names`), `description` and its parameters'
+/// JSON Schema under `schema_key` (an object schema; `{}` properties when absent).
+pub fn declared(
+    function: &Fields<'_>,
+    schema_key: &str,
+    names: &mut HashSet<String>,
+) -> Result<Tool> {
+    let name = checked_name(function, "name")?;
+    if !names.insert(name.to_owned()) {
+        return Err(ApiError::invalid(
+            function.param("name"),
+            format!("Invalid 'tools': the name '{name}' is used by two tools."),
+        ));
+    }
+    let parameters = match function.object(schema_key)? {
+        Some(schema) => schema_checked(&function.param(schema_key), schema)?,
+        None => json!({ "type": "object", "properties": {} }),
+    };
+    Ok(Tool {
+        r#type: "function",
+        function: FunctionSpec {
+            name: name.to_owned(),
+            description: function.string("description")?.map(str::to_owned),
+            parameters,
+        },
+    })
+}
+
+/// The string under `key`, a valid function (or schema) name.
+pub fn checked_name<'a>(fields: &Fields<'a>, key: &str) -> Result<&'a str> {
+    let name = fields.required_string(key)?;
+    if !valid_name(name) {
+        let param = fields.param(key);
+        return Err(ApiError::invalid(
+            param.clone(),
+            format!("Invalid '{param}': '{name}' must be 1 to 64 characters of a-z, A-Z, 0-9, '_' and '-'."),
+        ));
+    }
+    Ok(name)
 }
 
 pub fn valid_name(name: &str) -> bool {

@@ -122,6 +122,12 @@ impl Backend for Scripted {
         }
     }
 
+    /// Every prompt has the 5 tokens `hello` reports.
+    async fn count_prompt_tokens(&self, request: &GenerateRequest) -> backend::Result<u32> {
+        self.seen.lock().unwrap().push(request.clone());
+        Ok(5)
+    }
+
     async fn generate(&self, request: GenerateRequest) -> backend::Result<EventStream> {
         self.seen.lock().unwrap().push(request);
         let flag = DropFlag(Arc::clone(&self.dropped));

@@ -6,6 +6,7 @@ mod common;
 mod deployments;
 mod errors;
 mod hub;
+mod messages;
 mod ops;
 mod responses;
 mod streaming;

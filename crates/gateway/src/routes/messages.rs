@@ -1,0 +1,78 @@
+//! `POST /v1/messages` and `POST /v1/messages/count_tokens`: Anthropic's Messages API over the
+//! serving path chat completions take. Errors leave in Anthropic's shape (the route layer
+//! [`crate::wire::anthropic::view::errors`] rewrites them).
+
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+
+use super::generate::{run, Outcome, UNKNOWN_MODEL};
+use super::RawBody;
+use crate::auth::{Caller, Inference};
+use crate::error::{ApiError, Result};
+use crate::metrics::ModelLabel;
+use crate::observe::RequestId;
+use crate::sse;
+use crate::wire::anthropic::{self, view, Route};
+use crate::AppState;
+
+pub async fn create(
+    State(state): State<AppState>,
+    Inference(caller): Inference,
+    Extension(request_id): Extension<RequestId>,
+    RawBody(body): RawBody,
+) -> Response {
+    let mut label = ModelLabel(UNKNOWN_MODEL.to_string());
+    let result = match anthropic::parse(&body, Route::Create) {
+        Ok(request) => {
+            let id = format!("msg_{}", request_id.0);
+            match run(&state, &caller, &request, id.clone(), &mut label).await {
+                Ok(Outcome::Whole(whole)) => Ok(Json(view::message(
+                    &id,
+                    &request.model,
+                    whole.text,
+                    &whole.calls,
+                    whole.reason,
+                    whole.usage,
+                ))
+                .into_response()),
+                Ok(Outcome::Stream(source)) => {
+                    let events = view::MessageEvents::new(id, request.model.clone());
+                    Ok(sse::respond(source, events))
+                }
+                Err(err) => Err(err),
+            }
+        }
+        Err(err) => Err(err),
+    };
+    let mut response = result.unwrap_or_else(IntoResponse::into_response);
+    response.extensions_mut().insert(label);
+    response
+}
+
+pub async fn count_tokens(
+    State(state): State<AppState>,
+    Inference(caller): Inference,
+    Extension(request_id): Extension<RequestId>,
+    RawBody(body): RawBody,
+) -> Result<Json<serde_json::Value>> {
+    let request = anthropic::parse(&body, Route::CountTokens)?;
+    let generate = request.generate_request(
+        format!("count_{}", request_id.0),
+        caller.tenant_id().map(str::to_owned),
+    );
+    count(&state, &caller, &generate).await
+}
+
+async fn count(
+    state: &AppState,
+    caller: &Caller,
+    request: &backend::GenerateRequest,
+) -> Result<Json<serde_json::Value>> {
+    let tokens = state
+        .serving()
+        .count_prompt_tokens(caller.principal(), request)
+        .await
+        .map_err(|err| ApiError::from_serve(err, "messages"))?;
+    Ok(Json(view::token_count(tokens)))
+}

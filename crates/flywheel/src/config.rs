@@ -83,6 +83,10 @@ pub struct ServeArgs {
     /// Serve /metrics without the admin key.
     #[arg(long, env = "FLYWHEEL_METRICS_OPEN")]
     pub metrics_open: Option<bool>,
+    /// Days a stored response of the Responses API is kept (`store: true`); older ones are
+    /// deleted hourly [default: 30].
+    #[arg(long, env = "FLYWHEEL_RESPONSES_RETENTION_DAYS")]
+    pub responses_retention_days: Option<u32>,
     /// Largest accepted request body in bytes [default: 16 MiB].
     #[arg(long, env = "FLYWHEEL_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<usize>,
@@ -141,6 +145,8 @@ pub struct ServeConfig {
     pub drain_seconds: u64,
     pub metrics_open: bool,
     pub max_body_bytes: usize,
+    /// How long stored responses are kept.
+    pub responses_retention: std::time::Duration,
     /// Connection caps and timeouts, before the open-file limit is applied (see `serve`).
     pub connections: crate::http::ConnectionLimits,
     pub hub: hub::HubConfig,
@@ -197,6 +203,9 @@ impl ServeArgs {
             drain_seconds: args.drain_seconds.unwrap_or(30),
             metrics_open: args.metrics_open.unwrap_or(false),
             max_body_bytes: args.max_body_bytes.unwrap_or(16 << 20),
+            responses_retention: std::time::Duration::from_secs(
+                u64::from(args.responses_retention_days.unwrap_or(30).max(1)) * 86_400,
+            ),
             connections: crate::http::ConnectionLimits {
                 max_connections: args.max_connections.unwrap_or(10_000),
                 max_connections_per_address: args.max_connections_per_address.unwrap_or(1024),

@@ -162,7 +162,23 @@ async fn open_tenancy(
             "recovered the reservations of processes that stopped"
         );
     }
+    sweep_responses(tenancy.responses.clone(), config.responses_retention);
     Ok(tenancy)
+}
+
+/// Deletes stored responses older than `retention`, now and every hour.
+fn sweep_responses(responses: tenancy::Responses, retention: Duration) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(3600));
+        loop {
+            tick.tick().await;
+            match responses.sweep(retention).await {
+                Ok(0) => {}
+                Ok(deleted) => tracing::info!(deleted, "deleted stored responses past retention"),
+                Err(err) => tracing::warn!(error = %err, "could not sweep stored responses"),
+            }
+        }
+    });
 }
 
 /// `postgres://user:secret@host/db` → `postgres://user:***@host/db`, for logs and errors.

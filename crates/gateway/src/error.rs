@@ -134,6 +134,14 @@ impl ApiError {
         self
     }
 
+    /// Renames the parameter an error names (the APIs name the same field differently).
+    pub fn map_param(mut self, rename: impl Fn(&str) -> Option<String>) -> Self {
+        if let Some(renamed) = self.param.as_deref().and_then(rename) {
+            self.param = Some(renamed);
+        }
+        self
+    }
+
     pub fn with_retry_after(mut self, seconds: u64) -> Self {
         self.retry_after = Some(seconds);
         self

@@ -147,6 +147,15 @@ pub fn router(state: GatewayState) -> Router {
             post(routes::generate::chat_completions),
         )
         .route("/v1/completions", post(routes::generate::completions))
+        .route("/v1/responses", post(routes::responses::create))
+        .route(
+            "/v1/responses/{id}",
+            get(routes::responses::retrieve).delete(routes::responses::delete),
+        )
+        .route(
+            "/v1/responses/{id}/input_items",
+            get(routes::responses::input_items),
+        )
         .merge(
             Router::new()
                 .route("/v1/messages", post(routes::messages::create))

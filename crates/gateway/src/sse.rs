@@ -72,6 +72,11 @@ pub trait Encoder: Send + 'static {
     fn finish(&mut self, out: &mut Vec<u8>, reason: FinishReason, usage: Usage);
     /// An error after the stream started; the stream ends after this.
     fn fail(&mut self, out: &mut Vec<u8>, err: &ApiError);
+    /// Work that must be done after `finish` and before its frames are sent (a stored
+    /// response is saved before the client reads `response.completed`).
+    fn settle(&mut self) -> Option<futures::future::BoxFuture<'static, ()>> {
+        None
+    }
 }
 
 struct State<E> {
@@ -142,6 +147,9 @@ impl<E: Encoder> State<E> {
                     tracing::debug!(id = %self.id, ?reason, ?usage, "stream finished");
                     self.so_far = usage;
                     self.encoder.finish(&mut out, reason, usage);
+                    if let Some(work) = self.encoder.settle() {
+                        work.await;
+                    }
                 }
                 Some(Err(err)) => self.fail(&mut out, &err),
                 None => {

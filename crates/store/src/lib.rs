@@ -1,6 +1,6 @@
-//! Persistence for tenancy and billing, behind one trait with one implementation per database
-//! (SQLite for one process and a data directory, PostgreSQL for several processes), each with
-//! its own migrations.
+//! Persistence for tenancy and billing, the hub, deployments and stored responses, behind one
+//! trait with one implementation per database (SQLite for one process and a data directory,
+//! PostgreSQL for several processes), each with its own migrations.
 //!
 //! The store knows records and transactions, not policy: callers validate input, mint ids and
 //! secrets, and pass the time in. The few decisions that must be taken inside a transaction
@@ -18,6 +18,7 @@ pub mod hub;
 pub mod hub_access;
 pub mod model;
 mod postgres;
+pub mod responses;
 mod rows;
 mod sql;
 mod sqlite;
@@ -34,6 +35,7 @@ pub use hub::HubStore;
 pub use hub_access::HubAccessStore;
 pub use model::*;
 pub use postgres::PostgresStore;
+pub use responses::{ResponseStore, StoredResponse};
 pub use sqlite::SqliteStore;
 
 /// Opens the database at `url` and brings its schema up to date:
@@ -48,13 +50,20 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
     }
 }
 
-/// Everything tenancy, billing, the hub and the control plane persist, in five parts.
-/// Implementations are cheap to share (`Arc<dyn Store>`) and safe to use from many tasks and from several processes on one
-/// database. Callers bring the parts into scope with `use store::{TenantStore, LedgerStore,
-/// LimitStore, HubStore, HubAccessStore, DeploymentRecordStore}`.
+/// Everything tenancy, billing, the hub, the control plane and the Responses API persist, in
+/// seven parts. Implementations are cheap to share (`Arc<dyn Store>`) and safe to use from many
+/// tasks and from several processes on one database. Callers bring the parts into scope with
+/// `use store::{TenantStore, LedgerStore, LimitStore, HubStore, HubAccessStore,
+/// DeploymentRecordStore, ResponseStore}`.
 #[async_trait]
 pub trait Store:
-    TenantStore + LedgerStore + LimitStore + HubStore + HubAccessStore + DeploymentRecordStore
+    TenantStore
+    + LedgerStore
+    + LimitStore
+    + HubStore
+    + HubAccessStore
+    + DeploymentRecordStore
+    + ResponseStore
 {
     /// `"sqlite"` or `"postgres"`, for logs.
     fn kind(&self) -> &'static str;

@@ -29,6 +29,7 @@ mod ledger;
 mod limits;
 mod prices;
 mod progress;
+mod responses;
 mod usage;
 
 use std::sync::Arc;
@@ -42,12 +43,13 @@ pub use ledger::{Ledger, Recovery, ReserveRequest};
 pub use limits::{key_subject, tenant_subject, Admission, Counted, Limiter};
 pub use prices::{cost, PriceBook};
 pub use progress::{ProgressMarks, PROGRESS_INTERVAL_TOKENS};
+pub use responses::{NewResponse, Responses};
 pub use usage::{Account, UsageQuery, UsageReports};
 
 pub use store::{
     ApiKey, Balances, Debit, LedgerEntry, LedgerKind, Org, Price, PriceRates, Reservation,
-    ReservationState, Settlement, Store, Tenant, TenantPatch, Timestamp, TokenUsage, UsageGroup,
-    UsageRow,
+    ReservationState, Settlement, Store, StoredResponse, Tenant, TenantPatch, Timestamp,
+    TokenUsage, UsageGroup, UsageRow,
 };
 
 /// The tenancy services over one store, each cheap to clone.
@@ -58,6 +60,8 @@ pub struct Tenancy {
     pub ledger: Ledger,
     pub limits: Limiter,
     pub usage: UsageReports,
+    /// Stored responses of the Responses API.
+    pub responses: Responses,
 }
 
 impl Tenancy {
@@ -77,7 +81,8 @@ impl Tenancy {
                 &config.process_id,
                 config.lease,
             ),
-            limits: Limiter::new(store.clone(), clock),
+            limits: Limiter::new(store.clone(), clock.clone()),
+            responses: Responses::new(store.clone(), clock),
             usage: UsageReports::new(store),
             prices,
         })

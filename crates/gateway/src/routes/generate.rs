@@ -50,7 +50,7 @@ pub(crate) const UNKNOWN_MODEL: &str = "unknown";
 
 /// Runs a validated request against its model. The response (success or error) is labelled
 /// for metrics with the model's name if it is served, else [`UNKNOWN_MODEL`].
-pub(crate) async fn serve(
+async fn serve(
     state: &AppState,
     caller: Caller,
     request_id: RequestId,

@@ -26,7 +26,8 @@ pub async fn create(
     let result = match anthropic::parse(&body, Route::Create) {
         Ok(request) => {
             let id = format!("msg_{}", request_id.0);
-            match run(&state, &caller, &request, id.clone(), &mut label).await {
+            let served = run(&state, &caller, &request, id.clone(), &mut label).await;
+            match served.map_err(|err| err.map_param(rename)) {
                 Ok(Outcome::Whole(whole)) => Ok(Json(view::message(
                     &id,
                     &request.model,
@@ -64,6 +65,13 @@ pub async fn count_tokens(
     count(&state, &caller, &generate).await
 }
 
+/// Anthropic's name for a tool's schema.
+fn rename(param: &str) -> Option<String> {
+    param
+        .strip_suffix(".function.parameters")
+        .map(|tool| format!("{tool}.input_schema"))
+}
+
 async fn count(
     state: &AppState,
     caller: &Caller,
@@ -73,6 +81,6 @@ async fn count(
         .serving()
         .count_prompt_tokens(caller.principal(), request)
         .await
-        .map_err(|err| ApiError::from_serve(err, "messages"))?;
+        .map_err(|err| ApiError::from_serve(err, "messages").map_param(rename))?;
     Ok(Json(view::token_count(tokens)))
 }

@@ -8,6 +8,7 @@ pub mod hub;
 pub mod messages;
 pub mod models;
 pub mod ops;
+pub mod responses;
 
 use axum::extract::{FromRequest, Request};
 use axum::http::{Method, StatusCode, Uri};

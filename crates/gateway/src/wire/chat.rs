@@ -34,6 +34,16 @@ const ACCEPTED: &[&str] = &[
     "tool_choice",
     "parallel_tool_calls",
     "response_format",
+    // Documented no-ops here: every prompt prefix is cached without a key, there is one
+    // service tier, a prediction only ever saves time, and these models write no separate
+    // reasoning.
+    "prompt_cache_key",
+    "prompt_cache_retention",
+    "safety_identifier",
+    "service_tier",
+    "prediction",
+    "reasoning_effort",
+    "verbosity",
 ];
 
 const REFUSED: &[Refused] = &[
@@ -67,25 +77,18 @@ const REFUSED: &[Refused] = &[
     },
     Refused {
         key: "modalities",
-        is_noop: never,
-    },
-    Refused {
-        key: "prediction",
-        is_noop: never,
-    },
-    Refused {
-        key: "reasoning_effort",
-        is_noop: never,
+        is_noop: is_text_only,
     },
     Refused {
         key: "web_search_options",
         is_noop: never,
     },
-    Refused {
-        key: "service_tier",
-        is_noop: never,
-    },
 ];
+
+/// `modalities: ["text"]` asks for what every answer is.
+fn is_text_only(v: &Value) -> bool {
+    v.as_array().is_some_and(|m| m.iter().all(|x| x == "text"))
+}
 
 const ROLES: &[&str] = &["system", "developer", "user", "assistant", "tool"];
 
@@ -116,6 +119,17 @@ pub fn parse(body: &[u8]) -> Result<ValidRequest> {
     validate::n(&fields)?;
     fields.string("user")?;
     fields.object("metadata")?;
+    for key in [
+        "prompt_cache_key",
+        "prompt_cache_retention",
+        "safety_identifier",
+        "service_tier",
+        "reasoning_effort",
+        "verbosity",
+    ] {
+        fields.string(key)?;
+    }
+    fields.object("prediction")?;
     let generation = validate::generation(&fields, &["max_completion_tokens", "max_tokens"])?;
 
     Ok(ValidRequest {

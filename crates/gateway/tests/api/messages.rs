@@ -50,10 +50,15 @@ async fn a_message_has_anthropic_shape_and_usage() {
     let reply = post_anthropic(&app, "/v1/messages", body("m"), Some(ADMIN_KEY)).await;
     assert_eq!(reply.status.as_u16(), 200, "{}", reply.body);
     let message = reply.json();
-    assert!(message["id"].as_str().is_some_and(|id| id.starts_with("msg_")));
+    assert!(message["id"]
+        .as_str()
+        .is_some_and(|id| id.starts_with("msg_")));
     assert_eq!(message["type"], "message");
     assert_eq!(message["role"], "assistant");
-    assert_eq!(message["content"], json!([{"type": "text", "text": "Hello world"}]));
+    assert_eq!(
+        message["content"],
+        json!([{"type": "text", "text": "Hello world"}])
+    );
     assert_eq!(message["stop_reason"], "end_turn");
     assert_eq!(message["stop_sequence"], Value::Null);
     // hello: 5 prompt tokens of which 3 cached, 2 completion tokens.
@@ -134,7 +139,10 @@ async fn tool_use_comes_back_as_blocks_whole_and_streamed() {
         assert_eq!(data["type"], name.as_str(), "{data}");
     }
     assert_eq!(events[0].1["message"]["usage"]["input_tokens"], 5);
-    assert_eq!(events[3].1["delta"], json!({"type": "text_delta", "text": "Checking."}));
+    assert_eq!(
+        events[3].1["delta"],
+        json!({"type": "text_delta", "text": "Checking."})
+    );
     assert_eq!(events[5].1["index"], 1);
     assert_eq!(events[5].1["content_block"]["input"], json!({}));
     assert_eq!(
@@ -228,13 +236,25 @@ async fn count_tokens_counts_without_generating_or_charging() {
 async fn messages_are_metered_like_chat() {
     let (app, _) = setup(vec![Scripted::hello("m")]).await;
     let (_, key, _) = tenant_with_key(&app, json!({}), json!({})).await;
-    let start = account(&app, &key).await["grant_tokens_left"].as_i64().unwrap_or(0);
-    let chat = post_as(&app, "/v1/chat/completions", chat_body("m").to_string(), Some(&key)).await;
+    let start = account(&app, &key).await["grant_tokens_left"]
+        .as_i64()
+        .unwrap_or(0);
+    let chat = post_as(
+        &app,
+        "/v1/chat/completions",
+        chat_body("m").to_string(),
+        Some(&key),
+    )
+    .await;
     assert_eq!(chat.status.as_u16(), 200, "{}", chat.body);
-    let after_chat = account(&app, &key).await["grant_tokens_left"].as_i64().unwrap_or(0);
+    let after_chat = account(&app, &key).await["grant_tokens_left"]
+        .as_i64()
+        .unwrap_or(0);
     let reply = post_anthropic(&app, "/v1/messages", body("m"), Some(&key)).await;
     assert_eq!(reply.status.as_u16(), 200, "{}", reply.body);
-    let after_messages = account(&app, &key).await["grant_tokens_left"].as_i64().unwrap_or(0);
+    let after_messages = account(&app, &key).await["grant_tokens_left"]
+        .as_i64()
+        .unwrap_or(0);
     let usage = &reply.json()["usage"];
     let reported = usage["input_tokens"].as_i64().unwrap_or(0)
         + usage["cache_read_input_tokens"].as_i64().unwrap_or(0)
@@ -242,7 +262,9 @@ async fn messages_are_metered_like_chat() {
     assert_eq!(start - after_chat, 7);
     assert_eq!(after_chat - after_messages, reported);
     let id = reply.json()["id"].as_str().unwrap_or_default().to_owned();
-    let bill = admin(&app, "GET", &format!("/requests/{id}"), None).await.json();
+    let bill = admin(&app, "GET", &format!("/requests/{id}"), None)
+        .await
+        .json();
     assert_eq!(bill["billed"]["prompt_tokens"], 5, "{bill}");
     assert_eq!(bill["billed"]["completion_tokens"], 2, "{bill}");
 }
@@ -286,7 +308,9 @@ async fn an_abandoned_message_stream_is_billed_what_was_sent() {
     }
     let mut bill = Value::Null;
     for _ in 0..100 {
-        bill = admin(&app, "GET", &format!("/requests/{id}"), None).await.json();
+        bill = admin(&app, "GET", &format!("/requests/{id}"), None)
+            .await
+            .json();
         if bill["state"] == "settled" {
             break;
         }

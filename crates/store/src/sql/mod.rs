@@ -1,12 +1,13 @@
 //! The SQL both databases take alike, written once over a small dialect seam.
 //!
-//! Directory (tenants, orgs, keys, prices), hub metadata and deployment records are the same
-//! statements on SQLite and PostgreSQL; only how a value is encoded (times, lists of strings),
-//! how a write transaction starts (`BEGIN IMMEDIATE` behind the process's writer turn, or a plain
-//! `BEGIN` with row locks) and whether a read locks its row differ. [`Db`] is that seam; the
-//! trait implementations in `directory`, `hub`, `hub_access` and `deployments` are generic over it. What
-//! really differs stays per database: the ledger (SQLite's group-commit writer) and the rate
-//! windows (PostgreSQL's per-subject row locks).
+//! Directory (tenants, orgs, keys, prices), hub metadata, deployment records and stored
+//! responses are the same statements on SQLite and PostgreSQL; only how a value is encoded
+//! (times, lists of strings), how a write transaction starts (`BEGIN IMMEDIATE` behind the
+//! process's writer turn, or a plain `BEGIN` with row locks) and whether a read locks its row
+//! differ. [`Db`] is that seam; the trait implementations in `directory`, `hub`, `hub_access`,
+//! `deployments` and `responses` are generic over it. What really differs stays per database:
+//! the ledger (SQLite's group-commit writer) and the rate windows (PostgreSQL's per-subject row
+//! locks).
 //!
 //! Statements bind [`Arg`]s, a closed set of value kinds each database encodes its own way,
 //! rather than being generic over sqlx's `Database`: one `match` per database instead of an
@@ -16,6 +17,7 @@ mod deployments;
 mod directory;
 mod hub;
 mod hub_access;
+mod responses;
 
 use async_trait::async_trait;
 

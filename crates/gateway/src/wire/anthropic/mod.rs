@@ -99,9 +99,8 @@ pub fn parse(body: &[u8], route: Route) -> Result<ValidRequest> {
     let max_tokens = match route {
         Route::Create => {
             let max = fields.integer("max_tokens", 1, i64::from(u32::MAX))?;
-            let max = max.ok_or_else(|| {
-                ApiError::invalid("max_tokens", "max_tokens: Field required")
-            })?;
+            let max =
+                max.ok_or_else(|| ApiError::invalid("max_tokens", "max_tokens: Field required"))?;
             Some(u32::try_from(max).unwrap_or(u32::MAX))
         }
         Route::CountTokens => None,
@@ -114,8 +113,12 @@ pub fn parse(body: &[u8], route: Route) -> Result<ValidRequest> {
     };
     let sampling = SamplingParams {
         // Anthropic's default temperature is 1.0, its range 0 to 1.
-        temperature: fields.number("temperature", unit)?.map_or(1.0, |x| x as f32),
-        top_p: fields.number("top_p", unit)?.map_or(defaults.top_p, |x| x as f32),
+        temperature: fields
+            .number("temperature", unit)?
+            .map_or(1.0, |x| x as f32),
+        top_p: fields
+            .number("top_p", unit)?
+            .map_or(defaults.top_p, |x| x as f32),
         top_k: match fields.integer("top_k", 0, i64::from(i32::MAX))? {
             Some(k) => i32::try_from(k).unwrap_or(i32::MAX),
             None => defaults.top_k,
@@ -146,7 +149,13 @@ fn thinking(fields: &Fields<'_>) -> Result<()> {
     thinking.deny_unknown(&["type", "budget_tokens"])?;
     match thinking.required_string("type")? {
         "enabled" | "disabled" | "adaptive" => {}
-        other => return Err(one_of(&thinking.param("type"), other, "'enabled', 'disabled'")),
+        other => {
+            return Err(one_of(
+                &thinking.param("type"),
+                other,
+                "'enabled', 'disabled'",
+            ))
+        }
     }
     thinking.integer("budget_tokens", 0, i64::from(u32::MAX))?;
     Ok(())
@@ -284,7 +293,13 @@ impl Turn {
                 self.calls.push(ToolCall::function(id, name, input));
             }
             ("user", "tool_result") => {
-                block.deny_unknown(&["type", "tool_use_id", "content", "is_error", "cache_control"])?;
+                block.deny_unknown(&[
+                    "type",
+                    "tool_use_id",
+                    "content",
+                    "is_error",
+                    "cache_control",
+                ])?;
                 let id = block.required_string("tool_use_id")?;
                 if !calls.contains(id) {
                     let param = block.param("tool_use_id");
@@ -311,7 +326,9 @@ impl Turn {
                 let param = block.param("type");
                 return Err(ApiError::invalid(
                     param.clone(),
-                    format!("{param}: '{kind}' blocks are not supported yet by this server; send text."),
+                    format!(
+                        "{param}: '{kind}' blocks are not supported yet by this server; send text."
+                    ),
                 ));
             }
             (_, other) => {
@@ -393,7 +410,13 @@ fn offer(fields: &Fields<'_>) -> Result<Offer> {
                     ));
                 }
             }
-            tool.deny_unknown(&["type", "name", "description", "input_schema", "cache_control"])?;
+            tool.deny_unknown(&[
+                "type",
+                "name",
+                "description",
+                "input_schema",
+                "cache_control",
+            ])?;
             tool.required("input_schema")?;
             declared.push(tools::declared(&tool, "input_schema", &mut names)?);
         }

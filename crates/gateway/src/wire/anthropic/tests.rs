@@ -18,7 +18,10 @@ fn refused(body: serde_json::Value) -> (String, String) {
         Err(err) => {
             let body = serde_json::to_value(err.body()).unwrap_or_default();
             (
-                body["error"]["param"].as_str().unwrap_or_default().to_owned(),
+                body["error"]["param"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
                 err.message().to_owned(),
             )
         }
@@ -52,7 +55,10 @@ fn a_tool_loop_becomes_chat_messages() {
     let roles: Vec<&str> = messages.iter().map(|m| m.role.as_str()).collect();
     assert_eq!(roles, ["system", "user", "assistant", "tool", "user"]);
     assert_eq!(messages[2].content, "Let me look.");
-    assert_eq!(messages[2].tool_calls[0].function.arguments, json!({"city": "Paris"}));
+    assert_eq!(
+        messages[2].tool_calls[0].function.arguments,
+        json!({"city": "Paris"})
+    );
     assert_eq!(messages[3].tool_call_id.as_deref(), Some("toolu_1"));
     assert_eq!(messages[3].content, "23 C");
     assert_eq!(request.tools.choice, ToolChoice::Required);
@@ -62,7 +68,8 @@ fn a_tool_loop_becomes_chat_messages() {
 
 #[test]
 fn bad_input_names_the_field() {
-    let base = json!({"model": "m", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]});
+    let base =
+        json!({"model": "m", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]});
     let with = |key: &str, value: serde_json::Value| {
         let mut body = base.clone();
         body[key] = value;
@@ -75,7 +82,11 @@ fn bad_input_names_the_field() {
     assert_eq!(refused(with("container", json!("c"))).0, "container");
     assert_eq!(refused(with("bogus", json!(1))).0, "bogus");
     assert_eq!(
-        refused(with("messages", json!([{"role": "system", "content": "x"}]))).0,
+        refused(with(
+            "messages",
+            json!([{"role": "system", "content": "x"}])
+        ))
+        .0,
         "messages[0].role"
     );
     assert_eq!(
@@ -95,7 +106,11 @@ fn bad_input_names_the_field() {
         "messages[0].content[0].type"
     );
     assert_eq!(
-        refused(with("tools", json!([{"type": "web_search_20250305", "name": "web_search"}]))).0,
+        refused(with(
+            "tools",
+            json!([{"type": "web_search_20250305", "name": "web_search"}])
+        ))
+        .0,
         "tools[0].type"
     );
     assert_eq!(
@@ -117,7 +132,8 @@ fn count_tokens_needs_no_max_tokens_and_refuses_generation_fields() {
     let body = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
     let bytes = serde_json::to_vec(&body).unwrap_or_default();
     assert!(parse(&bytes, Route::CountTokens).is_ok());
-    let body = json!({"model": "m", "max_tokens": 3, "messages": [{"role": "user", "content": "hi"}]});
+    let body =
+        json!({"model": "m", "max_tokens": 3, "messages": [{"role": "user", "content": "hi"}]});
     let bytes = serde_json::to_vec(&body).unwrap_or_default();
     assert!(parse(&bytes, Route::CountTokens).is_err());
 }

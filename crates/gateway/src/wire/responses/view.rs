@@ -1,0 +1,308 @@
+//! What `/v1/responses` answers: the `response` object (also what is stored and retrieved) and
+//! its typed stream events, each with a `sequence_number`.
+
+use backend::{FinishReason, Usage};
+use futures::future::BoxFuture;
+use serde_json::{json, Map, Value};
+
+use super::items::Item;
+use crate::error::ApiError;
+use crate::sse::{named_frame, Encoder};
+use crate::wire::tools::ToolCallView;
+
+/// What every state of one response shares: its id, time, model and the request's echo.
+#[derive(Debug, Clone)]
+pub struct Shell {
+    pub id: String,
+    pub created_at: u64,
+    pub model: String,
+    pub echo: Map<String, Value>,
+}
+
+/// How a generation ended, as the Responses API says it.
+fn status(reason: FinishReason) -> (&'static str, Value) {
+    match reason {
+        FinishReason::Length => ("incomplete", json!({ "reason": "max_output_tokens" })),
+        FinishReason::Stop | FinishReason::ToolCalls => ("completed", Value::Null),
+    }
+}
+
+pub fn usage(u: Usage) -> Value {
+    json!({
+        "input_tokens": u.prompt_tokens,
+        "input_tokens_details": { "cached_tokens": u.cached_tokens },
+        "output_tokens": u.completion_tokens,
+        "output_tokens_details": { "reasoning_tokens": 0 },
+        "total_tokens": u.prompt_tokens.saturating_add(u.completion_tokens),
+    })
+}
+
+impl Shell {
+    /// The response object with this `status`, `output` items and usage.
+    pub fn object(
+        &self,
+        status: &str,
+        incomplete: Value,
+        output: Vec<Value>,
+        usage: Option<Usage>,
+    ) -> Value {
+        let mut map = Map::new();
+        map.insert("id".into(), json!(self.id));
+        map.insert("object".into(), json!("response"));
+        map.insert("created_at".into(), json!(self.created_at));
+        map.insert("status".into(), json!(status));
+        map.insert("error".into(), Value::Null);
+        map.insert("incomplete_details".into(), incomplete);
+        map.insert("model".into(), json!(self.model));
+        map.insert("output".into(), Value::Array(output));
+        map.extend(self.echo.clone());
+        map.insert("usage".into(), usage.map_or(Value::Null, self::usage));
+        Value::Object(map)
+    }
+
+    /// The id of the message item of this response's text.
+    fn message_id(&self) -> String {
+        format!("msg_{}", self.id.trim_start_matches("resp_"))
+    }
+}
+
+/// The id of a function call's output item.
+fn call_item_id(call: &ToolCallView) -> String {
+    format!("fc_{}", call.id.trim_start_matches("call_"))
+}
+
+fn message_item(id: &str, status: &str, text: &str) -> Value {
+    let content = if status == "in_progress" {
+        json!([])
+    } else {
+        json!([text_part(text)])
+    };
+    json!({ "type": "message", "id": id, "status": status, "role": "assistant", "content": content })
+}
+
+fn text_part(text: &str) -> Value {
+    json!({ "type": "output_text", "text": text, "annotations": [], "logprobs": [] })
+}
+
+fn call_item(call: &ToolCallView, status: &str, arguments: &str) -> Value {
+    json!({
+        "type": "function_call", "id": call_item_id(call), "status": status,
+        "call_id": call.id, "name": call.function.name, "arguments": arguments,
+    })
+}
+
+/// A whole answer: the output items (text first, then calls) and the conversation items they
+/// add.
+pub fn output(shell: &Shell, text: &str, calls: &[ToolCallView]) -> (Vec<Value>, Vec<Item>) {
+    let mut views = Vec::with_capacity(calls.len() + 1);
+    let mut items = Vec::with_capacity(calls.len() + 1);
+    if !text.is_empty() || calls.is_empty() {
+        views.push(message_item(&shell.message_id(), "completed", text));
+        items.push(Item::Message {
+            role: "assistant".into(),
+            content: text.to_owned(),
+        });
+    }
+    for call in calls {
+        views.push(call_item(call, "completed", &call.function.arguments));
+        items.push(Item::FunctionCall {
+            call_id: call.id.clone(),
+            name: call.function.name.clone(),
+            arguments: call.function.arguments.clone(),
+        });
+    }
+    (views, items)
+}
+
+/// The finished response object of a whole answer.
+pub fn finished(shell: &Shell, output: Vec<Value>, reason: FinishReason, usage_: Usage) -> Value {
+    let (status, incomplete) = status(reason);
+    shell.object(status, incomplete, output, Some(usage_))
+}
+
+/// Stores a finished response: gets the response object and the conversation items its
+/// output adds.
+pub type Persist = Box<dyn FnOnce(Value, Vec<Item>) -> BoxFuture<'static, ()> + Send>;
+
+/// The typed event stream: `response.created`, `response.in_progress`, per output item
+/// `response.output_item.added` … `response.output_item.done` (text: `content_part.added`,
+/// `output_text.delta`, `output_text.done`, `content_part.done`; calls:
+/// `function_call_arguments.delta` and `.done`), then `response.completed` (or
+/// `response.incomplete`); `error` if it fails after starting.
+pub struct ResponseEvents {
+    shell: Shell,
+    sequence: u64,
+    /// The text item being written: its output index and text so far.
+    text: Option<(usize, String)>,
+    output: Vec<Value>,
+    items: Vec<Item>,
+    persist: Option<Persist>,
+    pending: Option<BoxFuture<'static, ()>>,
+}
+
+impl ResponseEvents {
+    pub fn new(shell: Shell, persist: Option<Persist>) -> Self {
+        Self {
+            shell,
+            sequence: 0,
+            text: None,
+            output: Vec::new(),
+            items: Vec::new(),
+            persist,
+            pending: None,
+        }
+    }
+
+    fn emit(&mut self, out: &mut Vec<u8>, kind: &str, mut data: Value) {
+        if let Value::Object(map) = &mut data {
+            map.insert("type".into(), json!(kind));
+            map.insert("sequence_number".into(), json!(self.sequence));
+        }
+        self.sequence += 1;
+        named_frame(out, kind, &data);
+    }
+
+    fn close_text(&mut self, out: &mut Vec<u8>) {
+        let Some((index, text)) = self.text.take() else {
+            return;
+        };
+        let id = self.shell.message_id();
+        let at = json!({ "item_id": id, "output_index": index, "content_index": 0 });
+        let with = |extra: Value| {
+            let mut data = at.clone();
+            if let (Value::Object(map), Value::Object(more)) = (&mut data, extra) {
+                map.extend(more);
+            }
+            data
+        };
+        self.emit(
+            out,
+            "response.output_text.done",
+            with(json!({ "text": text, "logprobs": [] })),
+        );
+        self.emit(
+            out,
+            "response.content_part.done",
+            with(json!({ "part": text_part(&text) })),
+        );
+        let item = message_item(&id, "completed", &text);
+        self.emit(
+            out,
+            "response.output_item.done",
+            json!({ "output_index": index, "item": item.clone() }),
+        );
+        self.output.push(item);
+        self.items.push(Item::Message {
+            role: "assistant".into(),
+            content: text,
+        });
+    }
+}
+
+impl Encoder for ResponseEvents {
+    fn open(&mut self, out: &mut Vec<u8>) {
+        let response = self
+            .shell
+            .object("in_progress", Value::Null, Vec::new(), None);
+        self.emit(
+            out,
+            "response.created",
+            json!({ "response": response.clone() }),
+        );
+        self.emit(out, "response.in_progress", json!({ "response": response }));
+    }
+
+    fn text(&mut self, out: &mut Vec<u8>, text: &str, _so_far: Usage) {
+        let id = self.shell.message_id();
+        if self.text.is_none() {
+            let index = self.output.len();
+            self.emit(
+                out,
+                "response.output_item.added",
+                json!({ "output_index": index, "item": message_item(&id, "in_progress", "") }),
+            );
+            self.emit(
+                out,
+                "response.content_part.added",
+                json!({ "item_id": id, "output_index": index, "content_index": 0, "part": text_part("") }),
+            );
+            self.text = Some((index, String::new()));
+        }
+        let index = match &mut self.text {
+            Some((index, so_far)) => {
+                so_far.push_str(text);
+                *index
+            }
+            None => 0,
+        };
+        self.emit(
+            out,
+            "response.output_text.delta",
+            json!({ "item_id": id, "output_index": index, "content_index": 0, "delta": text, "logprobs": [] }),
+        );
+    }
+
+    fn tool_call(&mut self, out: &mut Vec<u8>, _index: u32, call: ToolCallView, _so_far: Usage) {
+        self.close_text(out);
+        let index = self.output.len();
+        let id = call_item_id(&call);
+        let arguments = call.function.arguments.clone();
+        self.emit(
+            out,
+            "response.output_item.added",
+            json!({ "output_index": index, "item": call_item(&call, "in_progress", "") }),
+        );
+        self.emit(
+            out,
+            "response.function_call_arguments.delta",
+            json!({ "item_id": id, "output_index": index, "delta": arguments }),
+        );
+        self.emit(
+            out,
+            "response.function_call_arguments.done",
+            json!({ "item_id": id, "output_index": index, "name": call.function.name, "arguments": arguments }),
+        );
+        let item = call_item(&call, "completed", &arguments);
+        self.emit(
+            out,
+            "response.output_item.done",
+            json!({ "output_index": index, "item": item.clone() }),
+        );
+        self.output.push(item);
+        self.items.push(Item::FunctionCall {
+            call_id: call.id,
+            name: call.function.name,
+            arguments,
+        });
+    }
+
+    fn finish(&mut self, out: &mut Vec<u8>, reason: FinishReason, usage: Usage) {
+        self.close_text(out);
+        let response = finished(&self.shell, std::mem::take(&mut self.output), reason, usage);
+        if let Some(persist) = self.persist.take() {
+            self.pending = Some(persist(response.clone(), std::mem::take(&mut self.items)));
+        }
+        let kind = if reason == FinishReason::Length {
+            "response.incomplete"
+        } else {
+            "response.completed"
+        };
+        self.emit(out, kind, json!({ "response": response }));
+    }
+
+    fn settle(&mut self) -> Option<BoxFuture<'static, ()>> {
+        self.pending.take()
+    }
+
+    fn fail(&mut self, out: &mut Vec<u8>, err: &ApiError) {
+        let body = err.body();
+        self.emit(
+            out,
+            "error",
+            json!({
+                "code": body.error.code, "message": body.error.message,
+                "param": body.error.param,
+            }),
+        );
+    }
+}

@@ -17,18 +17,24 @@ REQ="$ROOT/tests/e2e/requirements.txt"
 
 log() { printf '[e2e] %s\n' "$*" >&2; }
 
-# 1. Python environment (reinstalled only when requirements.txt changes).
-stamp="$VENV/.requirements.sha256"
-want="$(sha256sum "$REQ" | cut -d' ' -f1)"
-if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  log "creating/updating venv at $VENV"
-  python3 -m venv "$VENV"
-  "$VENV/bin/python" -m pip install --disable-pip-version-check -q -r "$REQ"
-  echo "$want" > "$stamp"
-else
-  log "venv up to date ($VENV)"
-fi
+# 1. Python environments (reinstalled only when their requirements change).
+venv() {
+  local dir="$1" req="$2" stamp="$1/.requirements.sha256" want
+  want="$(sha256sum "$req" | cut -d' ' -f1)"
+  if [ ! -x "$dir/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    log "creating/updating venv at $dir"
+    python3 -m venv "$dir"
+    "$dir/bin/python" -m pip install --disable-pip-version-check -q -r "$req"
+    echo "$want" > "$stamp"
+  else
+    log "venv up to date ($dir)"
+  fi
+}
+venv "$VENV" "$REQ"
 PY="$VENV/bin/python"
+# LlamaIndex's OpenAI clients pin openai<3: the client-matrix test runs them from their own venv.
+venv "$CACHE/venv-llamaindex" "$ROOT/tests/e2e/clients/requirements-llamaindex.txt"
+export FLYWHEEL_LLAMAINDEX_PYTHON="$CACHE/venv-llamaindex/bin/python"
 
 # 2. Real models and tokenizer (cached, sha256-checked).
 "$ROOT/scripts/fetch-models.sh" smollm2 qwen tokenizer

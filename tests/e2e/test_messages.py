@@ -14,6 +14,8 @@ import pytest
 import requests
 
 K = 16  # PROGRESS_INTERVAL_TOKENS
+# The SDK no longer has a temperature argument; the API still takes it.
+T0 = {"temperature": 0}
 
 WEATHER = [{
     "name": "get_weather",
@@ -55,7 +57,7 @@ def _billed_like_reported(server, message):
 
 
 def test_a_tool_loop_with_messages_create(server, claude):
-    first = claude.messages.create(model="qwen", max_tokens=128, temperature=0, tools=WEATHER,
+    first = claude.messages.create(model="qwen", max_tokens=128, extra_body=T0, tools=WEATHER,
                                    tool_choice={"type": "any"}, messages=ASK)
     assert first.stop_reason == "tool_use", first
     [use] = [b for b in first.content if b.type == "tool_use"]
@@ -65,9 +67,9 @@ def test_a_tool_loop_with_messages_create(server, claude):
     messages = ASK + [
         {"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in first.content]},
         {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use.id,
-                                      "content": "The weather in Paris: 23.4 °C, sunny."}]},
+                                      "content": "The weather in Paris: 23.4 °C, sunny. Now answer the user's question in one sentence."}]},
     ]
-    answer = claude.messages.create(model="qwen", max_tokens=128, temperature=0, tools=WEATHER,
+    answer = claude.messages.create(model="qwen", max_tokens=128, extra_body=T0, tools=WEATHER,
                                     tool_choice={"type": "none"}, messages=messages)
     assert answer.stop_reason == "end_turn", answer
     text = "".join(b.text for b in answer.content if b.type == "text")
@@ -76,7 +78,7 @@ def test_a_tool_loop_with_messages_create(server, claude):
 
 
 def test_messages_stream_reassembles_calls_and_text(server, claude):
-    with claude.messages.stream(model="qwen", max_tokens=128, temperature=0, tools=WEATHER,
+    with claude.messages.stream(model="qwen", max_tokens=128, extra_body=T0, tools=WEATHER,
                                 tool_choice={"type": "tool", "name": "get_weather"}, messages=ASK) as stream:
         events = [event.type for event in stream]
         final = stream.get_final_message()
@@ -87,13 +89,28 @@ def test_messages_stream_reassembles_calls_and_text(server, claude):
     assert final.usage.output_tokens > 0
     _billed_like_reported(server, final)
 
-    with claude.messages.stream(model="qwen", max_tokens=24, temperature=0,
+    with claude.messages.stream(model="qwen", max_tokens=24, extra_body=T0,
                                 messages=[{"role": "user", "content": "Say hello."}]) as stream:
         text = "".join(stream.text_stream)
         final = stream.get_final_message()
     assert text and final.content[0].text == text, (text, final)
     assert final.stop_reason in ("end_turn", "max_tokens")
     _billed_like_reported(server, final)
+
+
+def test_output_config_format_is_enforced(claude):
+    import jsonschema
+
+    schema = {"type": "object", "properties": {"city": {"type": "string"}, "population": {"type": "integer"}},
+              "required": ["city", "population"], "additionalProperties": False}
+    done = claude.messages.create(model="qwen", max_tokens=64, extra_body=T0,
+                                  output_config={"format": {"type": "json_schema", "schema": schema}},
+                                  messages=[{"role": "user", "content": "The largest city of France and its population?"}])
+    jsonschema.validate(json.loads(done.content[0].text), schema)
+    with pytest.raises(anthropic.BadRequestError) as e:
+        claude.messages.create(model="qwen", max_tokens=8, messages=ASK, output_config={
+            "format": {"type": "json_schema", "schema": {"type": "string", "pattern": "^a+$"}}})
+    assert "pattern" in e.value.body["error"]["message"]
 
 
 def test_count_tokens_is_the_input_of_the_same_request(claude):
@@ -152,7 +169,7 @@ def test_a_claude_code_shaped_request(server):
 def test_an_abandoned_stream_is_billed_what_was_delivered(server, claude, qwen_tokenizer):
     prompt = [{"role": "user", "content": "Count from 1 to 300, separated by commas."}]
     delivered = ""
-    with claude.messages.stream(model="qwen", max_tokens=600, temperature=0, messages=prompt) as stream:
+    with claude.messages.stream(model="qwen", max_tokens=600, extra_body=T0, messages=prompt) as stream:
         for event in stream:
             if event.type == "message_start":
                 message_id = event.message.id

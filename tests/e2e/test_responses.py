@@ -64,7 +64,7 @@ def test_a_function_tool_loop_whole_and_streamed(server, client):
         model="qwen", previous_response_id=first.id, tools=WEATHER, tool_choice="none", temperature=0,
         max_output_tokens=128,
         input=[{"type": "function_call_output", "call_id": call.call_id,
-                "output": "The weather in Paris: 23.4 °C, sunny."}])
+                "output": "The weather in Paris: 23.4 °C, sunny. Now answer the user's question in one sentence."}])
     assert "23.4" in answer.output_text, answer
     assert answer.previous_response_id == first.id
     _billed_like_reported(server, answer)
@@ -187,11 +187,13 @@ def test_the_agents_sdk_runs_a_tool_agent(server):
     set_tracing_disabled(True)
     calls = []
 
-    @function_tool
+    # Offered once: Qwen 2.5 Coder 0.5B, shown its tool again after the result, calls it again
+    # (test_tools.py's RESULT); with no tool left it answers from the result.
+    @function_tool(is_enabled=lambda ctx, agent: not calls)
     def get_weather(city: str) -> str:
         """Get the current weather in a city."""
         calls.append(city)
-        return f"The weather in {city}: 23.4 °C, sunny."
+        return f"The weather in {city}: 23.4 °C, sunny. Now answer the user's question in one sentence."
 
     model = OpenAIResponsesModel(model="qwen", openai_client=openai.AsyncOpenAI(
         base_url=server.url + "/v1", api_key=server.key, max_retries=0))
@@ -212,7 +214,7 @@ def test_one_conversation_is_billed_as_reported_on_all_three_apis(server, client
     resp = client.responses.create(model="qwen", input=question, max_output_tokens=8, temperature=0)
     _billed_like_reported(server, resp)
     claude = anthropic.Anthropic(base_url=server.url, api_key=server.key, max_retries=0)
-    msg = claude.messages.create(model="qwen", max_tokens=8, temperature=0,
+    msg = claude.messages.create(model="qwen", max_tokens=8, extra_body={"temperature": 0},
                                  messages=[{"role": "user", "content": question}])
     bill = _bill(server, msg.id)
     assert bill["billed"]["prompt_tokens"] == msg.usage.input_tokens + msg.usage.cache_read_input_tokens, bill

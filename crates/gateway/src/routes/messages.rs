@@ -65,8 +65,11 @@ pub async fn count_tokens(
     count(&state, &caller, &generate).await
 }
 
-/// Anthropic's name for a tool's schema.
+/// Anthropic's names for a tool's schema and the output format's.
 fn rename(param: &str) -> Option<String> {
+    if param.starts_with("response_format") {
+        return Some("output_config.format.schema".into());
+    }
     param
         .strip_suffix(".function.parameters")
         .map(|tool| format!("{tool}.input_schema"))

@@ -36,6 +36,13 @@ const ACCEPTED: &[&str] = &[
     "metadata",
     "thinking",
     "service_tier",
+    "cache_control",
+    "output_config",
+    "diagnostics",
+    "inference_geo",
+    "speed",
+    "user_profile_id",
+    "workspace_id",
 ];
 
 /// Fields that would change the answer and are not implemented: refused by name.
@@ -62,6 +69,12 @@ const COUNT_ACCEPTED: &[&str] = &[
     "tools",
     "tool_choice",
     "thinking",
+    "cache_control",
+    "output_config",
+    "output_format",
+    "speed",
+    "user_profile_id",
+    "workspace_id",
 ];
 
 /// Which route a body came in on.
@@ -94,7 +107,18 @@ pub fn parse(body: &[u8], route: Route) -> Result<ValidRequest> {
         metadata.deny_unknown(&["user_id"])?;
         metadata.string("user_id")?;
     }
-    fields.string("service_tier")?;
+    for key in [
+        "service_tier",
+        "inference_geo",
+        "speed",
+        "user_profile_id",
+        "workspace_id",
+    ] {
+        fields.string(key)?;
+    }
+    fields.object("cache_control")?;
+    fields.object("diagnostics")?;
+    let format = output_format(&fields)?;
 
     let max_tokens = match route {
         Route::Create => {
@@ -135,8 +159,41 @@ pub fn parse(body: &[u8], route: Route) -> Result<ValidRequest> {
         include_usage: false,
         continuous_usage: false,
         tools: offer,
-        format: OutputFormat::Text,
+        format,
     })
+}
+
+/// `output_config` (`effort`, accepted; `format`: `{"type": "json_schema", "schema"}`,
+/// enforced as `response_format` is on chat), or count_tokens' `output_format`.
+fn output_format(fields: &Fields<'_>) -> Result<OutputFormat> {
+    let (format, base) = match fields.object("output_config")? {
+        Some(config) => {
+            let config = Fields::nested(config, "output_config".into());
+            config.deny_unknown(&["effort", "format"])?;
+            config.string("effort")?;
+            (config.object("format")?, "output_config.format")
+        }
+        None => (fields.object("output_format")?, "output_format"),
+    };
+    let Some(format) = format else {
+        return Ok(OutputFormat::Text);
+    };
+    let format = Fields::nested(format, base.into());
+    format.deny_unknown(&["type", "schema"])?;
+    match format.required_string("type")? {
+        "json_schema" => {}
+        other => return Err(one_of(&format.param("type"), other, "'json_schema'")),
+    }
+    let schema = format.object("schema")?.ok_or_else(|| {
+        ApiError::invalid(
+            format.param("schema"),
+            format!("{}: Field required", format.param("schema")),
+        )
+    })?;
+    Ok(OutputFormat::JsonSchema(tools::bounded_schema(
+        &format.param("schema"),
+        schema,
+    )?))
 }
 
 /// `thinking`: `{"type": "enabled", "budget_tokens"}` or `{"type": "disabled"}`. Accepted:

@@ -103,6 +103,7 @@ async fn generate(
             })
         }
         Outcome::Stream(source) => {
+            let source = *source;
             let stream = sse::Stream {
                 events: source.events,
                 first: source.first,
@@ -132,7 +133,7 @@ pub(crate) struct Whole {
 /// What [`run`] gives the wire layer to render.
 pub(crate) enum Outcome {
     Whole(Whole),
-    Stream(sse::Source),
+    Stream(Box<sse::Source>),
 }
 
 /// The one path every generating API takes below its wire format: serve `request` (admission,
@@ -193,13 +194,13 @@ pub(crate) async fn run(
             None => {}
         }
     }
-    Ok(Outcome::Stream(sse::Source {
+    Ok(Outcome::Stream(Box::new(sse::Source {
         events,
         first,
         id,
         model: request.model.clone(),
         prompt_param,
-    }))
+    })))
 }
 
 /// Gathers a whole generation. If the client goes away meanwhile, this future is dropped with

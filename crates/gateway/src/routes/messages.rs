@@ -39,7 +39,7 @@ pub async fn create(
                 .into_response()),
                 Ok(Outcome::Stream(source)) => {
                     let events = view::MessageEvents::new(id, request.model.clone());
-                    Ok(sse::respond(source, events))
+                    Ok(sse::respond(*source, events))
                 }
                 Err(err) => Err(err),
             }

@@ -179,7 +179,7 @@ async fn generate(
                 });
                 persist
             });
-            Ok(sse::respond(source, ResponseEvents::new(shell, persist)))
+            Ok(sse::respond(*source, ResponseEvents::new(shell, persist)))
         }
     }
 }

@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass, field
 
 import openai
+import requests
 
 BOTH = ["smol", "qwen"]
 # An explicit system message: without one SmolLM2's own template adds "You are a helpful AI
@@ -148,3 +149,16 @@ def metric(text: str, name: str, default=None, **labels):
 
 def has_metric(text: str, name: str) -> bool:
     return any(n == name for n, _, _ in parse_metrics(text))
+
+
+def settled_bill(server, request_id, timeout=30):
+    """The ledger's bill of one request (`GET /admin/v1/requests/{id}`), once it is no longer open."""
+    deadline = time.monotonic() + timeout
+    while True:
+        r = requests.get(server.url + f"/admin/v1/requests/{request_id}",
+                         headers=server.auth(server.admin_key), timeout=30)
+        assert r.status_code == 200, r.text
+        bill = r.json()
+        if bill["state"] != "open" or time.monotonic() > deadline:
+            return bill
+        time.sleep(0.2)

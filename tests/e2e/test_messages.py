@@ -7,11 +7,12 @@ delivered and that plus K.
 """
 
 import json
-import time
 
 import anthropic
 import pytest
 import requests
+
+from fw import settled_bill
 
 K = 16  # PROGRESS_INTERVAL_TOKENS
 # The SDK no longer has a temperature argument; the API still takes it.
@@ -36,16 +37,7 @@ def claude(server):
     c.close()
 
 
-def _bill(server, request_id, timeout=30):
-    deadline = time.monotonic() + timeout
-    while True:
-        r = requests.get(server.url + f"/admin/v1/requests/{request_id}",
-                         headers=server.auth(server.admin_key), timeout=30)
-        assert r.status_code == 200, r.text
-        bill = r.json()
-        if bill["state"] != "open" or time.monotonic() > deadline:
-            return bill
-        time.sleep(0.2)
+_bill = settled_bill
 
 
 def _billed_like_reported(server, message):

@@ -6,13 +6,14 @@ Codex-shaped request, and bills equal to the reported usage on chat, Responses a
 """
 
 import json
-import time
 
 import anthropic
 import jsonschema
 import openai
 import pytest
 import requests
+
+from fw import settled_bill
 
 K = 16  # PROGRESS_INTERVAL_TOKENS
 
@@ -31,16 +32,7 @@ WEATHER = [{
 ASK = "What is the weather in Paris right now?"
 
 
-def _bill(server, request_id, timeout=30):
-    deadline = time.monotonic() + timeout
-    while True:
-        r = requests.get(server.url + f"/admin/v1/requests/{request_id}",
-                         headers=server.auth(server.admin_key), timeout=30)
-        assert r.status_code == 200, r.text
-        bill = r.json()
-        if bill["state"] != "open" or time.monotonic() > deadline:
-            return bill
-        time.sleep(0.2)
+_bill = settled_bill
 
 
 def _billed_like_reported(server, response):

@@ -1,6 +1,7 @@
 """Prometheus metrics at /metrics."""
 
 import secrets
+import time
 
 import openai
 import pytest
@@ -8,8 +9,19 @@ import pytest
 from fw import CAPITAL, PLANETS, chat, has_metric, metric
 
 
+def _idle(server, model, timeout=30):
+    """The metrics once nothing runs on `model` (an earlier test's abandoned stream may still
+    be decoding its last step when the next test starts)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        m = server.metrics()
+        if metric(m, "flywheel_running_sequences", 0, model=model) == 0 or time.monotonic() > deadline:
+            return m
+        time.sleep(0.1)
+
+
 def test_tokens_generated_counts_every_token(server, client):
-    before = metric(server.metrics(), "flywheel_tokens_generated_total", 0, model="qwen")
+    before = metric(_idle(server, "qwen"), "flywheel_tokens_generated_total", 0, model="qwen")
     r = chat(client, "qwen", PLANETS, max_tokens=5)
     assert r.usage.completion_tokens == 5
     m = server.metrics()

@@ -139,6 +139,11 @@ impl<'a> Fields<'a> {
         }
     }
 
+    /// Checks that each of `keys`, where present, is a string (fields accepted as no-ops).
+    pub fn strings(&self, keys: &[&str]) -> Result<()> {
+        keys.iter().try_for_each(|key| self.string(key).map(drop))
+    }
+
     pub fn required_string(&self, key: &str) -> Result<&'a str> {
         let value = self.required(key)?;
         value

@@ -32,7 +32,9 @@ mod error;
 mod meter;
 mod served;
 
-use backend::GenerateRequest;
+use std::sync::Arc;
+
+use backend::{Backend, GenerateRequest};
 use tenancy::{Principal, ReserveRequest, Tenancy};
 use tokio_util::task::TaskTracker;
 
@@ -80,16 +82,7 @@ impl Serving {
         request: GenerateRequest,
         delivery: Delivery,
     ) -> Result<Served, ServeError> {
-        if let Some(principal) = payer {
-            principal.require_model(&request.model)?;
-        }
-        let backend =
-            self.catalog
-                .backend(&request.model)
-                .ok_or_else(|| ServeError::ModelNotFound {
-                    model: request.model.clone(),
-                    available: self.catalog.names(),
-                })?;
+        let backend = self.backend_for(payer, &request.model)?;
         let bound = Bound::of(&request, backend.info().context_length)?;
         let mut meter = match payer {
             Some(principal) => Some(self.admit(principal, &request, bound, delivery).await?),
@@ -114,16 +107,7 @@ impl Serving {
         payer: Option<&Principal>,
         request: &GenerateRequest,
     ) -> Result<u32, ServeError> {
-        if let Some(principal) = payer {
-            principal.require_model(&request.model)?;
-        }
-        let backend =
-            self.catalog
-                .backend(&request.model)
-                .ok_or_else(|| ServeError::ModelNotFound {
-                    model: request.model.clone(),
-                    available: self.catalog.names(),
-                })?;
+        let backend = self.backend_for(payer, &request.model)?;
         Bound::of(request, backend.info().context_length)?;
         if let Some(principal) = payer {
             self.tenancy
@@ -135,6 +119,23 @@ impl Serving {
             .count_prompt_tokens(request)
             .await
             .map_err(ServeError::Backend)
+    }
+
+    /// The backend serving `model`, if `payer`'s key may use it (allow-list, then the name).
+    fn backend_for(
+        &self,
+        payer: Option<&Principal>,
+        model: &str,
+    ) -> Result<Arc<dyn Backend>, ServeError> {
+        if let Some(principal) = payer {
+            principal.require_model(model)?;
+        }
+        self.catalog
+            .backend(model)
+            .ok_or_else(|| ServeError::ModelNotFound {
+                model: model.to_owned(),
+                available: self.catalog.names(),
+            })
     }
 
     /// Steps 3 of the crate docs: balance, RPM, TPM, reservation of the bound.

@@ -119,16 +119,14 @@ pub fn parse(body: &[u8]) -> Result<ValidRequest> {
     validate::n(&fields)?;
     fields.string("user")?;
     fields.object("metadata")?;
-    for key in [
+    fields.strings(&[
         "prompt_cache_key",
         "prompt_cache_retention",
         "safety_identifier",
         "service_tier",
         "reasoning_effort",
         "verbosity",
-    ] {
-        fields.string(key)?;
-    }
+    ])?;
     fields.object("prediction")?;
     let generation = validate::generation(&fields, &["max_completion_tokens", "max_tokens"])?;
 

@@ -107,15 +107,13 @@ pub fn parse(body: &[u8], route: Route) -> Result<ValidRequest> {
         metadata.deny_unknown(&["user_id"])?;
         metadata.string("user_id")?;
     }
-    for key in [
+    fields.strings(&[
         "service_tier",
         "inference_geo",
         "speed",
         "user_profile_id",
         "workspace_id",
-    ] {
-        fields.string(key)?;
-    }
+    ])?;
     fields.object("cache_control")?;
     fields.object("diagnostics")?;
     let format = output_format(&fields)?;

@@ -113,15 +113,13 @@ pub fn parse(body: &[u8]) -> Result<ResponsesRequest> {
     let (format, text) = text(&fields)?;
     include(&fields)?;
     let metadata = metadata(&fields)?;
-    for key in [
+    fields.strings(&[
         "prompt_cache_key",
         "user",
         "safety_identifier",
         "service_tier",
-    ] {
-        fields.string(key)?;
-    }
-    fields.string("prompt_cache_retention")?;
+        "prompt_cache_retention",
+    ])?;
     fields.object("reasoning")?;
     fields.integer("max_tool_calls", 1, i64::MAX)?;
     let truncation = match fields.string("truncation")? {

@@ -44,12 +44,13 @@ QWEN="$MODELS/Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.gguf"
 TOKENIZER="$MODELS/qwen-tokenizer.json"
 TINY="$MODELS/tiny-llama3-template.gguf"
 TINY_TOOLS="$MODELS/tiny-llama31-tools.gguf"
+TINY_THINK="$MODELS/tiny-think.gguf"
 
 # 3. Tiny random-weight qwen2 GGUF with a Llama-3-style template (deterministic; rebuilt
 #    when missing or when the generator changed).
 GEN="$ROOT/tests/e2e/make_test_gguf.py"
 gen_sha="$(sha256sum "$GEN" | cut -d' ' -f1)"
-for spec in "llama3:$TINY" "llama31-tools:$TINY_TOOLS"; do
+for spec in "llama3:$TINY" "llama31-tools:$TINY_TOOLS" "think:$TINY_THINK"; do
   template="${spec%%:*}" out="${spec#*:}"
   if [ ! -f "$out" ] || [ "$(cat "$out.generator.sha256" 2>/dev/null)" != "$gen_sha" ]; then
     log "building $out"
@@ -63,7 +64,7 @@ done
 # 4. The suite.
 export FLYWHEEL_BIN="${FLYWHEEL_BIN:-${CARGO_TARGET_DIR:-$HOME/.cache/flywheel/target}/release/flywheel}"
 export FLYWHEEL_SMOL_GGUF="$SMOL" FLYWHEEL_QWEN_GGUF="$QWEN" FLYWHEEL_TINY_GGUF="$TINY" \
-       FLYWHEEL_TINY_TOOLS_GGUF="$TINY_TOOLS" \
+       FLYWHEEL_TINY_TOOLS_GGUF="$TINY_TOOLS" FLYWHEEL_TINY_THINK_GGUF="$TINY_THINK" \
        FLYWHEEL_QWEN_TOKENIZER="$TOKENIZER"
 if [ ! -x "$FLYWHEEL_BIN" ]; then
   log "no server binary at $FLYWHEEL_BIN (cargo build --release, or set FLYWHEEL_BIN)"; exit 1

@@ -5,6 +5,8 @@ Environment (scripts/e2e.sh sets all of them):
   FLYWHEEL_SMOL_GGUF       SmolLM2-135M-Instruct GGUF       -> served as `smol`
   FLYWHEEL_QWEN_GGUF       Qwen2.5-Coder-0.5B-Instruct GGUF -> served as `qwen`
   FLYWHEEL_TINY_GGUF       tests/e2e/make_test_gguf.py output -> served as `tiny`
+  FLYWHEEL_TINY_TOOLS_GGUF  its --template llama31-tools output -> served as `tiny-tools`
+  FLYWHEEL_TINY_THINK_GGUF  its --template think output        -> served as `tiny-think`
   FLYWHEEL_QWEN_TOKENIZER  Hugging Face tokenizer.json of Qwen
   FLYWHEEL_E2E_THREADS     --threads for the server (default: all cores)
 """
@@ -163,16 +165,17 @@ def paths() -> dict:
         "qwen": _env_path("FLYWHEEL_QWEN_GGUF"),
         "tiny": _env_path("FLYWHEEL_TINY_GGUF"),
         "tiny-tools": _env_path("FLYWHEEL_TINY_TOOLS_GGUF"),
+        "tiny-think": _env_path("FLYWHEEL_TINY_THINK_GGUF"),
         "tokenizer": _env_path("FLYWHEEL_QWEN_TOKENIZER"),
     }
 
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory, paths, admin_key):
-    """Server 1: smol, qwen, tiny and tiny-tools in-process, 16 slots of 4096 tokens each."""
+    """Server 1: smol, qwen, tiny, tiny-tools and tiny-think in-process, 16 slots of 4096 tokens each."""
     tmp = str(tmp_path_factory.mktemp("server1"))
     args = []
-    for name in ("smol", "qwen", "tiny", "tiny-tools"):
+    for name in ("smol", "qwen", "tiny", "tiny-tools", "tiny-think"):
         args += ["--model", f"{paths[name]}={name}"]
     args += ["--slots", str(SLOTS), "--slot-context", str(SLOT_CONTEXT)]
     threads = os.environ.get("FLYWHEEL_E2E_THREADS") or str(os.cpu_count() or 2)

@@ -75,7 +75,35 @@ TOOLS_TEMPLATE = (
     "{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}"
     "{%- endif %}"
 )
-TEMPLATES = {"llama3": CHAT_TEMPLATE, "llama31-tools": TOOLS_TEMPLATE}
+# A template that thinks, as DeepSeek-R1 distills' do: the generation prompt opens a `<think>`
+# block, and past answers keep only what follows `</think>`.
+THINK_TEMPLATE = (
+    "{{- bos_token }}"
+    "{%- for message in messages %}"
+    "{%- set content = message['content'] %}"
+    "{%- if message['role'] == 'assistant' and '</think>' in content %}"
+    "{%- set content = content.split('</think>')[-1] %}"
+    "{%- endif %}"
+    "{{- '<|start_header_id|>' ~ message['role'] ~ '<|end_header_id|>\\n\\n' ~ (content | trim) ~ '<|eot_id|>' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}"
+    "{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n<think>\\n' }}"
+    "{%- endif %}"
+)
+TEMPLATES = {"llama3": CHAT_TEMPLATE, "llama31-tools": TOOLS_TEMPLATE, "think": THINK_TEMPLATE}
+
+# The thinking model's `<think>` / `</think>` tokens take the places of two of Qwen's unused
+# control tokens (`<|repo_name|>`, `<|file_sep|>`), as user-defined tokens (their text is output).
+THINK_TOKENS = {151663: b"<think>", 151664: b"</think>"}
+USER_DEFINED = 4
+# The thinking model writes one of THINK_WORDS words or `</think>`, greedily a varied sequence
+# (found by trying): every token embedding carries a constant in dimension 0, so the final norm's
+# output is large there and the output rows' weight in it (THINK_BIAS) lifts these tokens far
+# above every zero row; the rest of each row (THINK_SPREAD) varies the choice with the context.
+THINK_WORDS = 24
+THINK_CONSTANT = 8.0
+THINK_BIAS = 3.0
+THINK_SPREAD = 0.4
 
 N_LAYER = 2
 N_EMBD = 64
@@ -129,8 +157,12 @@ def read_tokenizer(path: str) -> dict:
 
 def build(tok: dict, out_path: str, template: str = CHAT_TEMPLATE) -> None:
     rng = np.random.default_rng(SEED)
-    tokens = tok["tokenizer.ggml.tokens"]
-    types = tok["tokenizer.ggml.token_type"]
+    thinks = template is THINK_TEMPLATE
+    tokens = list(tok["tokenizer.ggml.tokens"])
+    types = list(tok["tokenizer.ggml.token_type"])
+    if thinks:
+        for i, text in THINK_TOKENS.items():
+            tokens[i], types[i] = text, USER_DEFINED
     n_vocab = len(tokens)
     head_dim = N_EMBD // N_HEAD
     kv_dim = head_dim * N_HEAD_KV
@@ -167,7 +199,10 @@ def build(tok: dict, out_path: str, template: str = CHAT_TEMPLATE) -> None:
     w.add_add_bos_token(tok["tokenizer.ggml.add_bos_token"])
     w.add_chat_template(template)
 
-    w.add_tensor("token_embd.weight", mat(n_vocab, N_EMBD, 1.0))
+    embd = mat(n_vocab, N_EMBD, 1.0)
+    if thinks:
+        embd[:, 0] = THINK_CONSTANT
+    w.add_tensor("token_embd.weight", embd)
     for i in range(N_LAYER):
         b = f"blk.{i}"
         w.add_tensor(f"{b}.attn_norm.weight", np.ones(N_EMBD, dtype=np.float32))
@@ -190,7 +225,14 @@ def build(tok: dict, out_path: str, template: str = CHAT_TEMPLATE) -> None:
         [i for i, (t, ty) in enumerate(zip(tokens, types)) if ty == 1 and WORD_TOKEN.match(t)], dtype=np.int64
     )
     out = np.zeros((n_vocab, N_EMBD), dtype=np.float16)
-    out[words] = rng.standard_normal((len(words), N_EMBD), dtype=np.float32).astype(np.float16)
+    if thinks:
+        chosen = np.append(words[:: len(words) // THINK_WORDS][:THINK_WORDS], max(THINK_TOKENS))
+        rows = rng.standard_normal((len(chosen), N_EMBD), dtype=np.float32) * THINK_SPREAD
+        rows[:, 0] = THINK_BIAS
+        out[chosen] = rows.astype(np.float16)
+        words = chosen
+    else:
+        out[words] = rng.standard_normal((len(words), N_EMBD), dtype=np.float32).astype(np.float16)
     w.add_tensor("output.weight", out)
 
     w.write_header_to_file()

@@ -163,6 +163,37 @@ pub struct SamplingParams {
     /// Keep generating past end-of-sequence tokens (benchmarks; vLLM's and llama-server's
     /// `ignore_eos`).
     pub ignore_eos: bool,
+    /// Report each generated token's log-probability ([`Event::Logprobs`]) with this many of
+    /// the most likely alternatives (at most [`MAX_TOP_LOGPROBS`]); `None`: none.
+    pub logprobs: Option<u8>,
+    /// Answers to draw for the one prompt (OpenAI's `n`, at most [`MAX_CHOICES`]). With more
+    /// than one, the answers' events come as [`Event::Choice`]; they share the prompt's KV, and
+    /// the prompt is counted once.
+    pub n: u32,
+}
+
+/// The most answers one request may ask for.
+pub const MAX_CHOICES: u32 = 16;
+
+/// The most alternatives a token's [`TokenLogprob`] lists (OpenAI's `top_logprobs` limit).
+pub const MAX_TOP_LOGPROBS: u8 = 20;
+
+/// A token and its log-probability under the model (before sampling's temperature and
+/// truncation, as OpenAI reports them).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Logprob {
+    /// The token's text (invalid UTF-8 of a partial character replaced).
+    pub token: String,
+    pub bytes: Vec<u8>,
+    pub logprob: f32,
+}
+
+/// A generated token's log-probability and the most likely tokens at its place.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprob {
+    pub chosen: Logprob,
+    /// Most likely first.
+    pub top: Vec<Logprob>,
 }
 
 impl Event {
@@ -186,6 +217,8 @@ impl Default for SamplingParams {
             presence_penalty: 0.0,
             frequency_penalty: 0.0,
             ignore_eos: false,
+            logprobs: None,
+            n: 1,
         }
     }
 }
@@ -291,7 +324,7 @@ pub enum FinishReason {
 }
 
 /// What a backend streams back. A well-formed stream is any number of `Queued` events, one
-/// `Admitted`, any number of `Text` events, then exactly one `Finished`; an `Err` item ends the stream
+/// `Admitted`, any number of `Text`, `Reasoning` and `ToolCall` events, then exactly one `Finished`; an `Err` item ends the stream
 /// early.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
@@ -319,6 +352,16 @@ pub enum Event {
         text: String,
         tokens: u32,
     },
+    /// Newly generated reasoning (the model's thinking, `<think>…</think>` in the templates of
+    /// DeepSeek-R1 distills and Qwen 3), split from the answer's text; counted like `Text`.
+    Reasoning {
+        text: String,
+        tokens: u32,
+    },
+    /// The log-probabilities of the tokens the next `Text` or `Reasoning` event releases, in
+    /// order (only when [`SamplingParams::logprobs`] asked for them). An end-of-sequence token
+    /// has none; the tokens of a matched stop string ride with the text released before it.
+    Logprobs(Vec<TokenLogprob>),
     /// A whole tool call the model made (its text is not sent as `Text`). `index` counts the
     /// request's calls from 0; `arguments` is JSON text.
     ToolCall {
@@ -330,6 +373,14 @@ pub enum Event {
     Finished {
         reason: FinishReason,
         usage: Usage,
+    },
+    /// With [`SamplingParams::n`] > 1: an event of answer `index` (`Text`, `Reasoning`,
+    /// `Logprobs`, `ToolCall`, then its own `Finished` with its reason and usage). The stream's
+    /// own `Admitted` reserves for all answers, and its own `Finished`, last, counts the prompt
+    /// once and the completion tokens of all answers.
+    Choice {
+        index: u32,
+        event: Box<Event>,
     },
 }
 

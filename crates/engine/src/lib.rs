@@ -9,8 +9,11 @@
 //! thread, so the context is freed on that thread before anything else is torn down.
 
 pub mod constrain;
+pub mod logprobs;
 pub mod metrics;
 pub mod model;
+pub mod reasoning;
+mod relay;
 pub mod sampling;
 pub mod scheduler;
 pub mod special;
@@ -24,7 +27,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use backend::{Backend, BackendError, Event, EventStream, GenerateRequest, ModelInfo};
+use backend::{
+    Backend, BackendError, Event, EventStream, GenerateRequest, ModelInfo, SamplingParams,
+};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::model::LoadedModel;
@@ -229,23 +234,32 @@ impl Backend for Engine {
             return Err(BackendError::ShuttingDown);
         }
         let received = Instant::now();
-        let parser = match (request.tools.is_empty(), self.model.call_format) {
+        let parses_calls = match (request.tools.is_empty(), self.model.call_format) {
             (true, _) => None,
-            (false, Some(format)) => Some(format.parser()),
+            (false, Some(format)) => Some(format),
             (false, None) => return Err(self.no_tool_support()),
         };
+        let n = request.sampling.n.clamp(1, backend::MAX_CHOICES) as usize;
         // A grammar (when the answer is constrained) is built before the request may queue: a
-        // schema it cannot enforce is a 400 now, not an error mid-stream.
-        let grammar = match constrain::Spec::of(&request, self.model.call_format) {
-            Some(spec) => Some(self.grammars.compile(&self.model, spec).await?),
-            None => None,
-        };
+        // schema it cannot enforce is a 400 now, not an error mid-stream. Each answer needs
+        // its own (a grammar sampler holds its parse state); the text is built once, cached.
+        let spec = constrain::Spec::of(&request, self.model.call_format);
+        let strict = spec.as_ref().is_some_and(constrain::Spec::strict);
+        let mut grammars = Vec::with_capacity(n);
+        for _ in 0..n {
+            grammars.push(match &spec {
+                Some(spec) => Some(self.grammars.compile(&self.model, spec.clone()).await?),
+                None => None,
+            });
+        }
         let model = self.model.clone();
         let (prompt, tools) = (request.prompt, request.tools);
-        let tokens =
-            tokio::task::spawn_blocking(move || model.prompt_tokens_with_tools(&prompt, &tools))
-                .await
-                .map_err(|e| BackendError::Internal(format!("tokenizer task failed: {e}")))??;
+        let model::GenerationPrompt {
+            tokens,
+            opens_thinking,
+        } = tokio::task::spawn_blocking(move || model.generation_prompt(&prompt, &tools))
+            .await
+            .map_err(|e| BackendError::Internal(format!("tokenizer task failed: {e}")))??;
         if tokens.is_empty() {
             return Err(BackendError::InvalidPrompt(
                 "The prompt is empty after tokenization; send at least one token of text.".into(),
@@ -261,13 +275,35 @@ impl Backend for Engine {
         // Generation stops when the slot is full: `max_tokens` beyond that is clamped.
         let fits = room - tokens.len();
         let max_new = request.max_tokens.map_or(fits, |m| (m as usize).min(fits));
-        let (events, rx) = mpsc::unbounded_channel();
-        // Cannot fail: the receiver is right here.
-        let _ = events.send(Ok(Event::Admitted {
+        let admitted = Event::Admitted {
             prompt_tokens: tokens.len() as u32,
-            max_tokens: max_new as u32,
+            max_tokens: u32::try_from(max_new * n).unwrap_or(u32::MAX),
             exact: true,
-        }));
+        };
+        let (senders, receivers): (Vec<_>, Vec<_>) =
+            (0..n).map(|_| mpsc::unbounded_channel()).unzip();
+        let mut senders = senders.into_iter();
+        let mut grammars = grammars.into_iter();
+        let (Some(events), Some(grammar)) = (senders.next(), grammars.next()) else {
+            return Err(BackendError::Internal("no answer to generate".into()));
+        };
+        // Each answer draws with its own seed, so that seeded answers differ.
+        let followers = senders
+            .zip(grammars)
+            .zip(1u64..)
+            .map(|((events, grammar), i)| worker::Follower {
+                sampling: SamplingParams {
+                    seed: request.sampling.seed.map(|s| s.wrapping_add(i)),
+                    ..request.sampling.clone()
+                },
+                grammar,
+                events,
+            })
+            .collect();
+        if n == 1 {
+            // Cannot fail: the receiver is right here.
+            let _ = events.send(Ok(admitted.clone()));
+        }
         let (reply, answer) = oneshot::channel();
         let submit = Command::Submit {
             request: Request {
@@ -278,6 +314,7 @@ impl Backend for Engine {
                 stop: request.stop,
                 events,
                 received,
+                followers,
             },
             reply,
         };
@@ -290,9 +327,26 @@ impl Backend for Engine {
         };
         self.commands.send(submit).map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())??;
-        let rx = match parser {
-            Some(parser) => tool_calls::parse_calls(rx, parser),
-            None => rx,
+        // Per answer: reasoning first, then calls in the answer. A strict grammar constrains
+        // the output from its first token, so it holds no thinking even where the prompt
+        // opened a block.
+        let answers: Vec<_> = receivers
+            .into_iter()
+            .map(|rx| {
+                let rx = if self.model.thinks {
+                    reasoning::split(rx, opens_thinking && !strict)
+                } else {
+                    rx
+                };
+                match parses_calls {
+                    Some(format) => tool_calls::parse_calls(rx, format.parser()),
+                    None => rx,
+                }
+            })
+            .collect();
+        let rx = match <[_; 1]>::try_from(answers) {
+            Ok([one]) => one,
+            Err(answers) => relay::merge(admitted, answers),
         };
         Ok(Box::pin(
             tokio_stream::wrappers::UnboundedReceiverStream::new(rx),

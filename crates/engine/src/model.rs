@@ -37,6 +37,13 @@ pub fn llama_backend() -> Result<&'static LlamaBackend> {
     Ok(BACKEND.get_or_init(|| backend))
 }
 
+/// A prompt ready to decode.
+pub struct GenerationPrompt {
+    pub tokens: Vec<LlamaToken>,
+    /// The chat template's generation prompt opened a thinking block.
+    pub opens_thinking: bool,
+}
+
 /// A loaded GGUF with what is needed to turn requests into tokens. Shared (read-only) between
 /// the request path, which tokenizes, and the worker thread, which decodes.
 pub struct LoadedModel {
@@ -46,6 +53,9 @@ pub struct LoadedModel {
     pub template_from_gguf: bool,
     /// How the template teaches the model to call tools; `None`: it has no tool support.
     pub call_format: Option<CallFormat>,
+    /// Whether the template thinks in `<think>…</think>` (its reasoning is split from the
+    /// answer, see [`crate::reasoning`]).
+    pub thinks: bool,
     /// The control tokens, which only the chat template may write.
     specials: SpecialTokens,
     add_bos: bool,
@@ -100,7 +110,8 @@ impl LoadedModel {
         let template = ChatTemplate::new(&source, &bos_token, &eos_token)
             .map_err(|e| EngineError::Load(format!("{}: {e}", path.display())))?;
         let call_format = CallFormat::detect(&source);
-        tracing::info!(model = name, tool_calls = ?call_format, "chat template read");
+        let thinks = crate::reasoning::detect(&source);
+        tracing::info!(model = name, tool_calls = ?call_format, thinks, "chat template read");
         let n_ctx_train = model.n_ctx_train();
         let specials = control_tokens(&model);
         Ok(Self {
@@ -108,6 +119,7 @@ impl LoadedModel {
             template,
             template_from_gguf,
             call_format,
+            thinks,
             specials,
             add_bos,
             n_ctx_train,
@@ -133,16 +145,25 @@ impl LoadedModel {
         prompt: &Prompt,
         tools: &[Tool],
     ) -> Result<Vec<LlamaToken>> {
+        self.generation_prompt(prompt, tools).map(|p| p.tokens)
+    }
+
+    /// [`LoadedModel::prompt_tokens_with_tools`], and whether the chat template's generation
+    /// prompt opened a thinking block (the output starts inside it).
+    pub fn generation_prompt(&self, prompt: &Prompt, tools: &[Tool]) -> Result<GenerationPrompt> {
         match prompt {
             Prompt::Chat(messages) => self.chat_tokens(messages, tools),
             Prompt::Text(text) => {
                 let add_bos = self.wants_bos(text);
-                Ok(self.model.vocab().tokenize(text.as_bytes(), add_bos, true))
+                Ok(GenerationPrompt {
+                    tokens: self.model.vocab().tokenize(text.as_bytes(), add_bos, true),
+                    opens_thinking: false,
+                })
             }
         }
     }
 
-    fn chat_tokens(&self, messages: &[ChatMessage], tools: &[Tool]) -> Result<Vec<LlamaToken>> {
+    fn chat_tokens(&self, messages: &[ChatMessage], tools: &[Tool]) -> Result<GenerationPrompt> {
         let escape = |s: &str| self.specials.escape(s).into_owned();
         let escaped: Vec<ChatMessage> = messages
             .iter()
@@ -194,7 +215,10 @@ impl LoadedModel {
                 }
             }
         }
-        Ok(tokens)
+        Ok(GenerationPrompt {
+            tokens,
+            opens_thinking: self.thinks && crate::reasoning::prompt_opens_thinking(&rendered),
+        })
     }
 
     /// Whether to put BOS before a prompt that renders to `text`.

@@ -118,6 +118,16 @@ impl StopMatcher {
     }
 }
 
+/// The length of the longest suffix of `text` that is a proper prefix of `marker`.
+pub(crate) fn partial_suffix(text: &str, marker: &str) -> usize {
+    (1..marker.len().min(text.len() + 1))
+        .rev()
+        .find(|&n| {
+            text.is_char_boundary(text.len() - n) && marker.starts_with(&text[text.len() - n..])
+        })
+        .unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

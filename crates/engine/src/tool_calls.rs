@@ -7,9 +7,11 @@
 //! by `max_tokens` is content, never a broken call. Text that may still become a call opener is
 //! held back until it is decided, as the stop-string matcher holds back a possible stop string.
 
-use backend::{BackendError, Event, FinishReason};
+use backend::{Event, FinishReason};
 use serde_json::{Map, Value};
-use tokio::sync::mpsc;
+
+use crate::relay::{relay, Events};
+use crate::text::partial_suffix;
 
 /// How a model writes tool calls, recognised from its chat template.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,16 +92,6 @@ fn json_call(text: &str, args_key: &str) -> Option<Call> {
         name,
         arguments: arguments.to_string(),
     })
-}
-
-/// The length of the longest suffix of `text` that is a proper prefix of `marker`.
-fn partial_suffix(text: &str, marker: &str) -> usize {
-    (1..marker.len().min(text.len() + 1))
-        .rev()
-        .find(|&n| {
-            text.is_char_boundary(text.len() - n) && marker.starts_with(&text[text.len() - n..])
-        })
-        .unwrap_or(0)
 }
 
 fn push_text(out: &mut Vec<Piece>, text: &str) {
@@ -259,73 +251,50 @@ impl CallParser for Llama3Json {
 
 /// Events of one generation with tool calls parsed out of its text: `Text` becomes text and
 /// `ToolCall` events (ids `call_…`), and a generation that called a tool and then stopped
-/// finishes with `ToolCalls`. Tokens of text held back ride with the next text released. Runs
-/// as a task that ends when either side does, so a client gone still cancels the generation.
-pub(crate) fn parse_calls(
-    mut inner: mpsc::UnboundedReceiver<Result<Event, BackendError>>,
-    mut parser: Box<dyn CallParser + Send>,
-) -> mpsc::UnboundedReceiver<Result<Event, BackendError>> {
-    let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        let mut calls = 0u32;
-        let mut held_tokens = 0u32;
-        let mut emit = |pieces: Vec<Piece>, held_tokens: &mut u32| -> bool {
-            for piece in pieces {
-                let event = match piece {
-                    Piece::Text(text) => Event::Text {
-                        text,
-                        tokens: std::mem::take(held_tokens),
-                    },
-                    Piece::Call(call) => {
-                        let event = Event::ToolCall {
-                            index: calls,
-                            id: format!("call_{:024x}", rand::random::<u128>() >> 32),
-                            name: call.name,
-                            arguments: call.arguments,
-                        };
-                        calls += 1;
-                        event
-                    }
-                };
-                if tx.send(Ok(event)).is_err() {
-                    return false;
-                }
-            }
-            true
-        };
-        loop {
-            let item = tokio::select! {
-                item = inner.recv() => item,
-                () = tx.closed() => return,
-            };
-            let Some(item) = item else { return };
-            match item {
-                Ok(Event::Text { text, tokens }) => {
-                    held_tokens = held_tokens.saturating_add(tokens);
-                    if !emit(parser.feed(&text), &mut held_tokens) {
-                        return;
-                    }
-                }
-                Ok(Event::Finished { reason, usage }) => {
-                    if !emit(parser.finish(), &mut held_tokens) {
-                        return;
-                    }
-                    let reason = match reason {
-                        FinishReason::Stop if calls > 0 => FinishReason::ToolCalls,
-                        other => other,
+/// finishes with `ToolCalls`. Tokens of text held back ride with the next text released.
+pub(crate) fn parse_calls(inner: Events, mut parser: Box<dyn CallParser + Send>) -> Events {
+    let mut calls = 0u32;
+    let mut held_tokens = 0u32;
+    let mut emit = move |pieces: Vec<Piece>, held_tokens: &mut u32, out: &mut Vec<Event>| {
+        for piece in pieces {
+            out.push(match piece {
+                Piece::Text(text) => Event::Text {
+                    text,
+                    tokens: std::mem::take(held_tokens),
+                },
+                Piece::Call(call) => {
+                    let event = Event::ToolCall {
+                        index: calls,
+                        id: format!("call_{:024x}", rand::random::<u128>() >> 32),
+                        name: call.name,
+                        arguments: call.arguments,
                     };
-                    let _ = tx.send(Ok(Event::Finished { reason, usage }));
-                    return;
+                    calls += 1;
+                    event
                 }
-                other => {
-                    if tx.send(other).is_err() {
-                        return;
-                    }
-                }
-            }
+            });
         }
-    });
-    rx
+        calls
+    };
+    relay(inner, move |event| {
+        let mut out = Vec::new();
+        match event {
+            Event::Text { text, tokens } => {
+                held_tokens = held_tokens.saturating_add(tokens);
+                emit(parser.feed(&text), &mut held_tokens, &mut out);
+            }
+            Event::Finished { reason, usage } => {
+                let calls = emit(parser.finish(), &mut held_tokens, &mut out);
+                let reason = match reason {
+                    FinishReason::Stop if calls > 0 => FinishReason::ToolCalls,
+                    other => other,
+                };
+                out.push(Event::Finished { reason, usage });
+            }
+            other => out.push(other),
+        }
+        out
+    })
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use std::convert::Infallible;
 use axum::body::Body;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::Response;
-use backend::{BackendError, Event, FinishReason, Usage};
+use backend::{BackendError, Event, FinishReason, TokenLogprob, Usage};
 use bytes::Bytes;
 use serde_json::Value;
 use serving::Served;
@@ -66,6 +66,21 @@ pub trait Encoder: Send + 'static {
     }
     /// A piece of the answer's text (never empty); `so_far` counts it.
     fn text(&mut self, out: &mut Vec<u8>, text: &str, so_far: Usage);
+    /// The events that follow are answer `index`'s (a request for several answers, `n`).
+    fn select(&mut self, index: u32) {
+        let _ = index;
+    }
+    /// The selected answer ended (a request for several answers; the stream's own `finish`
+    /// follows once all have).
+    fn answer_finished(&mut self, out: &mut Vec<u8>, reason: FinishReason, usage: Usage) {
+        let _ = (out, reason, usage);
+    }
+    /// Log-probabilities of the tokens the next text releases (only when asked for).
+    fn logprobs(&mut self, tokens: Vec<TokenLogprob>) {
+        let _ = tokens;
+    }
+    /// A piece of the model's reasoning (never empty); `so_far` counts it.
+    fn reasoning(&mut self, out: &mut Vec<u8>, text: &str, so_far: Usage);
     /// A whole tool call, the `index`th of the answer.
     fn tool_call(&mut self, out: &mut Vec<u8>, index: u32, call: ToolCallView, so_far: Usage);
     /// The end of the answer; the stream ends after this.
@@ -125,21 +140,20 @@ impl<E: Encoder> State<E> {
                     self.so_far.prompt_tokens = prompt_tokens;
                     self.encoder.admitted(&mut out, prompt_tokens);
                 }
-                Some(Ok(Event::Text { text, tokens })) => {
-                    self.so_far.completion_tokens =
-                        self.so_far.completion_tokens.saturating_add(tokens);
-                    if !text.is_empty() {
-                        self.encoder.text(&mut out, &text, self.so_far);
+                Some(Ok(
+                    event @ (Event::Text { .. }
+                    | Event::Reasoning { .. }
+                    | Event::Logprobs(_)
+                    | Event::ToolCall { .. }),
+                )) => self.answer_event(&mut out, event),
+                Some(Ok(Event::Choice { index, event })) => {
+                    self.encoder.select(index);
+                    match *event {
+                        Event::Finished { reason, usage } => {
+                            self.encoder.answer_finished(&mut out, reason, usage);
+                        }
+                        event => self.answer_event(&mut out, event),
                     }
-                }
-                Some(Ok(Event::ToolCall {
-                    index,
-                    id,
-                    name,
-                    arguments,
-                })) => {
-                    let call = ToolCallView::new(id, name, arguments);
-                    self.encoder.tool_call(&mut out, index, call, self.so_far);
                 }
                 Some(Ok(Event::Finished { reason, usage })) => {
                     self.events = None;
@@ -168,6 +182,41 @@ impl<E: Encoder> State<E> {
         }
     }
 
+    /// A piece of the (selected) answer.
+    fn answer_event(&mut self, out: &mut Vec<u8>, event: Event) {
+        match event {
+            Event::Text { text, tokens } => {
+                self.so_far.completion_tokens =
+                    self.so_far.completion_tokens.saturating_add(tokens);
+                if !text.is_empty() {
+                    self.encoder.text(out, &text, self.so_far);
+                }
+            }
+            Event::Reasoning { text, tokens } => {
+                self.so_far.completion_tokens =
+                    self.so_far.completion_tokens.saturating_add(tokens);
+                if !text.is_empty() {
+                    self.encoder.reasoning(out, &text, self.so_far);
+                }
+            }
+            Event::Logprobs(tokens) => self.encoder.logprobs(tokens),
+            Event::ToolCall {
+                index,
+                id,
+                name,
+                arguments,
+            } => {
+                let call = ToolCallView::new(id, name, arguments);
+                self.encoder.tool_call(out, index, call, self.so_far);
+            }
+            // Not pieces of an answer (a backend never wraps them in `Choice`).
+            Event::Queued { .. }
+            | Event::Admitted { .. }
+            | Event::Finished { .. }
+            | Event::Choice { .. } => {}
+        }
+    }
+
     /// An error event; the stream then ends.
     fn fail(&mut self, out: &mut Vec<u8>, err: &ApiError) {
         self.events = None;
@@ -181,9 +230,22 @@ pub struct OpenAi<F> {
     format: F,
     meta: ResponseMeta,
     usage: UsageOptions,
+    /// The answer the events are about (`n` > 1), and whether there are several.
+    index: u32,
+    several: bool,
+    /// Per answer, log-probabilities of tokens whose text has not been sent yet.
+    logprobs: Vec<Vec<TokenLogprob>>,
 }
 
 impl<F: ChunkFormat> OpenAi<F> {
+    fn pending_logprobs(&mut self) -> &mut Vec<TokenLogprob> {
+        let index = self.index as usize;
+        if self.logprobs.len() <= index {
+            self.logprobs.resize_with(index + 1, Vec::new);
+        }
+        &mut self.logprobs[index]
+    }
+
     fn chunk_usage(&self, so_far: Usage) -> ChunkUsage {
         if self.usage.continuous {
             ChunkUsage::Some(UsageView::from(so_far))
@@ -203,21 +265,58 @@ impl<F: ChunkFormat> Encoder for OpenAi<F> {
         }
     }
 
+    fn select(&mut self, index: u32) {
+        self.index = index;
+        self.several = true;
+    }
+
+    fn answer_finished(&mut self, out: &mut Vec<u8>, reason: FinishReason, usage: Usage) {
+        let chunk_usage = self.chunk_usage(usage);
+        let data = self
+            .format
+            .finish(&self.meta, self.index, reason, chunk_usage);
+        frame(out, &data);
+    }
+
+    fn logprobs(&mut self, tokens: Vec<TokenLogprob>) {
+        self.pending_logprobs().extend(tokens);
+    }
+
     fn text(&mut self, out: &mut Vec<u8>, text: &str, so_far: Usage) {
         let usage = self.chunk_usage(so_far);
-        frame(out, &self.format.text(&self.meta, text, usage));
+        let logprobs = std::mem::take(self.pending_logprobs());
+        let data = self
+            .format
+            .text(&self.meta, self.index, text, &logprobs, usage);
+        frame(out, &data);
+    }
+
+    fn reasoning(&mut self, out: &mut Vec<u8>, text: &str, so_far: Usage) {
+        // Log-probabilities are reported for the answer's tokens only.
+        self.pending_logprobs().clear();
+        let usage = self.chunk_usage(so_far);
+        if let Some(data) = self.format.reasoning(&self.meta, self.index, text, usage) {
+            frame(out, &data);
+        }
     }
 
     fn tool_call(&mut self, out: &mut Vec<u8>, index: u32, call: ToolCallView, so_far: Usage) {
+        self.pending_logprobs().clear();
         let usage = self.chunk_usage(so_far);
-        if let Some(data) = self.format.tool_call(&self.meta, index, call, usage) {
+        let data = self
+            .format
+            .tool_call(&self.meta, self.index, index, call, usage);
+        if let Some(data) = data {
             frame(out, &data);
         }
     }
 
     fn finish(&mut self, out: &mut Vec<u8>, reason: FinishReason, usage: Usage) {
         let chunk_usage = self.chunk_usage(usage);
-        frame(out, &self.format.finish(&self.meta, reason, chunk_usage));
+        // Several answers finished one by one (`answer_finished`).
+        if !self.several {
+            frame(out, &self.format.finish(&self.meta, 0, reason, chunk_usage));
+        }
         if self.usage.include_usage {
             frame(out, &self.format.usage(&self.meta, UsageView::from(usage)));
         }
@@ -255,6 +354,9 @@ pub fn response<F: ChunkFormat>(stream: Stream, format: F) -> Response {
         format,
         meta,
         usage,
+        index: 0,
+        several: false,
+        logprobs: Vec::new(),
     };
     respond(
         Source {

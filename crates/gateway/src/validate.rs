@@ -351,6 +351,7 @@ pub fn generation(fields: &Fields<'_>, max_token_keys: &[&str]) -> Result<Genera
             .number("frequency_penalty", penalty)?
             .map_or(defaults.frequency_penalty, |x| x as f32),
         ignore_eos: fields.bool("ignore_eos")?.unwrap_or(defaults.ignore_eos),
+        ..defaults
     };
 
     let mut max_tokens = None;
@@ -467,14 +468,16 @@ pub fn stop(fields: &Fields<'_>, key: &str) -> Result<Vec<String>> {
     Ok(stops.into_iter().map(|(_, s)| s.clone()).collect())
 }
 
-/// `n`: only 1 is supported.
-pub fn n(fields: &Fields<'_>) -> Result<()> {
+/// `n`: how many answers (1 to [`backend::MAX_CHOICES`]).
+pub fn n(fields: &Fields<'_>) -> Result<u32> {
+    let max = backend::MAX_CHOICES;
     match fields.integer("n", 1, i64::MAX)? {
-        Some(n) if n > 1 => Err(ApiError::invalid(
+        Some(n) if n > i64::from(max) => Err(ApiError::invalid(
             "n",
-            "'n' > 1 is not supported yet by this server; send one request per completion.",
+            format!("Invalid value for 'n': at most {max} answers per request, but {n} were asked for; send several requests."),
         )),
-        _ => Ok(()),
+        Some(n) => Ok(n as u32),
+        None => Ok(1),
     }
 }
 

@@ -66,7 +66,8 @@ impl Bound {
         Ok(Self {
             min_prompt,
             prompt: prompt.max(min_prompt),
-            completion,
+            // Every answer of `n` may be that long.
+            completion: completion.saturating_mul(request.sampling.n.max(1)),
         })
     }
 }

@@ -47,13 +47,22 @@ impl Served {
         };
         if let Some(meter) = &mut self.meter {
             let billed = match &event {
-                Event::Queued { .. } | Event::ToolCall { .. } => Ok(()),
+                Event::Queued { .. } | Event::ToolCall { .. } | Event::Logprobs(_) => Ok(()),
                 Event::Admitted {
                     prompt_tokens,
                     max_tokens,
                     exact,
                 } => meter.admitted(*prompt_tokens, *max_tokens, *exact).await,
-                Event::Text { tokens, .. } => meter.before_send(*tokens).await,
+                Event::Text { tokens, .. } | Event::Reasoning { tokens, .. } => {
+                    meter.before_send(*tokens).await
+                }
+                Event::Choice { event, .. } => match event.as_ref() {
+                    Event::Text { tokens, .. } | Event::Reasoning { tokens, .. } => {
+                        meter.before_send(*tokens).await
+                    }
+                    // An answer's own end: the stream's `Finished` settles them all.
+                    _ => Ok(()),
+                },
                 Event::Finished { usage, .. } => meter.finish(*usage).await,
             };
             if let Err(err) = billed {

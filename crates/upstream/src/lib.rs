@@ -13,6 +13,7 @@
 //! sees of a failure never names the upstream's address or credentials; the details are
 //! logged.
 
+mod logprobs;
 mod tools;
 
 use std::collections::VecDeque;
@@ -183,6 +184,10 @@ impl UpstreamBackend {
                 json!(decimal(s.frequency_penalty)),
             );
         }
+        if let Some(top) = s.logprobs {
+            let chat = matches!(request.prompt, Prompt::Chat(_));
+            logprobs::request_fields(top, chat, &mut body);
+        }
         if let Some(format) = tools::response_format(&request.format) {
             body.insert("response_format".into(), format);
         }
@@ -213,6 +218,15 @@ impl Backend for UpstreamBackend {
     }
 
     async fn generate(&self, request: GenerateRequest) -> backend::Result<EventStream> {
+        if request.sampling.n > 1 {
+            return Err(BackendError::InvalidRequest {
+                message: format!(
+                    "'{}' is served by an upstream server, through which 'n' > 1 is not supported yet; send one request per answer.",
+                    self.name
+                ),
+                param: Some("n".into()),
+            });
+        }
         let limit = request.max_tokens.unwrap_or(self.default_max_tokens);
         // The serving layer reserved this same bound, so admission resizes nothing.
         let prompt_tokens = request.max_prompt_tokens(request.prompt.text_bytes());
@@ -447,6 +461,16 @@ fn choice_text(choice: &Value) -> Option<&str> {
         .and_then(Value::as_str)
 }
 
+/// The reasoning of a chat choice, as reasoning servers send it (vLLM and DeepSeek:
+/// `reasoning_content`; newer vLLM and OpenRouter: `reasoning`).
+fn choice_reasoning(choice: &Value) -> Option<&str> {
+    let part = choice.get("delta").or_else(|| choice.get("message"))?;
+    part.get("reasoning_content")
+        .or_else(|| part.get("reasoning"))
+        .and_then(Value::as_str)
+        .filter(|t| !t.is_empty())
+}
+
 /// The events of a non-streamed response. Text past the limit (by the upstream's count, or
 /// one token per byte when it reports none) is cut off in proportion.
 fn whole_response(
@@ -481,7 +505,18 @@ fn whole_response(
     let usage = bounds.usage(reported, produced);
     let mut calls = tools::Calls::default();
     calls.absorb(choice);
-    let mut events = vec![Ok(Event::text(text, usage.completion_tokens))];
+    let mut events = Vec::new();
+    if let Some(reasoning) = choice_reasoning(choice) {
+        // Counted with the text below: the upstream reports one completion count.
+        events.push(Ok(Event::Reasoning {
+            text: reasoning.to_owned(),
+            tokens: 0,
+        }));
+    }
+    if let Some(tokens) = logprobs::of_choice(choice).filter(|t| !t.is_empty()) {
+        events.push(Ok(Event::Logprobs(tokens)));
+    }
+    events.push(Ok(Event::text(text, usage.completion_tokens)));
     events.extend(calls.take_events().into_iter().map(Ok));
     events.push(Ok(Event::Finished { reason, usage }));
     events
@@ -598,14 +633,32 @@ where
                     }
                     self.delivered += 1;
                 }
-                if let Some(text) = choice_text(choice).filter(|t| !t.is_empty()) {
+                let reasoning = choice_reasoning(choice).map(|text| Event::Reasoning {
+                    text: text.to_owned(),
+                    tokens: 1,
+                });
+                if let Some(tokens) = logprobs::of_choice(choice).filter(|t| !t.is_empty()) {
+                    self.ready.push_back(Ok(Event::Logprobs(tokens)));
+                }
+                let text = choice_text(choice)
+                    .filter(|t| !t.is_empty())
+                    .map(|text| Event::text(text, 1));
+                for event in reasoning.into_iter().chain(text) {
                     if self.delivered >= self.bounds.limit {
                         // Past the `max_tokens` it was sent: what was delivered is all there is.
                         tracing::warn!(request_id = %self.request_id, limit = self.bounds.limit, "the upstream sent more than max_tokens; cut off");
-                        return Some(self.finished(FinishReason::Length));
+                        let delivered: Vec<_> = self.ready.drain(..).collect();
+                        let first = self.finished(FinishReason::Length);
+                        for (at, event) in delivered.into_iter().chain([first]).enumerate() {
+                            self.ready.insert(at, event);
+                        }
+                        return self.ready.pop_front();
                     }
                     self.delivered += 1;
-                    return Some(Ok(Event::text(text, 1)));
+                    self.ready.push_back(Ok(event));
+                }
+                if let Some(event) = self.ready.pop_front() {
+                    return Some(event);
                 }
             }
         }

@@ -94,6 +94,12 @@ impl Spec {
         })
     }
 
+    /// Whether the answer is constrained from its first token (else the grammar waits for the
+    /// model to open a call).
+    pub fn strict(&self) -> bool {
+        self.format != OutputFormat::Text || self.calls.as_ref().is_some_and(|c| c.forced)
+    }
+
     /// The cache key: everything the grammar depends on.
     fn key(&self) -> String {
         let calls = self.calls.as_ref().map(|c| {

@@ -132,6 +132,14 @@ impl<P> State<P> {
         Ok(())
     }
 
+    /// Put jobs at the head of the queue, in order, whatever its length (the other answers of a
+    /// request already admitted).
+    pub fn enqueue_front(&mut self, jobs: Vec<Job<P>>) {
+        for job in jobs.into_iter().rev() {
+            self.queue.push_front(job);
+        }
+    }
+
     pub fn queued(&self) -> usize {
         self.queue.len()
     }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use backend::{BackendError, Event, FinishReason, SamplingParams, Usage};
+use backend::{BackendError, Event, FinishReason, SamplingParams, TokenLogprob, Usage};
 use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_batch::LlamaBatch;
@@ -35,6 +35,16 @@ pub struct Request {
     pub stop: Vec<String>,
     pub events: Events,
     pub received: Instant,
+    /// More answers to the same prompt (OpenAI's `n`): queued once this request's prompt is in
+    /// the KV cache, so each copies it instead of computing it again.
+    pub followers: Vec<Follower>,
+}
+
+/// Another answer to a [`Request`]'s prompt, with its own sampler, grammar and events.
+pub struct Follower {
+    pub sampling: SamplingParams,
+    pub grammar: Option<crate::constrain::Grammar>,
+    pub events: Events,
 }
 
 pub enum Command {
@@ -59,6 +69,26 @@ struct Seq {
     ignore_eos: bool,
     /// Tokens sampled since the last text chunk was sent (their text is held back).
     unsent_tokens: u32,
+    /// Report log-probabilities with this many alternatives.
+    logprobs: Option<u8>,
+    /// Log-probabilities of the unsent tokens.
+    unsent_logprobs: Vec<TokenLogprob>,
+    /// Answers to queue once this one's prompt is computed (see [`Request::followers`]).
+    followers: Vec<Job<Seq>>,
+}
+
+impl Seq {
+    /// Sends released text, after the log-probabilities of the tokens it releases; false if
+    /// the client is gone.
+    fn send_text(&mut self, text: String, tokens: u32) -> bool {
+        if !self.unsent_logprobs.is_empty() {
+            let logprobs = std::mem::take(&mut self.unsent_logprobs);
+            if self.events.send(Ok(Event::Logprobs(logprobs))).is_err() {
+                return false;
+            }
+        }
+        self.events.send(Ok(Event::text(text, tokens))).is_ok()
+    }
 }
 
 pub struct WorkerConfig {
@@ -205,25 +235,52 @@ impl Worker<'_> {
     fn handle(&mut self, cmd: Command) {
         match cmd {
             Command::Submit { request, reply } => {
-                let sampler = crate::sampling::chain(
-                    &request.sampling,
-                    self.model.model.n_vocab(),
-                    self.state.limits().slot_context as i32,
-                );
+                let Request {
+                    prompt,
+                    max_new,
+                    sampling,
+                    grammar,
+                    stop,
+                    events,
+                    received,
+                    followers,
+                } = request;
+                let seq = |s: &Self,
+                           sampling: &SamplingParams,
+                           grammar: Option<crate::constrain::Grammar>,
+                           events: Events| Seq {
+                    events,
+                    sampler: crate::sampling::chain(
+                        sampling,
+                        s.model.model.n_vocab(),
+                        s.state.limits().slot_context as i32,
+                    ),
+                    grammar: grammar.map(crate::constrain::Grammar::into_sampler),
+                    utf8: Utf8Stream::default(),
+                    stop: StopMatcher::new(stop.clone()),
+                    received,
+                    last_token: None,
+                    ignore_eos: sampling.ignore_eos,
+                    unsent_tokens: 0,
+                    logprobs: sampling.logprobs,
+                    unsent_logprobs: Vec::new(),
+                    followers: Vec::new(),
+                };
+                let prompt: Vec<i32> = prompt.iter().map(|t| t.0).collect();
+                let followers = followers
+                    .into_iter()
+                    .map(|f| Job {
+                        prompt: prompt.clone(),
+                        max_new,
+                        payload: seq(self, &f.sampling, f.grammar, f.events),
+                    })
+                    .collect();
+                let mut payload = seq(self, &sampling, grammar, events);
+                payload.followers = followers;
                 let job = Job {
-                    prompt: request.prompt.iter().map(|t| t.0).collect(),
-                    max_new: request.max_new,
-                    payload: Seq {
-                        events: request.events,
-                        sampler,
-                        grammar: request.grammar.map(crate::constrain::Grammar::into_sampler),
-                        utf8: Utf8Stream::default(),
-                        stop: StopMatcher::new(request.stop),
-                        received: request.received,
-                        last_token: None,
-                        ignore_eos: request.sampling.ignore_eos,
-                        unsent_tokens: 0,
-                    },
+                    prompt,
+                    max_new,
+                    payload,
                 };
                 let answer = match self.state.enqueue(job) {
                     Ok(()) => Ok(()),
@@ -351,6 +408,11 @@ impl Worker<'_> {
     }
 
     fn sample(&mut self, slot: usize, idx: i32) {
+        // The prompt is in the KV cache now: the other answers to it may copy it.
+        if let Some(job) = self.state.job_mut(slot) {
+            let followers = std::mem::take(&mut job.payload.followers);
+            self.state.enqueue_front(followers);
+        }
         let Some(job) = self.state.job_mut(slot) else {
             return;
         };
@@ -381,6 +443,11 @@ impl Worker<'_> {
             let tail = job.payload.utf8.finish() + &job.payload.stop.finish();
             return self.finish(slot, tail, FinishReason::Stop);
         }
+        if let Some(top) = job.payload.logprobs {
+            let logits = self.ctx.get_logits_ith(idx);
+            let entry = crate::logprobs::entry(self.model, logits, token, usize::from(top));
+            job.payload.unsent_logprobs.push(entry);
+        }
         self.model.token_bytes(token, &mut self.piece);
         let text = job.payload.utf8.push(&self.piece);
         match job.payload.stop.push(&text) {
@@ -393,11 +460,7 @@ impl Worker<'_> {
             StopOutcome::Continue(out) if out.is_empty() => self.state.push_token(slot, token.0),
             StopOutcome::Continue(out) => {
                 let tokens = std::mem::take(&mut job.payload.unsent_tokens);
-                let sent = job
-                    .payload
-                    .events
-                    .send(Ok(Event::text(out, tokens)))
-                    .is_ok();
+                let sent = job.payload.send_text(out, tokens);
                 if sent {
                     self.state.push_token(slot, token.0);
                 } else {
@@ -419,7 +482,7 @@ impl Worker<'_> {
             completion_tokens: job.generated as u32 + 1,
             cached_tokens: job.reused as u32,
         };
-        let seq = job.payload;
+        let mut seq = job.payload;
         if !tail.is_empty() {
             // A matched stop string's tokens are not in the tail; usage counts them.
             let tokens = if reason == FinishReason::Stop {
@@ -427,7 +490,7 @@ impl Worker<'_> {
             } else {
                 seq.unsent_tokens
             };
-            let _ = seq.events.send(Ok(Event::text(tail, tokens)));
+            let _ = seq.send_text(tail, tokens);
         }
         let _ = seq.events.send(Ok(Event::Finished { reason, usage }));
         let secs = seq.received.elapsed().as_secs_f64();

@@ -3,7 +3,7 @@
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use backend::{BackendError, Event, FinishReason, Usage};
+use backend::{BackendError, Event, TokenLogprob, Usage};
 use serving::{Delivery, Served};
 
 use super::RawBody;
@@ -12,7 +12,7 @@ use crate::error::{ApiError, Result};
 use crate::metrics::{self, ModelLabel};
 use crate::observe::RequestId;
 use crate::sse::{self, UsageOptions};
-use crate::wire::chat::{self, ChatChunks, ChatCompletionView};
+use crate::wire::chat::{self, Answer, ChatChunks, ChatCompletionView};
 use crate::wire::completions::{self, CompletionChunks, CompletionView};
 use crate::wire::tools::ToolCallView;
 use crate::wire::{unix_now, ResponseMeta, UsageView, ValidRequest};
@@ -85,20 +85,17 @@ async fn generate(
         model: request.model.clone(),
     };
     let (include_usage, continuous) = (request.include_usage, request.continuous_usage);
+    let logprobs = request.sampling.logprobs.is_some();
     match run(state, &caller, &request, meta.id.clone(), label).await? {
         Outcome::Whole(whole) => {
             let usage = UsageView::from(whole.usage);
+            let answers = whole.answers;
             Ok(match endpoint {
-                Endpoint::Chat => Json(ChatCompletionView::new(
-                    meta,
-                    whole.text,
-                    whole.calls,
-                    whole.reason,
-                    usage,
-                ))
-                .into_response(),
+                Endpoint::Chat => {
+                    Json(ChatCompletionView::new(meta, answers, usage)).into_response()
+                }
                 Endpoint::Completions => {
-                    Json(CompletionView::new(meta, whole.text, whole.reason, usage)).into_response()
+                    Json(CompletionView::new(meta, answers, usage)).into_response()
                 }
             })
         }
@@ -115,19 +112,79 @@ async fn generate(
                 prompt_param: source.prompt_param,
             };
             Ok(match endpoint {
-                Endpoint::Chat => sse::response(stream, ChatChunks),
-                Endpoint::Completions => sse::response(stream, CompletionChunks),
+                Endpoint::Chat => sse::response(stream, ChatChunks { logprobs }),
+                Endpoint::Completions => {
+                    let format = CompletionChunks {
+                        logprobs,
+                        rendered: Vec::new(),
+                    };
+                    sse::response(stream, format)
+                }
             })
         }
     }
 }
 
-/// A whole generation, gathered.
+/// A whole generation, gathered: its answers (one unless the request asked for `n`) and the
+/// request's usage.
 pub(crate) struct Whole {
-    pub text: String,
-    pub calls: Vec<ToolCallView>,
-    pub reason: FinishReason,
+    pub answers: Vec<Answer>,
     pub usage: Usage,
+}
+
+impl Whole {
+    /// The first answer (the only one: Responses and Messages have no `n`).
+    pub fn first(&mut self) -> Answer {
+        if self.answers.is_empty() {
+            return Answer::new(None);
+        }
+        self.answers.swap_remove(0)
+    }
+}
+
+/// One answer being gathered.
+struct Gathered {
+    answer: Answer,
+    /// Log-probabilities of tokens whose text has not come yet.
+    pending: Vec<TokenLogprob>,
+}
+
+impl Gathered {
+    fn new(logprobs: bool) -> Self {
+        Self {
+            answer: Answer::new(logprobs.then(Vec::new)),
+            pending: Vec::new(),
+        }
+    }
+
+    fn absorb(&mut self, event: Event) {
+        let answer = &mut self.answer;
+        match event {
+            Event::Text { text, .. } => {
+                answer.text.push_str(&text);
+                if let Some(logprobs) = &mut answer.logprobs {
+                    logprobs.append(&mut self.pending);
+                }
+            }
+            // Log-probabilities are reported for the answer's tokens only.
+            Event::Reasoning { text, .. } => {
+                answer.reasoning.push_str(&text);
+                self.pending.clear();
+            }
+            Event::Logprobs(tokens) => self.pending.extend(tokens),
+            Event::ToolCall {
+                id,
+                name,
+                arguments,
+                ..
+            } => {
+                answer.calls.push(ToolCallView::new(id, name, arguments));
+                self.pending.clear();
+            }
+            Event::Finished { reason, .. } => answer.reason = reason,
+            Event::Queued { .. } | Event::Admitted { .. } | Event::Choice { .. } => {}
+        }
+    }
 }
 
 /// What [`run`] gives the wire layer to render.
@@ -173,7 +230,7 @@ pub(crate) async fn run(
     }
     let mut events = served.map_err(|err| ApiError::from_serve(err, prompt_param))?;
     if !request.stream {
-        let whole = collect(&mut events, &request.model, prompt_param).await?;
+        let whole = collect(&mut events, request, prompt_param).await?;
         return Ok(Outcome::Whole(whole));
     }
     // Answer with a status while one can: a backend's refusal (a full queue, the context)
@@ -205,28 +262,31 @@ pub(crate) async fn run(
 
 /// Gathers a whole generation. If the client goes away meanwhile, this future is dropped with
 /// the stream, which cancels the generation.
-async fn collect(events: &mut Served, model: &str, prompt_param: &'static str) -> Result<Whole> {
-    let mut text = String::new();
-    let mut calls = Vec::new();
+async fn collect(
+    events: &mut Served,
+    request: &ValidRequest,
+    prompt_param: &'static str,
+) -> Result<Whole> {
+    let logprobs = request.sampling.logprobs.is_some();
+    let n = request.sampling.n.max(1) as usize;
+    let mut answers: Vec<Gathered> = (0..n).map(|_| Gathered::new(logprobs)).collect();
     while let Some(event) = events.next().await {
         match event.map_err(|err| ApiError::from_serve(err, prompt_param))? {
-            Event::Text { text: piece, .. } => text.push_str(&piece),
-            Event::ToolCall {
-                id,
-                name,
-                arguments,
-                ..
-            } => calls.push(ToolCallView::new(id, name, arguments)),
             Event::Queued { .. } | Event::Admitted { .. } => {}
-            Event::Finished { reason, usage } => {
-                metrics::record_usage(model, usage);
-                return Ok(Whole {
-                    text,
-                    calls,
-                    reason,
-                    usage,
-                });
+            Event::Choice { index, event } => {
+                if let Some(answer) = answers.get_mut(index as usize) {
+                    answer.absorb(*event);
+                }
             }
+            Event::Finished { reason, usage } => {
+                metrics::record_usage(&request.model, usage);
+                if n == 1 {
+                    answers[0].answer.reason = reason;
+                }
+                let answers = answers.into_iter().map(|g| g.answer).collect();
+                return Ok(Whole { answers, usage });
+            }
+            event => answers[0].absorb(event),
         }
     }
     Err(ApiError::from_backend(

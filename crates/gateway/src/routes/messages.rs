@@ -28,15 +28,17 @@ pub async fn create(
             let id = format!("msg_{}", request_id.0);
             let served = run(&state, &caller, &request, id.clone(), &mut label).await;
             match served.map_err(|err| err.map_param(rename)) {
-                Ok(Outcome::Whole(whole)) => Ok(Json(view::message(
-                    &id,
-                    &request.model,
-                    whole.text,
-                    &whole.calls,
-                    whole.reason,
-                    whole.usage,
-                ))
-                .into_response()),
+                Ok(Outcome::Whole(mut whole)) => {
+                    let first = whole.first();
+                    let answer = view::Answer {
+                        thinking: &first.reasoning,
+                        text: &first.text,
+                        calls: &first.calls,
+                    };
+                    let message =
+                        view::message(&id, &request.model, &answer, first.reason, whole.usage);
+                    Ok(Json(message).into_response())
+                }
                 Ok(Outcome::Stream(source)) => {
                     let events = view::MessageEvents::new(id, request.model.clone());
                     Ok(sse::respond(*source, events))

@@ -162,9 +162,10 @@ async fn generate(
         .await
         .map_err(|err| err.map_param(rename))?;
     match outcome {
-        Outcome::Whole(whole) => {
-            let (output, added) = view::output(&shell, &whole.text, &whole.calls);
-            let response = view::finished(&shell, output, whole.reason, whole.usage);
+        Outcome::Whole(mut whole) => {
+            let first = whole.first();
+            let (output, added) = view::output(&shell, &first.reasoning, &first.text, &first.calls);
+            let response = view::finished(&shell, output, first.reason, whole.usage);
             if let Some(turn) = turn {
                 save(state, turn.record(&response, added)).await;
             }

@@ -28,6 +28,7 @@ const ACCEPTED: &[&str] = &[
     "n",
     "user",
     "logprobs",
+    "top_logprobs",
     "store",
     "metadata",
     "tools",
@@ -35,8 +36,8 @@ const ACCEPTED: &[&str] = &[
     "parallel_tool_calls",
     "response_format",
     // Documented no-ops here: every prompt prefix is cached without a key, there is one
-    // service tier, a prediction only ever saves time, and these models write no separate
-    // reasoning.
+    // service tier, a prediction only ever saves time, and a model that thinks does so as its
+    // template says (its reasoning comes back split from the answer).
     "prompt_cache_key",
     "prompt_cache_retention",
     "safety_identifier",
@@ -58,14 +59,6 @@ const REFUSED: &[Refused] = &[
     Refused {
         key: "logit_bias",
         is_noop: is_empty_object,
-    },
-    Refused {
-        key: "logprobs",
-        is_noop: is_false,
-    },
-    Refused {
-        key: "top_logprobs",
-        is_noop: never,
     },
     Refused {
         key: "store",
@@ -103,6 +96,20 @@ const MESSAGE_FIELDS: &[&str] = &[
     "reasoning_content",
 ];
 
+/// `logprobs` (a bool) and `top_logprobs` (0–20 alternatives, only with `logprobs`).
+fn logprobs(fields: &Fields<'_>) -> Result<Option<u8>> {
+    let wanted = fields.bool("logprobs")?.unwrap_or(false);
+    let top = fields.integer("top_logprobs", 0, i64::from(backend::MAX_TOP_LOGPROBS))?;
+    match (wanted, top) {
+        (false, Some(_)) => Err(ApiError::invalid(
+            "top_logprobs",
+            "'top_logprobs' needs 'logprobs': true; set both, or leave 'top_logprobs' out.",
+        )),
+        (false, None) => Ok(None),
+        (true, top) => Ok(Some(top.map_or(0, |n| n as u8))),
+    }
+}
+
 /// Parses and validates a chat completion request body.
 pub fn parse(body: &[u8]) -> Result<ValidRequest> {
     let map = validate::parse_object(body)?;
@@ -116,7 +123,7 @@ pub fn parse(body: &[u8]) -> Result<ValidRequest> {
     let messages = messages(&fields)?;
     let tools = super::tools::parse(&fields)?;
     let format = super::format::parse(&fields)?;
-    validate::n(&fields)?;
+    let n = validate::n(&fields)?;
     fields.string("user")?;
     fields.object("metadata")?;
     fields.strings(&[
@@ -128,7 +135,9 @@ pub fn parse(body: &[u8]) -> Result<ValidRequest> {
         "verbosity",
     ])?;
     fields.object("prediction")?;
-    let generation = validate::generation(&fields, &["max_completion_tokens", "max_tokens"])?;
+    let mut generation = validate::generation(&fields, &["max_completion_tokens", "max_tokens"])?;
+    generation.sampling.logprobs = logprobs(&fields)?;
+    generation.sampling.n = n;
 
     Ok(ValidRequest {
         model,
@@ -278,7 +287,7 @@ pub struct ChatCompletionView {
     pub object: &'static str,
     pub created: u64,
     pub model: String,
-    pub choices: [ChatChoiceView; 1],
+    pub choices: Vec<ChatChoiceView>,
     pub usage: UsageView,
 }
 
@@ -287,7 +296,7 @@ pub struct ChatChoiceView {
     pub index: u32,
     pub message: AssistantMessageView,
     pub finish_reason: &'static str,
-    pub logprobs: Option<()>,
+    pub logprobs: Option<Value>,
 }
 
 #[derive(Debug, Serialize)]
@@ -295,63 +304,127 @@ pub struct AssistantMessageView {
     pub role: &'static str,
     /// `null` when the answer is only tool calls.
     pub content: Option<String>,
+    /// The model's thinking, split from `content` (vLLM's and DeepSeek's field), when it thought.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reasoning_content: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub tool_calls: Vec<ToolCallView>,
 }
 
 impl ChatCompletionView {
-    pub fn new(
-        meta: ResponseMeta,
-        content: String,
-        tool_calls: Vec<ToolCallView>,
-        reason: FinishReason,
-        usage: UsageView,
-    ) -> Self {
-        let content = (!content.is_empty() || tool_calls.is_empty()).then_some(content);
+    pub fn new(meta: ResponseMeta, answers: Vec<Answer>, usage: UsageView) -> Self {
         Self {
             id: meta.id,
             object: "chat.completion",
             created: meta.created,
             model: meta.model,
-            choices: [ChatChoiceView {
-                index: 0,
-                message: AssistantMessageView {
-                    role: "assistant",
-                    content,
-                    tool_calls,
-                },
-                finish_reason: super::finish_reason(reason),
-                logprobs: None,
-            }],
+            choices: answers.into_iter().zip(0..).map(choice_view).collect(),
             usage,
         }
     }
 }
 
+fn choice_view((answer, index): (Answer, u32)) -> ChatChoiceView {
+    let Answer {
+        reasoning,
+        text,
+        calls: tool_calls,
+        reason,
+        logprobs,
+    } = answer;
+    let content = (!text.is_empty() || tool_calls.is_empty()).then_some(text);
+    ChatChoiceView {
+        index,
+        message: AssistantMessageView {
+            role: "assistant",
+            content,
+            reasoning_content: (!reasoning.is_empty()).then_some(reasoning),
+            tool_calls,
+        },
+        finish_reason: super::finish_reason(reason),
+        logprobs: logprobs.as_deref().map(super::logprobs::chat),
+    }
+}
+
+/// What a whole generation answered.
+pub struct Answer {
+    /// The model's thinking, split from the text (empty if it did not think).
+    pub reasoning: String,
+    pub text: String,
+    pub calls: Vec<ToolCallView>,
+    pub reason: FinishReason,
+    /// The answer's tokens' log-probabilities, if the request asked for them.
+    pub logprobs: Option<Vec<backend::TokenLogprob>>,
+}
+
+impl Answer {
+    /// An empty answer (stopped), with log-probabilities to fill if `logprobs` is `Some`.
+    pub fn new(logprobs: Option<Vec<backend::TokenLogprob>>) -> Self {
+        Self {
+            reasoning: String::new(),
+            text: String::new(),
+            calls: Vec::new(),
+            reason: FinishReason::Stop,
+            logprobs,
+        }
+    }
+}
+
 /// `chat.completion.chunk` frames.
-pub struct ChatChunks;
+pub struct ChatChunks {
+    /// The request asked for log-probabilities.
+    pub logprobs: bool,
+}
 
 fn chunk(meta: &ResponseMeta, choices: Value, usage: ChunkUsage) -> Value {
     super::chunk("chat.completion.chunk", meta, choices, usage)
 }
 
-fn choice(delta: Value, finish_reason: Option<&str>) -> Value {
-    json!([{ "index": 0, "delta": delta, "logprobs": null, "finish_reason": finish_reason }])
+fn choice(answer: u32, delta: Value, finish_reason: Option<&str>) -> Value {
+    json!([{ "index": answer, "delta": delta, "logprobs": null, "finish_reason": finish_reason }])
 }
 
 impl ChunkFormat for ChatChunks {
     fn opening(&self, meta: &ResponseMeta, usage: ChunkUsage) -> Option<Value> {
         let delta = json!({ "role": "assistant", "content": "" });
-        Some(chunk(meta, choice(delta, None), usage))
+        Some(chunk(meta, choice(0, delta, None), usage))
     }
 
-    fn text(&self, meta: &ResponseMeta, text: &str, usage: ChunkUsage) -> Value {
-        chunk(meta, choice(json!({ "content": text }), None), usage)
+    fn text(
+        &mut self,
+        meta: &ResponseMeta,
+        answer: u32,
+        text: &str,
+        logprobs: &[backend::TokenLogprob],
+        usage: ChunkUsage,
+    ) -> Value {
+        let mut choices = choice(answer, json!({ "content": text }), None);
+        if self.logprobs {
+            choices[0]["logprobs"] = super::logprobs::chat(logprobs);
+        }
+        chunk(meta, choices, usage)
     }
 
-    fn finish(&self, meta: &ResponseMeta, reason: FinishReason, usage: ChunkUsage) -> Value {
+    fn reasoning(
+        &self,
+        meta: &ResponseMeta,
+        answer: u32,
+        text: &str,
+        usage: ChunkUsage,
+    ) -> Option<Value> {
+        let delta = json!({ "reasoning_content": text });
+        Some(chunk(meta, choice(answer, delta, None), usage))
+    }
+
+    fn finish(
+        &self,
+        meta: &ResponseMeta,
+        answer: u32,
+        reason: FinishReason,
+        usage: ChunkUsage,
+    ) -> Value {
         let reason = super::finish_reason(reason);
-        chunk(meta, choice(json!({}), Some(reason)), usage)
+        chunk(meta, choice(answer, json!({}), Some(reason)), usage)
     }
 
     fn usage(&self, meta: &ResponseMeta, usage: UsageView) -> Value {
@@ -361,6 +434,7 @@ impl ChunkFormat for ChatChunks {
     fn tool_call(
         &self,
         meta: &ResponseMeta,
+        answer: u32,
         index: u32,
         call: ToolCallView,
         usage: ChunkUsage,
@@ -371,6 +445,6 @@ impl ChunkFormat for ChatChunks {
             "type": call.r#type,
             "function": { "name": call.function.name, "arguments": call.function.arguments },
         }] });
-        Some(chunk(meta, choice(delta, None), usage))
+        Some(chunk(meta, choice(answer, delta, None), usage))
     }
 }

@@ -6,7 +6,7 @@ use serde_json::{json, Value};
 
 use super::{ChunkFormat, ChunkUsage, ResponseMeta, UsageView, ValidRequest};
 use crate::error::{ApiError, Result};
-use crate::validate::{self, is_empty_object, is_false, never, Fields, Refused};
+use crate::validate::{self, is_empty_object, is_false, Fields, Refused};
 
 const ACCEPTED: &[&str] = &[
     "model",
@@ -26,6 +26,7 @@ const ACCEPTED: &[&str] = &[
     "n",
     "user",
     "response_format",
+    "logprobs",
 ];
 
 fn is_one(v: &Value) -> bool {
@@ -50,10 +51,6 @@ const REFUSED: &[Refused] = &[
         is_noop: is_one,
     },
     Refused {
-        key: "logprobs",
-        is_noop: never,
-    },
-    Refused {
         key: "logit_bias",
         is_noop: is_empty_object,
     },
@@ -73,9 +70,12 @@ pub fn parse(body: &[u8]) -> Result<ValidRequest> {
 
     let model = fields.required_string("model")?.to_string();
     let prompt = prompt(&fields)?;
-    validate::n(&fields)?;
+    let n = validate::n(&fields)?;
     fields.string("user")?;
-    let generation = validate::generation(&fields, &["max_tokens"])?;
+    let mut generation = validate::generation(&fields, &["max_tokens"])?;
+    // The legacy API's `logprobs` is the number of alternatives (at most 5) or null.
+    generation.sampling.logprobs = fields.integer("logprobs", 0, 5)?.map(|n| n as u8);
+    generation.sampling.n = n;
 
     Ok(ValidRequest {
         model,
@@ -136,7 +136,7 @@ pub struct CompletionView {
     pub object: &'static str,
     pub created: u64,
     pub model: String,
-    pub choices: [CompletionChoiceView; 1],
+    pub choices: Vec<CompletionChoiceView>,
     pub usage: UsageView,
 }
 
@@ -145,36 +145,50 @@ pub struct CompletionChoiceView {
     pub index: u32,
     pub text: String,
     pub finish_reason: &'static str,
-    pub logprobs: Option<()>,
+    pub logprobs: Option<Value>,
 }
 
 impl CompletionView {
-    pub fn new(meta: ResponseMeta, text: String, reason: FinishReason, usage: UsageView) -> Self {
+    /// `answers`: each answer's text, finish reason and (if asked for) log-probabilities.
+    pub fn new(meta: ResponseMeta, answers: Vec<super::chat::Answer>, usage: UsageView) -> Self {
+        let choices = answers
+            .into_iter()
+            .zip(0..)
+            .map(|(answer, index)| CompletionChoiceView {
+                index,
+                finish_reason: super::finish_reason(answer.reason),
+                logprobs: answer
+                    .logprobs
+                    .as_deref()
+                    .map(|l| super::logprobs::Completion::default().render(l)),
+                text: answer.text,
+            })
+            .collect();
         Self {
             id: meta.id,
             object: "text_completion",
             created: meta.created,
             model: meta.model,
-            choices: [CompletionChoiceView {
-                index: 0,
-                text,
-                finish_reason: super::finish_reason(reason),
-                logprobs: None,
-            }],
+            choices,
             usage,
         }
     }
 }
 
 /// Streamed `text_completion` frames.
-pub struct CompletionChunks;
+pub struct CompletionChunks {
+    /// Whether the request asked for log-probabilities.
+    pub logprobs: bool,
+    /// Per answer, its log-probabilities so far (for their text offsets).
+    pub rendered: Vec<super::logprobs::Completion>,
+}
 
 fn chunk(meta: &ResponseMeta, choices: Value, usage: ChunkUsage) -> Value {
     super::chunk("text_completion", meta, choices, usage)
 }
 
-fn choice(text: &str, finish_reason: Option<&str>) -> Value {
-    json!([{ "index": 0, "text": text, "logprobs": null, "finish_reason": finish_reason }])
+fn choice(answer: u32, text: &str, finish_reason: Option<&str>) -> Value {
+    json!([{ "index": answer, "text": text, "logprobs": null, "finish_reason": finish_reason }])
 }
 
 impl ChunkFormat for CompletionChunks {
@@ -182,12 +196,35 @@ impl ChunkFormat for CompletionChunks {
         None
     }
 
-    fn text(&self, meta: &ResponseMeta, text: &str, usage: ChunkUsage) -> Value {
-        chunk(meta, choice(text, None), usage)
+    fn text(
+        &mut self,
+        meta: &ResponseMeta,
+        answer: u32,
+        text: &str,
+        logprobs: &[backend::TokenLogprob],
+        usage: ChunkUsage,
+    ) -> Value {
+        let mut choices = choice(answer, text, None);
+        if self.logprobs {
+            let at = answer as usize;
+            if self.rendered.len() <= at {
+                self.rendered
+                    .resize_with(at + 1, super::logprobs::Completion::default);
+            }
+            choices[0]["logprobs"] = self.rendered[at].render(logprobs);
+        }
+        chunk(meta, choices, usage)
     }
 
-    fn finish(&self, meta: &ResponseMeta, reason: FinishReason, usage: ChunkUsage) -> Value {
-        chunk(meta, choice("", Some(super::finish_reason(reason))), usage)
+    fn finish(
+        &self,
+        meta: &ResponseMeta,
+        answer: u32,
+        reason: FinishReason,
+        usage: ChunkUsage,
+    ) -> Value {
+        let reason = super::finish_reason(reason);
+        chunk(meta, choice(answer, "", Some(reason)), usage)
     }
 
     fn usage(&self, meta: &ResponseMeta, usage: UsageView) -> Value {

@@ -5,6 +5,7 @@ pub mod anthropic;
 pub mod chat;
 pub mod completions;
 pub mod format;
+pub mod logprobs;
 pub mod responses;
 pub mod tenancy;
 pub mod tools;
@@ -150,28 +151,52 @@ impl Serialize for ChunkUsage {
     }
 }
 
-/// One frame of a streamed response, built by the endpoint's wire format.
+/// One frame of a streamed response, built by the endpoint's wire format. `answer` is the
+/// choice's index (0 unless the request asked for several, `n`).
 pub trait ChunkFormat: Send + 'static {
     /// Sent before any text (chat sends the assistant role), if anything.
     fn opening(&self, meta: &ResponseMeta, usage: ChunkUsage) -> Option<serde_json::Value>;
-    fn text(&self, meta: &ResponseMeta, text: &str, usage: ChunkUsage) -> serde_json::Value;
+    /// A piece of the answer's text, with the log-probabilities of the tokens it releases
+    /// (empty unless the request asked for them).
+    fn text(
+        &mut self,
+        meta: &ResponseMeta,
+        answer: u32,
+        text: &str,
+        logprobs: &[backend::TokenLogprob],
+        usage: ChunkUsage,
+    ) -> serde_json::Value;
     fn finish(
         &self,
         meta: &ResponseMeta,
+        answer: u32,
         reason: FinishReason,
         usage: ChunkUsage,
     ) -> serde_json::Value;
     /// The `include_usage` chunk, with no choices.
     fn usage(&self, meta: &ResponseMeta, usage: UsageView) -> serde_json::Value;
-    /// A whole tool call; `None` for formats without tool calls (they are never offered tools).
+    /// A piece of reasoning; `None` for formats without it (raw completions are never split).
+    fn reasoning(
+        &self,
+        meta: &ResponseMeta,
+        answer: u32,
+        text: &str,
+        usage: ChunkUsage,
+    ) -> Option<serde_json::Value> {
+        let _ = (meta, answer, text, usage);
+        None
+    }
+    /// A whole tool call, the answer's `index`th; `None` for formats without tool calls (they
+    /// are never offered tools).
     fn tool_call(
         &self,
         meta: &ResponseMeta,
+        answer: u32,
         index: u32,
         call: tools::ToolCallView,
         usage: ChunkUsage,
     ) -> Option<serde_json::Value> {
-        let _ = (meta, index, call, usage);
+        let _ = (meta, answer, index, call, usage);
         None
     }
 }

@@ -34,6 +34,7 @@ const KEYS: &[&str] = &[
     "n",
     "user",
     "logprobs",
+    "top_logprobs",
     "store",
     "metadata",
     "echo",

@@ -58,16 +58,36 @@ fn tool_use(call: &ToolCallView) -> Value {
     json!({ "type": "tool_use", "id": call.id, "name": call.function.name, "input": input })
 }
 
+/// A `thinking` block. Flywheel signs nothing (a thinking block sent back is dropped from the
+/// prompt, as the chat templates drop past reasoning), so `signature` is empty.
+fn thinking(text: &str) -> Value {
+    json!({ "type": "thinking", "thinking": text, "signature": "" })
+}
+
+/// What the model answered: its thinking, its text and its tool calls.
+pub struct Answer<'a> {
+    pub thinking: &'a str,
+    pub text: &'a str,
+    pub calls: &'a [ToolCallView],
+}
+
 /// The non-streamed `message` object.
 pub fn message(
     id: &str,
     model: &str,
-    text: String,
-    calls: &[ToolCallView],
+    answer: &Answer<'_>,
     reason: FinishReason,
     usage: Usage,
 ) -> Value {
-    let mut content = Vec::with_capacity(calls.len() + 1);
+    let Answer {
+        thinking: thought,
+        text,
+        calls,
+    } = *answer;
+    let mut content = Vec::with_capacity(calls.len() + 2);
+    if !thought.is_empty() {
+        content.push(thinking(thought));
+    }
     if !text.is_empty() {
         content.push(json!({ "type": "text", "text": text }));
     }
@@ -90,14 +110,14 @@ pub fn token_count(input_tokens: u32) -> Value {
 }
 
 /// The stream: `message_start`, then per content block `content_block_start`, its deltas
-/// (`text_delta`, `input_json_delta`) and `content_block_stop`, then `message_delta` with the
+/// (`thinking_delta`, `text_delta`, `input_json_delta`) and `content_block_stop`, then `message_delta` with the
 /// stop reason and usage, and `message_stop`. An error after the start is an `error` event.
 pub struct MessageEvents {
     id: String,
     model: String,
     started: bool,
-    /// The index of the open content block and whether it is text.
-    open: Option<(u32, bool)>,
+    /// The index of the open content block and its kind.
+    open: Option<(u32, Block)>,
     next_index: u32,
 }
 
@@ -143,11 +163,11 @@ impl MessageEvents {
         }
     }
 
-    fn open_block(&mut self, out: &mut Vec<u8>, block: Value, is_text: bool) -> u32 {
+    fn open_block(&mut self, out: &mut Vec<u8>, block: Value, kind: Block) -> u32 {
         self.close_block(out);
         let index = self.next_index;
         self.next_index += 1;
-        self.open = Some((index, is_text));
+        self.open = Some((index, kind));
         named_frame(
             out,
             "content_block_start",
@@ -165,6 +185,14 @@ impl MessageEvents {
     }
 }
 
+/// The kinds of content block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Block {
+    Thinking,
+    Text,
+    ToolUse,
+}
+
 impl Encoder for MessageEvents {
     fn admitted(&mut self, out: &mut Vec<u8>, prompt_tokens: u32) {
         self.start(out, prompt_tokens);
@@ -173,10 +201,23 @@ impl Encoder for MessageEvents {
     fn text(&mut self, out: &mut Vec<u8>, text: &str, so_far: Usage) {
         self.start(out, so_far.prompt_tokens);
         let index = match self.open {
-            Some((index, true)) => index,
-            _ => self.open_block(out, json!({ "type": "text", "text": "" }), true),
+            Some((index, Block::Text)) => index,
+            _ => self.open_block(out, json!({ "type": "text", "text": "" }), Block::Text),
         };
         Self::delta(out, index, json!({ "type": "text_delta", "text": text }));
+    }
+
+    fn reasoning(&mut self, out: &mut Vec<u8>, text: &str, so_far: Usage) {
+        self.start(out, so_far.prompt_tokens);
+        let index = match self.open {
+            Some((index, Block::Thinking)) => index,
+            _ => self.open_block(out, thinking(""), Block::Thinking),
+        };
+        Self::delta(
+            out,
+            index,
+            json!({ "type": "thinking_delta", "thinking": text }),
+        );
     }
 
     fn tool_call(&mut self, out: &mut Vec<u8>, _index: u32, call: ToolCallView, so_far: Usage) {
@@ -184,7 +225,7 @@ impl Encoder for MessageEvents {
         let mut block = tool_use(&call);
         let input = block["input"].take();
         block["input"] = json!({});
-        let index = self.open_block(out, block, false);
+        let index = self.open_block(out, block, Block::ToolUse);
         let partial_json = serde_json::to_string(&input).unwrap_or_else(|_| "{}".into());
         Self::delta(
             out,

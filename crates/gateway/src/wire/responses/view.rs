@@ -64,6 +64,11 @@ impl Shell {
     fn message_id(&self) -> String {
         format!("msg_{}", self.id.trim_start_matches("resp_"))
     }
+
+    /// The id of the reasoning item of this response's thinking.
+    fn reasoning_id(&self) -> String {
+        format!("rs_{}", self.id.trim_start_matches("resp_"))
+    }
 }
 
 /// The id of a function call's output item.
@@ -84,6 +89,19 @@ fn text_part(text: &str) -> Value {
     json!({ "type": "output_text", "text": text, "annotations": [], "logprobs": [] })
 }
 
+fn reasoning_part(text: &str) -> Value {
+    json!({ "type": "reasoning_text", "text": text })
+}
+
+fn reasoning_item(id: &str, status: &str, text: &str) -> Value {
+    let content = if status == "in_progress" {
+        json!([])
+    } else {
+        json!([reasoning_part(text)])
+    };
+    json!({ "type": "reasoning", "id": id, "status": status, "summary": [], "content": content })
+}
+
 fn call_item(call: &ToolCallView, status: &str, arguments: &str) -> Value {
     json!({
         "type": "function_call", "id": call_item_id(call), "status": status,
@@ -91,11 +109,23 @@ fn call_item(call: &ToolCallView, status: &str, arguments: &str) -> Value {
     })
 }
 
-/// A whole answer: the output items (text first, then calls) and the conversation items they
-/// add.
-pub fn output(shell: &Shell, text: &str, calls: &[ToolCallView]) -> (Vec<Value>, Vec<Item>) {
-    let mut views = Vec::with_capacity(calls.len() + 1);
+/// A whole answer: the output items (reasoning, text, then calls) and the conversation items
+/// they add (reasoning is not part of the conversation: templates drop it from history).
+pub fn output(
+    shell: &Shell,
+    reasoning: &str,
+    text: &str,
+    calls: &[ToolCallView],
+) -> (Vec<Value>, Vec<Item>) {
+    let mut views = Vec::with_capacity(calls.len() + 2);
     let mut items = Vec::with_capacity(calls.len() + 1);
+    if !reasoning.is_empty() {
+        views.push(reasoning_item(
+            &shell.reasoning_id(),
+            "completed",
+            reasoning,
+        ));
+    }
     if !text.is_empty() || calls.is_empty() {
         views.push(message_item(&shell.message_id(), "completed", text));
         items.push(Item::Message {
@@ -132,8 +162,8 @@ pub type Persist = Box<dyn FnOnce(Value, Vec<Item>) -> BoxFuture<'static, ()> + 
 pub struct ResponseEvents {
     shell: Shell,
     sequence: u64,
-    /// The text item being written: its output index and text so far.
-    text: Option<(usize, String)>,
+    /// The message or reasoning item being written.
+    open: Option<OpenPart>,
     output: Vec<Value>,
     items: Vec<Item>,
     persist: Option<Persist>,
@@ -145,7 +175,7 @@ impl ResponseEvents {
         Self {
             shell,
             sequence: 0,
-            text: None,
+            open: None,
             output: Vec::new(),
             items: Vec::new(),
             persist,
@@ -162,11 +192,12 @@ impl ResponseEvents {
         named_frame(out, kind, &data);
     }
 
-    fn close_text(&mut self, out: &mut Vec<u8>) {
-        let Some((index, text)) = self.text.take() else {
+    /// Ends the item being written, if any (`….done` events, `output_item.done`).
+    fn close(&mut self, out: &mut Vec<u8>) {
+        let Some(OpenPart { kind, index, text }) = self.open.take() else {
             return;
         };
-        let id = self.shell.message_id();
+        let id = kind.id(&self.shell);
         let at = json!({ "item_id": id, "output_index": index, "content_index": 0 });
         let with = |extra: Value| {
             let mut data = at.clone();
@@ -175,28 +206,115 @@ impl ResponseEvents {
             }
             data
         };
-        self.emit(
-            out,
-            "response.output_text.done",
-            with(json!({ "text": text, "logprobs": [] })),
-        );
+        let done = match kind {
+            Kind::Message => (
+                "response.output_text.done",
+                json!({ "text": text, "logprobs": [] }),
+            ),
+            Kind::Reasoning => ("response.reasoning_text.done", json!({ "text": text })),
+        };
+        self.emit(out, done.0, with(done.1));
         self.emit(
             out,
             "response.content_part.done",
-            with(json!({ "part": text_part(&text) })),
+            with(json!({ "part": kind.part(&text) })),
         );
-        let item = message_item(&id, "completed", &text);
+        let item = kind.item(&id, "completed", &text);
         self.emit(
             out,
             "response.output_item.done",
             json!({ "output_index": index, "item": item.clone() }),
         );
         self.output.push(item);
-        self.items.push(Item::Message {
-            role: "assistant".into(),
-            content: text,
-        });
+        if kind == Kind::Message {
+            self.items.push(Item::Message {
+                role: "assistant".into(),
+                content: text,
+            });
+        }
     }
+
+    /// A delta of a message or reasoning item, opening it first (and closing another one).
+    fn delta(&mut self, out: &mut Vec<u8>, kind: Kind, text: &str) {
+        if self.open.as_ref().is_some_and(|open| open.kind != kind) {
+            self.close(out);
+        }
+        let id = kind.id(&self.shell);
+        if self.open.is_none() {
+            let index = self.output.len();
+            self.emit(
+                out,
+                "response.output_item.added",
+                json!({ "output_index": index, "item": kind.item(&id, "in_progress", "") }),
+            );
+            self.emit(
+                out,
+                "response.content_part.added",
+                json!({ "item_id": id, "output_index": index, "content_index": 0, "part": kind.part("") }),
+            );
+            self.open = Some(OpenPart {
+                kind,
+                index,
+                text: String::new(),
+            });
+        }
+        let index = match &mut self.open {
+            Some(open) => {
+                open.text.push_str(text);
+                open.index
+            }
+            None => 0,
+        };
+        let data =
+            json!({ "item_id": id, "output_index": index, "content_index": 0, "delta": text });
+        match kind {
+            Kind::Message => {
+                let mut data = data;
+                if let Value::Object(map) = &mut data {
+                    map.insert("logprobs".into(), json!([]));
+                }
+                self.emit(out, "response.output_text.delta", data);
+            }
+            Kind::Reasoning => self.emit(out, "response.reasoning_text.delta", data),
+        }
+    }
+}
+
+/// The kinds of output item written in parts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Message,
+    Reasoning,
+}
+
+impl Kind {
+    fn id(self, shell: &Shell) -> String {
+        match self {
+            Kind::Message => shell.message_id(),
+            Kind::Reasoning => shell.reasoning_id(),
+        }
+    }
+
+    fn item(self, id: &str, status: &str, text: &str) -> Value {
+        match self {
+            Kind::Message => message_item(id, status, text),
+            Kind::Reasoning => reasoning_item(id, status, text),
+        }
+    }
+
+    fn part(self, text: &str) -> Value {
+        match self {
+            Kind::Message => text_part(text),
+            Kind::Reasoning => reasoning_part(text),
+        }
+    }
+}
+
+/// The item being written: its kind, output index and text so far.
+struct OpenPart {
+    kind: Kind,
+    index: usize,
+    text: String,
 }
 
 impl Encoder for ResponseEvents {
@@ -213,37 +331,15 @@ impl Encoder for ResponseEvents {
     }
 
     fn text(&mut self, out: &mut Vec<u8>, text: &str, _so_far: Usage) {
-        let id = self.shell.message_id();
-        if self.text.is_none() {
-            let index = self.output.len();
-            self.emit(
-                out,
-                "response.output_item.added",
-                json!({ "output_index": index, "item": message_item(&id, "in_progress", "") }),
-            );
-            self.emit(
-                out,
-                "response.content_part.added",
-                json!({ "item_id": id, "output_index": index, "content_index": 0, "part": text_part("") }),
-            );
-            self.text = Some((index, String::new()));
-        }
-        let index = match &mut self.text {
-            Some((index, so_far)) => {
-                so_far.push_str(text);
-                *index
-            }
-            None => 0,
-        };
-        self.emit(
-            out,
-            "response.output_text.delta",
-            json!({ "item_id": id, "output_index": index, "content_index": 0, "delta": text, "logprobs": [] }),
-        );
+        self.delta(out, Kind::Message, text);
+    }
+
+    fn reasoning(&mut self, out: &mut Vec<u8>, text: &str, _so_far: Usage) {
+        self.delta(out, Kind::Reasoning, text);
     }
 
     fn tool_call(&mut self, out: &mut Vec<u8>, _index: u32, call: ToolCallView, _so_far: Usage) {
-        self.close_text(out);
+        self.close(out);
         let index = self.output.len();
         let id = call_item_id(&call);
         let arguments = call.function.arguments.clone();
@@ -277,7 +373,7 @@ impl Encoder for ResponseEvents {
     }
 
     fn finish(&mut self, out: &mut Vec<u8>, reason: FinishReason, usage: Usage) {
-        self.close_text(out);
+        self.close(out);
         let response = finished(&self.shell, std::mem::take(&mut self.output), reason, usage);
         if let Some(persist) = self.persist.take() {
             self.pending = Some(persist(response.clone(), std::mem::take(&mut self.items)));

@@ -81,6 +81,18 @@ def bars(results):
     h = load(os.path.join(results, "hub.json"))
     if h and h.get("ratio"):
         out.append(("hub", "500 MB download vs nginx", h["ratio"], None))
+    t = load(os.path.join(results, "tools.json"))
+    if t:
+        r = t.get("ratios", {})
+        for cat in ("simple", "multiple", "parallel", "parallel_multiple"):
+            v = r.get(f"bfcl_{cat}_accuracy")  # None when llama-server scored 0
+            if v is not None:  # a log scale has no 0: Flywheel at 0 is drawn at 0.05
+                out.append(("tools", f"BFCL {cat}: accuracy vs llama-server" + (" (0; drawn at 0.05)" if v < 0.05 else ""),
+                            max(v, 0.05), 1.0))
+        if r.get("constrained_flywheel_over_llama_server"):
+            out.append(("tools", "json_schema decode vs llama-server", r["constrained_flywheel_over_llama_server"], 1.0))
+        if r.get("constrained_over_unconstrained_flywheel"):
+            out.append(("tools", "json_schema decode vs Flywheel unconstrained", r["constrained_over_unconstrained_flywheel"], 0.9))
     return out
 
 
@@ -89,7 +101,7 @@ def draw(rows, png):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colours = {"engine": "#4C72B0", "serving": "#55A868", "gateway": "#C44E52", "hub": "#8172B2"}
+    colours = {"engine": "#4C72B0", "serving": "#55A868", "gateway": "#C44E52", "hub": "#8172B2", "tools": "#CCB974"}
     fig, ax = plt.subplots(figsize=(9, 0.42 * len(rows) + 1.4))
     ys = list(range(len(rows)))[::-1]
     for y, (group, label, adv, goal) in zip(ys, rows):
@@ -100,7 +112,7 @@ def draw(rows, png):
         if goal:
             ax.plot([goal, goal], [y - 0.4, y + 0.4], color="black", linewidth=2)
     ax.set_xscale("log")
-    ax.set_xlim(0.4, 40)
+    ax.set_xlim(min(0.4, min(adv for _, _, adv, _ in rows) * 0.7), 40)
     ax.axvline(1.0, color="grey", linewidth=1, linestyle="--")
     ax.set_yticks(ys, [label for _, label, _, _ in rows], fontsize=8)
     ax.set_xlabel("Flywheel's advantage over the anchor (right of 1 = Flywheel better; black tick = goal)")

@@ -72,7 +72,7 @@ def test_context_length_exceeded_completions(client):
         ("max_tokens", -3),
         ("presence_penalty", 3.0),
         ("frequency_penalty", -2.5),
-        ("n", 2),
+        ("n", 17),
         ("tools", [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]),
         ("response_format", "json"),
         ("min_p", 1.5),
@@ -95,7 +95,7 @@ def test_bad_parameter(client, param, value):
     assert e.value.param == param, f"400 for {param}={value!r} should name it in `param`: {e.value.body}"
 
 
-@pytest.mark.parametrize("param,value", [("temperature", 5), ("n", 3), ("foo_bar_unknown", True)])
+@pytest.mark.parametrize("param,value", [("temperature", 5), ("n", 17), ("foo_bar_unknown", True)])
 def test_bad_parameter_completions(client, param, value):
     kw = {"model": "smol", "prompt": "hi", "max_tokens": 4}
     if param == "foo_bar_unknown":

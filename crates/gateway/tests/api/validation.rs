@@ -45,8 +45,6 @@ async fn unsupported_chat_parameters_are_refused_by_name() {
         ("functions", json!([{ "name": "f" }])),
         ("function_call", json!("auto")),
         ("logit_bias", json!({ "50256": -100 })),
-        ("top_logprobs", json!(2)),
-        ("logprobs", json!(true)),
         ("store", json!(true)),
         ("audio", json!({ "voice": "alloy", "format": "wav" })),
         ("modalities", json!(["text", "audio"])),
@@ -139,8 +137,14 @@ async fn bad_values_are_named() {
             json!({ "stream": true, "stream_options": { "include_usage": 1 } }),
             "stream_options.include_usage",
         ),
-        (json!({ "n": 2 }), "n"),
+        (json!({ "n": 17 }), "n"),
         (json!({ "n": 0 }), "n"),
+        (json!({ "top_logprobs": 2 }), "top_logprobs"),
+        (
+            json!({ "logprobs": true, "top_logprobs": 21 }),
+            "top_logprobs",
+        ),
+        (json!({ "logprobs": 1 }), "logprobs"),
         (json!({ "user": 5 }), "user"),
         (json!({ "metadata": [] }), "metadata"),
         (json!({ "model": 5 }), "model"),
@@ -266,13 +270,13 @@ async fn completion_specific_refusals() {
         (json!({ "echo": true }), "echo"),
         (json!({ "suffix": "end" }), "suffix"),
         (json!({ "best_of": 2 }), "best_of"),
-        (json!({ "logprobs": 1 }), "logprobs"),
+        (json!({ "logprobs": 6 }), "logprobs"),
         (json!({ "logit_bias": { "1": 1 } }), "logit_bias"),
         (
             json!({ "max_completion_tokens": 5 }),
             "max_completion_tokens",
         ),
-        (json!({ "n": 3 }), "n"),
+        (json!({ "n": 17 }), "n"),
     ];
     for (extra, param) in cases {
         expect_400(COMPLETIONS, completion_with(extra), param).await;

@@ -408,8 +408,11 @@ impl Worker<'_> {
     }
 
     fn sample(&mut self, slot: usize, idx: i32) {
-        // The prompt is in the KV cache now: the other answers to it may copy it.
-        if let Some(job) = self.state.job_mut(slot) {
+        let Some(job) = self.state.job_mut(slot) else {
+            return;
+        };
+        if !job.payload.followers.is_empty() {
+            // The prompt is in the KV cache now: the other answers to it may copy it.
             let followers = std::mem::take(&mut job.payload.followers);
             self.state.enqueue_front(followers);
         }

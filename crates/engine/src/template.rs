@@ -186,7 +186,7 @@ mod tests {
     }
 
     #[test]
-    fn tools_reach_the_template_and_are_none_without_any() {
+    fn tools_reach_the_template_in_their_own_key_order_and_are_none_without_any() {
         let src = "{% if tools is not none %}<tools>{% for t in tools %}{{ t.function.name }}({{ t.function.parameters | tojson }}) {% endfor %}</tools>\n{% endif %}{% for m in messages %}{{ m.content }}{% endfor %}";
         let t = ChatTemplate::new(src, "", "").expect("compiles");
         let tools = serde_json::json!([{"type": "function", "function": {
@@ -195,7 +195,9 @@ mod tests {
             .render_with_tools(&[msg("user", "Hi")], Some(&tools))
             .expect("renders");
         assert!(
-            out.starts_with("<tools>get_weather({\"properties\": {\"city\": "),
+            out.starts_with(
+                "<tools>get_weather({\"type\": \"object\", \"properties\": {\"city\": "
+            ),
             "{out}"
         );
         assert!(out.ends_with("Hi"), "{out}");

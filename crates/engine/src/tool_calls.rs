@@ -109,7 +109,8 @@ const HERMES_OPEN: &str = "<tool_call>";
 const HERMES_CLOSE: &str = "</tool_call>";
 
 /// `<tool_call>{…}</tool_call>` anywhere in the text; or, as small models often write it, a
-/// reply that is nothing but the call objects without the tags.
+/// reply that is nothing but the call objects without the tags, bare or in a ```` ```json ````
+/// fence.
 #[derive(Default)]
 struct Hermes {
     /// Text not yet decided: outside a call, a possible start of the opener; inside, the call
@@ -118,8 +119,61 @@ struct Hermes {
     inside: bool,
     /// Whether anything was released yet (a bare JSON reply must start the reply).
     started: bool,
-    /// The reply began with `{`: held whole until the end, then parsed as calls.
+    /// The reply began with `{` (bare or fenced): held whole until the end, then parsed as
+    /// calls.
     bare: bool,
+}
+
+/// How a reply begins, as far as calls without tags go.
+#[derive(Debug, PartialEq, Eq)]
+enum Start {
+    /// Too little text to tell.
+    Undecided,
+    /// A JSON object, bare or in a ```` ```json ```` fence: held whole, a call if it parses
+    /// as one.
+    Call,
+    Text,
+}
+
+const FENCE: &str = "```";
+
+fn reply_start(held: &str) -> Start {
+    let start = held.trim_start();
+    if start.is_empty() || (start.len() < FENCE.len() && FENCE.starts_with(start)) {
+        return Start::Undecided;
+    }
+    if start.starts_with('{') {
+        return Start::Call;
+    }
+    let Some(rest) = start.strip_prefix(FENCE) else {
+        return Start::Text;
+    };
+    let Some((language, body)) = rest.split_once('\n') else {
+        let language = rest.to_ascii_lowercase();
+        return match "json".starts_with(language.trim_end()) {
+            true => Start::Undecided,
+            false => Start::Text,
+        };
+    };
+    if !matches!(language.trim().to_ascii_lowercase().as_str(), "" | "json") {
+        return Start::Text;
+    }
+    match body.trim_start().chars().next() {
+        None => Start::Undecided,
+        Some('{') => Start::Call,
+        Some(_) => Start::Text,
+    }
+}
+
+/// A reply's text without the ```` ``` ```` fence around it, if it has one (the closing fence
+/// may be missing: the grammar ends the turn right after the call).
+fn unfenced(held: &str) -> &str {
+    let text = held.trim();
+    let Some(rest) = text.strip_prefix(FENCE) else {
+        return text;
+    };
+    let body = rest.split_once('\n').map_or("", |(_, body)| body);
+    body.trim_end().strip_suffix(FENCE).unwrap_or(body)
 }
 
 /// One or more JSON call objects, whitespace-separated, with their arguments under `key`.
@@ -136,12 +190,12 @@ impl CallParser for Hermes {
         let mut out = Vec::new();
         self.held.push_str(text);
         if !self.started {
-            let start = self.held.trim_start();
-            if start.is_empty() {
-                return out;
+            match reply_start(&self.held) {
+                Start::Undecided => return out,
+                Start::Call => self.bare = true,
+                Start::Text => {}
             }
             self.started = true;
-            self.bare = start.starts_with('{');
         }
         if self.bare {
             return out;
@@ -178,7 +232,7 @@ impl CallParser for Hermes {
     fn finish(&mut self) -> Vec<Piece> {
         let held = std::mem::take(&mut self.held);
         if self.bare {
-            if let Some(calls) = bare_calls(&held, "arguments") {
+            if let Some(calls) = bare_calls(unfenced(&held), "arguments") {
                 return calls.into_iter().map(Piece::Call).collect();
             }
         }
@@ -373,6 +427,37 @@ mod tests {
             run(CallFormat::Hermes, &["Use ", "{x}"]),
             vec![Piece::Text("Use {x}".into())]
         );
+    }
+
+    #[test]
+    fn a_fenced_json_reply_is_a_call_and_other_fences_stay_text() {
+        let fenced = "```json\n{\n  \"name\": \"get_weather\",\n  \"arguments\": {\"city\": \"Paris\"}\n}\n```";
+        let want = vec![call("get_weather", "{\"city\":\"Paris\"}")];
+        assert_eq!(run(CallFormat::Hermes, &[fenced]), want);
+        let chars: Vec<String> = fenced.chars().map(String::from).collect();
+        let refs: Vec<&str> = chars.iter().map(String::as_str).collect();
+        assert_eq!(run(CallFormat::Hermes, &refs), want);
+        // Cut off by the grammar's end of turn: no closing fence.
+        let open = "```\n{\"name\": \"now\", \"arguments\": {}}";
+        assert_eq!(run(CallFormat::Hermes, &[open]), vec![call("now", "{}")]);
+        for text in [
+            "```python\nprint({})\n```",
+            "```json\n[1, 2]\n```",
+            "```json\n{\"answer\": 42}\n```",
+            "``not a fence",
+            "```",
+        ] {
+            let chars: Vec<String> = text.chars().map(String::from).collect();
+            let refs: Vec<&str> = chars.iter().map(String::as_str).collect();
+            assert_eq!(
+                run(CallFormat::Hermes, &refs),
+                vec![Piece::Text(text.into())],
+                "{text}"
+            );
+        }
+        // A code reply streams as it comes, once its fence's language says it is not JSON.
+        let mut parser = CallFormat::Hermes.parser();
+        assert_eq!(parser.feed("```py"), vec![Piece::Text("```py".into())]);
     }
 
     #[test]

@@ -182,6 +182,66 @@ async fn auto_calls_leave_text_free_until_a_call_opens() {
 }
 
 #[tokio::test]
+async fn a_call_may_open_pretty_printed_or_in_a_json_fence_and_ends_the_turn() {
+    let Some(model) = qwen() else { return };
+    let auto = request(ToolChoice::Auto, true, OutputFormat::Text);
+    for text in [
+        "```json\n{\n  \"name\": \"get_weather\",\n  \"arguments\": {\"city\": \"Paris\"}\n}",
+        "```\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}",
+        "{ \"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"} }",
+        "<tool_call>\n{\n    \"name\": \"get_weather\",\n    \"arguments\": {\n      \"city\": \"Paris\"\n    }\n}\n</tool_call>",
+    ] {
+        let mut g = grammar(&model, &auto).await;
+        assert_eq!(refused_at(&model, &mut g, text), None, "{text}");
+        assert!(end_allowed(&model, &mut g), "{text}: the call ends the turn");
+    }
+    let mut g = grammar(&model, &auto).await;
+    assert!(
+        refused_at(&model, &mut g, "```json\n{\n  \"name\": \"nope\"").is_some(),
+        "a fenced call is held to the offered tools"
+    );
+    // A fence that holds something else stays free text.
+    let mut g = grammar(&model, &auto).await;
+    assert_eq!(
+        refused_at(&model, &mut g, "```json\n{\"answer\": 42}\n```"),
+        None
+    );
+}
+
+#[tokio::test]
+async fn annotations_and_numeric_formats_do_not_stop_a_forced_call() {
+    let Some(model) = qwen() else { return };
+    let mut forced = request(ToolChoice::Required, false, OutputFormat::Text);
+    forced.tools = vec![Tool {
+        r#type: "function",
+        function: FunctionSpec {
+            name: "area".into(),
+            description: None,
+            // As BFCL's converter writes it.
+            parameters: json!({
+                "type": "object",
+                "properties": {
+                    "base": { "type": "number", "format": "float", "description": "base" },
+                    "units": { "type": "integer", "format": "int32", "optional": true }
+                },
+                "required": ["base"]
+            }),
+        },
+    }];
+    let mut g = grammar(&model, &forced).await;
+    let call = "<tool_call>\n{\"name\": \"area\", \"arguments\": {\"base\": 2.5, \"units\": 3}}\n</tool_call>";
+    assert_eq!(refused_at(&model, &mut g, call), None);
+    assert!(end_allowed(&model, &mut g));
+    let mut g = grammar(&model, &forced).await;
+    let too_big =
+        "<tool_call>\n{\"name\": \"area\", \"arguments\": {\"base\": 2.5, \"units\": 9999999999";
+    assert!(
+        refused_at(&model, &mut g, too_big).is_some(),
+        "int32 bounds the integer"
+    );
+}
+
+#[tokio::test]
 async fn json_answers_follow_their_schema_and_unenforceable_schemas_are_refused() {
     let Some(model) = qwen() else { return };
     let schema = json!({

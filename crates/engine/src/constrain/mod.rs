@@ -39,6 +39,9 @@ const ROOT: &str = "fw-root";
 const MAX_GRAMMAR_BYTES: usize = 512 * 1024;
 /// Longest time building and parsing one grammar may take.
 const COMPILE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Whitespace allowed between the tokens of a call's head: what llama.cpp's converter
+/// allows between JSON tokens (`space`), so pretty-printed calls fit.
+const WS: &str = "| \" \" | \"\\n\" [ \\t]{0,20}";
 /// Distinct grammars kept.
 const CACHE_ENTRIES: usize = 64;
 
@@ -226,13 +229,15 @@ fn build(spec: &Spec) -> Result<Source, BackendError> {
                 CallFormat::Hermes => "arguments",
                 CallFormat::Llama3Json => "parameters",
             };
-            let head = format!("{{\"name\": \"{}\", \"{key}\": ", tool.function.name);
+            // `{"name": "…", "arguments": …}`, compact or pretty-printed as the model likes.
             gbnf.push_str(&format!(
-                "{prefix}call ::= {} {prefix}root \"}}\"\n",
-                gbnf::literal(&head)
+                "{prefix}call ::= \"{{\" fw-ws \"\\\"name\\\"\" fw-ws \":\" fw-ws {} fw-ws \",\" fw-ws {} fw-ws \":\" fw-ws {prefix}root fw-ws \"}}\"\n",
+                gbnf::literal(&format!("\"{}\"", tool.function.name)),
+                gbnf::literal(&format!("\"{key}\"")),
             ));
             call_rules.push(format!("{prefix}call"));
         }
+        gbnf.push_str(&format!("fw-ws ::= {WS}\n"));
         gbnf.push_str(&format!("fw-call ::= {}\n", call_rules.join(" | ")));
         let (one, separator) = match calls.format {
             CallFormat::Hermes => {
@@ -258,7 +263,16 @@ fn build(spec: &Spec) -> Result<Source, BackendError> {
                 CallFormat::Llama3Json => "<\\|python_tag\\|>",
             };
             triggers.push(format!("[\\s\\S]*?({tag})[\\s\\S]*"));
-            triggers.push("\\s*(\\{\"name\")[\\s\\S]*".to_owned());
+            // A reply that starts with a call object (for Hermes, also in a ```json fence, as
+            // small Qwen models write it). The text the trigger captures must be text the
+            // grammar accepts: `{`, whitespace as `fw-ws` allows it, `"name"`.
+            let fence = match calls.format {
+                CallFormat::Hermes => "(?:```(?:json)?\\s*)?",
+                CallFormat::Llama3Json => "",
+            };
+            triggers.push(format!(
+                "\\s*{fence}(\\{{(?: |\\n[ \\t]{{0,20}})?\"name\")[\\s\\S]*"
+            ));
         }
     }
     let format = match &spec.format {
@@ -290,40 +304,11 @@ fn build(spec: &Spec) -> Result<Source, BackendError> {
 fn converted(schema: &Value, site: SchemaSite, prefix: &str) -> Result<String, BackendError> {
     let refuse = |message: String| BackendError::UnsupportedSchema { site, message };
     schema::check(schema).map_err(|m| refuse(format!("This schema cannot be enforced: {m}.")))?;
-    let tightened = closed(schema.clone());
+    let tightened = schema::enforced(schema.clone());
     let gbnf = llama_cpp_2::json_schema_to_grammar(&tightened.to_string()).map_err(|_| {
         refuse("llama.cpp could not turn this schema into a grammar; check its '$ref's and that its keywords have values of the right types.".into())
     })?;
     Ok(gbnf::prefixed(&gbnf, prefix))
-}
-
-/// Objects that list their properties and say nothing of others get
-/// `additionalProperties: false`: what is generated stays valid against the schema, and the
-/// model cannot wander into properties nobody asked for.
-fn closed(mut schema: Value) -> Value {
-    fn walk(v: &mut Value) {
-        let Value::Object(map) = v else { return };
-        if map.contains_key("properties") && !map.contains_key("additionalProperties") {
-            map.insert("additionalProperties".into(), Value::Bool(false));
-        }
-        for key in ["properties", "$defs", "definitions"] {
-            if let Some(Value::Object(children)) = map.get_mut(key) {
-                children.values_mut().for_each(walk);
-            }
-        }
-        for key in ["anyOf", "allOf", "prefixItems"] {
-            if let Some(Value::Array(children)) = map.get_mut(key) {
-                children.iter_mut().for_each(walk);
-            }
-        }
-        for key in ["items", "additionalProperties"] {
-            if let Some(child) = map.get_mut(key) {
-                walk(child);
-            }
-        }
-    }
-    walk(&mut schema);
-    schema
 }
 
 /// Whether `grammar`, in its current state, lets `token` come next.
@@ -454,7 +439,7 @@ mod tests {
             "properties": { "a": { "properties": {} }, "b": { "const": { "properties": 1 } } },
             "items": { "type": "object" }
         });
-        let shut = closed(open);
+        let shut = schema::enforced(open);
         assert_eq!(shut["additionalProperties"], false);
         assert_eq!(shut["properties"]["a"]["additionalProperties"], false);
         assert_eq!(shut["properties"]["b"]["const"], json!({ "properties": 1 }));

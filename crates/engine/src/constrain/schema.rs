@@ -2,22 +2,40 @@
 //! silently drops some keywords (a number's bounds, `uniqueItems`, unsupported `pattern`s fall
 //! back to "any string"); a schema the grammar would not enforce whole is refused here, naming
 //! the keyword and where it is, instead of being loosened behind the client's back.
+//!
+//! Keywords JSON Schema does not define (`optional`, vendor `x-…` fields) are annotations, as
+//! every validator treats them: they constrain nothing, so they are accepted and left out of
+//! the grammar ([`enforced`]). So are OpenAPI's numeric formats (`float`, `double`, `int32`,
+//! `int64`), which many tool converters add; `int32`/`int64` become the integer bounds they
+//! mean.
 
 use serde_json::{Map, Value};
 
-/// Keywords that describe and do not constrain: ignored.
-const ANNOTATIONS: &[&str] = &[
-    "title",
-    "description",
-    "default",
-    "examples",
-    "$schema",
-    "$id",
-    "$comment",
-    "deprecated",
-    "readOnly",
-    "writeOnly",
-    "strict",
+/// Keywords JSON Schema defines that the grammar does not enforce: refused.
+const UNENFORCED: &[&str] = &[
+    "pattern",
+    "patternProperties",
+    "oneOf",
+    "not",
+    "if",
+    "then",
+    "else",
+    "dependentRequired",
+    "dependentSchemas",
+    "dependencies",
+    "uniqueItems",
+    "contains",
+    "minContains",
+    "maxContains",
+    "multipleOf",
+    "minProperties",
+    "maxProperties",
+    "propertyNames",
+    "unevaluatedProperties",
+    "unevaluatedItems",
+    "additionalItems",
+    "$dynamicRef",
+    "$recursiveRef",
 ];
 
 /// Keywords the grammar enforces (checked further below where their values matter).
@@ -51,6 +69,15 @@ const TYPES: &[&str] = &[
 ];
 /// String formats the grammar has rules for.
 const FORMATS: &[&str] = &["date", "time", "date-time", "uuid"];
+/// OpenAPI's numeric formats: `float`/`double` add nothing to `number`; the integer ones are
+/// enforced as the bounds they name.
+const NUMERIC_FORMATS: &[(&str, Option<(i64, i64)>)] = &[
+    ("float", None),
+    ("double", None),
+    ("int32", Some((i32::MIN as i64, i32::MAX as i64))),
+    // The grammar's integers have at most 16 digits: always within int64.
+    ("int64", None),
+];
 /// Largest `maxLength`/`maxItems`/`minItems`/`minLength` enforced: the grammar unrolls them.
 pub const MAX_REPEAT: u64 = 1024;
 /// Deepest nesting of schemas within schemas.
@@ -84,19 +111,23 @@ fn visit(schema: &Value, at: &str, depth: usize) -> Result<(), String> {
             ))
         }
     };
-    for key in map.keys() {
-        if !ANNOTATIONS.contains(&key.as_str()) && !ENFORCED.contains(&key.as_str()) {
-            return Err(unsupported(key, at));
-        }
+    if let Some(key) = map.keys().find(|k| UNENFORCED.contains(&k.as_str())) {
+        return Err(unsupported(key, at));
     }
     let types = types(map, at)?;
     if let Some(format) = map.get("format") {
+        let numeric = types.as_ref().is_some_and(|t| {
+            t.iter()
+                .all(|t| matches!(*t, "number" | "integer" | "null"))
+        });
         match format.as_str() {
             Some(f) if FORMATS.contains(&f) => {}
+            Some(f) if numeric && NUMERIC_FORMATS.iter().any(|(n, _)| *n == f) => {}
             _ => {
                 return Err(format!(
-                    "'format' {format} at {here} cannot be enforced; the formats enforced are {}",
-                    FORMATS.join(", ")
+                    "'format' {format} at {here} cannot be enforced; the formats enforced are {} on strings and {} on numbers",
+                    FORMATS.join(", "),
+                    NUMERIC_FORMATS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
                 ))
             }
         }
@@ -174,6 +205,50 @@ fn visit(schema: &Value, at: &str, depth: usize) -> Result<(), String> {
     Ok(())
 }
 
+/// `schema` as the grammar is built from it: only the keywords it enforces (annotations and
+/// unknown keywords left out), numeric formats as the integer bounds they mean, and objects
+/// that list their properties and say nothing of others closed (`additionalProperties:
+/// false`), so that what is generated stays valid and the model cannot wander into properties
+/// nobody asked for. Run on a schema [`check`] accepted.
+pub fn enforced(mut schema: Value) -> Value {
+    fn walk(v: &mut Value) {
+        let Value::Object(map) = v else { return };
+        map.retain(|key, _| ENFORCED.contains(&key.as_str()));
+        let numeric = map
+            .get("format")
+            .and_then(Value::as_str)
+            .and_then(|f| NUMERIC_FORMATS.iter().find(|(n, _)| *n == f));
+        if let Some((_, bounds)) = numeric {
+            let integer = map.get("type").and_then(Value::as_str) == Some("integer");
+            if let (Some((low, high)), true) = (bounds, integer) {
+                map.entry("minimum").or_insert(Value::from(*low));
+                map.entry("maximum").or_insert(Value::from(*high));
+            }
+            map.remove("format");
+        }
+        if map.contains_key("properties") && !map.contains_key("additionalProperties") {
+            map.insert("additionalProperties".into(), Value::Bool(false));
+        }
+        for key in ["properties", "$defs", "definitions"] {
+            if let Some(Value::Object(children)) = map.get_mut(key) {
+                children.values_mut().for_each(walk);
+            }
+        }
+        for key in ["anyOf", "allOf", "prefixItems"] {
+            if let Some(Value::Array(children)) = map.get_mut(key) {
+                children.iter_mut().for_each(walk);
+            }
+        }
+        for key in ["items", "additionalProperties"] {
+            if let Some(child) = map.get_mut(key) {
+                walk(child);
+            }
+        }
+    }
+    walk(&mut schema);
+    schema
+}
+
 /// The names in `type` (a string or an array of them), if any.
 fn types(map: &Map<String, Value>, at: &str) -> Result<Option<Vec<&'static str>>, String> {
     let Some(kind) = map.get("type") else {
@@ -228,7 +303,7 @@ fn kind(v: &Value) -> &'static str {
 
 #[cfg(test)]
 mod tests {
-    use super::check;
+    use super::{check, enforced};
     use serde_json::json;
 
     #[test]
@@ -272,6 +347,10 @@ mod tests {
                 json!({ "type": "string", "format": "email" }),
                 "'format' \"email\"",
             ),
+            (
+                json!({ "type": "string", "format": "float" }),
+                "'format' \"float\"",
+            ),
             (json!({ "type": "dict" }), "'type' \"dict\""),
             (
                 json!({ "type": "string", "maxLength": 100000 }),
@@ -288,6 +367,40 @@ mod tests {
             let err = check(&schema).expect_err(&schema.to_string());
             assert!(err.contains(needle), "{err} should contain {needle}");
         }
+    }
+
+    #[test]
+    fn annotations_and_numeric_formats_pass_and_are_left_out_of_the_grammar() {
+        // What BFCL's converter (and many agent frameworks) send.
+        let schema = json!({
+            "type": "object",
+            "properties": {
+                "x": { "type": "number", "format": "float", "description": "x" },
+                "n": { "type": "integer", "format": "int32", "optional": true },
+                "m": { "type": "integer", "format": "int32", "minimum": 0 },
+                "big": { "type": "integer", "format": "int64", "x-vendor": { "pattern": 1 } },
+                "pattern": { "type": "string" }
+            },
+            "required": ["x"],
+            "optional": false
+        });
+        assert_eq!(check(&schema), Ok(()));
+        let grammar_schema = enforced(schema);
+        assert_eq!(
+            grammar_schema,
+            json!({
+                "type": "object",
+                "properties": {
+                    "x": { "type": "number" },
+                    "n": { "type": "integer", "minimum": i32::MIN, "maximum": i32::MAX },
+                    "m": { "type": "integer", "minimum": 0, "maximum": i32::MAX },
+                    "big": { "type": "integer" },
+                    "pattern": { "type": "string" }
+                },
+                "required": ["x"],
+                "additionalProperties": false
+            })
+        );
     }
 
     #[test]

@@ -317,6 +317,12 @@ pub struct Generation {
     pub continuous_usage: bool,
 }
 
+/// `top_p` as the sampler takes it: an f64 too small for an f32 (1e-85) would round to 0,
+/// outside the open interval the wire promised, so it becomes the smallest positive f32.
+pub fn top_p(x: f64) -> f32 {
+    (x as f32).max(f32::MIN_POSITIVE)
+}
+
 /// Reads the parameters both endpoints share. `max_token_keys` lists the length keys this
 /// endpoint accepts, in order of precedence.
 pub fn generation(fields: &Fields<'_>, max_token_keys: &[&str]) -> Result<Generation> {
@@ -335,7 +341,7 @@ pub fn generation(fields: &Fields<'_>, max_token_keys: &[&str]) -> Result<Genera
                     max: 1.0,
                 },
             )?
-            .map_or(defaults.top_p, |x| x as f32),
+            .map_or(defaults.top_p, top_p),
         top_k: match fields.integer("top_k", 0, i64::from(i32::MAX))? {
             Some(k) => i32::try_from(k).unwrap_or(i32::MAX),
             None => defaults.top_k,

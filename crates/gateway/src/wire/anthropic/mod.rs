@@ -140,7 +140,7 @@ pub fn parse(body: &[u8], route: Route) -> Result<ValidRequest> {
             .map_or(1.0, |x| x as f32),
         top_p: fields
             .number("top_p", unit)?
-            .map_or(defaults.top_p, |x| x as f32),
+            .map_or(defaults.top_p, crate::validate::top_p),
         top_k: match fields.integer("top_k", 0, i64::from(i32::MAX))? {
             Some(k) => i32::try_from(k).unwrap_or(i32::MAX),
             None => defaults.top_k,

@@ -163,7 +163,7 @@ pub fn parse(body: &[u8]) -> Result<ResponsesRequest> {
     )?;
     let sampling = SamplingParams {
         temperature: temperature.map_or(defaults.temperature, |x| x as f32),
-        top_p: top_p.map_or(defaults.top_p, |x| x as f32),
+        top_p: top_p.map_or(defaults.top_p, crate::validate::top_p),
         ..defaults
     };
     let max_output_tokens = fields

@@ -106,6 +106,14 @@ pub struct ServeArgs {
     /// running request, streamed or not, is never cut by it [default: 60].
     #[arg(long, env = "FLYWHEEL_IDLE_TIMEOUT_SECONDS")]
     pub idle_timeout_seconds: Option<u64>,
+    /// Outbound hosts MCP servers may be reached at besides public addresses: comma-separated
+    /// `host[:port]` (loopback, private and link-local addresses are refused unless listed)
+    /// [default: public addresses only].
+    #[arg(long, env = "FLYWHEEL_MCP_ALLOW_HOSTS")]
+    pub mcp_allow_hosts: Option<String>,
+    /// Seconds one request to an MCP server may take [default: 60].
+    #[arg(long, env = "FLYWHEEL_MCP_CALL_TIMEOUT_SECONDS")]
+    pub mcp_call_timeout_seconds: Option<u64>,
     /// The `[hub]` table of the file.
     #[command(flatten)]
     #[serde(default)]
@@ -150,6 +158,9 @@ pub struct ServeConfig {
     /// Connection caps and timeouts, before the open-file limit is applied (see `serve`).
     pub connections: crate::http::ConnectionLimits,
     pub hub: hub::HubConfig,
+    /// Where MCP connections may go.
+    pub mcp_allow_hosts: mcp::AllowList,
+    pub mcp_call_timeout: Duration,
 }
 
 impl ServeArgs {
@@ -215,6 +226,11 @@ impl ServeArgs {
                 idle_timeout: Duration::from_secs(args.idle_timeout_seconds.unwrap_or(60)),
             },
             hub: args.hub.resolve()?,
+            mcp_allow_hosts: mcp::AllowList::parse(args.mcp_allow_hosts.as_deref().unwrap_or(""))
+                .map_err(|e| anyhow::anyhow!("--mcp-allow-hosts: {e}"))?,
+            mcp_call_timeout: Duration::from_secs(
+                args.mcp_call_timeout_seconds.unwrap_or(60).clamp(1, 3600),
+            ),
         };
         config.validate()?;
         Ok(config)

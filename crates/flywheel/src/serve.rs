@@ -29,6 +29,7 @@ async fn serve(config: ServeConfig) -> Result<()> {
     let tenancy = open_tenancy(&config, store.clone()).await?;
     let settlements = TaskTracker::new();
     let hub = crate::hub_config::open(store.clone(), &config.data_dir, config.hub.clone()).await?;
+    let store_for_mcp = store.clone();
     let plane = crate::deployments::start(&config, &hub, store).await?;
 
     let mut models: Vec<Arc<dyn Backend>> = Vec::new();
@@ -49,6 +50,7 @@ async fn serve(config: ServeConfig) -> Result<()> {
         metrics,
         metrics_open: config.metrics_open,
         max_body_bytes: config.max_body_bytes,
+        mcp: Some(mcp_gateway(&config, store_for_mcp)?),
     });
     let limits = connection_limits(&config);
     let listener = crate::http::bind(config.listen).with_context(|| {
@@ -164,6 +166,22 @@ async fn open_tenancy(
     }
     sweep_responses(tenancy.responses.clone(), config.responses_retention);
     Ok(tenancy)
+}
+
+/// The MCP gateway: its secret key from `FLYWHEEL_SECRET_KEY` or `DATA_DIR/secret.key`
+/// (created on first start; every process of a cluster needs the same one).
+fn mcp_gateway(config: &ServeConfig, store: Arc<dyn store::Store>) -> Result<Arc<mcp::Mcp>> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create {}", config.data_dir.display()))?;
+    let env = std::env::var("FLYWHEEL_SECRET_KEY").ok();
+    let key = mcp::SecretKey::load(env.as_deref(), &config.data_dir.join("secret.key"))
+        .map_err(|e| anyhow::anyhow!("the secret key for MCP server secrets: {e}"))?;
+    let guard = mcp::Guard::new(config.mcp_allow_hosts.clone(), config.mcp_call_timeout);
+    Ok(Arc::new(mcp::Mcp::new(
+        store,
+        mcp::Sealer::new(key, None),
+        guard,
+    )))
 }
 
 /// Deletes stored responses older than `retention`, now and every hour.

@@ -22,7 +22,7 @@ pub mod wire;
 use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{delete, get, post, put};
+use axum::routing::{delete, get, patch, post, put};
 use axum::Router;
 use backend::Backend;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -56,6 +56,8 @@ pub struct GatewayState {
     /// Deployments (served after `models` of the same name); `None` serves no deployment
     /// routes (404).
     pub plane: Option<control::ControlPlane>,
+    /// The MCP gateway; `None` serves no MCP routes (404).
+    pub mcp: Option<Arc<mcp::Mcp>>,
 }
 
 /// The state handlers see: cheap to clone.
@@ -68,6 +70,7 @@ struct Inner {
     metrics: PrometheusHandle,
     metrics_open: bool,
     hub: Option<hub::Hub>,
+    mcp: Option<Arc<mcp::Mcp>>,
 }
 
 impl AppState {
@@ -77,6 +80,7 @@ impl AppState {
             auth: Authenticator::new(state.admin_key, state.tenancy.directory.clone()),
             serving: Serving::new(catalog, state.tenancy, state.settlements),
             hub: state.hub,
+            mcp: state.mcp,
             metrics: state.metrics,
             metrics_open: state.metrics_open,
         }))
@@ -112,6 +116,11 @@ impl AppState {
     /// The model hub, if this server runs one.
     pub fn hub(&self) -> Option<&hub::Hub> {
         self.0.hub.as_ref()
+    }
+
+    /// The MCP gateway, if this server runs one.
+    pub fn mcp(&self) -> Option<Arc<mcp::Mcp>> {
+        self.0.mcp.clone()
     }
 
     pub fn tenancy(&self) -> &Tenancy {
@@ -164,6 +173,36 @@ pub fn router(state: GatewayState) -> Router {
                     post(routes::messages::count_tokens),
                 )
                 .layer(axum::middleware::from_fn(wire::anthropic::view::errors)),
+        )
+        .route(
+            "/v1/mcp/servers",
+            post(routes::mcp::create).get(routes::mcp::list),
+        )
+        .route(
+            "/v1/mcp/servers/{name}",
+            patch(routes::mcp::patch).delete(routes::mcp::delete),
+        )
+        .route(
+            "/admin/v1/mcp/servers",
+            post(routes::mcp::admin_create).get(routes::mcp::admin_list),
+        )
+        .route(
+            "/admin/v1/mcp/servers/{name}",
+            patch(routes::mcp::admin_patch).delete(routes::mcp::admin_delete),
+        )
+        .route(
+            "/admin/v1/tenants/{id}/mcp_grants",
+            post(routes::mcp::grant),
+        )
+        .route(
+            "/admin/v1/tenants/{id}/mcp_grants/{server}",
+            delete(routes::mcp::revoke),
+        )
+        .route(
+            "/mcp",
+            post(routes::mcp::post)
+                .get(routes::mcp::get)
+                .delete(routes::mcp::end),
         )
         .route("/v1/account", get(routes::account::account))
         .route("/v1/usage", get(routes::account::usage))

@@ -16,6 +16,7 @@ pub mod deployments;
 mod error;
 pub mod hub;
 pub mod hub_access;
+pub mod mcp;
 pub mod model;
 mod postgres;
 pub mod responses;
@@ -33,6 +34,7 @@ pub use deployments::{DeploymentRecord, DeploymentRecordStore};
 pub use error::{Result, StoreError};
 pub use hub::HubStore;
 pub use hub_access::HubAccessStore;
+pub use mcp::{McpServerRecord, McpSessionRecord, McpStore, McpUpstreamSession};
 pub use model::*;
 pub use postgres::PostgresStore;
 pub use responses::{ResponseStore, StoredResponse};
@@ -50,11 +52,11 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
     }
 }
 
-/// Everything tenancy, billing, the hub, the control plane and the Responses API persist, in
-/// seven parts. Implementations are cheap to share (`Arc<dyn Store>`) and safe to use from many
+/// Everything tenancy, billing, the hub, the control plane, the Responses API and the MCP
+/// gateway persist, in eight parts. Implementations are cheap to share (`Arc<dyn Store>`) and safe to use from many
 /// tasks and from several processes on one database. Callers bring the parts into scope with
 /// `use store::{TenantStore, LedgerStore, LimitStore, HubStore, HubAccessStore,
-/// DeploymentRecordStore, ResponseStore}`.
+/// DeploymentRecordStore, ResponseStore, McpStore}`.
 #[async_trait]
 pub trait Store:
     TenantStore
@@ -64,6 +66,7 @@ pub trait Store:
     + HubAccessStore
     + DeploymentRecordStore
     + ResponseStore
+    + McpStore
 {
     /// `"sqlite"` or `"postgres"`, for logs.
     fn kind(&self) -> &'static str;

@@ -66,10 +66,17 @@ pub enum Scope {
     Inference,
     HubRead,
     HubWrite,
+    /// `/mcp` and `/v1/mcp/servers`: the tenant's MCP servers and the tools of those granted.
+    Mcp,
 }
 
 impl Scope {
-    pub const ALL: [Scope; 3] = [Scope::Inference, Scope::HubRead, Scope::HubWrite];
+    pub const ALL: [Scope; 4] = [
+        Scope::Inference,
+        Scope::HubRead,
+        Scope::HubWrite,
+        Scope::Mcp,
+    ];
     /// A new key's scopes unless it names its own.
     pub const DEFAULT: [Scope; 2] = [Scope::Inference, Scope::HubRead];
 
@@ -78,6 +85,7 @@ impl Scope {
             Self::Inference => "inference",
             Self::HubRead => "hub:read",
             Self::HubWrite => "hub:write",
+            Self::Mcp => "mcp",
         }
     }
 }
@@ -98,7 +106,7 @@ impl FromStr for Scope {
             .ok_or_else(|| {
                 Error::invalid(
                     "scopes",
-                    format!("unknown scope '{s}'; expected inference, hub:read or hub:write"),
+                    format!("unknown scope '{s}'; expected inference, hub:read, hub:write or mcp"),
                 )
             })
     }

@@ -5,6 +5,7 @@ pub mod admin;
 pub mod deployments;
 pub mod generate;
 pub mod hub;
+pub mod mcp;
 pub mod messages;
 pub mod models;
 pub mod ops;

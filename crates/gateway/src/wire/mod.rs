@@ -6,6 +6,7 @@ pub mod chat;
 pub mod completions;
 pub mod format;
 pub mod logprobs;
+pub mod mcp;
 pub mod responses;
 pub mod tenancy;
 pub mod tools;

@@ -191,6 +191,7 @@ pub fn app_full(
         settlements: TaskTracker::new(),
         hub: None,
         plane,
+        mcp: None,
     })
 }
 

@@ -44,6 +44,7 @@ async fn hub_app(config: HubConfig) -> HubApp {
         settlements: TaskTracker::new(),
         hub: Some(hub.clone()),
         plane: None,
+        mcp: None,
     });
     HubApp {
         app,

@@ -17,6 +17,7 @@ mod deployments;
 mod directory;
 mod hub;
 mod hub_access;
+mod mcp;
 mod responses;
 
 use async_trait::async_trait;

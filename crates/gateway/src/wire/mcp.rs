@@ -1,0 +1,155 @@
+//! The MCP registry's JSON: registrations, changes, grants, and the server view (secrets are
+//! write-only: only their header names are shown).
+
+use std::collections::BTreeMap;
+
+use mcp::McpServerRecord;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::error::{ApiError, Code, Result};
+use crate::validate::{parse_object, Fields};
+
+fn headers(fields: &Fields<'_>) -> Result<Option<BTreeMap<String, String>>> {
+    let Some(map) = fields.object("headers")? else {
+        return Ok(None);
+    };
+    map.iter()
+        .map(|(k, v)| match v {
+            Value::String(s) => Ok((k.clone(), s.clone())),
+            _ => Err(ApiError::invalid(
+                format!("headers.{k}"),
+                "header values are strings",
+            )),
+        })
+        .collect::<Result<_>>()
+        .map(Some)
+}
+
+fn allowed_tools(fields: &Fields<'_>) -> Result<Option<Vec<String>>> {
+    let Some(list) = fields.array("allowed_tools")? else {
+        return Ok(None);
+    };
+    list.iter()
+        .enumerate()
+        .map(|(i, v)| {
+            v.as_str().map(str::to_owned).ok_or_else(|| {
+                ApiError::invalid(format!("allowed_tools[{i}]"), "tool names are strings")
+            })
+        })
+        .collect::<Result<_>>()
+        .map(Some)
+}
+
+fn transport(fields: &Fields<'_>) -> Result<()> {
+    match fields.string("transport")? {
+        None | Some("http") => Ok(()),
+        Some(other) => Err(ApiError::invalid(
+            "transport",
+            format!("transport '{other}' is not offered; register a Streamable HTTP server with \"transport\": \"http\""),
+        )),
+    }
+}
+
+/// `POST /v1/mcp/servers` (and `/admin/v1/mcp/servers`, where `public` is allowed).
+pub fn new_server(body: &[u8], operator: bool) -> Result<mcp::NewServer> {
+    let map = parse_object(body)?;
+    let fields = Fields::root(&map);
+    let mut allowed = vec!["name", "transport", "url", "headers", "allowed_tools"];
+    if operator {
+        allowed.push("public");
+    }
+    fields.deny_unknown(&allowed)?;
+    transport(&fields)?;
+    Ok(mcp::NewServer {
+        name: fields.required_string("name")?.to_owned(),
+        url: fields.required_string("url")?.to_owned(),
+        headers: headers(&fields)?.unwrap_or_default(),
+        allowed_tools: allowed_tools(&fields)?,
+        public: fields.bool("public")?.unwrap_or(false),
+    })
+}
+
+/// `PATCH /v1/mcp/servers/{name}`: absent keeps a field; `"allowed_tools": null` offers all.
+pub fn server_patch(body: &[u8], operator: bool) -> Result<mcp::ServerPatch> {
+    let map = parse_object(body)?;
+    let fields = Fields::root(&map);
+    let mut allowed = vec!["name", "url", "headers", "allowed_tools"];
+    if operator {
+        allowed.push("public");
+    }
+    fields.deny_unknown(&allowed)?;
+    let patch = mcp::ServerPatch {
+        name: fields.string("name")?.map(str::to_owned),
+        url: fields.string("url")?.map(str::to_owned),
+        headers: headers(&fields)?,
+        allowed_tools: if fields.is_null("allowed_tools") {
+            Some(None)
+        } else {
+            allowed_tools(&fields)?.map(Some)
+        },
+        public: fields.bool("public")?,
+    };
+    if map.is_empty() {
+        return Err(ApiError::new(
+            Code::InvalidRequest,
+            format!(
+                "Nothing to change: send at least one of {}.",
+                allowed.join(", ")
+            ),
+        ));
+    }
+    Ok(patch)
+}
+
+/// `POST /admin/v1/tenants/{id}/mcp_grants`.
+pub fn grant(body: &[u8]) -> Result<String> {
+    let map = parse_object(body)?;
+    let fields = Fields::root(&map);
+    fields.deny_unknown(&["server"])?;
+    Ok(fields.required_string("server")?.to_owned())
+}
+
+#[derive(Debug, Serialize)]
+pub struct ServerView {
+    pub id: String,
+    pub object: &'static str,
+    pub name: String,
+    pub transport: String,
+    pub url: Option<String>,
+    /// `"tenant"` (the caller's own) or `"operator"`.
+    pub owner: &'static str,
+    pub public: bool,
+    pub header_names: Vec<String>,
+    pub allowed_tools: Option<Vec<String>>,
+    /// `"ok"`, or `"failing"` while this process skips it after an error.
+    pub status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+impl ServerView {
+    pub fn new(server: McpServerRecord, down: Option<String>) -> Self {
+        Self {
+            object: "mcp.server",
+            owner: if server.tenant_id.is_some() {
+                "tenant"
+            } else {
+                "operator"
+            },
+            status: if down.is_some() { "failing" } else { "ok" },
+            last_error: down,
+            id: server.id,
+            name: server.name,
+            transport: server.transport,
+            url: server.url,
+            public: server.public,
+            header_names: server.header_names,
+            allowed_tools: server.allowed_tools,
+            created_at: server.created_at.timestamp(),
+            updated_at: server.updated_at.timestamp(),
+        }
+    }
+}

@@ -1,0 +1,553 @@
+//! The `/mcp` endpoint, one JSON-RPC message at a time (the gateway crate carries it over
+//! HTTP). Clients of the session revisions (2025-03-26 to 2025-11-25) `initialize` and then
+//! send the `Mcp-Session-Id` they got; clients of the stateless revision (2026-07-28) send the
+//! revision with every request and no session, and share one implicit session per key. Either
+//! way a client session pins one upstream session per server (`store::McpUpstreamSession`),
+//! so successive calls reach one upstream session whichever process forwards them.
+
+use std::time::Duration;
+
+use futures::future::join_all;
+use serde_json::{json, Map, Value};
+use store::{McpServerRecord, McpSessionRecord, McpUpstreamSession, StoreError};
+
+use crate::client::{Pinned, RpcError, Target};
+use crate::error::{McpError, Result};
+use crate::names::{exposed, split};
+use crate::Mcp;
+
+/// The revisions clients may speak, newest first.
+pub const SESSION_VERSIONS: [&str; 4] = ["2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05"];
+/// The stateless revision.
+pub const STATELESS_VERSION: &str = "2026-07-28";
+/// Pages of a server's `tools/list` followed at most.
+const MAX_PAGES: usize = 20;
+/// A session's `last_seen` is written at most this often.
+const TOUCH_EVERY: Duration = Duration::from_secs(60);
+
+/// Who calls: a tenant (`None`: the operator) through one key.
+#[derive(Debug, Clone)]
+pub struct McpCaller {
+    pub tenant_id: Option<String>,
+    /// The key's id (`"admin"` for the admin key): the implicit session of stateless clients.
+    pub key_id: String,
+}
+
+/// One POST to `/mcp`.
+#[derive(Debug, Clone, Copy)]
+pub struct Incoming<'a> {
+    pub session: Option<&'a str>,
+    /// The `MCP-Protocol-Version` header.
+    pub version: Option<&'a str>,
+    pub body: &'a [u8],
+}
+
+/// What the transport answers.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reply {
+    /// A notification or a client's response: nothing to answer (HTTP 202).
+    Accepted,
+    /// A JSON-RPC response, with the session id to send back after `initialize`.
+    Message {
+        body: Value,
+        session: Option<String>,
+    },
+    /// Refused below JSON-RPC (an HTTP status), with a JSON-RPC error body.
+    Refused { why: Refusal, body: Value },
+}
+
+/// Transport-level refusals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Not JSON-RPC, or a session revision's request without its session (HTTP 400).
+    BadRequest,
+    /// The session id is unknown, ended, or another tenant's (HTTP 404: initialize again).
+    SessionNotFound,
+}
+
+/// JSON-RPC error codes.
+pub mod code {
+    pub const PARSE: i64 = -32700;
+    pub const INVALID_REQUEST: i64 = -32600;
+    pub const METHOD_NOT_FOUND: i64 = -32601;
+    pub const INVALID_PARAMS: i64 = -32602;
+    pub const INTERNAL: i64 = -32603;
+    /// The MCP server behind a tool failed.
+    pub const UPSTREAM: i64 = -32000;
+}
+
+fn error_body(id: &Value, code: i64, message: impl Into<String>) -> Value {
+    json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message.into()}})
+}
+
+fn refused(why: Refusal, code: i64, message: impl Into<String>) -> Reply {
+    Reply::Refused {
+        why,
+        body: error_body(&Value::Null, code, message),
+    }
+}
+
+fn answer(id: &Value, outcome: std::result::Result<Value, (i64, String)>) -> Reply {
+    let body = match outcome {
+        Ok(result) => json!({"jsonrpc": "2.0", "id": id, "result": result}),
+        Err((code, message)) => error_body(id, code, message),
+    };
+    Reply::Message {
+        body,
+        session: None,
+    }
+}
+
+/// The revision a stateless request names: the header, or its `_meta`.
+fn stateless_version<'a>(incoming: &Incoming<'a>, params: Option<&'a Value>) -> Option<&'a str> {
+    if let Some(v) = incoming.version.filter(|v| *v == STATELESS_VERSION) {
+        return Some(v);
+    }
+    let meta = params?.get("_meta")?.as_object()?;
+    meta.iter()
+        .find(|(k, _)| k.ends_with("protocolVersion"))
+        .and_then(|(_, v)| v.as_str())
+        .filter(|v| *v == STATELESS_VERSION)
+}
+
+impl Mcp {
+    /// Handles one message of `caller`.
+    pub async fn handle(&self, caller: &McpCaller, incoming: Incoming<'_>) -> Reply {
+        let message: Value = match serde_json::from_slice(incoming.body) {
+            Ok(v) => v,
+            Err(e) => {
+                return refused(
+                    Refusal::BadRequest,
+                    code::PARSE,
+                    format!("the body is not JSON: {e}"),
+                )
+            }
+        };
+        let Value::Object(message) = message else {
+            return refused(
+                Refusal::BadRequest,
+                code::INVALID_REQUEST,
+                "send one JSON-RPC message per request (batches were removed in MCP 2025-06-18)",
+            );
+        };
+        if message.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
+            return refused(
+                Refusal::BadRequest,
+                code::INVALID_REQUEST,
+                "\"jsonrpc\" must be \"2.0\"",
+            );
+        }
+        let Some(method) = message.get("method").and_then(Value::as_str) else {
+            // A client's response to a server request: this gateway sends none.
+            return Reply::Accepted;
+        };
+        let Some(id) = message
+            .get("id")
+            .filter(|id| id.is_string() || id.is_i64() || id.is_u64())
+        else {
+            if message.get("id").is_some() {
+                return refused(
+                    Refusal::BadRequest,
+                    code::INVALID_REQUEST,
+                    "\"id\" must be a string or an integer",
+                );
+            }
+            return Reply::Accepted;
+        };
+        let params = message.get("params");
+        if method == "initialize" {
+            return self.initialize(caller, id, params).await;
+        }
+        let session = match incoming.session {
+            Some(sid) => match self.session(caller, sid).await {
+                Ok(s) => s,
+                Err(reply) => return reply,
+            },
+            None => match stateless_version(&incoming, params) {
+                Some(_) => match self.implicit_session(caller).await {
+                    Ok(s) => s,
+                    Err(e) => return answer(id, Err((code::INTERNAL, e.to_string()))),
+                },
+                None => {
+                    return refused(
+                        Refusal::BadRequest,
+                        code::INVALID_REQUEST,
+                        "send the Mcp-Session-Id header that initialize returned (or speak the stateless revision 2026-07-28)",
+                    )
+                }
+            },
+        };
+        let outcome = match method {
+            "ping" => Ok(json!({})),
+            "tools/list" => self.list_tools(caller, &session).await,
+            "tools/call" => self.call_tool(caller, &session, params).await,
+            "server/discover" => Ok(server_description(STATELESS_VERSION)),
+            other => Err((
+                code::METHOD_NOT_FOUND,
+                format!("this MCP gateway does not offer '{other}'; it offers tools (tools/list, tools/call) and ping"),
+            )),
+        };
+        answer(id, outcome)
+    }
+
+    async fn initialize(&self, caller: &McpCaller, id: &Value, params: Option<&Value>) -> Reply {
+        let asked = params
+            .and_then(|p| p.get("protocolVersion"))
+            .and_then(Value::as_str)
+            .unwrap_or(SESSION_VERSIONS[0]);
+        let version = SESSION_VERSIONS
+            .iter()
+            .find(|v| **v == asked)
+            .copied()
+            .unwrap_or(SESSION_VERSIONS[0]);
+        let now = chrono::Utc::now();
+        let record = McpSessionRecord {
+            id: crate::new_id("mcps_"),
+            tenant_id: caller.tenant_id.clone(),
+            protocol_version: version.to_owned(),
+            created_at: now,
+            last_seen: now,
+        };
+        if let Err(e) = self.store.create_mcp_session(&record).await {
+            return answer(
+                id,
+                Err((code::INTERNAL, format!("could not open a session: {e}"))),
+            );
+        }
+        Reply::Message {
+            body: json!({"jsonrpc": "2.0", "id": id, "result": server_description(version)}),
+            session: Some(record.id),
+        }
+    }
+
+    /// The caller's session `sid`; another tenant's is as unknown as a missing one.
+    async fn session(
+        &self,
+        caller: &McpCaller,
+        sid: &str,
+    ) -> std::result::Result<McpSessionRecord, Reply> {
+        let not_found = || {
+            refused(
+                Refusal::SessionNotFound,
+                code::INVALID_REQUEST,
+                "this MCP session does not exist or has ended; initialize a new one",
+            )
+        };
+        let session = match self.store.mcp_session(sid).await {
+            Ok(s) => s,
+            Err(StoreError::NotFound { .. }) => return Err(not_found()),
+            Err(e) => return Err(refused(Refusal::BadRequest, code::INTERNAL, e.to_string())),
+        };
+        if session.tenant_id != caller.tenant_id {
+            return Err(not_found());
+        }
+        let now = chrono::Utc::now();
+        if (now - session.last_seen)
+            .to_std()
+            .is_ok_and(|d| d > TOUCH_EVERY)
+        {
+            let _ = self.store.touch_mcp_session(sid, now).await;
+        }
+        Ok(session)
+    }
+
+    /// A stateless client's session: one per key.
+    async fn implicit_session(&self, caller: &McpCaller) -> Result<McpSessionRecord> {
+        let id = format!("key_{}", caller.key_id);
+        match self.store.mcp_session(&id).await {
+            Ok(s) if s.tenant_id == caller.tenant_id => return Ok(s),
+            Ok(_) => return Err(McpError::Internal("session id clash".into())),
+            Err(StoreError::NotFound { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let now = chrono::Utc::now();
+        let record = McpSessionRecord {
+            id,
+            tenant_id: caller.tenant_id.clone(),
+            protocol_version: STATELESS_VERSION.to_owned(),
+            created_at: now,
+            last_seen: now,
+        };
+        match self.store.create_mcp_session(&record).await {
+            Ok(()) | Err(StoreError::Conflict(_)) => Ok(record),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Ends a client session and the upstream sessions it pinned; whether it existed.
+    pub async fn end_session(
+        &self,
+        caller: &McpCaller,
+        sid: &str,
+    ) -> std::result::Result<(), Reply> {
+        let session = self.session(caller, sid).await?;
+        for server in self.visible(caller).await.unwrap_or_default() {
+            if let (Ok(Some(pin)), Ok(target)) = (
+                self.store.mcp_upstream(&session.id, &server.id).await,
+                self.target(&server),
+            ) {
+                self.upstream.end(&target, &pinned(&pin)).await;
+            }
+        }
+        let _ = self.store.delete_mcp_session(&session.id).await;
+        Ok(())
+    }
+
+    /// The servers whose tools `caller` sees: a tenant's own and those granted to it; the
+    /// operator's own.
+    async fn visible(&self, caller: &McpCaller) -> Result<Vec<McpServerRecord>> {
+        self.servers(caller.tenant_id.as_deref()).await
+    }
+
+    fn target(&self, server: &McpServerRecord) -> Result<Target> {
+        let url = server
+            .url
+            .as_deref()
+            .ok_or_else(|| McpError::Internal(format!("'{}' has no URL", server.name)))?;
+        Ok(Target {
+            name: server.name.clone(),
+            url: self.upstream.guard().check_url(url)?,
+            headers: self.headers_of(server)?,
+        })
+    }
+
+    /// Runs `op` in the upstream session `session` holds with `server`, opening and pinning
+    /// one first if it holds none; if the server ended it, pins a new one and runs `op` once
+    /// more.
+    async fn in_session<F, Fut, T>(
+        &self,
+        session: &McpSessionRecord,
+        server: &McpServerRecord,
+        op: F,
+    ) -> Result<T>
+    where
+        F: Fn(Target, Pinned) -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        let target = self.target(server)?;
+        for attempt in 0..2 {
+            let pin = match self.store.mcp_upstream(&session.id, &server.id).await? {
+                Some(pin) => pinned(&pin),
+                None => {
+                    let fresh = self.upstream.initialize(&target).await?;
+                    let stored = self
+                        .store
+                        .pin_mcp_upstream(&McpUpstreamSession {
+                            session_id: session.id.clone(),
+                            server_id: server.id.clone(),
+                            upstream_session: fresh.session.clone(),
+                            protocol_version: fresh.version.clone(),
+                            created_at: chrono::Utc::now(),
+                        })
+                        .await?;
+                    let stored = pinned(&stored);
+                    if stored != fresh {
+                        // Another process pinned one first: use it, end ours.
+                        self.upstream.end(&target, &fresh).await;
+                    }
+                    stored
+                }
+            };
+            match op(target.clone(), pin.clone()).await {
+                Err(McpError::SessionGone) if attempt == 0 => {
+                    self.store
+                        .unpin_mcp_upstream(&session.id, &server.id, pin.session.as_deref())
+                        .await?;
+                }
+                other => return other,
+            }
+        }
+        Err(McpError::SessionGone)
+    }
+
+    async fn server_tools(
+        &self,
+        session: &McpSessionRecord,
+        server: &McpServerRecord,
+    ) -> Result<Vec<Value>> {
+        let tools = self
+            .in_session(session, server, |target, pin| async move {
+                let mut tools = Vec::new();
+                let mut cursor: Option<String> = None;
+                for _ in 0..MAX_PAGES {
+                    let params = cursor.as_ref().map(|c| json!({ "cursor": c }));
+                    let page = self
+                        .upstream
+                        .request(&target, &pin, "tools/list", params)
+                        .await?
+                        .map_err(|RpcError(e)| {
+                            McpError::Upstream(format!(
+                                "the MCP server '{}' refused tools/list: {}",
+                                target.name,
+                                e.get("message")
+                                    .and_then(Value::as_str)
+                                    .unwrap_or("no message")
+                            ))
+                        })?;
+                    if let Some(list) = page.get("tools").and_then(Value::as_array) {
+                        tools.extend(list.iter().cloned());
+                    }
+                    cursor = page
+                        .get("nextCursor")
+                        .and_then(Value::as_str)
+                        .map(str::to_owned);
+                    if cursor.is_none() {
+                        break;
+                    }
+                }
+                Ok(tools)
+            })
+            .await?;
+        Ok(tools
+            .into_iter()
+            .filter(|t| {
+                let name = t.get("name").and_then(Value::as_str).unwrap_or_default();
+                server
+                    .allowed_tools
+                    .as_ref()
+                    .is_none_or(|allowed| allowed.iter().any(|a| a == name))
+            })
+            .collect())
+    }
+
+    async fn list_tools(
+        &self,
+        caller: &McpCaller,
+        session: &McpSessionRecord,
+    ) -> std::result::Result<Value, (i64, String)> {
+        let servers = self.visible(caller).await.map_err(internal)?;
+        let lists = join_all(servers.iter().map(|server| async move {
+            if self.health.skip(&server.id).is_some() {
+                return Vec::new();
+            }
+            match self.server_tools(session, server).await {
+                Ok(tools) => {
+                    self.health.ok(&server.id);
+                    tools
+                        .into_iter()
+                        .filter_map(|mut tool| {
+                            let name = tool.get("name")?.as_str()?.to_owned();
+                            tool["name"] = json!(exposed(&server.name, &name));
+                            Some(tool)
+                        })
+                        .collect()
+                }
+                Err(e) => {
+                    self.health.failed(&server.id, &e.to_string());
+                    Vec::new()
+                }
+            }
+        }))
+        .await;
+        Ok(json!({ "tools": lists.into_iter().flatten().collect::<Vec<_>>() }))
+    }
+
+    async fn call_tool(
+        &self,
+        caller: &McpCaller,
+        session: &McpSessionRecord,
+        params: Option<&Value>,
+    ) -> std::result::Result<Value, (i64, String)> {
+        let params = params.and_then(Value::as_object).ok_or((
+            code::INVALID_PARAMS,
+            "tools/call needs params with the tool's \"name\"".to_owned(),
+        ))?;
+        let name = params.get("name").and_then(Value::as_str).ok_or((
+            code::INVALID_PARAMS,
+            "tools/call needs the tool's \"name\"".to_owned(),
+        ))?;
+        let unknown = || {
+            (
+                code::INVALID_PARAMS,
+                format!("unknown tool '{name}'; tools/list lists the tools you may call"),
+            )
+        };
+        let (server_name, rest) = split(name).ok_or_else(unknown)?;
+        let servers = self.visible(caller).await.map_err(internal)?;
+        let server = servers
+            .iter()
+            .find(|s| s.name == server_name)
+            .ok_or_else(unknown)?;
+        // The tool's own name: the rest, unless it was shortened.
+        let tool = if exposed(&server.name, rest) == name {
+            rest.to_owned()
+        } else {
+            let tools = self.server_tools(session, server).await.map_err(upstream)?;
+            tools
+                .iter()
+                .filter_map(|t| t.get("name").and_then(Value::as_str))
+                .find(|t| exposed(&server.name, t) == name)
+                .map(str::to_owned)
+                .ok_or_else(unknown)?
+        };
+        if let Some(allowed) = &server.allowed_tools {
+            if !allowed.iter().any(|a| *a == tool) {
+                return Err(unknown());
+            }
+        }
+        let mut forwarded = Map::new();
+        forwarded.insert("name".into(), json!(tool));
+        if let Some(args) = params.get("arguments") {
+            forwarded.insert("arguments".into(), args.clone());
+        }
+        let forwarded = Value::Object(forwarded);
+        let result = self
+            .in_session(session, server, |target, pin| {
+                let forwarded = forwarded.clone();
+                async move {
+                    self.upstream
+                        .request(&target, &pin, "tools/call", Some(forwarded))
+                        .await
+                }
+            })
+            .await;
+        match result {
+            Ok(Ok(value)) => {
+                self.health.ok(&server.id);
+                Ok(value)
+            }
+            Ok(Err(RpcError(e))) => Err((
+                e.get("code")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(code::UPSTREAM),
+                format!(
+                    "the MCP server '{}': {}",
+                    server.name,
+                    e.get("message")
+                        .and_then(Value::as_str)
+                        .unwrap_or("error without a message")
+                ),
+            )),
+            Err(e) => {
+                if matches!(e, McpError::Upstream(_)) {
+                    self.health.failed(&server.id, &e.to_string());
+                }
+                Err(upstream(e))
+            }
+        }
+    }
+}
+
+fn pinned(pin: &McpUpstreamSession) -> Pinned {
+    Pinned {
+        session: pin.upstream_session.clone(),
+        version: pin.protocol_version.clone(),
+    }
+}
+
+fn internal(e: McpError) -> (i64, String) {
+    (code::INTERNAL, e.to_string())
+}
+
+fn upstream(e: McpError) -> (i64, String) {
+    (code::UPSTREAM, e.to_string())
+}
+
+fn server_description(version: &str) -> Value {
+    json!({
+        "protocolVersion": version,
+        "capabilities": {"tools": {"listChanged": false}},
+        "serverInfo": {"name": "flywheel", "title": "Flywheel MCP gateway", "version": env!("CARGO_PKG_VERSION")},
+        "instructions": "Tools of the MCP servers registered for this key, named SERVER__TOOL.",
+    })
+}

@@ -1,0 +1,51 @@
+-- MCP servers: a tenant's own (tenant_id set) or the operator's (tenant_id NULL; public ones may
+-- be granted to tenants). Header values and environment are sealed by the application (AEAD
+-- with the server's secret key) into one text; only their names are kept in the clear.
+CREATE TABLE mcp_servers (
+    id            TEXT PRIMARY KEY NOT NULL,
+    tenant_id     TEXT REFERENCES tenants (id) ON DELETE CASCADE,
+    name          TEXT NOT NULL,
+    transport     TEXT NOT NULL CHECK (transport IN ('http', 'stdio')),
+    url           TEXT,
+    command       TEXT,
+    args          TEXT NOT NULL CHECK (json_valid(args)),
+    sealed        TEXT,
+    header_names  TEXT NOT NULL CHECK (json_valid(header_names)),
+    env_names     TEXT NOT NULL CHECK (json_valid(env_names)),
+    allowed_tools TEXT CHECK (allowed_tools IS NULL OR json_valid(allowed_tools)),
+    public        INTEGER NOT NULL CHECK (public IN (0, 1)),
+    created_at    TEXT NOT NULL,
+    updated_at    TEXT NOT NULL,
+    CHECK ((transport = 'http') = (url IS NOT NULL)),
+    CHECK ((transport = 'stdio') = (command IS NOT NULL))
+) STRICT;
+-- Names are unique per owner (the operator being the owner ''); tools are named after them.
+CREATE UNIQUE INDEX mcp_servers_by_owner_name ON mcp_servers (COALESCE(tenant_id, ''), name);
+
+CREATE TABLE mcp_grants (
+    tenant_id  TEXT NOT NULL REFERENCES tenants (id) ON DELETE CASCADE,
+    server_id  TEXT NOT NULL REFERENCES mcp_servers (id) ON DELETE CASCADE,
+    created_at TEXT NOT NULL,
+    PRIMARY KEY (tenant_id, server_id)
+) STRICT;
+
+-- Client sessions of the /mcp endpoint, shared by every process on the database.
+CREATE TABLE mcp_sessions (
+    id               TEXT PRIMARY KEY NOT NULL,
+    tenant_id        TEXT REFERENCES tenants (id) ON DELETE CASCADE,
+    protocol_version TEXT NOT NULL,
+    created_at       TEXT NOT NULL,
+    last_seen        TEXT NOT NULL
+) STRICT;
+CREATE INDEX mcp_sessions_by_last_seen ON mcp_sessions (last_seen);
+
+-- The one upstream session a client session holds with each server it used, so a stateful
+-- server sees one session whichever process forwards the call.
+CREATE TABLE mcp_session_upstreams (
+    session_id       TEXT NOT NULL REFERENCES mcp_sessions (id) ON DELETE CASCADE,
+    server_id        TEXT NOT NULL REFERENCES mcp_servers (id) ON DELETE CASCADE,
+    upstream_session TEXT,
+    protocol_version TEXT NOT NULL,
+    created_at       TEXT NOT NULL,
+    PRIMARY KEY (session_id, server_id)
+) STRICT;

@@ -50,7 +50,7 @@ async fn serve(config: ServeConfig) -> Result<()> {
         metrics,
         metrics_open: config.metrics_open,
         max_body_bytes: config.max_body_bytes,
-        mcp: Some(mcp_gateway(&config, store_for_mcp)?),
+        mcp: Some(mcp_gateway(&config, store_for_mcp, tenancy.clone())?),
     });
     let limits = connection_limits(&config);
     let listener = crate::http::bind(config.listen).with_context(|| {
@@ -170,7 +170,11 @@ async fn open_tenancy(
 
 /// The MCP gateway: its secret key from `FLYWHEEL_SECRET_KEY` or `DATA_DIR/secret.key`
 /// (created on first start; every process of a cluster needs the same one).
-fn mcp_gateway(config: &ServeConfig, store: Arc<dyn store::Store>) -> Result<Arc<mcp::Mcp>> {
+fn mcp_gateway(
+    config: &ServeConfig,
+    store: Arc<dyn store::Store>,
+    tenancy: tenancy::Tenancy,
+) -> Result<Arc<mcp::Mcp>> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create {}", config.data_dir.display()))?;
     let env = std::env::var("FLYWHEEL_SECRET_KEY").ok();
@@ -179,6 +183,7 @@ fn mcp_gateway(config: &ServeConfig, store: Arc<dyn store::Store>) -> Result<Arc
     let guard = mcp::Guard::new(config.mcp_allow_hosts.clone(), config.mcp_call_timeout);
     Ok(Arc::new(mcp::Mcp::new(
         store,
+        tenancy,
         mcp::Sealer::new(key, None),
         guard,
     )))

@@ -182,6 +182,7 @@ pub fn router(state: GatewayState) -> Router {
             "/v1/mcp/servers/{name}",
             patch(routes::mcp::patch).delete(routes::mcp::delete),
         )
+        .route("/v1/mcp/calls", get(routes::mcp::calls))
         .route(
             "/admin/v1/mcp/servers",
             post(routes::mcp::admin_create).get(routes::mcp::admin_list),

@@ -13,6 +13,7 @@ use store::{McpServerRecord, McpSessionRecord, McpUpstreamSession, StoreError};
 
 use crate::client::{Pinned, RpcError, Target};
 use crate::error::{McpError, Result};
+use crate::meter::Metered;
 use crate::names::{exposed, split};
 use crate::Mcp;
 
@@ -25,12 +26,24 @@ const MAX_PAGES: usize = 20;
 /// A session's `last_seen` is written at most this often.
 const TOUCH_EVERY: Duration = Duration::from_secs(60);
 
-/// Who calls: a tenant (`None`: the operator) through one key.
+/// Who calls: a tenant's key, or the admin key (`None`: the operator's servers, unmetered).
 #[derive(Debug, Clone)]
 pub struct McpCaller {
-    pub tenant_id: Option<String>,
-    /// The key's id (`"admin"` for the admin key): the implicit session of stateless clients.
-    pub key_id: String,
+    pub principal: Option<tenancy::Principal>,
+}
+
+impl McpCaller {
+    pub fn tenant_id(&self) -> Option<String> {
+        self.principal.as_ref().map(|p| p.tenant.id.clone())
+    }
+
+    /// The implicit session of a stateless client: one per key.
+    fn implicit_session_id(&self) -> String {
+        match &self.principal {
+            Some(p) => format!("key_{}", p.key.id),
+            None => "key_admin".to_owned(),
+        }
+    }
 }
 
 /// One POST to `/mcp`.
@@ -74,6 +87,8 @@ pub mod code {
     pub const INTERNAL: i64 = -32603;
     /// The MCP server behind a tool failed.
     pub const UPSTREAM: i64 = -32000;
+    /// The account or a rate limit refused the call (`data.type` says which).
+    pub const REFUSED: i64 = -32001;
 }
 
 fn error_body(id: &Value, code: i64, message: impl Into<String>) -> Value {
@@ -158,6 +173,13 @@ impl Mcp {
         if method == "initialize" {
             return self.initialize(caller, id, params).await;
         }
+        let stateless =
+            incoming.session.is_none() && stateless_version(&incoming, params).is_some();
+        if method == "server/discover" {
+            let mut description = server_description(STATELESS_VERSION);
+            description["supportedVersions"] = json!([STATELESS_VERSION]);
+            return answer(id, Ok(modern(description)));
+        }
         let session = match incoming.session {
             Some(sid) => match self.session(caller, sid).await {
                 Ok(s) => s,
@@ -181,11 +203,15 @@ impl Mcp {
             "ping" => Ok(json!({})),
             "tools/list" => self.list_tools(caller, &session).await,
             "tools/call" => self.call_tool(caller, &session, params).await,
-            "server/discover" => Ok(server_description(STATELESS_VERSION)),
             other => Err((
                 code::METHOD_NOT_FOUND,
                 format!("this MCP gateway does not offer '{other}'; it offers tools (tools/list, tools/call) and ping"),
             )),
+        };
+        let outcome = if stateless {
+            outcome.map(modern)
+        } else {
+            outcome
         };
         answer(id, outcome)
     }
@@ -203,7 +229,7 @@ impl Mcp {
         let now = chrono::Utc::now();
         let record = McpSessionRecord {
             id: crate::new_id("mcps_"),
-            tenant_id: caller.tenant_id.clone(),
+            tenant_id: caller.tenant_id(),
             protocol_version: version.to_owned(),
             created_at: now,
             last_seen: now,
@@ -238,7 +264,7 @@ impl Mcp {
             Err(StoreError::NotFound { .. }) => return Err(not_found()),
             Err(e) => return Err(refused(Refusal::BadRequest, code::INTERNAL, e.to_string())),
         };
-        if session.tenant_id != caller.tenant_id {
+        if session.tenant_id != caller.tenant_id() {
             return Err(not_found());
         }
         let now = chrono::Utc::now();
@@ -253,9 +279,9 @@ impl Mcp {
 
     /// A stateless client's session: one per key.
     async fn implicit_session(&self, caller: &McpCaller) -> Result<McpSessionRecord> {
-        let id = format!("key_{}", caller.key_id);
+        let id = caller.implicit_session_id();
         match self.store.mcp_session(&id).await {
-            Ok(s) if s.tenant_id == caller.tenant_id => return Ok(s),
+            Ok(s) if s.tenant_id == caller.tenant_id() => return Ok(s),
             Ok(_) => return Err(McpError::Internal("session id clash".into())),
             Err(StoreError::NotFound { .. }) => {}
             Err(e) => return Err(e.into()),
@@ -263,7 +289,7 @@ impl Mcp {
         let now = chrono::Utc::now();
         let record = McpSessionRecord {
             id,
-            tenant_id: caller.tenant_id.clone(),
+            tenant_id: caller.tenant_id(),
             protocol_version: STATELESS_VERSION.to_owned(),
             created_at: now,
             last_seen: now,
@@ -296,7 +322,7 @@ impl Mcp {
     /// The servers whose tools `caller` sees: a tenant's own and those granted to it; the
     /// operator's own.
     async fn visible(&self, caller: &McpCaller) -> Result<Vec<McpServerRecord>> {
-        self.servers(caller.tenant_id.as_deref()).await
+        self.servers(caller.tenant_id().as_deref()).await
     }
 
     fn target(&self, server: &McpServerRecord) -> Result<Target> {
@@ -491,6 +517,9 @@ impl Mcp {
             forwarded.insert("arguments".into(), args.clone());
         }
         let forwarded = Value::Object(forwarded);
+        let metered = Metered::start(self, caller.principal.as_ref(), server, &tool)
+            .await
+            .map_err(|(c, m, _)| (c, m))?;
         let result = self
             .in_session(session, server, |target, pin| {
                 let forwarded = forwarded.clone();
@@ -504,28 +533,48 @@ impl Mcp {
         match result {
             Ok(Ok(value)) => {
                 self.health.ok(&server.id);
+                if value.get("isError").and_then(Value::as_bool) == Some(true) {
+                    metered
+                        .finish("tool_error", Some(tool_error_text(&value)))
+                        .await;
+                } else {
+                    metered.finish("ok", None).await;
+                }
                 Ok(value)
             }
-            Ok(Err(RpcError(e))) => Err((
-                e.get("code")
-                    .and_then(Value::as_i64)
-                    .unwrap_or(code::UPSTREAM),
-                format!(
+            Ok(Err(RpcError(e))) => {
+                let message = format!(
                     "the MCP server '{}': {}",
                     server.name,
                     e.get("message")
                         .and_then(Value::as_str)
                         .unwrap_or("error without a message")
-                ),
-            )),
+                );
+                metered.finish("failed", Some(message.clone())).await;
+                let code = e.get("code").and_then(Value::as_i64);
+                Err((code.unwrap_or(code::UPSTREAM), message))
+            }
             Err(e) => {
                 if matches!(e, McpError::Upstream(_)) {
                     self.health.failed(&server.id, &e.to_string());
                 }
+                metered.finish("failed", Some(e.to_string())).await;
                 Err(upstream(e))
             }
         }
     }
+}
+
+/// The text a tool that reported an error gave, for the audit log.
+fn tool_error_text(result: &Value) -> String {
+    result
+        .get("content")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c.get("text").and_then(Value::as_str))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn pinned(pin: &McpUpstreamSession) -> Pinned {
@@ -541,6 +590,18 @@ fn internal(e: McpError) -> (i64, String) {
 
 fn upstream(e: McpError) -> (i64, String) {
     (code::UPSTREAM, e.to_string())
+}
+
+/// A result as the stateless revision shapes it: complete, not to be cached across callers.
+fn modern(mut result: Value) -> Value {
+    if let Value::Object(o) = &mut result {
+        o.entry("resultType").or_insert(json!("complete"));
+        if o.contains_key("tools") {
+            o.entry("ttlMs").or_insert(json!(0));
+            o.entry("cacheScope").or_insert(json!("private"));
+        }
+    }
+    result
 }
 
 fn server_description(version: &str) -> Value {

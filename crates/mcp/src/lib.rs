@@ -16,6 +16,7 @@ pub mod endpoint;
 mod error;
 pub mod guard;
 mod health;
+mod meter;
 pub mod names;
 pub mod registry;
 pub mod secret;
@@ -30,7 +31,7 @@ pub use error::{McpError, Result};
 pub use guard::{AllowList, Guard};
 pub use registry::{NewServer, Owner, ServerPatch};
 pub use secret::{Sealer, SecretKey};
-pub use store::{McpServerRecord, StoreError};
+pub use store::{McpCallRecord, McpServerRecord, StoreError};
 
 use crate::client::Upstream;
 use crate::health::Health;
@@ -41,11 +42,18 @@ pub struct Mcp {
     sealer: Sealer,
     upstream: Upstream,
     health: Health,
+    tenancy: tenancy::Tenancy,
 }
 
 impl Mcp {
-    pub fn new(store: Arc<dyn Store>, sealer: Sealer, guard: Guard) -> Self {
+    pub fn new(
+        store: Arc<dyn Store>,
+        tenancy: tenancy::Tenancy,
+        sealer: Sealer,
+        guard: Guard,
+    ) -> Self {
         Self {
+            tenancy,
             store,
             sealer,
             upstream: Upstream::new(guard),

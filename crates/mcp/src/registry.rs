@@ -210,6 +210,15 @@ impl Mcp {
             })
     }
 
+    /// The id of a server named by its id, or by name among the operator's.
+    pub async fn server_id(&self, id_or_name: &str) -> Result<String> {
+        match self.store.mcp_server(id_or_name).await {
+            Ok(s) => Ok(s.id),
+            Err(StoreError::NotFound { .. }) => Ok(self.owned(None, id_or_name).await?.id),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     pub async fn update(
         &self,
         owner: Owner<'_>,
@@ -292,6 +301,18 @@ impl Mcp {
     pub async fn revoke(&self, tenant_id: &str, server: &str) -> Result<bool> {
         let record = self.owned(None, server).await?;
         Ok(self.store.revoke_mcp_grant(tenant_id, &record.id).await?)
+    }
+
+    /// The audit log of `owner`'s tool calls in the last `days` days, newest first.
+    pub async fn calls(
+        &self,
+        owner: Owner<'_>,
+        days: i64,
+        limit: i64,
+    ) -> Result<Vec<store::McpCallRecord>> {
+        let end = chrono::Utc::now() + chrono::TimeDelta::seconds(1);
+        let start = end - chrono::TimeDelta::days(days);
+        Ok(self.store.mcp_calls(owner, start, end, limit).await?)
     }
 
     /// Seals every server's secrets again under the current key; how many changed.

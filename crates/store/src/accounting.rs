@@ -142,6 +142,15 @@ pub fn check_hold(
     Ok(())
 }
 
+/// Served-model names of this prefix are MCP tool calls (`mcp/<server id>`): one "prompt
+/// token" per call at the server's per-call price (kept as the price per million × 10⁶), never
+/// paid by the free token grant.
+pub const TOOL_CALL_PREFIX: &str = "mcp/";
+
+pub fn is_tool_call(model: &str) -> bool {
+    model.starts_with(TOOL_CALL_PREFIX)
+}
+
 /// The hold `new` takes from `tenant` at `rates`, or why the tenant cannot take it.
 pub fn hold_for(
     tenant: &Tenant,
@@ -152,14 +161,16 @@ pub fn hold_for(
         return Err(StoreError::TenantDisabled(tenant.id.clone()));
     }
     let worst_case = new.prompt_tokens + new.max_completion_tokens;
-    let held = hold(
-        new.prompt_tokens,
-        new.max_completion_tokens,
-        rates,
-        tenant.balances.grant_tokens_available(),
-    );
-    check_hold(&tenant.balances, tenant.free_tier_only, &held, worst_case)
-        .map_err(StoreError::from)?;
+    let call = is_tool_call(&new.model);
+    let grant = if call {
+        0
+    } else {
+        tenant.balances.grant_tokens_available()
+    };
+    let held = hold(new.prompt_tokens, new.max_completion_tokens, rates, grant);
+    // A tool call is money only: a free-tier tenant may make the free ones.
+    let free_tier_only = tenant.free_tier_only && !(call && held.amount == 0);
+    check_hold(&tenant.balances, free_tier_only, &held, worst_case).map_err(StoreError::from)?;
     Ok(held)
 }
 

@@ -34,7 +34,7 @@ pub use deployments::{DeploymentRecord, DeploymentRecordStore};
 pub use error::{Result, StoreError};
 pub use hub::HubStore;
 pub use hub_access::HubAccessStore;
-pub use mcp::{McpServerRecord, McpSessionRecord, McpStore, McpUpstreamSession};
+pub use mcp::{McpCallRecord, McpServerRecord, McpSessionRecord, McpStore, McpUpstreamSession};
 pub use model::*;
 pub use postgres::PostgresStore;
 pub use responses::{ResponseStore, StoredResponse};

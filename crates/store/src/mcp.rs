@@ -63,6 +63,27 @@ pub struct McpUpstreamSession {
     pub created_at: Timestamp,
 }
 
+/// One tool call in the audit log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct McpCallRecord {
+    /// The call's reservation id (`mcpc_…`).
+    pub id: String,
+    pub tenant_id: Option<String>,
+    /// The visible prefix of the key that made it.
+    pub key_prefix: Option<String>,
+    pub server_id: String,
+    pub server_name: String,
+    pub tool: String,
+    pub started_at: Timestamp,
+    pub duration_ms: i64,
+    /// `ok`, `tool_error` (the tool said `isError`), `failed` (the server or the connection
+    /// failed) or `refused` (the account or a limit refused it before it was made).
+    pub outcome: String,
+    pub error: Option<String>,
+    /// Micro-units charged.
+    pub charged: i64,
+}
+
 /// MCP servers, grants and sessions, across restarts and processes.
 #[async_trait]
 pub trait McpStore: Send + Sync + 'static {
@@ -109,6 +130,17 @@ pub trait McpStore: Send + Sync + 'static {
         session_id: &str,
         server_id: &str,
     ) -> Result<Option<McpUpstreamSession>>;
+    async fn record_mcp_call(&self, call: &McpCallRecord) -> Result<()>;
+    /// A tenant's calls (`None`: the admin key's) started in `[start, end)`, newest first, at
+    /// most `limit`.
+    async fn mcp_calls(
+        &self,
+        tenant_id: Option<&str>,
+        start: Timestamp,
+        end: Timestamp,
+        limit: i64,
+    ) -> Result<Vec<McpCallRecord>>;
+
     /// Forgets the pin if it is still `upstream_session` (the upstream ended it); whether it did.
     async fn unpin_mcp_upstream(
         &self,

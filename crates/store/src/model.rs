@@ -369,22 +369,27 @@ pub struct UsageRow {
     pub cached_tokens: i64,
     /// Tokens paid by the free grant.
     pub grant_tokens: i64,
-    /// Micro-units charged to the balance.
+    /// Micro-units charged to the balance (tokens and tool calls).
     pub amount: i64,
+    /// MCP tool calls that completed (and were charged their price); `requests` and the token
+    /// counts leave them out.
+    pub tool_calls: i64,
 }
 
-/// `(group, requests, prompt, completion, cached, grant tokens, amount)`, as the stores select.
-impl From<(String, i64, i64, i64, i64, i64, i64)> for UsageRow {
+/// `(group, requests, prompt, completion, cached, grant tokens, amount, tool calls)`, as the
+/// stores select.
+impl From<(String, i64, i64, i64, i64, i64, i64, i64)> for UsageRow {
     fn from(
-        (group, requests, prompt_tokens, completion_tokens, cached_tokens, grant_tokens, amount): (
-            String,
-            i64,
-            i64,
-            i64,
-            i64,
-            i64,
-            i64,
-        ),
+        (
+            group,
+            requests,
+            prompt_tokens,
+            completion_tokens,
+            cached_tokens,
+            grant_tokens,
+            amount,
+            tool_calls,
+        ): (String, i64, i64, i64, i64, i64, i64, i64),
     ) -> Self {
         Self {
             group,
@@ -394,6 +399,10 @@ impl From<(String, i64, i64, i64, i64, i64, i64)> for UsageRow {
             cached_tokens,
             grant_tokens,
             amount,
+            tool_calls,
         }
     }
 }
+
+/// The SQL condition that a reservation is an MCP tool call ([`crate::accounting::is_tool_call`]).
+pub(crate) const TOOL_CALL_SQL: &str = "model LIKE 'mcp/%'";

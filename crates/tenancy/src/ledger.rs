@@ -185,6 +185,42 @@ impl Ledger {
             .await?)
     }
 
+    /// Holds the price of one MCP tool call to `server_id`: its price-book entry
+    /// (`mcp/<server id>`, see [`PriceBook::set_per_call`]), else free. The free token grant
+    /// never pays for calls. Settle a completed call with [`Ledger::settle_call`]; a failed one
+    /// with [`Ledger::cancel`].
+    pub async fn reserve_call(
+        &self,
+        request_id: &str,
+        tenant_id: &str,
+        key_id: Option<&str>,
+        server_id: &str,
+    ) -> Result<Reservation> {
+        let now = self.clock.now();
+        let new = NewReservation {
+            request_id: request_id.to_owned(),
+            tenant_id: tenant_id.to_owned(),
+            key_id: key_id.map(str::to_owned),
+            model: format!("{}{server_id}", accounting::TOOL_CALL_PREFIX),
+            prompt_tokens: 1,
+            max_completion_tokens: 0,
+            default_rates: store::PriceRates::default(),
+            owner: self.process_id.to_string(),
+            lease_expires_at: now + self.lease,
+            created_at: now,
+        };
+        Ok(self.store.reserve(&new).await?)
+    }
+
+    /// Charges a completed tool call its price.
+    pub async fn settle_call(&self, request_id: &str) -> Result<Settlement> {
+        let one = TokenUsage {
+            prompt_tokens: 1,
+            ..TokenUsage::default()
+        };
+        self.settle(request_id, one).await
+    }
+
     /// Releases a reservation whose request delivered nothing.
     pub async fn cancel(&self, request_id: &str) -> Result<Settlement> {
         self.settle(request_id, TokenUsage::default()).await

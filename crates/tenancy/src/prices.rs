@@ -4,6 +4,9 @@ use std::sync::Arc;
 
 use store::{Price, PriceRates, Store, TokenUsage};
 
+/// The largest price of one tool call: 1,000 units of money.
+pub const MAX_PER_CALL: i64 = 1_000_000_000;
+
 use crate::clock::Clock;
 use crate::error::{Error, Result};
 
@@ -72,6 +75,24 @@ impl PriceBook {
             updated_at: self.clock.now(),
         };
         Ok(self.store.put_price(&price).await?)
+    }
+
+    /// Sets the price of one tool call to the MCP server `server_id`, in micro-units (kept as
+    /// the entry `mcp/<server id>`, one token per call).
+    pub async fn set_per_call(&self, server_id: &str, per_call: i64) -> Result<Price> {
+        if !(0..=MAX_PER_CALL).contains(&per_call) {
+            return Err(Error::invalid(
+                "per_call",
+                format!("a price per call is 0 to {MAX_PER_CALL} micro-units"),
+            ));
+        }
+        let rates = PriceRates {
+            input_per_million: per_call * 1_000_000,
+            cached_input_per_million: per_call * 1_000_000,
+            output_per_million: 0,
+        };
+        let model = format!("{}{server_id}", store::accounting::TOOL_CALL_PREFIX);
+        self.set(&model, rates).await
     }
 
     /// Every entry, by model name.

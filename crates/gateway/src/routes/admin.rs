@@ -8,7 +8,7 @@ use axum::Json;
 
 use super::RawBody;
 use crate::auth::Admin;
-use crate::error::{ApiError, Result};
+use crate::error::{ApiError, Code, Result};
 use crate::wire::tenancy::{
     self as wire, CreatedKeyView, KeyView, ListView, OrgView, PriceView, RequestBillView,
     TenantView,
@@ -174,6 +174,9 @@ pub async fn put_price(
     Path(model): Path<String>,
     RawBody(body): RawBody,
 ) -> Result<Json<PriceView>> {
+    if let Some(server) = model.strip_prefix(tenancy::TOOL_CALL_PREFIX) {
+        return put_call_price(&state, server, &body).await;
+    }
     let rates = wire::price_rates(&body)?;
     let price = state
         .tenancy()
@@ -182,6 +185,23 @@ pub async fn put_price(
         .await
         .map_err(ApiError::from_tenancy)?;
     tracing::info!(model = %model, ?rates, "price set");
+    Ok(Json(price.into()))
+}
+
+/// The price of a tool call to one MCP server (by id or, for the operator's, by name).
+async fn put_call_price(state: &AppState, server: &str, body: &[u8]) -> Result<Json<PriceView>> {
+    let per_call = wire::per_call(body)?;
+    let mcp = state.mcp().ok_or_else(|| {
+        ApiError::new(Code::NotFound, "This server does not run the MCP gateway.")
+    })?;
+    let id = mcp.server_id(server).await.map_err(super::mcp::from_mcp)?;
+    let price = state
+        .tenancy()
+        .prices
+        .set_per_call(&id, per_call)
+        .await
+        .map_err(ApiError::from_tenancy)?;
+    tracing::info!(server = %id, per_call, "MCP call price set");
     Ok(Json(price.into()))
 }
 

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -14,7 +14,7 @@ use tenancy::Scope;
 use super::RawBody;
 use crate::auth::{Admin, Caller};
 use crate::error::{ApiError, Code, Result};
-use crate::wire::mcp::{self as wire, ServerView};
+use crate::wire::mcp::{self as wire, CallView, ServerView};
 use crate::wire::tenancy::ListView;
 use crate::AppState;
 
@@ -198,13 +198,49 @@ pub async fn revoke(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallsParams {
+    days: Option<i64>,
+    limit: Option<i64>,
+}
+
+/// `GET /v1/mcp/calls?days=&limit=`: the caller's tool calls, newest first (default the last
+/// 30 days, 100 rows; at most 366 days, 1,000 rows).
+pub async fn calls(
+    State(state): State<AppState>,
+    caller: Caller,
+    params: std::result::Result<Query<CallsParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<ListView<CallView>>> {
+    let owner = owner(&caller)?;
+    let Query(params) = params.map_err(|r| {
+        ApiError::new(
+            Code::InvalidRequest,
+            format!(
+                "{}. /v1/mcp/calls takes days (1-366) and limit (1-1000).",
+                r.body_text()
+            ),
+        )
+    })?;
+    let days = params.days.unwrap_or(30);
+    let limit = params.limit.unwrap_or(100);
+    if !(1..=366).contains(&days) {
+        return Err(ApiError::invalid("days", "days is 1 to 366"));
+    }
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::invalid("limit", "limit is 1 to 1000"));
+    }
+    let rows = service(&state)?
+        .calls(owner.as_deref(), days, limit)
+        .await
+        .map_err(from_mcp)?;
+    Ok(Json(ListView::new(rows)))
+}
+
 fn mcp_caller(caller: &Caller) -> Result<McpCaller> {
     caller.require(Scope::Mcp)?;
     Ok(McpCaller {
-        tenant_id: caller.tenant_id().map(str::to_owned),
-        key_id: caller
-            .principal()
-            .map_or_else(|| "admin".to_owned(), |p| p.key.id.clone()),
+        principal: caller.principal().cloned(),
     })
 }
 

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use mcp::McpServerRecord;
+use mcp::{McpCallRecord, McpServerRecord};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -150,6 +150,43 @@ impl ServerView {
             allowed_tools: server.allowed_tools,
             created_at: server.created_at.timestamp(),
             updated_at: server.updated_at.timestamp(),
+        }
+    }
+}
+
+/// One row of `GET /v1/mcp/calls`, the audit log of tool calls.
+#[derive(Debug, Serialize)]
+pub struct CallView {
+    pub id: String,
+    pub object: &'static str,
+    pub key_prefix: Option<String>,
+    pub server_id: String,
+    pub server: String,
+    pub tool: String,
+    pub started_at: i64,
+    pub duration_ms: i64,
+    /// `ok`, `tool_error`, `failed` or `refused`.
+    pub outcome: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Micro-units charged.
+    pub cost: i64,
+}
+
+impl From<McpCallRecord> for CallView {
+    fn from(c: McpCallRecord) -> Self {
+        Self {
+            id: c.id,
+            object: "mcp.call",
+            key_prefix: c.key_prefix,
+            server_id: c.server_id,
+            server: c.server_name,
+            tool: c.tool,
+            started_at: c.started_at.timestamp(),
+            duration_ms: c.duration_ms,
+            outcome: c.outcome,
+            error: c.error,
+            cost: c.charged,
         }
     }
 }

@@ -145,6 +145,16 @@ pub fn top_up(body: &[u8]) -> Result<(i64, Option<String>)> {
     Ok((amount, fields.string("idempotency_key")?.map(str::to_owned)))
 }
 
+/// `PUT /admin/v1/prices/mcp/{server_id}`: `{"per_call": micro-units}`.
+pub fn per_call(body: &[u8]) -> Result<i64> {
+    let map = parse_object(body)?;
+    let fields = Fields::root(&map);
+    fields.deny_unknown(&["per_call"])?;
+    fields
+        .integer("per_call", 0, tenancy::MAX_PER_CALL)?
+        .ok_or_else(|| ApiError::invalid("per_call", "Missing required parameter: 'per_call'."))
+}
+
 /// `PUT /admin/v1/prices/{served_model}`.
 pub fn price_rates(body: &[u8]) -> Result<PriceRates> {
     let map = parse_object(body)?;
@@ -290,6 +300,9 @@ impl From<CreatedKey> for CreatedKeyView {
 pub struct PriceView {
     pub object: &'static str,
     pub served_model: String,
+    /// For an MCP server's entry (`mcp/<server id>`): micro-units per tool call.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub per_call: Option<i64>,
     pub input_per_million: i64,
     pub output_per_million: i64,
     pub cached_input_per_million: i64,
@@ -300,6 +313,8 @@ impl From<Price> for PriceView {
     fn from(p: Price) -> Self {
         Self {
             object: "price",
+            per_call: tenancy::is_tool_call(&p.served_model)
+                .then_some(p.rates.input_per_million / 1_000_000),
             updated_at: time(&p.updated_at),
             served_model: p.served_model,
             input_per_million: p.rates.input_per_million,
@@ -359,11 +374,14 @@ pub struct UsageRowView {
     pub grant_tokens: i64,
     /// Micro-units charged to the balance.
     pub cost: i64,
+    /// MCP tool calls made (grouped by model, a server's calls are the group `mcp/<id>`).
+    pub tool_calls: i64,
 }
 
 impl From<UsageRow> for UsageRowView {
     fn from(r: UsageRow) -> Self {
         Self {
+            tool_calls: r.tool_calls,
             total_tokens: r.prompt_tokens + r.completion_tokens,
             group: r.group,
             requests: r.requests,

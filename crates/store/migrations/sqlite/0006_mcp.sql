@@ -49,3 +49,20 @@ CREATE TABLE mcp_session_upstreams (
     created_at       TEXT NOT NULL,
     PRIMARY KEY (session_id, server_id)
 ) STRICT;
+
+-- The audit log of tool calls: who called what, how long it took, how it ended and what it
+-- was charged. Not tied to the server row: it outlives the server. Arguments are not kept.
+CREATE TABLE mcp_calls (
+    id          TEXT PRIMARY KEY NOT NULL,
+    tenant_id   TEXT REFERENCES tenants (id) ON DELETE CASCADE,
+    key_prefix  TEXT,
+    server_id   TEXT NOT NULL,
+    server_name TEXT NOT NULL,
+    tool        TEXT NOT NULL,
+    started_at  TEXT NOT NULL,
+    duration_ms INTEGER NOT NULL CHECK (duration_ms >= 0),
+    outcome     TEXT NOT NULL CHECK (outcome IN ('ok', 'tool_error', 'failed', 'refused')),
+    error       TEXT,
+    charged     INTEGER NOT NULL CHECK (charged >= 0)
+) STRICT;
+CREATE INDEX mcp_calls_by_tenant ON mcp_calls (tenant_id, started_at);

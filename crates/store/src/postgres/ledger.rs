@@ -8,6 +8,7 @@ use super::rows;
 use super::PostgresStore;
 use crate::accounting;
 use crate::error::{Result, StoreError};
+use crate::model::TOOL_CALL_SQL;
 use crate::model::{
     Debit, LedgerEntry, LedgerKind, NewReservation, PriceRates, Reservation, ReservationState,
     SettleWith, Settlement, Tenant, Timestamp, TokenUsage, UsageGroup, UsageRow,
@@ -426,16 +427,19 @@ impl LedgerStore for PostgresStore {
             UsageGroup::Key => "COALESCE(key_id, '-')",
         };
         let sql = format!(
-            "SELECT {by} AS grp, COUNT(*) AS requests, \
-             COALESCE(SUM(billed_prompt_tokens), 0)::BIGINT AS prompt_tokens, \
+            "SELECT {by} AS grp, \
+             COALESCE(SUM(CASE WHEN {call} THEN 0 ELSE 1 END), 0)::BIGINT AS requests, \
+             COALESCE(SUM(CASE WHEN {call} THEN 0 ELSE billed_prompt_tokens END), 0)::BIGINT AS prompt_tokens, \
              COALESCE(SUM(billed_completion_tokens), 0)::BIGINT AS completion_tokens, \
              COALESCE(SUM(billed_cached_tokens), 0)::BIGINT AS cached_tokens, \
              COALESCE(SUM(charged_grant_tokens), 0)::BIGINT AS grant_tokens, \
-             COALESCE(SUM(charged_amount), 0)::BIGINT AS amount \
+             COALESCE(SUM(charged_amount), 0)::BIGINT AS amount, \
+             COALESCE(SUM(CASE WHEN {call} AND state = 'settled' THEN 1 ELSE 0 END), 0)::BIGINT AS tool_calls \
              FROM reservations WHERE tenant_id = $1 AND state <> 'open' \
-             AND settled_at >= $2 AND settled_at < $3 GROUP BY grp ORDER BY grp"
+             AND settled_at >= $2 AND settled_at < $3 GROUP BY grp ORDER BY grp",
+            call = TOOL_CALL_SQL
         );
-        let all: Vec<(String, i64, i64, i64, i64, i64, i64)> = sqlx::query_as(&sql)
+        let all: Vec<(String, i64, i64, i64, i64, i64, i64, i64)> = sqlx::query_as(&sql)
             .bind(tenant_id)
             .bind(start)
             .bind(end)

@@ -4,7 +4,7 @@ use async_trait::async_trait;
 
 use super::{args, Db, Exec};
 use crate::error::{Result, StoreError};
-use crate::mcp::{McpServerRecord, McpSessionRecord, McpStore, McpUpstreamSession};
+use crate::mcp::{McpCallRecord, McpServerRecord, McpSessionRecord, McpStore, McpUpstreamSession};
 use crate::model::Timestamp;
 use crate::rows::Columns;
 
@@ -285,6 +285,76 @@ impl<D: Db> McpStore for D {
             )
             .await?;
         row.as_ref().map(upstream).transpose()
+    }
+
+    async fn record_mcp_call(&self, c: &McpCallRecord) -> Result<()> {
+        self.reader()
+            .execute(
+                "INSERT INTO mcp_calls (id, tenant_id, key_prefix, server_id, server_name, tool, \
+                 started_at, duration_ms, outcome, error, charged) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                &args![
+                    &c.id,
+                    &c.tenant_id,
+                    &c.key_prefix,
+                    &c.server_id,
+                    &c.server_name,
+                    &c.tool,
+                    c.started_at,
+                    c.duration_ms,
+                    &c.outcome,
+                    &c.error,
+                    c.charged
+                ],
+            )
+            .await
+            .map_err(|e| StoreError::unique(e, || format!("MCP call '{}' is recorded", c.id)))?;
+        Ok(())
+    }
+
+    async fn mcp_calls(
+        &self,
+        tenant_id: Option<&str>,
+        start: Timestamp,
+        end: Timestamp,
+        limit: i64,
+    ) -> Result<Vec<McpCallRecord>> {
+        const COLUMNS: &str = "SELECT id, tenant_id, key_prefix, server_id, server_name, tool, \
+             started_at, duration_ms, outcome, error, charged FROM mcp_calls";
+        let mut reader = self.reader();
+        let rows = match tenant_id {
+            Some(t) => {
+                let sql = format!(
+                    "{COLUMNS} WHERE tenant_id = $1 AND started_at >= $2 AND started_at < $3 \
+                     ORDER BY started_at DESC, id LIMIT $4"
+                );
+                reader.fetch_all(&sql, &args![t, start, end, limit]).await?
+            }
+            None => {
+                let sql = format!(
+                    "{COLUMNS} WHERE tenant_id IS NULL AND started_at >= $1 AND started_at < $2 \
+                     ORDER BY started_at DESC, id LIMIT $3"
+                );
+                reader.fetch_all(&sql, &args![start, end, limit]).await?
+            }
+        };
+        rows.iter()
+            .map(|row| {
+                Ok(McpCallRecord {
+                    id: row.text("id")?,
+                    tenant_id: row.opt_text("tenant_id")?,
+                    key_prefix: row.opt_text("key_prefix")?,
+                    server_id: row.text("server_id")?,
+                    server_name: row.text("server_name")?,
+                    tool: row.text("tool")?,
+                    started_at: row.time("started_at")?,
+                    duration_ms: row.int("duration_ms")?,
+                    outcome: row.text("outcome")?,
+                    error: row.opt_text("error")?,
+                    charged: row.int("charged")?,
+                })
+            })
+            .collect()
     }
 
     async fn unpin_mcp_upstream(

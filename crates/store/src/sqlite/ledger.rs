@@ -7,6 +7,7 @@ use super::ledger_writes as writes;
 use super::rows::{self, ts};
 use super::SqliteStore;
 use crate::error::{Result, StoreError};
+use crate::model::TOOL_CALL_SQL;
 use crate::model::{
     LedgerEntry, NewReservation, Reservation, SettleWith, Settlement, Tenant, Timestamp,
     TokenUsage, UsageGroup, UsageRow,
@@ -148,16 +149,19 @@ impl LedgerStore for SqliteStore {
             UsageGroup::Key => "COALESCE(key_id, '-')",
         };
         let sql = format!(
-            "SELECT {by} AS grp, COUNT(*) AS requests, \
-             COALESCE(SUM(billed_prompt_tokens), 0) AS prompt_tokens, \
+            "SELECT {by} AS grp, \
+             COALESCE(SUM(CASE WHEN {call} THEN 0 ELSE 1 END), 0) AS requests, \
+             COALESCE(SUM(CASE WHEN {call} THEN 0 ELSE billed_prompt_tokens END), 0) AS prompt_tokens, \
              COALESCE(SUM(billed_completion_tokens), 0) AS completion_tokens, \
              COALESCE(SUM(billed_cached_tokens), 0) AS cached_tokens, \
              COALESCE(SUM(charged_grant_tokens), 0) AS grant_tokens, \
-             COALESCE(SUM(charged_amount), 0) AS amount \
+             COALESCE(SUM(charged_amount), 0) AS amount, \
+             COALESCE(SUM(CASE WHEN {call} AND state = 'settled' THEN 1 ELSE 0 END), 0) AS tool_calls \
              FROM reservations WHERE tenant_id = $1 AND state <> 'open' \
-             AND settled_at >= $2 AND settled_at < $3 GROUP BY grp ORDER BY grp"
+             AND settled_at >= $2 AND settled_at < $3 GROUP BY grp ORDER BY grp",
+            call = TOOL_CALL_SQL
         );
-        let all: Vec<(String, i64, i64, i64, i64, i64, i64)> = sqlx::query_as(&sql)
+        let all: Vec<(String, i64, i64, i64, i64, i64, i64, i64)> = sqlx::query_as(&sql)
             .bind(tenant_id)
             .bind(ts(start))
             .bind(ts(end))

@@ -40,6 +40,7 @@ async fn serve(config: ServeConfig) -> Result<()> {
         models.push(Arc::new(backend));
     }
 
+    let mcp = mcp_gateway(&config, store_for_mcp, tenancy.clone())?;
     let app = gateway::router(gateway::GatewayState {
         models,
         admin_key,
@@ -50,7 +51,7 @@ async fn serve(config: ServeConfig) -> Result<()> {
         metrics,
         metrics_open: config.metrics_open,
         max_body_bytes: config.max_body_bytes,
-        mcp: Some(mcp_gateway(&config, store_for_mcp, tenancy.clone())?),
+        mcp: Some(mcp.clone()),
     });
     let limits = connection_limits(&config);
     let listener = crate::http::bind(config.listen).with_context(|| {
@@ -60,6 +61,13 @@ async fn serve(config: ServeConfig) -> Result<()> {
         )
     })?;
     let addr = listener.local_addr().context("listener has no address")?;
+    // Where other processes forward the requests of stdio sessions this one runs.
+    let reachable = if addr.ip().is_unspecified() {
+        std::net::SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), addr.port())
+    } else {
+        addr
+    };
+    mcp.set_node_url(format!("http://{reachable}"));
     tracing::info!("listening on http://{addr}");
     eprintln!("flywheel is serving on http://{addr}");
 
@@ -180,13 +188,20 @@ fn mcp_gateway(
     let env = std::env::var("FLYWHEEL_SECRET_KEY").ok();
     let key = mcp::SecretKey::load(env.as_deref(), &config.data_dir.join("secret.key"))
         .map_err(|e| anyhow::anyhow!("the secret key for MCP server secrets: {e}"))?;
-    let guard = mcp::Guard::new(config.mcp_allow_hosts.clone(), config.mcp_call_timeout);
-    Ok(Arc::new(mcp::Mcp::new(
+    let options = mcp::McpOptions {
+        guard: mcp::Guard::new(config.mcp_allow_hosts.clone(), config.mcp_call_timeout),
+        stdio_root: config.data_dir.join("mcp"),
+        stdio: mcp::StdioLimits {
+            call_timeout: config.mcp_call_timeout,
+            ..mcp::StdioLimits::default()
+        },
+    };
+    Ok(mcp::Mcp::new(
         store,
         tenancy,
         mcp::Sealer::new(key, None),
-        guard,
-    )))
+        options,
+    ))
 }
 
 /// Deletes stored responses older than `retention`, now and every hour.

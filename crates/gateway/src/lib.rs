@@ -183,6 +183,7 @@ pub fn router(state: GatewayState) -> Router {
             patch(routes::mcp::patch).delete(routes::mcp::delete),
         )
         .route("/v1/mcp/calls", get(routes::mcp::calls))
+        .route("/internal/mcp/stdio", post(routes::mcp::forwarded))
         .route(
             "/admin/v1/mcp/servers",
             post(routes::mcp::admin_create).get(routes::mcp::admin_list),

@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use futures::future::join_all;
 use serde_json::{json, Map, Value};
-use store::{McpServerRecord, McpSessionRecord, McpUpstreamSession, StoreError};
+use store::{McpServerRecord, McpSessionRecord, StoreError};
 
-use crate::client::{Pinned, RpcError, Target};
+use crate::client::RpcError;
 use crate::error::{McpError, Result};
 use crate::meter::Metered;
 use crate::names::{exposed, split};
@@ -308,12 +308,7 @@ impl Mcp {
     ) -> std::result::Result<(), Reply> {
         let session = self.session(caller, sid).await?;
         for server in self.visible(caller).await.unwrap_or_default() {
-            if let (Ok(Some(pin)), Ok(target)) = (
-                self.store.mcp_upstream(&session.id, &server.id).await,
-                self.target(&server),
-            ) {
-                self.upstream.end(&target, &pinned(&pin)).await;
-            }
+            self.end_upstream(&session, &server).await;
         }
         let _ = self.store.delete_mcp_session(&session.id).await;
         Ok(())
@@ -325,105 +320,38 @@ impl Mcp {
         self.servers(caller.tenant_id().as_deref()).await
     }
 
-    fn target(&self, server: &McpServerRecord) -> Result<Target> {
-        let url = server
-            .url
-            .as_deref()
-            .ok_or_else(|| McpError::Internal(format!("'{}' has no URL", server.name)))?;
-        Ok(Target {
-            name: server.name.clone(),
-            url: self.upstream.guard().check_url(url)?,
-            headers: self.headers_of(server)?,
-        })
-    }
-
-    /// Runs `op` in the upstream session `session` holds with `server`, opening and pinning
-    /// one first if it holds none; if the server ended it, pins a new one and runs `op` once
-    /// more.
-    async fn in_session<F, Fut, T>(
-        &self,
-        session: &McpSessionRecord,
-        server: &McpServerRecord,
-        op: F,
-    ) -> Result<T>
-    where
-        F: Fn(Target, Pinned) -> Fut,
-        Fut: std::future::Future<Output = Result<T>>,
-    {
-        let target = self.target(server)?;
-        for attempt in 0..2 {
-            let pin = match self.store.mcp_upstream(&session.id, &server.id).await? {
-                Some(pin) => pinned(&pin),
-                None => {
-                    let fresh = self.upstream.initialize(&target).await?;
-                    let stored = self
-                        .store
-                        .pin_mcp_upstream(&McpUpstreamSession {
-                            session_id: session.id.clone(),
-                            server_id: server.id.clone(),
-                            upstream_session: fresh.session.clone(),
-                            protocol_version: fresh.version.clone(),
-                            created_at: chrono::Utc::now(),
-                        })
-                        .await?;
-                    let stored = pinned(&stored);
-                    if stored != fresh {
-                        // Another process pinned one first: use it, end ours.
-                        self.upstream.end(&target, &fresh).await;
-                    }
-                    stored
-                }
-            };
-            match op(target.clone(), pin.clone()).await {
-                Err(McpError::SessionGone) if attempt == 0 => {
-                    self.store
-                        .unpin_mcp_upstream(&session.id, &server.id, pin.session.as_deref())
-                        .await?;
-                }
-                other => return other,
-            }
-        }
-        Err(McpError::SessionGone)
-    }
-
     async fn server_tools(
         &self,
         session: &McpSessionRecord,
         server: &McpServerRecord,
     ) -> Result<Vec<Value>> {
-        let tools = self
-            .in_session(session, server, |target, pin| async move {
-                let mut tools = Vec::new();
-                let mut cursor: Option<String> = None;
-                for _ in 0..MAX_PAGES {
-                    let params = cursor.as_ref().map(|c| json!({ "cursor": c }));
-                    let page = self
-                        .upstream
-                        .request(&target, &pin, "tools/list", params)
-                        .await?
-                        .map_err(|RpcError(e)| {
-                            McpError::Upstream(format!(
-                                "the MCP server '{}' refused tools/list: {}",
-                                target.name,
-                                e.get("message")
-                                    .and_then(Value::as_str)
-                                    .unwrap_or("no message")
-                            ))
-                        })?;
-                    if let Some(list) = page.get("tools").and_then(Value::as_array) {
-                        tools.extend(list.iter().cloned());
-                    }
-                    cursor = page
-                        .get("nextCursor")
-                        .and_then(Value::as_str)
-                        .map(str::to_owned);
-                    if cursor.is_none() {
-                        break;
-                    }
-                }
-                Ok(tools)
-            })
-            .await?;
+        let mut tools = Vec::new();
+        let mut cursor: Option<String> = None;
+        for _ in 0..MAX_PAGES {
+            let params = cursor.as_ref().map(|c| json!({ "cursor": c }));
+            let page = self
+                .request(session, server, "tools/list", params)
+                .await?
+                .map_err(|RpcError(e)| {
+                    McpError::Upstream(format!(
+                        "the MCP server '{}' refused tools/list: {}",
+                        server.name,
+                        e.get("message")
+                            .and_then(Value::as_str)
+                            .unwrap_or("no message")
+                    ))
+                })?;
+            if let Some(list) = page.get("tools").and_then(Value::as_array) {
+                tools.extend(list.iter().cloned());
+            }
+            cursor = page
+                .get("nextCursor")
+                .and_then(Value::as_str)
+                .map(str::to_owned);
+            if cursor.is_none() {
+                break;
+            }
+        }
         Ok(tools
             .into_iter()
             .filter(|t| {
@@ -521,14 +449,7 @@ impl Mcp {
             .await
             .map_err(|(c, m, _)| (c, m))?;
         let result = self
-            .in_session(session, server, |target, pin| {
-                let forwarded = forwarded.clone();
-                async move {
-                    self.upstream
-                        .request(&target, &pin, "tools/call", Some(forwarded))
-                        .await
-                }
-            })
+            .request(session, server, "tools/call", Some(forwarded))
             .await;
         match result {
             Ok(Ok(value)) => {
@@ -575,13 +496,6 @@ fn tool_error_text(result: &Value) -> String {
         .filter_map(|c| c.get("text").and_then(Value::as_str))
         .collect::<Vec<_>>()
         .join(" ")
-}
-
-fn pinned(pin: &McpUpstreamSession) -> Pinned {
-    Pinned {
-        session: pin.upstream_session.clone(),
-        version: pin.protocol_version.clone(),
-    }
 }
 
 fn internal(e: McpError) -> (i64, String) {

@@ -19,9 +19,12 @@ mod health;
 mod meter;
 pub mod names;
 pub mod registry;
+mod route;
 pub mod secret;
+pub mod stdio;
 
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
 
 use rand::Rng;
 use store::Store;
@@ -29,12 +32,24 @@ use store::Store;
 pub use endpoint::{Incoming, McpCaller, Refusal, Reply};
 pub use error::{McpError, Result};
 pub use guard::{AllowList, Guard};
-pub use registry::{NewServer, Owner, ServerPatch};
+pub use registry::{NewServer, Owner, ServerPatch, Transport};
+pub use route::NODE_AUTH_HEADER;
 pub use secret::{Sealer, SecretKey};
+pub use stdio::StdioLimits;
 pub use store::{McpCallRecord, McpServerRecord, StoreError};
 
 use crate::client::Upstream;
 use crate::health::Health;
+use crate::stdio::StdioPool;
+
+/// How the gateway reaches servers.
+pub struct McpOptions {
+    /// Outbound rules for HTTP servers.
+    pub guard: Guard,
+    /// Stdio servers run under `stdio_root/<server id>`.
+    pub stdio_root: PathBuf,
+    pub stdio: StdioLimits,
+}
 
 /// The MCP gateway's state, shared by every request.
 pub struct Mcp {
@@ -43,6 +58,11 @@ pub struct Mcp {
     upstream: Upstream,
     health: Health,
     tenancy: tenancy::Tenancy,
+    stdio: StdioPool,
+    /// Forwards to other Flywheel processes (their own addresses, not the guard's rules).
+    nodes: reqwest::Client,
+    /// This process's URL, where others forward its stdio sessions' requests.
+    node_url: OnceLock<String>,
 }
 
 impl Mcp {
@@ -50,15 +70,49 @@ impl Mcp {
         store: Arc<dyn Store>,
         tenancy: tenancy::Tenancy,
         sealer: Sealer,
-        guard: Guard,
-    ) -> Self {
-        Self {
+        options: McpOptions,
+    ) -> Arc<Self> {
+        let call_timeout = options.stdio.call_timeout;
+        let mcp = Arc::new(Self {
             tenancy,
             store,
             sealer,
-            upstream: Upstream::new(guard),
+            upstream: Upstream::new(options.guard),
             health: Health::default(),
+            stdio: StdioPool::new(options.stdio_root, options.stdio),
+            nodes: reqwest::Client::builder()
+                .no_proxy()
+                .redirect(reqwest::redirect::Policy::none())
+                .timeout(call_timeout + std::time::Duration::from_secs(5))
+                .build()
+                .unwrap_or_default(),
+            node_url: OnceLock::new(),
+        });
+        // Idle stdio processes are stopped; the task ends with the gateway.
+        let weak = Arc::downgrade(&mcp);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let mut tick = tokio::time::interval(std::time::Duration::from_secs(30));
+                loop {
+                    tick.tick().await;
+                    let Some(mcp) = weak.upgrade() else { break };
+                    let stopped = mcp.stdio.reap();
+                    if stopped > 0 {
+                        tracing::info!(stopped, "stopped idle MCP stdio servers");
+                    }
+                }
+            });
         }
+        mcp
+    }
+
+    /// Sets the URL other Flywheel processes reach this one at (once, after it listens).
+    pub fn set_node_url(&self, url: String) {
+        let _ = self.node_url.set(url);
+    }
+
+    fn node_url(&self) -> &str {
+        self.node_url.get().map_or("local", String::as_str)
     }
 
     /// Why the server is being skipped now, if it is (its last error; retried after a backoff).

@@ -13,11 +13,24 @@ use crate::Mcp;
 /// Who registers or manages a server: a tenant, or the operator (`None`).
 pub type Owner<'a> = Option<&'a str>;
 
+/// How a server is reached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transport {
+    /// A Streamable HTTP endpoint.
+    Http { url: String },
+    /// A command Flywheel runs (operator only: it runs on Flywheel's host).
+    Stdio {
+        command: String,
+        args: Vec<String>,
+        env: BTreeMap<String, String>,
+    },
+}
+
 /// A registration.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct NewServer {
     pub name: String,
-    pub url: String,
+    pub transport: Transport,
     pub headers: BTreeMap<String, String>,
     pub allowed_tools: Option<Vec<String>>,
     /// Operator only: may be granted to tenants.
@@ -39,6 +52,47 @@ pub struct ServerPatch {
 const MAX_HEADERS: usize = 16;
 const MAX_HEADER_BYTES: usize = 8 << 10;
 const MAX_ALLOWED_TOOLS: usize = 256;
+const MAX_ARGS: usize = 64;
+const MAX_ENV: usize = 64;
+
+fn check_stdio(command: &str, args: &[String], env: &BTreeMap<String, String>) -> Result<()> {
+    if command.is_empty() || command.len() > 4096 || command.contains('\0') {
+        return Err(McpError::invalid(
+            "command",
+            "command is the program to run (a name on PATH or a path)",
+        ));
+    }
+    if args.len() > MAX_ARGS || args.iter().any(|a| a.len() > 4096 || a.contains('\0')) {
+        return Err(McpError::invalid(
+            "args",
+            format!("at most {MAX_ARGS} arguments of at most 4 KiB, without NUL"),
+        ));
+    }
+    if env.len() > MAX_ENV {
+        return Err(McpError::invalid(
+            "env",
+            format!("at most {MAX_ENV} variables"),
+        ));
+    }
+    for (k, v) in env {
+        let ok = !k.is_empty()
+            && k.len() <= 256
+            && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            && !k.as_bytes()[0].is_ascii_digit()
+            && v.len() <= 32 << 10
+            && !v.contains('\0');
+        if !ok {
+            return Err(McpError::invalid("env", format!("'{}' is not an environment variable name of A-Z, a-z, 0-9 and '_' (with a value without NUL, at most 32 KiB)", k.escape_debug())));
+        }
+        if k.starts_with("FLYWHEEL_") {
+            return Err(McpError::invalid(
+                "env",
+                "FLYWHEEL_ variables are Flywheel's own",
+            ));
+        }
+    }
+    Ok(())
+}
 
 fn check_headers(headers: &BTreeMap<String, String>) -> Result<()> {
     if headers.len() > MAX_HEADERS {
@@ -101,17 +155,39 @@ fn check_allowed(tools: &Option<Vec<String>>) -> Result<()> {
 }
 
 impl Mcp {
-    fn seal_headers(&self, id: &str, headers: &BTreeMap<String, String>) -> Result<Option<String>> {
-        if headers.is_empty() {
+    fn seal_secrets(
+        &self,
+        id: &str,
+        headers: &BTreeMap<String, String>,
+        env: &BTreeMap<String, String>,
+    ) -> Result<Option<String>> {
+        if headers.is_empty() && env.is_empty() {
             return Ok(None);
         }
-        let plain = serde_json::to_vec(&serde_json::json!({ "headers": headers }))
+        let plain = serde_json::to_vec(&serde_json::json!({ "headers": headers, "env": env }))
             .map_err(|e| McpError::Internal(e.to_string()))?;
         self.sealer.seal(&plain, id).map(Some)
     }
 
     /// The opened headers of a server.
     pub(crate) fn headers_of(&self, server: &McpServerRecord) -> Result<Vec<(String, String)>> {
+        self.opened(server, "headers")
+    }
+
+    /// The opened environment of a stdio server.
+    pub(crate) fn env_of(&self, server: &McpServerRecord) -> Result<Vec<(String, String)>> {
+        self.opened(server, "env")
+    }
+
+    fn secrets_map(
+        &self,
+        server: &McpServerRecord,
+        part: &str,
+    ) -> Result<BTreeMap<String, String>> {
+        Ok(self.opened(server, part)?.into_iter().collect())
+    }
+
+    fn opened(&self, server: &McpServerRecord, part: &str) -> Result<Vec<(String, String)>> {
         let Some(sealed) = &server.sealed else {
             return Ok(Vec::new());
         };
@@ -119,7 +195,7 @@ impl Mcp {
         let value: Value =
             serde_json::from_slice(&plain).map_err(|e| McpError::Internal(e.to_string()))?;
         Ok(value
-            .get("headers")
+            .get(part)
             .and_then(Value::as_object)
             .map(|h| {
                 h.iter()
@@ -146,7 +222,29 @@ impl Mcp {
                 "only the operator registers public MCP servers".into(),
             ));
         }
-        let url = self.check_url(&new.url).await?;
+        let (url, command, args, env) = match &new.transport {
+            Transport::Http { url } => (
+                Some(self.check_url(url).await?),
+                None,
+                Vec::new(),
+                BTreeMap::new(),
+            ),
+            Transport::Stdio { command, args, env } => {
+                if owner.is_some() {
+                    return Err(McpError::Forbidden(
+                        "only the operator registers stdio MCP servers: they run commands on Flywheel's host".into(),
+                    ));
+                }
+                if !new.headers.is_empty() {
+                    return Err(McpError::invalid(
+                        "headers",
+                        "a stdio server takes env, not headers",
+                    ));
+                }
+                check_stdio(command, args, env)?;
+                (None, Some(command.clone()), args.clone(), env.clone())
+            }
+        };
         if let Some(tenant) = owner {
             if self
                 .store
@@ -164,16 +262,16 @@ impl Mcp {
         let now = chrono::Utc::now();
         let id = crate::new_id("mcp_");
         let record = McpServerRecord {
-            sealed: self.seal_headers(&id, &new.headers)?,
+            sealed: self.seal_secrets(&id, &new.headers, &env)?,
             id,
             tenant_id: owner.map(str::to_owned),
             name: new.name,
-            transport: "http".into(),
-            url: Some(url),
-            command: None,
-            args: Vec::new(),
+            transport: if command.is_some() { "stdio" } else { "http" }.into(),
+            url,
+            command,
+            args,
             header_names: new.headers.keys().cloned().collect(),
-            env_names: Vec::new(),
+            env_names: env.keys().cloned().collect(),
             allowed_tools: new.allowed_tools,
             public: new.public,
             created_at: now,
@@ -231,11 +329,21 @@ impl Mcp {
             server.name = new_name;
         }
         if let Some(url) = patch.url {
+            if server.transport != "http" {
+                return Err(McpError::invalid("url", "a stdio server has no URL"));
+            }
             server.url = Some(self.check_url(&url).await?);
         }
         if let Some(headers) = patch.headers {
+            if server.transport != "http" {
+                return Err(McpError::invalid(
+                    "headers",
+                    "a stdio server takes env, not headers",
+                ));
+            }
             check_headers(&headers)?;
-            server.sealed = self.seal_headers(&server.id, &headers)?;
+            let env = self.secrets_map(&server, "env")?;
+            server.sealed = self.seal_secrets(&server.id, &headers, &env)?;
             server.header_names = headers.keys().cloned().collect();
         }
         if let Some(allowed) = patch.allowed_tools {
@@ -263,6 +371,7 @@ impl Mcp {
         let server = self.owned(owner, name).await?;
         self.store.delete_mcp_server(&server.id).await?;
         self.health.forget(&server.id);
+        self.stdio.stop_server(&server.id);
         Ok(())
     }
 

@@ -313,3 +313,18 @@ pub async fn get() -> Response {
     )
         .into_response()
 }
+
+/// `POST /internal/mcp/stdio`: a request another Flywheel process forwards to the stdio
+/// session this one runs (authenticated by an HMAC under the shared secret key, not a key).
+pub async fn forwarded(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    RawBody(body): RawBody,
+) -> Result<Json<serde_json::Value>> {
+    let mac = header(&headers, mcp::NODE_AUTH_HEADER).unwrap_or_default();
+    let answer = service(&state)?
+        .serve_forwarded(mac, &body)
+        .await
+        .map_err(from_mcp)?;
+    Ok(Json(answer))
+}

@@ -41,12 +41,66 @@ fn allowed_tools(fields: &Fields<'_>) -> Result<Option<Vec<String>>> {
         .map(Some)
 }
 
-fn transport(fields: &Fields<'_>) -> Result<()> {
+fn strings(fields: &Fields<'_>, key: &str) -> Result<Vec<String>> {
+    let Some(list) = fields.array(key)? else {
+        return Ok(Vec::new());
+    };
+    list.iter()
+        .enumerate()
+        .map(|(i, v)| {
+            v.as_str()
+                .map(str::to_owned)
+                .ok_or_else(|| ApiError::invalid(format!("{key}[{i}]"), "must be a string"))
+        })
+        .collect()
+}
+
+fn string_map(fields: &Fields<'_>, key: &str) -> Result<BTreeMap<String, String>> {
+    let Some(map) = fields.object(key)? else {
+        return Ok(BTreeMap::new());
+    };
+    map.iter()
+        .map(|(k, v)| match v {
+            Value::String(s) => Ok((k.clone(), s.clone())),
+            _ => Err(ApiError::invalid(
+                format!("{key}.{k}"),
+                "values are strings",
+            )),
+        })
+        .collect()
+}
+
+/// `"transport": "http"` (default, with `url`) or, for the operator, `"stdio"` (with
+/// `command`, `args`, `env`).
+fn transport(fields: &Fields<'_>, operator: bool) -> Result<mcp::Transport> {
     match fields.string("transport")? {
-        None | Some("http") => Ok(()),
+        None | Some("http") => {
+            for key in ["command", "args", "env"] {
+                if fields.get(key).is_some() {
+                    return Err(ApiError::invalid(key, format!("'{key}' is for stdio servers; an http server takes url and headers")));
+                }
+            }
+            Ok(mcp::Transport::Http {
+                url: fields.required_string("url")?.to_owned(),
+            })
+        }
+        Some("stdio") if operator => {
+            if fields.get("url").is_some() {
+                return Err(ApiError::invalid("url", "a stdio server has no url; it takes command, args and env"));
+            }
+            Ok(mcp::Transport::Stdio {
+                command: fields.required_string("command")?.to_owned(),
+                args: strings(fields, "args")?,
+                env: string_map(fields, "env")?,
+            })
+        }
+        Some("stdio") => Err(ApiError::new(
+            Code::PermissionDenied,
+            "Only the operator registers stdio MCP servers (they run commands on Flywheel's host); register a Streamable HTTP server with \"transport\": \"http\".",
+        )),
         Some(other) => Err(ApiError::invalid(
             "transport",
-            format!("transport '{other}' is not offered; register a Streamable HTTP server with \"transport\": \"http\""),
+            format!("transport is 'http' or (for the operator) 'stdio', not '{other}'"),
         )),
     }
 }
@@ -57,13 +111,12 @@ pub fn new_server(body: &[u8], operator: bool) -> Result<mcp::NewServer> {
     let fields = Fields::root(&map);
     let mut allowed = vec!["name", "transport", "url", "headers", "allowed_tools"];
     if operator {
-        allowed.push("public");
+        allowed.extend(["public", "command", "args", "env"]);
     }
     fields.deny_unknown(&allowed)?;
-    transport(&fields)?;
     Ok(mcp::NewServer {
+        transport: transport(&fields, operator)?,
         name: fields.required_string("name")?.to_owned(),
-        url: fields.required_string("url")?.to_owned(),
         headers: headers(&fields)?.unwrap_or_default(),
         allowed_tools: allowed_tools(&fields)?,
         public: fields.bool("public")?.unwrap_or(false),
@@ -117,6 +170,14 @@ pub struct ServerView {
     pub name: String,
     pub transport: String,
     pub url: Option<String>,
+    /// A stdio server's program and arguments (the operator's own).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    /// The names of a stdio server's environment variables (values are never shown).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub env_names: Vec<String>,
     /// `"tenant"` (the caller's own) or `"operator"`.
     pub owner: &'static str,
     pub public: bool,
@@ -145,6 +206,9 @@ impl ServerView {
             name: server.name,
             transport: server.transport,
             url: server.url,
+            command: server.command,
+            args: server.args,
+            env_names: server.env_names,
             public: server.public,
             header_names: server.header_names,
             allowed_tools: server.allowed_tools,

@@ -355,6 +355,8 @@ impl StdioPool {
     /// Processes run under `root/<server id>`; `root/children` lists their process groups, and
     /// groups left by a previous run that crashed are killed now.
     pub(crate) fn new(root: PathBuf, limits: StdioLimits) -> Self {
+        let _ = std::fs::create_dir_all(&root);
+        let root = root.canonicalize().unwrap_or(root);
         let pool = Self {
             root,
             limits,
@@ -378,6 +380,13 @@ impl StdioPool {
             return;
         };
         for pgid in text.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+            // Only a group whose leader still works in our directory: the id may have been
+            // reused by an unrelated process since.
+            let ours = std::fs::read_link(format!("/proc/{pgid}/cwd"))
+                .is_ok_and(|cwd| cwd.starts_with(&self.root));
+            if !ours {
+                continue;
+            }
             #[cfg(unix)]
             if pgid > 1 {
                 // SAFETY: kill(2); a group that no longer exists is ESRCH.

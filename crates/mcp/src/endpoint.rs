@@ -435,7 +435,7 @@ impl Mcp {
                 .ok_or_else(unknown)?
         };
         if let Some(allowed) = &server.allowed_tools {
-            if !allowed.iter().any(|a| *a == tool) {
+            if !allowed.contains(&tool) {
                 return Err(unknown());
             }
         }

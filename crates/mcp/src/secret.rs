@@ -198,7 +198,7 @@ impl Sealer {
 
     /// Whether `mac` is [`Sealer::mac`] of `data` under the current or the previous key.
     pub fn verify_mac(&self, data: &[u8], mac: &str) -> bool {
-        if mac.len() % 2 != 0 || !mac.is_ascii() {
+        if !mac.len().is_multiple_of(2) || !mac.is_ascii() {
             return false;
         }
         let Ok(tag) = (0..mac.len() / 2)

@@ -7,4 +7,5 @@ mod invariants;
 mod keys;
 mod ledger;
 mod limits;
+mod mcp;
 mod usage;

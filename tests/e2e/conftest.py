@@ -97,7 +97,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start(name: str, extra_args: list, tmp_dir: str, admin_key: str) -> Server:
+def _start(name: str, extra_args: list, tmp_dir: str, admin_key: str, env: dict = None) -> Server:
+    """Starts `flywheel serve` with EXTRA_ARGS; ENV adds variables (FLYWHEEL_* included) to its environment."""
     binary = _env_path("FLYWHEEL_BIN")
     port = _free_port()
     data_dir = os.path.join(tmp_dir, "data")
@@ -105,7 +106,9 @@ def _start(name: str, extra_args: list, tmp_dir: str, admin_key: str) -> Server:
     log_path = os.path.join(tmp_dir, "server.log")
     args = [binary, "serve", "--listen", f"127.0.0.1:{port}", "--data-dir", data_dir, *extra_args]
     # The server reads FLYWHEEL_* settings from the environment: start from none of them.
+    extra_env = env or {}
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLYWHEEL_")}
+    env.update(extra_env)
     env["FLYWHEEL_ADMIN_KEY"] = admin_key
     env.setdefault("RUST_LOG", "info")
     env["NO_COLOR"] = "1"

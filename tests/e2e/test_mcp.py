@@ -530,3 +530,89 @@ def test_two_processes_on_one_postgres_continue_one_upstream_session(pg_pair, up
                 assert text_of(await fresh.call_tool("ctr__count", {})) == "1"
 
     run(scenario())
+
+
+# ---------------------------------------------------------------------------------------------
+# 9. Stdio servers: run by Flywheel, one process per client session
+
+
+def _register_stdio(server, name, env=None):
+    """The operator registers mcp_servers/stdio_counter.py as a public stdio server."""
+    body = {"name": name, "transport": "stdio", "command": sys.executable,
+            "args": [os.path.join(MCP_SERVERS, "stdio_counter.py")], "env": env or {}, "public": True}
+    r = requests.post(server.url + "/admin/v1/mcp/servers", headers=server.auth(), json=body, timeout=30)
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def _grant(server, tenant, name):
+    r = requests.post(f"{server.url}/admin/v1/tenants/{tenant}/mcp_grants", headers=server.auth(),
+                      json={"server": name}, timeout=30)
+    assert r.status_code in (200, 201), r.text
+
+
+def test_stdio_server_beside_a_remote_one_and_a_killed_process_is_replaced(gw, upstream):
+    up = upstream()
+    name = "st" + secrets.token_hex(3)
+    env_secret = "env-" + secrets.token_hex(8)
+    view = _register_stdio(gw, name, env={"STDIO_SECRET": env_secret})
+    assert view["env_names"] == ["STDIO_SECRET"] and env_secret not in json.dumps(view)
+    tenant, key = _tenant_key(gw)
+    _grant(gw, tenant, name)
+    _register(gw, key, "remote", up.url)
+    # A tenant may not register a stdio server: it would run a command on Flywheel's host.
+    r = requests.post(gw.url + "/v1/mcp/servers", headers=gw.auth(key), timeout=30,
+                      json={"name": "mine", "transport": "stdio", "command": "sh"})
+    assert r.status_code == 403, r.text
+
+    async def scenario():
+        async with mcp_client(gw, key) as client:
+            tools = await tool_names(client)
+            assert prefixed("remote") <= tools and prefixed(name, COUNTER_TOOLS | {"pid"}) <= tools, tools
+            assert [text_of(await client.call_tool(f"{name}__count", {})) for _ in range(2)] == ["1", "2"]
+            assert text_of(await client.call_tool("remote__echo", {"text": "hi"})) == "hi"
+            pid = int(text_of(await client.call_tool(f"{name}__pid", {})))
+            # Kill the process in the middle of a call: that call fails with an MCP error...
+            sleeping = asyncio.create_task(client.call_tool(f"{name}__sleep", {"seconds": 8}))
+            await asyncio.sleep(1)
+            os.kill(pid, 9)
+            with pytest.raises(MCPError, match="exited"):
+                await sleeping
+            # ...the next call starts a new process (a new session: its counter starts again)...
+            assert text_of(await client.call_tool(f"{name}__count", {})) == "1"
+            assert int(text_of(await client.call_tool(f"{name}__pid", {}))) != pid
+            # ...and the other server's tools never left the list.
+            assert prefixed("remote") <= await tool_names(client)
+
+    run(scenario())
+    # Ending the client session stopped its process.
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        ps = subprocess.run(["pgrep", "-f", "stdio_counter.py"], capture_output=True, text=True).stdout.split()
+        if not ps:
+            break
+        time.sleep(0.2)
+    assert not ps, f"stdio processes left after the session ended: {ps}"
+
+
+@pytest.mark.parametrize("mode", [LEGACY, STATELESS])
+def test_two_processes_on_one_postgres_share_a_stdio_session(pg_pair, mode):
+    a, b = pg_pair
+    name = "sp" + secrets.token_hex(3)
+    _register_stdio(a, name)
+    tenant, key = _tenant_key(a)
+    _grant(a, tenant, name)
+    port_a, port_b = (int(s.url.rsplit(":", 1)[1]) for s in (a, b))
+
+    async def scenario():
+        route = Alternate([port_a, port_b])
+        async with mcp_client(a, key, mode, transport=route) as client:
+            counts = [text_of(await client.call_tool(f"{name}__count", {})) for _ in range(4)]
+            pids = {text_of(await client.call_tool(f"{name}__pid", {})) for _ in range(2)}
+        calls = [port for port, method in route.sent if method == "tools/call"]
+        assert set(calls) == {port_a, port_b}, route.sent
+        # One process served the session whichever gateway the call reached.
+        assert counts == ["1", "2", "3", "4"], (counts, route.sent)
+        assert len(pids) == 1, pids
+
+    run(scenario())

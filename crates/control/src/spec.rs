@@ -132,6 +132,15 @@ impl DeploymentSpec {
                 ),
             );
         }
+        if self.name.starts_with("mcp/") {
+            return bad(
+                "name",
+                format!(
+                    "'{}': served names starting with 'mcp/' are the price book's names of MCP servers; choose another",
+                    self.name
+                ),
+            );
+        }
         if self.model.trim().is_empty() {
             return bad(
                 "model",

@@ -113,9 +113,11 @@ pub fn new_server(body: &[u8], operator: bool) -> Result<mcp::NewServer> {
     if operator {
         allowed.extend(["public", "command", "args", "env"]);
     }
+    // The transport first: a tenant asking for stdio learns it is the operator's.
+    let transport = transport(&fields, operator)?;
     fields.deny_unknown(&allowed)?;
     Ok(mcp::NewServer {
-        transport: transport(&fields, operator)?,
+        transport,
         name: fields.required_string("name")?.to_owned(),
         headers: headers(&fields)?.unwrap_or_default(),
         allowed_tools: allowed_tools(&fields)?,

@@ -303,23 +303,27 @@ pub struct PriceView {
     /// For an MCP server's entry (`mcp/<server id>`): micro-units per tool call.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub per_call: Option<i64>,
-    pub input_per_million: i64,
-    pub output_per_million: i64,
-    pub cached_input_per_million: i64,
+    /// Per-token rates; absent on an MCP server's entry.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub input_per_million: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output_per_million: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cached_input_per_million: Option<i64>,
     pub updated_at: String,
 }
 
 impl From<Price> for PriceView {
     fn from(p: Price) -> Self {
+        let call = tenancy::is_tool_call(&p.served_model);
         Self {
             object: "price",
-            per_call: tenancy::is_tool_call(&p.served_model)
-                .then_some(p.rates.input_per_million / 1_000_000),
+            per_call: call.then_some(p.rates.input_per_million / 1_000_000),
             updated_at: time(&p.updated_at),
             served_model: p.served_model,
-            input_per_million: p.rates.input_per_million,
-            output_per_million: p.rates.output_per_million,
-            cached_input_per_million: p.rates.cached_input_per_million,
+            input_per_million: (!call).then_some(p.rates.input_per_million),
+            output_per_million: (!call).then_some(p.rates.output_per_million),
+            cached_input_per_million: (!call).then_some(p.rates.cached_input_per_million),
         }
     }
 }

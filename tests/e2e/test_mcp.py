@@ -616,3 +616,47 @@ def test_two_processes_on_one_postgres_share_a_stdio_session(pg_pair, mode):
         assert len(pids) == 1, pids
 
     run(scenario())
+
+
+# ---------------------------------------------------------------------------------------------
+# 10. Rotating the secret key
+
+
+def test_rotating_the_secret_key_reseals_every_secret(tmp_path_factory, admin_key, upstream):
+    up = upstream("header_counter.py")
+    tmp = str(tmp_path_factory.mktemp("mcp-rotate"))
+    data_dir = os.path.join(tmp, "data")
+    args = ["--mcp-allow-hosts", "127.0.0.1"]
+    secret = "rot-" + secrets.token_hex(8)
+    s = _start("mcp-rotate", args, tmp, admin_key)
+    tenant, key = _tenant_key(s)
+    _register(s, key, "hdr", up.url, headers={"X-Api-Key": secret})
+    _stop(s)
+    with open(os.path.join(data_dir, "secret.key")) as f:
+        old_key = f.read()
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLYWHEEL_")}
+    done = subprocess.run([os.environ["FLYWHEEL_BIN"], "rotate-secret-key", "--data-dir", data_dir],
+                          capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 0, done.stderr
+    assert "resealed 1 MCP servers" in done.stderr, done.stderr
+    with open(os.path.join(data_dir, "secret.key")) as f:
+        new_key = f.read()
+    with open(os.path.join(data_dir, "secret.key.old")) as f:
+        assert f.read() == old_key
+    assert new_key != old_key and not os.path.exists(os.path.join(data_dir, "secret.key.new"))
+
+    # Restarted with the new key, the gateway still sends the secret; none of its files holds it.
+    s = _start("mcp-rotate-2", args, tmp, admin_key)
+    try:
+        async def scenario():
+            async with mcp_client(s, key) as client:
+                return text_of(await client.call_tool("hdr__header", {"name": "X-Api-Key"}))
+
+        assert run(scenario()) == secret
+    finally:
+        _stop(s)
+    for root, _, files in os.walk(data_dir):
+        for name in files:
+            with open(os.path.join(root, name), "rb") as f:
+                assert secret.encode() not in f.read(), name

@@ -7,6 +7,7 @@ mod http;
 mod hub_config;
 mod pull;
 mod push;
+mod rotate;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -26,6 +27,8 @@ enum Command {
     Push(push::PushArgs),
     /// Pull a repository from Hugging Face, ModelScope or another Flywheel into this one.
     Pull(pull::PullArgs),
+    /// Seal every MCP server's secrets under a new secret key, and put that key in place.
+    RotateSecretKey(rotate::RotateArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -41,6 +44,9 @@ fn main() -> std::process::ExitCode {
         Command::Serve(args) => args.resolve().and_then(serve::run),
         Command::Push(args) => client_runtime().and_then(|rt| rt.block_on(push::run(args))),
         Command::Pull(args) => client_runtime().and_then(|rt| rt.block_on(pull::run(args))),
+        Command::RotateSecretKey(args) => {
+            client_runtime().and_then(|rt| rt.block_on(rotate::run(args)))
+        }
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

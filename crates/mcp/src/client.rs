@@ -43,6 +43,24 @@ pub struct Pinned {
 #[derive(Debug, Clone, PartialEq)]
 pub struct RpcError(pub Value);
 
+impl RpcError {
+    /// The server's message.
+    pub fn message(&self) -> &str {
+        self.0
+            .get("message")
+            .and_then(Value::as_str)
+            .unwrap_or("no message")
+    }
+
+    /// The error of a request the gateway itself needed (`what`: "initialize", "tools/list").
+    pub fn refused(self, server: &str, what: &str) -> McpError {
+        McpError::Upstream(format!(
+            "the MCP server '{server}' refused {what}: {}",
+            self.message()
+        ))
+    }
+}
+
 /// Talks to servers through the guard's clients.
 pub struct Upstream {
     guard: Guard,
@@ -75,15 +93,7 @@ impl Upstream {
         let (answer, session) = self
             .exchange(target, &none, "initialize", Some(params), true)
             .await?;
-        let result = answer.map_err(|RpcError(e)| {
-            McpError::Upstream(format!(
-                "the MCP server '{}' refused to initialize: {}",
-                target.name,
-                e.get("message")
-                    .and_then(Value::as_str)
-                    .unwrap_or("no message")
-            ))
-        })?;
+        let result = answer.map_err(|e| e.refused(&target.name, "initialize"))?;
         let version = result
             .get("protocolVersion")
             .and_then(Value::as_str)

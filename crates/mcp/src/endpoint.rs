@@ -332,15 +332,7 @@ impl Mcp {
             let page = self
                 .request(session, server, "tools/list", params)
                 .await?
-                .map_err(|RpcError(e)| {
-                    McpError::Upstream(format!(
-                        "the MCP server '{}' refused tools/list: {}",
-                        server.name,
-                        e.get("message")
-                            .and_then(Value::as_str)
-                            .unwrap_or("no message")
-                    ))
-                })?;
+                .map_err(|e| e.refused(&server.name, "tools/list"))?;
             if let Some(list) = page.get("tools").and_then(Value::as_array) {
                 tools.extend(list.iter().cloned());
             }

@@ -32,7 +32,7 @@ use store::Store;
 pub use endpoint::{Incoming, McpCaller, Refusal, Reply};
 pub use error::{McpError, Result};
 pub use guard::{AllowList, Guard};
-pub use registry::{NewServer, Owner, ServerPatch, Transport};
+pub use registry::{reseal_all, NewServer, Owner, ServerPatch, Transport};
 pub use route::NODE_AUTH_HEADER;
 pub use secret::{Sealer, SecretKey};
 pub use stdio::StdioLimits;

@@ -423,22 +423,6 @@ impl Mcp {
         let start = end - chrono::TimeDelta::days(days);
         Ok(self.store.mcp_calls(owner, start, end, limit).await?)
     }
-
-    /// Seals every server's secrets again under the current key; how many changed.
-    pub async fn reseal_all(&self) -> Result<usize> {
-        let mut changed = 0;
-        for mut server in self.store.mcp_servers_all().await? {
-            let Some(sealed) = &server.sealed else {
-                continue;
-            };
-            if let Some(new) = self.sealer.reseal(sealed, &server.id)? {
-                server.sealed = Some(new);
-                self.store.update_mcp_server(&server).await?;
-                changed += 1;
-            }
-        }
-        Ok(changed)
-    }
 }
 
 fn conflict(e: StoreError) -> McpError {
@@ -446,4 +430,21 @@ fn conflict(e: StoreError) -> McpError {
         StoreError::Conflict(m) => McpError::Conflict(m),
         other => McpError::Store(other),
     }
+}
+
+/// Seals every server's secrets again under `sealer`'s current key (opening them with it or its
+/// previous key); how many changed. Key rotation: `flywheel rotate-secret-key`.
+pub async fn reseal_all(store: &dyn store::Store, sealer: &crate::Sealer) -> Result<usize> {
+    let mut changed = 0;
+    for mut server in store.mcp_servers_all().await? {
+        let Some(sealed) = &server.sealed else {
+            continue;
+        };
+        if let Some(new) = sealer.reseal(sealed, &server.id)? {
+            server.sealed = Some(new);
+            store.update_mcp_server(&server).await?;
+            changed += 1;
+        }
+    }
+    Ok(changed)
 }

@@ -163,14 +163,7 @@ impl Process {
                 limits.call_timeout,
             )
             .await?
-            .map_err(|RpcError(e)| {
-                McpError::Upstream(format!(
-                    "the MCP server '{name}' refused to initialize: {}",
-                    e.get("message")
-                        .and_then(Value::as_str)
-                        .unwrap_or("no message")
-                ))
-            })?;
+            .map_err(|e| e.refused(name, "initialize"))?;
         if let Some(v) = init.get("protocolVersion").and_then(Value::as_str) {
             *process.version.lock().unwrap_or_else(|e| e.into_inner()) = v.to_owned();
         }

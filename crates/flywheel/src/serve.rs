@@ -41,6 +41,7 @@ async fn serve(config: ServeConfig) -> Result<()> {
     }
 
     let mcp = mcp_gateway(&config, store_for_mcp, tenancy.clone())?;
+    sweep_mcp_sessions(mcp.clone());
     let app = gateway::router(gateway::GatewayState {
         models,
         admin_key,
@@ -202,6 +203,21 @@ fn mcp_gateway(
         mcp::Sealer::new(key, None),
         options,
     ))
+}
+
+/// Deletes MCP client sessions idle for a day, now and every hour.
+fn sweep_mcp_sessions(mcp: Arc<mcp::Mcp>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(3600));
+        loop {
+            tick.tick().await;
+            match mcp.sweep_sessions(Duration::from_secs(86_400)).await {
+                Ok(0) => {}
+                Ok(deleted) => tracing::info!(deleted, "deleted idle MCP sessions"),
+                Err(err) => tracing::warn!(error = %err, "could not sweep MCP sessions"),
+            }
+        }
+    });
 }
 
 /// Deletes stored responses older than `retention`, now and every hour.

@@ -300,6 +300,16 @@ impl Mcp {
         }
     }
 
+    /// Deletes client sessions not seen for `idle` (with their pins; their stdio processes
+    /// are reaped as idle); how many.
+    pub async fn sweep_sessions(&self, idle: Duration) -> Result<u64> {
+        let idle = chrono::TimeDelta::from_std(idle).unwrap_or(chrono::TimeDelta::days(1));
+        Ok(self
+            .store
+            .delete_mcp_sessions_before(chrono::Utc::now() - idle)
+            .await?)
+    }
+
     /// Ends a client session and the upstream sessions it pinned; whether it existed.
     pub async fn end_session(
         &self,

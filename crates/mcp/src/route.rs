@@ -15,12 +15,16 @@ use crate::stdio::StdioCommand;
 use crate::Mcp;
 
 const STDIO_PIN: &str = "stdio@";
+/// How old a forwarded request may be.
+const FORWARD_WINDOW_SECS: i64 = 60;
 /// The header carrying a forwarded request's HMAC.
 pub const NODE_AUTH_HEADER: &str = "x-flywheel-node-auth";
 
 /// A request forwarded to the process running a session's stdio server.
 #[derive(Debug, Serialize, Deserialize)]
 struct Forwarded {
+    /// Unix seconds when it was sent: a captured request cannot be replayed later.
+    sent_at: i64,
     session_id: String,
     server_id: String,
     method: String,
@@ -165,6 +169,7 @@ impl Mcp {
                 )));
             };
             let forwarded = Forwarded {
+                sent_at: chrono::Utc::now().timestamp(),
                 session_id: session.id.clone(),
                 server_id: server.id.clone(),
                 method: method.to_owned(),
@@ -251,6 +256,11 @@ impl Mcp {
         }
         let forwarded: Forwarded = serde_json::from_slice(body)
             .map_err(|e| McpError::invalid("body", format!("not a forwarded request: {e}")))?;
+        if (chrono::Utc::now().timestamp() - forwarded.sent_at).abs() > FORWARD_WINDOW_SECS {
+            return Err(McpError::Forbidden(
+                "a forwarded MCP request is too old (or the clocks of the Flywheel hosts differ by more than a minute)".into(),
+            ));
+        }
         let server = self.store.mcp_server(&forwarded.server_id).await?;
         let answer = match self
             .stdio_local(

@@ -112,6 +112,20 @@ async fn mcp_records_persist_and_pins_are_first_writer_wins(fx: Fixture) {
         None
     );
 
+    // The idle sweep deletes sessions not seen since the cut, not the others.
+    let idle = McpSessionRecord {
+        id: "mcps_idle".into(),
+        last_seen: now - chrono::TimeDelta::days(2),
+        ..session.clone()
+    };
+    store.create_mcp_session(&idle).await.expect("idle session");
+    let cut = now - chrono::TimeDelta::days(1);
+    assert_eq!(
+        store.delete_mcp_sessions_before(cut).await.expect("sweep"),
+        1
+    );
+    assert!(store.mcp_session("mcps_1").await.is_ok());
+
     // Deleting a server takes its pins; deleting a session, the rest.
     store.pin_mcp_upstream(&pin("up-C")).await.expect("pin");
     assert!(store.delete_mcp_server("mcp_1").await.expect("delete"));

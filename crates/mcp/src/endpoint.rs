@@ -447,9 +447,7 @@ impl Mcp {
             forwarded.insert("arguments".into(), args.clone());
         }
         let forwarded = Value::Object(forwarded);
-        let metered = Metered::start(self, caller.principal.as_ref(), server, &tool)
-            .await
-            .map_err(|(c, m, _)| (c, m))?;
+        let metered = Metered::start(self, caller.principal.as_ref(), server, &tool).await?;
         let result = self
             .request(session, server, "tools/call", Some(forwarded))
             .await;

@@ -64,11 +64,6 @@ impl Health {
             .unwrap_or_else(|e| e.into_inner())
             .remove(server_id);
     }
-
-    /// The last error of a server now skipped, for listings.
-    pub(crate) fn status(&self, server_id: &str) -> Option<String> {
-        self.skip(server_id)
-    }
 }
 
 #[cfg(test)]

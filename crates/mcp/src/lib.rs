@@ -117,7 +117,7 @@ impl Mcp {
 
     /// Why the server is being skipped now, if it is (its last error; retried after a backoff).
     pub fn down(&self, server_id: &str) -> Option<String> {
-        self.health.status(server_id)
+        self.health.skip(server_id)
     }
 }
 

@@ -5,7 +5,6 @@
 
 use std::time::Instant;
 
-use serde_json::Value;
 use store::{McpCallRecord, McpServerRecord};
 use tenancy::Principal;
 
@@ -13,8 +12,8 @@ use crate::Mcp;
 
 use crate::endpoint::code;
 
-/// A refusal of the account or a limit, as a JSON-RPC error: `(code, message, data)`.
-pub(crate) type Refused = (i64, String, Value);
+/// A refusal of the account or a limit, as a JSON-RPC error: `(code, message)`.
+pub(crate) type Refused = (i64, String);
 
 /// One metered call, from its reservation to its audit row.
 pub(crate) struct Metered<'a> {
@@ -108,22 +107,14 @@ impl<'a> Metered<'a> {
     }
 }
 
+/// The JSON-RPC error of a call the account or a limit refused; the message names which.
 fn refusal(e: &tenancy::Error) -> Refused {
-    let retry = match e {
+    let message = match e {
+        tenancy::Error::InsufficientQuota { .. } => "insufficient_quota: the balance left cannot pay this tool call's price; top up the account to make paid tool calls".to_owned(),
         tenancy::Error::RateLimited {
             retry_after_secs, ..
-        } => Some(*retry_after_secs),
-        _ => None,
+        } => format!("rate_limit_exceeded: {e}; retry after {retry_after_secs} s"),
+        _ => format!("{}: {e}", e.code()),
     };
-    let mut data = serde_json::json!({ "type": e.code() });
-    if let Some(secs) = retry {
-        data["retry_after"] = serde_json::json!(secs);
-    }
-    let message = match e {
-        tenancy::Error::InsufficientQuota { .. } => {
-            format!("{e}; top up the account to make paid tool calls")
-        }
-        _ => e.to_string(),
-    };
-    (code::REFUSED, message, data)
+    (code::REFUSED, message)
 }

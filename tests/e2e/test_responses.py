@@ -140,8 +140,7 @@ def test_bad_input_is_a_400_naming_the_field(client):
     cases = [
         ({"input": [{"type": "function_call_output", "call_id": "call_nope", "output": "1"}]}, "input[0].call_id"),
         ({"input": [{"type": "computer_call_output", "call_id": "c"}]}, "input[0].type"),
-        ({"input": "Hi", "tools": [{"type": "mcp", "server_label": "x", "server_url": "http://127.0.0.1:1"}]},
-         "tools[0].type"),
+        ({"input": "Hi", "tools": [{"type": "web_search_preview"}]}, "tools[0].type"),
         ({"input": "Hi", "text": {"format": {"type": "json_schema", "name": "x",
                                              "schema": {"type": "string", "pattern": "^a+$"}}}}, "text.format.schema"),
     ]

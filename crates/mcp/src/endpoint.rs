@@ -11,9 +11,8 @@ use futures::future::join_all;
 use serde_json::{json, Map, Value};
 use store::{McpServerRecord, McpSessionRecord, StoreError};
 
-use crate::client::RpcError;
 use crate::error::{McpError, Result};
-use crate::meter::Metered;
+use crate::meter::{Called, Metered};
 use crate::names::{exposed, split};
 use crate::Mcp;
 
@@ -259,10 +258,16 @@ impl Mcp {
                 "this MCP session does not exist or has ended; initialize a new one",
             )
         };
-        let session = match self.store.mcp_session(sid).await {
-            Ok(s) => s,
-            Err(StoreError::NotFound { .. }) => return Err(not_found()),
-            Err(e) => return Err(refused(Refusal::BadRequest, code::INTERNAL, e.to_string())),
+        let mut session = match self.sessions.get(&sid.to_owned()) {
+            Some(s) => s,
+            None => match self.store.mcp_session(sid).await {
+                Ok(s) => {
+                    self.sessions.put(sid.to_owned(), s.clone());
+                    s
+                }
+                Err(StoreError::NotFound { .. }) => return Err(not_found()),
+                Err(e) => return Err(refused(Refusal::BadRequest, code::INTERNAL, e.to_string())),
+            },
         };
         if session.tenant_id != caller.tenant_id() {
             return Err(not_found());
@@ -273,15 +278,23 @@ impl Mcp {
             .is_ok_and(|d| d > TOUCH_EVERY)
         {
             let _ = self.store.touch_mcp_session(sid, now).await;
+            session.last_seen = now;
+            self.sessions.put(sid.to_owned(), session.clone());
         }
         Ok(session)
     }
 
     /// A stateless client's session: one per key.
-    async fn implicit_session(&self, caller: &McpCaller) -> Result<McpSessionRecord> {
+    pub(crate) async fn implicit_session(&self, caller: &McpCaller) -> Result<McpSessionRecord> {
         let id = caller.implicit_session_id();
+        if let Some(s) = self.sessions.get(&id) {
+            return Ok(s);
+        }
         match self.store.mcp_session(&id).await {
-            Ok(s) if s.tenant_id == caller.tenant_id() => return Ok(s),
+            Ok(s) if s.tenant_id == caller.tenant_id() => {
+                self.sessions.put(id, s.clone());
+                return Ok(s);
+            }
             Ok(_) => return Err(McpError::Internal("session id clash".into())),
             Err(StoreError::NotFound { .. }) => {}
             Err(e) => return Err(e.into()),
@@ -321,16 +334,23 @@ impl Mcp {
             self.end_upstream(&session, &server).await;
         }
         let _ = self.store.delete_mcp_session(&session.id).await;
+        self.sessions.remove(&session.id);
         Ok(())
     }
 
     /// The servers whose tools `caller` sees: a tenant's own and those granted to it; the
     /// operator's own.
     async fn visible(&self, caller: &McpCaller) -> Result<Vec<McpServerRecord>> {
-        self.servers(caller.tenant_id().as_deref()).await
+        let tenant = caller.tenant_id();
+        if let Some(servers) = self.visible.get(&tenant) {
+            return Ok(servers);
+        }
+        let servers = self.servers(tenant.as_deref()).await?;
+        self.visible.put(tenant, servers.clone());
+        Ok(servers)
     }
 
-    async fn server_tools(
+    pub(crate) async fn server_tools(
         &self,
         session: &McpSessionRecord,
         server: &McpServerRecord,
@@ -441,61 +461,48 @@ impl Mcp {
                 return Err(unknown());
             }
         }
-        let mut forwarded = Map::new();
-        forwarded.insert("name".into(), json!(tool));
-        if let Some(args) = params.get("arguments") {
-            forwarded.insert("arguments".into(), args.clone());
-        }
-        let forwarded = Value::Object(forwarded);
-        let metered = Metered::start(self, caller.principal.as_ref(), server, &tool).await?;
+        let arguments = params.get("arguments").cloned();
+        self.call_on(caller, session, server, &tool, arguments)
+            .await
+    }
+
+    /// Calls `tool` of `server` in `session`, metered and audited: the tool's result (which
+    /// may report an error itself, `isError`) or a JSON-RPC error.
+    pub(crate) async fn call_on(
+        &self,
+        caller: &McpCaller,
+        session: &McpSessionRecord,
+        server: &McpServerRecord,
+        tool: &str,
+        arguments: Option<Value>,
+    ) -> std::result::Result<Value, (i64, String)> {
+        let called = Called::from(server);
+        let metered = Metered::start(self, caller.principal.as_ref(), &called, tool).await?;
         let result = self
-            .request(session, server, "tools/call", Some(forwarded))
+            .request(
+                session,
+                server,
+                "tools/call",
+                Some(call_params(tool, arguments)),
+            )
             .await;
-        match result {
-            Ok(Ok(value)) => {
-                self.health.ok(&server.id);
-                if value.get("isError").and_then(Value::as_bool) == Some(true) {
-                    metered
-                        .finish("tool_error", Some(tool_error_text(&value)))
-                        .await;
-                } else {
-                    metered.finish("ok", None).await;
-                }
-                Ok(value)
-            }
-            Ok(Err(RpcError(e))) => {
-                let message = format!(
-                    "the MCP server '{}': {}",
-                    server.name,
-                    e.get("message")
-                        .and_then(Value::as_str)
-                        .unwrap_or("error without a message")
-                );
-                metered.finish("failed", Some(message.clone())).await;
-                let code = e.get("code").and_then(Value::as_i64);
-                Err((code.unwrap_or(code::UPSTREAM), message))
-            }
-            Err(e) => {
-                if matches!(e, McpError::Upstream(_)) {
-                    self.health.failed(&server.id, &e.to_string());
-                }
-                metered.finish("failed", Some(e.to_string())).await;
-                Err(upstream(e))
-            }
+        match &result {
+            Ok(_) => self.health.ok(&server.id),
+            Err(e @ McpError::Upstream(_)) => self.health.failed(&server.id, &e.to_string()),
+            Err(_) => {}
         }
+        metered.settle(result).await
     }
 }
 
-/// The text a tool that reported an error gave, for the audit log.
-fn tool_error_text(result: &Value) -> String {
-    result
-        .get("content")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(|c| c.get("text").and_then(Value::as_str))
-        .collect::<Vec<_>>()
-        .join(" ")
+/// `tools/call`'s params.
+pub(crate) fn call_params(tool: &str, arguments: Option<Value>) -> Value {
+    let mut params = Map::new();
+    params.insert("name".into(), json!(tool));
+    if let Some(args) = arguments {
+        params.insert("arguments".into(), args);
+    }
+    Value::Object(params)
 }
 
 fn internal(e: McpError) -> (i64, String) {

@@ -8,14 +8,17 @@
 //! - `endpoint` — `initialize`, `ping`, `tools/list`, `tools/call`; sessions.
 //! - `client` — JSON-RPC over Streamable HTTP to one server.
 //! - `guard` — outbound rules on resolved addresses (SSRF), a client per host and port.
+//! - `hosted` — servers as a response's `mcp` tools use them.
 //! - `health` — a failing server is skipped with backoff; the others keep working.
 //! - `names` — server names and exposed tool names.
 
+mod cache;
 pub mod client;
 pub mod endpoint;
 mod error;
 pub mod guard;
 mod health;
+pub mod hosted;
 mod meter;
 pub mod names;
 pub mod registry;
@@ -27,11 +30,14 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
 use rand::Rng;
-use store::Store;
+use store::{McpSessionRecord, Store};
+
+use crate::cache::Ttl;
 
 pub use endpoint::{Incoming, McpCaller, Refusal, Reply};
 pub use error::{McpError, Result};
 pub use guard::{AllowList, Guard};
+pub use hosted::{Hosted, HostedSpec};
 pub use registry::{reseal_all, NewServer, Owner, ServerPatch, Transport};
 pub use route::NODE_AUTH_HEADER;
 pub use secret::{Sealer, SecretKey};
@@ -63,7 +69,19 @@ pub struct Mcp {
     nodes: reqwest::Client,
     /// This process's URL, where others forward its stdio sessions' requests.
     node_url: OnceLock<String>,
+    /// The servers a tenant (or the operator, `None`) sees.
+    visible: Ttl<Option<String>, Vec<McpServerRecord>>,
+    /// Client sessions by id.
+    sessions: Ttl<String, McpSessionRecord>,
+    /// The upstream session a client session pinned with an HTTP server.
+    pins: Ttl<(String, String), crate::client::Pinned>,
 }
+
+/// How long a cached list of servers or session record is used (another process's change
+/// is seen that late at worst; this process's own at once).
+const CACHED_FOR: std::time::Duration = std::time::Duration::from_secs(2);
+/// Pins change only when an upstream ends a session, which the next call notices.
+const PINS_CACHED_FOR: std::time::Duration = std::time::Duration::from_secs(300);
 
 impl Mcp {
     pub fn new(
@@ -87,6 +105,9 @@ impl Mcp {
                 .build()
                 .unwrap_or_default(),
             node_url: OnceLock::new(),
+            visible: Ttl::new(CACHED_FOR),
+            sessions: Ttl::new(CACHED_FOR),
+            pins: Ttl::new(PINS_CACHED_FOR),
         });
         // Idle stdio processes are stopped; the task ends with the gateway.
         let weak = Arc::downgrade(&mcp);

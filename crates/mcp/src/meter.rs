@@ -5,7 +5,10 @@
 
 use std::time::Instant;
 
+use serde_json::Value;
 use store::{McpCallRecord, McpServerRecord};
+
+use crate::client::RpcError;
 use tenancy::Principal;
 
 use crate::Mcp;
@@ -15,11 +18,28 @@ use crate::endpoint::code;
 /// A refusal of the account or a limit, as a JSON-RPC error: `(code, message)`.
 pub(crate) type Refused = (i64, String);
 
+/// The server a call goes to, as the price book and the audit log name it: a registered
+/// server's id and name, or a URL a response named (`url:<host>`, under its label).
+#[derive(Debug, Clone)]
+pub(crate) struct Called {
+    pub id: String,
+    pub name: String,
+}
+
+impl From<&McpServerRecord> for Called {
+    fn from(server: &McpServerRecord) -> Self {
+        Self {
+            id: server.id.clone(),
+            name: server.name.clone(),
+        }
+    }
+}
+
 /// One metered call, from its reservation to its audit row.
 pub(crate) struct Metered<'a> {
     mcp: &'a Mcp,
     principal: Option<&'a Principal>,
-    server: &'a McpServerRecord,
+    server: &'a Called,
     tool: String,
     id: String,
     started: Instant,
@@ -31,7 +51,7 @@ impl<'a> Metered<'a> {
     pub(crate) async fn start(
         mcp: &'a Mcp,
         principal: Option<&'a Principal>,
-        server: &'a McpServerRecord,
+        server: &'a Called,
         tool: &str,
     ) -> Result<Metered<'a>, Refused> {
         let tenancy = &mcp.tenancy;
@@ -69,7 +89,7 @@ impl<'a> Metered<'a> {
 
     /// Charges the call (the tool answered) or releases it (`error`: the call failed or the
     /// tool reported an error), and audits it.
-    pub(crate) async fn finish(self, outcome: &str, error: Option<String>) {
+    async fn finish(self, outcome: &str, error: Option<String>) {
         let mut charged = 0;
         if self.principal.is_some() {
             let settled = if outcome == "ok" {
@@ -85,6 +105,41 @@ impl<'a> Metered<'a> {
             }
         }
         self.audit(outcome, error, charged).await;
+    }
+
+    /// Settles the call after the server's answer: a result (charged unless the tool reported
+    /// an error, `isError`) or the JSON-RPC error the caller gets.
+    pub(crate) async fn settle(
+        self,
+        answer: crate::Result<Result<Value, RpcError>>,
+    ) -> Result<Value, (i64, String)> {
+        match answer {
+            Ok(Ok(value)) => {
+                if value.get("isError").and_then(Value::as_bool) == Some(true) {
+                    self.finish("tool_error", Some(tool_error_text(&value)))
+                        .await;
+                } else {
+                    self.finish("ok", None).await;
+                }
+                Ok(value)
+            }
+            Ok(Err(RpcError(e))) => {
+                let message = format!(
+                    "the MCP server '{}': {}",
+                    self.server.name,
+                    e.get("message")
+                        .and_then(Value::as_str)
+                        .unwrap_or("error without a message")
+                );
+                self.finish("failed", Some(message.clone())).await;
+                let code = e.get("code").and_then(Value::as_i64);
+                Err((code.unwrap_or(code::UPSTREAM), message))
+            }
+            Err(e) => {
+                self.finish("failed", Some(e.to_string())).await;
+                Err((code::UPSTREAM, e.to_string()))
+            }
+        }
     }
 
     async fn audit(&self, outcome: &str, error: Option<String>, charged: i64) {
@@ -105,6 +160,18 @@ impl<'a> Metered<'a> {
             tracing::error!(call = %self.id, error = %e, "could not write an MCP call's audit row");
         }
     }
+}
+
+/// The text a tool that reported an error gave, for the audit log.
+fn tool_error_text(result: &Value) -> String {
+    result
+        .get("content")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c.get("text").and_then(Value::as_str))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// The JSON-RPC error of a call the account or a limit refused; the message names which.

@@ -281,6 +281,7 @@ impl Mcp {
             .create_mcp_server(&record)
             .await
             .map_err(conflict)?;
+        self.visible.clear();
         Ok(record)
     }
 
@@ -364,6 +365,7 @@ impl Mcp {
             .await
             .map_err(conflict)?;
         self.health.forget(&server.id);
+        self.visible.clear();
         Ok(server)
     }
 
@@ -372,6 +374,7 @@ impl Mcp {
         self.store.delete_mcp_server(&server.id).await?;
         self.health.forget(&server.id);
         self.stdio.stop_server(&server.id);
+        self.visible.clear();
         Ok(())
     }
 
@@ -404,12 +407,15 @@ impl Mcp {
             .store
             .grant_mcp_server(tenant_id, &record.id, chrono::Utc::now())
             .await?;
+        self.visible.clear();
         Ok((record, added))
     }
 
     pub async fn revoke(&self, tenant_id: &str, server: &str) -> Result<bool> {
         let record = self.owned(None, server).await?;
-        Ok(self.store.revoke_mcp_grant(tenant_id, &record.id).await?)
+        let revoked = self.store.revoke_mcp_grant(tenant_id, &record.id).await?;
+        self.visible.clear();
+        Ok(revoked)
     }
 
     /// The audit log of `owner`'s tool calls in the last `days` days, newest first.

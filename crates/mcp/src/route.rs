@@ -80,6 +80,7 @@ impl Mcp {
                 .await
             {
                 Err(McpError::SessionGone) if attempt == 0 => {
+                    self.pins.remove(&(session.id.clone(), server.id.clone()));
                     self.store
                         .unpin_mcp_upstream(&session.id, &server.id, pin.session.as_deref())
                         .await?;
@@ -97,8 +98,14 @@ impl Mcp {
         server: &McpServerRecord,
         target: &Target,
     ) -> Result<Pinned> {
+        let key = (session.id.clone(), server.id.clone());
+        if let Some(pin) = self.pins.get(&key) {
+            return Ok(pin);
+        }
         if let Some(pin) = self.store.mcp_upstream(&session.id, &server.id).await? {
-            return Ok(pinned(&pin));
+            let pin = pinned(&pin);
+            self.pins.put(key, pin.clone());
+            return Ok(pin);
         }
         let fresh = self.upstream.initialize(target).await?;
         let stored = self
@@ -112,6 +119,7 @@ impl Mcp {
             })
             .await?;
         let stored = pinned(&stored);
+        self.pins.put(key, stored.clone());
         if stored != fresh {
             // Another process pinned one first: use it, end ours.
             self.upstream.end(target, &fresh).await;

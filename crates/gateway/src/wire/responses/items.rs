@@ -31,6 +31,35 @@ pub enum Item {
         call_id: String,
         output: String,
     },
+    /// The tools an MCP server offered (`tools` as the API lists them).
+    McpListTools {
+        id: String,
+        server_label: String,
+        tools: Value,
+    },
+    /// A call of an MCP server's tool that was made: its output, or its error (an object).
+    McpCall {
+        id: String,
+        server_label: String,
+        name: String,
+        arguments: String,
+        output: Option<String>,
+        error: Option<Value>,
+        approval_request_id: Option<String>,
+    },
+    /// A call of an MCP server's tool that waits for the client's approval.
+    McpApprovalRequest {
+        id: String,
+        server_label: String,
+        name: String,
+        arguments: String,
+    },
+    /// The client's answer to an approval request.
+    McpApprovalResponse {
+        approval_request_id: String,
+        approve: bool,
+        reason: Option<String>,
+    },
 }
 
 impl Item {
@@ -57,6 +86,55 @@ impl Item {
                 "type": "function_call_output", "id": id, "status": "completed",
                 "call_id": call_id, "output": output,
             }),
+            Item::McpListTools {
+                id,
+                server_label,
+                tools,
+            } => json!({
+                "type": "mcp_list_tools", "id": id, "server_label": server_label,
+                "tools": tools, "error": null,
+            }),
+            Item::McpCall {
+                id,
+                server_label,
+                name,
+                arguments,
+                output,
+                error,
+                approval_request_id,
+            } => json!({
+                "type": "mcp_call", "id": id,
+                "status": if error.is_some() { "failed" } else { "completed" },
+                "server_label": server_label, "name": name, "arguments": arguments,
+                "output": output, "error": error, "approval_request_id": approval_request_id,
+            }),
+            Item::McpApprovalRequest {
+                id,
+                server_label,
+                name,
+                arguments,
+            } => json!({
+                "type": "mcp_approval_request", "id": id, "server_label": server_label,
+                "name": name, "arguments": arguments,
+            }),
+            Item::McpApprovalResponse {
+                approval_request_id,
+                approve,
+                reason,
+            } => json!({
+                "type": "mcp_approval_response", "id": id,
+                "approval_request_id": approval_request_id, "approve": approve, "reason": reason,
+            }),
+        }
+    }
+
+    /// The id an item carries itself (MCP items), if any.
+    pub fn own_id(&self) -> Option<&str> {
+        match self {
+            Item::McpListTools { id, .. }
+            | Item::McpCall { id, .. }
+            | Item::McpApprovalRequest { id, .. } => Some(id),
+            _ => None,
         }
     }
 }
@@ -143,11 +221,14 @@ fn item_at(item: &Value, path: String) -> Result<Option<Item>> {
         }
         // Reasoning from an earlier turn comes back to the server; these models write none.
         "reasoning" => Ok(None),
+        "mcp_list_tools" | "mcp_call" | "mcp_approval_request" | "mcp_approval_response" => {
+            super::hosted::input_item(kind, &item).map(Some)
+        }
         other => {
             let param = item.param("type");
             Err(ApiError::invalid(
                 param.clone(),
-                format!("Invalid value for '{param}': '{other}' items are not supported by this server; send 'message', 'function_call' or 'function_call_output' items."),
+                format!("Invalid value for '{param}': '{other}' items are not supported by this server; send 'message', 'function_call', 'function_call_output' or MCP items."),
             ))
         }
     }
@@ -266,6 +347,35 @@ pub fn chat_messages(
                     ..ChatMessage::default()
                 });
             }
+            Item::McpCall {
+                id,
+                name,
+                arguments,
+                output,
+                error,
+                ..
+            } => {
+                let arguments = serde_json::from_str(arguments).unwrap_or_else(|_| json!({}));
+                let call = ToolCall::function(id.clone(), name.clone(), arguments);
+                match out.last_mut() {
+                    Some(last) if last.role == "assistant" => last.tool_calls.push(call),
+                    _ => out.push(ChatMessage {
+                        role: "assistant".into(),
+                        tool_calls: vec![call],
+                        ..ChatMessage::default()
+                    }),
+                }
+                out.push(ChatMessage {
+                    role: "tool".into(),
+                    content: super::hosted::call_result_text(output.as_deref(), error.as_ref()),
+                    tool_call_id: Some(id.clone()),
+                    ..ChatMessage::default()
+                });
+            }
+            // What the tools were and what waits for approval is not conversation.
+            Item::McpListTools { .. }
+            | Item::McpApprovalRequest { .. }
+            | Item::McpApprovalResponse { .. } => {}
         }
     }
     Ok(out)

@@ -9,9 +9,11 @@
 //! `truncation` (a conversation that does not fit is a 400 either way), `prompt_cache_key`
 //! (every prompt prefix is cached), `reasoning` (these models write no separate reasoning),
 //! `user`, `safety_identifier`, `service_tier`, `stream_options`, `max_tool_calls`,
-//! `top_logprobs: 0`, `background: false`. Refused by name: what would change the answer and
-//! is not implemented (`background`, `conversation`, `prompt`, logprobs, non-function tools).
+//! `top_logprobs: 0`, `background: false`. `mcp` tools are run by Flywheel (`hosted`;
+//! `max_tool_calls` bounds their calls). Refused by name: what would change the answer and is
+//! not implemented (`background`, `conversation`, `prompt`, logprobs, other built-in tools).
 
+pub mod hosted;
 pub mod items;
 pub mod view;
 
@@ -91,6 +93,13 @@ pub struct ResponsesRequest {
     pub sampling: SamplingParams,
     pub max_output_tokens: Option<u32>,
     pub tools: Offer,
+    /// `mcp` tools: servers Flywheel calls for the model.
+    pub mcp: Vec<hosted::McpTool>,
+    /// `tool_choice: {"type": "mcp", "server_label", "name"?}`: the first turn calls a tool of
+    /// that server (that tool, if named).
+    pub mcp_choice: Option<(String, Option<String>)>,
+    /// Most MCP calls the response makes (`max_tool_calls`).
+    pub max_tool_calls: Option<u32>,
     pub format: OutputFormat,
     /// What the response object echoes of the request (`tools`, `tool_choice`, `text`,
     /// `metadata`, …), as sent or defaulted.
@@ -109,7 +118,12 @@ pub fn parse(body: &[u8]) -> Result<ResponsesRequest> {
     let model = fields.required_string("model")?.to_owned();
     let input = items::input(&fields)?;
     let instructions = fields.string("instructions")?.map(str::to_owned);
-    let offer = offer(&fields)?;
+    let Offered {
+        offer,
+        mcp,
+        mcp_choice,
+        echo: tools_echo,
+    } = offer(&fields)?;
     let (format, text) = text(&fields)?;
     include(&fields)?;
     let metadata = metadata(&fields)?;
@@ -121,7 +135,9 @@ pub fn parse(body: &[u8]) -> Result<ResponsesRequest> {
         "prompt_cache_retention",
     ])?;
     fields.object("reasoning")?;
-    fields.integer("max_tool_calls", 1, i64::MAX)?;
+    let max_tool_calls = fields
+        .integer("max_tool_calls", 1, i64::from(u32::MAX))?
+        .and_then(|m| u32::try_from(m).ok());
     let truncation = match fields.string("truncation")? {
         None | Some("disabled") => "disabled",
         Some("auto") => "auto",
@@ -189,7 +205,7 @@ pub fn parse(body: &[u8]) -> Result<ResponsesRequest> {
         "tool_choice".into(),
         fields.get("tool_choice").cloned().unwrap_or(json!("auto")),
     );
-    echo.insert("tools".into(), tools_echo(&offer));
+    echo.insert("tools".into(), Value::Array(tools_echo));
     echo.insert("top_p".into(), json!(sampling.top_p));
     echo.insert("truncation".into(), json!(truncation));
     echo.insert("user".into(), json!(fields.string("user")?));
@@ -203,26 +219,30 @@ pub fn parse(body: &[u8]) -> Result<ResponsesRequest> {
         sampling,
         max_output_tokens,
         tools: offer,
+        mcp,
+        mcp_choice,
+        max_tool_calls,
         format,
         echo,
     })
 }
 
-/// The function tools as the response object lists them.
-fn tools_echo(offer: &Offer) -> Value {
-    Value::Array(
-        offer
-            .tools
-            .iter()
-            .map(|t| {
-                json!({
-                    "type": "function", "name": t.function.name,
-                    "description": t.function.description,
-                    "parameters": t.function.parameters, "strict": true,
-                })
-            })
-            .collect(),
-    )
+/// A function tool as the response object lists it.
+fn function_echo(t: &backend::Tool) -> Value {
+    json!({
+        "type": "function", "name": t.function.name,
+        "description": t.function.description,
+        "parameters": t.function.parameters, "strict": true,
+    })
+}
+
+/// `tools`, `tool_choice` and `parallel_tool_calls`, read.
+struct Offered {
+    offer: Offer,
+    mcp: Vec<hosted::McpTool>,
+    mcp_choice: Option<(String, Option<String>)>,
+    /// The tools as the response object lists them, in order.
+    echo: Vec<Value>,
 }
 
 /// `include`: a list of extra outputs; logprobs would change the answer and are refused.
@@ -270,9 +290,12 @@ fn metadata(fields: &Fields<'_>) -> Result<Map<String, Value>> {
 }
 
 /// `tools` (function tools, flat: `{"type": "function", "name", "description", "parameters",
-/// "strict"}`), `tool_choice` and `parallel_tool_calls`.
-fn offer(fields: &Fields<'_>) -> Result<Offer> {
+/// "strict"}`, and `mcp` tools), `tool_choice` and `parallel_tool_calls`.
+fn offer(fields: &Fields<'_>) -> Result<Offered> {
     let mut declared = Vec::new();
+    let mut mcp = Vec::new();
+    let mut echo = Vec::new();
+    let mut labels = HashSet::new();
     if let Some(items) = fields.array("tools")? {
         if items.len() > tools::MAX_TOOLS {
             return Err(ApiError::invalid(
@@ -289,22 +312,33 @@ fn offer(fields: &Fields<'_>) -> Result<Offer> {
             match tool.required_string("type")? {
                 "function" => {}
                 "mcp" => {
-                    return Err(ApiError::invalid(
-                        tool.param("type"),
-                        format!("'mcp' tools are not supported yet by this server ({}): declare the MCP server's tools as function tools.", tool.param("type")),
-                    ))
+                    if mcp.len() == hosted::MAX_SERVERS {
+                        return Err(ApiError::invalid(
+                            "tools",
+                            format!(
+                                "Invalid 'tools': at most {} 'mcp' tools are allowed.",
+                                hosted::MAX_SERVERS
+                            ),
+                        ));
+                    }
+                    let (parsed, view) = hosted::tool(&tool, &mut labels)?;
+                    mcp.push(parsed);
+                    echo.push(view);
+                    continue;
                 }
                 other => {
                     let param = tool.param("type");
                     return Err(ApiError::invalid(
                         param.clone(),
-                        format!("Invalid value for '{param}': '{other}' tools are not available on this server; only 'function' tools are."),
+                        format!("Invalid value for '{param}': '{other}' tools are not available on this server; only 'function' and 'mcp' tools are."),
                     ));
                 }
             }
             tool.deny_unknown(&["type", "name", "description", "parameters", "strict"])?;
             tool.bool("strict")?;
-            declared.push(tools::declared(&tool, "parameters", &mut names)?);
+            let function = tools::declared(&tool, "parameters", &mut names)?;
+            echo.push(function_echo(&function));
+            declared.push(function);
         }
     }
     let parallel = fields.bool("parallel_tool_calls")?.unwrap_or(true);
@@ -313,8 +347,10 @@ fn offer(fields: &Fields<'_>) -> Result<Offer> {
         choice: ToolChoice::Auto,
         parallel,
     };
+    let mut mcp_choice = None;
+    let has_mcp = !mcp.is_empty();
     let needs_tools = |offer: &Offer| {
-        if offer.tools.is_empty() {
+        if offer.tools.is_empty() && !has_mcp {
             Err(ApiError::invalid(
                 "tool_choice",
                 "Tool choice requires 'tools' to be specified.",
@@ -326,7 +362,10 @@ fn offer(fields: &Fields<'_>) -> Result<Offer> {
     match fields.get("tool_choice") {
         None => {}
         Some(Value::String(choice)) => match choice.as_str() {
-            "none" => offer.tools.clear(),
+            "none" => {
+                offer.tools.clear();
+                mcp.clear();
+            }
             "auto" => {}
             "required" => {
                 needs_tools(&offer)?;
@@ -343,10 +382,24 @@ fn offer(fields: &Fields<'_>) -> Result<Offer> {
             let choice = Fields::nested(choice, "tool_choice".into());
             match choice.required_string("type")? {
                 "function" => {}
+                "mcp" => {
+                    choice.deny_unknown(&["type", "server_label", "name"])?;
+                    let label = choice.required_string("server_label")?;
+                    if !labels.contains(label) {
+                        return Err(ApiError::invalid(
+                            "tool_choice.server_label",
+                            format!("Invalid 'tool_choice.server_label': no 'mcp' tool in 'tools' is labelled '{label}'."),
+                        ));
+                    }
+                    let name = choice.string("name")?.map(str::to_owned);
+                    mcp_choice = Some((label.to_owned(), name));
+                    offer.choice = ToolChoice::Required;
+                    return Ok(Offered { offer, mcp, mcp_choice, echo });
+                }
                 other => {
                     return Err(ApiError::invalid(
                         "tool_choice.type",
-                        format!("Invalid value for 'tool_choice.type': '{other}'; only 'function' is supported by this server."),
+                        format!("Invalid value for 'tool_choice.type': '{other}'; 'function' and 'mcp' are supported by this server."),
                     ))
                 }
             }
@@ -371,7 +424,12 @@ fn offer(fields: &Fields<'_>) -> Result<Offer> {
             ))
         }
     }
-    Ok(offer)
+    Ok(Offered {
+        offer,
+        mcp,
+        mcp_choice,
+        echo,
+    })
 }
 
 /// `text.format`: `text`, `json_object` or `json_schema` (`name`, `schema`, `description`,

@@ -164,10 +164,17 @@ pub struct ResponseEvents {
     sequence: u64,
     /// The message or reasoning item being written.
     open: Option<OpenPart>,
-    output: Vec<Value>,
-    items: Vec<Item>,
+    pub(super) output: Vec<Value>,
+    pub(super) items: Vec<Item>,
     persist: Option<Persist>,
     pending: Option<BoxFuture<'static, ()>>,
+    /// The model turn being written (a response with `mcp` tools takes several); items of
+    /// later turns get ids of their own.
+    turn: u32,
+    /// The output index of the `mcp_call` being made.
+    pub(super) calling: Option<usize>,
+    /// The finished response object, once `finish` built it.
+    finished: Option<Value>,
 }
 
 impl ResponseEvents {
@@ -180,10 +187,33 @@ impl ResponseEvents {
             items: Vec::new(),
             persist,
             pending: None,
+            turn: 0,
+            calling: None,
+            finished: None,
         }
     }
 
-    fn emit(&mut self, out: &mut Vec<u8>, kind: &str, mut data: Value) {
+    /// The next model turn begins: its text and reasoning are new items.
+    pub fn next_turn(&mut self) {
+        self.turn += 1;
+    }
+
+    /// The response object `finish` built, once.
+    pub fn take_finished(&mut self) -> Option<Value> {
+        self.finished.take()
+    }
+
+    /// The id of this turn's item of `kind`.
+    fn id_of(&self, kind: Kind) -> String {
+        let id = kind.id(&self.shell);
+        if self.turn == 0 {
+            id
+        } else {
+            format!("{id}_{}", self.turn)
+        }
+    }
+
+    pub(super) fn emit(&mut self, out: &mut Vec<u8>, kind: &str, mut data: Value) {
         if let Value::Object(map) = &mut data {
             map.insert("type".into(), json!(kind));
             map.insert("sequence_number".into(), json!(self.sequence));
@@ -193,11 +223,11 @@ impl ResponseEvents {
     }
 
     /// Ends the item being written, if any (`….done` events, `output_item.done`).
-    fn close(&mut self, out: &mut Vec<u8>) {
+    pub(super) fn close(&mut self, out: &mut Vec<u8>) {
         let Some(OpenPart { kind, index, text }) = self.open.take() else {
             return;
         };
-        let id = kind.id(&self.shell);
+        let id = self.id_of(kind);
         let at = json!({ "item_id": id, "output_index": index, "content_index": 0 });
         let with = |extra: Value| {
             let mut data = at.clone();
@@ -239,7 +269,7 @@ impl ResponseEvents {
         if self.open.as_ref().is_some_and(|open| open.kind != kind) {
             self.close(out);
         }
-        let id = kind.id(&self.shell);
+        let id = self.id_of(kind);
         if self.open.is_none() {
             let index = self.output.len();
             self.emit(
@@ -375,6 +405,7 @@ impl Encoder for ResponseEvents {
     fn finish(&mut self, out: &mut Vec<u8>, reason: FinishReason, usage: Usage) {
         self.close(out);
         let response = finished(&self.shell, std::mem::take(&mut self.output), reason, usage);
+        self.finished = Some(response.clone());
         if let Some(persist) = self.persist.take() {
             self.pending = Some(persist(response.clone(), std::mem::take(&mut self.items)));
         }

@@ -9,6 +9,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tenancy::NewResponse;
 
+mod hosted;
+
 use super::generate::{run, Outcome, UNKNOWN_MODEL};
 use super::RawBody;
 use crate::auth::{Caller, Inference};
@@ -139,6 +141,11 @@ async fn generate(
         model: request.model.clone(),
         echo: request.echo.clone(),
     };
+    let conversation_so_far = (!request.mcp.is_empty()).then(|| {
+        let mut all = previous.clone();
+        all.extend(request.input.iter().cloned());
+        all
+    });
     let turn = request.store.then(|| {
         let suffix = id.trim_start_matches("resp_");
         let input_items = request
@@ -158,6 +165,19 @@ async fn generate(
             conversation,
         }
     });
+    if let Some(conversation) = conversation_so_far {
+        let setup = hosted::Setup {
+            valid,
+            servers: request.mcp,
+            mcp_choice: request.mcp_choice,
+            conversation,
+            input: request.input,
+            max_calls: request.max_tool_calls,
+            id,
+            events: ResponseEvents::new(shell, turn.map(|turn| persist(state, turn))),
+        };
+        return hosted::respond(state, caller, setup, label).await;
+    }
     let outcome = run(state, caller, &valid, id, label)
         .await
         .map_err(|err| err.map_param(rename))?;
@@ -172,17 +192,19 @@ async fn generate(
             Ok(Json(response).into_response())
         }
         Outcome::Stream(source) => {
-            let persist: Option<Persist> = turn.map(|turn| {
-                let state = state.clone();
-                let persist: Persist = Box::new(move |response: Value, added: Vec<Item>| {
-                    let record = turn.record(&response, added);
-                    Box::pin(async move { save(&state, record).await })
-                });
-                persist
-            });
+            let persist = turn.map(|turn| persist(state, turn));
             Ok(sse::respond(*source, ResponseEvents::new(shell, persist)))
         }
     }
+}
+
+/// Stores `turn` once its response is finished.
+fn persist(state: &AppState, turn: Turn) -> Persist {
+    let state = state.clone();
+    Box::new(move |response: Value, added: Vec<Item>| {
+        let record = turn.record(&response, added);
+        Box::pin(async move { save(&state, record).await })
+    })
 }
 
 /// The id prefix of an input item, after its type.
@@ -191,6 +213,10 @@ fn prefix(item: &Item) -> &'static str {
         Item::Message { .. } => "msg",
         Item::FunctionCall { .. } => "fc",
         Item::FunctionCallOutput { .. } => "fco",
+        Item::McpListTools { .. } => "mcpl",
+        Item::McpCall { .. } => "mcp",
+        Item::McpApprovalRequest { .. } => "mcpr",
+        Item::McpApprovalResponse { .. } => "mcpa",
     }
 }
 

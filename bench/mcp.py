@@ -1,9 +1,10 @@
 """MCP gateway overhead: `tools/call` straight to a Streamable HTTP server vs through Flywheel's
-`/mcp` (tenant key: session lookup, pin, RPM, reservation, settlement, audit row), p50/p99 at 1
+`/mcp` (tenant key: session lookup, pin, RPM, reservation, settlement, audit row) and through
+LiteLLM's MCP gateway (the anchor, from PyPI, with a master key and no database), p50/p99 at 1
 client and req/s at 1 and 32 clients, each client its own MCP session on a kept-alive
 connection. Standard library only (the upstream server runs in a venv with PyPI `mcp`).
 
-    python3 bench/mcp.py --flywheel BIN --python VENV_PYTHON --out bench/results/mcp.json
+    python3 bench/mcp.py --flywheel BIN --python VENV_PYTHON [--litellm LITELLM_BIN] --out bench/results/mcp.json
 """
 
 import argparse
@@ -26,8 +27,9 @@ COUNTER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"
 class Session:
     """One MCP session (2025-11-25) on one kept-alive connection."""
 
-    def __init__(self, port, key=None):
+    def __init__(self, port, key=None, path="/mcp"):
         self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        self.path = path
         self.headers = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
         if key:
             self.headers["Authorization"] = f"Bearer {key}"
@@ -38,11 +40,15 @@ class Session:
         self.post({"jsonrpc": "2.0", "method": "notifications/initialized"})
 
     def post(self, message):
-        self.conn.request("POST", "/mcp", body=json.dumps(message), headers=self.headers)
+        self.conn.request("POST", self.path, body=json.dumps(message), headers=self.headers)
         r = self.conn.getresponse()
         body = r.read()
         if r.status >= 300:
             raise RuntimeError(f"HTTP {r.status}: {body[:300]!r}")
+        if (r.getheader("content-type") or "").startswith("text/event-stream"):
+            # An SSE answer: the JSON-RPC response is the last `data:` line.
+            data = [line[5:].strip() for line in body.decode().splitlines() if line.startswith("data:")]
+            body = data[-1].encode() if data else b""
         return (json.loads(body) if body else None), r.getheader("mcp-session-id")
 
     def call(self, tool):
@@ -52,8 +58,8 @@ class Session:
             raise RuntimeError(f"call failed: {answer}")
 
 
-def measure(port, key, tool, clients, calls):
-    sessions = [Session(port, key) for _ in range(clients)]
+def measure(port, key, tool, clients, calls, path="/mcp"):
+    sessions = [Session(port, key, path) for _ in range(clients)]
     for s in sessions:
         s.call(tool)  # warm: the gateway pins its upstream session here
     latencies = [[] for _ in sessions]
@@ -76,6 +82,34 @@ def measure(port, key, tool, clients, calls):
             "p50_ms": 1000 * statistics.median(flat), "p99_ms": 1000 * flat[int(0.99 * (len(flat) - 1))]}
 
 
+LITELLM_KEY = "sk-bench-" + "0123456789abcdef"
+
+
+def wait_litellm(port, proc, log, timeout=180):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"LiteLLM exited; see {log}")
+        try:
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            c.request("GET", "/health/liveliness")
+            if c.getresponse().status == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"LiteLLM did not start in {timeout} s; see {log}")
+
+
+def litellm_version(binary):
+    python = os.path.join(os.path.dirname(binary), "python")
+    try:
+        return subprocess.run([python, "-c", "import importlib.metadata as m; print(m.version('litellm'))"],
+                              capture_output=True, text=True, timeout=60).stdout.strip()
+    except OSError:
+        return "?"
+
+
 def admin(port, method, path, body=None):
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     c.request(method, path, body=json.dumps(body) if body is not None else None,
@@ -91,6 +125,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--flywheel", required=True)
     ap.add_argument("--python", required=True, help="a python with PyPI mcp (the upstream server)")
+    ap.add_argument("--litellm", help="LiteLLM's `litellm` command (the anchor); left out: not measured")
     ap.add_argument("--calls", type=int, default=500, help="calls per client")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
@@ -105,6 +140,18 @@ def main():
     fw = subprocess.Popen([args.flywheel, "serve", "--listen", f"127.0.0.1:{fw_port}", "--data-dir",
                            os.path.join(work, "data"), "--mcp-allow-hosts", "127.0.0.1"],
                           stdout=open(fw_log, "wb"), stderr=subprocess.STDOUT, env=env)
+    procs = [fw, up]
+    ll_port = free_port()
+    if args.litellm:
+        ll_log = os.path.join(work, "litellm.log")
+        config = os.path.join(work, "litellm.yaml")
+        with open(config, "w") as f:
+            f.write(f"mcp_servers:\n  up:\n    url: \"http://127.0.0.1:{up_port}/mcp\"\n    transport: \"http\"\n"
+                    f"general_settings:\n  master_key: {LITELLM_KEY}\n")
+        ll_env = dict(os.environ, LITELLM_LOG="ERROR", LITELLM_LOCAL_MODEL_COST_MAP="True")
+        procs.append(subprocess.Popen([args.litellm, "--config", config, "--host", "127.0.0.1", "--port", str(ll_port),
+                                       "--num_workers", "1"], stdout=open(ll_log, "wb"), stderr=subprocess.STDOUT,
+                                      env=ll_env))
     try:
         wait_health(fw_port, fw, fw_log)
         deadline = time.time() + 30
@@ -118,19 +165,33 @@ def main():
         c.request("POST", "/v1/mcp/servers", body=json.dumps({"name": "up", "url": f"http://127.0.0.1:{up_port}/mcp"}),
                   headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
         assert c.getresponse().status == 201
+        if args.litellm:
+            wait_litellm(ll_port, procs[-1], ll_log)
         results = {}
         for clients in (1, 32):
             calls = args.calls if clients == 1 else max(20, args.calls // 16)
             results[f"direct_c{clients}"] = measure(up_port, None, "echo", clients, calls)
             results[f"flywheel_c{clients}"] = measure(fw_port, key, "up__echo", clients, calls)
+            if args.litellm:
+                # LiteLLM is slower: fewer calls, the same clients.
+                results[f"litellm_c{clients}"] = measure(ll_port, LITELLM_KEY, "up-echo", clients,
+                                                         max(20, calls // 5), path="/mcp/")
         d1, f1 = results["direct_c1"], results["flywheel_c1"]
         ratios = {
             "added_p50_ms": f1["p50_ms"] - d1["p50_ms"],
             "added_p99_ms": f1["p99_ms"] - d1["p99_ms"],
             "flywheel_over_direct_req_s_c32": results["flywheel_c32"]["req_s"] / results["direct_c32"]["req_s"],
         }
+        if args.litellm:
+            l1 = results["litellm_c1"]
+            ratios["litellm_added_p50_ms"] = l1["p50_ms"] - d1["p50_ms"]
+            for c in (1, 32):
+                ratios[f"flywheel_over_litellm_req_s_c{c}"] = (results[f"flywheel_c{c}"]["req_s"]
+                                                              / results[f"litellm_c{c}"]["req_s"])
         out = {"upstream": "tests/e2e/mcp_servers/counter.py --json (mcp 2.3.0, uvicorn)", "results": results,
-               "ratios": ratios, "goals": {"added_p50_ms": "<= 1"}, "anchor_litellm": "not measured yet"}
+               "ratios": ratios, "goals": {"added_p50_ms": "<= 1", "flywheel_over_litellm_req_s": ">= 10"},
+               "anchor": f"LiteLLM {litellm_version(args.litellm)} MCP gateway (1 worker, master key, no database)"
+               if args.litellm else "not measured (no --litellm)"}
         with open(args.out, "w") as f:
             json.dump(out, f, indent=1)
         print("| path | clients | p50 ms | p99 ms | req/s |")
@@ -139,7 +200,7 @@ def main():
             print(f"| {name} | {r['clients']} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['req_s']:.0f} |")
         print(json.dumps(ratios))
     finally:
-        for p in (fw, up):
+        for p in procs:
             p.terminate()
             try:
                 p.wait(timeout=20)

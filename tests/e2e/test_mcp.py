@@ -185,6 +185,35 @@ def test_client_sees_and_calls_its_own_servers_only(gw, upstream, mode):
     run(scenario())
 
 
+@pytest.mark.parametrize("mode", [LEGACY, STATELESS])
+def test_prompts_and_resources_pass_through_to_their_servers(gw, upstream, mode):
+    a, b = upstream(), upstream()
+    tenant, key = _tenant_key(gw)
+    _register(gw, key, "pa", a.url)
+    _register(gw, key, "pb", b.url)
+
+    async def scenario():
+        async with mcp_client(gw, key, mode) as client:
+            prompts = {p.name for p in (await client.list_prompts()).prompts}
+            assert prompts == {"pa__greet", "pb__greet"}, prompts
+            got = await client.get_prompt("pb__greet", {"name": "Ada"})
+            assert got.messages[0].content.text == "Say hello to Ada.", got
+            resources = [r.uri for r in (await client.list_resources()).resources]
+            assert sorted(map(str, resources)) == ["counter://motd", "counter://motd"], resources
+            read = await client.read_resource("counter://motd")
+            assert read.contents[0].text == "flywheel motd", read
+            templates = {t.name for t in (await client.list_resource_templates()).resource_templates}
+            assert templates == {"pa__note", "pb__note"}, templates
+            templated = await client.read_resource("counter://notes/gears")
+            assert templated.contents[0].text == "note about gears", templated
+            with pytest.raises(MCPError):
+                await client.read_resource("counter://nowhere")
+            with pytest.raises(MCPError):
+                await client.get_prompt("nobody__greet", {"name": "x"})
+
+    run(scenario())
+
+
 def test_key_without_mcp_scope_is_refused(gw, upstream):
     tenant, key = _tenant_key(gw)
     _register(gw, key, "alpha", upstream().url)

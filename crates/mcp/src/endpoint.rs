@@ -202,10 +202,13 @@ impl Mcp {
             "ping" => Ok(json!({})),
             "tools/list" => self.list_tools(caller, &session).await,
             "tools/call" => self.call_tool(caller, &session, params).await,
-            other => Err((
-                code::METHOD_NOT_FOUND,
-                format!("this MCP gateway does not offer '{other}'; it offers tools (tools/list, tools/call) and ping"),
-            )),
+            other => match self.passthrough(caller, &session, other, params).await {
+                Some(outcome) => outcome,
+                None => Err((
+                    code::METHOD_NOT_FOUND,
+                    format!("this MCP gateway does not offer '{other}'; it offers tools, prompts and resources (list, call, get, read) and ping"),
+                )),
+            },
         };
         let outcome = if stateless {
             outcome.map(modern)
@@ -330,7 +333,7 @@ impl Mcp {
         sid: &str,
     ) -> std::result::Result<(), Reply> {
         let session = self.session(caller, sid).await?;
-        for server in self.visible(caller).await.unwrap_or_default() {
+        for server in self.visible_servers(caller).await.unwrap_or_default() {
             self.end_upstream(&session, &server).await;
         }
         let _ = self.store.delete_mcp_session(&session.id).await;
@@ -340,7 +343,7 @@ impl Mcp {
 
     /// The servers whose tools `caller` sees: a tenant's own and those granted to it; the
     /// operator's own.
-    async fn visible(&self, caller: &McpCaller) -> Result<Vec<McpServerRecord>> {
+    pub(crate) async fn visible_servers(&self, caller: &McpCaller) -> Result<Vec<McpServerRecord>> {
         let tenant = caller.tenant_id();
         if let Some(servers) = self.visible.get(&tenant) {
             return Ok(servers);
@@ -391,7 +394,7 @@ impl Mcp {
         caller: &McpCaller,
         session: &McpSessionRecord,
     ) -> std::result::Result<Value, (i64, String)> {
-        let servers = self.visible(caller).await.map_err(internal)?;
+        let servers = self.visible_servers(caller).await.map_err(internal)?;
         let lists = join_all(servers.iter().map(|server| async move {
             if self.health.skip(&server.id).is_some() {
                 return Vec::new();
@@ -439,7 +442,7 @@ impl Mcp {
             )
         };
         let (server_name, rest) = split(name).ok_or_else(unknown)?;
-        let servers = self.visible(caller).await.map_err(internal)?;
+        let servers = self.visible_servers(caller).await.map_err(internal)?;
         let server = servers
             .iter()
             .find(|s| s.name == server_name)
@@ -517,7 +520,10 @@ fn upstream(e: McpError) -> (i64, String) {
 fn modern(mut result: Value) -> Value {
     if let Value::Object(o) = &mut result {
         o.entry("resultType").or_insert(json!("complete"));
-        if o.contains_key("tools") {
+        if ["tools", "prompts", "resources", "resourceTemplates"]
+            .iter()
+            .any(|list| o.contains_key(*list))
+        {
             o.entry("ttlMs").or_insert(json!(0));
             o.entry("cacheScope").or_insert(json!("private"));
         }
@@ -528,8 +534,12 @@ fn modern(mut result: Value) -> Value {
 fn server_description(version: &str) -> Value {
     json!({
         "protocolVersion": version,
-        "capabilities": {"tools": {"listChanged": false}},
+        "capabilities": {
+            "tools": {"listChanged": false},
+            "prompts": {"listChanged": false},
+            "resources": {"listChanged": false, "subscribe": false},
+        },
         "serverInfo": {"name": "flywheel", "title": "Flywheel MCP gateway", "version": env!("CARGO_PKG_VERSION")},
-        "instructions": "Tools of the MCP servers registered for this key, named SERVER__TOOL.",
+        "instructions": "Tools and prompts of the MCP servers registered for this key, named SERVER__NAME; their resources under the servers' own URIs.",
     })
 }

@@ -10,6 +10,7 @@
 //! - `guard` — outbound rules on resolved addresses (SSRF), a client per host and port.
 //! - `hosted` — servers as a response's `mcp` tools use them.
 //! - `health` — a failing server is skipped with backoff; the others keep working.
+//! - `passthrough` — prompts and resources of the caller's servers, routed like tools.
 //! - `names` — server names and exposed tool names.
 
 mod cache;
@@ -21,6 +22,7 @@ mod health;
 pub mod hosted;
 mod meter;
 pub mod names;
+mod passthrough;
 pub mod registry;
 mod route;
 pub mod secret;

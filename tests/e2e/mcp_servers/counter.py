@@ -6,6 +6,8 @@ Default is STATEFUL (initialize handshake + Mcp-Session-Id); `count` keeps one c
 per MCP session. With --stateless (or for requests carrying no Mcp-Session-Id, e.g. the
 2026-07-28 per-request revision, which the SDK serves on either mode) `count` uses one
 global counter. --json answers with application/json instead of text/event-stream.
+Also a prompt (`greet`), a resource (`counter://motd`) and a template (`counter://notes/{topic}`),
+for the gateway's pass-through of prompts and resources.
 """
 
 import argparse
@@ -41,6 +43,24 @@ async def sleep(seconds: float) -> str:
     """Sleep for `seconds`, then return "slept"."""
     await asyncio.sleep(seconds)
     return "slept"
+
+
+@mcp.prompt()
+def greet(name: str) -> str:
+    """A greeting for `name`."""
+    return f"Say hello to {name}."
+
+
+@mcp.resource("counter://motd")
+def motd() -> str:
+    """The message of the day."""
+    return "flywheel motd"
+
+
+@mcp.resource("counter://notes/{topic}")
+def note(topic: str) -> str:
+    """A note about `topic`."""
+    return f"note about {topic}"
 
 
 async def main() -> None:

@@ -153,7 +153,10 @@ fn mcp_tools_parse_with_their_filters_and_secrets_stay_out_of_the_echo() {
     assert_eq!(request.tools.choice, ToolChoice::Required);
     assert_eq!(request.max_tool_calls, Some(3));
     let echo = request.echo["tools"].to_string();
-    assert!(!echo.contains("s3cret") && !echo.contains("tok\""), "{echo}");
+    assert!(
+        !echo.contains("s3cret") && !echo.contains("tok\""),
+        "{echo}"
+    );
     assert_eq!(request.echo["tools"][0]["require_approval"], "never");
 }
 
@@ -184,7 +187,8 @@ fn approval_defaults_to_always_and_filters_combine() {
 #[test]
 fn bad_mcp_tools_name_their_parameter() {
     let tool = |extra: serde_json::Value| {
-        let mut t = json!({"type": "mcp", "server_label": "s", "server_url": "https://x.example/mcp"});
+        let mut t =
+            json!({"type": "mcp", "server_label": "s", "server_url": "https://x.example/mcp"});
         if let (Some(t), Some(extra)) = (t.as_object_mut(), extra.as_object()) {
             t.extend(extra.clone());
         }
@@ -236,7 +240,10 @@ fn mcp_items_come_back_as_conversation() {
     assert_eq!(roles, ["user", "assistant", "tool"]);
     assert_eq!(messages[1].tool_calls[0].function.name, "now");
     assert_eq!(messages[2].content, "03:04");
-    assert!(matches!(request.input[4], Item::McpApprovalResponse { approve: false, .. }));
+    assert!(matches!(
+        request.input[4],
+        Item::McpApprovalResponse { approve: false, .. }
+    ));
 }
 
 #[test]
@@ -268,6 +275,9 @@ fn mcp_results_become_output_or_errors_and_schemas_lose_what_cannot_be_enforced(
         json!({"type": "object", "properties": {"pattern": {"type": "string"}, "n": {"type": "integer"}},
                "required": ["pattern"]})
     );
-    assert_eq!(model_schema(Some(&json!({"type": "string"}))), json!({"type": "object"}));
+    assert_eq!(
+        model_schema(Some(&json!({"type": "string"}))),
+        json!({"type": "object"})
+    );
     assert_eq!(model_schema(None), json!({"type": "object"}));
 }

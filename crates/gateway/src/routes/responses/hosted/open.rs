@@ -310,4 +310,3 @@ fn model_name(label: &str, tool: &str, taken: &HashSet<String>) -> String {
         n += 1;
     }
 }
-

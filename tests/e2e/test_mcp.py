@@ -3,18 +3,20 @@ MCP servers (tests/e2e/mcp_servers/counter.py), driven with the official `mcp` P
 
 Covers: tools of the caller's servers only, `mcp` key scope, public servers and grants, header
 secrets (never returned, never stored in plaintext, sent upstream), the outbound allow-list
-(SSRF), per-call billing and the audit log, dead upstreams, and one upstream session continued
+(SSRF) and redirects (never followed), prompts and resources passed through, per-call billing and the audit log, dead upstreams, and one upstream session continued
 by two Flywheel processes sharing one PostgreSQL database.
 """
 
 import asyncio
 import base64
 import contextlib
+import http.server
 import json
 import os
 import secrets
 import subprocess
 import sys
+import threading
 import time
 
 import httpx2
@@ -456,6 +458,34 @@ def test_paid_calls_are_charged_on_success_only_and_audited(gw, upstream):
     run(scenario())
 
 
+def test_arguments_are_audited_only_after_the_tenant_opts_in(gw, upstream):
+    up = upstream()
+    tenant, key = _tenant_key(gw)
+    server_id = _register(gw, key, "aud", up.url).json()["id"]
+    settings = gw.url + "/v1/mcp/settings"
+    r = requests.get(settings, headers=gw.auth(key), timeout=30)
+    assert r.status_code == 200 and r.json() == {"audit_arguments": False}, r.text
+    for bad in ({"audit_arguments": "yes"}, {"keep": True}):
+        r = requests.put(settings, headers=gw.auth(key), json=bad, timeout=30)
+        assert r.status_code == 400 and r.json()["error"]["param"] == "audit_arguments", r.text
+
+    async def call(text):
+        async with mcp_client(gw, key) as client:
+            assert text_of(await client.call_tool("aud__echo", {"text": text})) == text
+
+    run(call("private"))
+    assert _calls(gw, key, server_id)[0]["arguments"] is None
+    r = requests.put(settings, headers=gw.auth(key), json={"audit_arguments": True}, timeout=30)
+    assert r.status_code == 200 and r.json() == {"audit_arguments": True}, r.text
+    run(call("kept"))
+    newest, older = _calls(gw, key, server_id)[:2]
+    assert newest["arguments"] == {"text": "kept"} and older["arguments"] is None, (newest, older)
+    # Opting out again stops keeping them.
+    requests.put(settings, headers=gw.auth(key), json={"audit_arguments": False}, timeout=30)
+    run(call("private again"))
+    assert _calls(gw, key, server_id)[0]["arguments"] is None
+
+
 # ---------------------------------------------------------------------------------------------
 # 6. A dead upstream
 
@@ -689,3 +719,49 @@ def test_rotating_the_secret_key_reseals_every_secret(tmp_path_factory, admin_ke
         for name in files:
             with open(os.path.join(root, name), "rb") as f:
                 assert secret.encode() not in f.read(), name
+
+
+# ---------------------------------------------------------------------------------------------
+# 11. Redirects are not followed
+
+
+class _Redirect(http.server.BaseHTTPRequestHandler):
+    target = ""
+
+    def do_POST(self):  # noqa: N802 (http.server's naming)
+        self.send_response(307)
+        self.send_header("Location", self.target)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def test_redirects_are_not_followed(gw, upstream):
+    target = upstream()
+    _Redirect.target = target.url
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Redirect)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{httpd.server_address[1]}/mcp"
+        tenant, key = _tenant_key(gw)
+        _register(gw, key, "hop", url)
+        _register(gw, key, "real", target.url)
+
+        async def scenario():
+            async with mcp_client(gw, key) as client:
+                # The redirecting server offers nothing (the target's tools are not reached
+                # through it); the other server's tools are there.
+                tools = await tool_names(client)
+                assert prefixed("real") <= tools and not any(t.startswith("hop__") for t in tools), tools
+                with pytest.raises(MCPError, match="redirect"):
+                    await client.call_tool("hop__echo", {"text": "x"})
+
+        run(scenario())
+        # The same for a server a response names by URL: a 424 that says why.
+        r = requests.post(gw.url + "/v1/responses", headers=gw.auth(key), timeout=60, json={
+            "model": "none", "input": "hi", "tools": [{"type": "mcp", "server_label": "hop", "server_url": url}]})
+        assert r.status_code == 424 and "redirect" in r.json()["error"]["message"], r.text
+    finally:
+        httpd.shutdown()

@@ -183,6 +183,10 @@ pub fn router(state: GatewayState) -> Router {
             patch(routes::mcp::patch).delete(routes::mcp::delete),
         )
         .route("/v1/mcp/calls", get(routes::mcp::calls))
+        .route(
+            "/v1/mcp/settings",
+            get(routes::mcp::settings).put(routes::mcp::put_settings),
+        )
         .route("/internal/mcp/stdio", post(routes::mcp::forwarded))
         .route(
             "/admin/v1/mcp/servers",

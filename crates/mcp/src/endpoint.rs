@@ -480,7 +480,14 @@ impl Mcp {
         arguments: Option<Value>,
     ) -> std::result::Result<Value, (i64, String)> {
         let called = Called::from(server);
-        let metered = Metered::start(self, caller.principal.as_ref(), &called, tool).await?;
+        let metered = Metered::start(
+            self,
+            caller.principal.as_ref(),
+            &called,
+            tool,
+            arguments.as_ref(),
+        )
+        .await?;
         let result = self
             .request(
                 session,

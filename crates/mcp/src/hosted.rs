@@ -165,7 +165,14 @@ impl Mcp {
                     .await
             }
             Via::Remote { called, .. } => {
-                let metered = Metered::start(self, caller.principal.as_ref(), called, tool).await?;
+                let metered = Metered::start(
+                    self,
+                    caller.principal.as_ref(),
+                    called,
+                    tool,
+                    Some(&arguments),
+                )
+                .await?;
                 let answer = self
                     .remote(
                         hosted,

@@ -77,6 +77,8 @@ pub struct Mcp {
     sessions: Ttl<String, McpSessionRecord>,
     /// The upstream session a client session pinned with an HTTP server.
     pins: Ttl<(String, String), crate::client::Pinned>,
+    /// Whether a tenant keeps its calls' arguments in the audit log.
+    audit_arguments: Ttl<String, bool>,
 }
 
 /// How long a cached list of servers or session record is used (another process's change
@@ -110,6 +112,7 @@ impl Mcp {
             visible: Ttl::new(CACHED_FOR),
             sessions: Ttl::new(CACHED_FOR),
             pins: Ttl::new(PINS_CACHED_FOR),
+            audit_arguments: Ttl::new(CACHED_FOR),
         });
         // Idle stdio processes are stopped; the task ends with the gateway.
         let weak = Arc::downgrade(&mcp);
@@ -136,6 +139,32 @@ impl Mcp {
 
     fn node_url(&self) -> &str {
         self.node_url.get().map_or("local", String::as_str)
+    }
+
+    /// Whether `tenant_id` keeps its tool calls' arguments in the audit log (opt-in).
+    pub async fn audits_arguments(&self, tenant_id: &str) -> bool {
+        if let Some(keep) = self.audit_arguments.get(&tenant_id.to_owned()) {
+            return keep;
+        }
+        match self.store.mcp_audit_arguments(tenant_id).await {
+            Ok(keep) => {
+                self.audit_arguments.put(tenant_id.to_owned(), keep);
+                keep
+            }
+            Err(e) => {
+                tracing::warn!(tenant = tenant_id, error = %e, "could not read the MCP audit setting; arguments are not kept");
+                false
+            }
+        }
+    }
+
+    /// Opts `tenant_id` in to (or out of) keeping its tool calls' arguments.
+    pub async fn set_audit_arguments(&self, tenant_id: &str, keep: bool) -> Result<()> {
+        self.store
+            .set_mcp_audit_arguments(tenant_id, keep, chrono::Utc::now())
+            .await?;
+        self.audit_arguments.put(tenant_id.to_owned(), keep);
+        Ok(())
     }
 
     /// Why the server is being skipped now, if it is (its last error; retried after a backoff).

@@ -44,6 +44,24 @@ pub(crate) struct Metered<'a> {
     id: String,
     started: Instant,
     started_at: chrono::DateTime<chrono::Utc>,
+    /// The arguments, where the tenant opted in to keeping them.
+    arguments: Option<String>,
+}
+
+/// Longest arguments kept in an audit row; longer ones are cut (and say so).
+const MAX_AUDITED_ARGUMENTS: usize = 16 * 1024;
+
+/// Arguments as an audit row keeps them: JSON, at most [`MAX_AUDITED_ARGUMENTS`] bytes.
+fn audited(arguments: &serde_json::Value) -> String {
+    let text = arguments.to_string();
+    if text.len() <= MAX_AUDITED_ARGUMENTS {
+        return text;
+    }
+    let mut end = MAX_AUDITED_ARGUMENTS;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… (cut at {MAX_AUDITED_ARGUMENTS} bytes)", &text[..end])
 }
 
 impl<'a> Metered<'a> {
@@ -53,8 +71,13 @@ impl<'a> Metered<'a> {
         principal: Option<&'a Principal>,
         server: &'a Called,
         tool: &str,
+        arguments: Option<&serde_json::Value>,
     ) -> Result<Metered<'a>, Refused> {
         let tenancy = &mcp.tenancy;
+        let keep = match (principal, arguments) {
+            (Some(p), Some(_)) => mcp.audits_arguments(&p.tenant.id).await,
+            _ => false,
+        };
         let call = Metered {
             mcp,
             principal,
@@ -63,6 +86,7 @@ impl<'a> Metered<'a> {
             id: crate::new_id("mcpc_"),
             started: Instant::now(),
             started_at: chrono::Utc::now(),
+            arguments: arguments.filter(|_| keep).map(audited),
         };
         let Some(p) = principal else {
             return Ok(call);
@@ -155,6 +179,7 @@ impl<'a> Metered<'a> {
             outcome: outcome.to_owned(),
             error: error.map(|e| e.chars().take(1000).collect()),
             charged,
+            arguments: self.arguments.clone(),
         };
         if let Err(e) = self.mcp.store.record_mcp_call(&record).await {
             tracing::error!(call = %self.id, error = %e, "could not write an MCP call's audit row");

@@ -82,6 +82,8 @@ pub struct McpCallRecord {
     pub error: Option<String>,
     /// Micro-units charged.
     pub charged: i64,
+    /// The call's arguments (JSON), kept only where the tenant opted in.
+    pub arguments: Option<String>,
 }
 
 /// MCP servers, grants and sessions, across restarts and processes.
@@ -131,6 +133,14 @@ pub trait McpStore: Send + Sync + 'static {
         server_id: &str,
     ) -> Result<Option<McpUpstreamSession>>;
     async fn record_mcp_call(&self, call: &McpCallRecord) -> Result<()>;
+    /// Whether `tenant_id` opted in to keeping its calls' arguments (default: no).
+    async fn mcp_audit_arguments(&self, tenant_id: &str) -> Result<bool>;
+    async fn set_mcp_audit_arguments(
+        &self,
+        tenant_id: &str,
+        keep: bool,
+        now: Timestamp,
+    ) -> Result<()>;
     /// A tenant's calls (`None`: the admin key's) started in `[start, end)`, newest first, at
     /// most `limit`.
     async fn mcp_calls(

@@ -237,6 +237,52 @@ pub async fn calls(
     Ok(Json(ListView::new(rows)))
 }
 
+/// The tenant whose MCP settings a key reads or writes (the admin key has none).
+fn settings_tenant(caller: &Caller) -> Result<String> {
+    caller.require(Scope::Mcp)?;
+    caller.tenant_id().map(str::to_owned).ok_or_else(|| {
+        ApiError::invalid(
+            "audit_arguments",
+            "MCP settings are a tenant's: use a tenant key (the operator's own calls keep no arguments)",
+        )
+    })
+}
+
+/// `GET /v1/mcp/settings`.
+pub async fn settings(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<wire::SettingsView>> {
+    let tenant = settings_tenant(&caller)?;
+    let audit_arguments = service(&state)?.audits_arguments(&tenant).await;
+    Ok(Json(wire::SettingsView { audit_arguments }))
+}
+
+/// `PUT /v1/mcp/settings` `{"audit_arguments": bool}`.
+pub async fn put_settings(
+    State(state): State<AppState>,
+    caller: Caller,
+    RawBody(body): RawBody,
+) -> Result<Json<wire::SettingsView>> {
+    let tenant = settings_tenant(&caller)?;
+    let wanted: wire::SettingsView = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::invalid(
+            "audit_arguments",
+            format!("send {{\"audit_arguments\": true|false}} ({e})"),
+        )
+    })?;
+    service(&state)?
+        .set_audit_arguments(&tenant, wanted.audit_arguments)
+        .await
+        .map_err(from_mcp)?;
+    tracing::info!(
+        tenant,
+        audit_arguments = wanted.audit_arguments,
+        "MCP settings changed"
+    );
+    Ok(Json(wanted))
+}
+
 fn mcp_caller(caller: &Caller) -> Result<McpCaller> {
     caller.require(Scope::Mcp)?;
     Ok(McpCaller {

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use mcp::{McpCallRecord, McpServerRecord};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::{ApiError, Code, Result};
@@ -237,6 +237,17 @@ pub struct CallView {
     pub error: Option<String>,
     /// Micro-units charged.
     pub cost: i64,
+    /// The call's arguments: only where the tenant opted in (`PUT /v1/mcp/settings`), else
+    /// `null`.
+    pub arguments: Option<serde_json::Value>,
+}
+
+/// `GET|PUT /v1/mcp/settings`: a tenant's MCP settings.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SettingsView {
+    /// Keep each tool call's arguments in the audit log (`GET /v1/mcp/calls`).
+    pub audit_arguments: bool,
 }
 
 impl From<McpCallRecord> for CallView {
@@ -253,6 +264,9 @@ impl From<McpCallRecord> for CallView {
             outcome: c.outcome,
             error: c.error,
             cost: c.charged,
+            arguments: c
+                .arguments
+                .map(|text| serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text))),
         }
     }
 }

@@ -291,8 +291,8 @@ impl<D: Db> McpStore for D {
         self.reader()
             .execute(
                 "INSERT INTO mcp_calls (id, tenant_id, key_prefix, server_id, server_name, tool, \
-                 started_at, duration_ms, outcome, error, charged) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                 started_at, duration_ms, outcome, error, charged, arguments) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
                 &args![
                     &c.id,
                     &c.tenant_id,
@@ -304,11 +304,43 @@ impl<D: Db> McpStore for D {
                     c.duration_ms,
                     &c.outcome,
                     &c.error,
-                    c.charged
+                    c.charged,
+                    &c.arguments
                 ],
             )
             .await
             .map_err(|e| StoreError::unique(e, || format!("MCP call '{}' is recorded", c.id)))?;
+        Ok(())
+    }
+
+    async fn mcp_audit_arguments(&self, tenant_id: &str) -> Result<bool> {
+        let row = self
+            .reader()
+            .fetch_optional(
+                "SELECT audit_arguments FROM mcp_settings WHERE tenant_id = $1",
+                &args![tenant_id],
+            )
+            .await?;
+        match row {
+            Some(row) => row.flag("audit_arguments"),
+            None => Ok(false),
+        }
+    }
+
+    async fn set_mcp_audit_arguments(
+        &self,
+        tenant_id: &str,
+        keep: bool,
+        now: Timestamp,
+    ) -> Result<()> {
+        self.reader()
+            .execute(
+                "INSERT INTO mcp_settings (tenant_id, audit_arguments, updated_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT (tenant_id) DO UPDATE SET audit_arguments = excluded.audit_arguments, \
+                 updated_at = excluded.updated_at",
+                &args![tenant_id, keep, now],
+            )
+            .await?;
         Ok(())
     }
 
@@ -320,7 +352,7 @@ impl<D: Db> McpStore for D {
         limit: i64,
     ) -> Result<Vec<McpCallRecord>> {
         const COLUMNS: &str = "SELECT id, tenant_id, key_prefix, server_id, server_name, tool, \
-             started_at, duration_ms, outcome, error, charged FROM mcp_calls";
+             started_at, duration_ms, outcome, error, charged, arguments FROM mcp_calls";
         let mut reader = self.reader();
         let rows = match tenant_id {
             Some(t) => {
@@ -352,6 +384,7 @@ impl<D: Db> McpStore for D {
                     outcome: row.text("outcome")?,
                     error: row.opt_text("error")?,
                     charged: row.int("charged")?,
+                    arguments: row.opt_text("arguments")?,
                 })
             })
             .collect()

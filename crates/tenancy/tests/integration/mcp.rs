@@ -239,8 +239,21 @@ async fn tool_calls_are_charged_their_price_and_counted_apart(fx: Fixture) {
         outcome: "ok".into(),
         error: None,
         charged: 1_500,
+        arguments: Some(r#"{"n":1}"#.into()),
     };
     fx.store.record_mcp_call(&call).await.expect("audit");
+    // Keeping arguments is opt-in, per tenant.
+    assert!(!fx.store.mcp_audit_arguments(&t.id).await.expect("read"));
+    for keep in [true, false, true] {
+        fx.store
+            .set_mcp_audit_arguments(&t.id, keep, fx.clock.now())
+            .await
+            .expect("set");
+        assert_eq!(
+            fx.store.mcp_audit_arguments(&t.id).await.expect("read"),
+            keep
+        );
+    }
     let window = (
         fx.clock.now() - chrono::TimeDelta::minutes(1),
         fx.clock.now() + chrono::TimeDelta::minutes(1),

@@ -288,28 +288,26 @@ impl<D: Db> McpStore for D {
     }
 
     async fn record_mcp_call(&self, c: &McpCallRecord) -> Result<()> {
-        self.reader()
-            .execute(
-                "INSERT INTO mcp_calls (id, tenant_id, key_prefix, server_id, server_name, tool, \
+        self.write_one(
+            "INSERT INTO mcp_calls (id, tenant_id, key_prefix, server_id, server_name, tool, \
                  started_at, duration_ms, outcome, error, charged, arguments) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-                &args![
-                    &c.id,
-                    &c.tenant_id,
-                    &c.key_prefix,
-                    &c.server_id,
-                    &c.server_name,
-                    &c.tool,
-                    c.started_at,
-                    c.duration_ms,
-                    &c.outcome,
-                    &c.error,
-                    c.charged,
-                    &c.arguments
-                ],
-            )
-            .await
-            .map_err(|e| StoreError::unique(e, || format!("MCP call '{}' is recorded", c.id)))?;
+            &args![
+                &c.id,
+                &c.tenant_id,
+                &c.key_prefix,
+                &c.server_id,
+                &c.server_name,
+                &c.tool,
+                c.started_at,
+                c.duration_ms,
+                &c.outcome,
+                &c.error,
+                c.charged,
+                &c.arguments
+            ],
+        )
+        .await?;
         Ok(())
     }
 

@@ -55,4 +55,51 @@ impl Db for SqliteStore {
     async fn write(&self) -> Result<WriteTx> {
         SqliteStore::write(self).await
     }
+
+    async fn write_one(&self, sql: &str, args: &[Arg<'_>]) -> Result<u64> {
+        use rusqlite::types::Value;
+        let values: Vec<Value> = args
+            .iter()
+            .map(|arg| match *arg {
+                Arg::Text(v) => v.map_or(Value::Null, |t| Value::Text(t.to_owned())),
+                Arg::Int(v) => v.map_or(Value::Null, Value::Integer),
+                Arg::Bool(v) => v.map_or(Value::Null, |b| Value::Integer(i64::from(b))),
+                Arg::Time(v) => v.map_or(Value::Null, |t| Value::Text(ts(t))),
+                Arg::List(v) => v.map_or(Value::Null, |l| Value::Text(json_list(l))),
+            })
+            .collect();
+        let sql = numbered(sql);
+        self.ledger
+            .run(move |conn| {
+                let n = conn.execute(&sql, rusqlite::params_from_iter(values))?;
+                Ok(u64::try_from(n).unwrap_or(u64::MAX))
+            })
+            .await
+    }
+}
+
+/// The shared statements' `$N` parameters as SQLite's own numbered ones (`?N`), which bind by
+/// number whatever their order.
+fn numbered(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len());
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '$' && chars.peek().is_some_and(char::is_ascii_digit) {
+            out.push('?');
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn parameters_are_numbered_for_sqlite() {
+        assert_eq!(
+            super::numbered("INSERT INTO t (a, b) VALUES ($2, $10) -- costs $"),
+            "INSERT INTO t (a, b) VALUES (?2, ?10) -- costs $"
+        );
+    }
 }

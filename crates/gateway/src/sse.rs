@@ -410,7 +410,19 @@ pub fn respond<E: Encoder>(source: Source, encoder: E) -> Response {
         let bytes = state.next_frame().await?;
         Some((Ok::<_, Infallible>(bytes), state))
     });
-    let mut response = Response::new(Body::from_stream(stream));
+    let mut response = event_stream(Body::from_stream(stream));
+    let headers = response.headers_mut();
+    if let Some((position, eta_ms)) = queued {
+        headers.insert("x-flywheel-queue-position", HeaderValue::from(position));
+        headers.insert("x-flywheel-queue-eta-ms", HeaderValue::from(eta_ms));
+    }
+    response
+}
+
+/// A 200 carrying `body` as server-sent events (not cached, not buffered by proxies), marked
+/// [`Streamed`] for the request's logs.
+pub fn event_stream(body: Body) -> Response {
+    let mut response = Response::new(body);
     *response.status_mut() = StatusCode::OK;
     let headers = response.headers_mut();
     headers.insert(
@@ -419,10 +431,6 @@ pub fn respond<E: Encoder>(source: Source, encoder: E) -> Response {
     );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    if let Some((position, eta_ms)) = queued {
-        headers.insert("x-flywheel-queue-position", HeaderValue::from(position));
-        headers.insert("x-flywheel-queue-eta-ms", HeaderValue::from(eta_ms));
-    }
     response.extensions_mut().insert(Streamed);
     response
 }

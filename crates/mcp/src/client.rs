@@ -335,3 +335,35 @@ async fn bounded_text(response: reqwest::Response) -> Result<String, std::io::Er
     }
     Ok(String::from_utf8_lossy(&body).into_owned())
 }
+
+/// Pages of one list followed at most.
+const MAX_PAGES: usize = 20;
+
+/// Every item under `key` of a paginated list (`tools/list`, `prompts/list`, …): `fetch` asks
+/// for one page (the cursor of the next, `None` for the first) and gives its result, or
+/// `None` to stop with what was gathered (a server that does not offer the list).
+pub(crate) async fn all_pages<F, Fut>(key: &str, mut fetch: F) -> Result<Vec<Value>, McpError>
+where
+    F: FnMut(Option<Value>) -> Fut,
+    Fut: std::future::Future<Output = Result<Option<Value>, McpError>>,
+{
+    let mut items = Vec::new();
+    let mut cursor: Option<String> = None;
+    for _ in 0..MAX_PAGES {
+        let params = cursor.as_ref().map(|c| json!({ "cursor": c }));
+        let Some(page) = fetch(params).await? else {
+            break;
+        };
+        if let Some(found) = page.get(key).and_then(Value::as_array) {
+            items.extend(found.iter().cloned());
+        }
+        cursor = page
+            .get("nextCursor")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        if cursor.is_none() {
+            break;
+        }
+    }
+    Ok(items)
+}

@@ -11,6 +11,7 @@ use futures::future::join_all;
 use serde_json::{json, Map, Value};
 use store::{McpServerRecord, McpSessionRecord, StoreError};
 
+use crate::client::all_pages;
 use crate::error::{McpError, Result};
 use crate::meter::{Called, Metered};
 use crate::names::{exposed, split};
@@ -20,8 +21,6 @@ use crate::Mcp;
 pub const SESSION_VERSIONS: [&str; 4] = ["2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05"];
 /// The stateless revision.
 pub const STATELESS_VERSION: &str = "2026-07-28";
-/// Pages of a server's `tools/list` followed at most.
-const MAX_PAGES: usize = 20;
 /// A session's `last_seen` is written at most this often.
 const TOUCH_EVERY: Duration = Duration::from_secs(60);
 
@@ -358,25 +357,14 @@ impl Mcp {
         session: &McpSessionRecord,
         server: &McpServerRecord,
     ) -> Result<Vec<Value>> {
-        let mut tools = Vec::new();
-        let mut cursor: Option<String> = None;
-        for _ in 0..MAX_PAGES {
-            let params = cursor.as_ref().map(|c| json!({ "cursor": c }));
+        let tools = all_pages("tools", |params| async move {
             let page = self
                 .request(session, server, "tools/list", params)
                 .await?
                 .map_err(|e| e.refused(&server.name, "tools/list"))?;
-            if let Some(list) = page.get("tools").and_then(Value::as_array) {
-                tools.extend(list.iter().cloned());
-            }
-            cursor = page
-                .get("nextCursor")
-                .and_then(Value::as_str)
-                .map(str::to_owned);
-            if cursor.is_none() {
-                break;
-            }
-        }
+            Ok(Some(page))
+        })
+        .await?;
         Ok(tools
             .into_iter()
             .filter(|t| {

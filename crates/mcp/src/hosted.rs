@@ -5,18 +5,15 @@
 //! outbound rules like a registration, with one upstream session for the response that is
 //! ended when it is done. Calls are metered and audited like `/mcp` calls.
 
-use serde_json::{json, Value};
+use serde_json::Value;
 use store::{McpServerRecord, McpSessionRecord};
 use tokio::sync::Mutex;
 
-use crate::client::{Pinned, RpcError, Target};
+use crate::client::{all_pages, Pinned, RpcError, Target};
 use crate::endpoint::{call_params, code, McpCaller};
 use crate::error::{McpError, Result};
 use crate::meter::{Called, Metered};
 use crate::Mcp;
-
-/// Pages of a server's `tools/list` followed at most.
-const MAX_PAGES: usize = 20;
 
 /// Which server a response's `mcp` tool names.
 #[derive(Debug, Clone)]
@@ -118,26 +115,14 @@ impl Mcp {
                 tools
             }
             Via::Remote { target, .. } => {
-                let mut tools = Vec::new();
-                let mut cursor: Option<String> = None;
-                for _ in 0..MAX_PAGES {
-                    let params = cursor.as_ref().map(|c| json!({ "cursor": c }));
+                all_pages("tools", |params| async move {
                     let page = self
                         .remote(hosted, "tools/list", params)
                         .await?
                         .map_err(|e| e.refused(&target.name, "tools/list"))?;
-                    if let Some(list) = page.get("tools").and_then(Value::as_array) {
-                        tools.extend(list.iter().cloned());
-                    }
-                    cursor = page
-                        .get("nextCursor")
-                        .and_then(Value::as_str)
-                        .map(str::to_owned);
-                    if cursor.is_none() {
-                        break;
-                    }
-                }
-                Ok(tools)
+                    Ok(Some(page))
+                })
+                .await
             }
         }
     }

@@ -9,13 +9,12 @@ use futures::future::join_all;
 use serde_json::{json, Value};
 use store::{McpServerRecord, McpSessionRecord};
 
+use crate::client::all_pages;
 use crate::endpoint::{code, McpCaller};
 use crate::error::Result;
 use crate::names::{exposed, split};
 use crate::Mcp;
 
-/// Pages of one list followed at most.
-const MAX_PAGES: usize = 20;
 /// MCP's "resource not found".
 const RESOURCE_NOT_FOUND: i64 = -32002;
 
@@ -74,27 +73,14 @@ impl Mcp {
         server: &McpServerRecord,
         list: List,
     ) -> Result<Vec<Value>> {
-        let mut items = Vec::new();
-        let mut cursor: Option<String> = None;
-        for _ in 0..MAX_PAGES {
-            let params = cursor.as_ref().map(|c| json!({ "cursor": c }));
-            let page = match self.request(session, server, list.method(), params).await? {
-                Ok(page) => page,
-                // Not offered (method not found), or refused: nothing to add.
-                Err(_) => return Ok(items),
-            };
-            if let Some(found) = page.get(list.key()).and_then(Value::as_array) {
-                items.extend(found.iter().cloned());
-            }
-            cursor = page
-                .get("nextCursor")
-                .and_then(Value::as_str)
-                .map(str::to_owned);
-            if cursor.is_none() {
-                break;
-            }
-        }
-        Ok(items)
+        all_pages(list.key(), |params| async move {
+            // A server that does not offer the list (or refuses it) adds nothing.
+            Ok(self
+                .request(session, server, list.method(), params)
+                .await?
+                .ok())
+        })
+        .await
     }
 
     /// `list` of every server the caller sees, each item's name prefixed with its server.

@@ -15,7 +15,6 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use backend::{ChatMessage, Event, FinishReason, Prompt, Tool, ToolChoice, Usage};
@@ -30,7 +29,6 @@ use super::super::generate::{run, Outcome};
 use crate::auth::Caller;
 use crate::error::{ApiError, Code, Result};
 use crate::metrics::{self, ModelLabel};
-use crate::observe::Streamed;
 use crate::sse::{Encoder, Source};
 use crate::wire::responses::hosted::{self as wire, McpTool};
 use crate::wire::responses::items::{self, Item};
@@ -170,17 +168,7 @@ pub(super) async fn respond(
             .await
             .map(|bytes| (Ok::<_, Infallible>(bytes), rx))
     });
-    let mut response = Response::new(Body::from_stream(body));
-    *response.status_mut() = StatusCode::OK;
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    response.extensions_mut().insert(Streamed);
-    Ok(response)
+    Ok(crate::sse::event_stream(Body::from_stream(body)))
 }
 
 impl Agent {

@@ -488,3 +488,32 @@ pub trait Backend: Send + Sync {
     /// returns once that is done. Nothing to do by default.
     async fn stop(&self) {}
 }
+
+/// JSON Schema keywords that are assertions a decoding grammar cannot enforce: the engine
+/// refuses a schema that uses them, and a schema offered to a model on someone's behalf (an
+/// MCP tool's, whose server checks the arguments itself) loses them.
+pub const UNENFORCEABLE_SCHEMA_KEYWORDS: &[&str] = &[
+    "pattern",
+    "patternProperties",
+    "oneOf",
+    "not",
+    "if",
+    "then",
+    "else",
+    "dependentRequired",
+    "dependentSchemas",
+    "dependencies",
+    "uniqueItems",
+    "contains",
+    "minContains",
+    "maxContains",
+    "multipleOf",
+    "minProperties",
+    "maxProperties",
+    "propertyNames",
+    "unevaluatedProperties",
+    "unevaluatedItems",
+    "additionalItems",
+    "$dynamicRef",
+    "$recursiveRef",
+];

@@ -429,24 +429,11 @@ impl Mcp {
                 format!("unknown tool '{name}'; tools/list lists the tools you may call"),
             )
         };
-        let (server_name, rest) = split(name).ok_or_else(unknown)?;
         let servers = self.visible_servers(caller).await.map_err(internal)?;
-        let server = servers
-            .iter()
-            .find(|s| s.name == server_name)
-            .ok_or_else(unknown)?;
-        // The tool's own name: the rest, unless it was shortened.
-        let tool = if exposed(&server.name, rest) == name {
-            rest.to_owned()
-        } else {
-            let tools = self.server_tools(session, server).await.map_err(upstream)?;
-            tools
-                .iter()
-                .filter_map(|t| t.get("name").and_then(Value::as_str))
-                .find(|t| exposed(&server.name, t) == name)
-                .map(str::to_owned)
-                .ok_or_else(unknown)?
-        };
+        let (server, tool) = own_name(&servers, name, unknown, |server| {
+            self.server_tools(session, server)
+        })
+        .await?;
         if let Some(allowed) = &server.allowed_tools {
             if !allowed.contains(&tool) {
                 return Err(unknown());
@@ -501,6 +488,36 @@ pub(crate) fn call_params(tool: &str, arguments: Option<Value>) -> Value {
         params.insert("arguments".into(), args);
     }
     Value::Object(params)
+}
+
+/// The server an exposed name (`SERVER__NAME`) belongs to among `servers`, and the name's own
+/// form there: the rest after the prefix, or, where it was shortened to fit, the name among
+/// what `list` gives for that server that exposes as it.
+pub(crate) async fn own_name<'s, Fut>(
+    servers: &'s [McpServerRecord],
+    name: &str,
+    unknown: impl Fn() -> (i64, String),
+    list: impl FnOnce(&'s McpServerRecord) -> Fut,
+) -> std::result::Result<(&'s McpServerRecord, String), (i64, String)>
+where
+    Fut: std::future::Future<Output = Result<Vec<Value>>>,
+{
+    let (server_name, rest) = split(name).ok_or_else(&unknown)?;
+    let server = servers
+        .iter()
+        .find(|s| s.name == server_name)
+        .ok_or_else(&unknown)?;
+    if exposed(&server.name, rest) == name {
+        return Ok((server, rest.to_owned()));
+    }
+    list(server)
+        .await
+        .map_err(upstream)?
+        .iter()
+        .filter_map(|item| item.get("name").and_then(Value::as_str))
+        .find(|own| exposed(&server.name, own) == name)
+        .map(|own| (server, own.to_owned()))
+        .ok_or_else(unknown)
 }
 
 fn internal(e: McpError) -> (i64, String) {

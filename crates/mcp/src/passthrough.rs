@@ -10,9 +10,9 @@ use serde_json::{json, Value};
 use store::{McpServerRecord, McpSessionRecord};
 
 use crate::client::all_pages;
-use crate::endpoint::{code, McpCaller};
+use crate::endpoint::{code, own_name, McpCaller};
 use crate::error::Result;
-use crate::names::{exposed, split};
+use crate::names::exposed;
 use crate::Mcp;
 
 /// MCP's "resource not found".
@@ -129,24 +129,11 @@ impl Mcp {
                 format!("unknown prompt '{name}'; prompts/list lists the prompts you may get"),
             )
         };
-        let (server_name, rest) = split(name).ok_or_else(unknown)?;
         let servers = self.visible_servers(caller).await.map_err(internal)?;
-        let server = servers
-            .iter()
-            .find(|s| s.name == server_name)
-            .ok_or_else(unknown)?;
-        let own = if exposed(&server.name, rest) == name {
-            rest.to_owned()
-        } else {
+        let (server, own) = own_name(&servers, name, unknown, |server| {
             self.server_list(session, server, List::Prompts)
-                .await
-                .map_err(upstream)?
-                .iter()
-                .filter_map(|p| p.get("name").and_then(Value::as_str))
-                .find(|p| exposed(&server.name, p) == name)
-                .map(str::to_owned)
-                .ok_or_else(unknown)?
-        };
+        })
+        .await?;
         let mut forwarded = json!({ "name": own });
         if let Some(arguments) = params.and_then(|p| p.get("arguments")) {
             forwarded["arguments"] = arguments.clone();

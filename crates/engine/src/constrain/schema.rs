@@ -9,34 +9,10 @@
 //! `int64`), which many tool converters add; `int32`/`int64` become the integer bounds they
 //! mean.
 
+// Keywords JSON Schema defines that the grammar does not enforce (refused) are shared with the
+// gateway, which strips them from schemas offered on someone's behalf.
+use backend::UNENFORCEABLE_SCHEMA_KEYWORDS as UNENFORCED;
 use serde_json::{Map, Value};
-
-/// Keywords JSON Schema defines that the grammar does not enforce: refused.
-const UNENFORCED: &[&str] = &[
-    "pattern",
-    "patternProperties",
-    "oneOf",
-    "not",
-    "if",
-    "then",
-    "else",
-    "dependentRequired",
-    "dependentSchemas",
-    "dependencies",
-    "uniqueItems",
-    "contains",
-    "minContains",
-    "maxContains",
-    "multipleOf",
-    "minProperties",
-    "maxProperties",
-    "propertyNames",
-    "unevaluatedProperties",
-    "unevaluatedItems",
-    "additionalItems",
-    "$dynamicRef",
-    "$recursiveRef",
-];
 
 /// Keywords the grammar enforces (checked further below where their values matter).
 const ENFORCED: &[&str] = &[

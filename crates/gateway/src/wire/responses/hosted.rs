@@ -390,33 +390,13 @@ pub fn call_outcome(
     }
 }
 
-/// Keywords of JSON Schema the grammar cannot enforce; an MCP tool's schema loses them before
-/// the model sees it (the server validates the arguments itself).
-const UNENFORCEABLE: &[&str] = &[
-    "pattern",
-    "patternProperties",
-    "oneOf",
-    "not",
-    "if",
-    "then",
-    "else",
-    "uniqueItems",
-    "contains",
-    "minContains",
-    "maxContains",
-    "multipleOf",
-    "minProperties",
-    "maxProperties",
-    "propertyNames",
-    "unevaluatedProperties",
-    "unevaluatedItems",
-    "dependentRequired",
-    "dependentSchemas",
-    "dependencies",
-    "$dynamicRef",
-    "$dynamicAnchor",
-    "format",
-];
+/// Keywords an MCP tool's schema loses before the model sees it (the server validates the
+/// arguments itself): those the grammar cannot enforce, and `format` (enforced for a few
+/// values only).
+fn unenforceable(key: &str) -> bool {
+    backend::UNENFORCEABLE_SCHEMA_KEYWORDS.contains(&key)
+        || matches!(key, "format" | "$dynamicAnchor")
+}
 
 /// An MCP tool's input schema as the model is offered it: an object schema without keywords
 /// the grammar cannot enforce (`{"type": "object"}` when it is not one).
@@ -425,7 +405,7 @@ pub fn model_schema(schema: Option<&Value>) -> Value {
         match value {
             Value::Object(map) => {
                 if !in_properties {
-                    map.retain(|k, _| !UNENFORCEABLE.contains(&k.as_str()));
+                    map.retain(|k, _| !unenforceable(k));
                 }
                 for (key, child) in map.iter_mut() {
                     strip(

@@ -486,6 +486,32 @@ def test_arguments_are_audited_only_after_the_tenant_opts_in(gw, upstream):
     assert _calls(gw, key, server_id)[0]["arguments"] is None
 
 
+def test_a_call_whose_client_goes_away_is_released(gw, upstream):
+    price, top_up = 2500, 10_000
+    up = upstream()
+    tenant, key = _tenant_key(gw, grant_tokens=0)
+    gw.admin("POST", f"/tenants/{tenant}/topups", {"amount": top_up}, expect=200)
+    server_id = _register(gw, key, "slow", up.url).json()["id"]
+    gw.admin("PUT", f"/prices/mcp/{server_id}", {"per_call": price}, expect=200)
+    call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {
+        "name": "slow__sleep", "arguments": {"seconds": 4},
+        "_meta": {"io.modelcontextprotocol/protocolVersion": STATELESS}}}
+    headers = {**gw.auth(key), "MCP-Protocol-Version": STATELESS, "Accept": "application/json, text/event-stream"}
+    # The client gives up after 1 s, while the tool sleeps: the price held for the call must
+    # not stay held.
+    with pytest.raises(requests.exceptions.Timeout):
+        requests.post(gw.url + "/mcp", headers=headers, json=call, timeout=1)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        rows = _calls(gw, key, server_id)
+        if rows and _balance(gw, key) == top_up:
+            break
+        time.sleep(0.2)
+    assert _balance(gw, key) == top_up
+    [row] = _calls(gw, key, server_id)
+    assert (row["outcome"], row["cost"]) == ("failed", 0) and "went away" in row["error"], row
+
+
 # ---------------------------------------------------------------------------------------------
 # 6. A dead upstream
 

@@ -46,6 +46,10 @@ pub(crate) struct Metered<'a> {
     started_at: chrono::DateTime<chrono::Utc>,
     /// The arguments, where the tenant opted in to keeping them.
     arguments: Option<String>,
+    /// A reservation may be held (it is asked for, or was made).
+    reserved: bool,
+    /// Settled (or released) and audited: nothing left for `drop`.
+    finished: bool,
 }
 
 /// Longest arguments kept in an audit row; longer ones are cut (and say so).
@@ -87,10 +91,16 @@ impl<'a> Metered<'a> {
             started: Instant::now(),
             started_at: chrono::Utc::now(),
             arguments: arguments.filter(|_| keep).map(audited),
+            reserved: false,
+            finished: false,
         };
         let Some(p) = principal else {
             return Ok(call);
         };
+        let mut call = call;
+        // From here a dropped call releases what it may hold (the release queues behind the
+        // reservation on the same writer, so it never comes first).
+        call.reserved = true;
         let admitted = async {
             tenancy
                 .limits
@@ -104,6 +114,8 @@ impl<'a> Metered<'a> {
         match admitted.await {
             Ok(_) => Ok(call),
             Err(e) => {
+                call.reserved = false;
+                call.finished = true;
                 let refused = refusal(&e);
                 call.audit("refused", Some(refused.1.clone()), 0).await;
                 Err(refused)
@@ -113,7 +125,8 @@ impl<'a> Metered<'a> {
 
     /// Charges the call (the tool answered) or releases it (`error`: the call failed or the
     /// tool reported an error), and audits it.
-    async fn finish(self, outcome: &str, error: Option<String>) {
+    async fn finish(mut self, outcome: &str, error: Option<String>) {
+        self.finished = true;
         let mut charged = 0;
         if self.principal.is_some() {
             let settled = if outcome == "ok" {
@@ -167,7 +180,14 @@ impl<'a> Metered<'a> {
     }
 
     async fn audit(&self, outcome: &str, error: Option<String>, charged: i64) {
-        let record = McpCallRecord {
+        let record = self.record(outcome, error, charged);
+        if let Err(e) = self.mcp.store.record_mcp_call(&record).await {
+            tracing::error!(call = %self.id, error = %e, "could not write an MCP call's audit row");
+        }
+    }
+
+    fn record(&self, outcome: &str, error: Option<String>, charged: i64) -> McpCallRecord {
+        McpCallRecord {
             id: self.id.clone(),
             tenant_id: self.principal.map(|p| p.tenant.id.clone()),
             key_prefix: self.principal.map(|p| p.key.prefix.clone()),
@@ -180,10 +200,39 @@ impl<'a> Metered<'a> {
             error: error.map(|e| e.chars().take(1000).collect()),
             charged,
             arguments: self.arguments.clone(),
-        };
-        if let Err(e) = self.mcp.store.record_mcp_call(&record).await {
-            tracing::error!(call = %self.id, error = %e, "could not write an MCP call's audit row");
         }
+    }
+}
+
+/// A call dropped before it finished (its caller went away: a cancelled request, a closed
+/// stream): its reservation is released and the audit log says so, off the dropped task, so
+/// no price stays held.
+impl Drop for Metered<'_> {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::error!(call = %self.id, "no runtime to release a dropped MCP call");
+            return;
+        };
+        let ledger = self.reserved.then(|| self.mcp.tenancy.ledger.clone());
+        let store = self.mcp.store.clone();
+        let record = self.record(
+            "failed",
+            Some("the caller went away before the tool answered; the call was released".into()),
+            0,
+        );
+        runtime.spawn(async move {
+            if let Some(ledger) = ledger {
+                if let Err(e) = ledger.cancel(&record.id).await {
+                    tracing::error!(call = %record.id, error = %e, "could not release a dropped MCP call");
+                }
+            }
+            if let Err(e) = store.record_mcp_call(&record).await {
+                tracing::error!(call = %record.id, error = %e, "could not write an MCP call's audit row");
+            }
+        });
     }
 }
 

@@ -44,6 +44,11 @@ pub fn named_frame(out: &mut Vec<u8>, name: &str, data: &Value) {
 
 const DONE: &[u8] = b"data: [DONE]\n\n";
 
+/// The comment a queued request's stream carries when its place changes.
+pub fn queue_comment(out: &mut Vec<u8>, position: usize, eta_ms: u64) {
+    out.extend_from_slice(format!(": queue position={position} eta_ms={eta_ms}\n\n").as_bytes());
+}
+
 /// What usage a stream's chunks carry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UsageOptions {
@@ -132,9 +137,7 @@ impl<E: Encoder> State<E> {
         loop {
             match self.next_event().await {
                 Some(Ok(Event::Queued { position, eta_ms })) => {
-                    out.extend_from_slice(
-                        format!(": queue position={position} eta_ms={eta_ms}\n\n").as_bytes(),
-                    );
+                    queue_comment(&mut out, position, eta_ms);
                 }
                 Some(Ok(Event::Admitted { prompt_tokens, .. })) => {
                     self.so_far.prompt_tokens = prompt_tokens;

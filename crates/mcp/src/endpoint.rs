@@ -377,33 +377,45 @@ impl Mcp {
             .collect())
     }
 
+    /// `server_tools`, unless the server is being skipped after failures; its health is
+    /// updated with the outcome.
+    pub(crate) async fn healthy_tools(
+        &self,
+        session: &McpSessionRecord,
+        server: &McpServerRecord,
+    ) -> Result<Vec<Value>> {
+        if let Some(why) = self.health.skip(&server.id) {
+            return Err(McpError::Upstream(format!(
+                "the MCP server '{}' is failing ({why}); it is retried shortly",
+                server.name
+            )));
+        }
+        let tools = self.server_tools(session, server).await;
+        match &tools {
+            Ok(_) => self.health.ok(&server.id),
+            Err(e) => self.health.failed(&server.id, &e.to_string()),
+        }
+        tools
+    }
+
     async fn list_tools(
         &self,
         caller: &McpCaller,
         session: &McpSessionRecord,
     ) -> std::result::Result<Value, (i64, String)> {
         let servers = self.visible_servers(caller).await.map_err(internal)?;
+        // A failing server adds no tools; the others keep theirs.
         let lists = join_all(servers.iter().map(|server| async move {
-            if self.health.skip(&server.id).is_some() {
-                return Vec::new();
-            }
-            match self.server_tools(session, server).await {
-                Ok(tools) => {
-                    self.health.ok(&server.id);
-                    tools
-                        .into_iter()
-                        .filter_map(|mut tool| {
-                            let name = tool.get("name")?.as_str()?.to_owned();
-                            tool["name"] = json!(exposed(&server.name, &name));
-                            Some(tool)
-                        })
-                        .collect()
-                }
-                Err(e) => {
-                    self.health.failed(&server.id, &e.to_string());
-                    Vec::new()
-                }
-            }
+            self.healthy_tools(session, server)
+                .await
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|mut tool| {
+                    let name = tool.get("name")?.as_str()?.to_owned();
+                    tool["name"] = json!(exposed(&server.name, &name));
+                    Some(tool)
+                })
+                .collect::<Vec<_>>()
         }))
         .await;
         Ok(json!({ "tools": lists.into_iter().flatten().collect::<Vec<_>>() }))

@@ -62,7 +62,7 @@ impl Mcp {
         let via = match url {
             None => {
                 let server = self
-                    .servers(caller.tenant_id().as_deref())
+                    .visible_servers(caller)
                     .await?
                     .into_iter()
                     .find(|s| s.name == label)
@@ -100,20 +100,7 @@ impl Mcp {
     /// The tools `hosted` offers (a registered server's `allowed_tools` applied).
     pub async fn hosted_tools(&self, hosted: &Hosted) -> Result<Vec<Value>> {
         match &hosted.via {
-            Via::Registered { server, session } => {
-                if let Some(why) = self.health.skip(&server.id) {
-                    return Err(McpError::Upstream(format!(
-                        "the MCP server '{}' is failing ({why}); it is retried shortly",
-                        server.name
-                    )));
-                }
-                let tools = self.server_tools(session, server).await;
-                match &tools {
-                    Ok(_) => self.health.ok(&server.id),
-                    Err(e) => self.health.failed(&server.id, &e.to_string()),
-                }
-                tools
-            }
+            Via::Registered { server, session } => self.healthy_tools(session, server).await,
             Via::Remote { target, .. } => {
                 all_pages("tools", |params| async move {
                     let page = self

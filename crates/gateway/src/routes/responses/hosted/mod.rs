@@ -380,9 +380,9 @@ impl Agent {
                 },
             };
             match event {
-                Event::Queued { position, eta_ms } => out.extend_from_slice(
-                    format!(": queue position={position} eta_ms={eta_ms}\n\n").as_bytes(),
-                ),
+                Event::Queued { position, eta_ms } => {
+                    crate::sse::queue_comment(&mut out, position, eta_ms)
+                }
                 Event::Text { text, tokens } => {
                     so_far.completion_tokens = so_far.completion_tokens.saturating_add(tokens);
                     if !text.is_empty() {

@@ -4,13 +4,10 @@
 use std::collections::VecDeque;
 use std::time::SystemTime;
 
-use serde::Serialize;
-
 /// Events kept per deployment.
 pub const EVENTS_KEPT: usize = 256;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventKind {
     /// The autoscaler changed the desired replica count.
     Scale,
@@ -24,7 +21,7 @@ pub enum EventKind {
     Rollout,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ScaleEvent {
     pub at: SystemTime,
     pub deployment: String,

@@ -11,7 +11,8 @@
 //! - [`deployment`] — the runtime: an actor per deployment behind a cloneable handle that
 //!   implements `backend::Backend`.
 //! - [`launcher`] — the seam that starts replicas (in process now; a node agent later).
-//! - [`spec`] — `DeploymentSpec` (serde) and the `DeploymentStore` persistence seam.
+//! - [`spec`] — `DeploymentSpec` and the `DeploymentStore` persistence seam (the admin API's
+//!   JSON is the `wire` crate's, the stored form the binary's).
 //! - [`plane`] — `ControlPlane`, the entry point.
 
 pub mod autoscale;

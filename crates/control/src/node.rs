@@ -6,14 +6,12 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Instant;
 
-use serde::Serialize;
-
 use crate::footprint::Footprint;
 use crate::placement::{NoRoom, NodeBudget, Placement, ReplicaKey};
 use crate::spec::lock;
 
 /// The node's budgets and what is used, for the admin API.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NodeView {
     pub memory_bytes: u64,
     pub memory_used_bytes: u64,

@@ -5,8 +5,6 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-
 use crate::autoscale::ScalePolicy;
 use crate::queue::{QueueConfig, DEFAULT_TENANT_SHARE_PERCENT};
 use crate::{Error, Result};
@@ -17,82 +15,47 @@ pub const MAX_REPLICAS: usize = 64;
 pub const MAX_SLOTS: usize = 256;
 
 /// A deployment of one model under one served name.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeploymentSpec {
     /// The served name: what the API's `model` field, prices, allow-lists and metrics use.
     pub name: String,
     /// The model SPEC as given (`PATH` or `hub:ORG/NAME[@REV][#FILE]`); the launcher resolves it.
     pub model: String,
-    #[serde(default)]
     pub min_replicas: usize,
-    #[serde(default = "default_max_replicas")]
     pub max_replicas: usize,
-    #[serde(default = "default_slots")]
     pub slots_per_replica: usize,
-    #[serde(default = "default_threads")]
     pub threads_per_replica: usize,
     /// Tokens per slot; `None`: the model's training context, at most 4096.
-    #[serde(default)]
     pub context_length: Option<u32>,
     /// Tokens per decode step of a replica (the prefill chunk budget); `None`: 512. At least
     /// `slots_per_replica` is used.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step_tokens: Option<usize>,
-    #[serde(default = "default_idle_seconds")]
     pub idle_seconds: u64,
-    #[serde(default)]
     pub queue: QueueSpec,
     /// Relative shares of the queue per tenant id (default 1).
-    #[serde(default)]
     pub tenant_weights: BTreeMap<String, u32>,
     /// From the command line (`--model`): at least one replica, never scaled to zero, not
     /// persisted.
-    #[serde(default)]
     pub pinned: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueueSpec {
-    #[serde(default = "default_max_length")]
     pub max_length: usize,
-    #[serde(default = "default_max_wait")]
     pub max_wait_seconds: u64,
     /// Percent of `max_length` one tenant may hold waiting (1..=100, default 50; at least one
     /// request). Requests without a tenant are bounded by `max_length` alone.
-    #[serde(default = "default_tenant_share")]
     pub tenant_share_percent: u8,
 }
 
 impl Default for QueueSpec {
     fn default() -> Self {
         Self {
-            max_length: default_max_length(),
-            max_wait_seconds: default_max_wait(),
-            tenant_share_percent: default_tenant_share(),
+            max_length: 1024,
+            max_wait_seconds: 60,
+            tenant_share_percent: DEFAULT_TENANT_SHARE_PERCENT,
         }
     }
-}
-
-fn default_max_replicas() -> usize {
-    1
-}
-fn default_slots() -> usize {
-    4
-}
-fn default_threads() -> usize {
-    1
-}
-fn default_idle_seconds() -> u64 {
-    300
-}
-fn default_max_length() -> usize {
-    1024
-}
-fn default_max_wait() -> u64 {
-    60
-}
-fn default_tenant_share() -> u8 {
-    DEFAULT_TENANT_SHARE_PERCENT
 }
 
 impl DeploymentSpec {
@@ -102,12 +65,12 @@ impl DeploymentSpec {
             name: name.into(),
             model: model.into(),
             min_replicas: 0,
-            max_replicas: default_max_replicas(),
-            slots_per_replica: default_slots(),
-            threads_per_replica: default_threads(),
+            max_replicas: 1,
+            slots_per_replica: 4,
+            threads_per_replica: 1,
             context_length: None,
             step_tokens: None,
-            idle_seconds: default_idle_seconds(),
+            idle_seconds: 300,
             queue: QueueSpec::default(),
             tenant_weights: BTreeMap::new(),
             pinned: false,
@@ -255,8 +218,7 @@ impl DeploymentSpec {
 
 /// A partial update (`PATCH`): absent fields stay. A different `model` rolls the replicas over
 /// to it without dropping requests.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DeploymentPatch {
     pub model: Option<String>,
     pub min_replicas: Option<usize>,
@@ -337,11 +299,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn defaults_parse_and_validate() {
-        let spec: DeploymentSpec =
-            serde_json::from_str(r#"{"name": "smol", "model": "/m/smol.gguf"}"#).unwrap();
-        assert_eq!(spec, DeploymentSpec::new("smol", "/m/smol.gguf"));
-        spec.validate().unwrap();
+    fn defaults_validate() {
+        DeploymentSpec::new("smol", "/m/smol.gguf").validate().unwrap();
     }
 
     #[test]
@@ -373,13 +332,10 @@ mod tests {
 
     #[test]
     fn a_tenant_holds_half_the_queue_unless_configured() {
-        let spec: DeploymentSpec = serde_json::from_str(
-            r#"{"name": "smol", "model": "m.gguf", "queue": {"max_length": 9}}"#,
-        )
-        .unwrap();
+        let mut spec = DeploymentSpec::new("smol", "m.gguf");
+        spec.queue.max_length = 9;
         assert_eq!(spec.queue.tenant_share_percent, 50);
         assert_eq!(spec.queue_config().per_tenant_limit(), 4);
-        let mut spec = spec;
         spec.queue.tenant_share_percent = 100;
         assert_eq!(spec.queue_config().per_tenant_limit(), 9);
         spec.queue.max_length = 1;
@@ -390,14 +346,16 @@ mod tests {
     #[test]
     fn patches_apply_only_what_they_name() {
         let s = DeploymentSpec::new("smol", "a.gguf");
-        let p: DeploymentPatch =
-            serde_json::from_str(r#"{"max_replicas": 3, "model": "b.gguf"}"#).unwrap();
+        let p = DeploymentPatch {
+            max_replicas: Some(3),
+            model: Some("b.gguf".into()),
+            ..DeploymentPatch::default()
+        };
         let t = p.apply(&s);
         assert_eq!(
             (t.max_replicas, t.model.as_str(), t.slots_per_replica),
             (3, "b.gguf", 4)
         );
-        assert!(serde_json::from_str::<DeploymentPatch>(r#"{"nmae": "x"}"#).is_err());
     }
 
     #[test]

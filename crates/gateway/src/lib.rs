@@ -1,23 +1,23 @@
-//! Flywheel's OpenAI-compatible HTTP API.
+//! Flywheel's HTTP server.
 //!
-//! Only this crate knows HTTP and the OpenAI wire format. It parses and validates requests into
-//! [`backend::GenerateRequest`]s, hands them to the `Arc<dyn Backend>` serving the addressed
-//! model through the `serving` layer, and renders the [`backend::Event`]s back as JSON or
-//! server-sent events.
+//! Only this crate knows HTTP. Its handlers read a request's body with the `wire` crate (which
+//! knows the OpenAI, Anthropic and MCP JSON and validates it into domain requests), hand it to
+//! the `Arc<dyn Backend>` serving the addressed model through the `serving` layer, and send the
+//! [`backend::Event`]s back as JSON or server-sent events.
 //!
-//! Code map: [`router`] (routes and state, here); `routes/` (handlers); `wire/` (request
-//! parsing, `*View` response shapes); `validate` (strict field reading); `sse` (streaming);
-//! `error` (the one error type and status table); `auth` (extractors); `observe` (request ids,
-//! tracing, per-request metrics); `metrics` (metric names).
+//! Code map: [`router`] (routes and state, here); `routes/` (handlers); `sse` (the streaming
+//! driver; frames and encoders are `wire::sse`'s); `auth` (extractors); `observe` (request ids,
+//! tracing, per-request metrics); `metrics` (metric names). `error`, `validate` and `wire` are
+//! the `wire` crate, re-exported under the names the handlers use.
 
 pub mod auth;
-pub mod error;
 pub mod metrics;
 pub mod observe;
 mod routes;
 pub mod sse;
-pub mod validate;
-pub mod wire;
+
+pub use wire::{error, validate};
+pub use ::wire;
 
 use std::sync::Arc;
 
@@ -172,7 +172,7 @@ pub fn router(state: GatewayState) -> Router {
                     "/v1/messages/count_tokens",
                     post(routes::messages::count_tokens),
                 )
-                .layer(axum::middleware::from_fn(wire::anthropic::view::errors)),
+                .layer(axum::middleware::from_fn(routes::messages::errors)),
         )
         .route(
             "/v1/mcp/servers",

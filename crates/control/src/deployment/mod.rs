@@ -17,7 +17,6 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use backend::{Backend, BackendError, Event, EventStream, GenerateRequest, ModelInfo};
-use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::StreamExt;
 
@@ -76,7 +75,7 @@ pub(crate) enum Command {
 }
 
 /// A deployment as the admin API shows it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct DeploymentView {
     pub spec: DeploymentSpec,
     pub replicas: Vec<ReplicaView>,

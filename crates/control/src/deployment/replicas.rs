@@ -6,10 +6,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use backend::Backend;
-use serde::Serialize;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReplicaState {
     /// Placed and loading its model.
     Loading,
@@ -38,7 +36,7 @@ pub(crate) struct Replica {
 }
 
 /// A replica as the admin API shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReplicaView {
     pub id: u64,
     pub state: ReplicaState,

@@ -5,34 +5,16 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::Json;
-use chrono::{DateTime, SecondsFormat, Utc};
-use control::{
-    ControlPlane, DeploymentPatch, DeploymentSpec, DeploymentView, NodeView, ScaleEvent,
-};
-use serde::Serialize;
-use serde_json::Value;
+use control::ControlPlane;
 
 use super::RawBody;
 use crate::auth::Admin;
 use crate::error::{ApiError, Code, Result};
+use crate::wire::deployments::{
+    parse_patch, parse_spec, DeletedView, DeploymentJson, NodeJson, ScaleEventView,
+};
 use crate::wire::tenancy::ListView;
 use crate::AppState;
-
-/// Fields a deployment body may carry (`pinned` is the command line's, never the API's).
-const SPEC_FIELDS: &[&str] = &[
-    "name",
-    "model",
-    "min_replicas",
-    "max_replicas",
-    "slots_per_replica",
-    "threads_per_replica",
-    "context_length",
-    "step_tokens",
-    "idle_seconds",
-    "queue",
-    "tenant_weights",
-];
-const QUEUE_FIELDS: &[&str] = &["max_length", "max_wait_seconds", "tenant_share_percent"];
 
 fn plane(state: &AppState) -> Result<&ControlPlane> {
     state.plane().ok_or_else(|| {
@@ -43,100 +25,22 @@ fn plane(state: &AppState) -> Result<&ControlPlane> {
     })
 }
 
-/// The body as a JSON object whose keys are all in `allowed` (and `queue`'s in
-/// [`QUEUE_FIELDS`]).
-fn object(body: &[u8], allowed: &[&str]) -> Result<Value> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| {
-        ApiError::new(
-            Code::InvalidRequest,
-            format!("The body is not valid JSON: {e}"),
-        )
-    })?;
-    let Some(map) = value.as_object() else {
-        return Err(ApiError::new(
-            Code::InvalidRequest,
-            "The body must be a JSON object.",
-        ));
-    };
-    if let Some(key) = map.keys().find(|k| !allowed.contains(&k.as_str())) {
-        return Err(ApiError::invalid(
-            key.as_str(),
-            format!(
-                "Unknown field '{key}'. Accepted fields: {}.",
-                allowed.join(", ")
-            ),
-        ));
-    }
-    if let Some(queue) = map.get("queue").and_then(Value::as_object) {
-        if let Some(key) = queue.keys().find(|k| !QUEUE_FIELDS.contains(&k.as_str())) {
-            return Err(ApiError::invalid(
-                format!("queue.{key}"),
-                format!(
-                    "Unknown field 'queue.{key}'. Accepted fields: {}.",
-                    QUEUE_FIELDS.join(", ")
-                ),
-            ));
-        }
-    }
-    Ok(value)
-}
-
-fn typed<T: serde::de::DeserializeOwned>(value: Value) -> Result<T> {
-    serde_json::from_value(value).map_err(|e| {
-        ApiError::new(
-            Code::InvalidRequest,
-            format!("Invalid deployment body: {e}."),
-        )
-    })
-}
-
-/// A scale event on the wire: its time in RFC 3339 UTC.
-#[derive(Debug, Serialize)]
-pub struct ScaleEventView {
-    pub at: String,
-    pub deployment: String,
-    pub kind: control::EventKind,
-    pub from: usize,
-    pub to: usize,
-    pub reason: String,
-}
-
-impl From<ScaleEvent> for ScaleEventView {
-    fn from(e: ScaleEvent) -> Self {
-        Self {
-            at: DateTime::<Utc>::from(e.at).to_rfc3339_opts(SecondsFormat::Millis, true),
-            deployment: e.deployment,
-            kind: e.kind,
-            from: e.from,
-            to: e.to,
-            reason: e.reason,
-        }
-    }
-}
-
-#[derive(Debug, Serialize)]
-pub struct DeletedView {
-    pub name: String,
-    pub object: &'static str,
-    pub deleted: bool,
-}
-
 pub async fn create(
     State(state): State<AppState>,
     _: Admin,
     RawBody(body): RawBody,
 ) -> Result<impl IntoResponse> {
     let plane = plane(&state)?;
-    let spec: DeploymentSpec = typed(object(&body, SPEC_FIELDS)?)?;
+    let spec = parse_spec(&body)?;
     let view = plane.create(spec).await.map_err(ApiError::from_control)?;
     tracing::info!(deployment = %view.spec.name, model = %view.spec.model, "deployment created");
-    Ok((StatusCode::CREATED, Json(view)))
+    Ok((StatusCode::CREATED, Json(DeploymentJson::from(view))))
 }
 
 pub async fn list(
     State(state): State<AppState>,
     _: Admin,
-) -> Result<Json<ListView<DeploymentView>>> {
+) -> Result<Json<ListView<DeploymentJson>>> {
     Ok(Json(ListView::new(plane(&state)?.list().await)))
 }
 
@@ -155,7 +59,7 @@ pub async fn get(
         .describe(&path)
         .await
         .map_err(ApiError::from_control)?;
-    Ok(Json(view).into_response())
+    Ok(Json(DeploymentJson::from(view)).into_response())
 }
 
 pub async fn patch(
@@ -163,19 +67,14 @@ pub async fn patch(
     _: Admin,
     Path(name): Path<String>,
     RawBody(body): RawBody,
-) -> Result<Json<DeploymentView>> {
-    let fields: Vec<&str> = SPEC_FIELDS
-        .iter()
-        .copied()
-        .filter(|f| !matches!(*f, "name" | "step_tokens"))
-        .collect();
-    let patch: DeploymentPatch = typed(object(&body, &fields)?)?;
+) -> Result<Json<DeploymentJson>> {
+    let patch = parse_patch(&body)?;
     let view = plane(&state)?
         .update(&name, &patch)
         .await
         .map_err(ApiError::from_control)?;
     tracing::info!(deployment = %name, ?patch, "deployment updated");
-    Ok(Json(view))
+    Ok(Json(view.into()))
 }
 
 /// Drains first: answers once queued and running requests finished and replicas unloaded.
@@ -204,6 +103,6 @@ async fn events(state: AppState, _: Admin, name: &str) -> Result<Json<ListView<S
     Ok(Json(ListView::new(events)))
 }
 
-pub async fn node(State(state): State<AppState>, _: Admin) -> Result<Json<NodeView>> {
-    Ok(Json(plane(&state)?.node()))
+pub async fn node(State(state): State<AppState>, _: Admin) -> Result<Json<NodeJson>> {
+    Ok(Json(plane(&state)?.node().into()))
 }

@@ -1,8 +1,9 @@
 //! `POST /v1/messages` and `POST /v1/messages/count_tokens`: Anthropic's Messages API over the
 //! serving path chat completions take. Errors leave in Anthropic's shape (the route layer
-//! [`crate::wire::anthropic::view::errors`] rewrites them).
+//! [`errors`] rewrites them).
 
-use axum::extract::State;
+use axum::extract::{Request, State};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 
@@ -88,4 +89,18 @@ async fn count(
         .await
         .map_err(|err| ApiError::from_serve(err, "messages").map_param(rename))?;
     Ok(Json(view::token_count(tokens)))
+}
+
+/// Middleware for Anthropic's routes: every error response (handlers', extractors', the
+/// fallback's) leaves in Anthropic's shape, with its status and `Retry-After`.
+pub async fn errors(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let Some(err) = response.extensions().get::<ApiError>().cloned() else {
+        return response;
+    };
+    let (parts, _) = response.into_parts();
+    let mut reshaped = err.respond_with(view::error_body(&err));
+    // What the layers outside read (the metrics label) stays.
+    reshaped.extensions_mut().extend(parts.extensions);
+    reshaped
 }

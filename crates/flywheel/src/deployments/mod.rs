@@ -15,10 +15,13 @@ use control::{
 
 use crate::config::{ModelSpec, ServeConfig};
 
+mod stored;
+
 /// How long start-up waits for a `--model` to load.
 const LOAD_TIMEOUT: Duration = Duration::from_secs(600);
 
-/// Deployment specs in the database (the same one as tenancy), as JSON text.
+/// Deployment specs in the database (the same one as tenancy), in their stored form
+/// ([`stored`]).
 pub struct DbDeploymentStore {
     store: Arc<dyn store::Store>,
 }
@@ -39,7 +42,7 @@ impl DeploymentStore for DbDeploymentStore {
         let records = self.store.deployments().await.map_err(store_err)?;
         let mut specs = Vec::with_capacity(records.len());
         for record in records {
-            match serde_json::from_str::<DeploymentSpec>(&record.spec) {
+            match stored::decode(&record.spec) {
                 Ok(spec) => specs.push(spec),
                 Err(e) => tracing::warn!(
                     deployment = %record.name,
@@ -52,9 +55,8 @@ impl DeploymentStore for DbDeploymentStore {
     }
 
     async fn put(&self, spec: &DeploymentSpec) -> control::Result<()> {
-        let json = serde_json::to_string(spec).map_err(store_err)?;
         self.store
-            .put_deployment(&spec.name, &json, chrono::Utc::now())
+            .put_deployment(&spec.name, &stored::encode(spec), chrono::Utc::now())
             .await
             .map_err(store_err)
     }

@@ -8,7 +8,7 @@ use serde_json::{json, Map, Value};
 use super::items::Item;
 use crate::error::ApiError;
 use crate::sse::{named_frame, Encoder};
-use crate::wire::tools::ToolCallView;
+use crate::tools::ToolCallView;
 
 /// What every state of one response shares: its id, time, model and the request's echo.
 #[derive(Debug, Clone)]

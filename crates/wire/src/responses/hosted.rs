@@ -180,7 +180,7 @@ pub fn tool(tool: &Fields<'_>, labels: &mut HashSet<String>) -> Result<(McpTool,
         ));
     }
     let label = tool.required_string("server_label")?;
-    if !crate::wire::tools::valid_name(label) {
+    if !crate::tools::valid_name(label) {
         let param = tool.param("server_label");
         return Err(ApiError::invalid(
             param.clone(),

@@ -4,8 +4,8 @@
 //! Every error leaves the server in OpenAI's shape
 //! `{"error": {"message", "type", "code", "param"}}`; every 429 and 503 carries `Retry-After`.
 
-use axum::http::{header, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum_core::response::{IntoResponse, Response};
+use http::{header, HeaderValue, StatusCode};
 use backend::{BackendError, UpstreamError};
 use serde::Serialize;
 
@@ -363,7 +363,12 @@ impl ApiError {
     /// This error as a response with `body` (the shape of the API it came in on), its status
     /// and `Retry-After`.
     pub fn respond_with(&self, body: impl Serialize) -> Response {
-        let mut response = (self.status(), axum::Json(body)).into_response();
+        let json = HeaderValue::from_static("application/json");
+        let mut response = match serde_json::to_vec(&body) {
+            Ok(bytes) => (self.status(), [(header::CONTENT_TYPE, json)], bytes).into_response(),
+            // An error body is plain data; this is never reached.
+            Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+        };
         if let Some(seconds) = self.retry_after() {
             response
                 .headers_mut()

@@ -1,15 +1,25 @@
-//! The OpenAI wire format: request parsing into [`ValidRequest`] and the `*View` types that go
-//! out. Only this module (and `upstream`) knows OpenAI's JSON.
+//! The wire formats of the APIs Flywheel speaks: OpenAI's chat, completions and Responses,
+//! Anthropic's Messages, MCP's JSON-RPC and the admin/tenancy JSON. Requests are parsed and
+//! validated into the serving layer's domain requests ([`ValidRequest`]); answers leave as the
+//! `*View` types and the SSE frames of [`sse`]; every refusal is an [`error::ApiError`], which
+//! alone maps domain errors to statuses, error shapes and parameter names.
+//!
+//! No routes and no server: the gateway calls this crate. Only it (and `upstream`, which speaks
+//! OpenAI to other servers) knows these JSON shapes.
 
 pub mod anthropic;
 pub mod chat;
 pub mod completions;
+pub mod deployments;
+pub mod error;
 pub mod format;
 pub mod logprobs;
 pub mod mcp;
 pub mod responses;
+pub mod sse;
 pub mod tenancy;
 pub mod tools;
+pub mod validate;
 
 use backend::{FinishReason, GenerateRequest, Prompt, SamplingParams, Usage};
 use serde::Serialize;

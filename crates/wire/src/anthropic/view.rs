@@ -1,17 +1,14 @@
 //! What `/v1/messages` answers: the `message` object, its stream events and Anthropic's error
 //! shape `{"type": "error", "error": {"type", "message"}}`.
 
-use axum::extract::Request;
-use axum::http::StatusCode;
-use axum::middleware::Next;
-use axum::response::Response;
+use http::StatusCode;
 use backend::{FinishReason, Usage};
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 
 use crate::error::ApiError;
 use crate::sse::{named_frame, Encoder};
-use crate::wire::tools::ToolCallView;
+use crate::tools::ToolCallView;
 
 /// Anthropic's `usage`: `input_tokens` excludes the prompt tokens read from the cache, which
 /// `cache_read_input_tokens` counts (priced at the cached-input rate, as the ledger charges).
@@ -277,18 +274,4 @@ pub fn error_body(err: &ApiError) -> Value {
         "type": "error",
         "error": { "type": error_type(err.status()), "message": err.message() },
     })
-}
-
-/// Middleware for Anthropic's routes: every error response (handlers', extractors', the
-/// fallback's) leaves in Anthropic's shape, with its status and `Retry-After`.
-pub async fn errors(request: Request, next: Next) -> Response {
-    let response = next.run(request).await;
-    let Some(err) = response.extensions().get::<ApiError>().cloned() else {
-        return response;
-    };
-    let (parts, _) = response.into_parts();
-    let mut reshaped = err.respond_with(error_body(&err));
-    // What the layers outside read (the metrics label) stays.
-    reshaped.extensions_mut().extend(parts.extensions);
-    reshaped
 }

@@ -300,7 +300,9 @@ mod tests {
 
     #[test]
     fn defaults_validate() {
-        DeploymentSpec::new("smol", "/m/smol.gguf").validate().unwrap();
+        DeploymentSpec::new("smol", "/m/smol.gguf")
+            .validate()
+            .unwrap();
     }
 
     #[test]

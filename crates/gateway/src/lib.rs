@@ -16,8 +16,8 @@ pub mod observe;
 mod routes;
 pub mod sse;
 
-pub use wire::{error, validate};
 pub use ::wire;
+pub use wire::{error, validate};
 
 use std::sync::Arc;
 

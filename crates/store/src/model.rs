@@ -376,33 +376,5 @@ pub struct UsageRow {
     pub tool_calls: i64,
 }
 
-/// `(group, requests, prompt, completion, cached, grant tokens, amount, tool calls)`, as the
-/// stores select.
-impl From<(String, i64, i64, i64, i64, i64, i64, i64)> for UsageRow {
-    fn from(
-        (
-            group,
-            requests,
-            prompt_tokens,
-            completion_tokens,
-            cached_tokens,
-            grant_tokens,
-            amount,
-            tool_calls,
-        ): (String, i64, i64, i64, i64, i64, i64, i64),
-    ) -> Self {
-        Self {
-            group,
-            requests,
-            prompt_tokens,
-            completion_tokens,
-            cached_tokens,
-            grant_tokens,
-            amount,
-            tool_calls,
-        }
-    }
-}
-
 /// The SQL condition that a reservation is an MCP tool call ([`crate::accounting::is_tool_call`]).
 pub(crate) const TOOL_CALL_SQL: &str = "model LIKE 'mcp/%'";

@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use control::{
-    DeploymentPatch, DeploymentSpec, DeploymentView, EventKind, NodeView, QueueSpec,
-    ReplicaState, ReplicaView, ScaleEvent,
+    DeploymentPatch, DeploymentSpec, DeploymentView, EventKind, NodeView, QueueSpec, ReplicaState,
+    ReplicaView, ScaleEvent,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -381,7 +381,10 @@ mod tests {
         let err = parse_patch(br#"{"name": "x"}"#).unwrap_err();
         assert_eq!(err.body().error.param, Some("name"));
         assert!(parse_patch(br#"{"nmae": "x"}"#).is_err());
-        assert!(parse_spec(br#"{"name": "n"}"#).is_err(), "model is required");
+        assert!(
+            parse_spec(br#"{"name": "n"}"#).is_err(),
+            "model is required"
+        );
         assert!(parse_spec(br#"{"name": "n", "model": "m", "max_replicas": -1}"#).is_err());
         assert!(parse_spec(b"[1]").is_err());
     }

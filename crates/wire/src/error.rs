@@ -5,8 +5,8 @@
 //! `{"error": {"message", "type", "code", "param"}}`; every 429 and 503 carries `Retry-After`.
 
 use axum_core::response::{IntoResponse, Response};
-use http::{header, HeaderValue, StatusCode};
 use backend::{BackendError, UpstreamError};
+use http::{header, HeaderValue, StatusCode};
 use serde::Serialize;
 
 pub type Result<T, E = ApiError> = std::result::Result<T, E>;

@@ -197,4 +197,3 @@ impl<F: ChunkFormat> Encoder for OpenAi<F> {
         frame(out, &body);
     }
 }
-

@@ -64,7 +64,9 @@ pub fn decode(json: &str) -> serde_json::Result<DeploymentSpec> {
         Some(q) => QueueSpec {
             max_length: q.max_length.unwrap_or(d.queue.max_length),
             max_wait_seconds: q.max_wait_seconds.unwrap_or(d.queue.max_wait_seconds),
-            tenant_share_percent: q.tenant_share_percent.unwrap_or(d.queue.tenant_share_percent),
+            tenant_share_percent: q
+                .tenant_share_percent
+                .unwrap_or(d.queue.tenant_share_percent),
         },
         None => d.queue.clone(),
     };

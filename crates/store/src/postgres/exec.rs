@@ -49,6 +49,7 @@ impl Db for PostgresStore {
     const LOCK_KEY: Option<&'static str> =
         Some("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))");
     const LOCK_ROWS: &'static str = " FOR UPDATE";
+    const SETTLED_DAY: &'static str = "to_char(settled_at AT TIME ZONE 'UTC', 'YYYY-MM-DD')";
 
     fn reader(&self) -> Reader<'_> {
         Reader(&self.pool)

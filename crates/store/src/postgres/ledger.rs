@@ -8,12 +8,11 @@ use super::rows;
 use super::PostgresStore;
 use crate::accounting;
 use crate::error::{Result, StoreError};
-use crate::model::TOOL_CALL_SQL;
 use crate::model::{
     Debit, LedgerEntry, LedgerKind, NewReservation, PriceRates, Reservation, ReservationState,
     SettleWith, Settlement, Tenant, Timestamp, TokenUsage, UsageGroup, UsageRow,
 };
-use crate::LedgerStore;
+use crate::{sql, LedgerStore};
 
 type Tx = Transaction<'static, Postgres>;
 
@@ -208,15 +207,7 @@ impl LedgerStore for PostgresStore {
     }
 
     async fn ledger_entries(&self, tenant_id: &str) -> Result<Vec<LedgerEntry>> {
-        let sql = format!(
-            "SELECT {} FROM ledger_entries WHERE tenant_id = $1 ORDER BY id",
-            rows::LEDGER_ENTRY
-        );
-        let all = sqlx::query(&sql)
-            .bind(tenant_id)
-            .fetch_all(&self.pool)
-            .await?;
-        all.iter().map(rows::ledger_entry).collect()
+        sql::ledger::ledger_entries(self, tenant_id).await
     }
 
     async fn reserve(&self, new: &NewReservation) -> Result<Reservation> {
@@ -272,15 +263,7 @@ impl LedgerStore for PostgresStore {
     }
 
     async fn reservation(&self, request_id: &str) -> Result<Reservation> {
-        let sql = format!(
-            "SELECT {} FROM reservations WHERE request_id = $1",
-            rows::RESERVATION
-        );
-        let row = sqlx::query(&sql)
-            .bind(request_id)
-            .fetch_optional(&self.pool)
-            .await?;
-        rows::reservation(&row.ok_or_else(|| StoreError::not_found("reservation", request_id))?)
+        sql::ledger::reservation(self, request_id).await
     }
 
     async fn resize_reservation(
@@ -395,18 +378,7 @@ impl LedgerStore for PostgresStore {
         now: Timestamp,
         limit: i64,
     ) -> Result<Vec<Reservation>> {
-        let sql = format!(
-            "SELECT {} FROM reservations WHERE state = 'open' AND lease_expires_at < $1 \
-             AND owner <> $2 ORDER BY lease_expires_at, request_id LIMIT $3",
-            rows::RESERVATION
-        );
-        let all = sqlx::query(&sql)
-            .bind(now)
-            .bind(except_owner)
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await?;
-        all.iter().map(rows::reservation).collect()
+        sql::ledger::expired_reservations(self, except_owner, now, limit).await
     }
 
     async fn settle_expired(&self, request_id: &str, now: Timestamp) -> Result<Option<Settlement>> {
@@ -421,30 +393,6 @@ impl LedgerStore for PostgresStore {
         end: Timestamp,
         group: UsageGroup,
     ) -> Result<Vec<UsageRow>> {
-        let by = match group {
-            UsageGroup::Model => "model",
-            UsageGroup::Day => "to_char(settled_at AT TIME ZONE 'UTC', 'YYYY-MM-DD')",
-            UsageGroup::Key => "COALESCE(key_id, '-')",
-        };
-        let sql = format!(
-            "SELECT {by} AS grp, \
-             COALESCE(SUM(CASE WHEN {call} THEN 0 ELSE 1 END), 0)::BIGINT AS requests, \
-             COALESCE(SUM(CASE WHEN {call} THEN 0 ELSE billed_prompt_tokens END), 0)::BIGINT AS prompt_tokens, \
-             COALESCE(SUM(billed_completion_tokens), 0)::BIGINT AS completion_tokens, \
-             COALESCE(SUM(billed_cached_tokens), 0)::BIGINT AS cached_tokens, \
-             COALESCE(SUM(charged_grant_tokens), 0)::BIGINT AS grant_tokens, \
-             COALESCE(SUM(charged_amount), 0)::BIGINT AS amount, \
-             COALESCE(SUM(CASE WHEN {call} AND state = 'settled' THEN 1 ELSE 0 END), 0)::BIGINT AS tool_calls \
-             FROM reservations WHERE tenant_id = $1 AND state <> 'open' \
-             AND settled_at >= $2 AND settled_at < $3 GROUP BY grp ORDER BY grp",
-            call = TOOL_CALL_SQL
-        );
-        let all: Vec<(String, i64, i64, i64, i64, i64, i64, i64)> = sqlx::query_as(&sql)
-            .bind(tenant_id)
-            .bind(start)
-            .bind(end)
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(all.into_iter().map(UsageRow::from).collect())
+        sql::ledger::usage(self, tenant_id, start, end, group).await
     }
 }

@@ -17,6 +17,7 @@ mod deployments;
 mod directory;
 mod hub;
 mod hub_access;
+pub(crate) mod ledger;
 mod mcp;
 mod responses;
 
@@ -204,6 +205,8 @@ pub(crate) trait Db: Send + Sync + 'static {
     /// needs one to serialise writers that lock no common row (PostgreSQL's advisory locks;
     /// SQLite's write transaction already excludes every other writer).
     const LOCK_KEY: Option<&'static str>;
+    /// The UTC day (`YYYY-MM-DD`) of a reservation's `settled_at`.
+    const SETTLED_DAY: &'static str;
 
     /// Statements outside a transaction, on the pool.
     fn reader(&self) -> Self::Reader<'_>;

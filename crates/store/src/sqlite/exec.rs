@@ -47,6 +47,7 @@ impl Db for SqliteStore {
 
     const LOCK_KEY: Option<&'static str> = None;
     const LOCK_ROWS: &'static str = "";
+    const SETTLED_DAY: &'static str = "substr(settled_at, 1, 10)";
 
     fn reader(&self) -> Reader<'_> {
         Reader(&self.pool)

@@ -1,8 +1,8 @@
 //! What `/v1/messages` answers: the `message` object, its stream events and Anthropic's error
 //! shape `{"type": "error", "error": {"type", "message"}}`.
 
-use http::StatusCode;
 use backend::{FinishReason, Usage};
+use http::StatusCode;
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 

@@ -124,24 +124,21 @@ impl<'a> Metered<'a> {
     }
 
     /// Charges the call (the tool answered) or releases it (`error`: the call failed or the
-    /// tool reported an error), and audits it.
+    /// tool reported an error), and audits it: both in one write.
     async fn finish(mut self, outcome: &str, error: Option<String>) {
         self.finished = true;
-        let mut charged = 0;
+        let record = self.record(outcome, error, 0);
         if self.principal.is_some() {
-            let settled = if outcome == "ok" {
-                self.mcp.tenancy.ledger.settle_call(&self.id).await
-            } else {
-                self.mcp.tenancy.ledger.cancel(&self.id).await
-            };
-            match settled {
-                Ok(s) => charged = s.charged.amount,
+            let ledger = &self.mcp.tenancy.ledger;
+            match ledger.close_call(outcome == "ok", record.clone()).await {
+                Ok(_) => return,
+                // Not settled here: lease recovery will. The audit row is still written.
                 Err(e) => {
                     tracing::error!(call = %self.id, error = %e, "could not settle an MCP call; lease recovery will")
                 }
             }
         }
-        self.audit(outcome, error, charged).await;
+        self.write_audit(&record).await;
     }
 
     /// Settles the call after the server's answer: a result (charged unless the tool reported
@@ -180,8 +177,12 @@ impl<'a> Metered<'a> {
     }
 
     async fn audit(&self, outcome: &str, error: Option<String>, charged: i64) {
-        let record = self.record(outcome, error, charged);
-        if let Err(e) = self.mcp.store.record_mcp_call(&record).await {
+        self.write_audit(&self.record(outcome, error, charged))
+            .await;
+    }
+
+    async fn write_audit(&self, record: &McpCallRecord) {
+        if let Err(e) = self.mcp.store.record_mcp_call(record).await {
             tracing::error!(call = %self.id, error = %e, "could not write an MCP call's audit row");
         }
     }

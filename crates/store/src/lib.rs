@@ -153,6 +153,16 @@ pub trait LedgerStore: Send + Sync + 'static {
         with: SettleWith,
         now: Timestamp,
     ) -> Result<Settlement>;
+    /// Settles an MCP tool call's reservation (`audit.id`) as [`LedgerStore::settle`] does
+    /// and writes the call's audit row, its `charged` set to what the settlement charged, in
+    /// the same write: one ledger-writer job on SQLite (so a call costs one write fewer on its
+    /// path), the settlement's transaction then the row on PostgreSQL.
+    async fn settle_audited(
+        &self,
+        with: SettleWith,
+        now: Timestamp,
+        audit: mcp::McpCallRecord,
+    ) -> Result<Settlement>;
     /// Extends the lease of every open reservation `owner` holds; returns how many.
     async fn renew_leases(&self, owner: &str, until: Timestamp) -> Result<u64>;
     /// Open reservations of other owners whose lease ended before `now`, oldest lease first.

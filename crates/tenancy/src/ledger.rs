@@ -187,8 +187,7 @@ impl Ledger {
 
     /// Holds the price of one MCP tool call to `server_id`: its price-book entry
     /// (`mcp/<server id>`, see [`PriceBook::set_per_call`]), else free. The free token grant
-    /// never pays for calls. Settle a completed call with [`Ledger::settle_call`]; a failed one
-    /// with [`Ledger::cancel`].
+    /// never pays for calls. Close it with [`Ledger::close_call`].
     pub async fn reserve_call(
         &self,
         request_id: &str,
@@ -212,13 +211,22 @@ impl Ledger {
         Ok(self.store.reserve(&new).await?)
     }
 
-    /// Charges a completed tool call its price.
-    pub async fn settle_call(&self, request_id: &str) -> Result<Settlement> {
-        let one = TokenUsage {
-            prompt_tokens: 1,
+    /// Closes a tool call: charged its price when `completed`, else released; its audit row
+    /// (`audit.id` is the call's reservation) is written in the same write, with what was
+    /// charged.
+    pub async fn close_call(
+        &self,
+        completed: bool,
+        audit: store::McpCallRecord,
+    ) -> Result<Settlement> {
+        let used = TokenUsage {
+            prompt_tokens: i64::from(completed),
             ..TokenUsage::default()
         };
-        self.settle(request_id, one).await
+        Ok(self
+            .store
+            .settle_audited(SettleWith::Usage(used), self.clock.now(), audit)
+            .await?)
     }
 
     /// Releases a reservation whose request delivered nothing.

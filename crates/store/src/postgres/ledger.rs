@@ -8,6 +8,7 @@ use super::rows;
 use super::PostgresStore;
 use crate::accounting;
 use crate::error::{Result, StoreError};
+use crate::mcp::{McpCallRecord, McpStore};
 use crate::model::{
     Debit, LedgerEntry, LedgerKind, NewReservation, PriceRates, Reservation, ReservationState,
     SettleWith, Settlement, Tenant, Timestamp, TokenUsage, UsageGroup, UsageRow,
@@ -359,6 +360,18 @@ impl LedgerStore for PostgresStore {
                     "reservation '{request_id}' closed without a charge"
                 ))
             })
+    }
+
+    async fn settle_audited(
+        &self,
+        with: SettleWith,
+        now: Timestamp,
+        mut audit: McpCallRecord,
+    ) -> Result<Settlement> {
+        let settled = self.settle(&audit.id, with, now).await?;
+        audit.charged = settled.charged.amount;
+        self.record_mcp_call(&audit).await?;
+        Ok(settled)
     }
 
     async fn renew_leases(&self, owner: &str, until: Timestamp) -> Result<u64> {

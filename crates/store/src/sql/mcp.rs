@@ -2,7 +2,7 @@
 
 use async_trait::async_trait;
 
-use super::{args, Db, Exec};
+use super::{args, Arg, Db, Exec};
 use crate::error::{Result, StoreError};
 use crate::mcp::{McpCallRecord, McpServerRecord, McpSessionRecord, McpStore, McpUpstreamSession};
 use crate::model::Timestamp;
@@ -51,6 +51,28 @@ async fn servers<D: Db>(db: &D, filter: &str, arg: Option<&str>) -> Result<Vec<M
         None => db.reader().fetch_all(&sql, &[]).await?,
     };
     rows.iter().map(server).collect()
+}
+
+/// An audit row of `mcp_calls` ([`call_args`] binds it).
+pub(crate) const INSERT_CALL: &str = "INSERT INTO mcp_calls (id, tenant_id, key_prefix, \
+     server_id, server_name, tool, started_at, duration_ms, outcome, error, charged, arguments) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)";
+
+pub(crate) fn call_args(c: &McpCallRecord) -> [Arg<'_>; 12] {
+    args![
+        &c.id,
+        &c.tenant_id,
+        &c.key_prefix,
+        &c.server_id,
+        &c.server_name,
+        &c.tool,
+        c.started_at,
+        c.duration_ms,
+        &c.outcome,
+        &c.error,
+        c.charged,
+        &c.arguments
+    ]
 }
 
 #[async_trait]
@@ -288,26 +310,7 @@ impl<D: Db> McpStore for D {
     }
 
     async fn record_mcp_call(&self, c: &McpCallRecord) -> Result<()> {
-        self.write_one(
-            "INSERT INTO mcp_calls (id, tenant_id, key_prefix, server_id, server_name, tool, \
-                 started_at, duration_ms, outcome, error, charged, arguments) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-            &args![
-                &c.id,
-                &c.tenant_id,
-                &c.key_prefix,
-                &c.server_id,
-                &c.server_name,
-                &c.tool,
-                c.started_at,
-                c.duration_ms,
-                &c.outcome,
-                &c.error,
-                c.charged,
-                &c.arguments
-            ],
-        )
-        .await?;
+        self.write_one(INSERT_CALL, &call_args(c)).await?;
         Ok(())
     }
 

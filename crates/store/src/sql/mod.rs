@@ -18,7 +18,7 @@ mod directory;
 mod hub;
 mod hub_access;
 pub(crate) mod ledger;
-mod mcp;
+pub(crate) mod mcp;
 mod responses;
 
 use async_trait::async_trait;

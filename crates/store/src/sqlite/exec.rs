@@ -58,8 +58,22 @@ impl Db for SqliteStore {
     }
 
     async fn write_one(&self, sql: &str, args: &[Arg<'_>]) -> Result<u64> {
+        let statement = Statement::new(sql, args);
+        self.ledger.run(move |conn| statement.execute(conn)).await
+    }
+}
+
+/// A shared statement made ready for the ledger writer's rusqlite connection: its parameters
+/// numbered as SQLite's, its values owned (a writer job runs on the writer's thread).
+pub(super) struct Statement {
+    sql: String,
+    values: Vec<rusqlite::types::Value>,
+}
+
+impl Statement {
+    pub(super) fn new(sql: &str, args: &[Arg<'_>]) -> Self {
         use rusqlite::types::Value;
-        let values: Vec<Value> = args
+        let values = args
             .iter()
             .map(|arg| match *arg {
                 Arg::Text(v) => v.map_or(Value::Null, |t| Value::Text(t.to_owned())),
@@ -69,13 +83,19 @@ impl Db for SqliteStore {
                 Arg::List(v) => v.map_or(Value::Null, |l| Value::Text(json_list(l))),
             })
             .collect();
-        let sql = numbered(sql);
-        self.ledger
-            .run(move |conn| {
-                let n = conn.execute(&sql, rusqlite::params_from_iter(values))?;
-                Ok(u64::try_from(n).unwrap_or(u64::MAX))
-            })
-            .await
+        Self {
+            sql: numbered(sql),
+            values,
+        }
+    }
+
+    /// Rows affected.
+    pub(super) fn execute(self, conn: &rusqlite::Connection) -> Result<u64> {
+        // Cached: the same few statements run on every call.
+        let n = conn
+            .prepare_cached(&self.sql)?
+            .execute(rusqlite::params_from_iter(self.values))?;
+        Ok(u64::try_from(n).unwrap_or(u64::MAX))
     }
 }
 

@@ -3,9 +3,11 @@
 
 use async_trait::async_trait;
 
+use super::exec::Statement;
 use super::ledger_writes as writes;
 use super::SqliteStore;
 use crate::error::{Result, StoreError};
+use crate::mcp::McpCallRecord;
 use crate::model::{
     LedgerEntry, NewReservation, Reservation, SettleWith, Settlement, Tenant, Timestamp,
     TokenUsage, UsageGroup, UsageRow,
@@ -74,6 +76,26 @@ impl LedgerStore for SqliteStore {
                     "reservation '{request_id}' closed without a charge"
                 ))
             })
+    }
+
+    async fn settle_audited(
+        &self,
+        with: SettleWith,
+        now: Timestamp,
+        mut audit: McpCallRecord,
+    ) -> Result<Settlement> {
+        self.ledger
+            .run(move |conn| {
+                let settled =
+                    writes::close(conn, &audit.id, with, now, None)?.ok_or_else(|| {
+                        StoreError::Corrupt(format!("call '{}' not closed", audit.id))
+                    })?;
+                audit.charged = settled.charged.amount;
+                Statement::new(sql::mcp::INSERT_CALL, &sql::mcp::call_args(&audit))
+                    .execute(conn)?;
+                Ok(settled)
+            })
+            .await
     }
 
     async fn renew_leases(&self, owner: &str, until: Timestamp) -> Result<u64> {

@@ -153,7 +153,7 @@ fn serve(conn: &Connection, queue: &mpsc::Receiver<Box<dyn Job>>, turn: &Mutex<(
 
 fn run_group(conn: &Connection, group: &mut [Box<dyn Job>]) -> rusqlite::Result<()> {
     let result = (|| {
-        conn.execute_batch("BEGIN IMMEDIATE")?;
+        conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
         for job in group.iter_mut() {
             conn.prepare_cached("SAVEPOINT job")?.execute([])?;
             if !job.run(conn) {
@@ -161,7 +161,7 @@ fn run_group(conn: &Connection, group: &mut [Box<dyn Job>]) -> rusqlite::Result<
             }
             conn.prepare_cached("RELEASE job")?.execute([])?;
         }
-        conn.execute_batch("COMMIT")
+        conn.prepare_cached("COMMIT")?.execute([]).map(drop)
     })();
     if result.is_err() && !conn.is_autocommit() {
         if let Err(e) = conn.execute_batch("ROLLBACK") {

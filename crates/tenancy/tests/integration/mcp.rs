@@ -13,6 +13,24 @@ store::on_both!(Fixture;
     tool_calls_are_charged_their_price_and_counted_apart,
 );
 
+/// A call's audit row before settlement (`charged` is the settlement's to fill in).
+fn audit(fx: &Fixture, id: &str, tenant: &str, outcome: &str) -> McpCallRecord {
+    McpCallRecord {
+        id: id.into(),
+        tenant_id: Some(tenant.into()),
+        key_prefix: None,
+        server_id: "mcp_x".into(),
+        server_name: "x".into(),
+        tool: "t".into(),
+        started_at: fx.clock.now(),
+        duration_ms: 1,
+        outcome: outcome.into(),
+        error: None,
+        charged: -1,
+        arguments: None,
+    }
+}
+
 fn server(fx: &Fixture, id: &str, tenant: Option<&str>, name: &str) -> McpServerRecord {
     McpServerRecord {
         id: id.into(),
@@ -160,7 +178,11 @@ async fn tool_calls_are_charged_their_price_and_counted_apart(fx: Fixture) {
             .reserve_call(&id, &t.id, None, "mcp_x")
             .await
             .expect("reserve");
-        let settled = tenancy.ledger.settle_call(&id).await.expect("settle");
+        let settled = tenancy
+            .ledger
+            .close_call(true, audit(&fx, &id, &t.id, "ok"))
+            .await
+            .expect("settle");
         assert_eq!(settled.charged.amount, 1_500);
         assert_eq!(
             settled.charged.grant_tokens, 0,
@@ -173,8 +195,35 @@ async fn tool_calls_are_charged_their_price_and_counted_apart(fx: Fixture) {
         .reserve_call("call-failed", &t.id, None, "mcp_x")
         .await
         .expect("reserve");
-    let released = tenancy.ledger.cancel("call-failed").await.expect("cancel");
+    let released = tenancy
+        .ledger
+        .close_call(false, audit(&fx, "call-failed", &t.id, "failed"))
+        .await
+        .expect("cancel");
     assert_eq!(released.charged.amount, 0);
+    // Each call's audit row was written with its settlement, with what it was charged.
+    let calls = fx
+        .store
+        .mcp_calls(
+            Some(&t.id),
+            fx.clock.now() - chrono::TimeDelta::days(1),
+            fx.clock.now() + chrono::TimeDelta::days(1),
+            100,
+        )
+        .await
+        .expect("audit");
+    let mut charged: Vec<(String, i64)> = calls.iter().map(|c| (c.id.clone(), c.charged)).collect();
+    charged.sort();
+    assert_eq!(
+        charged,
+        vec![
+            ("call-0".to_owned(), 1_500),
+            ("call-1".to_owned(), 1_500),
+            ("call-2".to_owned(), 1_500),
+            ("call-3".to_owned(), 1_500),
+            ("call-failed".to_owned(), 0),
+        ]
+    );
     // 10,000 − 4 × 1,500 = 4,000 left: three more calls cannot all be held.
     for i in 0..2 {
         tenancy
@@ -228,7 +277,7 @@ async fn tool_calls_are_charged_their_price_and_counted_apart(fx: Fixture) {
     );
 
     let call = McpCallRecord {
-        id: "call-0".into(),
+        id: "call-recorded".into(),
         tenant_id: Some(t.id.clone()),
         key_prefix: Some("fw-abc".into()),
         server_id: "mcp_x".into(),
@@ -263,7 +312,12 @@ async fn tool_calls_are_charged_their_price_and_counted_apart(fx: Fixture) {
         .mcp_calls(Some(&t.id), window.0, window.1, 10)
         .await
         .expect("audit log");
-    assert_eq!(audit, vec![call]);
+    assert_eq!(
+        audit.len(),
+        6,
+        "five settled calls and the one recorded alone"
+    );
+    assert_eq!(audit.iter().find(|c| c.id == call.id), Some(&call));
     assert!(fx
         .store
         .mcp_calls(None, window.0, window.1, 10)

@@ -1,6 +1,7 @@
 //! The `flywheel` binary: CLI parsing and process wiring. The domain lives in the library crates.
 
 mod admin_key;
+mod backup;
 mod config;
 mod deployments;
 mod http;
@@ -29,6 +30,10 @@ enum Command {
     Pull(pull::PullArgs),
     /// Seal every MCP server's secrets under a new secret key, and put that key in place.
     RotateSecretKey(rotate::RotateArgs),
+    /// Write one archive of a data directory (database, hub blobs, keys) while it is served.
+    Backup(backup::BackupArgs),
+    /// Restore an archive written by `backup` into a new data directory, checked part by part.
+    Restore(backup::RestoreArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -46,6 +51,10 @@ fn main() -> std::process::ExitCode {
         Command::Pull(args) => client_runtime().and_then(|rt| rt.block_on(pull::run(args))),
         Command::RotateSecretKey(args) => {
             client_runtime().and_then(|rt| rt.block_on(rotate::run(args)))
+        }
+        Command::Backup(args) => client_runtime().and_then(|rt| rt.block_on(backup::backup(args))),
+        Command::Restore(args) => {
+            client_runtime().and_then(|rt| rt.block_on(backup::restore(args)))
         }
     };
     match result {

@@ -38,7 +38,7 @@ pub use mcp::{McpCallRecord, McpServerRecord, McpSessionRecord, McpStore, McpUps
 pub use model::*;
 pub use postgres::PostgresStore;
 pub use responses::{ResponseStore, StoredResponse};
-pub use sqlite::SqliteStore;
+pub use sqlite::{snapshot as snapshot_sqlite, SqliteStore};
 
 /// Opens the database at `url` and brings its schema up to date:
 /// `sqlite://PATH` (created if missing, WAL) or `postgres://…` / `postgresql://…`.

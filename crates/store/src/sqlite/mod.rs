@@ -95,6 +95,30 @@ impl DerefMut for WriteTx {
     }
 }
 
+/// Writes a consistent copy of the SQLite database at `url` (`sqlite://PATH`) to `dest`
+/// (`VACUUM INTO`), while other connections go on reading and writing it: the copy is the
+/// database as of one transaction. `dest` must not exist. Blocking.
+pub fn snapshot(url: &str, dest: &std::path::Path) -> Result<()> {
+    let options = SqliteConnectOptions::from_str(url)?;
+    let source = options.get_filename();
+    if !source.exists() {
+        return Err(StoreError::Sqlite(format!(
+            "there is no database at {}",
+            source.display()
+        )));
+    }
+    let conn = rusqlite::Connection::open_with_flags(
+        source,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    let dest = dest
+        .to_str()
+        .ok_or_else(|| StoreError::Sqlite(format!("{} is not UTF-8", dest.display())))?;
+    conn.execute("VACUUM INTO ?1", [dest])?;
+    Ok(())
+}
+
 impl SqliteStore {
     /// Opens `sqlite://PATH`, creating the file if missing, and migrates it. `sqlite::memory:`
     /// gives a private database that lives as long as the store: a file in a scratch

@@ -58,6 +58,9 @@ def _ledger_adds_up(db_path):
 
 def test_a_live_server_is_backed_up_and_restored(live, tmp_path, admin_key):
     server, data_dir = live
+    ready = requests.get(server.url + "/ready", timeout=10)
+    assert ready.status_code == 200, ready.text
+    assert ready.json()["checks"] == {"database": "ok", "models": {"tiny": "ready"}}
     server.admin("PUT", "/prices/tiny", PRICE, expect=200)
     tenant = server.new_tenant("backed-up")
     server.admin("POST", f"/tenants/{tenant}/topups", {"amount": 50_000_000}, expect=200)

@@ -148,6 +148,7 @@ pub fn router(state: GatewayState) -> Router {
     let max_body_bytes = state.max_body_bytes;
     Router::new()
         .route("/health", get(routes::ops::health))
+        .route("/ready", get(routes::ops::ready))
         .route("/metrics", get(routes::ops::metrics))
         .route("/v1/models", get(routes::models::list))
         .route("/v1/models/{*id}", get(routes::models::get))

@@ -71,6 +71,10 @@ pub trait Store:
     /// `"sqlite"` or `"postgres"`, for logs.
     fn kind(&self) -> &'static str;
 
+    /// Whether the database answers: a read, and on SQLite a round trip through the ledger
+    /// writer (an empty write transaction), for readiness probes.
+    async fn ping(&self) -> Result<()>;
+
     /// Closes the connection pool; later calls fail.
     async fn close(&self);
 }

@@ -63,6 +63,7 @@ pub struct Tenancy {
     pub usage: UsageReports,
     /// Stored responses of the Responses API.
     pub responses: Responses,
+    store: Arc<dyn Store>,
 }
 
 impl Tenancy {
@@ -84,8 +85,14 @@ impl Tenancy {
             ),
             limits: Limiter::new(store.clone(), clock.clone()),
             responses: Responses::new(store.clone(), clock),
-            usage: UsageReports::new(store),
+            usage: UsageReports::new(store.clone()),
             prices,
+            store,
         })
+    }
+
+    /// Whether the database answers (readiness).
+    pub async fn database_reachable(&self) -> Result<()> {
+        Ok(self.store.ping().await?)
     }
 }

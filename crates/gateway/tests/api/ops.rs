@@ -14,6 +14,31 @@ async fn health_is_open() {
 }
 
 #[tokio::test]
+async fn ready_says_whether_the_database_answers() {
+    let store = store::open("sqlite::memory:")
+        .await
+        .expect("in-memory SQLite");
+    let tenancy = tenancy::Tenancy::new(
+        store.clone(),
+        std::sync::Arc::new(tenancy::SystemClock),
+        &tenancy::TenancyConfig::default(),
+    )
+    .expect("tenancy");
+    let app = app_on(vec![], false, tenancy);
+    let reply = get(&app, "/ready", None).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.json()["checks"]["database"], "ok");
+    store.close().await;
+    let reply = get(&app, "/ready", None).await;
+    assert_eq!(reply.status, 503, "{}", reply.body);
+    assert_eq!(reply.json()["status"], "not_ready");
+    assert!(reply.json()["checks"]["database"]
+        .as_str()
+        .is_some_and(|s| s.starts_with("failing")));
+    assert_eq!(reply.header("retry-after"), Some("1"));
+}
+
+#[tokio::test]
 async fn metrics_need_the_admin_key() {
     let app = app(vec![Scripted::hello("m")]).await;
     // Produce some traffic to count.

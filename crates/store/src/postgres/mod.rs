@@ -41,6 +41,11 @@ impl Store for PostgresStore {
         "postgres"
     }
 
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
     async fn close(&self) {
         self.pool.close().await;
     }

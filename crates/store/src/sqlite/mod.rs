@@ -182,6 +182,11 @@ impl Store for SqliteStore {
         "sqlite"
     }
 
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        self.ledger.run(|_| Ok(())).await
+    }
+
     async fn close(&self) {
         self.ledger.stop();
         self.pool.close().await;

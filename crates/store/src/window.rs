@@ -17,6 +17,17 @@ pub struct Bucket {
     pub tokens: i64,
 }
 
+/// `(second, requests, tokens)`, as the stores select a bucket row.
+impl From<(i64, i64, i64)> for Bucket {
+    fn from((second, requests, tokens): (i64, i64, i64)) -> Self {
+        Self {
+            second,
+            requests,
+            tokens,
+        }
+    }
+}
+
 /// The oldest bucket second still inside the window at `now_sec`.
 pub fn window_start(now_sec: i64) -> i64 {
     now_sec - WINDOW_SECS + 1

@@ -47,11 +47,7 @@ impl LimitStore for PostgresStore {
             let buckets: Vec<Bucket> = rows
                 .iter()
                 .filter(|row| row.0 == limits.subject)
-                .map(|&(_, second, requests, tokens)| Bucket {
-                    second,
-                    requests,
-                    tokens,
-                })
+                .map(|&(_, second, requests, tokens)| Bucket::from((second, requests, tokens)))
                 .collect();
             window::check(&buckets, second, limits, tokens)
                 .map_err(|r| StoreError::refused(limits, r, tokens))?;

@@ -26,14 +26,7 @@ impl LimitStore for SqliteStore {
             .bind(&limits.subject)
             .fetch_all(&mut *tx)
             .await?;
-            let buckets: Vec<Bucket> = buckets
-                .into_iter()
-                .map(|(second, requests, tokens)| Bucket {
-                    second,
-                    requests,
-                    tokens,
-                })
-                .collect();
+            let buckets: Vec<Bucket> = buckets.into_iter().map(Bucket::from).collect();
             window::check(&buckets, second, limits, tokens)
                 .map_err(|r| StoreError::refused(limits, r, tokens))?;
         }

@@ -219,7 +219,9 @@ pub fn router(state: GatewayState) -> Router {
         )
         .route(
             "/admin/v1/tenants/{id}",
-            get(routes::admin::get_tenant).patch(routes::admin::patch_tenant),
+            get(routes::admin::get_tenant)
+                .patch(routes::admin::patch_tenant)
+                .delete(routes::tenant_delete::delete_tenant),
         )
         .route(
             "/admin/v1/tenants/{id}/orgs",

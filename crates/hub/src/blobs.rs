@@ -219,6 +219,14 @@ impl BlobStore {
         }
     }
 
+    /// Deletes blob `sha256`'s file, if any (the store no longer names it).
+    pub async fn remove(&self, sha256: &str) -> Result<()> {
+        match tokio::fs::remove_file(self.blob_path(sha256)?).await {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+
     /// Stores small content directly (tests, generated files).
     pub async fn put_bytes(&self, data: &[u8]) -> Result<Digests> {
         let digests = Digests::of(data);

@@ -110,7 +110,15 @@ struct Inner {
     config: HubConfig,
     /// Upload sessions with a chunk being written by this process.
     busy: Mutex<HashSet<String>>,
+    /// Read-held while an upload finishes or a commit names blobs; write-held while blobs a
+    /// removed tenant left unnamed are deleted ([`Hub::hold_blobs`]), so none is deleted
+    /// between a blob's row being found or written and its file or tree entry being used.
+    blob_gate: Arc<tokio::sync::RwLock<()>>,
 }
+
+/// Holds off every upload finishing and every commit in this process (see
+/// [`Hub::hold_blobs`]) until dropped.
+pub struct BlobHold(#[allow(dead_code)] tokio::sync::OwnedRwLockWriteGuard<()>);
 
 impl Hub {
     /// Opens the hub whose blobs live under `data_dir/hub`.
@@ -122,6 +130,7 @@ impl Hub {
                 blobs,
                 config,
                 busy: Mutex::new(HashSet::new()),
+                blob_gate: Arc::new(tokio::sync::RwLock::new(())),
             }),
         })
     }
@@ -176,6 +185,38 @@ impl Hub {
             )),
             _ => Ok(()),
         }
+    }
+
+    /// Waits for uploads finishing and commits in progress in this process, and holds off new
+    /// ones until the hold is dropped: take it before the store removes a tenant's hub rows
+    /// (and the blobs nothing names any more), and keep it until [`Hub::remove_files`] has
+    /// deleted their files, so no upload or commit can take up a blob in between.
+    pub async fn hold_blobs(&self) -> BlobHold {
+        BlobHold(self.inner.blob_gate.clone().write_owned().await)
+    }
+
+    /// Deletes the files of blobs and upload sessions the store removed (under `hold`).
+    /// Files already gone are fine; it goes on past a failure and reports the first.
+    pub async fn remove_files(
+        &self,
+        _hold: &BlobHold,
+        blobs: &[String],
+        uploads: &[String],
+    ) -> Result<()> {
+        let mut first = Ok(());
+        for sha256 in blobs {
+            if let Err(e) = self.inner.blobs.remove(sha256).await {
+                tracing::error!(sha256 = %sha256, error = %e, "could not delete a removed blob");
+                first = first.and(Err(e));
+            }
+        }
+        for upload in uploads {
+            if let Err(e) = self.inner.blobs.discard(upload).await {
+                tracing::error!(upload = %upload, error = %e, "could not delete a removed upload's staging file");
+                first = first.and(Err(e));
+            }
+        }
+        first
     }
 
     /// Removes upload sessions untouched for longer than the configured TTL, with their

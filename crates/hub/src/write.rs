@@ -405,6 +405,7 @@ impl Hub {
     /// Checks a complete upload's hash and stores its blob, recorded as uploaded by the
     /// repository's tenant (who has now shown it has the bytes).
     async fn finish_upload(&self, repo: &Repo, session: &UploadSession) -> Result<()> {
+        let _gate = self.inner.blob_gate.read().await;
         let staging = self.blobs().staging_path(&session.id)?;
         let digests = blobs::hash_file(&staging).await?;
         if digests.sha256 != session.sha256 || digests.size as i64 != session.size {
@@ -466,6 +467,8 @@ impl Hub {
             )));
         }
         let repo = self.writable_repo(access, id).await?;
+        // No blob this commit names is removed before the commit is in.
+        let _gate = self.inner.blob_gate.read().await;
         let head = self.store().find_ref(&repo.id, branch).await?;
         if let Some(h) = &head {
             if h.kind == store::hub::RefKind::Tag {

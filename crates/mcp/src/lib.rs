@@ -167,6 +167,24 @@ impl Mcp {
         Ok(())
     }
 
+    /// Forgets what this process holds of a deleted tenant whose MCP rows are gone: the stdio
+    /// processes of its servers and client sessions, its servers' health, and every cache
+    /// entry that could still name them (another process's caches expire within seconds, and
+    /// the tenant's keys are refused everywhere already).
+    pub fn forget_tenant(&self, tenant_id: &str, servers: &[String], sessions: &[String]) {
+        for server in servers {
+            self.stdio.stop_server(server);
+            self.health.forget(server);
+        }
+        for session in sessions {
+            self.stdio.stop_session(session);
+            self.sessions.remove(session);
+        }
+        self.visible.clear();
+        self.pins.clear();
+        self.audit_arguments.remove(&tenant_id.to_owned());
+    }
+
     /// Why the server is being skipped now, if it is (its last error; retried after a backoff).
     pub fn down(&self, server_id: &str) -> Option<String> {
         self.health.skip(server_id)

@@ -30,6 +30,7 @@ mod bound;
 mod catalog;
 mod error;
 mod meter;
+mod running;
 mod served;
 
 use std::sync::Arc;
@@ -45,6 +46,7 @@ pub use meter::Delivery;
 pub use served::Served;
 
 use meter::{Meter, Reserved};
+use running::Running;
 
 /// The serving layer: the served models, the tenancy services and the settlements in flight.
 /// Cheap to clone.
@@ -53,6 +55,8 @@ pub struct Serving {
     catalog: Catalog,
     tenancy: Tenancy,
     settlements: TaskTracker,
+    /// Tenant requests in flight here, to end a deleted tenant's.
+    running: Running,
 }
 
 impl Serving {
@@ -63,6 +67,7 @@ impl Serving {
             catalog,
             tenancy,
             settlements,
+            running: Running::default(),
         }
     }
 
@@ -84,12 +89,15 @@ impl Serving {
     ) -> Result<Served, ServeError> {
         let backend = self.backend_for(payer, &request.model)?;
         let bound = Bound::of(&request, backend.info().context_length)?;
+        // Registered before the reservation: a request admitted while its tenant is being
+        // deleted (disabled just after this request's reservation) is ended with the others.
+        let registration = payer.map(|p| self.running.register(&p.tenant.id, &request.request_id));
         let mut meter = match payer {
             Some(principal) => Some(self.admit(principal, &request, bound, delivery).await?),
             None => None,
         };
         match backend.generate(request).await {
-            Ok(events) => Ok(Served::new(events, meter)),
+            Ok(events) => Ok(Served::new(events, meter, registration)),
             Err(err) => {
                 if let Some(meter) = &mut meter {
                     meter.release().await;
@@ -97,6 +105,15 @@ impl Serving {
                 Err(ServeError::Backend(err))
             }
         }
+    }
+
+    /// Ends every request of `tenant_id` running in this process (its tenant is being
+    /// deleted): each one's backend stream is dropped (it leaves its queue or frees its slot)
+    /// and its meter settles what was delivered, whether or not its client is reading; a
+    /// reader gets a `PermissionDenied` refusal. Returns their request ids. Call it after the
+    /// tenant is disabled, so no new request of it is admitted.
+    pub fn end_tenant(&self, tenant_id: &str) -> Vec<String> {
+        self.running.end_tenant(tenant_id)
     }
 
     /// The tokens `request`'s prompt would have on its model, counted by its backend without

@@ -1,28 +1,48 @@
 //! A backend's events with the request's metering applied in order.
 
+use std::sync::Arc;
+
 use backend::{Event, EventStream};
 use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
 
 use crate::error::ServeError;
 use crate::meter::Meter;
+use crate::running::{Parts, Registration, Slot};
 
 /// The events of one served request. Each event is handed out only after its ledger step
 /// succeeded; dropping this drops the backend's stream (which cancels the generation) and
-/// settles what was delivered.
+/// settles what was delivered. A request ended from outside (its tenant deleted, see
+/// `Serving::end_tenant`) is dropped the same way, whether or not it is being read, and its
+/// next read is a refusal, then the end.
 pub struct Served {
-    events: EventStream,
-    /// `None` for requests nobody pays for (the admin key).
-    meter: Option<Meter>,
+    slot: Arc<Slot>,
+    /// Its place among the tenant requests in flight; `None` for the admin's.
+    _registration: Option<Registration>,
     /// An event already read and billed, handed out again by the next [`Served::next`].
     unread: Option<Event>,
+    /// The refusal for an ended request was handed out.
+    ended: bool,
 }
 
 impl Served {
-    pub(crate) fn new(events: EventStream, meter: Option<Meter>) -> Self {
+    pub(crate) fn new(
+        events: EventStream,
+        meter: Option<Meter>,
+        registration: Option<Registration>,
+    ) -> Self {
+        let token = registration
+            .as_ref()
+            .map_or_else(CancellationToken::new, |r| r.token.clone());
+        let slot = Slot::new(Parts { events, meter }, token);
+        if let Some(registration) = &registration {
+            registration.attach(&slot);
+        }
         Self {
-            events,
-            meter,
+            slot,
+            _registration: registration,
             unread: None,
+            ended: false,
         }
     }
 
@@ -31,21 +51,49 @@ impl Served {
         self.unread = Some(event);
     }
 
+    /// The refusal of a request ended from outside, once; then the end.
+    fn end(&mut self) -> Option<Result<Event, ServeError>> {
+        if std::mem::replace(&mut self.ended, true) {
+            return None;
+        }
+        Some(Err(ServeError::Tenancy(tenancy::Error::PermissionDenied {
+            message: "this request was ended because its tenant was deleted; it was billed for \
+                      what was delivered"
+                .into(),
+        })))
+    }
+
     /// The next event, or `None` when the backend's stream ended.
     pub async fn next(&mut self) -> Option<Result<Event, ServeError>> {
         if let Some(event) = self.unread.take() {
             return Some(Ok(event));
         }
-        let event = match self.events.next().await? {
+        let Some(mut taken) = self.slot.take() else {
+            return self.end();
+        };
+        let Some(parts) = taken.parts() else {
+            return self.end();
+        };
+        let token = self.slot.token.clone();
+        let item = tokio::select! {
+            biased;
+            () = token.cancelled() => None,
+            item = parts.events.next() => Some(item),
+        };
+        let Some(item) = item else {
+            drop(taken);
+            return self.end();
+        };
+        let event = match item? {
             Ok(event) => event,
             Err(err) => {
-                if let Some(meter) = &mut self.meter {
+                if let Some(meter) = &mut parts.meter {
                     meter.backend_failed().await;
                 }
                 return Some(Err(ServeError::Backend(err)));
             }
         };
-        if let Some(meter) = &mut self.meter {
+        if let Some(meter) = &mut parts.meter {
             let billed = match &event {
                 Event::Queued { .. } | Event::ToolCall { .. } | Event::Logprobs(_) => Ok(()),
                 Event::Admitted {

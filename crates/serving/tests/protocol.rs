@@ -28,6 +28,7 @@ store::on_both!(Fixture;
     a_request_that_leaves_the_queue_gets_its_hold_back,
     a_backend_refusal_gives_the_hold_back,
     heartbeats_keep_a_long_request_from_being_recovered,
+    a_deleted_tenants_requests_end_whether_read_or_not,
 );
 
 const MODEL: &str = "m";
@@ -57,6 +58,17 @@ struct Scripted {
     /// The tenant's amount held when `generate` was called.
     held_at_generate: Mutex<Vec<i64>>,
     tenant: Mutex<Option<String>>,
+    /// Event streams dropped (their generation cancelled).
+    dropped: Arc<AtomicUsize>,
+}
+
+/// Counts a stream's drop: rides inside it.
+struct DropCount(Arc<AtomicUsize>);
+
+impl Drop for DropCount {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
 }
 
 #[async_trait::async_trait]
@@ -84,14 +96,19 @@ impl Backend for Scripted {
             return Err(err);
         }
         let events = tokio_stream::iter(self.script.events.clone());
-        Ok(if self.script.then_wait {
+        let count = DropCount(self.dropped.clone());
+        let stream: EventStream = if self.script.then_wait {
             Box::pin(tokio_stream::StreamExt::chain(
                 events,
                 futures::stream::pending(),
             ))
         } else {
             Box::pin(events)
-        })
+        };
+        Ok(Box::pin(futures::StreamExt::map(stream, move |item| {
+            let _ = &count;
+            item
+        })))
     }
 }
 
@@ -165,6 +182,7 @@ impl Fixture {
             calls: AtomicUsize::new(0),
             held_at_generate: Mutex::new(Vec::new()),
             tenant: Mutex::new(Some(payer.tenant.id.clone())),
+            dropped: Arc::new(AtomicUsize::new(0)),
         });
         let catalog = Catalog::new(vec![backend.clone() as Arc<dyn Backend>], None);
         let serving = Serving::new(catalog, self.tenancy.clone(), self.settlements.clone());
@@ -507,4 +525,100 @@ async fn heartbeats_keep_a_long_request_from_being_recovered(fx: Fixture) {
     let recovered = other.ledger.recover().await.expect("recover");
     assert_eq!(recovered.released.len() + recovered.settled.len(), 1);
     drop(served);
+}
+
+/// Deleting a tenant ends its requests in this process: one whose client stopped reading as
+/// well as one being read, each settled for what it delivered; another tenant's runs on.
+async fn a_deleted_tenants_requests_end_whether_read_or_not(fx: Fixture) {
+    let payer = fx.payer(100_000, None).await;
+    let other = fx.named_payer("other", 100_000, None).await;
+    let mut s = script(vec![admitted(6, 50), Ok(Event::text("abc", 3))]);
+    s.then_wait = true;
+    let (serving, backend) = fx.serving(s, &payer);
+    let serve = |id: &'static str, who: Principal| {
+        let serving = serving.clone();
+        async move {
+            let mut served = serving
+                .serve(Some(&who), request(id, "hello", 50), Delivery::Stream)
+                .await
+                .expect("served");
+            assert!(matches!(
+                served.next().await,
+                Some(Ok(Event::Admitted { .. }))
+            ));
+            assert!(matches!(served.next().await, Some(Ok(Event::Text { .. }))));
+            served
+        }
+    };
+    // Its client stopped reading.
+    let mut stalled = serve("stalled", payer.clone()).await;
+    // Its client waits for the next token.
+    let mut read = serve("read", payer.clone()).await;
+    let reader = tokio::spawn(async move { read.next().await.map(|r| r.map(|_| ())) });
+    let others = serve("others", other.clone()).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+
+    fx.tenancy
+        .directory
+        .disable_for_removal(&payer.tenant.id)
+        .await
+        .expect("disable");
+    let mut ended = serving.end_tenant(&payer.tenant.id);
+    ended.sort();
+    assert_eq!(ended, ["read", "stalled"]);
+    // The unread one at once; the one being read by its reader, which wakes up to it.
+    assert_eq!(
+        backend.dropped.load(Ordering::SeqCst),
+        1,
+        "the stalled one cancelled"
+    );
+    let refused = |r: Option<Result<(), ServeError>>| {
+        matches!(
+            r,
+            Some(Err(ServeError::Tenancy(
+                tenancy::Error::PermissionDenied { .. }
+            )))
+        )
+    };
+    assert!(refused(reader.await.expect("reader")));
+    assert_eq!(
+        backend.dropped.load(Ordering::SeqCst),
+        2,
+        "both generations cancelled"
+    );
+    assert!(refused(stalled.next().await.map(|r| r.map(|_| ()))));
+    assert!(stalled.next().await.is_none(), "then the end");
+    fx.settled().await;
+    for id in ["stalled", "read"] {
+        let bill = fx.tenancy.ledger.reservation(id).await.expect("bill");
+        assert_eq!(bill.state, ReservationState::Settled, "{id}");
+        let billed = bill.billed.expect("settled");
+        assert_eq!(
+            (billed.prompt_tokens, billed.completion_tokens),
+            (6, 3),
+            "{id}"
+        );
+    }
+    assert_eq!(fx.held(&payer).await, 0);
+    let closed = fx
+        .tenancy
+        .ledger
+        .close_open(&payer.tenant.id, Duration::ZERO);
+    assert!(
+        closed.await.expect("close").is_empty(),
+        "nothing was left open"
+    );
+    // A request admitted from before the deletion is refused now.
+    let again = serving
+        .serve(Some(&payer), request("late", "hello", 50), Delivery::Stream)
+        .await;
+    assert!(matches!(
+        again.err(),
+        Some(ServeError::Tenancy(tenancy::Error::PermissionDenied { .. }))
+    ));
+    // The other tenant's request runs on.
+    let open = fx.tenancy.ledger.reservation("others").await.expect("bill");
+    assert_eq!(open.state, ReservationState::Open);
+    assert_eq!(backend.dropped.load(Ordering::SeqCst), 2);
+    drop(others);
 }

@@ -19,6 +19,7 @@ pub mod hub_access;
 pub mod mcp;
 pub mod model;
 mod postgres;
+pub mod removal;
 pub mod responses;
 mod rows;
 mod sql;
@@ -37,6 +38,7 @@ pub use hub_access::HubAccessStore;
 pub use mcp::{McpCallRecord, McpServerRecord, McpSessionRecord, McpStore, McpUpstreamSession};
 pub use model::*;
 pub use postgres::PostgresStore;
+pub use removal::{Removal, RemovalStore};
 pub use responses::{ResponseStore, StoredResponse};
 pub use sqlite::{snapshot as snapshot_sqlite, SqliteStore};
 
@@ -53,10 +55,10 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
 }
 
 /// Everything tenancy, billing, the hub, the control plane, the Responses API and the MCP
-/// gateway persist, in eight parts. Implementations are cheap to share (`Arc<dyn Store>`) and safe to use from many
+/// gateway persist, in eight parts, and the removal of a tenant across them. Implementations are cheap to share (`Arc<dyn Store>`) and safe to use from many
 /// tasks and from several processes on one database. Callers bring the parts into scope with
 /// `use store::{TenantStore, LedgerStore, LimitStore, HubStore, HubAccessStore,
-/// DeploymentRecordStore, ResponseStore, McpStore}`.
+/// DeploymentRecordStore, ResponseStore, McpStore, RemovalStore}`.
 #[async_trait]
 pub trait Store:
     TenantStore
@@ -67,6 +69,7 @@ pub trait Store:
     + DeploymentRecordStore
     + ResponseStore
     + McpStore
+    + RemovalStore
 {
     /// `"sqlite"` or `"postgres"`, for logs.
     fn kind(&self) -> &'static str;

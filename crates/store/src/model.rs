@@ -21,6 +21,9 @@ pub struct Tenant {
     /// Tokens (input + output) per minute over a sliding 60 s window; `None` is unlimited.
     pub tpm: Option<i64>,
     pub balances: Balances,
+    /// When the tenant was deleted: its keys revoked, its data removed, this row and its ledger
+    /// kept for accounting. A deleted tenant is also `disabled`.
+    pub deleted_at: Option<Timestamp>,
 }
 
 /// A tenant's account counters, kept in step with the ledger in the same transaction.

@@ -76,7 +76,7 @@ pub(crate) fn parse_list(text: &str) -> Result<Vec<String>> {
 }
 
 pub(crate) const TENANT: &str = "id, name, created_at, free_tier_only, disabled, rpm, tpm, \
-    grant_tokens_total, grant_tokens_used, grant_tokens_held, balance, amount_held";
+    grant_tokens_total, grant_tokens_used, grant_tokens_held, balance, amount_held, deleted_at";
 
 pub(crate) fn tenant(row: &impl Columns) -> Result<Tenant> {
     Ok(Tenant {
@@ -94,6 +94,7 @@ pub(crate) fn tenant(row: &impl Columns) -> Result<Tenant> {
             balance: row.int("balance")?,
             amount_held: row.int("amount_held")?,
         },
+        deleted_at: row.opt_time("deleted_at")?,
     })
 }
 

@@ -48,8 +48,8 @@ pub struct CreatedKey {
 
 #[derive(Clone)]
 pub struct Directory {
-    store: Arc<dyn Store>,
-    clock: Arc<dyn Clock>,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) clock: Arc<dyn Clock>,
     free_grant_tokens: i64,
 }
 
@@ -123,8 +123,19 @@ impl Directory {
         Ok(self.store.create_tenant(&new).await?)
     }
 
+    /// A tenant, deleted or not (a deleted one has `deleted_at`).
     pub async fn tenant(&self, id: &str) -> Result<Tenant> {
         Ok(self.store.tenant(id).await?)
+    }
+
+    /// A tenant that is not deleted: `NotFound`, or `Conflict` for a deleted one (it can get
+    /// no new keys, orgs, grants or money, and cannot be changed).
+    pub async fn active_tenant(&self, id: &str) -> Result<Tenant> {
+        let tenant = self.store.tenant(id).await?;
+        match tenant.deleted_at {
+            Some(at) => Err(crate::deletion::deleted(id, at)),
+            None => Ok(tenant),
+        }
     }
 
     pub async fn tenants(&self) -> Result<Vec<Tenant>> {
@@ -134,12 +145,13 @@ impl Directory {
     pub async fn update_tenant(&self, id: &str, patch: &TenantPatch) -> Result<Tenant> {
         validate_limit("rpm", patch.rpm.flatten())?;
         validate_limit("tpm", patch.tpm.flatten())?;
+        self.active_tenant(id).await?;
         Ok(self.store.update_tenant(id, patch).await?)
     }
 
     pub async fn create_org(&self, tenant_id: &str, name: &str) -> Result<Org> {
         validate_org_name(name)?;
-        self.store.tenant(tenant_id).await?;
+        self.active_tenant(tenant_id).await?;
         let org = Org {
             id: new_id("org"),
             tenant_id: tenant_id.to_owned(),
@@ -183,7 +195,7 @@ impl Directory {
                 ));
             }
         }
-        self.store.tenant(tenant_id).await?;
+        self.active_tenant(tenant_id).await?;
         let secret = keys::mint();
         let key = ApiKey {
             id: new_id("key"),

@@ -327,6 +327,9 @@ impl Ledger {
                 "must be a positive number of micro-units",
             ));
         }
+        if let Some(at) = self.store.tenant(tenant_id).await?.deleted_at {
+            return Err(crate::deletion::deleted(tenant_id, at));
+        }
         let generated;
         let key = match idempotency_key {
             Some(key) if !key.is_empty() => key,
@@ -339,6 +342,42 @@ impl Ledger {
             .store
             .top_up(tenant_id, amount, key, self.clock.now())
             .await?)
+    }
+
+    /// Request ids of `tenant_id`'s open reservations, in any process sharing the database.
+    pub async fn open_requests(&self, tenant_id: &str) -> Result<Vec<String>> {
+        Ok(self.store.open_reservations(tenant_id).await?)
+    }
+
+    /// Waits up to `wait` for `tenant_id`'s open reservations to be settled by the requests
+    /// holding them (ended requests settle what they delivered as they drop), then settles
+    /// whatever is still open from its last persisted progress, as lease recovery would: a
+    /// request of another process, or one that did not end in time. Settling is idempotent,
+    /// so a request settling itself afterwards changes nothing. Returns the request ids it
+    /// settled itself.
+    pub async fn close_open(&self, tenant_id: &str, wait: Duration) -> Result<Vec<String>> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let open = self.store.open_reservations(tenant_id).await?;
+            if open.is_empty() {
+                return Ok(Vec::new());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                for request_id in &open {
+                    let settlement = self
+                        .store
+                        .settle(request_id, SettleWith::Progress, self.clock.now())
+                        .await?;
+                    tracing::info!(
+                        request_id = %request_id,
+                        completion_tokens = settlement.billed.completion_tokens,
+                        "settled a deleted tenant's request from its persisted progress"
+                    );
+                }
+                return Ok(open);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// The tenant's ledger, oldest first.

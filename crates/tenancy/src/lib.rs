@@ -22,6 +22,7 @@
 
 mod clock;
 mod config;
+mod deletion;
 mod directory;
 mod error;
 mod keys;
@@ -48,9 +49,9 @@ pub use store::accounting::{is_tool_call, TOOL_CALL_PREFIX};
 pub use usage::{Account, UsageQuery, UsageReports};
 
 pub use store::{
-    ApiKey, Balances, Debit, LedgerEntry, LedgerKind, Org, Price, PriceRates, Reservation,
-    ReservationState, Settlement, Store, StoredResponse, Tenant, TenantPatch, Timestamp,
-    TokenUsage, UsageGroup, UsageRow,
+    removal, ApiKey, Balances, Debit, LedgerEntry, LedgerKind, Org, Price, PriceRates, Removal,
+    Reservation, ReservationState, Settlement, Store, StoredResponse, Tenant, TenantPatch,
+    Timestamp, TokenUsage, UsageGroup, UsageRow,
 };
 
 /// The tenancy services over one store, each cheap to clone.

@@ -2,12 +2,14 @@
 //! the `*View`s of tenants, keys, orgs, prices, accounts and usage. Money is integer
 //! micro-units; times are RFC 3339 UTC.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 use serde_json::Value;
 use tenancy::{
-    Account, ApiKey, CreatedKey, KeySpec, Org, Price, PriceRates, Scope, Tenant, TenantPatch,
-    TenantSpec, UsageRow,
+    Account, ApiKey, CreatedKey, KeySpec, Org, Price, PriceRates, Removal, Scope, Tenant,
+    TenantPatch, TenantSpec, UsageRow,
 };
 
 use crate::error::{ApiError, Result};
@@ -194,6 +196,8 @@ pub struct TenantView {
     pub grant_tokens_held: i64,
     pub balance: i64,
     pub amount_held: i64,
+    /// When it was deleted (`DELETE /admin/v1/tenants/{id}`); `null` for an active tenant.
+    pub deleted_at: Option<String>,
 }
 
 impl From<Tenant> for TenantView {
@@ -206,6 +210,7 @@ impl From<Tenant> for TenantView {
             grant_tokens_held: t.balances.grant_tokens_held,
             balance: t.balances.balance,
             amount_held: t.balances.amount_held,
+            deleted_at: opt_time(&t.deleted_at),
             id: t.id,
             name: t.name,
             free_tier_only: t.free_tier_only,
@@ -472,5 +477,62 @@ impl From<tenancy::Reservation> for RequestBillView {
             prompt_tokens: r.prompt_tokens,
             max_completion_tokens: r.max_completion_tokens,
         }
+    }
+}
+
+/// `DELETE /admin/v1/tenants/{id}`, and its `?dry_run=true`: what the deletion did, or would do
+/// now. Each map goes from a kind to its ids or names, sorted; every kind the server knows is
+/// listed, empty or not.
+#[derive(Debug, Serialize)]
+pub struct TenantDeletionView {
+    pub object: &'static str,
+    pub tenant_id: String,
+    pub dry_run: bool,
+    /// When it was deleted; `null` in a dry run.
+    pub deleted_at: Option<String>,
+    /// Keys revoked at once (`api_keys`); their rows stay, named by its ledger.
+    pub revoked: BTreeMap<&'static str, Vec<String>>,
+    /// Requests of it that were running (reservations open): ended and settled for what they
+    /// delivered.
+    pub running_requests: Vec<String>,
+    /// Deleted from the database, and their files from disk (`hub_blobs`, `hub_uploads`).
+    pub removed: BTreeMap<&'static str, Vec<String>>,
+    /// Its own that stays: public repositories and the orgs holding them.
+    pub kept: BTreeMap<&'static str, Vec<String>>,
+    /// Its ledger entries, all kept (the tenant row stays too, marked deleted).
+    pub ledger_entries_kept: i64,
+    /// Whether the database's files were rewritten without the removed rows' bytes (SQLite);
+    /// `false` on PostgreSQL, which keeps them until `VACUUM` reuses the space. Absent in a
+    /// dry run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database_scrubbed: Option<bool>,
+}
+
+impl TenantDeletionView {
+    pub fn new(removal: Removal, running_requests: Vec<String>, scrubbed: Option<bool>) -> Self {
+        Self {
+            object: "tenant.deletion",
+            dry_run: removal.deleted_at.is_none(),
+            deleted_at: opt_time(&removal.deleted_at),
+            tenant_id: removal.tenant_id,
+            revoked: removal.revoked,
+            running_requests,
+            removed: removal.removed,
+            kept: removal.kept,
+            ledger_entries_kept: removal.ledger_entries,
+            database_scrubbed: scrubbed,
+        }
+    }
+}
+
+/// An admin query flag (`true`/`false`, `1`/`0`; absent is `false`), by `param`'s name.
+pub fn flag(param: &str, value: Option<&str>) -> Result<bool> {
+    match value {
+        None | Some("false" | "0") => Ok(false),
+        Some("true" | "1") => Ok(true),
+        Some(other) => Err(ApiError::invalid(
+            param,
+            format!("Invalid value for '{param}': expected true or false, but got '{other}'."),
+        )),
     }
 }

@@ -1,10 +1,12 @@
-//! `/admin/v1/…`: tenants, orgs, keys, top-ups and prices. Every handler takes [`Admin`], so a
+//! `/admin/v1/…`: tenants, orgs, keys, top-ups and prices (deleting a tenant: `tenant_delete`). Every handler takes [`Admin`], so a
 //! tenant key gets a 403 and no key a 401 before any handler runs.
 
-use axum::extract::{Path, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::Json;
+use serde::Deserialize;
 
 use super::RawBody;
 use crate::auth::Admin;
@@ -31,16 +33,35 @@ pub async fn create_tenant(
     Ok((StatusCode::CREATED, Json(TenantView::from(tenant))))
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListParams {
+    include_deleted: Option<String>,
+}
+
+/// Active tenants; deleted ones too with `?include_deleted=true`.
 pub async fn list_tenants(
     State(state): State<AppState>,
     _: Admin,
+    params: std::result::Result<Query<ListParams>, QueryRejection>,
 ) -> Result<Json<ListView<TenantView>>> {
-    let tenants = state
+    let Query(params) = params.map_err(|r| {
+        ApiError::new(
+            Code::InvalidRequest,
+            format!(
+                "{}. GET /admin/v1/tenants takes include_deleted (true or false).",
+                r.body_text()
+            ),
+        )
+    })?;
+    let include_deleted = wire::flag("include_deleted", params.include_deleted.as_deref())?;
+    let mut tenants = state
         .tenancy()
         .directory
         .tenants()
         .await
         .map_err(ApiError::from_tenancy)?;
+    tenants.retain(|t| include_deleted || t.deleted_at.is_none());
     Ok(Json(ListView::new(tenants)))
 }
 

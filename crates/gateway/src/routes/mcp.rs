@@ -163,11 +163,12 @@ pub async fn grant(
     RawBody(body): RawBody,
 ) -> Result<impl IntoResponse> {
     let server = wire::grant(&body)?;
-    // The tenant must exist: a 404 names it rather than a foreign-key failure.
+    // The tenant must exist: a 404 names it rather than a foreign-key failure; a deleted
+    // one is a 409.
     state
         .tenancy()
         .directory
-        .tenant(&tenant_id)
+        .active_tenant(&tenant_id)
         .await
         .map_err(ApiError::from_tenancy)?;
     let service = service(&state)?;

@@ -10,6 +10,7 @@ pub mod messages;
 pub mod models;
 pub mod ops;
 pub mod responses;
+pub mod tenant_delete;
 
 use axum::extract::{FromRequest, Request};
 use axum::http::{Method, StatusCode, Uri};

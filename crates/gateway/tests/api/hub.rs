@@ -53,7 +53,13 @@ async fn hub_app(config: HubConfig) -> HubApp {
     }
 }
 
-async fn call(app: &Router, method: &str, path: &str, key: Option<&str>, body: Body) -> Reply {
+pub(crate) async fn call(
+    app: &Router,
+    method: &str,
+    path: &str,
+    key: Option<&str>,
+    body: Body,
+) -> Reply {
     let mut request = Request::builder().method(method).uri(path);
     if let Some(key) = key {
         request = request.header(header::AUTHORIZATION, format!("Bearer {key}"));
@@ -65,7 +71,7 @@ async fn call(app: &Router, method: &str, path: &str, key: Option<&str>, body: B
     send(app, request).await
 }
 
-async fn json_call(
+pub(crate) async fn json_call(
     app: &Router,
     method: &str,
     path: &str,
@@ -76,7 +82,7 @@ async fn json_call(
 }
 
 /// A tenant owning org `org`, and a key with `scopes`.
-async fn tenant(app: &Router, name: &str, org: &str, scopes: &[&str]) -> String {
+pub(crate) async fn tenant(app: &Router, name: &str, org: &str, scopes: &[&str]) -> String {
     let t = json_call(
         app,
         "POST",
@@ -109,7 +115,7 @@ async fn tenant(app: &Router, name: &str, org: &str, scopes: &[&str]) -> String 
 }
 
 /// Uploads `data` into `repo` over HTTP and commits it as `path`.
-async fn push(app: &Router, key: &str, repo: &str, path: &str, data: &[u8]) {
+pub(crate) async fn push(app: &Router, key: &str, repo: &str, path: &str, data: &[u8]) {
     let d = hub::blobs::Digests::of(data);
     let s = json_call(
         app,

@@ -10,6 +10,7 @@ mod messages;
 mod ops;
 mod responses;
 mod streaming;
+mod tenant_delete;
 mod tenants;
 mod tools;
 mod upstream;

@@ -5,7 +5,7 @@
 //! (times, lists of strings), how a write transaction starts (`BEGIN IMMEDIATE` behind the
 //! process's writer turn, or a plain `BEGIN` with row locks) and whether a read locks its row
 //! differ. [`Db`] is that seam; the trait implementations in `directory`, `hub`, `hub_access`,
-//! `deployments` and `responses` are generic over it. What really differs stays per database:
+//! `deployments`, `responses`, `mcp` and `removal` are generic over it. What really differs stays per database:
 //! the ledger (SQLite's group-commit writer) and the rate windows (PostgreSQL's per-subject row
 //! locks).
 //!
@@ -19,6 +19,7 @@ mod hub;
 mod hub_access;
 pub(crate) mod ledger;
 pub(crate) mod mcp;
+mod removal;
 mod responses;
 
 use async_trait::async_trait;
@@ -218,4 +219,9 @@ pub(crate) trait Db: Send + Sync + 'static {
     }
     /// A transaction that serialises with every other writer of the rows it locks.
     async fn write(&self) -> Result<Self::Tx>;
+    /// Overwrites what deleted rows left in the database's files, where that can be done
+    /// online (`RemovalStore::scrub`); whether it was. Nothing by default.
+    async fn scrub_files(&self) -> Result<bool> {
+        Ok(false)
+    }
 }

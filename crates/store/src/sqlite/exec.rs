@@ -61,6 +61,18 @@ impl Db for SqliteStore {
         let statement = Statement::new(sql, args);
         self.ledger.run(move |conn| statement.execute(conn)).await
     }
+
+    /// Deleted rows' bytes are overwritten in their pages (the pool's connections delete with
+    /// `secure_delete`), but earlier versions of those pages may still sit in the write-ahead
+    /// log: copy it back and truncate it, in this process's writer turn. `false` when a reader
+    /// kept the log busy past the busy timeout.
+    async fn scrub_files(&self) -> Result<bool> {
+        let _turn = self.writer.lock().await;
+        let row: (i64, i64, i64) = sqlx::query_as("PRAGMA wal_checkpoint(TRUNCATE)")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.0 == 0)
+    }
 }
 
 /// A shared statement made ready for the ledger writer's rusqlite connection: its parameters

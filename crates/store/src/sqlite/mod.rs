@@ -146,7 +146,10 @@ impl SqliteStore {
             .foreign_keys(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
-            .pragma("wal_autocheckpoint", "0");
+            .pragma("wal_autocheckpoint", "0")
+            // Deleted rows are overwritten with zeros, not left in free space: a deleted
+            // response or a removed tenant's data is gone from the file (see `scrub_files`).
+            .pragma("secure_delete", "ON");
         // A local file's connection does not go stale: no ping before each use.
         let pool = SqlitePoolOptions::new()
             .max_connections(8)

@@ -15,6 +15,7 @@ import os
 import secrets
 import signal
 import socket
+import ssl
 import subprocess
 import time
 
@@ -40,8 +41,10 @@ def _env_path(name: str) -> str:
 
 
 class Server:
-    def __init__(self, name: str, url: str, proc: subprocess.Popen, log_path: str, admin_key: str):
+    def __init__(self, name: str, url: str, proc: subprocess.Popen, log_path: str, admin_key: str, ca: str = None):
         self.name = name
+        # What `requests` checks the server's certificate with: a CA file for an HTTPS server.
+        self.verify = ca or True
         self.url = url
         self.proc = proc
         self.log_path = log_path
@@ -55,7 +58,8 @@ class Server:
 
     def admin(self, method: str, path: str, json=None, expect: int = None):
         """Calls /admin/v1/PATH with the admin key; returns the decoded body."""
-        r = requests.request(method, self.url + "/admin/v1" + path, json=json, headers=self.auth(self.admin_key), timeout=30)
+        r = requests.request(method, self.url + "/admin/v1" + path, json=json, headers=self.auth(self.admin_key),
+                             timeout=30, verify=self.verify)
         if expect is not None:
             assert r.status_code == expect, f"{method} {path}: {r.status_code} {r.text[:500]}"
         return r.json()
@@ -83,10 +87,13 @@ class Server:
     def client(self, **kw) -> openai.OpenAI:
         kw.setdefault("timeout", CLIENT_TIMEOUT_S)
         kw.setdefault("api_key", self.key)
+        if self.verify is not True:
+            kw.setdefault("http_client", openai.DefaultHttpxClient(verify=ssl.create_default_context(cafile=self.verify)))
         return openai.OpenAI(base_url=self.url + "/v1", max_retries=0, **kw)
 
     def metrics(self) -> str:
-        r = requests.get(self.url + "/metrics", headers={"Authorization": f"Bearer {self.admin_key}"}, timeout=10)
+        r = requests.get(self.url + "/metrics", headers={"Authorization": f"Bearer {self.admin_key}"}, timeout=10,
+                         verify=self.verify)
         assert r.status_code == 200, f"/metrics: {r.status_code} {r.text[:500]}"
         return r.text
 
@@ -97,8 +104,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start(name: str, extra_args: list, tmp_dir: str, admin_key: str, env: dict = None) -> Server:
-    """Starts `flywheel serve` with EXTRA_ARGS; ENV adds variables (FLYWHEEL_* included) to its environment."""
+def _start(name: str, extra_args: list, tmp_dir: str, admin_key: str, env: dict = None, ca: str = None) -> Server:
+    """Starts `flywheel serve` with EXTRA_ARGS; ENV adds variables (FLYWHEEL_* included) to its environment.
+    CA: the CA file of an HTTPS server's certificate (EXTRA_ARGS then hold --tls-cert/--tls-key)."""
     binary = _env_path("FLYWHEEL_BIN")
     port = _free_port()
     data_dir = os.path.join(tmp_dir, "data")
@@ -116,7 +124,8 @@ def _start(name: str, extra_args: list, tmp_dir: str, admin_key: str, env: dict 
         log.write(("$ " + " ".join(args) + "\n").encode())
         log.flush()
         proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
-    server = Server(name, f"http://127.0.0.1:{port}", proc, log_path, admin_key)
+    scheme = "https" if ca else "http"
+    server = Server(name, f"{scheme}://127.0.0.1:{port}", proc, log_path, admin_key, ca)
     _SERVERS.append(server)
 
     deadline = time.monotonic() + HEALTH_TIMEOUT_S
@@ -129,7 +138,7 @@ def _start(name: str, extra_args: list, tmp_dir: str, admin_key: str, env: dict 
                 pytrace=False,
             )
         try:
-            r = requests.get(server.url + "/health", timeout=2)
+            r = requests.get(server.url + "/health", timeout=2, verify=server.verify)
             if r.status_code == 200:
                 return server
             last = f"HTTP {r.status_code}: {r.text[:200]}"

@@ -196,3 +196,39 @@ def test_a_stream_longer_than_the_idle_timeout_is_not_cut(tmp_path_factory, path
         assert took > 1.5, f"the stream took only {took:.2f}s: it proves nothing about a 1s idle timeout"
     finally:
         _stop(server)
+
+
+def test_a_trusted_proxy_names_the_client_and_is_held_to_the_total_only(tmp_path_factory, admin_key):
+    """From --trusted-proxies, X-Forwarded-For names the client in the request log and the proxy's
+    connections are not held to the per-address cap; from anyone else the header is ignored."""
+    tmp = str(tmp_path_factory.mktemp("connections-proxy"))
+    args = ["--max-connections-per-address", "2", "--trusted-proxies", "127.0.0.1"]
+    server = _start("connections-proxy", args, tmp, admin_key, env={"RUST_LOG": "info,gateway::observe=debug"})
+    host, port = _host_port(server)
+    held = []
+    try:
+        def request(source, forwarded):
+            s = socket.create_connection((host, port), timeout=10, source_address=(source, 0))
+            held.append(s)
+            s.sendall(f"GET /health HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: {forwarded}\r\n\r\n".encode())
+            return s.recv(4096)
+
+        # The proxy: four open connections, over the cap of two per address.
+        for i in range(4):
+            answer = request("127.0.0.1", f"203.0.113.{i + 1}")
+            assert answer.startswith(b"HTTP/1.1 200"), (i, answer[:200])
+        # Anyone else: held to two, and its header is not believed.
+        assert request(FLOOD_ADDRESS, "198.51.100.1").startswith(b"HTTP/1.1 200")
+        assert request(FLOOD_ADDRESS, "198.51.100.2").startswith(b"HTTP/1.1 200")
+        assert request(FLOOD_ADDRESS, "198.51.100.3").startswith(b"HTTP/1.1 429")
+        deadline = time.monotonic() + 10
+        while "client=203.0.113.4" not in open(server.log_path).read():
+            assert time.monotonic() < deadline, "no request logged under the forwarded client:\n" + server.log_tail()
+            time.sleep(0.1)
+        log = open(server.log_path).read()
+        assert all(f"client=203.0.113.{i}" in log for i in range(1, 5)), server.log_tail()
+        assert f"client={FLOOD_ADDRESS}" in log and "198.51.100." not in log, server.log_tail()
+    finally:
+        for s in held:
+            s.close()
+        _stop(server)

@@ -106,6 +106,17 @@ pub struct ServeArgs {
     /// running request, streamed or not, is never cut by it [default: 60].
     #[arg(long, env = "FLYWHEEL_IDLE_TIMEOUT_SECONDS")]
     pub idle_timeout_seconds: Option<u64>,
+    /// PEM certificate chain to serve HTTPS with (HTTP/2 and HTTP/1.1); with --tls-key. Read
+    /// again on SIGHUP [default: plain HTTP].
+    #[arg(long, env = "FLYWHEEL_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "FLYWHEEL_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Reverse proxies whose X-Forwarded-For names the client (in logs and per-address
+    /// connection caps): comma-separated addresses or CIDR blocks [default: none].
+    #[arg(long, env = "FLYWHEEL_TRUSTED_PROXIES")]
+    pub trusted_proxies: Option<String>,
     /// Outbound hosts MCP servers may be reached at besides public addresses: comma-separated
     /// `host[:port]` (loopback, private and link-local addresses are refused unless listed)
     /// [default: public addresses only].
@@ -157,6 +168,9 @@ pub struct ServeConfig {
     pub responses_retention: std::time::Duration,
     /// Connection caps and timeouts, before the open-file limit is applied (see `serve`).
     pub connections: crate::http::ConnectionLimits,
+    /// HTTPS, when set.
+    pub tls: Option<crate::http::tls::TlsFiles>,
+    pub trusted_proxies: crate::http::proxy::TrustedProxies,
     pub hub: hub::HubConfig,
     /// Where MCP connections may go.
     pub mcp_allow_hosts: mcp::AllowList,
@@ -225,6 +239,17 @@ impl ServeArgs {
                 ),
                 idle_timeout: Duration::from_secs(args.idle_timeout_seconds.unwrap_or(60)),
             },
+            tls: match (args.tls_cert, args.tls_key) {
+                (Some(cert), Some(key)) => Some(crate::http::tls::TlsFiles { cert, key }),
+                (None, None) => None,
+                _ => bail!(
+                    "--tls-cert and --tls-key go together: give both, or neither for plain HTTP"
+                ),
+            },
+            trusted_proxies: crate::http::proxy::TrustedProxies::parse(
+                args.trusted_proxies.as_deref().unwrap_or(""),
+            )
+            .map_err(|e| anyhow::anyhow!("--trusted-proxies: {e}"))?,
             hub: args.hub.resolve()?,
             mcp_allow_hosts: mcp::AllowList::parse(args.mcp_allow_hosts.as_deref().unwrap_or(""))
                 .map_err(|e| anyhow::anyhow!("--mcp-allow-hosts: {e}"))?,

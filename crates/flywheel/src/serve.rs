@@ -23,6 +23,8 @@ async fn serve(config: ServeConfig) -> Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
     let admin_key = crate::admin_key::load_or_create(&config.data_dir)?;
+    // Before anything slow: a bad certificate is the operator's to fix at once.
+    let transport = transport(&config)?;
     let metrics = install_metrics()?;
     // One database pool (and one migration run) for tenancy, the hub and deployments.
     let store = open_store(&config).await?;
@@ -68,12 +70,17 @@ async fn serve(config: ServeConfig) -> Result<()> {
     } else {
         addr
     };
-    mcp.set_node_url(format!("http://{reachable}"));
-    tracing::info!("listening on http://{addr}");
-    eprintln!("flywheel is serving on http://{addr}");
+    let scheme = if transport.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    mcp.set_node_url(format!("{scheme}://{reachable}"));
+    tracing::info!("listening on {scheme}://{addr}");
+    eprintln!("flywheel is serving on {scheme}://{addr}");
 
     let heartbeat = tenancy.ledger.spawn_heartbeat();
-    let server = crate::http::Server::start(listener, app, limits);
+    let server = crate::http::Server::start(listener, app, limits, transport);
     shutdown_signal().await;
     tracing::info!("shutting down: no new connections; waiting for running requests");
     server.close();
@@ -141,6 +148,31 @@ fn connection_limits(config: &ServeConfig) -> crate::http::ConnectionLimits {
         "connection limits"
     );
     limits
+}
+
+/// TLS (reloaded on SIGHUP) when configured, and the trusted proxies.
+fn transport(config: &ServeConfig) -> Result<crate::http::Transport> {
+    let tls = match &config.tls {
+        None => None,
+        Some(files) => {
+            let tls = Arc::new(crate::http::tls::Tls::load(files.clone()).map_err(|e| {
+                anyhow::anyhow!(
+                    "{e}. Check the files, or leave out --tls-cert/--tls-key for plain HTTP"
+                )
+            })?);
+            #[cfg(unix)]
+            crate::http::tls::reload_on_hangup(tls.clone())
+                .context("cannot listen for SIGHUP (certificate reloads)")?;
+            Some(tls)
+        }
+    };
+    if !config.trusted_proxies.is_empty() {
+        tracing::info!(proxies = ?config.trusted_proxies, "X-Forwarded-For is trusted from these proxies");
+    }
+    Ok(crate::http::Transport {
+        tls,
+        proxies: Arc::new(config.trusted_proxies.clone()),
+    })
 }
 
 /// Opens the database at `--database-url`, migrating it.

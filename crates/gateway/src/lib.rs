@@ -17,6 +17,7 @@ mod routes;
 pub mod sse;
 
 pub use ::wire;
+pub use observe::ClientAddr;
 pub use wire::{error, validate};
 
 use std::sync::Arc;

@@ -19,6 +19,11 @@ pub const REQUEST_ID_HEADER: &str = "x-request-id";
 #[derive(Debug, Clone)]
 pub struct RequestId(pub String);
 
+/// The address the request comes from, set by the server on every request: the connection's
+/// peer, or, behind a trusted proxy, the client the proxy names. Logged with the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientAddr(pub std::net::IpAddr);
+
 /// Marks a response whose body is a stream, so its duration is measured to the body's end.
 #[derive(Debug, Clone, Copy)]
 pub struct Streamed;
@@ -36,7 +41,11 @@ pub async fn observe(mut request: Request, next: Next) -> Response {
         method = %request.method(),
         endpoint = %endpoint,
         model = tracing::field::Empty,
+        client = tracing::field::Empty,
     );
+    if let Some(ClientAddr(ip)) = request.extensions().get::<ClientAddr>() {
+        span.record("client", tracing::field::display(ip));
+    }
     request.extensions_mut().insert(RequestId(id.clone()));
 
     let mut response = next.run(request).instrument(span.clone()).await;

@@ -96,12 +96,13 @@ impl Slots {
         }
     }
 
-    /// Count a new connection from `ip`, or say which cap it is over.
-    pub fn acquire(self: &Arc<Self>, ip: IpAddr) -> Result<Slot, Refusal> {
+    /// Count a new connection from `ip`, or say which cap it is over; `per_address`: whether
+    /// the cap per address applies (not to a trusted proxy).
+    pub fn acquire(self: &Arc<Self>, ip: IpAddr, per_address: bool) -> Result<Slot, Refusal> {
         let client = Client::of(ip);
         let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
         let mine = counts.by_client.get(&client).copied().unwrap_or(0);
-        if mine >= self.limits.max_connections_per_address {
+        if per_address && mine >= self.limits.max_connections_per_address {
             return Err(Refusal::PerAddress {
                 client,
                 limit: self.limits.max_connections_per_address,
@@ -212,20 +213,33 @@ mod tests {
         let slots = Arc::new(Slots::new(&limits(3, 2)));
         let a: IpAddr = "10.0.0.1".parse().unwrap();
         let b: IpAddr = "10.0.0.2".parse().unwrap();
-        let a1 = slots.acquire(a).expect("first");
-        let _a2 = slots.acquire(a).expect("second");
-        let Err(refused) = slots.acquire(a) else {
+        let a1 = slots.acquire(a, true).expect("first");
+        let _a2 = slots.acquire(a, true).expect("second");
+        let Err(refused) = slots.acquire(a, true) else {
             panic!("a third connection from a was accepted")
         };
         assert_eq!(refused.reason(), "per_address");
         assert!(refused.response().starts_with("HTTP/1.1 429"));
-        let _b1 = slots.acquire(b).expect("b is another address");
-        let Err(refused) = slots.acquire(b) else {
+        let _b1 = slots.acquire(b, true).expect("b is another address");
+        let Err(refused) = slots.acquire(b, true) else {
             panic!("a connection past the total was accepted")
         };
         assert_eq!(refused.reason(), "total");
         drop(a1);
-        let _b2 = slots.acquire(b).expect("a freed one");
+        let _b2 = slots.acquire(b, true).expect("a freed one");
+    }
+
+    #[test]
+    fn a_proxy_is_held_to_the_total_only() {
+        let slots = Arc::new(Slots::new(&limits(3, 1)));
+        let proxy: IpAddr = "10.0.0.9".parse().unwrap();
+        let _held: Vec<Slot> = (0..3)
+            .map(|_| slots.acquire(proxy, false).expect("under the total"))
+            .collect();
+        let Err(refused) = slots.acquire(proxy, false) else {
+            panic!("a connection past the total was accepted")
+        };
+        assert_eq!(refused.reason(), "total");
     }
 
     #[test]

@@ -245,18 +245,26 @@ def test_burst_scales_up_refuses_with_retry_after_and_scales_down(elastic, paths
         assert set(outcomes) <= {"completion", "server_overloaded", "queue_timeout"}, outcomes
         assert outcomes.get("completion", 0) > 0 and sum(outcomes.values()) == BURST
 
-        # ETA error of streamed requests that queued: announced ETA vs actual wait to the first token.
-        pairs = [(int(r["headers"]["x-flywheel-queue-eta-ms"]), r["t_first_data"] * 1000)
-                 for r in results if "events" in r and "x-flywheel-queue-eta-ms" in r["headers"]
-                 and "t_first_data" in r and _outcome(r) == "completion"]
+        # ETA error of streamed requests that queued: the ETA announced with the response head
+        # (sent when the request was queued) against the wait from that head to the first token.
+        # The time before the head (the client's own connect and send, 2,000 at once) is not the
+        # queue's and is shown apart.
+        queued = [r for r in results if "events" in r and "x-flywheel-queue-eta-ms" in r["headers"]
+                  and "t_first_data" in r and _outcome(r) == "completion"]
+        pairs = [(int(r["headers"]["x-flywheel-queue-eta-ms"]), (r["t_first_data"] - r["t_headers"]) * 1000)
+                 for r in queued]
         if pairs:
             errs = sorted(abs(actual - eta) for eta, actual in pairs)
+            rel = sorted(abs(actual - eta) / max(actual, 1.0) for eta, actual in pairs)
             etas = sorted(eta for eta, _ in pairs)
             waits = sorted(actual for _, actual in pairs)
+            before = sorted(r["t_headers"] * 1000 for r in queued)
             mid = len(pairs) // 2
-            figure(f"queue ETA error over {len(pairs)} queued streams: median {errs[mid]:.0f} ms, "
-                   f"p90 {errs[int(len(errs) * 0.9)]:.0f} ms (median announced {etas[mid]} ms, "
-                   f"median actual wait to first token {waits[mid]:.0f} ms)")
+            figure(f"queue ETA error over {len(pairs)} queued streams: median {errs[mid]:.0f} ms "
+                   f"({rel[mid] * 100:.0f}% of the wait), p90 {errs[int(len(errs) * 0.9)]:.0f} ms "
+                   f"({rel[int(len(rel) * 0.9)] * 100:.0f}%); median announced {etas[mid]} ms, median "
+                   f"wait from the head to the first token {waits[mid]:.0f} ms, median time to the "
+                   f"head {before[mid]:.0f} ms")
 
         events = _wait(lambda: (lambda ev: ev if any(e["kind"] == "scale" and e["to"] < e["from"] and _at(e) > t_burst
                                                      for e in ev) else None)(_events(elastic, "burst")),

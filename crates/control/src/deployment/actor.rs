@@ -144,7 +144,10 @@ impl Actor {
                 tokens,
                 service,
             } => {
+                // How busy the replica was when this request ended (itself included).
+                let mut occupancy = (1, 1);
                 if let Some(r) = self.replicas.get_mut(replica) {
+                    occupancy = (r.in_flight, r.slots);
                     r.in_flight = r.in_flight.saturating_sub(1);
                     r.saturated = false;
                     r.completed += u64::from(completed);
@@ -157,7 +160,8 @@ impl Actor {
                     }
                 }
                 if completed {
-                    self.queue.record_completion(now, service);
+                    self.queue
+                        .record_completion(now, service, occupancy.0, occupancy.1);
                 }
                 self.tokens.record(now, tokens);
                 self.try_dispatch(now);

@@ -8,8 +8,12 @@
 //!    slot is busy and completions measure capacity. Time spent loading a replica says nothing
 //!    about how fast a loaded one drains, and time with nothing waiting says nothing about
 //!    capacity (nothing could complete faster than it arrived);
-//! 2. before such a window: one slot completes a request per average service time (dispatch
-//!    to end, also an exponentially weighted average) — known after the first completion;
+//! 2. before such a window: the average service time (dispatch to end, also an exponentially
+//!    weighted average) scaled by how busy the replica was when the request ended — known
+//!    after the first completion. Sequences batched on one replica share its machine, so a
+//!    request served alone on a 4-slot replica in 50 ms says the replica completes about one
+//!    request per 50 ms, not four: its sample counts as 200 ms of one slot. Counting it as
+//!    four slots' worth made the first ETAs of a burst 4× optimistic;
 //! 3. before any completion: a configured prior.
 //!
 //! With no ready slot (a cold start), estimates use the slots being loaded, at least
@@ -31,7 +35,8 @@ pub struct QueueDrain {
     prior_per_slot: f64,
     /// Observed completions per slot-second.
     per_slot: Option<f64>,
-    /// Average seconds one request holds a slot.
+    /// Average slot-seconds one completion takes: a request's service time over the share
+    /// of its replica's slots that were busy when it ended.
     service_secs: Option<f64>,
     ready_slots: usize,
     planned_slots: usize,
@@ -97,13 +102,19 @@ impl QueueDrain {
         self.per_slot.is_some()
     }
 
-    /// A request that held a slot for `service` completed at `now`.
-    pub fn record(&mut self, now: Instant, service: Duration) {
+    /// A request that held a slot for `service` completed at `now`, while `busy` of its
+    /// replica's `slots` were serving (itself included).
+    pub fn record(&mut self, now: Instant, service: Duration, busy: usize, slots: usize) {
         self.roll(now);
         if self.backlog {
             self.completions = self.completions.saturating_add(1);
         }
-        let s = service.as_secs_f64();
+        let occupancy = if slots == 0 {
+            1.0
+        } else {
+            (busy.clamp(1, slots) as f64) / slots as f64
+        };
+        let s = service.as_secs_f64() / occupancy;
         self.service_secs = Some(match self.service_secs {
             Some(avg) => ALPHA * s + (1.0 - ALPHA) * avg,
             None => s,
@@ -170,7 +181,7 @@ mod tests {
         d.set_slots(t0, 4, 4);
         assert_eq!(d.per_sec(), 8.0);
         // One completion that held its slot 100 ms: 10/s per slot.
-        d.record(t0 + ms(500), ms(100));
+        d.record(t0 + ms(500), ms(100), 4, 4);
         assert!(!d.is_observed());
         assert!((d.per_sec() - 40.0).abs() < 1e-9);
         // A window without a backlog is no evidence of capacity.
@@ -179,7 +190,7 @@ mod tests {
         // A second with a backlog: 20 completions over 4 slots × 1 s = 5 per slot-second.
         d.observe(t0 + ms(1000), true);
         for i in 0..20 {
-            d.record(t0 + ms(1000 + 40 * i), ms(800));
+            d.record(t0 + ms(1000 + 40 * i), ms(800), 4, 4);
         }
         d.observe(t0 + ms(2000), true);
         assert!(d.is_observed());
@@ -196,7 +207,7 @@ mod tests {
         assert_eq!(d.per_sec(), 2.0);
         d.set_slots(t0 + ms(900), 4, 4);
         d.observe(t0 + ms(900), false);
-        d.record(t0 + ms(950), ms(50));
+        d.record(t0 + ms(950), ms(50), 4, 4);
         d.observe(t0 + ms(1100), false);
         // The wait for the load did not count: the estimate is the service time's, 20/s a slot.
         assert!(!d.is_observed());
@@ -213,12 +224,32 @@ mod tests {
         d.set_slots(t0, 2, 2);
         d.observe(t0, true);
         for i in 0..10 {
-            d.record(t0 + ms(100 * i), ms(200));
+            d.record(t0 + ms(100 * i), ms(200), 2, 2);
         }
         d.observe(t0 + ms(1000), true);
         let before = d.per_sec();
         d.set_slots(t0 + ms(1000), 4, 4);
         assert!((d.per_sec() - 2.0 * before).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_request_served_alone_speaks_for_one_slot_only() {
+        let t0 = Instant::now();
+        let mut d = QueueDrain::new(1.0);
+        d.set_slots(t0, 4, 4);
+        // Alone on a 4-slot replica for 50 ms: the replica completes ~20/s, not 80/s.
+        d.record(t0 + ms(50), ms(50), 1, 4);
+        assert!((d.per_sec() - 20.0).abs() < 1e-9, "{}", d.per_sec());
+        assert_eq!(d.eta_ms(10), 500);
+        // Then two 100 ms requests side by side (half the slots): 20/s as well.
+        let mut e = QueueDrain::new(1.0);
+        e.set_slots(t0, 4, 4);
+        e.record(t0 + ms(100), ms(100), 2, 4);
+        assert!((e.per_sec() - 20.0).abs() < 1e-9, "{}", e.per_sec());
+        // Nonsense counts are bounded, not a division by zero.
+        e.record(t0 + ms(200), ms(100), 0, 0);
+        e.record(t0 + ms(300), ms(100), 9, 4);
+        assert!(e.per_sec().is_finite() && e.per_sec() > 0.0);
     }
 
     #[test]

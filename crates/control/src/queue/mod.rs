@@ -351,9 +351,16 @@ impl<T> State<T> {
         Some(w.enqueued + self.config.max_wait)
     }
 
-    /// A request that held a slot for `service` completed at `now` (the drain rate's evidence).
-    pub fn record_completion(&mut self, now: Instant, service: Duration) {
-        self.drain.record(now, service);
+    /// A request that held a slot for `service` completed at `now`, while `busy` of its
+    /// replica's `slots` were serving (the drain rate's evidence, see [`QueueDrain::record`]).
+    pub fn record_completion(
+        &mut self,
+        now: Instant,
+        service: Duration,
+        busy: usize,
+        slots: usize,
+    ) {
+        self.drain.record(now, service, busy, slots);
     }
 
     /// Every waiting request with its position and ETA, in the order they will be taken.

@@ -156,7 +156,7 @@ fn eta_follows_the_observed_drain_rate() {
         for j in 0..5u64 {
             let now = t0 + Duration::from_millis(s * 1000 + j * 200);
             q.pop(now).unwrap();
-            q.record_completion(now, Duration::from_millis(400));
+            q.record_completion(now, Duration::from_millis(400), 1, 1);
         }
     }
     q.push(None, 1000, t0 + Duration::from_secs(5)).unwrap();

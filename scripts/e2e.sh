@@ -37,7 +37,7 @@ venv "$CACHE/venv-llamaindex" "$ROOT/tests/e2e/clients/requirements-llamaindex.t
 export FLYWHEEL_LLAMAINDEX_PYTHON="$CACHE/venv-llamaindex/bin/python"
 
 # 2. Real models and tokenizer (cached, sha256-checked).
-"$ROOT/scripts/fetch-models.sh" smollm2 qwen tokenizer
+"$ROOT/scripts/fetch-models.sh" smollm2 qwen tokenizer minilm
 
 SMOL="$MODELS/SmolLM2-135M-Instruct.Q4_1.gguf"
 QWEN="$MODELS/Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.gguf"
@@ -61,14 +61,40 @@ for spec in "llama3:$TINY" "llama31-tools:$TINY_TOOLS" "think:$TINY_THINK"; do
   fi
 done
 
-# 4. The suite.
+# 4. Embedding models in GGUF, converted by this build's `flywheel convert`: all-MiniLM-L6-v2
+#    from its safetensors, and a tiny random-weight cross-encoder (make_rank_model.py). Redone
+#    when missing or when the converter's source or the generator changed.
 export FLYWHEEL_BIN="${FLYWHEEL_BIN:-${CARGO_TARGET_DIR:-$HOME/.cache/flywheel/target}/release/flywheel}"
-export FLYWHEEL_SMOL_GGUF="$SMOL" FLYWHEEL_QWEN_GGUF="$QWEN" FLYWHEEL_TINY_GGUF="$TINY" \
-       FLYWHEEL_TINY_TOOLS_GGUF="$TINY_TOOLS" FLYWHEEL_TINY_THINK_GGUF="$TINY_THINK" \
-       FLYWHEEL_QWEN_TOKENIZER="$TOKENIZER"
 if [ ! -x "$FLYWHEEL_BIN" ]; then
   log "no server binary at $FLYWHEEL_BIN (cargo build --release, or set FLYWHEEL_BIN)"; exit 1
 fi
+MINILM_DIR="$MODELS/all-MiniLM-L6-v2"
+MINILM="$MODELS/all-MiniLM-L6-v2.gguf"
+RANK="$MODELS/tiny-rank.gguf"
+conv_sha="$(cat "$ROOT"/crates/convert/src/*.rs "$ROOT/tests/e2e/make_rank_model.py" | sha256sum | cut -d' ' -f1)"
+if [ ! -f "$MINILM" ] || [ "$(cat "$MINILM.converter.sha256" 2>/dev/null)" != "$conv_sha" ]; then
+  log "converting $MINILM_DIR -> $MINILM"
+  "$FLYWHEEL_BIN" convert "$MINILM_DIR" -o "$MINILM"
+  echo "$conv_sha" > "$MINILM.converter.sha256"
+else
+  log "MiniLM GGUF up to date ($MINILM)"
+fi
+if [ ! -f "$RANK" ] || [ "$(cat "$RANK.converter.sha256" 2>/dev/null)" != "$conv_sha" ]; then
+  log "building $RANK"
+  rank_dir="$(mktemp -d)"
+  "$PY" "$ROOT/tests/e2e/make_rank_model.py" --tokenizer-from "$MINILM_DIR" "$rank_dir"
+  "$FLYWHEEL_BIN" convert "$rank_dir" -o "$RANK"
+  rm -rf "$rank_dir"
+  echo "$conv_sha" > "$RANK.converter.sha256"
+else
+  log "rank GGUF up to date ($RANK)"
+fi
+
+# 5. The suite.
+export FLYWHEEL_MINILM_DIR="$MINILM_DIR" FLYWHEEL_MINILM_GGUF="$MINILM" FLYWHEEL_RANK_GGUF="$RANK"
+export FLYWHEEL_SMOL_GGUF="$SMOL" FLYWHEEL_QWEN_GGUF="$QWEN" FLYWHEEL_TINY_GGUF="$TINY" \
+       FLYWHEEL_TINY_TOOLS_GGUF="$TINY_TOOLS" FLYWHEEL_TINY_THINK_GGUF="$TINY_THINK" \
+       FLYWHEEL_QWEN_TOKENIZER="$TOKENIZER"
 log "server: $FLYWHEEL_BIN"
 cd "$ROOT"
 set +e

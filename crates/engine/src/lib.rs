@@ -9,6 +9,7 @@
 //! thread, so the context is freed on that thread before anything else is torn down.
 
 pub mod constrain;
+pub mod embed;
 pub mod logprobs;
 pub mod metrics;
 pub mod model;
@@ -100,13 +101,17 @@ impl Engine {
     /// Load the model and start its worker. Blocking (seconds for large files): call it from
     /// `spawn_blocking` or before the runtime serves traffic.
     pub fn start(path: &Path, name: &str, opts: &EngineOptions) -> Result<Self> {
-        if opts.slots == 0 || opts.step_tokens < opts.slots {
-            return Err(EngineError::Load(format!(
-                "need at least one slot and a step budget of at least one token per slot (slots {}, step tokens {})",
-                opts.slots, opts.step_tokens
-            )));
-        }
+        check_options(opts)?;
         let model = Arc::new(LoadedModel::load(path, name)?);
+        Self::with_model(model, path, name, opts)
+    }
+
+    fn with_model(
+        model: Arc<LoadedModel>,
+        path: &Path,
+        name: &str,
+        opts: &EngineOptions,
+    ) -> Result<Self> {
         let train = if model.n_ctx_train > 0 {
             model.n_ctx_train
         } else {
@@ -147,6 +152,7 @@ impl Engine {
                 owned_by: "flywheel".into(),
                 context_length: Some(slot_context),
                 created,
+                kind: backend::ModelKind::Generate,
             },
             model,
             grammars: Arc::default(),
@@ -167,6 +173,30 @@ impl Engine {
         self.stopped.store(true, Ordering::SeqCst);
         let _ = self.commands.send(Command::Stop);
         join(&self.worker);
+    }
+}
+
+fn check_options(opts: &EngineOptions) -> Result<()> {
+    if opts.slots == 0 || opts.step_tokens < opts.slots {
+        return Err(EngineError::Load(format!(
+            "need at least one slot and a step budget of at least one token per slot (slots {}, step tokens {})",
+            opts.slots, opts.step_tokens
+        )));
+    }
+    Ok(())
+}
+
+/// Loads the GGUF at `path` and starts what serves it: an [`Engine`] for a text-generation
+/// model, an [`embed::EmbedEngine`] for an embedding model or a cross-encoder (told apart by
+/// the file's metadata, [`embed::kind_of`]). Blocking, like [`Engine::start`].
+pub fn start(path: &Path, name: &str, opts: &EngineOptions) -> Result<Arc<dyn Backend>> {
+    check_options(opts)?;
+    let model = Arc::new(LoadedModel::load(path, name)?);
+    match embed::kind_of(&model.model) {
+        backend::ModelKind::Generate => Ok(Arc::new(Engine::with_model(model, path, name, opts)?)),
+        kind => Ok(Arc::new(embed::EmbedEngine::start(
+            model, name, kind, opts,
+        )?)),
     }
 }
 

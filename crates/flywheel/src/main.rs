@@ -3,6 +3,7 @@
 mod admin_key;
 mod backup;
 mod config;
+mod convert;
 mod deployments;
 mod http;
 mod hub_config;
@@ -34,6 +35,8 @@ enum Command {
     Backup(backup::BackupArgs),
     /// Restore an archive written by `backup` into a new data directory, checked part by part.
     Restore(backup::RestoreArgs),
+    /// Convert a Hugging Face BERT-family model directory (safetensors) into a GGUF file.
+    Convert(convert::ConvertArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -56,6 +59,7 @@ fn main() -> std::process::ExitCode {
         Command::Restore(args) => {
             client_runtime().and_then(|rt| rt.block_on(backup::restore(args)))
         }
+        Command::Convert(args) => convert::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -158,6 +158,8 @@ pub fn router(state: GatewayState) -> Router {
             post(routes::generate::chat_completions),
         )
         .route("/v1/completions", post(routes::generate::completions))
+        .route("/v1/embeddings", post(routes::embeddings::embeddings))
+        .route("/v1/rerank", post(routes::embeddings::rerank))
         .route("/v1/responses", post(routes::responses::create))
         .route(
             "/v1/responses/{id}",

@@ -28,6 +28,7 @@
 
 mod bound;
 mod catalog;
+mod embed;
 mod error;
 mod meter;
 mod running;
@@ -41,6 +42,7 @@ use tokio_util::task::TaskTracker;
 
 pub use bound::{Bound, MAX_BYTES_PER_TOKEN};
 pub use catalog::Catalog;
+pub use embed::{RerankMethod, RerankRequest, Reranked};
 pub use error::ServeError;
 pub use meter::Delivery;
 pub use served::Served;
@@ -88,12 +90,22 @@ impl Serving {
         delivery: Delivery,
     ) -> Result<Served, ServeError> {
         let backend = self.backend_for(payer, &request.model)?;
-        let bound = Bound::of(&request, backend.info().context_length)?;
+        let info = backend.info();
+        embed::require_generation(&info)?;
+        let bound = Bound::of(&request, info.context_length)?;
         // Registered before the reservation: a request admitted while its tenant is being
         // deleted (disabled just after this request's reservation) is ended with the others.
         let registration = payer.map(|p| self.running.register(&p.tenant.id, &request.request_id));
         let mut meter = match payer {
-            Some(principal) => Some(self.admit(principal, &request, bound, delivery).await?),
+            Some(principal) => Some(
+                self.admit(
+                    principal,
+                    (&request.request_id, &request.model),
+                    (bound.prompt, bound.completion),
+                    delivery,
+                )
+                .await?,
+            ),
             None => None,
         };
         match backend.generate(request).await {
@@ -125,7 +137,9 @@ impl Serving {
         request: &GenerateRequest,
     ) -> Result<u32, ServeError> {
         let backend = self.backend_for(payer, &request.model)?;
-        Bound::of(request, backend.info().context_length)?;
+        let info = backend.info();
+        embed::require_generation(&info)?;
+        Bound::of(request, info.context_length)?;
         if let Some(principal) = payer {
             self.tenancy
                 .limits
@@ -155,29 +169,30 @@ impl Serving {
             })
     }
 
-    /// Steps 3 of the crate docs: balance, RPM, TPM, reservation of the bound.
+    /// Steps 3 of the crate docs: balance, RPM, TPM, reservation of the bound (prompt and
+    /// completion tokens) of the request `(request id, served model)`.
     async fn admit(
         &self,
         principal: &Principal,
-        request: &GenerateRequest,
-        bound: Bound,
+        (request_id, model): (&str, &str),
+        (prompt, completion): (u32, u32),
         delivery: Delivery,
     ) -> Result<Meter, ServeError> {
-        let (prompt, completion) = (i64::from(bound.prompt), i64::from(bound.completion));
+        let (prompt, completion) = (i64::from(prompt), i64::from(completion));
         let tenancy = &self.tenancy;
         tenancy
             .ledger
-            .check_affordable(&principal.tenant, &request.model, prompt, completion)
+            .check_affordable(&principal.tenant, model, prompt, completion)
             .await?;
         let counted = tenancy
             .limits
             .admit_request(Some(&principal.key), &principal.tenant)
             .await?;
         let reserve = ReserveRequest {
-            request_id: request.request_id.clone(),
+            request_id: request_id.to_owned(),
             tenant_id: principal.tenant.id.clone(),
             key_id: Some(principal.key.id.clone()),
-            served_model: request.model.clone(),
+            served_model: model.to_owned(),
             prompt_tokens: prompt,
             max_completion_tokens: completion,
         };
@@ -186,7 +201,7 @@ impl Serving {
             tenancy.clone(),
             self.settlements.clone(),
             Reserved {
-                request_id: request.request_id.clone(),
+                request_id: request_id.to_owned(),
                 delivery,
                 counted,
                 prompt_tokens: prompt,

@@ -29,6 +29,7 @@ store::on_both!(Fixture;
     a_backend_refusal_gives_the_hold_back,
     heartbeats_keep_a_long_request_from_being_recovered,
     a_deleted_tenants_requests_end_whether_read_or_not,
+    embeddings_settle_exactly_the_counted_tokens,
 );
 
 const MODEL: &str = "m";
@@ -79,6 +80,7 @@ impl Backend for Scripted {
             owned_by: "test".into(),
             context_length: Some(4096),
             created: 0,
+            kind: backend::ModelKind::Generate,
         }
     }
 
@@ -109,6 +111,42 @@ impl Backend for Scripted {
             let _ = &count;
             item
         })))
+    }
+}
+
+/// An embedding model: 3 tokens per input, or a refusal when an input is "refuse".
+struct Embedder;
+
+#[async_trait::async_trait]
+impl Backend for Embedder {
+    fn info(&self) -> ModelInfo {
+        ModelInfo {
+            id: "e".into(),
+            owned_by: "test".into(),
+            context_length: Some(512),
+            created: 0,
+            kind: backend::ModelKind::Embed { dimensions: 2 },
+        }
+    }
+
+    async fn generate(&self, _request: GenerateRequest) -> backend::Result<EventStream> {
+        unreachable!("the serving layer refuses generations on an embedding model")
+    }
+
+    async fn embed(&self, request: backend::EmbedRequest) -> backend::Result<backend::Embeddings> {
+        if request
+            .inputs
+            .contains(&backend::EmbedInput::Text("refuse".into()))
+        {
+            return Err(BackendError::InvalidRequest {
+                message: "no".into(),
+                param: Some("input".into()),
+            });
+        }
+        Ok(backend::Embeddings {
+            vectors: request.inputs.iter().map(|_| vec![0.6, 0.8]).collect(),
+            prompt_tokens: 3 * request.inputs.len() as u32,
+        })
     }
 }
 
@@ -621,4 +659,52 @@ async fn a_deleted_tenants_requests_end_whether_read_or_not(fx: Fixture) {
     assert_eq!(open.state, ReservationState::Open);
     assert_eq!(backend.dropped.load(Ordering::SeqCst), 2);
     drop(others);
+}
+
+async fn embeddings_settle_exactly_the_counted_tokens(fx: Fixture) {
+    let payer = fx.payer(100_000, None).await;
+    let catalog = Catalog::new(vec![Arc::new(Embedder) as Arc<dyn Backend>], None);
+    let serving = Serving::new(catalog, fx.tenancy.clone(), fx.settlements.clone());
+    let embed = |id: &str, inputs: &[&str]| backend::EmbedRequest {
+        request_id: id.into(),
+        model: "e".into(),
+        inputs: inputs
+            .iter()
+            .map(|t| backend::EmbedInput::Text((*t).into()))
+            .collect(),
+        tenant: Some(payer.tenant.id.clone()),
+        dimensions: None,
+    };
+    let out = serving
+        .embed(Some(&payer), embed("e1", &["a longer input", "b"]))
+        .await
+        .expect("embedded");
+    assert_eq!(out.prompt_tokens, 6);
+    fx.settled().await;
+    let settled = fx.tenancy.ledger.settle("e1", Default::default()).await;
+    let settled = settled.expect("settled");
+    assert!(settled.already_settled);
+    assert_eq!(settled.charged.amount, 6, "1 micro-unit per input token");
+    assert_eq!(fx.held(&payer).await, 0);
+
+    // A refusal gives the hold back; a generation on the model, or other dimensions, never
+    // reach the ledger.
+    let refused = serving.embed(Some(&payer), embed("e2", &["refuse"])).await;
+    assert!(matches!(refused, Err(ServeError::Backend(_))));
+    fx.settled().await;
+    assert_eq!(fx.held(&payer).await, 0);
+    let mut chat = request("e3", "hi", 4);
+    chat.model = "e".into();
+    let chat = serving.serve(Some(&payer), chat, Delivery::Whole).await;
+    assert!(matches!(
+        chat,
+        Err(ServeError::Backend(BackendError::InvalidRequest { .. }))
+    ));
+    let mut other = embed("e4", &["a"]);
+    other.dimensions = Some(3);
+    assert!(serving.embed(Some(&payer), other).await.is_err());
+    assert!(fx.tenancy.ledger.reservation("e3").await.is_err());
+    assert!(fx.tenancy.ledger.reservation("e4").await.is_err());
+    let tenant = fx.tenancy.directory.tenant(&payer.tenant.id).await;
+    assert_eq!(tenant.expect("tenant").balances.balance, 100_000 - 6);
 }

@@ -214,6 +214,7 @@ impl Backend for UpstreamBackend {
             owned_by: "upstream".into(),
             context_length: None,
             created: self.created,
+            kind: backend::ModelKind::Generate,
         }
     }
 

@@ -11,6 +11,7 @@ pub mod anthropic;
 pub mod chat;
 pub mod completions;
 pub mod deployments;
+pub mod embeddings;
 pub mod error;
 pub mod format;
 pub mod logprobs;

@@ -137,7 +137,7 @@ impl Actor {
     fn handle(&mut self, command: Command) {
         let now = now();
         match command {
-            Command::Enqueue { request, events } => self.enqueue(request, events, now),
+            Command::Enqueue { work, events } => self.enqueue(work, events, now),
             Command::Done {
                 replica,
                 completed,
@@ -239,19 +239,14 @@ impl Actor {
         self.queue.set_slots(now, ready, planned);
     }
 
-    fn enqueue(
-        &mut self,
-        request: backend::GenerateRequest,
-        events: forward::Events,
-        now: Instant,
-    ) {
+    fn enqueue(&mut self, work: forward::Work, events: forward::Events, now: Instant) {
         if self.closing.is_some() {
             let _ = events.send(Err(BackendError::ShuttingDown));
             return;
         }
         self.last_traffic = Some(now);
         let waiter = Waiter {
-            request,
+            work,
             events,
             reported: 0,
         };
@@ -289,7 +284,7 @@ impl Actor {
             return;
         }
         let events = waiter.events.clone();
-        let tenant = waiter.request.tenant.clone();
+        let tenant = waiter.work.tenant().cloned();
         match self.queue.push(tenant, waiter, now) {
             Ok((id, pos)) => {
                 if let Some(w) = self.queue.get_mut(id) {

@@ -4,8 +4,8 @@
 
 use std::sync::Arc;
 
-use backend::{Backend, BackendError, Event, GenerateRequest};
-use tokio::sync::mpsc;
+use backend::{Backend, BackendError, EmbedRequest, Embeddings, Event, GenerateRequest};
+use tokio::sync::{mpsc, oneshot};
 use tokio_stream::StreamExt;
 
 use super::Command;
@@ -13,9 +13,29 @@ use crate::queue::Entry;
 
 pub(crate) type Events = mpsc::UnboundedSender<backend::Result<Event>>;
 
+/// What a request asks a replica for.
+pub(crate) enum Work {
+    Generate(GenerateRequest),
+    /// Embeddings, answered whole on `reply`; the waiter's `events` still carry its place in
+    /// line and refusals (queue full, timeout, shutdown).
+    Embed {
+        request: EmbedRequest,
+        reply: oneshot::Sender<backend::Result<Embeddings>>,
+    },
+}
+
+impl Work {
+    pub fn tenant(&self) -> Option<&String> {
+        match self {
+            Work::Generate(r) => r.tenant.as_ref(),
+            Work::Embed { request, .. } => request.tenant.as_ref(),
+        }
+    }
+}
+
 /// A request waiting for a replica, with the client's stream.
 pub(crate) struct Waiter {
-    pub request: GenerateRequest,
+    pub work: Work,
     pub events: Events,
     /// The position last reported to the client.
     pub reported: usize,
@@ -35,6 +55,40 @@ impl Job {
             Job::Direct(w) => w,
         }
     }
+
+    fn into_waiter(self) -> Waiter {
+        match self {
+            Job::Queued(e) => e.item,
+            Job::Direct(w) => w,
+        }
+    }
+}
+
+/// Runs an embedding job on the replica: the answer goes to the job's reply, an overloaded
+/// replica sends it back in line.
+async fn embed(
+    replica: u64,
+    backend: Arc<dyn Backend>,
+    job: Job,
+    request: EmbedRequest,
+    actor: mpsc::UnboundedSender<Command>,
+) {
+    let started = tokio::time::Instant::now();
+    let result = backend.embed(request).await;
+    if let Err(BackendError::Overloaded { .. }) = result {
+        let _ = actor.send(Command::Bounced { replica, job });
+        return;
+    }
+    let completed = result.is_ok();
+    if let Work::Embed { reply, .. } = job.into_waiter().work {
+        let _ = reply.send(result);
+    }
+    let _ = actor.send(Command::Done {
+        replica,
+        completed,
+        tokens: 0,
+        service: started.elapsed(),
+    });
 }
 
 pub(crate) fn spawn(
@@ -44,8 +98,15 @@ pub(crate) fn spawn(
     actor: mpsc::UnboundedSender<Command>,
 ) {
     tokio::spawn(async move {
+        let request = match &job.waiter().work {
+            Work::Generate(request) => Ok(request.clone()),
+            Work::Embed { request, .. } => Err(request.clone()),
+        };
+        let request = match request {
+            Ok(request) => request,
+            Err(embedding) => return embed(replica, backend, job, embedding, actor).await,
+        };
         let started = tokio::time::Instant::now();
-        let request = job.waiter().request.clone();
         let events = job.waiter().events.clone();
         let mut stream = match backend.generate(request).await {
             Ok(stream) => stream,

@@ -16,7 +16,12 @@ mod rollout;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use backend::{Backend, BackendError, Event, EventStream, GenerateRequest, ModelInfo};
+use std::sync::{Mutex, PoisonError};
+
+use backend::{
+    Backend, BackendError, EmbedRequest, Embeddings, Event, EventStream, GenerateRequest,
+    ModelInfo, ModelKind,
+};
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::StreamExt;
 
@@ -32,7 +37,7 @@ use crate::{Error, Result};
 /// What the actor is asked to do.
 pub(crate) enum Command {
     Enqueue {
-        request: GenerateRequest,
+        work: forward::Work,
         events: mpsc::UnboundedSender<backend::Result<Event>>,
     },
     /// A dispatched request ended (`tokens` generated; `completed`: it ran to the end).
@@ -96,6 +101,8 @@ pub struct Deployment {
     name: Arc<str>,
     created: u64,
     context_length: Option<u32>,
+    /// What the deployment's model does (from its header; changes with the model).
+    kind: Arc<Mutex<ModelKind>>,
     commands: mpsc::UnboundedSender<Command>,
 }
 
@@ -125,6 +132,7 @@ impl Deployment {
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
             context_length: spec.context_length,
+            kind: Arc::new(Mutex::new(footprint.kind)),
             commands: commands.clone(),
         };
         actor::spawn(actor::Parts {
@@ -159,6 +167,7 @@ impl Deployment {
     }
 
     pub(crate) async fn update(&self, spec: DeploymentSpec, footprint: Footprint) -> Result<()> {
+        *self.kind.lock().unwrap_or_else(PoisonError::into_inner) = footprint.kind;
         self.ask(|reply| Command::Update {
             spec,
             footprint,
@@ -188,6 +197,37 @@ impl Backend for Deployment {
             owned_by: "flywheel".into(),
             context_length: self.context_length,
             created: self.created,
+            kind: *self.kind.lock().unwrap_or_else(PoisonError::into_inner),
+        }
+    }
+
+    /// Queued fairly with the deployment's other requests (and starting a replica at zero,
+    /// like a generation), then run whole on one replica.
+    async fn embed(&self, request: EmbedRequest) -> backend::Result<Embeddings> {
+        let (events, mut rx) = mpsc::unbounded_channel();
+        let (reply, mut answer) = tokio::sync::oneshot::channel();
+        let work = forward::Work::Embed { request, reply };
+        self.commands
+            .send(Command::Enqueue { work, events })
+            .map_err(|_| BackendError::ShuttingDown)?;
+        loop {
+            tokio::select! {
+                result = &mut answer => {
+                    return result.map_err(|_| BackendError::Internal(format!(
+                        "deployment '{}' stopped before answering", self.name
+                    )))?;
+                }
+                event = rx.recv() => match event {
+                    Some(Err(e)) => return Err(e),
+                    Some(Ok(_)) => {}
+                    // Only the answer can come now.
+                    None => {
+                        return (&mut answer).await.map_err(|_| BackendError::Internal(format!(
+                            "deployment '{}' stopped before answering", self.name
+                        )))?;
+                    }
+                },
+            }
         }
     }
 
@@ -211,7 +251,10 @@ impl Backend for Deployment {
     async fn generate(&self, request: GenerateRequest) -> backend::Result<EventStream> {
         let (events, mut rx) = mpsc::unbounded_channel();
         self.commands
-            .send(Command::Enqueue { request, events })
+            .send(Command::Enqueue {
+                work: forward::Work::Generate(request),
+                events,
+            })
             .map_err(|_| BackendError::ShuttingDown)?;
         match rx.recv().await {
             None => Err(BackendError::Internal(format!(

@@ -39,6 +39,28 @@ pub struct FakeReplica {
 
 #[async_trait::async_trait]
 impl Backend for FakeReplica {
+    /// Takes a slot for `work`, like a generation; one `[1.0]` per input, a token each.
+    async fn embed(&self, request: backend::EmbedRequest) -> backend::Result<backend::Embeddings> {
+        if self.running.load(Ordering::SeqCst) >= self.slots {
+            return Err(BackendError::Overloaded {
+                queued: 0,
+                retry_after: 1,
+            });
+        }
+        self.running.fetch_add(1, Ordering::SeqCst);
+        self.journal
+            .started
+            .lock()
+            .unwrap()
+            .push(request.request_id.clone());
+        tokio::time::sleep(self.work).await;
+        self.running.fetch_sub(1, Ordering::SeqCst);
+        Ok(backend::Embeddings {
+            vectors: request.inputs.iter().map(|_| vec![1.0]).collect(),
+            prompt_tokens: request.inputs.len() as u32,
+        })
+    }
+
     async fn stop(&self) {
         self.journal.stops.fetch_add(1, Ordering::SeqCst);
         self.stopped.send_replace(true);
@@ -50,6 +72,7 @@ impl Backend for FakeReplica {
             owned_by: "test".into(),
             context_length: None,
             created: 0,
+            kind: backend::ModelKind::Generate,
         }
     }
 
@@ -126,6 +149,7 @@ impl ReplicaLauncher for FakeLauncher {
             weights_bytes: 100 << 20,
             private_bytes: (spec.slots as u64) << 20,
             threads: spec.threads,
+            kind: backend::ModelKind::Generate,
         })
     }
 

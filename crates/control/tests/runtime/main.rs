@@ -429,3 +429,33 @@ async fn a_replica_that_cannot_start_fails_waiting_requests_with_the_reason() {
         "{events:#?}"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn embeddings_queue_fairly_and_cold_start_like_generations() {
+    let fx = fixture(8, Duration::from_secs(2), Duration::from_secs(1));
+    fx.plane.create(spec("embed", 0, 1, 1)).await.unwrap();
+    let d = Arc::new(fx.plane.get("embed").unwrap());
+    let calls: Vec<_> = (0..3)
+        .map(|i| {
+            let d = d.clone();
+            tokio::spawn(async move {
+                d.embed(backend::EmbedRequest {
+                    request_id: format!("e{i}"),
+                    model: "embed".into(),
+                    inputs: vec![backend::EmbedInput::Text("x".into()); i + 1],
+                    tenant: None,
+                    dimensions: None,
+                })
+                .await
+            })
+        })
+        .collect();
+    for (i, call) in calls.into_iter().enumerate() {
+        let out = call.await.unwrap().expect("embedded");
+        assert_eq!(out.vectors.len(), i + 1);
+        assert_eq!(out.prompt_tokens, i as u32 + 1);
+    }
+    // One replica started at zero for them, one slot: served one after another, in order.
+    assert_eq!(fx.journal.launches.load(Ordering::SeqCst), 1);
+    assert_eq!(*fx.journal.started.lock().unwrap(), ["e0", "e1", "e2"]);
+}

@@ -15,6 +15,11 @@ pub struct ModelView {
     pub object: &'static str,
     pub created: u64,
     pub owned_by: String,
+    /// The APIs the model serves (`chat`, `completions`, `embeddings`, `rerank`).
+    pub capabilities: &'static [&'static str],
+    /// The length of an embedding model's vectors.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dimensions: Option<u32>,
 }
 
 impl From<ModelInfo> for ModelView {
@@ -24,6 +29,11 @@ impl From<ModelInfo> for ModelView {
             object: "model",
             created: info.created,
             owned_by: info.owned_by,
+            capabilities: info.kind.capabilities(),
+            dimensions: match info.kind {
+                backend::ModelKind::Embed { dimensions } => Some(dimensions),
+                _ => None,
+            },
         }
     }
 }

@@ -119,6 +119,7 @@ impl Backend for Scripted {
             owned_by: "flywheel".into(),
             context_length: Some(self.context_length),
             created: 1_700_000_000,
+            kind: backend::ModelKind::Generate,
         }
     }
 

@@ -27,6 +27,7 @@ impl ReplicaLauncher for ScriptedLauncher {
             weights_bytes: 100 << 20,
             private_bytes: (spec.slots as u64) << 20,
             threads: spec.threads,
+            kind: backend::ModelKind::Generate,
         })
     }
 

@@ -95,7 +95,8 @@ async fn models_are_listed() {
     assert_eq!(reply.status, 200, "{}", reply.body);
     assert_eq!(
         reply.json(),
-        json!({ "id": "org/beta", "object": "model", "created": 1_700_000_000, "owned_by": "flywheel" })
+        json!({ "id": "org/beta", "object": "model", "created": 1_700_000_000, "owned_by": "flywheel",
+                "capabilities": ["chat", "completions"] })
     );
     get(&app, "/v1/models/gamma", Some(ADMIN_KEY))
         .await
@@ -105,11 +106,11 @@ async fn models_are_listed() {
 #[tokio::test]
 async fn unknown_routes_and_methods_are_openai_errors() {
     let app = app(vec![]).await;
-    let reply = get(&app, "/v1/embeddings", None).await;
+    let reply = get(&app, "/v1/images/generations", None).await;
     reply.assert_error(404, "not_found", None);
     assert_eq!(
         reply.json()["error"]["message"],
-        "Invalid URL (GET /v1/embeddings)"
+        "Invalid URL (GET /v1/images/generations)"
     );
 
     let reply = get(&app, "/v1/chat/completions", None).await;

@@ -1,0 +1,33 @@
+//! Model format conversion, run locally by `flywheel convert`: a Hugging Face BERT-family
+//! directory (`config.json`, `model.safetensors`, `tokenizer.json` with a WordPiece vocabulary)
+//! becomes a GGUF file llama.cpp loads as arch `bert` (an embedding model with mean or CLS
+//! pooling, or a cross-encoder with rank pooling when the checkpoint has a classifier head).
+//! Knows neither HTTP nor llama.cpp; progress is reported through a callback.
+
+mod bert;
+pub mod gguf;
+mod vocab;
+
+pub use bert::{convert_bert, Progress, Summary};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConvertError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: String,
+        source: std::io::Error,
+    },
+    /// The input is not what the converter understands (the message says which file and why).
+    #[error("{0}")]
+    Format(String),
+}
+
+pub type Result<T, E = ConvertError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,63 @@
+//! `flywheel convert SRC -o OUT`: a Hugging Face BERT-family directory (safetensors and a
+//! WordPiece tokenizer.json) to a GGUF llama.cpp loads, with a progress bar (a plain log line
+//! per tenth when stderr is not a terminal).
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
+
+#[derive(clap::Args)]
+pub struct ConvertArgs {
+    /// The model directory: config.json, model.safetensors, tokenizer.json (and, for
+    /// sentence-transformers models, 1_Pooling/config.json).
+    pub src: PathBuf,
+    /// The GGUF file to write.
+    #[arg(short, long)]
+    pub output: PathBuf,
+}
+
+pub fn run(args: ConvertArgs) -> anyhow::Result<()> {
+    let bar = ProgressBar::new(0);
+    let terminal = std::io::stderr().is_terminal();
+    if terminal {
+        let style = ProgressStyle::with_template(
+            "converting [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> ");
+        bar.set_style(style);
+    } else {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let mut logged = 0;
+    let summary = ::convert::convert_bert(&args.src, &args.output, &mut |p| {
+        bar.set_length(p.bytes_total);
+        bar.set_position(p.bytes_done);
+        bar.set_message(p.tensor.clone());
+        let tenth = p.bytes_done * 10 / p.bytes_total.max(1);
+        if !terminal && tenth > logged {
+            logged = tenth;
+            tracing::info!(
+                tensors = p.tensors_done,
+                of = p.tensors_total,
+                bytes = p.bytes_done,
+                total = p.bytes_total,
+                "converting: {}%",
+                tenth * 10
+            );
+        }
+    })
+    .with_context(|| format!("converting {}", args.src.display()))?;
+    bar.finish_and_clear();
+    eprintln!(
+        "wrote {} ({} tensors, {} bytes of weights, {} tokens, {} pooling)",
+        args.output.display(),
+        summary.tensors,
+        summary.bytes,
+        summary.vocab_size,
+        summary.pooling
+    );
+    Ok(())
+}

@@ -4,6 +4,7 @@ mod admin_key;
 mod backup;
 mod config;
 mod deployments;
+mod files_config;
 mod http;
 mod hub_config;
 mod pull;

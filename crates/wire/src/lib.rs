@@ -12,6 +12,7 @@ pub mod chat;
 pub mod completions;
 pub mod deployments;
 pub mod error;
+pub mod files;
 pub mod format;
 pub mod logprobs;
 pub mod mcp;

@@ -3,6 +3,7 @@
 pub mod account;
 pub mod admin;
 pub mod deployments;
+pub mod files;
 pub mod generate;
 pub mod hub;
 pub mod mcp;

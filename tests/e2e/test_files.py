@@ -119,7 +119,7 @@ def test_listing_pages_newest_first(fw):
     assert [f.id for f in client.files.list(limit=2, after=first.data[-1].id).data] == ids[::-1][2:4]
     assert [f.id for f in client.files.list(order="asc").data] == ids
     # The client's auto-pagination walks every page.
-    assert [f.id for f in client.files.list(limit=2).auto_paging_iter()] == ids[::-1]
+    assert [f.id for f in client.files.list(limit=2)] == ids[::-1]
     r = requests.get(f"{fw.url}/v1/files?limit=0", headers=fw.auth(key), timeout=30)
     _error(r, 400, "limit")
     r = requests.get(f"{fw.url}/v1/files?after=file-nope", headers=fw.auth(key), timeout=30)

@@ -151,9 +151,10 @@ impl Files {
         config: FilesConfig,
     ) -> Result<Self> {
         let staging = data_dir.join("files").join("staging");
-        match std::fs::remove_dir_all(&staging) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
-            _ => {}
+        if let Err(e) = std::fs::remove_dir_all(&staging) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                return Err(e.into());
+            }
         }
         std::fs::create_dir_all(&staging)?;
         Ok(Self {

@@ -7,6 +7,7 @@ use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
+use chrono::SubsecRound;
 use futures::{Stream, StreamExt};
 use hub::blobs::{Digests, Hasher};
 use store::hub::Blob;
@@ -99,7 +100,8 @@ impl Files {
         new: NewFile,
     ) -> Result<FileRecord> {
         check_filename(&new.filename)?;
-        let created_at = now();
+        // Microseconds, as both databases keep them: the record returned is the one stored.
+        let created_at = now().trunc_subsecs(6);
         let expires_at = match new.expires_after {
             None => None,
             Some(secs) => Some(created_at + self.expiry(secs)?),

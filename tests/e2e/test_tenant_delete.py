@@ -3,8 +3,8 @@ the hub, the Responses API and the MCP gateway; `flywheel push`, the official `o
 `huggingface_hub` clients.
 
 Tenant A holds a key, a private repository sharing one file's bytes (so one blob) with tenant
-B's repository plus a file of its own, a stored response, an MCP server and an MCP session, and
-has a stream running. The dry run lists exactly what the deletion then removes; afterwards A's
+B's repository plus a file of its own, a Files API file, a stored response, an MCP server and an
+MCP session, and has a stream running. The dry run lists exactly what the deletion then removes; afterwards A's
 keys get 401 in OpenAI's error shape, its private repository is a 404, its stored response is
 gone from the database and from the data directory's files, its running stream ended and was
 settled, B's repository still downloads byte-identical, and A's bills (its ledger) are still
@@ -117,6 +117,13 @@ def test_deleting_a_tenant_removes_what_the_dry_run_listed(fw, tmp_path, mcp_ups
     blob = lambda sha: os.path.join(fw.data_dir, "hub", "blobs", sha[:2], sha)  # noqa: E731
     assert os.path.exists(blob(own_sha)) and os.path.exists(blob(shared_sha))
 
+    # A file of the Files API (its bytes a blob of their own) and a quota of A's own.
+    file_data = (b'{"custom_id": "' + secrets.token_hex(8).encode() + b'"}\n') * 20
+    a_file = a_client.files.create(file=("input.jsonl", file_data), purpose="batch")
+    file_sha = hashlib.sha256(file_data).hexdigest()
+    assert os.path.exists(blob(file_sha))
+    fw.admin("PUT", f"/tenants/{a_id}/files_quota", {"quota_bytes": 1 << 30}, expect=200)
+
     # A stored response whose input carries a marker to look for on disk.
     marker = f"tenant-delete-marker-{secrets.token_hex(8)}"
     stored = a_client.responses.create(model="tiny", input=f"Remember {marker}.", max_output_tokens=4)
@@ -170,7 +177,9 @@ def test_deleting_a_tenant_removes_what_the_dry_run_listed(fw, tmp_path, mcp_ups
     assert plan["running_requests"] == [streamed["id"]], plan
     removed = plan["removed"]
     assert removed["hub_repos"] == [f"a{suffix}-org/secret"]
-    assert removed["hub_blobs"] == [own_sha], "the shared blob stays"
+    assert removed["hub_blobs"] == sorted([own_sha, file_sha]), "the shared blob stays"
+    assert removed["files"] == [a_file.id]
+    assert removed["file_quota"] == ["quota_bytes"]
     assert removed["responses"] == [stored.id]
     assert removed["mcp_servers"] == [server_id]
     assert removed["mcp_sessions"] == [session_id]
@@ -210,6 +219,8 @@ def test_deleting_a_tenant_removes_what_the_dry_run_listed(fw, tmp_path, mcp_ups
                           cache_dir=str(tmp_path / "cache-b"))
     assert _sha256(got) == hashlib.sha256(shared).hexdigest()
     assert os.path.exists(blob(shared_sha)) and not os.path.exists(blob(own_sha))
+    assert not os.path.exists(blob(file_sha)), "the file's blob went with it"
+    assert fw.admin("GET", f"/tenants/{a_id}/files_quota", expect=200)["overridden"] is False
 
     # A's stored response: gone from the API and from every file of the data directory.
     r = requests.get(f"{fw.url}/v1/responses/{stored.id}", headers=fw.auth(fw.admin_key), timeout=30)

@@ -129,6 +129,10 @@ pub struct ServeArgs {
     #[command(flatten)]
     #[serde(default)]
     pub hub: crate::hub_config::HubArgs,
+    /// The `[files]` table of the file.
+    #[command(flatten)]
+    #[serde(default)]
+    pub files: crate::files_config::FilesArgs,
     /// External OpenAI-compatible servers, each served under its own name (file only:
     /// `[[upstreams]]`).
     #[arg(skip)]
@@ -172,6 +176,7 @@ pub struct ServeConfig {
     pub tls: Option<crate::http::tls::TlsFiles>,
     pub trusted_proxies: crate::http::proxy::TrustedProxies,
     pub hub: hub::HubConfig,
+    pub files: files::FilesConfig,
     /// Where MCP connections may go.
     pub mcp_allow_hosts: mcp::AllowList,
     pub mcp_call_timeout: Duration,
@@ -251,6 +256,7 @@ impl ServeArgs {
             )
             .map_err(|e| anyhow::anyhow!("--trusted-proxies: {e}"))?,
             hub: args.hub.resolve()?,
+            files: args.files.resolve()?,
             mcp_allow_hosts: mcp::AllowList::parse(args.mcp_allow_hosts.as_deref().unwrap_or(""))
                 .map_err(|e| anyhow::anyhow!("--mcp-allow-hosts: {e}"))?,
             mcp_call_timeout: Duration::from_secs(

@@ -5,6 +5,7 @@ mod backup;
 mod config;
 mod convert;
 mod deployments;
+mod files_config;
 mod http;
 mod hub_config;
 mod pull;

@@ -32,6 +32,12 @@ async fn serve(config: ServeConfig) -> Result<()> {
     let settlements = TaskTracker::new();
     let hub = crate::hub_config::open(store.clone(), &config.data_dir, config.hub.clone()).await?;
     let store_for_mcp = store.clone();
+    let files = crate::files_config::open(
+        store.clone(),
+        hub.clone(),
+        &config.data_dir,
+        config.files.clone(),
+    )?;
     let plane = crate::deployments::start(&config, &hub, store).await?;
 
     let mut models: Vec<Arc<dyn Backend>> = Vec::new();
@@ -55,6 +61,7 @@ async fn serve(config: ServeConfig) -> Result<()> {
         metrics_open: config.metrics_open,
         max_body_bytes: config.max_body_bytes,
         mcp: Some(mcp.clone()),
+        files: Some(files),
     });
     let limits = connection_limits(&config);
     let listener = crate::http::bind(config.listen).with_context(|| {

@@ -59,6 +59,8 @@ pub struct GatewayState {
     pub plane: Option<control::ControlPlane>,
     /// The MCP gateway; `None` serves no MCP routes (404).
     pub mcp: Option<Arc<mcp::Mcp>>,
+    /// The Files API; `None` serves no file routes (404).
+    pub files: Option<files::Files>,
 }
 
 /// The state handlers see: cheap to clone.
@@ -72,6 +74,7 @@ struct Inner {
     metrics_open: bool,
     hub: Option<hub::Hub>,
     mcp: Option<Arc<mcp::Mcp>>,
+    files: Option<files::Files>,
 }
 
 impl AppState {
@@ -82,6 +85,7 @@ impl AppState {
             serving: Serving::new(catalog, state.tenancy, state.settlements),
             hub: state.hub,
             mcp: state.mcp,
+            files: state.files,
             metrics: state.metrics,
             metrics_open: state.metrics_open,
         }))
@@ -119,6 +123,11 @@ impl AppState {
         self.0.hub.as_ref()
     }
 
+    /// The Files API, if this server runs it.
+    pub fn files(&self) -> Option<&files::Files> {
+        self.0.files.as_ref()
+    }
+
     /// The MCP gateway, if this server runs one.
     pub fn mcp(&self) -> Option<Arc<mcp::Mcp>> {
         self.0.mcp.clone()
@@ -147,6 +156,10 @@ impl axum::extract::FromRef<AppState> for Authenticator {
 pub fn router(state: GatewayState) -> Router {
     metrics::describe();
     let max_body_bytes = state.max_body_bytes;
+    let max_file_bytes = state
+        .files
+        .as_ref()
+        .map_or(0, |f| f.config().max_file_bytes);
     Router::new()
         .route("/health", get(routes::ops::health))
         .route("/ready", get(routes::ops::ready))
@@ -254,6 +267,7 @@ pub fn router(state: GatewayState) -> Router {
         )
         .route("/admin/v1/node", get(routes::deployments::node))
         .merge(routes::hub::router())
+        .merge(routes::files::router(max_file_bytes))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))

@@ -211,6 +211,22 @@ impl BlobStore {
         Ok(target)
     }
 
+    /// Moves `source`, a file on the same file system whose content the caller hashed to
+    /// `sha256`, into place as that blob (others' staging areas, the Files API's). If the blob
+    /// already exists, `source` is removed instead. Take [`crate::Hub::use_blobs`] first.
+    pub async fn adopt(&self, source: &Path, sha256: &str) -> Result<PathBuf> {
+        let target = self.blob_path(sha256)?;
+        if tokio::fs::try_exists(&target).await? {
+            tokio::fs::remove_file(source).await?;
+            return Ok(target);
+        }
+        if let Some(dir) = target.parent() {
+            tokio::fs::create_dir_all(dir).await?;
+        }
+        tokio::fs::rename(source, &target).await?;
+        Ok(target)
+    }
+
     /// Removes an upload's staging file, if any.
     pub async fn discard(&self, upload_id: &str) -> Result<()> {
         match tokio::fs::remove_file(self.staging_path(upload_id)?).await {

@@ -120,6 +120,9 @@ struct Inner {
 /// [`Hub::hold_blobs`]) until dropped.
 pub struct BlobHold(#[allow(dead_code)] tokio::sync::OwnedRwLockWriteGuard<()>);
 
+/// Keeps blobs from being deleted in this process while held (see [`Hub::use_blobs`]).
+pub struct BlobUse(#[allow(dead_code)] tokio::sync::OwnedRwLockReadGuard<()>);
+
 impl Hub {
     /// Opens the hub whose blobs live under `data_dir/hub`.
     pub fn open(store: Arc<dyn Store>, data_dir: &Path, config: HubConfig) -> Result<Self> {
@@ -193,6 +196,15 @@ impl Hub {
     /// deleted their files, so no upload or commit can take up a blob in between.
     pub async fn hold_blobs(&self) -> BlobHold {
         BlobHold(self.inner.blob_gate.clone().write_owned().await)
+    }
+
+    /// Holds off [`Hub::hold_blobs`] (so every deletion of blobs) in this process until
+    /// dropped, as the hub's own uploads and commits do: take it before putting bytes in place
+    /// as a blob that may already exist, and keep it until the store names the blob, so a
+    /// deletion cannot remove the blob in between (other users of the blob store, the Files
+    /// API).
+    pub async fn use_blobs(&self) -> BlobUse {
+        BlobUse(self.inner.blob_gate.clone().read_owned().await)
     }
 
     /// Deletes the files of blobs and upload sessions the store removed (under `hold`).

@@ -14,6 +14,7 @@
 pub mod accounting;
 pub mod deployments;
 mod error;
+pub mod files;
 pub mod hub;
 pub mod hub_access;
 pub mod mcp;
@@ -33,6 +34,7 @@ use async_trait::async_trait;
 
 pub use deployments::{DeploymentRecord, DeploymentRecordStore};
 pub use error::{Result, StoreError};
+pub use files::{FilePage, FilePut, FileQuery, FileRecord, FileRemoval, FileStore};
 pub use hub::HubStore;
 pub use hub_access::HubAccessStore;
 pub use mcp::{McpCallRecord, McpServerRecord, McpSessionRecord, McpStore, McpUpstreamSession};
@@ -54,11 +56,11 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
     }
 }
 
-/// Everything tenancy, billing, the hub, the control plane, the Responses API and the MCP
-/// gateway persist, in eight parts, and the removal of a tenant across them. Implementations are cheap to share (`Arc<dyn Store>`) and safe to use from many
+/// Everything tenancy, billing, the hub, the control plane, the Responses API, the MCP
+/// gateway and the Files API persist, in nine parts, and the removal of a tenant across them. Implementations are cheap to share (`Arc<dyn Store>`) and safe to use from many
 /// tasks and from several processes on one database. Callers bring the parts into scope with
 /// `use store::{TenantStore, LedgerStore, LimitStore, HubStore, HubAccessStore,
-/// DeploymentRecordStore, ResponseStore, McpStore, RemovalStore}`.
+/// DeploymentRecordStore, ResponseStore, McpStore, FileStore, RemovalStore}`.
 #[async_trait]
 pub trait Store:
     TenantStore
@@ -69,6 +71,7 @@ pub trait Store:
     + DeploymentRecordStore
     + ResponseStore
     + McpStore
+    + FileStore
     + RemovalStore
 {
     /// `"sqlite"` or `"postgres"`, for logs.

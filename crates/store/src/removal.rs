@@ -4,7 +4,8 @@
 //! reservations, which are append-only accounting. Its keys stay as rows too, revoked: the
 //! reservations name them. Everything else it holds is deleted: its stored responses, the MCP
 //! servers it registered (their grants and pinned upstream sessions with them), its MCP client
-//! sessions, grants of the operator's servers and its MCP setting, the arguments kept in its
+//! sessions, grants of the operator's servers and its MCP setting, its files (Files API) and
+//! its files quota override, the arguments kept in its
 //! tool calls' audit rows (the rows stay: they are what it was charged), its private hub
 //! repositories with every revision, its open hub uploads, the record of which blobs it
 //! uploaded, the blobs no other repository or uploader still names, its rate windows and its
@@ -28,6 +29,10 @@ use crate::model::Timestamp;
 pub const API_KEYS: &str = "api_keys";
 /// Stored responses of the Responses API (ids).
 pub const RESPONSES: &str = "responses";
+/// Files of the Files API (ids), expired ones too; their blobs as [`HUB_BLOBS`].
+pub const FILES: &str = "files";
+/// The operator's override of its files quota (`quota_bytes`).
+pub const FILE_QUOTA: &str = "file_quota";
 /// MCP servers the tenant registered (ids).
 pub const MCP_SERVERS: &str = "mcp_servers";
 /// Grants of the operator's MCP servers to the tenant (server ids).

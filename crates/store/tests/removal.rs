@@ -175,6 +175,34 @@ impl Fixture {
             .expect("uploader");
     }
 
+    /// A file of `tenant` whose bytes are blob `sha256` (created if missing).
+    async fn file(&self, id: &str, tenant: &str, sha256: &str) {
+        let put = self
+            .store
+            .put_file(
+                &store::FileRecord {
+                    id: id.to_owned(),
+                    tenant_id: tenant.to_owned(),
+                    filename: "input.jsonl".into(),
+                    purpose: "batch".into(),
+                    bytes: 4,
+                    sha256: sha256.to_owned(),
+                    created_at: t0(),
+                    expires_at: None,
+                },
+                &Blob {
+                    sha256: sha256.to_owned(),
+                    size: 4,
+                    git_oid: "0".repeat(40),
+                    created_at: t0(),
+                },
+                1 << 20,
+            )
+            .await
+            .expect("put file");
+        assert_eq!(put, store::FilePut::Stored);
+    }
+
     async fn response(&self, id: &str, tenant: &str) {
         self.store
             .put_response(&StoredResponse {
@@ -325,6 +353,15 @@ impl Fixture {
             })
             .await
             .expect("upload");
+        // Files: `a` only a's; `c` a's and b's; `5` a's file and b's repository.
+        self.file("file-a1", "a", &sha('a')).await;
+        self.file("file-a2", "a", &sha('c')).await;
+        self.file("file-a3", "a", &sha('5')).await;
+        self.file("file-b", "b", &sha('c')).await;
+        self.store
+            .set_file_quota("a", Some(1 << 30))
+            .await
+            .expect("a's quota");
         self.response("resp_a", "a").await;
         self.response("resp_b", "b").await;
         self.mcp_server("mcp_a", Some("a"), false).await;
@@ -367,6 +404,8 @@ async fn a_dry_run_lists_exactly_what_the_removal_removes(fx: Fixture) {
     let plan = store.tenant_removal("a").await.expect("dry run");
     let expected = map(&[
         (kinds::RESPONSES, &["resp_a"]),
+        (kinds::FILES, &["file-a1", "file-a2", "file-a3"]),
+        (kinds::FILE_QUOTA, &["quota_bytes"]),
         (
             kinds::MCP_SESSION_UPSTREAMS,
             &["sess_a/mcp_a", "sess_a/mcp_op"],
@@ -379,7 +418,7 @@ async fn a_dry_run_lists_exactly_what_the_removal_removes(fx: Fixture) {
         (kinds::RATE_WINDOWS, &["key:ka1", "tenant:a"]),
         (kinds::HUB_UPLOADS, &[&"0".repeat(32)]),
         (kinds::HUB_REPOS, &["a-org/secret"]),
-        (kinds::HUB_BLOBS, &[&sha('1'), &sha('7')]),
+        (kinds::HUB_BLOBS, &[&sha('1'), &sha('7'), &sha('a')]),
         (kinds::ORGS, &["a-empty", "a-org"]),
     ]);
     assert_eq!(plan.removed, expected);
@@ -435,6 +474,8 @@ async fn a_dry_run_lists_exactly_what_the_removal_removes(fx: Fixture) {
         ('3', true),
         ('7', false),
         ('1', false),
+        ('a', false),
+        ('c', true),
     ] {
         let blob = store.blob(&sha(c)).await.expect("blob lookup");
         assert_eq!(blob.is_some(), kept, "blob {c}");
@@ -506,8 +547,13 @@ async fn a_dry_run_lists_exactly_what_the_removal_removes(fx: Fixture) {
     assert_eq!(plan_b.removed(kinds::HUB_REPOS), ["b-org/model"]);
     assert_eq!(plan_b.removed(kinds::RATE_WINDOWS), ["tenant:b"]);
     assert_eq!(plan_b.revoked[kinds::API_KEYS], ["kb"]);
-    // The blob b shares with nobody now goes with b; the one b uploaded after a, too.
-    assert_eq!(plan_b.removed(kinds::HUB_BLOBS), [sha('3'), sha('5')]);
+    assert_eq!(plan_b.removed(kinds::FILES), ["file-b"]);
+    // The blobs b shares with nobody now go with b: its repository's, the one it uploaded
+    // after a, its file's.
+    assert_eq!(
+        plan_b.removed(kinds::HUB_BLOBS),
+        [sha('3'), sha('5'), sha('c')]
+    );
 }
 
 async fn a_deleted_tenant_cannot_be_deleted_again(fx: Fixture) {

@@ -13,6 +13,7 @@ pub mod completions;
 pub mod deployments;
 pub mod embeddings;
 pub mod error;
+pub mod files;
 pub mod format;
 pub mod logprobs;
 pub mod mcp;

@@ -4,6 +4,7 @@ pub mod account;
 pub mod admin;
 pub mod deployments;
 pub mod embeddings;
+pub mod files;
 pub mod generate;
 pub mod hub;
 pub mod mcp;

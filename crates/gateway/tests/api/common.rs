@@ -193,6 +193,7 @@ pub fn app_full(
         hub: None,
         plane,
         mcp: None,
+        files: None,
     })
 }
 

@@ -45,6 +45,7 @@ async fn hub_app(config: HubConfig) -> HubApp {
         hub: Some(hub.clone()),
         plane: None,
         mcp: None,
+        files: None,
     });
     HubApp {
         app,

@@ -5,6 +5,7 @@ mod bounds;
 mod common;
 mod deployments;
 mod errors;
+mod files;
 mod hub;
 mod messages;
 mod ops;

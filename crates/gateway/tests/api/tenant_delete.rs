@@ -54,6 +54,7 @@ async fn app() -> App {
         hub: Some(hub.clone()),
         plane: None,
         mcp: None,
+        files: None,
     });
     App {
         app,

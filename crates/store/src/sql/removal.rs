@@ -68,6 +68,13 @@ impl Part {
 /// and servers they name).
 const PARTS: &[Part] = &[
     Part::delete(kinds::RESPONSES, "responses", "id", "tenant_id = $1"),
+    Part::delete(kinds::FILES, "files", "id", "tenant_id = $1"),
+    Part::delete(
+        kinds::FILE_QUOTA,
+        "file_quotas",
+        "CAST('quota_bytes' AS TEXT)",
+        "tenant_id = $1",
+    ),
     Part::delete(
         kinds::MCP_SESSION_UPSTREAMS,
         "mcp_session_upstreams",
@@ -138,23 +145,26 @@ const REPO_PARTS: &[&str] = &[
     "DELETE FROM hub_commits WHERE repo_id IN (SELECT id FROM hub_repos WHERE owner_tenant_id = $1 AND private)",
 ];
 
-/// Blobs the tenant's private repositories name or it uploaded: the ones that may go.
+/// Blobs the tenant's private repositories or files name, or it uploaded: the ones that may
+/// go.
 fn blob_candidates() -> String {
     format!(
         "SELECT sha256 AS label FROM hub_tree_entries WHERE repo_id IN ({PRIVATE_REPOS}) \
-         UNION SELECT sha256 AS label FROM hub_blob_uploaders WHERE tenant_id = $1"
+         UNION SELECT sha256 AS label FROM hub_blob_uploaders WHERE tenant_id = $1 \
+         UNION SELECT sha256 AS label FROM files WHERE tenant_id = $1"
     )
 }
 
 /// Whether blob `sha` is still named once the tenant's hub data is gone: by a tree entry of any
-/// other repository (another tenant's, the admin's, its own public ones) or by another
-/// uploader (who may still commit it).
+/// other repository (another tenant's, the admin's, its own public ones), by another
+/// uploader (who may still commit it) or by another tenant's file.
 fn unreferenced(sha: &str) -> String {
     format!(
         "NOT EXISTS (SELECT 1 FROM hub_tree_entries e WHERE e.sha256 = {sha} \
          AND e.repo_id NOT IN ({PRIVATE_REPOS})) \
          AND NOT EXISTS (SELECT 1 FROM hub_blob_uploaders u WHERE u.sha256 = {sha} \
-         AND u.tenant_id <> $1)"
+         AND u.tenant_id <> $1) \
+         AND NOT EXISTS (SELECT 1 FROM files f WHERE f.sha256 = {sha} AND f.tenant_id <> $1)"
     )
 }
 

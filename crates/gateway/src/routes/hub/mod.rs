@@ -6,11 +6,11 @@
 //! (`RepoNotFound`, `RevisionNotFound`, `EntryNotFound`). A private repository that the
 //! caller may not see is a 404 like a missing one.
 
-mod files;
+pub(crate) mod files;
 mod hf;
 pub mod metrics;
 mod modelscope;
-mod range;
+pub(crate) mod range;
 mod upload;
 
 use axum::extract::{FromRequestParts, MatchedPath, Request};

@@ -20,11 +20,12 @@ pub mod scheduler;
 pub mod special;
 pub mod template;
 pub mod text;
+mod thread;
 pub mod tool_calls;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -172,7 +173,7 @@ impl Engine {
     pub fn stop_blocking(&self) {
         self.stopped.store(true, Ordering::SeqCst);
         let _ = self.commands.send(Command::Stop);
-        join(&self.worker);
+        thread::join(&self.worker, "engine");
     }
 }
 
@@ -197,15 +198,6 @@ pub fn start(path: &Path, name: &str, opts: &EngineOptions) -> Result<Arc<dyn Ba
         kind => Ok(Arc::new(embed::EmbedEngine::start(
             model, name, kind, opts,
         )?)),
-    }
-}
-
-fn join(worker: &Mutex<Option<JoinHandle<()>>>) {
-    let mut handle = worker.lock().unwrap_or_else(PoisonError::into_inner);
-    if let Some(thread) = handle.take() {
-        if thread.join().is_err() {
-            tracing::error!("the engine thread panicked");
-        }
     }
 }
 
@@ -238,7 +230,7 @@ impl Backend for Engine {
         self.stopped.store(true, Ordering::SeqCst);
         let _ = self.commands.send(Command::Stop);
         let worker = self.worker.clone();
-        if tokio::task::spawn_blocking(move || join(&worker))
+        if tokio::task::spawn_blocking(move || thread::join(&worker, "engine"))
             .await
             .is_err()
         {

@@ -7,7 +7,7 @@ pub mod batch;
 mod worker;
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -112,16 +112,7 @@ impl EmbedEngine {
     fn stop_blocking(&self) {
         self.stopped.store(true, Ordering::SeqCst);
         let _ = self.commands.send(worker::Command::Stop);
-        join(&self.worker);
-    }
-}
-
-fn join(worker: &Mutex<Option<JoinHandle<()>>>) {
-    let mut handle = worker.lock().unwrap_or_else(PoisonError::into_inner);
-    if let Some(thread) = handle.take() {
-        if thread.join().is_err() {
-            tracing::error!("the embedding thread panicked");
-        }
+        crate::thread::join(&self.worker, "embedding");
     }
 }
 
@@ -270,7 +261,7 @@ impl Backend for EmbedEngine {
         self.stopped.store(true, Ordering::SeqCst);
         let _ = self.commands.send(worker::Command::Stop);
         let worker = self.worker.clone();
-        if tokio::task::spawn_blocking(move || join(&worker))
+        if tokio::task::spawn_blocking(move || crate::thread::join(&worker, "embedding"))
             .await
             .is_err()
         {

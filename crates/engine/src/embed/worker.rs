@@ -36,22 +36,10 @@ pub fn spawn(
     name: &str,
 ) -> Result<(mpsc::UnboundedSender<Command>, JoinHandle<()>), String> {
     let (tx, rx) = mpsc::unbounded_channel();
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let thread = std::thread::Builder::new()
-        .name(format!("embed-{name}"))
-        .spawn(move || run(&model, config, rx, &ready_tx))
-        .map_err(|e| format!("could not start the embedding thread: {e}"))?;
-    match ready_rx.recv() {
-        Ok(Ok(())) => Ok((tx, thread)),
-        Ok(Err(e)) => {
-            let _ = thread.join();
-            Err(e)
-        }
-        Err(_) => {
-            let _ = thread.join();
-            Err("the embedding thread ended during start-up".into())
-        }
-    }
+    let thread = crate::thread::start(format!("embed-{name}"), "embedding", move |ready| {
+        run(&model, config, rx, &ready)
+    })?;
+    Ok((tx, thread))
 }
 
 fn run(

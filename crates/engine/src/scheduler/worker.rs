@@ -104,22 +104,11 @@ pub fn spawn(
     metrics: ModelMetrics,
 ) -> Result<(mpsc::UnboundedSender<Command>, JoinHandle<()>), String> {
     let (tx, rx) = mpsc::unbounded_channel();
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let thread = std::thread::Builder::new()
-        .name(format!("engine-{}", metrics.model()))
-        .spawn(move || run(model, config, metrics, rx, ready_tx))
-        .map_err(|e| format!("could not start the engine thread: {e}"))?;
-    match ready_rx.recv() {
-        Ok(Ok(())) => Ok((tx, thread)),
-        Ok(Err(e)) => {
-            let _ = thread.join();
-            Err(e)
-        }
-        Err(_) => {
-            let _ = thread.join();
-            Err("the engine thread ended during start-up".into())
-        }
-    }
+    let name = format!("engine-{}", metrics.model());
+    let thread = crate::thread::start(name, "engine", move |ready| {
+        run(model, config, metrics, rx, ready)
+    })?;
+    Ok((tx, thread))
 }
 
 fn run(

@@ -251,6 +251,19 @@ pub struct GenerateRequest {
     pub parallel_tool_calls: bool,
     /// The shape the answer's text must have.
     pub format: OutputFormat,
+    /// The request's priority class: batch work takes only capacity interactive requests leave.
+    pub priority: Priority,
+}
+
+/// A request's priority class.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Priority {
+    /// A client waits for the answer (the default).
+    #[default]
+    Interactive,
+    /// A line of a batch: served only with the slots and prefill budget interactive requests
+    /// leave free, and the first to yield when they need them.
+    Batch,
 }
 
 /// Whether and which tool the model must call.

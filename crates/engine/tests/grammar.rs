@@ -54,6 +54,7 @@ fn request(choice: ToolChoice, parallel: bool, format: OutputFormat) -> Generate
         tool_choice: choice,
         parallel_tool_calls: parallel,
         format,
+        priority: Default::default(),
     }
 }
 

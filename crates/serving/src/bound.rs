@@ -94,6 +94,7 @@ mod tests {
             tool_choice: Default::default(),
             parallel_tool_calls: true,
             format: Default::default(),
+            priority: Default::default(),
         }
     }
 

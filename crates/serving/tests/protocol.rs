@@ -252,6 +252,7 @@ fn request(id: &str, prompt: &str, max_tokens: u32) -> GenerateRequest {
         tool_choice: Default::default(),
         parallel_tool_calls: true,
         format: Default::default(),
+        priority: Default::default(),
     }
 }
 

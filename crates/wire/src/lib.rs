@@ -60,6 +60,7 @@ impl ValidRequest {
             tool_choice: self.tools.choice.clone(),
             parallel_tool_calls: self.tools.parallel,
             format: self.format.clone(),
+            priority: Default::default(),
         }
     }
 

@@ -217,6 +217,7 @@ pub fn request(id: &str, tenant: Option<&str>) -> GenerateRequest {
         tool_choice: Default::default(),
         parallel_tool_calls: true,
         format: Default::default(),
+        priority: Default::default(),
     }
 }
 

@@ -27,6 +27,7 @@ fn chat(id: &str) -> GenerateRequest {
         tool_choice: Default::default(),
         parallel_tool_calls: true,
         format: Default::default(),
+        priority: Default::default(),
     }
 }
 

@@ -379,6 +379,7 @@ mod tests {
             tool_choice: choice,
             parallel_tool_calls: true,
             format,
+            priority: Default::default(),
         }
     }
 

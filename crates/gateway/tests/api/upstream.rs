@@ -139,6 +139,7 @@ fn request(prompt: Prompt) -> GenerateRequest {
         tool_choice: Default::default(),
         parallel_tool_calls: true,
         format: Default::default(),
+        priority: Default::default(),
     }
 }
 

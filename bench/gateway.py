@@ -163,6 +163,41 @@ def measure(label, port, key, seconds, work):
     return row
 
 
+def median(xs):
+    xs = sorted(xs)
+    return xs[len(xs) // 2] if len(xs) % 2 else (xs[len(xs) // 2 - 1] + xs[len(xs) // 2]) / 2
+
+
+def ab_rounds(a, upstream_port, procs):
+    """The metered SQLite path of --flywheel (B) and --baseline (A), both up at once, measured in
+    alternating rounds (A B, B A, ...) so the machine's own load falls on both sides; medians."""
+    sides = {}
+    for name, binary in (("baseline", a.baseline), ("current", a.flywheel)):
+        proc, port = start_flywheel(binary, upstream_port, None, a.work, f"ab-{name}")
+        procs.append(proc)
+        sides[name] = {"port": port, "key": tenant_key(port), "p50": [], "rps": []}
+        wrk(port, sides[name]["key"], 1, 2, a.work)  # warm up
+    for i in range(a.rounds):
+        order = ("baseline", "current") if i % 2 == 0 else ("current", "baseline")
+        for name in order:
+            side = sides[name]
+            lat = wrk(side["port"], side["key"], 1, a.seconds, a.work)
+            thr = wrk(side["port"], side["key"], 32, a.seconds, a.work)
+            side["p50"].append(lat["p50_ms"])
+            side["rps"].append(thr["rps"])
+            print(f"[bench] A/B round {i + 1} {name}: p50 {lat['p50_ms']:.3f} ms, {thr['rps']:.0f} req/s",
+                  file=sys.stderr)
+    for _ in range(2):
+        stop(procs.pop())
+    out = {name: {"p50_ms_median": median(s["p50"]), "rps_c32_median": median(s["rps"]),
+                  "p50_ms": s["p50"], "rps_c32": s["rps"]} for name, s in sides.items()}
+    out["ratios"] = {
+        "ab_rps_current_over_baseline": round(out["current"]["rps_c32_median"] / out["baseline"]["rps_c32_median"], 3),
+        "ab_p50_current_over_baseline": round(out["current"]["p50_ms_median"] / out["baseline"]["p50_ms_median"], 3),
+    }
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--flywheel", required=True)
@@ -173,6 +208,9 @@ def main():
     ap.add_argument("--litellm-venv", default=os.path.expanduser("~/.cache/flywheel/bench-litellm"))
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--skip-litellm", action="store_true")
+    ap.add_argument("--baseline", help="an earlier flywheel binary: its metered SQLite figures are measured in "
+                    "alternating rounds with --flywheel's, both servers up at once (an A/B within one run)")
+    ap.add_argument("--rounds", type=int, default=5, help="rounds of the --baseline A/B")
     a = ap.parse_args()
     os.makedirs(a.work, exist_ok=True)
     ensure_debian("wrk", "wrk")
@@ -194,6 +232,8 @@ def main():
         procs.append(fw)
         rows.append(measure("flywheel, tenant key, PostgreSQL", port, tenant_key(port), a.seconds, a.work))
         stop(procs.pop())
+        if a.baseline:
+            result_ab = ab_rounds(a, up, procs)
         if not a.skip_litellm and ensure_litellm(a.litellm_venv):
             lite, port = start_litellm(a.litellm_venv, up, a.work)
             procs.append(lite)
@@ -208,6 +248,9 @@ def main():
     by = {r["target"]: r for r in rows}
     admin_row = by["flywheel, admin key (no metering)"]
     result = {"rows": rows, "ratios": {}}
+    if a.baseline:
+        result["baseline_ab"] = result_ab
+        result["ratios"].update(result_ab["ratios"])
     for r in rows[1:]:
         r["added_p50_ms"] = round(r["p50_ms"] - direct["p50_ms"], 3)
         r["added_p99_ms"] = round(r["p99_ms"] - direct["p99_ms"], 3)

@@ -149,7 +149,10 @@ async fn a_preempted_batch_sequence_gives_the_same_answer_as_an_uninterrupted_on
     );
     assert_eq!(
         (usage.prompt_tokens, usage.completion_tokens),
-        (expected_usage.prompt_tokens, expected_usage.completion_tokens),
+        (
+            expected_usage.prompt_tokens,
+            expected_usage.completion_tokens
+        ),
         "usage counted once"
     );
     engine.stop().await;

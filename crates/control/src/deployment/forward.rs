@@ -4,9 +4,7 @@
 
 use std::sync::Arc;
 
-use backend::{
-    Backend, BackendError, EmbedRequest, Embeddings, Event, GenerateRequest, Priority,
-};
+use backend::{Backend, BackendError, EmbedRequest, Embeddings, Event, GenerateRequest, Priority};
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::StreamExt;
 

@@ -102,9 +102,7 @@ impl<T> Classes<T> {
 
     /// Take a waiting request regardless of capacity (shutdown, a failed start).
     pub fn pop_any(&mut self, now: Instant) -> Option<Entry<T>> {
-        self.interactive
-            .pop(now)
-            .or_else(|| self.batch.pop(now))
+        self.interactive.pop(now).or_else(|| self.batch.pop(now))
     }
 
     /// The capacity serving both classes (see [`State::set_slots`]): batch work yields its

@@ -342,7 +342,10 @@ fn push(
     i: usize,
     now: Instant,
 ) -> Position {
-    q.class_mut(class).push(tenant(who), (who, i), now).unwrap().1
+    q.class_mut(class)
+        .push(tenant(who), (who, i), now)
+        .unwrap()
+        .1
 }
 
 #[test]
@@ -366,9 +369,7 @@ fn a_waiting_interactive_request_without_room_holds_batch_requests_back() {
     push(&mut q, Priority::Batch, "a", 0, t0);
     push(&mut q, Priority::Interactive, "b", 0, t0);
     // A batch slot is free but the interactive request finds none: nothing goes.
-    assert!(q
-        .pop_next(t0, |class| class == Priority::Batch)
-        .is_none());
+    assert!(q.pop_next(t0, |class| class == Priority::Batch).is_none());
     assert_eq!(q.len(), 2);
     let (class, _) = q.pop_next(t0, |_| true).unwrap();
     assert_eq!(class, Priority::Interactive);
@@ -395,7 +396,11 @@ fn batch_requests_are_fair_among_tenants_within_their_class() {
     let small_positions: Vec<usize> = (1..=40)
         .filter(|_| q.pop_next(t0, |_| true).unwrap().1.item.0 == "small")
         .collect();
-    assert_eq!(small_positions.len(), 10, "small's batch is taken within 2k turns");
+    assert_eq!(
+        small_positions.len(),
+        10,
+        "small's batch is taken within 2k turns"
+    );
 }
 
 #[test]

@@ -113,7 +113,7 @@ fn finished_slot_prefix_is_reused_in_place() {
     let mut prompt: Vec<i32> = (0..10).collect();
     prompt.extend([42, 43]);
     s.enqueue(Job::new(prompt, 5, Priority::Interactive, "b"))
-    .expect("queued");
+        .expect("queued");
     let adm = s.admit();
     assert_eq!(
         adm,
@@ -149,7 +149,7 @@ fn running_sequence_prefix_is_shared_into_another_slot() {
     let mut prompt: Vec<i32> = (0..20).collect();
     prompt.extend([99, 98, 97]);
     s.enqueue(Job::new(prompt, 5, Priority::Interactive, "b"))
-    .expect("queued");
+        .expect("queued");
     let adm = s.admit();
     assert_eq!(
         adm,
@@ -430,8 +430,10 @@ fn batch_work_never_fills_the_queue_for_interactive_work() {
     s.enqueue(batch(0..4, "b1")).expect("queued");
     s.enqueue(batch(0..4, "b2")).expect("queued");
     assert!(s.enqueue(batch(0..4, "b3")).is_err());
-    s.enqueue(job(0..4, "i1")).expect("interactive has its own bound");
-    s.enqueue(job(0..4, "i2")).expect("interactive has its own bound");
+    s.enqueue(job(0..4, "i1"))
+        .expect("interactive has its own bound");
+    s.enqueue(job(0..4, "i2"))
+        .expect("interactive has its own bound");
     assert!(s.enqueue(job(0..4, "i3")).is_err());
     assert!(s.enqueue(batch(0..4, "b4")).is_err(), "batch counts both");
 }

@@ -136,6 +136,12 @@ pub struct Chunk {
 /// per decode step it has waited (see [`State::plan`]).
 const PREFILL_AGING_SHARE: usize = 8;
 
+/// Batch prompts get at most `step_tokens / BATCH_PREFILL_SHARE` tokens of a step, together.
+/// A step cannot be interrupted, so this bounds what an interactive arrival waits for the
+/// step in flight (a full step of batch prefill would be 4× longer); on a CPU prefill costs
+/// about the same per token in small chunks, so the batch loses little.
+const BATCH_PREFILL_SHARE: usize = 4;
+
 /// A running batch job was pre-empted: its slot is free (its KV kept as reusable cache) and
 /// the job waits at the head of the batch queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -446,7 +452,8 @@ impl<P> State<P> {
     /// document). So that long prompts cannot starve, a prompt gains `step_tokens /
     /// PREFILL_AGING_SHARE` tokens of priority for every step it has waited; equal priorities go
     /// in admission order. Interactive prompts go before batch prompts, and batch prompts get
-    /// nothing while an interactive prompt waits ([`State::interactive_prompt_waits`]).
+    /// nothing while an interactive prompt waits ([`State::interactive_prompt_waits`]), and at
+    /// most a [`BATCH_PREFILL_SHARE`] of the step otherwise.
     pub fn plan(&self) -> Vec<Chunk> {
         let mut chunks = Vec::new();
         let mut budget = self.limits.step_tokens;
@@ -483,13 +490,18 @@ impl<P> State<P> {
             })
             .collect();
         prefilling.sort_unstable();
-        for (_, _, _, i) in prefilling {
-            if budget == 0 {
+        let mut batch_budget = (self.limits.step_tokens / BATCH_PREFILL_SHARE).max(1);
+        for (batch, _, _, i) in prefilling {
+            if budget == 0 || (batch && batch_budget == 0) {
                 break;
             }
             let s = &self.slots[i];
             let Some(job) = &s.job else { continue };
-            let n = job.pending.len().min(budget);
+            let mut n = job.pending.len().min(budget);
+            if batch {
+                n = n.min(batch_budget);
+                batch_budget -= n;
+            }
             budget -= n;
             chunks.push(Chunk {
                 slot: i,

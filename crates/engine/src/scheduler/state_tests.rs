@@ -437,3 +437,20 @@ fn batch_work_never_fills_the_queue_for_interactive_work() {
     assert!(s.enqueue(job(0..4, "i3")).is_err());
     assert!(s.enqueue(batch(0..4, "b4")).is_err(), "batch counts both");
 }
+
+#[test]
+fn batch_prompts_take_at_most_a_quarter_of_a_step() {
+    // A step cannot be interrupted: an interactive arrival waits for the one in flight, so
+    // batch prefill keeps steps short.
+    let mut s = State::new(limits(3, 64, 8));
+    s.enqueue(batch(0..40, "b1")).expect("queued");
+    s.enqueue(batch(100..140, "b2")).expect("queued");
+    s.admit();
+    let plan = step(&mut s);
+    assert_eq!(plan.iter().map(|c| c.tokens.len()).sum::<usize>(), 16);
+    // An interactive prompt still gets the whole budget left.
+    s.enqueue(job(200..300, "i")).expect("queued");
+    s.admit();
+    let plan = step(&mut s);
+    assert_eq!(shape(&plan), vec![(2, 0, 64, false)]);
+}

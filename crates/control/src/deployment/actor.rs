@@ -222,6 +222,12 @@ impl Actor {
             }
             Command::Shutdown { reply } => {
                 self.closing.get_or_insert_with(Vec::new).push(reply);
+                // Batch lines still waiting end now (`ShuttingDown`): their runner takes them
+                // up again after a restart, and a drain must not wait for a backlog of hours.
+                let batch = self.queue.class_mut(Priority::Batch);
+                while let Some(entry) = batch.pop(now) {
+                    let _ = entry.item.events.send(Err(BackendError::ShuttingDown));
+                }
             }
             Command::Stop { reply } => {
                 self.closing.get_or_insert_with(Vec::new).push(reply);

@@ -111,7 +111,7 @@ const BATCH_PROMPT: &str = "Write a long story about a lighthouse keeper and the
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_preempted_batch_sequence_gives_the_same_answer_as_an_uninterrupted_one() {
     let Some(engine) = smol() else { return };
-    let max_tokens = 96;
+    let max_tokens = 160;
 
     let mut alone = engine
         .generate(request(BATCH_PROMPT, max_tokens, Priority::Batch))

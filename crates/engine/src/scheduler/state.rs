@@ -473,7 +473,7 @@ impl<P> State<P> {
             }
         }
         let aging = (self.limits.step_tokens / PREFILL_AGING_SHARE).max(1);
-        let batch_waits = self.interactive_prompt_waits();
+        let interactive_waits = self.interactive_prompt_waits();
         let mut prefilling: Vec<(bool, i64, u64, usize)> = self
             .slots
             .iter()
@@ -481,7 +481,7 @@ impl<P> State<P> {
             .filter_map(|(i, s)| {
                 let job = s.job.as_ref().filter(|j| !j.decoding)?;
                 let batch = job.priority == Priority::Batch;
-                if batch && batch_waits {
+                if batch && interactive_waits {
                     return None;
                 }
                 let waited = self.steps.saturating_sub(job.admitted_step);

@@ -12,6 +12,13 @@
 //! 5. down slowly: one replica at a time, only when the demand would fit in one replica fewer
 //!    at `down_utilization` (hysteresis), has done so for `down_stable`, and no change
 //!    happened within `down_cooldown`. Never below one replica while there is traffic.
+//!
+//! Batch work (lines of a batch, [`backend::Priority::Batch`]) runs in what interactive
+//! requests leave: it counts as demand that *keeps* replicas (rules 4 and 5: a running or
+//! waiting batch keeps a deployment from scaling down or to zero) and a batch waiting at zero
+//! replicas cold-starts one (rule 2: it could never finish otherwise), but it never asks for
+//! a scale-up (rule 3 counts interactive requests only), so it neither takes node room that
+//! interactive load may need nor spends a scale-up cooldown that would delay one.
 
 use std::time::{Duration, Instant};
 
@@ -54,10 +61,14 @@ impl ScalePolicy {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Signals {
     pub now: Instant,
-    /// Requests waiting in the admission queue.
+    /// Interactive requests waiting in the admission queue.
     pub queued: usize,
-    /// Requests running on replicas (busy slots).
+    /// Interactive requests running on replicas (busy slots).
     pub in_flight: usize,
+    /// Batch requests waiting in the admission queue.
+    pub batch_queued: usize,
+    /// Batch requests on replicas (running, or pre-empted there and waiting to resume).
+    pub batch_in_flight: usize,
     pub replicas_ready: usize,
     pub replicas_loading: usize,
     /// Threads this deployment could still get on the node (free, or held by idle replicas of
@@ -139,8 +150,10 @@ impl Autoscaler {
     fn target(&mut self, s: &Signals, current: usize) -> (usize, String) {
         let p = &self.policy;
         let slots = p.slots_per_replica;
+        // Interactive demand scales up; batch demand only keeps what is there.
         let demand = s.queued + s.in_flight;
         let needed = demand.div_ceil(slots);
+        let batch = s.batch_queued + s.batch_in_flight;
         let can_add = s.threads_free / p.threads_per_replica;
         let threads_note = || {
             format!(
@@ -164,24 +177,21 @@ impl Autoscaler {
             return (to, format!("below min_replicas {}", p.min_replicas));
         }
         if current == 0 {
-            if s.queued == 0 {
+            let waiting = s.queued + s.batch_queued;
+            if waiting == 0 {
                 return (0, "idle at zero".into());
             }
             if can_add == 0 {
                 return (
                     0,
-                    format!(
-                        "{} waiting at zero replicas, but {}",
-                        s.queued,
-                        threads_note()
-                    ),
+                    format!("{waiting} waiting at zero replicas, but {}", threads_note()),
                 );
             }
             return (
                 1,
                 format!(
-                    "{} request(s) waiting at zero replicas: cold start",
-                    s.queued
+                    "{waiting} request(s) waiting at zero replicas ({} batch): cold start",
+                    s.batch_queued
                 ),
             );
         }
@@ -216,7 +226,7 @@ impl Autoscaler {
             );
         }
 
-        let busy = demand > 0;
+        let busy = demand + batch > 0;
         let idle_for = s
             .last_traffic
             .map_or(p.idle, |t| s.now.saturating_duration_since(t));
@@ -233,7 +243,7 @@ impl Autoscaler {
 
         let floor = p.min_replicas.max(1);
         let fits_in_fewer = current > floor
-            && (demand as f64) <= ((current - 1) * slots) as f64 * p.down_utilization;
+            && ((demand + batch) as f64) <= ((current - 1) * slots) as f64 * p.down_utilization;
         let over_max = current > p.max_replicas;
         if !fits_in_fewer && !over_max {
             self.low_since = None;
@@ -255,8 +265,8 @@ impl Autoscaler {
             current - 1,
             format!(
                 "{} in flight and {} waiting fit in {} replica(s) at ≤{:.0}% of {} slots for {} s",
-                s.in_flight,
-                s.queued,
+                s.in_flight + s.batch_in_flight,
+                s.queued + s.batch_queued,
                 current - 1,
                 p.down_utilization * 100.0,
                 slots,

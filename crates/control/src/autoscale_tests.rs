@@ -16,6 +16,8 @@ fn signals(now: Instant, ready: usize, queued: usize, in_flight: usize) -> Signa
         now,
         queued,
         in_flight,
+        batch_queued: 0,
+        batch_in_flight: 0,
         replicas_ready: ready,
         replicas_loading: 0,
         threads_free: 8,
@@ -174,4 +176,64 @@ fn max_replicas_bounds_and_lowering_it_scales_down() {
         ..policy()
     });
     assert_eq!(a.decide(&signals(at(t0, 1), 4, 1000, 8)).to, 2);
+}
+
+fn with_batch(mut s: Signals, queued: usize, in_flight: usize) -> Signals {
+    s.batch_queued = queued;
+    s.batch_in_flight = in_flight;
+    s
+}
+
+#[test]
+fn a_batch_backlog_alone_never_scales_up() {
+    let t0 = Instant::now();
+    let mut a = Autoscaler::new(policy());
+    for secs in 0..120 {
+        let d = a.decide(&with_batch(signals(at(t0, secs), 1, 0, 0), 500, 2));
+        assert_eq!((d.from, d.to), (1, 1), "at {secs} s: {}", d.reason);
+    }
+}
+
+#[test]
+fn a_batch_waiting_at_zero_starts_one_replica() {
+    let t0 = Instant::now();
+    let mut a = Autoscaler::new(policy());
+    let d = a.decide(&with_batch(signals(t0, 0, 0, 0), 40, 0));
+    assert_eq!(d.to, 1, "{}", d.reason);
+    assert!(d.reason.contains("40 batch"), "{}", d.reason);
+}
+
+#[test]
+fn batch_work_keeps_replicas_from_scaling_down_or_to_zero() {
+    let t0 = Instant::now();
+    let mut a = Autoscaler::new(policy());
+    // Three replicas an interactive peak asked for; then only batch work is left.
+    for secs in 0..600 {
+        let mut s = with_batch(signals(at(t0, secs), 3, 0, 0), 30, 6);
+        s.last_traffic = Some(t0);
+        let d = a.decide(&s);
+        assert_eq!(d.to, 3, "at {secs} s: {}", d.reason);
+    }
+    // The batch is done: down one at a time, then to zero once idle.
+    let mut replicas = 3;
+    for secs in 600..2000 {
+        let mut s = signals(at(t0, secs), replicas, 0, 0);
+        s.last_traffic = Some(at(t0, 600));
+        replicas = a.decide(&s).to;
+    }
+    assert_eq!(replicas, 0);
+}
+
+#[test]
+fn interactive_load_scales_up_regardless_of_the_batch_work_it_preempts() {
+    let t0 = Instant::now();
+    let mut a = Autoscaler::new(policy());
+    // Two slots per replica: both hold interactive work, three more wait; the batch work the
+    // replica also holds neither hides nor adds to that.
+    let d = a.decide(&with_batch(signals(t0, 1, 3, 2), 100, 2));
+    assert_eq!((d.from, d.to), (1, 3), "{}", d.reason);
+    // Interactive work in one slot with batch work in the other is not "all busy".
+    let mut a = Autoscaler::new(policy());
+    let d = a.decide(&with_batch(signals(t0, 1, 1, 1), 100, 1));
+    assert_eq!(d.to, 1, "{}", d.reason);
 }

@@ -336,6 +336,7 @@ impl Backend for Engine {
                 stop: request.stop,
                 events,
                 received,
+                priority: request.priority,
                 followers,
             },
             reply,

@@ -18,6 +18,12 @@ pub const TTFT: &str = "flywheel_time_to_first_token_seconds";
 pub const ITL: &str = "flywheel_inter_token_latency_seconds";
 pub const STEP_SECONDS: &str = "flywheel_decode_step_seconds";
 pub const STEP_TOKENS: &str = "flywheel_decode_step_tokens";
+/// Batch sequences pre-empted (their slot given to interactive work; they resume later).
+pub const PREEMPTIONS: &str = "flywheel_engine_preemptions_total";
+/// Slots held by batch sequences.
+pub const BATCH_RUNNING: &str = "flywheel_batch_sequences_running";
+/// Batch sequences waiting for a slot (pre-empted ones included).
+pub const BATCH_QUEUED: &str = "flywheel_batch_queue_length";
 
 /// Histogram metric names (the binary gives them buckets so they render as histograms).
 pub const HISTOGRAMS: &[&str] = &[TTFT, ITL, STEP_SECONDS];
@@ -31,6 +37,9 @@ pub struct ModelMetrics {
     finished: Counter,
     cancelled: Counter,
     rejected: Counter,
+    preemptions: Counter,
+    batch_running: Gauge,
+    batch_queued: Gauge,
     queue: Gauge,
     running: Gauge,
     kv_used: Gauge,
@@ -52,6 +61,9 @@ impl ModelMetrics {
             finished: counter!(REQUESTS_FINISHED, &l()),
             cancelled: counter!(REQUESTS_CANCELLED, &l()),
             rejected: counter!(REQUESTS_REJECTED, &l()),
+            preemptions: counter!(PREEMPTIONS, &l()),
+            batch_running: gauge!(BATCH_RUNNING, &l()),
+            batch_queued: gauge!(BATCH_QUEUED, &l()),
             queue: gauge!(QUEUE_LENGTH, &l()),
             running: gauge!(RUNNING_SEQUENCES, &l()),
             kv_used: gauge!(KV_CELLS_USED, &l()),
@@ -99,6 +111,15 @@ impl ModelMetrics {
 
     pub fn rejected(&self) {
         self.rejected.increment(1);
+    }
+
+    pub fn preempted(&self) {
+        self.preemptions.increment(1);
+    }
+
+    pub fn batch_gauges(&self, queued: usize, running: usize) {
+        self.batch_queued.set(queued as f64);
+        self.batch_running.set(running as f64);
     }
 
     pub fn gauges(&self, queued: usize, running: usize, kv_used: usize, kv_kept: usize) {

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use backend::{BackendError, Event};
+use backend::{BackendError, Event, Priority};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 
@@ -19,7 +19,7 @@ use crate::launcher::{ReplicaLauncher, ReplicaSpec};
 use crate::metrics;
 use crate::node::Node;
 use crate::placement::ReplicaKey;
-use crate::queue::{DrainRate, Refusal, State};
+use crate::queue::{Classes, DrainRate, Refusal};
 use crate::spec::DeploymentSpec;
 
 /// How often the control loop runs (expiry, positions, autoscaling).
@@ -45,7 +45,8 @@ struct Actor {
     spec: DeploymentSpec,
     footprint: Footprint,
     generation: u64,
-    queue: State<Waiter>,
+    /// Interactive and batch requests waiting, each class fair among tenants.
+    queue: Classes<Waiter>,
     replicas: ReplicaSet,
     autoscaler: Autoscaler,
     env: Env,
@@ -74,7 +75,7 @@ pub(crate) fn spawn(parts: Parts) {
         commands,
         rx,
     } = parts;
-    let mut queue = State::new(spec.queue_config());
+    let mut queue = Classes::new(spec.queue_config());
     for (tenant, weight) in &spec.tenant_weights {
         queue.set_weight(tenant, *weight);
     }
@@ -124,6 +125,7 @@ impl Actor {
         while self.unloading.join_next().await.is_some() {}
         self.env.node.unregister(&self.spec.name);
         metrics::queue(&self.spec.name, 0, 0);
+        metrics::batch(&self.spec.name, 0, 0);
         metrics::replicas(&self.spec.name, 0, 0, 0);
         for reply in self.closing.take().unwrap_or_default() {
             let _ = reply.send(());
@@ -140,6 +142,7 @@ impl Actor {
             Command::Enqueue { work, events } => self.enqueue(work, events, now),
             Command::Done {
                 replica,
+                class,
                 completed,
                 tokens,
                 service,
@@ -147,8 +150,8 @@ impl Actor {
                 // How busy the replica was when this request ended (itself included).
                 let mut occupancy = (1, 1);
                 if let Some(r) = self.replicas.get_mut(replica) {
-                    occupancy = (r.in_flight, r.slots);
-                    r.in_flight = r.in_flight.saturating_sub(1);
+                    occupancy = (r.in_flight.min(r.slots), r.slots);
+                    r.give_back(class);
                     r.saturated = false;
                     r.completed += u64::from(completed);
                     if r.in_flight == 0 {
@@ -160,19 +163,24 @@ impl Actor {
                     }
                 }
                 if completed {
-                    self.queue
-                        .record_completion(now, service, occupancy.0, occupancy.1);
+                    self.queue.class_mut(class).record_completion(
+                        now,
+                        service,
+                        occupancy.0,
+                        occupancy.1,
+                    );
                 }
                 self.tokens.record(now, tokens);
                 self.try_dispatch(now);
             }
             Command::Bounced { replica, job } => {
+                let class = job.waiter().work.priority();
                 if let Some(r) = self.replicas.get_mut(replica) {
-                    r.in_flight = r.in_flight.saturating_sub(1);
+                    r.give_back(class);
                     r.saturated = true;
                 }
                 match job {
-                    Job::Queued(entry) => self.queue.requeue(entry),
+                    Job::Queued(entry) => self.queue.class_mut(class).requeue(entry),
                     Job::Direct(waiter) => self.push(waiter, now),
                 }
                 self.try_dispatch(now);
@@ -214,6 +222,12 @@ impl Actor {
             }
             Command::Shutdown { reply } => {
                 self.closing.get_or_insert_with(Vec::new).push(reply);
+                // Batch lines still waiting end now (`ShuttingDown`): their runner takes them
+                // up again after a restart, and a drain must not wait for a backlog of hours.
+                let batch = self.queue.class_mut(Priority::Batch);
+                while let Some(entry) = batch.pop(now) {
+                    let _ = entry.item.events.send(Err(BackendError::ShuttingDown));
+                }
             }
             Command::Stop { reply } => {
                 self.closing.get_or_insert_with(Vec::new).push(reply);
@@ -245,13 +259,20 @@ impl Actor {
             return;
         }
         self.last_traffic = Some(now);
+        let class = work.priority();
         let waiter = Waiter {
             work,
             events,
             reported: 0,
         };
-        if self.queue.is_empty() {
-            if let Some(replica) = self.replicas.pick() {
+        // Straight to a replica when nothing of its class (or, for batch work, nothing at
+        // all) waits ahead of it.
+        let ahead = match class {
+            Priority::Interactive => self.queue.class(class).len(),
+            Priority::Batch => self.queue.len(),
+        };
+        if ahead == 0 {
+            if let Some(replica) = self.replicas.pick(class) {
                 self.dispatch(replica, Job::Direct(waiter));
                 return;
             }
@@ -267,7 +288,7 @@ impl Actor {
     /// stopped, which ends their streams; the forwarders' `Done`s then drain the deployment.
     fn stop_now(&mut self, now: Instant) {
         self.stopped = true;
-        while let Some(entry) = self.queue.pop(now) {
+        while let Some(entry) = self.queue.pop_any(now) {
             let _ = entry.item.events.send(Err(BackendError::ShuttingDown));
         }
         for r in self.replicas.iter().filter(|r| r.in_flight > 0) {
@@ -285,9 +306,10 @@ impl Actor {
         }
         let events = waiter.events.clone();
         let tenant = waiter.work.tenant().cloned();
-        match self.queue.push(tenant, waiter, now) {
+        let class = waiter.work.priority();
+        match self.queue.class_mut(class).push(tenant, waiter, now) {
             Ok((id, pos)) => {
-                if let Some(w) = self.queue.get_mut(id) {
+                if let Some(w) = self.queue.get_mut(class, id) {
                     w.reported = pos.position;
                 }
                 let _ = events.send(Ok(Event::Queued {
@@ -327,17 +349,25 @@ impl Actor {
         let Some(backend) = r.backend.clone() else {
             return;
         };
-        r.in_flight += 1;
+        r.take(job.waiter().work.priority());
         r.idle_since = None;
         let key = self.key(replica);
         self.env.node.set_idle(&key, None);
         forward::spawn(replica, backend, job, self.env.commands.clone());
     }
 
-    /// Hand waiting requests to replicas with free slots, in fair order.
+    /// Hand waiting requests to replicas with room for their class: interactive ones first
+    /// (a slot batch work holds is room for them), batch ones only into free slots and only
+    /// while no interactive request waits; fair order within each class.
     fn try_dispatch(&mut self, now: Instant) {
-        while let Some(replica) = self.replicas.pick() {
-            let Some(entry) = self.queue.pop(now) else {
+        loop {
+            let mut replica = None;
+            let replicas = &self.replicas;
+            let next = self.queue.pop_next(now, |class| {
+                replica = replicas.pick(class);
+                replica.is_some()
+            });
+            let (Some((_, entry)), Some(replica)) = (next, replica) else {
                 break;
             };
             if entry.item.events.is_closed() {
@@ -350,18 +380,19 @@ impl Actor {
     fn tick(&mut self) {
         let now = now();
         self.sync_slots(now);
-        let retry_after = self.queue.retry_after();
+        let retry_after = |queue: &Classes<Waiter>, class| queue.class(class).retry_after();
+        let retry = [Priority::Interactive, Priority::Batch].map(|c| retry_after(&self.queue, c));
         for entry in self.queue.expire(now) {
             metrics::timeout(&self.spec.name);
+            let batch = entry.item.work.priority() == Priority::Batch;
             let _ = entry.item.events.send(Err(BackendError::QueueTimeout {
                 waited_secs: entry.waited(now).as_secs(),
-                retry_after,
+                retry_after: retry[usize::from(batch)],
             }));
         }
-        for id in self.queue.ids_where(|w| w.events.is_closed()) {
-            self.queue.remove(id);
-        }
-        self.report_positions();
+        self.queue.remove_where(|w| w.events.is_closed());
+        self.report_positions(Priority::Interactive);
+        self.report_positions(Priority::Batch);
         for r in self.replicas.iter_mut() {
             r.saturated = false;
         }
@@ -378,10 +409,12 @@ impl Actor {
         self.publish();
     }
 
-    /// Send each waiting client its new place when it moved by at least a tenth.
-    fn report_positions(&mut self) {
-        let drain = self.queue.drain_rate().clone();
-        for (i, (_, w)) in self.queue.items_mut().enumerate() {
+    /// Send each waiting client its new place in its class when it moved by at least a tenth
+    /// (an interactive client's place counts no batch work).
+    fn report_positions(&mut self, class: Priority) {
+        let queue = self.queue.class_mut(class);
+        let drain = queue.drain_rate().clone();
+        for (i, (_, w)) in queue.items_mut().enumerate() {
             let position = i + 1;
             if w.reported.abs_diff(position) >= (w.reported / 10).max(1) {
                 w.reported = position;
@@ -399,21 +432,25 @@ impl Actor {
     }
 
     fn autoscale(&mut self, now: Instant) {
-        let in_flight = self
+        let (in_flight, batch_in_flight) = self
             .replicas
             .iter()
             .filter(|r| r.state != ReplicaState::Draining)
-            .map(|r| r.in_flight)
-            .sum();
+            .fold((0, 0), |(i, b), r| {
+                (i + r.interactive_in_flight(), b + r.batch_in_flight)
+            });
+        let interactive = self.queue.class(Priority::Interactive);
         let signals = Signals {
             now,
-            queued: self.queue.len(),
+            queued: interactive.len(),
             in_flight,
+            batch_queued: self.queue.class(Priority::Batch).len(),
+            batch_in_flight,
             replicas_ready: self.replicas.count(ReplicaState::Ready),
             replicas_loading: self.replicas.count(ReplicaState::Loading),
             threads_free: self.env.node.threads_available_for(&self.spec.name),
             last_traffic: self.last_traffic,
-            throughput_per_sec: self.queue.drain_rate().per_sec(),
+            throughput_per_sec: interactive.drain_rate().per_sec(),
         };
         let rolling = self.replicas.stale(self.generation).next().is_some();
         let decision = self.autoscaler.decide(&signals);
@@ -474,6 +511,7 @@ impl Actor {
             backend: None,
             slots: spec.slots,
             in_flight: 0,
+            batch_in_flight: 0,
             saturated: false,
             idle_since: None,
             started: now,
@@ -506,7 +544,7 @@ impl Actor {
                     // Nothing will serve the waiting requests soon: say why now rather than
                     // time them out later.
                     let message = format!("no replica of '{}' could start: {e}", self.spec.name);
-                    while let Some(entry) = self.queue.pop(now) {
+                    while let Some(entry) = self.queue.pop_any(now) {
                         let _ = entry
                             .item
                             .events
@@ -652,6 +690,11 @@ impl Actor {
     fn publish(&self) {
         let name = &self.spec.name;
         metrics::queue(name, self.queue.len(), self.replicas.in_flight());
+        metrics::batch(
+            name,
+            self.queue.class(Priority::Batch).len(),
+            self.replicas.batch_in_flight(),
+        );
         metrics::replicas(
             name,
             self.replicas.count(ReplicaState::Loading),
@@ -666,7 +709,11 @@ impl Actor {
             replicas: self.replicas.views(now),
             queue_length: self.queue.len(),
             in_flight: self.replicas.in_flight(),
-            drain_per_sec: self.queue.drain_rate().per_sec(),
+            drain_per_sec: self
+                .queue
+                .class(Priority::Interactive)
+                .drain_rate()
+                .per_sec(),
             tokens_per_sec: if self.tokens.is_observed() {
                 self.tokens.per_sec()
             } else {

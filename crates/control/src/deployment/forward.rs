@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use backend::{Backend, BackendError, EmbedRequest, Embeddings, Event, GenerateRequest};
+use backend::{Backend, BackendError, EmbedRequest, Embeddings, Event, GenerateRequest, Priority};
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::StreamExt;
 
@@ -29,6 +29,14 @@ impl Work {
         match self {
             Work::Generate(r) => r.tenant.as_ref(),
             Work::Embed { request, .. } => request.tenant.as_ref(),
+        }
+    }
+
+    /// Its priority class (embeddings are always interactive).
+    pub fn priority(&self) -> Priority {
+        match self {
+            Work::Generate(r) => r.priority,
+            Work::Embed { .. } => Priority::Interactive,
         }
     }
 }
@@ -85,6 +93,7 @@ async fn embed(
     }
     let _ = actor.send(Command::Done {
         replica,
+        class: Priority::Interactive,
         completed,
         tokens: 0,
         service: started.elapsed(),
@@ -108,6 +117,7 @@ pub(crate) fn spawn(
         };
         let started = tokio::time::Instant::now();
         let events = job.waiter().events.clone();
+        let class = request.priority;
         let mut stream = match backend.generate(request).await {
             Ok(stream) => stream,
             Err(BackendError::Overloaded { .. }) => {
@@ -118,6 +128,7 @@ pub(crate) fn spawn(
                 let _ = events.send(Err(e));
                 let _ = actor.send(Command::Done {
                     replica,
+                    class,
                     completed: false,
                     tokens: 0,
                     service: started.elapsed(),
@@ -146,6 +157,7 @@ pub(crate) fn spawn(
         drop(stream);
         let _ = actor.send(Command::Done {
             replica,
+            class,
             completed,
             tokens,
             service: started.elapsed(),

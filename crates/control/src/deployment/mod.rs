@@ -43,6 +43,7 @@ pub(crate) enum Command {
     /// A dispatched request ended (`tokens` generated; `completed`: it ran to the end).
     Done {
         replica: u64,
+        class: backend::Priority,
         completed: bool,
         tokens: u32,
         /// How long the request held its slot (dispatch to end).

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use backend::Backend;
+use backend::{Backend, Priority};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReplicaState {
@@ -24,7 +24,11 @@ pub(crate) struct Replica {
     pub state: ReplicaState,
     pub backend: Option<Arc<dyn Backend>>,
     pub slots: usize,
+    /// Requests running on it, batch ones included (more than `slots` while interactive work
+    /// has pre-empted batch work, which waits in the engine to resume).
     pub in_flight: usize,
+    /// Of `in_flight`, the batch requests.
+    pub batch_in_flight: usize,
     /// Its engine refused a request as overloaded: no more until one of its requests ends.
     pub saturated: bool,
     /// Nothing running since then (`None` while busy).
@@ -33,6 +37,28 @@ pub(crate) struct Replica {
     pub completed: u64,
     /// Why it is draining (for the event when it is unloaded).
     pub drain_reason: String,
+}
+
+impl Replica {
+    pub fn interactive_in_flight(&self) -> usize {
+        self.in_flight.saturating_sub(self.batch_in_flight)
+    }
+
+    /// A request of this class started on it.
+    pub fn take(&mut self, class: Priority) {
+        self.in_flight += 1;
+        if class == Priority::Batch {
+            self.batch_in_flight += 1;
+        }
+    }
+
+    /// A request of this class ended on it (or was sent back).
+    pub fn give_back(&mut self, class: Priority) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        if class == Priority::Batch {
+            self.batch_in_flight = self.batch_in_flight.saturating_sub(1);
+        }
+    }
 }
 
 /// A replica as the admin API shows it.
@@ -88,12 +114,30 @@ impl ReplicaSet {
         self.iter().map(|r| r.in_flight).sum()
     }
 
-    /// The ready replica with the most free slots (ties: the newest generation, then the
-    /// lowest id), if any has one.
-    pub fn pick(&self) -> Option<u64> {
+    /// Batch requests running (or pre-empted and waiting to resume) on replicas.
+    pub fn batch_in_flight(&self) -> usize {
+        self.iter().map(|r| r.batch_in_flight).sum()
+    }
+
+    /// A ready replica that can take a request of this class now, if any: a batch request
+    /// needs a free slot; an interactive one only a slot no interactive request holds (its
+    /// engine pre-empts batch work for it). The most free slots first, then the most slots
+    /// free of interactive work (ties: the newest generation, then the lowest id).
+    pub fn pick(&self, class: Priority) -> Option<u64> {
         self.iter()
-            .filter(|r| r.state == ReplicaState::Ready && !r.saturated && r.in_flight < r.slots)
-            .max_by_key(|r| (r.slots - r.in_flight, r.generation, std::cmp::Reverse(r.id)))
+            .filter(|r| r.state == ReplicaState::Ready && !r.saturated)
+            .filter(|r| match class {
+                Priority::Interactive => r.interactive_in_flight() < r.slots,
+                Priority::Batch => r.in_flight < r.slots,
+            })
+            .max_by_key(|r| {
+                (
+                    r.slots.saturating_sub(r.in_flight),
+                    r.slots - r.interactive_in_flight(),
+                    r.generation,
+                    std::cmp::Reverse(r.id),
+                )
+            })
             .map(|r| r.id)
     }
 
@@ -134,5 +178,67 @@ impl ReplicaSet {
                 age_secs: now.saturating_duration_since(r.started).as_secs(),
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn replica(id: u64, slots: usize, interactive: usize, batch: usize) -> Replica {
+        Replica {
+            id,
+            generation: 1,
+            model: "m".into(),
+            state: ReplicaState::Ready,
+            backend: None,
+            slots,
+            in_flight: interactive + batch,
+            batch_in_flight: batch,
+            saturated: false,
+            idle_since: None,
+            started: Instant::now(),
+            completed: 0,
+            drain_reason: String::new(),
+        }
+    }
+
+    fn set(replicas: Vec<Replica>) -> ReplicaSet {
+        let mut set = ReplicaSet::default();
+        for r in replicas {
+            set.insert(r);
+        }
+        set
+    }
+
+    #[test]
+    fn a_replica_full_of_batch_work_still_takes_interactive_requests() {
+        let s = set(vec![replica(1, 2, 0, 2)]);
+        assert_eq!(s.pick(Priority::Interactive), Some(1));
+        assert_eq!(s.pick(Priority::Batch), None);
+        // Interactive work that has pre-empted batch work: the batch waits in the engine.
+        let s = set(vec![replica(1, 2, 2, 2)]);
+        assert_eq!(s.pick(Priority::Interactive), None);
+        assert_eq!(s.pick(Priority::Batch), None);
+    }
+
+    #[test]
+    fn interactive_requests_prefer_free_slots_over_preempting_batch_work() {
+        let s = set(vec![replica(1, 4, 0, 4), replica(2, 4, 3, 0)]);
+        assert_eq!(s.pick(Priority::Interactive), Some(2));
+        let s = set(vec![replica(1, 4, 0, 4), replica(2, 4, 4, 0)]);
+        assert_eq!(s.pick(Priority::Interactive), Some(1));
+    }
+
+    #[test]
+    fn batch_requests_take_only_free_slots() {
+        let s = set(vec![replica(1, 2, 1, 0), replica(2, 2, 0, 2)]);
+        assert_eq!(s.pick(Priority::Batch), Some(1));
+        let mut r = replica(1, 2, 1, 0);
+        r.take(Priority::Batch);
+        assert_eq!((r.in_flight, r.batch_in_flight), (2, 1));
+        let s = set(vec![r]);
+        assert_eq!(s.pick(Priority::Batch), None);
+        assert_eq!(s.pick(Priority::Interactive), Some(1));
     }
 }

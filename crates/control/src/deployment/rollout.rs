@@ -59,6 +59,7 @@ mod tests {
                 backend: None,
                 slots: 2,
                 in_flight,
+                batch_in_flight: 0,
                 saturated: false,
                 idle_since: None,
                 started: Instant::now(),

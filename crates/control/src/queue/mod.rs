@@ -18,6 +18,7 @@
 //! admin, or a server without keys, where everyone is that one class) are bounded by
 //! `max_length` alone.
 
+mod classes;
 mod drain;
 mod eta;
 #[cfg(test)]
@@ -26,6 +27,7 @@ mod tests;
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
+pub use classes::{Classes, Priority, BATCH_MAX_WAIT};
 pub use drain::DrainRate;
 pub use eta::QueueDrain;
 

@@ -328,3 +328,109 @@ proptest::proptest! {
         }
     }
 }
+
+// Priority classes: interactive before batch, batch fair within its class.
+
+fn classes() -> Classes<(&'static str, usize)> {
+    Classes::new(config(10_000, 60))
+}
+
+fn push(
+    q: &mut Classes<(&'static str, usize)>,
+    class: Priority,
+    who: &'static str,
+    i: usize,
+    now: Instant,
+) -> Position {
+    q.class_mut(class)
+        .push(tenant(who), (who, i), now)
+        .unwrap()
+        .1
+}
+
+#[test]
+fn an_interactive_request_is_taken_before_every_batch_request() {
+    let t0 = Instant::now();
+    let mut q = classes();
+    for i in 0..100 {
+        push(&mut q, Priority::Batch, "a", i, t0);
+    }
+    let later = t0 + Duration::from_secs(30);
+    push(&mut q, Priority::Interactive, "b", 0, later);
+    let (class, e) = q.pop_next(later, |_| true).unwrap();
+    assert_eq!((class, e.item), (Priority::Interactive, ("b", 0)));
+    assert_eq!(q.pop_next(later, |_| true).unwrap().0, Priority::Batch);
+}
+
+#[test]
+fn a_waiting_interactive_request_without_room_holds_batch_requests_back() {
+    let t0 = Instant::now();
+    let mut q = classes();
+    push(&mut q, Priority::Batch, "a", 0, t0);
+    push(&mut q, Priority::Interactive, "b", 0, t0);
+    // A batch slot is free but the interactive request finds none: nothing goes.
+    assert!(q.pop_next(t0, |class| class == Priority::Batch).is_none());
+    assert_eq!(q.len(), 2);
+    let (class, _) = q.pop_next(t0, |_| true).unwrap();
+    assert_eq!(class, Priority::Interactive);
+    // Now only batch work waits, and it goes only where a batch slot is free.
+    assert!(q
+        .pop_next(t0, |class| class == Priority::Interactive)
+        .is_none());
+    assert_eq!(
+        q.pop_next(t0, |class| class == Priority::Batch).unwrap().0,
+        Priority::Batch
+    );
+}
+
+#[test]
+fn batch_requests_are_fair_among_tenants_within_their_class() {
+    let t0 = Instant::now();
+    let mut q = classes();
+    for i in 0..200 {
+        push(&mut q, Priority::Batch, "big", i, t0);
+    }
+    for i in 0..10 {
+        push(&mut q, Priority::Batch, "small", i, t0);
+    }
+    let small_positions: Vec<usize> = (1..=40)
+        .filter(|_| q.pop_next(t0, |_| true).unwrap().1.item.0 == "small")
+        .collect();
+    assert_eq!(
+        small_positions.len(),
+        10,
+        "small's batch is taken within 2k turns"
+    );
+}
+
+#[test]
+fn interactive_positions_and_etas_count_no_batch_work() {
+    let t0 = Instant::now();
+    let mut q = classes();
+    for i in 0..500 {
+        push(&mut q, Priority::Batch, "a", i, t0);
+    }
+    let first = push(&mut q, Priority::Interactive, "b", 0, t0);
+    assert_eq!(first.position, 1);
+    let alone = State::<()>::new(config(10_000, 60))
+        .push(tenant("b"), (), t0)
+        .unwrap()
+        .1;
+    assert_eq!(first.eta_ms, alone.eta_ms, "as if no batch work waited");
+    let second = push(&mut q, Priority::Interactive, "c", 0, t0);
+    assert_eq!(second.position, 2);
+}
+
+#[test]
+fn batch_requests_outwait_the_interactive_maximum() {
+    let t0 = Instant::now();
+    let mut q = classes();
+    push(&mut q, Priority::Batch, "a", 0, t0);
+    push(&mut q, Priority::Interactive, "b", 0, t0);
+    let expired = q.expire(t0 + Duration::from_secs(61));
+    assert_eq!(expired.len(), 1);
+    assert_eq!(expired[0].item, ("b", 0));
+    assert_eq!(q.class(Priority::Batch).len(), 1);
+    assert_eq!(q.expire(t0 + BATCH_MAX_WAIT).len(), 1);
+    assert!(q.is_empty());
+}

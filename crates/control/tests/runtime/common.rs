@@ -31,6 +31,9 @@ pub struct FakeReplica {
     model: String,
     slots: usize,
     running: Arc<AtomicUsize>,
+    /// Of `running`, batch requests: like an engine, the replica takes an interactive request
+    /// while only batch work fills its slots (the engine would pre-empt it).
+    batch_running: Arc<AtomicUsize>,
     work: Duration,
     journal: Arc<Journal>,
     /// Set by `stop`: running requests end with `ShuttingDown`.
@@ -77,13 +80,24 @@ impl Backend for FakeReplica {
     }
 
     async fn generate(&self, request: GenerateRequest) -> backend::Result<EventStream> {
-        if self.running.load(Ordering::SeqCst) >= self.slots {
+        let batch = request.priority == backend::Priority::Batch;
+        let running = self.running.load(Ordering::SeqCst);
+        let busy = if batch {
+            running
+        } else {
+            running - self.batch_running.load(Ordering::SeqCst)
+        };
+        if busy >= self.slots {
             return Err(BackendError::Overloaded {
                 queued: 0,
                 retry_after: 1,
             });
         }
         self.running.fetch_add(1, Ordering::SeqCst);
+        let batch_running = batch.then(|| self.batch_running.clone());
+        if let Some(n) = &batch_running {
+            n.fetch_add(1, Ordering::SeqCst);
+        }
         self.journal
             .started
             .lock()
@@ -104,13 +118,16 @@ impl Backend for FakeReplica {
             exact: true,
         }));
         tokio::spawn(async move {
-            struct Release(Arc<AtomicUsize>);
+            struct Release(Arc<AtomicUsize>, Option<Arc<AtomicUsize>>);
             impl Drop for Release {
                 fn drop(&mut self) {
+                    if let Some(batch) = &self.1 {
+                        batch.fetch_sub(1, Ordering::SeqCst);
+                    }
                     self.0.fetch_sub(1, Ordering::SeqCst);
                 }
             }
-            let _release = Release(running);
+            let _release = Release(running, batch_running);
             tokio::select! {
                 () = tokio::time::sleep(work) => {}
                 () = tx.closed() => return,
@@ -163,6 +180,7 @@ impl ReplicaLauncher for FakeLauncher {
             model: spec.model.clone(),
             slots: spec.slots,
             running: Arc::default(),
+            batch_running: Arc::default(),
             work: self.work,
             journal: self.journal.clone(),
             stopped: tokio::sync::watch::Sender::new(false),

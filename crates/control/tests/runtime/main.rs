@@ -4,6 +4,7 @@
 mod common;
 #[cfg(feature = "engine")]
 mod engine;
+mod priority;
 mod shutdown;
 
 use std::collections::HashSet;

@@ -65,3 +65,45 @@ async fn within_the_grace_requests_finish_and_the_replica_still_stops() {
     // Unloading stops (and so joins) every replica, also after a clean drain.
     assert_eq!(fx.journal.stops.load(Ordering::SeqCst), 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_drain_ends_waiting_batch_lines_at_once_and_lets_running_work_finish() {
+    let fx = fixture(8, Duration::from_millis(10), Duration::from_secs(1));
+    fx.plane.create(spec("d", 1, 1, 1)).await.unwrap();
+    wait_until(&fx.plane, "d", 10, |v| ready(v) == 1).await;
+    let d = fx.plane.get("d").unwrap();
+    let mut streams = Vec::new();
+    for id in ["b0", "b1", "b2"] {
+        let line = backend::GenerateRequest {
+            priority: backend::Priority::Batch,
+            ..request(id, None)
+        };
+        streams.push(d.generate(line).await.unwrap());
+    }
+    let done = tokio::spawn(async move {
+        let mut outcomes = Vec::new();
+        for s in streams {
+            outcomes.push(finish(s).await);
+        }
+        outcomes
+    });
+    let started = Instant::now();
+    fx.plane.shutdown_within(Duration::from_secs(600)).await;
+    assert!(
+        started.elapsed() <= Duration::from_secs(2),
+        "the drain waited for the batch backlog: {:?}",
+        started.elapsed()
+    );
+    let outcomes = done.await.unwrap();
+    assert!(
+        matches!(outcomes[0], Outcome::Finished { .. }),
+        "{outcomes:?}"
+    );
+    for outcome in &outcomes[1..] {
+        assert_eq!(
+            *outcome,
+            Outcome::Failed(BackendError::ShuttingDown),
+            "{outcomes:?}"
+        );
+    }
+}

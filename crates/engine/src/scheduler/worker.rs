@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use backend::{BackendError, Event, FinishReason, SamplingParams, TokenLogprob, Usage};
+use backend::{BackendError, Event, FinishReason, Priority, SamplingParams, TokenLogprob, Usage};
 use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_batch::LlamaBatch;
@@ -35,6 +35,8 @@ pub struct Request {
     pub stop: Vec<String>,
     pub events: Events,
     pub received: Instant,
+    /// Batch work yields its slot to interactive work (see [`State::preempt`]).
+    pub priority: Priority,
     /// More answers to the same prompt (OpenAI's `n`): queued once this request's prompt is in
     /// the KV cache, so each copies it instead of computing it again.
     pub followers: Vec<Follower>,
@@ -207,10 +209,23 @@ impl Worker<'_> {
                 return;
             }
             self.reap_cancelled();
+            for preempted in self.state.preempt() {
+                // The sequence waits in the batch queue with everything it needs to go on;
+                // its stream stays open and its client notices nothing but a pause.
+                tracing::debug!(
+                    model = self.metrics.model(),
+                    slot = preempted.slot,
+                    generated = preempted.generated,
+                    "batch sequence pre-empted for interactive work"
+                );
+                self.metrics.preempted();
+            }
             for adm in self.state.admit() {
                 self.apply(adm.kv);
                 if let Some(job) = self.state.job(adm.slot) {
-                    self.metrics.admitted(job.prompt_len, job.reused);
+                    if job.preemptions == 0 {
+                        self.metrics.admitted(job.prompt_len, job.reused);
+                    }
                 }
             }
             let plan = self.state.plan();
@@ -232,6 +247,7 @@ impl Worker<'_> {
                     stop,
                     events,
                     received,
+                    priority,
                     followers,
                 } = request;
                 let seq = |s: &Self,
@@ -258,19 +274,14 @@ impl Worker<'_> {
                 let prompt: Vec<i32> = prompt.iter().map(|t| t.0).collect();
                 let followers = followers
                     .into_iter()
-                    .map(|f| Job {
-                        prompt: prompt.clone(),
-                        max_new,
-                        payload: seq(self, &f.sampling, f.grammar, f.events),
+                    .map(|f| {
+                        let payload = seq(self, &f.sampling, f.grammar, f.events);
+                        Job::new(prompt.clone(), max_new, priority, payload)
                     })
                     .collect();
                 let mut payload = seq(self, &sampling, grammar, events);
                 payload.followers = followers;
-                let job = Job {
-                    prompt,
-                    max_new,
-                    payload,
-                };
+                let job = Job::new(prompt, max_new, priority, payload);
                 let answer = match self.state.enqueue(job) {
                     Ok(()) => Ok(()),
                     Err(_) => {
@@ -508,5 +519,7 @@ impl Worker<'_> {
         let (busy, kept) = self.state.kv_cells();
         self.metrics
             .gauges(self.state.queued(), self.state.running(), busy, kept);
+        self.metrics
+            .batch_gauges(self.state.queued_batch(), self.state.running_batch());
     }
 }

@@ -19,6 +19,7 @@ pub mod logprobs;
 pub mod mcp;
 pub mod responses;
 pub mod sse;
+pub mod members;
 pub mod tenancy;
 pub mod tools;
 pub mod validate;

@@ -131,6 +131,15 @@ class Browser:
             d.set_window_size(size["width"], size["height"])
         checked.append(name)
 
+    def load_figures(self):
+        """(time to DOM interactive in ms, load event end in ms, bytes transferred) of the page
+        just loaded, from the browser's own navigation and resource timing."""
+        return self.d.execute_script(
+            "const n = performance.getEntriesByType('navigation')[0];"
+            "const bytes = performance.getEntriesByType('resource').reduce((s, r) => s + (r.transferSize || 0),"
+            " n.transferSize || 0);"
+            "return [n.domInteractive, n.loadEventEnd, bytes];")
+
     def tab_reaches_every_control(self, name: str):
         d = self.d
         total = d.execute_script(

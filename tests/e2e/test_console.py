@@ -139,12 +139,16 @@ def test_operator_creates_a_tenant_tops_it_up_and_deploys(fw, browser, state, ad
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "role", bad.text
 
 
-def test_owner_invites_a_developer_and_a_viewer(fw, browser, state):
+def test_owner_invites_a_developer_and_a_viewer(fw, browser, state, figure):
     b = browser
     b.go("/console/sign-in")
     b.check_page("sign-in", state["checked"])
     b.sign_in("owner@acme.test", PASSWORD)
     assert b.path() == "/console/overview", b.path()
+    interactive, loaded, size = b.load_figures()
+    figure(f"overview after sign-in (cold cache): interactive {interactive:.0f} ms, loaded {loaded:.0f} ms, "
+           f"{size / 1024:.1f} KiB transferred")
+    assert interactive < 300 and size < 300 * 1024, (interactive, size)
     b.check_page("overview", state["checked"])
     links = {}
     for email, role in (("dev@acme.test", "developer"), ("viewer@acme.test", "viewer")):
@@ -173,7 +177,7 @@ def _usage_totals(fw, key):
     return {f: sum(r[f] for r in rows) for f in ("requests", "prompt_tokens", "completion_tokens")}
 
 
-def test_developer_makes_a_key_chats_and_reads_usage(fw, browser, state):
+def test_developer_makes_a_key_chats_and_reads_usage(fw, browser, state, figure):
     b = browser
     b.sign_in("dev@acme.test", PASSWORD)
     b.go("/console/keys")
@@ -196,6 +200,8 @@ def test_developer_makes_a_key_chats_and_reads_usage(fw, browser, state):
     state["dev_key"] = secret
 
     b.go("/console/playground")
+    interactive, loaded, size = b.load_figures()
+    figure(f"playground: interactive {interactive:.0f} ms, loaded {loaded:.0f} ms, {size / 1024:.1f} KiB transferred")
     b.check_page("playground", state["checked"])
     b.d.find_element(By.CSS_SELECTOR, "#pg-model option[value='smol']").click()
     b.fill("#pg-system", "You are a helpful assistant.")

@@ -15,6 +15,7 @@ from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
+from selenium.webdriver.support.expected_conditions import staleness_of  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
@@ -71,8 +72,15 @@ class Browser:
         el.send_keys(value)
 
     def submit(self, css: str):
+        """Submits the form by its button and waits for the next page."""
         form = self.d.find_element(By.CSS_SELECTOR, css)
-        form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+        self.navigating(lambda: form.find_element(By.CSS_SELECTOR, "button[type=submit]").click())
+
+    def navigating(self, action):
+        """Runs ACTION, then waits until the page it leads to has loaded."""
+        old = self.d.find_element(By.TAG_NAME, "html")
+        action()
+        WebDriverWait(self.d, 30).until(staleness_of(old))
         self.wait_ready()
 
     def text(self, css: str) -> str:
@@ -126,7 +134,11 @@ class Browser:
             scroll, client = d.execute_script(
                 "return [document.documentElement.scrollWidth, document.documentElement.clientWidth]")
             d.save_screenshot(os.path.join(shots_dir(), f"{name}-375.png"))
-            assert scroll <= client, f"{name}: horizontal scroll at 375 px ({scroll} > {client})"
+            wide = d.execute_script(
+                "return [...document.querySelectorAll('body *')].filter(e => e.getBoundingClientRect().right > "
+                "document.documentElement.clientWidth + 1 && !e.closest('.scroll')).slice(0, 5)"
+                ".map(e => e.tagName + '.' + e.className + '#' + e.id + ' ' + Math.round(e.getBoundingClientRect().right))")
+            assert scroll <= client, f"{name}: horizontal scroll at 375 px ({scroll} > {client}): {wide}"
         finally:
             d.set_window_size(size["width"], size["height"])
         checked.append(name)

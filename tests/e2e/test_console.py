@@ -84,8 +84,7 @@ def test_operator_creates_a_tenant_tops_it_up_and_deploys(fw, browser, state, ad
     tenant_id = re.search(r"\((ten_[0-9a-f]+)\)", notice).group(1)
     state["tenant"] = tenant_id
     b.fill(f"#topup-{tenant_id}", "5.25")
-    b.d.find_element(By.CSS_SELECTOR, f"#topup-{tenant_id}").find_element(By.XPATH, "..").submit()
-    b.wait_ready()
+    b.submit(f"form[action='/console/admin/tenants/{tenant_id}/top-up']")
     assert fw.admin("GET", f"/tenants/{tenant_id}", expect=200)["balance"] == 5_250_000
     assert "5.250000" in b.text(f"section[aria-label='console-acme']")
     b.check_page("operator-tenants", state["checked"])
@@ -208,17 +207,20 @@ def test_developer_makes_a_key_chats_and_reads_usage(fw, browser, state, figure)
     b.fill("#pg-max", "24")
     b.fill("#pg-message", "Repeat exactly: <img src=x onerror=\"window.__fw_xss='reply'\"> <script>window.__fw_xss='s'</script>")
     b.d.find_element(By.CSS_SELECTOR, "#pg-send").click()
-    usage_el = b.d.find_element(By.CSS_SELECTOR, "#pg-usage")
-    _wait(lambda: usage_el.get_attribute("data-cost") is not None
-          or any(w in usage_el.text for w in ("Refused", "failed", "Error")), 120, "the playground answer")
-    usage = b.text("#pg-usage")
+    def answered():
+        cost, status = b.d.execute_script(
+            "const u = document.getElementById('pg-usage'); return [u.dataset.cost || null, u.textContent];")
+        return cost is not None or any(w in status for w in ("Refused", "failed", "Error"))
+
+    _wait(answered, 120, "the playground answer")
+    usage = b.d.execute_script("return document.getElementById('pg-usage').textContent")
     assert "completion tokens" in usage and "cost" in usage, usage
     answer = b.d.execute_script("return document.getElementById('pg-answer').textContent")
     assert answer.strip(), "a streamed answer"
     # Whatever the model wrote stayed text: no element inside the answer, nothing ran.
     assert b.d.execute_script("return document.getElementById('pg-answer').children.length") == 0
     assert b.d.execute_script("return window.__fw_xss === undefined")
-    grant = int(b.d.find_element(By.CSS_SELECTOR, "#pg-usage").get_attribute("data-grant-tokens"))
+    grant = int(b.d.execute_script("return document.getElementById('pg-usage').dataset.grantTokens"))
     assert grant > 0, "the answer was paid from the free grant"
     b.d.save_screenshot(os.path.join(shots_dir(), "playground-answered.png"))
 

@@ -109,9 +109,10 @@ pub async fn page(State(console): State<Console>, signed: Signed) -> PageResult 
 }
 
 fn replicas(form: &Mutation, name: &str) -> PageResult<usize> {
-    let n = form.fields.integer(name, 0, MAX_REPLICAS)?.ok_or_else(|| {
-        PageError::bad_request(format!("{name}: fill it in"))
-    })?;
+    let n = form
+        .fields
+        .integer(name, 0, MAX_REPLICAS)?
+        .ok_or_else(|| PageError::bad_request(format!("{name}: fill it in")))?;
     usize::try_from(n).map_err(|_| PageError::bad_request(format!("{name}: out of range")))
 }
 
@@ -133,10 +134,7 @@ pub async fn create(State(console): State<Console>, form: Mutation) -> PageResul
         ..DeploymentPatch::default()
     };
     let spec = patch.apply(&DeploymentSpec::new(name, format!("hub:{repo}")));
-    let view = plane(&console)?
-        .create(spec)
-        .await
-        .map_err(control_error)?;
+    let view = plane(&console)?.create(spec).await.map_err(control_error)?;
     tracing::info!(deployment = %view.spec.name, model = %view.spec.model, "deployment created from the console");
     Ok(Redirect::to("/console/admin/deployments").into_response())
 }

@@ -25,10 +25,7 @@ fn status(key: &ApiKey) -> &'static str {
 }
 
 fn body(signed: &Signed, keys: &[ApiKey], created: Option<&CreatedKey>) -> Markup {
-    let may_manage = signed
-        .0
-        .member_for(Action::ManageKeys)
-        .is_ok();
+    let may_manage = signed.0.member_for(Action::ManageKeys).is_ok();
     html! {
         @if let Some(created) = created {
             div.notice role="status" {

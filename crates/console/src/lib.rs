@@ -87,10 +87,7 @@ pub fn router(app: &AppState, config: ConsoleConfig) -> Router<AppState> {
             "/console/admin/tenants",
             get(operator::tenants).post(operator::create_tenant),
         )
-        .route(
-            "/console/admin/tenants/{id}/top-up",
-            post(operator::top_up),
-        )
+        .route("/console/admin/tenants/{id}/top-up", post(operator::top_up))
         .route(
             "/console/admin/tenants/{id}/status",
             post(operator::set_status),
@@ -107,10 +104,7 @@ pub fn router(app: &AppState, config: ConsoleConfig) -> Router<AppState> {
             "/console/admin/deployments",
             get(deployments::page).post(deployments::create),
         )
-        .route(
-            "/console/admin/deployments/scale",
-            post(deployments::scale),
-        )
+        .route("/console/admin/deployments/scale", post(deployments::scale))
         .layer(axum::middleware::from_fn(session::security_headers))
         .with_state(console)
 }

@@ -28,7 +28,11 @@ pub fn parse_money(param: &str, text: &str) -> PageResult<i64> {
     {
         return Err(bad());
     }
-    let whole: i64 = if whole.is_empty() { 0 } else { whole.parse().map_err(|_| bad())? };
+    let whole: i64 = if whole.is_empty() {
+        0
+    } else {
+        whole.parse().map_err(|_| bad())?
+    };
     let frac: i64 = format!("{frac:0<6}").parse().map_err(|_| bad())?;
     let micro = whole
         .checked_mul(1_000_000)
@@ -161,7 +165,11 @@ pub async fn set_status(
         disabled: Some(disabled),
         ..TenantPatch::default()
     };
-    console.tenancy().directory.update_tenant(&id, &patch).await?;
+    console
+        .tenancy()
+        .directory
+        .update_tenant(&id, &patch)
+        .await?;
     tracing::info!(tenant = %id, disabled, "tenant status changed from the console");
     Ok(Redirect::to("/console/admin/tenants").into_response())
 }

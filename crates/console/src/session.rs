@@ -21,14 +21,20 @@ const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-
 pub async fn security_headers(request: Request, next: Next) -> Response {
     let mut response = next.run(request).await;
     let headers = response.headers_mut();
-    headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     headers.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
     // Invite links carry their token in the path: never send it on as a referrer.
-    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     headers
         .entry(header::CACHE_CONTROL)
         .or_insert(HeaderValue::from_static("no-store"));
@@ -261,19 +267,20 @@ impl FromRequest<Console> for PublicForm {
 
     async fn from_request(request: Request, console: &Console) -> PageResult<Self> {
         let headers = request.headers();
-        let cross_site = headers
-            .get("sec-fetch-site")
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v == "cross-site" || v == "same-site");
-        let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
-        let foreign_origin = match (headers.get(header::ORIGIN), host) {
-            (Some(origin), Some(host)) => origin.to_str().map_or(true, |o| {
-                o.split_once("://").map(|(_, rest)| rest) != Some(host)
-            }),
-            (Some(_), None) => true,
-            (None, _) => false,
+        // Browsers say where a request comes from in `Sec-Fetch-Site`; without it, the
+        // `Origin` (when there is one: with `Referrer-Policy: no-referrer` it is "null") must
+        // be this host.
+        let foreign = match headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
+            Some(site) => site != "same-origin" && site != "none",
+            None => {
+                let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+                match headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
+                    None | Some("null") => false,
+                    Some(origin) => origin.split_once("://").map(|(_, rest)| rest) != host,
+                }
+            }
         };
-        if cross_site || foreign_origin {
+        if foreign {
             return Err(PageError::new(
                 StatusCode::FORBIDDEN,
                 "This form was sent from another site; open the console's own page.",

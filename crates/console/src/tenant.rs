@@ -143,6 +143,7 @@ fn members_body(
                 p { code #invite-link { (link) } }
             }
         }
+        div.scroll tabindex="0" role="region" aria-label="Members table" {
         table {
             caption { "Members of this tenant" }
             thead { tr { th scope="col" { "Email" } th scope="col" { "Role" } th scope="col" { "Status" } th scope="col" { "Action" } } }
@@ -161,6 +162,7 @@ fn members_body(
                     }
                 }
             }
+        }
         }
         h2 { "Invite a member" }
         form.card method="post" action="/console/members" {

@@ -66,9 +66,7 @@ async fn serve(config: ServeConfig) -> Result<()> {
         mcp: Some(mcp.clone()),
         files: Some(files),
     };
-    let app = gateway::router_with(state, |app| {
-        console::router(app, console_config)
-    });
+    let app = gateway::router_with(state, |app| console::router(app, console_config));
     let limits = connection_limits(&config);
     let listener = crate::http::bind(config.listen).with_context(|| {
         format!(

@@ -43,19 +43,19 @@ pub use directory::{CreatedKey, Directory, KeySpec, TenantSpec};
 pub use error::{Error, Result};
 pub use keys::{Principal, Scope, PREFIX_LEN, SECRET_PREFIX};
 pub use ledger::{Ledger, Recovery, ReserveRequest};
-pub use members::{Action, AddedMember, Member, Members, NewMember, Role, INVITE_VALID_FOR};
-pub use sessions::{Session, SignInError, StartedSession, Subject};
 pub use limits::{key_subject, tenant_subject, Admission, Counted, Limiter};
+pub use members::{Action, AddedMember, Member, Members, NewMember, Role, INVITE_VALID_FOR};
 pub use prices::{cost, PriceBook, MAX_PER_CALL};
 pub use progress::{ProgressMarks, PROGRESS_INTERVAL_TOKENS};
 pub use responses::{NewResponse, Responses};
+pub use sessions::{Session, SignInError, StartedSession, Subject};
 pub use store::accounting::{is_tool_call, TOOL_CALL_PREFIX};
 pub use usage::{Account, UsageQuery, UsageReports};
 
 pub use store::{
-    removal, MemberRecord, SessionRecord, ApiKey, Balances, Debit, LedgerEntry, LedgerKind, Org, Price, PriceRates, Removal,
-    Reservation, ReservationState, Settlement, Store, StoredResponse, Tenant, TenantPatch,
-    Timestamp, TokenUsage, UsageGroup, UsageRow,
+    removal, ApiKey, Balances, Debit, LedgerEntry, LedgerKind, MemberRecord, Org, Price,
+    PriceRates, Removal, Reservation, ReservationState, SessionRecord, Settlement, Store,
+    StoredResponse, Tenant, TenantPatch, Timestamp, TokenUsage, UsageGroup, UsageRow,
 };
 
 /// The tenancy services over one store, each cheap to clone.

@@ -257,10 +257,7 @@ impl Members {
         let now = self.clock.now();
         let (password_hash, invite_token) = match &new.password {
             Some(password) => (Some(hash_password(password).await?), None),
-            None => (
-                None,
-                Some(Alphanumeric.sample_string(&mut rand::rng(), 40)),
-            ),
+            None => (None, Some(Alphanumeric.sample_string(&mut rand::rng(), 40))),
         };
         let record = MemberRecord {
             id: format!("mem_{}", uuid::Uuid::new_v4().simple()),
@@ -313,7 +310,10 @@ impl Members {
             .member_by_invite(&keys::hash_hex(token))
             .await?
             .ok_or_else(not_found)?;
-        if record.invite_expires_at.is_none_or(|t| t <= self.clock.now()) {
+        if record
+            .invite_expires_at
+            .is_none_or(|t| t <= self.clock.now())
+        {
             return Err(not_found());
         }
         record.try_into()

@@ -114,8 +114,16 @@ impl Members {
     /// Counts `subjects`' recent failures: refuses, or waits, as the policy says.
     async fn throttle(&self, account: &str, address: &str) -> Result<(), SignInError> {
         let since = self.clock.now() - FAILURE_WINDOW;
-        let by_account = self.store.sign_in_failures(account, since).await.map_err(Error::from)?;
-        let by_address = self.store.sign_in_failures(address, since).await.map_err(Error::from)?;
+        let by_account = self
+            .store
+            .sign_in_failures(account, since)
+            .await
+            .map_err(Error::from)?;
+        let by_address = self
+            .store
+            .sign_in_failures(address, since)
+            .await
+            .map_err(Error::from)?;
         if by_account >= REFUSE_AFTER || by_address >= REFUSE_AFTER * ADDRESS_FACTOR {
             return Err(SignInError::TooManyFailures {
                 retry_after_secs: FAILURE_WINDOW.num_seconds().unsigned_abs(),
@@ -271,7 +279,10 @@ impl Members {
         if let Some(key) = &session.playground_key_id {
             self.directory.revoke_key(key).await?;
         }
-        Ok(self.store.end_session(&session.id, self.clock.now()).await?)
+        Ok(self
+            .store
+            .end_session(&session.id, self.clock.now())
+            .await?)
     }
 
     /// A fresh API key for the member's playground, with only the `inference` scope, expiring

@@ -76,7 +76,10 @@ impl<D: Db> MemberStore for D {
 
     async fn member_by_invite(&self, invite_hash: &str) -> Result<Option<MemberRecord>> {
         let sql = format!("SELECT {MEMBER} FROM members WHERE invite_hash = $1");
-        let row = self.reader().fetch_optional(&sql, &args![invite_hash]).await?;
+        let row = self
+            .reader()
+            .fetch_optional(&sql, &args![invite_hash])
+            .await?;
         row.as_ref().map(member).transpose()
     }
 

@@ -7,6 +7,6 @@ mod invariants;
 mod keys;
 mod ledger;
 mod limits;
-mod members;
 mod mcp;
+mod members;
 mod usage;

@@ -40,10 +40,16 @@ async fn invites_set_passwords_once_and_sign_in_starts_a_session(fx: Fixture) {
     let m = members(&fx);
     let acme = fx.tenant("acme", 1_000).await;
     let owner = m
-        .add(&acme.id, &new("Owner@Acme.test", Some(PASSWORD), Role::Owner))
+        .add(
+            &acme.id,
+            &new("Owner@Acme.test", Some(PASSWORD), Role::Owner),
+        )
         .await
         .expect("owner");
-    assert_eq!(owner.member.email, "owner@acme.test", "emails are lowercased");
+    assert_eq!(
+        owner.member.email, "owner@acme.test",
+        "emails are lowercased"
+    );
     assert!(owner.invite_token.is_none() && !owner.member.invited);
 
     let dev = m
@@ -54,7 +60,9 @@ async fn invites_set_passwords_once_and_sign_in_starts_a_session(fx: Fixture) {
     assert!(dev.member.invited);
     // An invited member has no password: signing in fails like a wrong one.
     assert_eq!(
-        m.sign_in("dev@acme.test", PASSWORD, "127.0.0.9").await.err(),
+        m.sign_in("dev@acme.test", PASSWORD, "127.0.0.9")
+            .await
+            .err(),
         Some(SignInError::WrongCredentials)
     );
     assert_eq!(m.invite(&token).await.expect("pending").id, dev.member.id);
@@ -109,9 +117,12 @@ async fn roles_allow_what_the_api_scopes_allow(fx: Fixture) {
     }
     let m = members(&fx);
     let acme = fx.tenant("acme", 1_000).await;
-    m.add(&acme.id, &new("viewer@acme.test", Some(PASSWORD), Role::Viewer))
-        .await
-        .expect("viewer");
+    m.add(
+        &acme.id,
+        &new("viewer@acme.test", Some(PASSWORD), Role::Viewer),
+    )
+    .await
+    .expect("viewer");
     let started = m
         .sign_in("viewer@acme.test", PASSWORD, "127.0.0.1")
         .await
@@ -140,9 +151,12 @@ async fn roles_allow_what_the_api_scopes_allow(fx: Fixture) {
 async fn sessions_expire_when_idle_and_at_their_lifetime(fx: Fixture) {
     let m = members(&fx);
     let acme = fx.tenant("acme", 1_000).await;
-    m.add(&acme.id, &new("dev@acme.test", Some(PASSWORD), Role::Developer))
-        .await
-        .expect("dev");
+    m.add(
+        &acme.id,
+        &new("dev@acme.test", Some(PASSWORD), Role::Developer),
+    )
+    .await
+    .expect("dev");
     let member = m
         .sign_in("dev@acme.test", PASSWORD, "127.0.0.1")
         .await
@@ -197,7 +211,10 @@ async fn removing_a_member_ends_its_sessions_and_playground_key(fx: Fixture) {
     let m = members(&fx);
     let acme = fx.tenant("acme", 1_000).await;
     let dev = m
-        .add(&acme.id, &new("dev@acme.test", Some(PASSWORD), Role::Developer))
+        .add(
+            &acme.id,
+            &new("dev@acme.test", Some(PASSWORD), Role::Developer),
+        )
         .await
         .expect("dev");
     let started = m
@@ -227,7 +244,9 @@ async fn removing_a_member_ends_its_sessions_and_playground_key(fx: Fixture) {
     assert!(m.list(&acme.id).await.expect("list").is_empty());
     // Gone members cannot sign in.
     assert_eq!(
-        m.sign_in("dev@acme.test", PASSWORD, "127.0.0.2").await.err(),
+        m.sign_in("dev@acme.test", PASSWORD, "127.0.0.2")
+            .await
+            .err(),
         Some(SignInError::WrongCredentials)
     );
     // Keys the member made stay the tenant's (not tied to the member).
@@ -249,13 +268,22 @@ async fn removing_a_member_ends_its_sessions_and_playground_key(fx: Fixture) {
 async fn failed_sign_ins_are_slowed_then_refused(fx: Fixture) {
     let m = members(&fx);
     let acme = fx.tenant("acme", 1_000).await;
-    m.add(&acme.id, &new("dev@acme.test", Some(PASSWORD), Role::Developer))
-        .await
-        .expect("dev");
+    m.add(
+        &acme.id,
+        &new("dev@acme.test", Some(PASSWORD), Role::Developer),
+    )
+    .await
+    .expect("dev");
     for attempt in 1..=10 {
         let start = Instant::now();
-        let result = m.sign_in("dev@acme.test", "wrong password!", "127.0.0.1").await;
-        assert_eq!(result.err(), Some(SignInError::WrongCredentials), "{attempt}");
+        let result = m
+            .sign_in("dev@acme.test", "wrong password!", "127.0.0.1")
+            .await;
+        assert_eq!(
+            result.err(),
+            Some(SignInError::WrongCredentials),
+            "{attempt}"
+        );
         let slowed = start.elapsed() >= Duration::from_millis(200);
         assert_eq!(slowed, attempt > 3, "attempt {attempt} slowed: {slowed}");
     }
@@ -272,7 +300,11 @@ async fn failed_sign_ins_are_slowed_then_refused(fx: Fixture) {
     // Per address: many accounts from one address are refused too.
     for i in 0..40 {
         let _ = m
-            .sign_in(&format!("nobody{i}@acme.test"), "wrong password!", "127.0.0.66")
+            .sign_in(
+                &format!("nobody{i}@acme.test"),
+                "wrong password!",
+                "127.0.0.66",
+            )
             .await;
     }
     assert!(matches!(
@@ -300,14 +332,25 @@ async fn bad_input_is_refused_with_the_field_named(fx: Fixture) {
         other => panic!("expected Invalid, got {other:?}"),
     };
     assert_eq!(
-        param(m.add(&acme.id, &new("not-an-email", None, Role::Viewer)).await.map(|_| ())),
+        param(
+            m.add(&acme.id, &new("not-an-email", None, Role::Viewer))
+                .await
+                .map(|_| ())
+        ),
         Some("email".into())
     );
     assert_eq!(
-        param(m.add(&acme.id, &new("a@b.test", Some("short"), Role::Viewer)).await.map(|_| ())),
+        param(
+            m.add(&acme.id, &new("a@b.test", Some("short"), Role::Viewer))
+                .await
+                .map(|_| ())
+        ),
         Some("password".into())
     );
-    assert_eq!(param("admin".parse::<Role>().map(|_| ())), Some("role".into()));
+    assert_eq!(
+        param("admin".parse::<Role>().map(|_| ())),
+        Some("role".into())
+    );
     m.add(&acme.id, &new("a@b.test", None, Role::Viewer))
         .await
         .expect("first");
@@ -316,7 +359,8 @@ async fn bad_input_is_refused_with_the_field_named(fx: Fixture) {
         Err(Error::Conflict { .. })
     ));
     assert!(matches!(
-        m.add("ten_missing", &new("c@b.test", None, Role::Owner)).await,
+        m.add("ten_missing", &new("c@b.test", None, Role::Owner))
+            .await,
         Err(Error::NotFound { .. })
     ));
 }

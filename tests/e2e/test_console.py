@@ -90,6 +90,13 @@ def test_operator_creates_a_tenant_tops_it_up_and_deploys(fw, browser, state, ad
     b.check_page("operator-tenants", state["checked"])
 
     b.go("/console/admin/prices")
+    b.fill("#price-model", "smol")
+    b.fill("#price-in", "0.5")
+    b.fill("#price-out", "1.25")
+    b.submit("form[action='/console/admin/prices']")
+    prices = {p["served_model"]: p for p in fw.admin("GET", "/prices", expect=200)["data"]}
+    assert prices["smol"]["input_per_million"] == 500_000 and prices["smol"]["output_per_million"] == 1_250_000
+    assert "1.250000" in b.text("table")
     b.check_page("operator-prices", state["checked"])
     b.go("/console/models?repo=public/evil-smol")
     b.check_page("operator-models", state["checked"])

@@ -41,7 +41,10 @@ pub enum Subject {
     /// The operator, signed in with the admin key.
     Operator,
     /// A member of `tenant`.
-    Member { member: Member, tenant: Tenant },
+    Member {
+        member: Box<Member>,
+        tenant: Box<Tenant>,
+    },
 }
 
 /// A live session, resolved from its cookie.
@@ -78,7 +81,7 @@ impl Session {
             )),
             Subject::Member { member, tenant } => {
                 member.role.require(action)?;
-                Ok((member, tenant))
+                Ok((member.as_ref(), tenant.as_ref()))
             }
         }
     }
@@ -176,7 +179,12 @@ impl Members {
         if tenant.disabled || tenant.deleted_at.is_some() {
             return Err(Error::denied("this tenant is disabled; ask the operator").into());
         }
-        Ok(self.start(Subject::Member { member, tenant }).await?)
+        Ok(self
+            .start(Subject::Member {
+                member: Box::new(member),
+                tenant: Box::new(tenant),
+            })
+            .await?)
     }
 
     /// Signs the operator in, once the caller has compared the admin key: `key_matched`
@@ -252,7 +260,10 @@ impl Members {
                 if tenant.disabled || tenant.deleted_at.is_some() {
                     return Ok(None);
                 }
-                Subject::Member { member, tenant }
+                Subject::Member {
+                    member: Box::new(member),
+                    tenant: Box::new(tenant),
+                }
             }
         };
         if now - record.last_seen_at >= TOUCH_RESOLUTION {

@@ -90,7 +90,10 @@ else
   log "rank GGUF up to date ($RANK)"
 fi
 
-# 5. The suite.
+# 5. The console's browser tests: Debian's chromium and chromium-driver, axe-core from npm.
+export FLYWHEEL_AXE_JS="$("$ROOT/scripts/browser-deps.sh")"
+
+# 6. The suite.
 export FLYWHEEL_MINILM_DIR="$MINILM_DIR" FLYWHEEL_MINILM_GGUF="$MINILM" FLYWHEEL_RANK_GGUF="$RANK"
 export FLYWHEEL_SMOL_GGUF="$SMOL" FLYWHEEL_QWEN_GGUF="$QWEN" FLYWHEEL_TINY_GGUF="$TINY" \
        FLYWHEEL_TINY_TOOLS_GGUF="$TINY_TOOLS" FLYWHEEL_TINY_THINK_GGUF="$TINY_THINK" \

@@ -50,7 +50,10 @@ async fn serve(config: ServeConfig) -> Result<()> {
 
     let mcp = mcp_gateway(&config, store_for_mcp, tenancy.clone())?;
     sweep_mcp_sessions(mcp.clone());
-    let app = gateway::router(gateway::GatewayState {
+    let console_config = console::ConsoleConfig {
+        tls: transport.tls.is_some(),
+    };
+    let state = gateway::GatewayState {
         models,
         admin_key,
         tenancy: tenancy.clone(),
@@ -62,7 +65,8 @@ async fn serve(config: ServeConfig) -> Result<()> {
         max_body_bytes: config.max_body_bytes,
         mcp: Some(mcp.clone()),
         files: Some(files),
-    });
+    };
+    let app = gateway::router_with(state, |app| console::router(app, console_config));
     let limits = connection_limits(&config);
     let listener = crate::http::bind(config.listen).with_context(|| {
         format!(

@@ -154,12 +154,24 @@ impl axum::extract::FromRef<AppState> for Authenticator {
 
 /// The whole HTTP API; used by the binary and by the tests.
 pub fn router(state: GatewayState) -> Router {
+    router_with(state, |_| Router::new())
+}
+
+/// The HTTP API with more routes merged in: `extend` gets the state the API's handlers use
+/// (the binary merges the web console here, so its pages call the same services). The extra
+/// routes share the API's fallback, body limit and request tracing.
+pub fn router_with(
+    state: GatewayState,
+    extend: impl FnOnce(&AppState) -> Router<AppState>,
+) -> Router {
     metrics::describe();
     let max_body_bytes = state.max_body_bytes;
     let max_file_bytes = state
         .files
         .as_ref()
         .map_or(0, |f| f.config().max_file_bytes);
+    let app = AppState::new(state);
+    let extra = extend(&app);
     Router::new()
         .route("/health", get(routes::ops::health))
         .route("/ready", get(routes::ops::ready))
@@ -266,11 +278,20 @@ pub fn router(state: GatewayState) -> Router {
                 .delete(routes::deployments::delete),
         )
         .route("/admin/v1/node", get(routes::deployments::node))
+        .route(
+            "/admin/v1/tenants/{id}/members",
+            post(routes::members::create).get(routes::members::list),
+        )
+        .route(
+            "/admin/v1/members/{member_id}",
+            delete(routes::members::delete),
+        )
         .merge(routes::hub::router())
+        .merge(extra)
         .merge(routes::files::router(max_file_bytes))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(axum::middleware::from_fn(observe::observe))
-        .with_state(AppState::new(state))
+        .with_state(app)
 }

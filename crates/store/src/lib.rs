@@ -18,6 +18,7 @@ pub mod files;
 pub mod hub;
 pub mod hub_access;
 pub mod mcp;
+pub mod members;
 pub mod model;
 mod postgres;
 pub mod removal;
@@ -38,6 +39,7 @@ pub use files::{FilePage, FilePut, FileQuery, FileRecord, FileRemoval, FileStore
 pub use hub::HubStore;
 pub use hub_access::HubAccessStore;
 pub use mcp::{McpCallRecord, McpServerRecord, McpSessionRecord, McpStore, McpUpstreamSession};
+pub use members::{MemberRecord, MemberStore, SessionRecord};
 pub use model::*;
 pub use postgres::PostgresStore;
 pub use removal::{Removal, RemovalStore};
@@ -60,7 +62,7 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
 /// gateway and the Files API persist, in nine parts, and the removal of a tenant across them. Implementations are cheap to share (`Arc<dyn Store>`) and safe to use from many
 /// tasks and from several processes on one database. Callers bring the parts into scope with
 /// `use store::{TenantStore, LedgerStore, LimitStore, HubStore, HubAccessStore,
-/// DeploymentRecordStore, ResponseStore, McpStore, FileStore, RemovalStore}`.
+/// DeploymentRecordStore, ResponseStore, McpStore, FileStore, RemovalStore, MemberStore}`.
 #[async_trait]
 pub trait Store:
     TenantStore
@@ -73,6 +75,7 @@ pub trait Store:
     + McpStore
     + FileStore
     + RemovalStore
+    + MemberStore
 {
     /// `"sqlite"` or `"postgres"`, for logs.
     fn kind(&self) -> &'static str;

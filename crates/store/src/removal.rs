@@ -5,7 +5,7 @@
 //! reservations name them. Everything else it holds is deleted: its stored responses, the MCP
 //! servers it registered (their grants and pinned upstream sessions with them), its MCP client
 //! sessions, grants of the operator's servers and its MCP setting, its files (Files API) and
-//! its files quota override, the arguments kept in its
+//! its files quota override, its console members with their sessions and failed sign-ins, the arguments kept in its
 //! tool calls' audit rows (the rows stay: they are what it was charged), its private hub
 //! repositories with every revision, its open hub uploads, the record of which blobs it
 //! uploaded, the blobs no other repository or uploader still names, its rate windows and its
@@ -53,6 +53,12 @@ pub const HUB_UPLOADS: &str = "hub_uploads";
 pub const HUB_BLOBS: &str = "hub_blobs";
 /// Orgs (names).
 pub const ORGS: &str = "orgs";
+/// Console members (emails).
+pub const MEMBERS: &str = "members";
+/// Their console sessions (member ids, one per member with any).
+pub const CONSOLE_SESSIONS: &str = "console_sessions";
+/// Failed console sign-ins counted against its members' accounts (subjects).
+pub const SIGN_IN_FAILURES: &str = "console_sign_in_failures";
 /// RPM/TPM windows of the tenant and its keys (subjects).
 pub const RATE_WINDOWS: &str = "rate_windows";
 

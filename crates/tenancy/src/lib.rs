@@ -28,9 +28,11 @@ mod error;
 mod keys;
 mod ledger;
 mod limits;
+mod members;
 mod prices;
 mod progress;
 mod responses;
+mod sessions;
 mod usage;
 
 use std::sync::Arc;
@@ -42,16 +44,18 @@ pub use error::{Error, Result};
 pub use keys::{Principal, Scope, PREFIX_LEN, SECRET_PREFIX};
 pub use ledger::{Ledger, Recovery, ReserveRequest};
 pub use limits::{key_subject, tenant_subject, Admission, Counted, Limiter};
+pub use members::{Action, AddedMember, Member, Members, NewMember, Role, INVITE_VALID_FOR};
 pub use prices::{cost, PriceBook, MAX_PER_CALL};
 pub use progress::{ProgressMarks, PROGRESS_INTERVAL_TOKENS};
 pub use responses::{NewResponse, Responses};
+pub use sessions::{Session, SignInError, StartedSession, Subject};
 pub use store::accounting::{is_tool_call, TOOL_CALL_PREFIX};
 pub use usage::{Account, UsageQuery, UsageReports};
 
 pub use store::{
-    removal, ApiKey, Balances, Debit, LedgerEntry, LedgerKind, Org, Price, PriceRates, Removal,
-    Reservation, ReservationState, Settlement, Store, StoredResponse, Tenant, TenantPatch,
-    Timestamp, TokenUsage, UsageGroup, UsageRow,
+    removal, ApiKey, Balances, Debit, LedgerEntry, LedgerKind, MemberRecord, Org, Price,
+    PriceRates, Removal, Reservation, ReservationState, SessionRecord, Settlement, Store,
+    StoredResponse, Tenant, TenantPatch, Timestamp, TokenUsage, UsageGroup, UsageRow,
 };
 
 /// The tenancy services over one store, each cheap to clone.
@@ -64,6 +68,8 @@ pub struct Tenancy {
     pub usage: UsageReports,
     /// Stored responses of the Responses API.
     pub responses: Responses,
+    /// Console members and sessions.
+    pub members: Members,
     store: Arc<dyn Store>,
 }
 
@@ -75,8 +81,10 @@ impl Tenancy {
     ) -> Result<Self> {
         config.validate()?;
         let prices = PriceBook::new(store.clone(), clock.clone(), config.default_price);
+        let directory = Directory::new(store.clone(), clock.clone(), config.free_grant_tokens);
         Ok(Self {
-            directory: Directory::new(store.clone(), clock.clone(), config.free_grant_tokens),
+            members: Members::new(store.clone(), clock.clone(), directory.clone()),
+            directory,
             ledger: Ledger::new(
                 store.clone(),
                 clock.clone(),

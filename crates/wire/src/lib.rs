@@ -17,6 +17,7 @@ pub mod files;
 pub mod format;
 pub mod logprobs;
 pub mod mcp;
+pub mod members;
 pub mod responses;
 pub mod sse;
 pub mod tenancy;

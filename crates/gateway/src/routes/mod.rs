@@ -8,6 +8,7 @@ pub mod files;
 pub mod generate;
 pub mod hub;
 pub mod mcp;
+pub mod members;
 pub mod messages;
 pub mod models;
 pub mod ops;

@@ -20,6 +20,7 @@ mod hub;
 mod hub_access;
 pub(crate) mod ledger;
 pub(crate) mod mcp;
+mod members;
 mod removal;
 mod responses;
 

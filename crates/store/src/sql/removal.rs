@@ -104,6 +104,19 @@ const PARTS: &[Part] = &[
         erase: Some("arguments = NULL"),
     },
     Part::delete(
+        kinds::SIGN_IN_FAILURES,
+        "console_sign_in_failures",
+        "subject",
+        "subject IN (SELECT 'account:' || email FROM members WHERE tenant_id = $1)",
+    ),
+    Part::delete(
+        kinds::CONSOLE_SESSIONS,
+        "console_sessions",
+        "member_id",
+        "member_id IN (SELECT id FROM members WHERE tenant_id = $1)",
+    ),
+    Part::delete(kinds::MEMBERS, "members", "email", "tenant_id = $1"),
+    Part::delete(
         kinds::RATE_WINDOWS,
         "rate_buckets",
         "subject",

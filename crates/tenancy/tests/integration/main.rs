@@ -8,4 +8,5 @@ mod keys;
 mod ledger;
 mod limits;
 mod mcp;
+mod members;
 mod usage;

@@ -182,7 +182,7 @@ def test_bad_lines_go_to_the_error_file_and_good_ones_run(fw):
     client = fw.client(api_key=key)
     lines = [
         _line(0),
-        "not json at all",
+        {"method": "POST", "url": CHAT, "body": {"model": "smol", "messages": []}},  # no custom_id
         {"custom_id": "wrong-url", "method": "POST", "url": "/v1/completions", "body": {"model": "smol", "prompt": "x"}},
         _line(0),  # duplicate custom_id
         {**_line(4), "body": {**_line(4)["body"], "model": "other"}},

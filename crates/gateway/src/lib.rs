@@ -61,6 +61,14 @@ pub struct GatewayState {
     pub mcp: Option<Arc<mcp::Mcp>>,
     /// The Files API; `None` serves no file routes (404).
     pub files: Option<files::Files>,
+    /// The Batch API (needs `files`): its store and limits; `None` serves no batch routes.
+    pub batch: Option<BatchSetup>,
+}
+
+/// What the Batch API needs besides the serving layer and the Files API.
+pub struct BatchSetup {
+    pub store: Arc<dyn tenancy::Store>,
+    pub config: batch::BatchConfig,
 }
 
 /// The state handlers see: cheap to clone.

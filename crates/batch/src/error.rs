@@ -31,7 +31,10 @@ pub enum BatchError {
 impl From<StoreError> for BatchError {
     fn from(err: StoreError) -> Self {
         match err {
-            StoreError::NotFound { entity: "batch", id } => BatchError::NotFound(id),
+            StoreError::NotFound {
+                entity: "batch",
+                id,
+            } => BatchError::NotFound(id),
             other => BatchError::Store(other),
         }
     }

@@ -38,7 +38,10 @@ pub fn read<R: BufRead>(reader: R, endpoint: Endpoint, max_lines: usize) -> Resu
         let text = text.map_err(|e| {
             BatchError::invalid(
                 "input_file_id",
-                format!("The input file cannot be read as UTF-8 text at line {}: {e}", n + 1),
+                format!(
+                    "The input file cannot be read as UTF-8 text at line {}: {e}",
+                    n + 1
+                ),
             )
         })?;
         if text.trim().is_empty() {

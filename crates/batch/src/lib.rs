@@ -263,10 +263,7 @@ impl Batches {
             record.failed_at = Some(now);
             record.errors = Some(output::validation_errors(&input.lines));
         }
-        self.inner
-            .store
-            .create_batch(&record, &input.lines)
-            .await?;
+        self.inner.store.create_batch(&record, &input.lines).await?;
         tracing::info!(batch = %record.id, tenant = %tenant_id, total, refused = input.refused, "batch created");
         if record.status == "validating" {
             self.spawn(&record);
@@ -280,7 +277,12 @@ impl Batches {
     }
 
     /// A page of the tenant's batches, newest first.
-    pub async fn list(&self, tenant_id: &str, after: Option<&str>, limit: u32) -> Result<BatchPage> {
+    pub async fn list(
+        &self,
+        tenant_id: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<BatchPage> {
         if !(1..=100).contains(&limit) {
             return Err(BatchError::invalid(
                 "limit",

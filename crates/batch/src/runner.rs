@@ -83,7 +83,11 @@ pub(crate) async fn run(inner: &Inner, id: &str, stop: CancellationToken) -> Res
                             Err(_) => return Ok(()),
                         }
                     }
-                    End::Drained => ("internal_error", "This request could not be run.", "finalizing"),
+                    End::Drained => (
+                        "internal_error",
+                        "This request could not be run.",
+                        "finalizing",
+                    ),
                     End::Quota => (
                         INSUFFICIENT_QUOTA,
                         "You exceeded your current quota while this batch ran: this request \
@@ -100,8 +104,10 @@ pub(crate) async fn run(inner: &Inner, id: &str, stop: CancellationToken) -> Res
                 };
                 inner.store.fail_pending_lines(id, code, message).await?;
                 if to == "expired" {
-                    finish(inner, &batch, &["in_progress"], "expired").await?;
-                    return Ok(());
+                    if finish(inner, &batch, &["in_progress"], "expired").await? {
+                        return Ok(());
+                    }
+                    continue;
                 }
                 inner
                     .store
@@ -109,8 +115,9 @@ pub(crate) async fn run(inner: &Inner, id: &str, stop: CancellationToken) -> Res
                     .await?;
             }
             "finalizing" => {
-                finish(inner, &batch, &["finalizing"], "completed").await?;
-                return Ok(());
+                if finish(inner, &batch, &["finalizing"], "completed").await? {
+                    return Ok(());
+                }
             }
             "cancelling" => {
                 let message = "This request was not run: its batch was cancelled.";
@@ -118,16 +125,18 @@ pub(crate) async fn run(inner: &Inner, id: &str, stop: CancellationToken) -> Res
                     .store
                     .fail_pending_lines(id, BATCH_CANCELLED, message)
                     .await?;
-                finish(inner, &batch, &["cancelling"], "cancelled").await?;
-                return Ok(());
+                if finish(inner, &batch, &["cancelling"], "cancelled").await? {
+                    return Ok(());
+                }
             }
             _ => return Ok(()),
         }
     }
 }
 
-/// Writes the files and moves the batch from `from` to its final status `to`.
-async fn finish(inner: &Inner, batch: &BatchRecord, from: &[&str], to: &str) -> Result<()> {
+/// Writes the files and moves the batch from `from` to its final status `to`; whether it
+/// moved (a cancel may have moved it meanwhile: the caller rereads it).
+async fn finish(inner: &Inner, batch: &BatchRecord, from: &[&str], to: &str) -> Result<bool> {
     let (output, error) = output::write_files(inner, batch).await?;
     let done = inner
         .store
@@ -140,11 +149,15 @@ async fn finish(inner: &Inner, batch: &BatchRecord, from: &[&str], to: &str) -> 
             chrono::Utc::now(),
         )
         .await?;
-    match done {
-        Some(done) => tracing::info!(batch = %batch.id, status = to, completed = done.completed, failed = done.failed, "batch finished"),
-        None => tracing::warn!(batch = %batch.id, "batch changed status while its files were written; rereading"),
+    match &done {
+        Some(done) => {
+            tracing::info!(batch = %batch.id, status = to, completed = done.completed, failed = done.failed, "batch finished")
+        }
+        None => {
+            tracing::warn!(batch = %batch.id, "batch changed status while its files were written; rereading")
+        }
     }
-    Ok(())
+    Ok(done.is_some())
 }
 
 /// Starts the batch's pending lines, at most `concurrency` at once, until none is left, the
@@ -214,7 +227,9 @@ async fn run_lines(inner: &Inner, batch: &BatchRecord, stop: &CancellationToken)
 fn log_line_task(batch_id: &str, done: std::result::Result<Result<()>, tokio::task::JoinError>) {
     match done {
         Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::warn!(batch = %batch_id, error = %e, "a batch line could not be recorded; it runs again when the batch resumes"),
+        Ok(Err(e)) => {
+            tracing::warn!(batch = %batch_id, error = %e, "a batch line could not be recorded; it runs again when the batch resumes")
+        }
         Err(e) => tracing::error!(batch = %batch_id, error = %e, "a batch line's task failed"),
     }
 }
@@ -308,7 +323,12 @@ impl Job {
     /// The request id this attempt runs under and whether it is metered: an earlier attempt
     /// that was settled keeps its charge (this one runs unmetered under its id); one still
     /// open (its process died) is released.
-    async fn billing_of(&self, parts: &Parts, line_no: i64, attempt: i64) -> Result<(String, bool)> {
+    async fn billing_of(
+        &self,
+        parts: &Parts,
+        line_no: i64,
+        attempt: i64,
+    ) -> Result<(String, bool)> {
         let ledger = &parts.tenancy.ledger;
         for earlier in (1..attempt).rev() {
             let id = self.request_id(line_no, earlier);
@@ -340,7 +360,9 @@ impl Job {
             .await
             .map_err(|_| refused("the key that created the batch is gone"))?;
         if key.revoked_at.is_some() || key.expires_at.is_some_and(|t| t <= chrono::Utc::now()) {
-            return Err(refused("the key that created the batch was revoked or expired"));
+            return Err(refused(
+                "the key that created the batch was revoked or expired",
+            ));
         }
         if tenant.disabled {
             return Err(refused("the tenant is disabled"));
@@ -348,7 +370,13 @@ impl Job {
         Ok(Principal { key, tenant })
     }
 
-    async fn not_run(&self, parts: &Parts, line: &BatchLine, code: &str, message: &str) -> Result<()> {
+    async fn not_run(
+        &self,
+        parts: &Parts,
+        line: &BatchLine,
+        code: &str,
+        message: &str,
+    ) -> Result<()> {
         let end = LineEnd {
             state: LineState::Failed,
             result: None,

@@ -41,7 +41,11 @@ fn duration(text: &str) -> Option<Duration> {
         (i, 'h') => (&text[..i], 3600),
         _ => (text, 1),
     };
-    number.parse::<u64>().ok()?.checked_mul(unit).map(Duration::from_secs)
+    number
+        .parse::<u64>()
+        .ok()?
+        .checked_mul(unit)
+        .map(Duration::from_secs)
 }
 
 impl BatchArgs {
@@ -84,12 +88,24 @@ mod tests {
             batch_window_max: Some(w.to_owned()),
             ..BatchArgs::default()
         };
-        assert_eq!(args("30s").resolve().expect("30s").window_max, Duration::from_secs(30));
-        assert_eq!(args("90m").resolve().expect("90m").window_max, Duration::from_secs(5400));
-        assert_eq!(args("24h").resolve().expect("24h").window_max, Duration::from_secs(86400));
+        assert_eq!(
+            args("30s").resolve().expect("30s").window_max,
+            Duration::from_secs(30)
+        );
+        assert_eq!(
+            args("90m").resolve().expect("90m").window_max,
+            Duration::from_secs(5400)
+        );
+        assert_eq!(
+            args("24h").resolve().expect("24h").window_max,
+            Duration::from_secs(86400)
+        );
         for bad in ["25h", "0s", "x", ""] {
             assert!(args(bad).resolve().is_err(), "{bad}");
         }
-        assert_eq!(BatchArgs::default().resolve().expect("defaults"), batch::BatchConfig::default());
+        assert_eq!(
+            BatchArgs::default().resolve().expect("defaults"),
+            batch::BatchConfig::default()
+        );
     }
 }

@@ -129,8 +129,7 @@ pub trait BatchStore: Send + Sync + 'static {
     async fn batch_by_id(&self, id: &str) -> Result<BatchRecord>;
     /// A page of the tenant's batches, newest first, after the batch `after` (which must be
     /// the tenant's: `NotFound` otherwise).
-    async fn batches(&self, tenant_id: &str, after: Option<&str>, limit: i64)
-        -> Result<BatchPage>;
+    async fn batches(&self, tenant_id: &str, after: Option<&str>, limit: i64) -> Result<BatchPage>;
     /// Every batch not yet in a final status, oldest first.
     async fn unfinished_batches(&self) -> Result<Vec<BatchRecord>>;
     /// Moves batch `id` to `to` (stamping `{to}_at` with `now`) if its status is one of
@@ -167,6 +166,10 @@ pub trait BatchStore: Send + Sync + 'static {
     /// Fails every pending line with `code` and `message`, counting them; how many.
     async fn fail_pending_lines(&self, batch_id: &str, code: &str, message: &str) -> Result<i64>;
     /// Up to `limit` lines after `after_line`, in order, whatever their state.
-    async fn batch_lines(&self, batch_id: &str, after_line: i64, limit: i64)
-        -> Result<Vec<BatchLine>>;
+    async fn batch_lines(
+        &self,
+        batch_id: &str,
+        after_line: i64,
+        limit: i64,
+    ) -> Result<Vec<BatchLine>>;
 }

@@ -117,9 +117,20 @@ async fn created_with_lines_and_read_by_its_tenant_only(f: Fixture) {
     ));
     let all = f.store.batch_lines("batch_1", -1, 10).await.expect("lines");
     assert_eq!(all, lines);
-    let pending = f.store.pending_lines("batch_1", -1, 10).await.expect("pending");
-    assert_eq!(pending.iter().map(|l| l.line_no).collect::<Vec<_>>(), [0, 2]);
-    let after = f.store.pending_lines("batch_1", 0, 10).await.expect("pending");
+    let pending = f
+        .store
+        .pending_lines("batch_1", -1, 10)
+        .await
+        .expect("pending");
+    assert_eq!(
+        pending.iter().map(|l| l.line_no).collect::<Vec<_>>(),
+        [0, 2]
+    );
+    let after = f
+        .store
+        .pending_lines("batch_1", 0, 10)
+        .await
+        .expect("pending");
     assert_eq!(after.iter().map(|l| l.line_no).collect::<Vec<_>>(), [2]);
 
     // A taken id writes nothing, lines included; an unknown tenant is refused.
@@ -128,9 +139,18 @@ async fn created_with_lines_and_read_by_its_tenant_only(f: Fixture) {
         .create_batch(&b, &[line(9, LineState::Pending)])
         .await;
     assert!(matches!(again, Err(StoreError::Conflict(_))), "{again:?}");
-    assert_eq!(f.store.batch_lines("batch_1", -1, 10).await.expect("lines"), lines);
-    let ghost = f.store.create_batch(&batch("batch_2", "nobody", t0(), 1), &[]).await;
-    assert!(matches!(ghost, Err(StoreError::NotFound { .. })), "{ghost:?}");
+    assert_eq!(
+        f.store.batch_lines("batch_1", -1, 10).await.expect("lines"),
+        lines
+    );
+    let ghost = f
+        .store
+        .create_batch(&batch("batch_2", "nobody", t0(), 1), &[])
+        .await;
+    assert!(
+        matches!(ghost, Err(StoreError::NotFound { .. })),
+        "{ghost:?}"
+    );
     assert!(f.store.batch_by_id("batch_2").await.is_err());
 }
 
@@ -150,7 +170,11 @@ async fn listing_pages_newest_first(f: Fixture) {
     let first = f.store.batches("a", None, 2).await.expect("page");
     assert!(first.has_more);
     assert_eq!(ids(first), ["batch_z", "batch_y"]);
-    let rest = f.store.batches("a", Some("batch_y"), 2).await.expect("page");
+    let rest = f
+        .store
+        .batches("a", Some("batch_y"), 2)
+        .await
+        .expect("page");
     assert!(!rest.has_more);
     assert_eq!(ids(rest), ["batch_x"]);
     assert!(matches!(
@@ -173,7 +197,10 @@ async fn status_moves_only_from_the_named_statuses(f: Fixture) {
         .await
         .expect("move")
         .expect("moved");
-    assert_eq!((moved.status.as_str(), moved.in_progress_at), ("in_progress", Some(at)));
+    assert_eq!(
+        (moved.status.as_str(), moved.in_progress_at),
+        ("in_progress", Some(at))
+    );
     let not = f
         .store
         .transition_batch("batch_1", &["validating"], "in_progress", at)
@@ -211,17 +238,30 @@ async fn lines_finish_once_with_their_counts(f: Fixture) {
         .create_batch(&batch("batch_1", "a", t0(), 4), &lines)
         .await
         .expect("create");
-    assert_eq!(f.store.start_line("batch_1", 0).await.expect("start"), Some(1));
-    assert_eq!(f.store.start_line("batch_1", 0).await.expect("start"), Some(2));
+    assert_eq!(
+        f.store.start_line("batch_1", 0).await.expect("start"),
+        Some(1)
+    );
+    assert_eq!(
+        f.store.start_line("batch_1", 0).await.expect("start"),
+        Some(2)
+    );
     let done = LineEnd {
         state: LineState::Done,
         result: Some(r#"{"custom_id":"c0"}"#),
         error_code: None,
         error_message: None,
     };
-    assert!(f.store.finish_line("batch_1", 0, &done).await.expect("finish"));
+    assert!(f
+        .store
+        .finish_line("batch_1", 0, &done)
+        .await
+        .expect("finish"));
     assert!(
-        !f.store.finish_line("batch_1", 0, &done).await.expect("finish"),
+        !f.store
+            .finish_line("batch_1", 0, &done)
+            .await
+            .expect("finish"),
         "a finished line is not finished again"
     );
     assert_eq!(f.store.start_line("batch_1", 0).await.expect("start"), None);
@@ -231,7 +271,11 @@ async fn lines_finish_once_with_their_counts(f: Fixture) {
         error_code: Some("insufficient_quota"),
         error_message: Some("no money"),
     };
-    assert!(f.store.finish_line("batch_1", 1, &failed).await.expect("finish"));
+    assert!(f
+        .store
+        .finish_line("batch_1", 1, &failed)
+        .await
+        .expect("finish"));
     assert_eq!(
         f.store
             .fail_pending_lines("batch_1", "batch_expired", "late")
@@ -247,16 +291,27 @@ async fn lines_finish_once_with_their_counts(f: Fixture) {
     assert_eq!(all[0].result.as_deref(), Some(r#"{"custom_id":"c0"}"#));
     assert_eq!(all[1].error_code.as_deref(), Some("insufficient_quota"));
     assert_eq!(all[3].error_code.as_deref(), Some("batch_expired"));
-    assert!(f.store.pending_lines("batch_1", -1, 10).await.expect("pending").is_empty());
+    assert!(f
+        .store
+        .pending_lines("batch_1", -1, 10)
+        .await
+        .expect("pending")
+        .is_empty());
 }
 
 async fn removal_takes_batches_and_lines(f: Fixture) {
     f.store
-        .create_batch(&batch("batch_a", "a", t0(), 1), &[line(0, LineState::Pending)])
+        .create_batch(
+            &batch("batch_a", "a", t0(), 1),
+            &[line(0, LineState::Pending)],
+        )
         .await
         .expect("create");
     f.store
-        .create_batch(&batch("batch_b", "b", t0(), 1), &[line(0, LineState::Pending)])
+        .create_batch(
+            &batch("batch_b", "b", t0(), 1),
+            &[line(0, LineState::Pending)],
+        )
         .await
         .expect("create");
     let plan = f.store.tenant_removal("a").await.expect("plan");
@@ -269,6 +324,12 @@ async fn removal_takes_batches_and_lines(f: Fixture) {
         .expect("remove");
     assert_eq!(done.removed(removal::BATCHES), ["batch_a"]);
     assert!(f.store.batch_by_id("batch_a").await.is_err());
-    assert_eq!(f.store.batch_lines("batch_a", -1, 10).await.expect("lines"), []);
-    assert_eq!(f.store.batch("b", "batch_b").await.expect("kept").id, "batch_b");
+    assert_eq!(
+        f.store.batch_lines("batch_a", -1, 10).await.expect("lines"),
+        []
+    );
+    assert_eq!(
+        f.store.batch("b", "batch_b").await.expect("kept").id,
+        "batch_b"
+    );
 }

@@ -1,10 +1,10 @@
 //! The Batch API's wire shapes (`/v1/batches`): the create body, the list query, OpenAI's
 //! batch object and the mapping of `batch::BatchError`.
 
+use batch::store_types::{BatchPage, BatchRecord, Timestamp};
 use batch::{BatchError, Endpoint, NewBatch};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use batch::store_types::{BatchPage, BatchRecord, Timestamp};
 
 use crate::error::{ApiError, Code, Result};
 use crate::validate::{parse_object, Fields};
@@ -190,20 +190,17 @@ impl ApiError {
             BatchError::Invalid { param, .. } => Self::invalid(param, message),
             BatchError::NotFound(_) => Self::new(Code::NotFound, message).with_param("batch_id"),
             BatchError::Conflict(_) => Self::new(Code::Conflict, message),
-            BatchError::Files(files::FilesError::NotFound(id)) => Self::new(
-                Code::NotFound,
-                format!("No such File object: {id}"),
-            )
-            .with_param("input_file_id"),
+            BatchError::Files(files::FilesError::NotFound(id)) => {
+                Self::new(Code::NotFound, format!("No such File object: {id}"))
+                    .with_param("input_file_id")
+            }
             BatchError::Files(files::FilesError::Invalid { message, .. }) => {
                 Self::invalid("input_file_id", message)
             }
-            BatchError::Files(_) => {
-                Self::new(
-                    Code::Internal,
-                    "The batch's files could not be read or written; try again.",
-                )
-            }
+            BatchError::Files(_) => Self::new(
+                Code::Internal,
+                "The batch's files could not be read or written; try again.",
+            ),
             BatchError::Store(_) | BatchError::Internal(_) => {
                 Self::new(Code::Internal, "The batch could not be stored; try again.")
             }

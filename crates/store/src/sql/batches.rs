@@ -87,7 +87,9 @@ fn known_status(status: &str) -> Result<&'static str> {
 fn set_status(to: &str) -> Result<String> {
     let to = known_status(to)?;
     if to == "validating" {
-        return Err(StoreError::Corrupt("a batch does not go back to validating".into()));
+        return Err(StoreError::Corrupt(
+            "a batch does not go back to validating".into(),
+        ));
     }
     Ok(format!("status = $1, {to}_at = $2"))
 }
@@ -185,12 +187,7 @@ impl<D: Db> BatchStore for D {
         batch_row(&row)
     }
 
-    async fn batches(
-        &self,
-        tenant_id: &str,
-        after: Option<&str>,
-        limit: i64,
-    ) -> Result<BatchPage> {
+    async fn batches(&self, tenant_id: &str, after: Option<&str>, limit: i64) -> Result<BatchPage> {
         let mut ex = self.reader();
         let mut sql = format!("SELECT {COLUMNS} FROM batches WHERE tenant_id = $1");
         let cursor: (Timestamp, String);

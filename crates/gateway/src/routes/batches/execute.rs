@@ -53,7 +53,9 @@ impl LineExecutor {
         };
         let usage = UsageView::from(whole.usage);
         let view = match line.endpoint {
-            Endpoint::Chat => serde_json::to_value(ChatCompletionView::new(meta, whole.answers, usage)),
+            Endpoint::Chat => {
+                serde_json::to_value(ChatCompletionView::new(meta, whole.answers, usage))
+            }
             Endpoint::Completions => {
                 serde_json::to_value(CompletionView::new(meta, whole.answers, usage))
             }

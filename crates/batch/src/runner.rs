@@ -12,6 +12,11 @@
 //!   under the settled run's id, so the line keeps its one charge and its output names the
 //!   request that was billed.
 //!
+//! A line refused for now (the server shutting down, a queue timeout, the model unavailable)
+//! stays pending and runs again shortly, or after the restart. A run ended by a graceful
+//! shutdown after it was admitted was settled for its prompt; its rerun keeps that charge
+//! (unmetered), so such a line is billed its prompt only, never twice.
+//!
 //! A finished line is never started again (`start_line` moves only pending lines), so each
 //! `custom_id` is written once. Cancelling or expiring stops starting lines; lines already
 //! running finish and are billed and kept, so the bill matches the partial output.
@@ -49,6 +54,21 @@ enum End {
     Expired,
     /// Cancelled, or the batch left `in_progress`: reread it.
     Stopped,
+    /// A line met a passing refusal (the server shutting down, a queue timeout, the model
+    /// unavailable): it stays pending; try again shortly.
+    Retry,
+}
+
+/// How long a batch waits before trying lines again after a passing refusal.
+const RETRY_AFTER: Duration = Duration::from_secs(2);
+
+/// Refusals that say nothing about the line itself: it stays pending and runs again later.
+fn passing(outcome: &crate::LineOutcome) -> bool {
+    outcome.status_code == 503
+        || matches!(
+            outcome.error_code.as_deref(),
+            Some("shutting_down" | "queue_timeout" | "model_unavailable" | "server_overloaded")
+        )
 }
 
 /// Runs batch `id` from wherever it is to a final status (or until `stop` and the batch is
@@ -82,6 +102,13 @@ pub(crate) async fn run(inner: &Inner, id: &str, stop: CancellationToken) -> Res
                             Ok(_) => continue,
                             Err(_) => return Ok(()),
                         }
+                    }
+                    End::Retry => {
+                        if stop.is_cancelled() {
+                            return Ok(());
+                        }
+                        tokio::time::sleep(RETRY_AFTER).await;
+                        continue;
                     }
                     End::Drained => (
                         "internal_error",
@@ -169,6 +196,7 @@ async fn run_lines(inner: &Inner, batch: &BatchRecord, stop: &CancellationToken)
     let deadline = tokio::time::Instant::now() + left;
     let slots = Arc::new(Semaphore::new(inner.config.concurrency.max(1)));
     let quota = Arc::new(AtomicBool::new(false));
+    let retry = Arc::new(AtomicBool::new(false));
     let batch = Arc::new(batch.clone());
     let endpoint = Endpoint::parse(&batch.endpoint)
         .ok_or_else(|| BatchError::Internal(format!("unknown endpoint '{}'", batch.endpoint)))?;
@@ -193,6 +221,9 @@ async fn run_lines(inner: &Inner, batch: &BatchRecord, stop: &CancellationToken)
             if quota.load(Ordering::SeqCst) {
                 break 'lines End::Quota;
             }
+            if retry.load(Ordering::SeqCst) {
+                break 'lines End::Retry;
+            }
             if checked.elapsed() >= STATUS_EVERY {
                 checked = tokio::time::Instant::now();
                 if inner.store.batch_by_id(&batch.id).await?.status != "in_progress" {
@@ -206,6 +237,7 @@ async fn run_lines(inner: &Inner, batch: &BatchRecord, stop: &CancellationToken)
                 batch: batch.clone(),
                 endpoint,
                 quota: quota.clone(),
+                retry: retry.clone(),
             };
             let executor = inner_parts(inner);
             tasks.spawn(async move {
@@ -220,6 +252,9 @@ async fn run_lines(inner: &Inner, batch: &BatchRecord, stop: &CancellationToken)
     }
     if end == End::Drained && quota.load(Ordering::SeqCst) {
         return Ok(End::Quota);
+    }
+    if end == End::Drained && retry.load(Ordering::SeqCst) {
+        return Ok(End::Retry);
     }
     Ok(end)
 }
@@ -253,6 +288,7 @@ struct Job {
     batch: Arc<BatchRecord>,
     endpoint: Endpoint,
     quota: Arc<AtomicBool>,
+    retry: Arc<AtomicBool>,
 }
 
 impl Job {
@@ -291,6 +327,11 @@ impl Job {
                 request_id: &request_id,
             })
             .await;
+        if passing(&outcome) {
+            tracing::info!(batch = %batch_id, line = line.line_no, code = ?outcome.error_code, "a batch line was refused for now; it runs again");
+            self.retry.store(true, Ordering::SeqCst);
+            return Ok(());
+        }
         if outcome.error_code.as_deref() == Some(INSUFFICIENT_QUOTA) {
             self.quota.store(true, Ordering::SeqCst);
             let message = outcome.body["error"]["message"]

@@ -63,9 +63,12 @@ pub enum Purpose {
     UserData,
     Evals,
     Vision,
+    /// A batch's output or error file: written by the server, never uploaded.
+    BatchOutput,
 }
 
 impl Purpose {
+    /// The purposes a client may upload.
     pub const ALL: [Purpose; 6] = [
         Purpose::Batch,
         Purpose::FineTune,
@@ -83,12 +86,19 @@ impl Purpose {
             Purpose::UserData => "user_data",
             Purpose::Evals => "evals",
             Purpose::Vision => "vision",
+            Purpose::BatchOutput => "batch_output",
         }
     }
 
-    /// `None` for a name OpenAI does not define.
+    /// An uploadable purpose by name; `None` for a name OpenAI does not define or one only
+    /// the server writes.
     pub fn parse(name: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|p| p.as_str() == name)
+    }
+
+    /// Any purpose by name, the server's own (`batch_output`) too: for listing filters.
+    pub fn parse_any(name: &str) -> Option<Self> {
+        Self::parse(name).or((name == "batch_output").then_some(Purpose::BatchOutput))
     }
 
     /// Whether content of this purpose must be JSONL (requests of a batch, training examples).

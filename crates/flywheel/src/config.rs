@@ -133,6 +133,10 @@ pub struct ServeArgs {
     #[command(flatten)]
     #[serde(default)]
     pub files: crate::files_config::FilesArgs,
+    /// The `[batch]` table of the file.
+    #[command(flatten)]
+    #[serde(default)]
+    pub batch: crate::batch_config::BatchArgs,
     /// External OpenAI-compatible servers, each served under its own name (file only:
     /// `[[upstreams]]`).
     #[arg(skip)]
@@ -177,6 +181,7 @@ pub struct ServeConfig {
     pub trusted_proxies: crate::http::proxy::TrustedProxies,
     pub hub: hub::HubConfig,
     pub files: files::FilesConfig,
+    pub batch: batch::BatchConfig,
     /// Where MCP connections may go.
     pub mcp_allow_hosts: mcp::AllowList,
     pub mcp_call_timeout: Duration,
@@ -257,6 +262,7 @@ impl ServeArgs {
             .map_err(|e| anyhow::anyhow!("--trusted-proxies: {e}"))?,
             hub: args.hub.resolve()?,
             files: args.files.resolve()?,
+            batch: args.batch.resolve()?,
             mcp_allow_hosts: mcp::AllowList::parse(args.mcp_allow_hosts.as_deref().unwrap_or(""))
                 .map_err(|e| anyhow::anyhow!("--mcp-allow-hosts: {e}"))?,
             mcp_call_timeout: Duration::from_secs(

@@ -2,6 +2,7 @@
 
 mod admin_key;
 mod backup;
+mod batch_config;
 mod config;
 mod convert;
 mod deployments;

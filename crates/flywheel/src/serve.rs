@@ -38,6 +38,7 @@ async fn serve(config: ServeConfig) -> Result<()> {
         &config.data_dir,
         config.files.clone(),
     )?;
+    let store_for_batch = store.clone();
     let plane = crate::deployments::start(&config, &hub, store).await?;
 
     let mut models: Vec<Arc<dyn Backend>> = Vec::new();
@@ -65,6 +66,10 @@ async fn serve(config: ServeConfig) -> Result<()> {
         max_body_bytes: config.max_body_bytes,
         mcp: Some(mcp.clone()),
         files: Some(files),
+        batch: Some(gateway::BatchSetup {
+            store: store_for_batch,
+            config: config.batch.clone(),
+        }),
     };
     let app = gateway::router_with(state, |app| console::router(app, console_config));
     let limits = connection_limits(&config);

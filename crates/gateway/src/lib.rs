@@ -61,6 +61,14 @@ pub struct GatewayState {
     pub mcp: Option<Arc<mcp::Mcp>>,
     /// The Files API; `None` serves no file routes (404).
     pub files: Option<files::Files>,
+    /// The Batch API (needs `files`): its store and limits; `None` serves no batch routes.
+    pub batch: Option<BatchSetup>,
+}
+
+/// What the Batch API needs besides the serving layer and the Files API.
+pub struct BatchSetup {
+    pub store: Arc<dyn tenancy::Store>,
+    pub config: batch::BatchConfig,
 }
 
 /// The state handlers see: cheap to clone.
@@ -75,14 +83,27 @@ struct Inner {
     hub: Option<hub::Hub>,
     mcp: Option<Arc<mcp::Mcp>>,
     files: Option<files::Files>,
+    batches: Option<batch::Batches>,
 }
 
 impl AppState {
     fn new(state: GatewayState) -> Self {
         let catalog = Catalog::new(state.models, state.plane);
+        let serving = Serving::new(catalog, state.tenancy.clone(), state.settlements);
+        let batches = match (state.batch, &state.files) {
+            (Some(setup), Some(files)) => Some(batch::Batches::new(
+                setup.store,
+                files.clone(),
+                state.tenancy.clone(),
+                Arc::new(routes::batches::LineExecutor::new(serving.clone())),
+                setup.config,
+            )),
+            _ => None,
+        };
         Self(Arc::new(Inner {
             auth: Authenticator::new(state.admin_key, state.tenancy.directory.clone()),
-            serving: Serving::new(catalog, state.tenancy, state.settlements),
+            serving,
+            batches,
             hub: state.hub,
             mcp: state.mcp,
             files: state.files,
@@ -128,6 +149,10 @@ impl AppState {
         self.0.files.as_ref()
     }
 
+    pub fn batches(&self) -> Option<&batch::Batches> {
+        self.0.batches.as_ref()
+    }
+
     /// The MCP gateway, if this server runs one.
     pub fn mcp(&self) -> Option<Arc<mcp::Mcp>> {
         self.0.mcp.clone()
@@ -152,6 +177,22 @@ impl axum::extract::FromRef<AppState> for Authenticator {
     }
 }
 
+/// The state of the routes; unfinished batches resume (a runner each) once it exists.
+fn app_state(state: GatewayState) -> AppState {
+    let state = AppState::new(state);
+    if let (Some(batches), Ok(runtime)) = (state.batches(), tokio::runtime::Handle::try_current()) {
+        let batches = batches.clone();
+        runtime.spawn(async move {
+            match batches.resume().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(batches = n, "resumed unfinished batches"),
+                Err(e) => tracing::error!(error = %e, "could not resume unfinished batches; they resume at the next start"),
+            }
+        });
+    }
+    state
+}
+
 /// The whole HTTP API; used by the binary and by the tests.
 pub fn router(state: GatewayState) -> Router {
     router_with(state, |_| Router::new())
@@ -170,7 +211,7 @@ pub fn router_with(
         .files
         .as_ref()
         .map_or(0, |f| f.config().max_file_bytes);
-    let app = AppState::new(state);
+    let app = app_state(state);
     let extra = extend(&app);
     Router::new()
         .route("/health", get(routes::ops::health))
@@ -289,6 +330,7 @@ pub fn router_with(
         .merge(routes::hub::router())
         .merge(extra)
         .merge(routes::files::router(max_file_bytes))
+        .merge(routes::batches::router())
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))

@@ -188,7 +188,7 @@ impl Serving {
                     principal,
                     (&request.request_id, &request.model),
                     (bound, 0),
-                    Delivery::Whole,
+                    (Delivery::Whole, false),
                 )
                 .await?,
             ),

@@ -25,6 +25,11 @@
 //! once, and given back whole when the request leaves the queue without running.
 //!
 //! Requests with the admin key (`payer: None`) are neither limited nor metered.
+//!
+//! A batch line (`GenerateRequest::priority` = `Priority::Batch`) takes the same path but is
+//! priced and reported as `batch/<model>` (the batch price, see `tenancy::PriceBook::rates`)
+//! and is not counted against the interactive RPM/TPM windows: a batch's own limit is how many
+//! of its lines run at once.
 
 mod bound;
 mod catalog;
@@ -36,8 +41,8 @@ mod served;
 
 use std::sync::Arc;
 
-use backend::{Backend, GenerateRequest};
-use tenancy::{Principal, ReserveRequest, Tenancy};
+use backend::{Backend, GenerateRequest, Priority};
+use tenancy::{Counted, Principal, ReserveRequest, Tenancy};
 use tokio_util::task::TaskTracker;
 
 pub use bound::{Bound, MAX_BYTES_PER_TOKEN};
@@ -96,13 +101,19 @@ impl Serving {
         // Registered before the reservation: a request admitted while its tenant is being
         // deleted (disabled just after this request's reservation) is ended with the others.
         let registration = payer.map(|p| self.running.register(&p.tenant.id, &request.request_id));
+        let batch = request.priority == Priority::Batch;
+        let priced_as = if batch {
+            tenancy::batch_model(&request.model)
+        } else {
+            request.model.clone()
+        };
         let mut meter = match payer {
             Some(principal) => Some(
                 self.admit(
                     principal,
-                    (&request.request_id, &request.model),
+                    (&request.request_id, &priced_as),
                     (bound.prompt, bound.completion),
-                    delivery,
+                    (delivery, batch),
                 )
                 .await?,
             ),
@@ -170,13 +181,14 @@ impl Serving {
     }
 
     /// Steps 3 of the crate docs: balance, RPM, TPM, reservation of the bound (prompt and
-    /// completion tokens) of the request `(request id, served model)`.
+    /// completion tokens) of the request `(request id, model it is priced as)`; a batch line
+    /// skips the RPM/TPM windows.
     async fn admit(
         &self,
         principal: &Principal,
         (request_id, model): (&str, &str),
         (prompt, completion): (u32, u32),
-        delivery: Delivery,
+        (delivery, batch): (Delivery, bool),
     ) -> Result<Meter, ServeError> {
         let (prompt, completion) = (i64::from(prompt), i64::from(completion));
         let tenancy = &self.tenancy;
@@ -184,10 +196,14 @@ impl Serving {
             .ledger
             .check_affordable(&principal.tenant, model, prompt, completion)
             .await?;
-        let counted = tenancy
-            .limits
-            .admit_request(Some(&principal.key), &principal.tenant)
-            .await?;
+        let counted = if batch {
+            Counted::outside_windows()
+        } else {
+            tenancy
+                .limits
+                .admit_request(Some(&principal.key), &principal.tenant)
+                .await?
+        };
         let reserve = ReserveRequest {
             request_id: request_id.to_owned(),
             tenant_id: principal.tenant.id.clone(),

@@ -12,6 +12,7 @@
 //! (`SELECT … FOR UPDATE`) on PostgreSQL.
 
 pub mod accounting;
+pub mod batches;
 pub mod deployments;
 mod error;
 pub mod files;
@@ -33,6 +34,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+pub use batches::{BatchLine, BatchPage, BatchRecord, BatchStore, LineEnd, LineState};
 pub use deployments::{DeploymentRecord, DeploymentRecordStore};
 pub use error::{Result, StoreError};
 pub use files::{FilePage, FilePut, FileQuery, FileRecord, FileRemoval, FileStore};
@@ -59,10 +61,12 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
 }
 
 /// Everything tenancy, billing, the hub, the control plane, the Responses API, the MCP
-/// gateway and the Files API persist, in nine parts, and the removal of a tenant across them. Implementations are cheap to share (`Arc<dyn Store>`) and safe to use from many
-/// tasks and from several processes on one database. Callers bring the parts into scope with
+/// gateway, the Files API, the Batch API and the console persist, in twelve parts, and the
+/// removal of a tenant across them. Implementations are cheap to share (`Arc<dyn Store>`) and
+/// safe to use from many tasks and from several processes on one database. Callers bring the parts into scope with
 /// `use store::{TenantStore, LedgerStore, LimitStore, HubStore, HubAccessStore,
-/// DeploymentRecordStore, ResponseStore, McpStore, FileStore, RemovalStore, MemberStore}`.
+/// DeploymentRecordStore, ResponseStore, McpStore, FileStore, BatchStore, RemovalStore,
+/// MemberStore}`.
 #[async_trait]
 pub trait Store:
     TenantStore
@@ -74,6 +78,7 @@ pub trait Store:
     + ResponseStore
     + McpStore
     + FileStore
+    + BatchStore
     + RemovalStore
     + MemberStore
 {

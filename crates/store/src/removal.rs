@@ -5,7 +5,7 @@
 //! reservations name them. Everything else it holds is deleted: its stored responses, the MCP
 //! servers it registered (their grants and pinned upstream sessions with them), its MCP client
 //! sessions, grants of the operator's servers and its MCP setting, its files (Files API) and
-//! its files quota override, its console members with their sessions and failed sign-ins, the arguments kept in its
+//! its files quota override, its batches with their lines, its console members with their sessions and failed sign-ins, the arguments kept in its
 //! tool calls' audit rows (the rows stay: they are what it was charged), its private hub
 //! repositories with every revision, its open hub uploads, the record of which blobs it
 //! uploaded, the blobs no other repository or uploader still names, its rate windows and its
@@ -31,6 +31,10 @@ pub const API_KEYS: &str = "api_keys";
 pub const RESPONSES: &str = "responses";
 /// Files of the Files API (ids), expired ones too; their blobs as [`HUB_BLOBS`].
 pub const FILES: &str = "files";
+/// Batches of the Batch API (ids), with their lines.
+pub const BATCHES: &str = "batches";
+/// The lines of its batches (batch ids).
+pub const BATCH_LINES: &str = "batch_lines";
 /// The operator's override of its files quota (`quota_bytes`).
 pub const FILE_QUOTA: &str = "file_quota";
 /// MCP servers the tenant registered (ids).

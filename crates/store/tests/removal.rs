@@ -406,6 +406,8 @@ async fn a_dry_run_lists_exactly_what_the_removal_removes(fx: Fixture) {
         (kinds::RESPONSES, &["resp_a"]),
         (kinds::FILES, &["file-a1", "file-a2", "file-a3"]),
         (kinds::FILE_QUOTA, &["quota_bytes"]),
+        (kinds::BATCH_LINES, &[]),
+        (kinds::BATCHES, &[]),
         (
             kinds::MCP_SESSION_UPSTREAMS,
             &["sess_a/mcp_a", "sess_a/mcp_op"],

@@ -102,7 +102,7 @@ impl Ledger {
             prompt_tokens: request.prompt_tokens,
             max_completion_tokens: request.max_completion_tokens,
             // The store reads the model's price-book entry in the reservation's transaction.
-            default_rates: self.prices.default_rates(),
+            default_rates: self.prices.default_for(&request.served_model).await?,
             owner: self.process_id.to_string(),
             lease_expires_at: now + self.lease,
             created_at: now,

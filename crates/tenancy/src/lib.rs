@@ -45,7 +45,7 @@ pub use keys::{Principal, Scope, PREFIX_LEN, SECRET_PREFIX};
 pub use ledger::{Ledger, Recovery, ReserveRequest};
 pub use limits::{key_subject, tenant_subject, Admission, Counted, Limiter};
 pub use members::{Action, AddedMember, Member, Members, NewMember, Role, INVITE_VALID_FOR};
-pub use prices::{cost, PriceBook, MAX_PER_CALL};
+pub use prices::{batch_model, cost, PriceBook, BATCH_PREFIX, MAX_PER_CALL};
 pub use progress::{ProgressMarks, PROGRESS_INTERVAL_TOKENS};
 pub use responses::{NewResponse, Responses};
 pub use sessions::{Session, SignInError, StartedSession, Subject};

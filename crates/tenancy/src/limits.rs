@@ -43,6 +43,16 @@ pub struct Counted {
     token_windows: Vec<LimitSubject>,
 }
 
+impl Counted {
+    /// A request outside the RPM/TPM windows (a batch line: batches have their own limits,
+    /// the lines each batch runs at once), whose tokens count nowhere.
+    pub fn outside_windows() -> Self {
+        Self {
+            token_windows: Vec::new(),
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct Limiter {
     store: Arc<dyn Store>,

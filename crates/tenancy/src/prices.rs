@@ -1,4 +1,6 @@
 //! The price book: micro-units per million tokens per served model, with a configured default.
+//! A model's batch price is the entry `batch/<model>` (set like any price); without one it is
+//! half the model's interactive price (each rate rounded up), see [`PriceBook::rates`].
 
 use std::sync::Arc;
 
@@ -54,13 +56,27 @@ impl PriceBook {
         self.default
     }
 
-    /// The rates a new reservation of `served_model` is priced at: its entry, else the default.
+    /// The rates a new reservation of `served_model` is priced at: its entry, else
+    /// [`PriceBook::default_for`].
     pub async fn rates(&self, served_model: &str) -> Result<PriceRates> {
-        Ok(self
+        match self.store.price(served_model).await? {
+            Some(price) => Ok(price.rates),
+            None => self.default_for(served_model).await,
+        }
+    }
+
+    /// The rates of `served_model` when it has no entry: for a batch name
+    /// (`batch/<model>`), half of `<model>`'s rates (each rounded up); else the default.
+    pub async fn default_for(&self, served_model: &str) -> Result<PriceRates> {
+        let Some(model) = served_model.strip_prefix(BATCH_PREFIX) else {
+            return Ok(self.default);
+        };
+        let interactive = self
             .store
-            .price(served_model)
+            .price(model)
             .await?
-            .map_or(self.default, |price| price.rates))
+            .map_or(self.default, |price| price.rates);
+        Ok(half(interactive))
     }
 
     /// Sets (or replaces) a model's prices. Reservations already taken keep their price.
@@ -98,6 +114,24 @@ impl PriceBook {
     /// Every entry, by model name.
     pub async fn list(&self) -> Result<Vec<Price>> {
         Ok(self.store.prices().await?)
+    }
+}
+
+/// The prefix of a model's batch price entry and of its batch lines' ledger model name.
+pub const BATCH_PREFIX: &str = "batch/";
+
+/// The name batch lines of `served_model` are priced and reported under.
+pub fn batch_model(served_model: &str) -> String {
+    format!("{BATCH_PREFIX}{served_model}")
+}
+
+/// Half of every rate, rounded up: the default batch discount.
+fn half(rates: PriceRates) -> PriceRates {
+    let half = |v: i64| v / 2 + v % 2;
+    PriceRates {
+        input_per_million: half(rates.input_per_million),
+        output_per_million: half(rates.output_per_million),
+        cached_input_per_million: half(rates.cached_input_per_million),
     }
 }
 

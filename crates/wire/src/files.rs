@@ -184,7 +184,7 @@ impl ListQuery {
         let purpose = self
             .purpose
             .map(|name| {
-                Purpose::parse(&name).ok_or_else(|| {
+                Purpose::parse_any(&name).ok_or_else(|| {
                     ApiError::invalid(
                         "purpose",
                         format!(

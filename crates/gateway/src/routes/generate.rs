@@ -262,7 +262,7 @@ pub(crate) async fn run(
 
 /// Gathers a whole generation. If the client goes away meanwhile, this future is dropped with
 /// the stream, which cancels the generation.
-async fn collect(
+pub(crate) async fn collect(
     events: &mut Served,
     request: &ValidRequest,
     prompt_param: &'static str,

@@ -2,6 +2,7 @@
 
 pub mod account;
 pub mod admin;
+pub mod batches;
 pub mod deployments;
 pub mod embeddings;
 pub mod files;

@@ -2,7 +2,7 @@
 //! listing what that would do now.
 //!
 //! In order: the tenant is disabled and its keys revoked at once (the next request with one is
-//! a 401); its requests running in this process are ended (their backend streams dropped,
+//! a 401); its batches start no more lines, its requests running in this process are ended (their backend streams dropped,
 //! read or not) and every open reservation of it is settled, by its meter or, after
 //! [`SETTLE_WAIT`], from its persisted progress (a request of another process sharing the
 //! database); then its data goes in one transaction (`store::removal` says what goes and what
@@ -79,6 +79,10 @@ pub async fn delete_tenant(
         .open_requests(&id)
         .await
         .map_err(ApiError::from_tenancy)?;
+    // Its batches start no more lines (their rows go with the removal below).
+    if let Some(batches) = state.batches() {
+        batches.end_tenant(&id);
+    }
     let ended = state.serving().end_tenant(&id);
     let forced = tenancy
         .ledger

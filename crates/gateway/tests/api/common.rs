@@ -194,6 +194,7 @@ pub fn app_full(
         plane,
         mcp: None,
         files: None,
+        batch: None,
     })
 }
 

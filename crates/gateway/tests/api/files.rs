@@ -52,6 +52,7 @@ async fn files_app() -> FilesApp {
         plane: None,
         mcp: None,
         files: Some(files),
+        batch: None,
     });
     let key = tenant(&app, "fuzz", "fuzz-org", &["inference"]).await;
     FilesApp { app, key, dir }

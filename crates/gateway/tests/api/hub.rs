@@ -46,6 +46,7 @@ async fn hub_app(config: HubConfig) -> HubApp {
         plane: None,
         mcp: None,
         files: None,
+        batch: None,
     });
     HubApp {
         app,

@@ -55,6 +55,7 @@ async fn app() -> App {
         plane: None,
         mcp: None,
         files: None,
+        batch: None,
     });
     App {
         app,

@@ -5,7 +5,7 @@
 //! (times, lists of strings), how a write transaction starts (`BEGIN IMMEDIATE` behind the
 //! process's writer turn, or a plain `BEGIN` with row locks) and whether a read locks its row
 //! differ. [`Db`] is that seam; the trait implementations in `directory`, `hub`, `hub_access`,
-//! `deployments`, `responses`, `mcp`, `files` and `removal` are generic over it. What really differs stays per database:
+//! `deployments`, `responses`, `mcp`, `files`, `batches` and `removal` are generic over it. What really differs stays per database:
 //! the ledger (SQLite's group-commit writer) and the rate windows (PostgreSQL's per-subject row
 //! locks).
 //!
@@ -13,6 +13,7 @@
 //! rather than being generic over sqlx's `Database`: one `match` per database instead of an
 //! `Encode + Type` bound on every value at every call site.
 
+mod batches;
 mod deployments;
 mod directory;
 mod files;

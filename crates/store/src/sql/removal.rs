@@ -68,6 +68,13 @@ impl Part {
 /// and servers they name).
 const PARTS: &[Part] = &[
     Part::delete(kinds::RESPONSES, "responses", "id", "tenant_id = $1"),
+    Part::delete(
+        kinds::BATCH_LINES,
+        "batch_lines",
+        "batch_id",
+        "batch_id IN (SELECT id FROM batches WHERE tenant_id = $1)",
+    ),
+    Part::delete(kinds::BATCHES, "batches", "id", "tenant_id = $1"),
     Part::delete(kinds::FILES, "files", "id", "tenant_id = $1"),
     Part::delete(
         kinds::FILE_QUOTA,

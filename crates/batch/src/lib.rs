@@ -1,0 +1,392 @@
+//! The Batch API's domain (`/v1/batches`), without HTTP: a tenant's batches of requests read
+//! from a JSONL file of the Files API, validated up front ([`input`]), run line by line
+//! through the one serving path (admission, batch price, metering into the ledger) at batch
+//! priority, a bounded number at a time ([`runner`]), and finalized into output and error
+//! files in OpenAI's JSONL shape ([`output`]).
+//!
+//! Statuses: `validating → in_progress → finalizing → completed | expired`, `failed` (no line
+//! could run), `cancelling → cancelled`. Everything is in the database (`store::BatchStore`):
+//! each line's state, attempt and result, so a restart resumes unfinished batches
+//! ([`Batches::resume`]) without running or billing a finished line again (see `runner` for
+//! the order of the writes).
+//!
+//! Executing a line is the [`Executor`]'s job: the gateway implements it with the same parsers
+//! and serving call as its interactive routes, so this crate knows neither HTTP nor wire
+//! formats of the requests.
+
+mod error;
+pub mod input;
+pub mod output;
+mod runner;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::SubsecRound;
+use files::Files;
+use store::{BatchPage, BatchRecord, Store};
+use tenancy::{Principal, Tenancy};
+use tokio_util::sync::CancellationToken;
+
+pub use error::{BatchError, Result};
+
+/// The store's batch records, for the wire layer.
+pub mod store_types {
+    pub use store::{BatchLine, BatchPage, BatchRecord, Timestamp};
+}
+
+/// The one completion window OpenAI defines.
+pub const COMPLETION_WINDOW: &str = "24h";
+
+/// Limits and policy, from the server's configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchConfig {
+    /// The longest a batch may run before it expires (`completion_window` is `24h`; a shorter
+    /// maximum, `--batch-window-max`, cuts it, so tests can expire a batch).
+    pub window_max: Duration,
+    /// Lines of one batch running at once.
+    pub concurrency: usize,
+    /// Most requests in one batch (OpenAI's: 50,000).
+    pub max_lines: usize,
+    /// Largest input file (OpenAI's: 200 MB).
+    pub max_input_bytes: u64,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        Self {
+            window_max: Duration::from_secs(24 * 3600),
+            concurrency: 4,
+            max_lines: 50_000,
+            max_input_bytes: 200 << 20,
+        }
+    }
+}
+
+/// The endpoints a batch may run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    Chat,
+    Completions,
+}
+
+impl Endpoint {
+    pub const ALL: [Endpoint; 2] = [Endpoint::Chat, Endpoint::Completions];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Endpoint::Chat => "/v1/chat/completions",
+            Endpoint::Completions => "/v1/completions",
+        }
+    }
+
+    pub fn parse(url: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|e| e.as_str() == url)
+    }
+
+    /// The prefix of a response id (and of its ledger request id).
+    pub fn id_prefix(self) -> &'static str {
+        match self {
+            Endpoint::Chat => "chatcmpl",
+            Endpoint::Completions => "cmpl",
+        }
+    }
+}
+
+/// One line to execute.
+#[derive(Debug)]
+pub struct LineRequest<'a> {
+    /// Who pays: `None` runs it unmetered (a line whose earlier run was billed but whose
+    /// result was lost in a crash).
+    pub payer: Option<&'a Principal>,
+    pub endpoint: Endpoint,
+    /// The request body, JSON.
+    pub body: &'a str,
+    /// The response id, also the ledger request id when metered.
+    pub request_id: &'a str,
+}
+
+/// What a line's request answered: a status and a JSON body, as the interactive route would.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LineOutcome {
+    pub status_code: u16,
+    pub body: serde_json::Value,
+    /// The error's code when it failed (`insufficient_quota`, …).
+    pub error_code: Option<String>,
+}
+
+/// Runs one line through the serving path at batch priority (the gateway's).
+#[async_trait]
+pub trait Executor: Send + Sync + 'static {
+    async fn execute(&self, line: LineRequest<'_>) -> LineOutcome;
+}
+
+/// What a client asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewBatch {
+    pub input_file_id: String,
+    pub endpoint: Endpoint,
+    pub completion_window: String,
+    /// `metadata` as JSON text (checked by the wire layer).
+    pub metadata: Option<String>,
+}
+
+/// The Batch API. Cheap to clone.
+#[derive(Clone)]
+pub struct Batches {
+    inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub store: Arc<dyn Store>,
+    pub files: Files,
+    pub tenancy: Tenancy,
+    pub executor: Arc<dyn Executor>,
+    pub config: BatchConfig,
+    /// Runners in this process, by batch id: cancelled to stop one (cancel, tenant deleted).
+    pub running: Mutex<HashMap<String, Running>>,
+}
+
+#[derive(Clone)]
+pub(crate) struct Running {
+    pub tenant_id: String,
+    pub stop: CancellationToken,
+}
+
+impl Batches {
+    pub fn new(
+        store: Arc<dyn Store>,
+        files: Files,
+        tenancy: Tenancy,
+        executor: Arc<dyn Executor>,
+        config: BatchConfig,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                files,
+                tenancy,
+                executor,
+                config,
+                running: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    pub fn config(&self) -> &BatchConfig {
+        &self.inner.config
+    }
+
+    /// Checks the input file (the tenant's, purpose `batch`, within the size limit, JSONL with
+    /// at least one request), records the batch with every line in one write, and starts it.
+    pub async fn create(&self, principal: &Principal, new: NewBatch) -> Result<BatchRecord> {
+        let tenant_id = principal.tenant.id.as_str();
+        if new.completion_window != COMPLETION_WINDOW {
+            return Err(BatchError::invalid(
+                "completion_window",
+                format!(
+                    "Invalid 'completion_window': '{}'. Supported: '{COMPLETION_WINDOW}'.",
+                    new.completion_window.chars().take(50).collect::<String>()
+                ),
+            ));
+        }
+        let (file, path) = self
+            .inner
+            .files
+            .content(tenant_id, &new.input_file_id)
+            .await?;
+        if file.purpose != files::Purpose::Batch.as_str() {
+            return Err(BatchError::invalid(
+                "input_file_id",
+                format!(
+                    "The file '{}' has purpose '{}'; a batch's input file must be uploaded \
+                     with purpose 'batch'.",
+                    file.id, file.purpose
+                ),
+            ));
+        }
+        let limit = self.inner.config.max_input_bytes;
+        if u64::try_from(file.bytes).unwrap_or(u64::MAX) > limit {
+            return Err(BatchError::invalid(
+                "input_file_id",
+                format!(
+                    "The input file has {} bytes, more than a batch may read ({limit} bytes). \
+                     Split it into several batches.",
+                    file.bytes
+                ),
+            ));
+        }
+        let (endpoint, max_lines) = (new.endpoint, self.inner.config.max_lines);
+        let input = tokio::task::spawn_blocking(move || {
+            let reader = std::io::BufReader::new(std::fs::File::open(path)?);
+            Ok::<_, std::io::Error>(input::read(reader, endpoint, max_lines))
+        })
+        .await
+        .map_err(|e| BatchError::Internal(e.to_string()))?
+        .map_err(|e| BatchError::Files(e.into()))??;
+        let now = chrono::Utc::now().trunc_subsecs(6);
+        let window = chrono::TimeDelta::from_std(self.inner.config.window_max)
+            .unwrap_or(chrono::TimeDelta::hours(24))
+            .min(chrono::TimeDelta::hours(24));
+        let total = input.lines.len() as i64;
+        let mut record = BatchRecord {
+            id: format!("batch_{}", uuid::Uuid::new_v4().simple()),
+            tenant_id: tenant_id.to_owned(),
+            key_id: Some(principal.key.id.clone()),
+            endpoint: endpoint.as_str().to_owned(),
+            model: input.model.clone(),
+            input_file_id: file.id,
+            completion_window: new.completion_window,
+            status: "validating".to_owned(),
+            output_file_id: None,
+            error_file_id: None,
+            errors: None,
+            metadata: new.metadata,
+            total,
+            completed: 0,
+            failed: input.refused,
+            created_at: now,
+            in_progress_at: None,
+            finalizing_at: None,
+            completed_at: None,
+            failed_at: None,
+            expired_at: None,
+            cancelling_at: None,
+            cancelled_at: None,
+            expires_at: now + window,
+        };
+        if input.refused == total {
+            // Nothing can run: failed at validation, with the lines' errors (OpenAI's shape).
+            record.status = "failed".to_owned();
+            record.failed_at = Some(now);
+            record.errors = Some(output::validation_errors(&input.lines));
+        }
+        self.inner.store.create_batch(&record, &input.lines).await?;
+        tracing::info!(batch = %record.id, tenant = %tenant_id, total, refused = input.refused, "batch created");
+        if record.status == "validating" {
+            self.spawn(&record);
+        }
+        Ok(record)
+    }
+
+    /// The tenant's batch `id`.
+    pub async fn get(&self, tenant_id: &str, id: &str) -> Result<BatchRecord> {
+        Ok(self.inner.store.batch(tenant_id, id).await?)
+    }
+
+    /// A page of the tenant's batches, newest first.
+    pub async fn list(
+        &self,
+        tenant_id: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<BatchPage> {
+        if !(1..=100).contains(&limit) {
+            return Err(BatchError::invalid(
+                "limit",
+                format!("Invalid 'limit': {limit}; expected 1 to 100."),
+            ));
+        }
+        self.inner
+            .store
+            .batches(tenant_id, after, i64::from(limit))
+            .await
+            .map_err(|e| match BatchError::from(e) {
+                BatchError::NotFound(id) => BatchError::invalid(
+                    "after",
+                    format!("Invalid 'after': '{id}' is not one of your batches."),
+                ),
+                other => other,
+            })
+    }
+
+    /// Cancels the tenant's batch `id`: `cancelling` at once, lines not started do not run,
+    /// lines running finish (and are billed); then `cancelled` with partial results. A batch
+    /// already finished is a conflict; one already cancelling is returned as it is.
+    pub async fn cancel(&self, tenant_id: &str, id: &str) -> Result<BatchRecord> {
+        let batch = self.get(tenant_id, id).await?;
+        if batch.status == "cancelling" {
+            return Ok(batch);
+        }
+        let now = chrono::Utc::now();
+        let from = ["validating", "in_progress"];
+        let Some(batch) = self
+            .inner
+            .store
+            .transition_batch(id, &from, "cancelling", now)
+            .await?
+        else {
+            let batch = self.get(tenant_id, id).await?;
+            return Err(BatchError::Conflict(format!(
+                "Cannot cancel a batch with status '{}'.",
+                batch.status
+            )));
+        };
+        let running = self.running(id);
+        match running {
+            Some(running) => running.stop.cancel(),
+            // Not running here (a runner ended, or another process's): finish it here.
+            None => self.spawn(&batch),
+        }
+        tracing::info!(batch = %id, "batch cancelling");
+        Ok(batch)
+    }
+
+    /// Starts a runner for every unfinished batch (at start: a restart resumes them); how many.
+    pub async fn resume(&self) -> Result<usize> {
+        let batches = self.inner.store.unfinished_batches().await?;
+        for batch in &batches {
+            tracing::info!(batch = %batch.id, status = %batch.status, done = batch.completed + batch.failed, total = batch.total, "resuming batch");
+            self.spawn(batch);
+        }
+        Ok(batches.len())
+    }
+
+    /// Stops this process's runners of `tenant_id`'s batches (the tenant is being deleted;
+    /// its rows go with the removal). Their running lines are ended by the serving layer.
+    pub fn end_tenant(&self, tenant_id: &str) -> Vec<String> {
+        let running = self.inner.running.lock().unwrap_or_else(|p| p.into_inner());
+        running
+            .iter()
+            .filter(|(_, r)| r.tenant_id == tenant_id)
+            .map(|(id, r)| {
+                r.stop.cancel();
+                id.clone()
+            })
+            .collect()
+    }
+
+    fn running(&self, id: &str) -> Option<Running> {
+        let running = self.inner.running.lock().unwrap_or_else(|p| p.into_inner());
+        running.get(id).cloned()
+    }
+
+    /// Starts the runner of `batch` unless one runs here already.
+    fn spawn(&self, batch: &BatchRecord) {
+        let stop = CancellationToken::new();
+        {
+            let mut running = self.inner.running.lock().unwrap_or_else(|p| p.into_inner());
+            if running.contains_key(&batch.id) {
+                return;
+            }
+            running.insert(
+                batch.id.clone(),
+                Running {
+                    tenant_id: batch.tenant_id.clone(),
+                    stop: stop.clone(),
+                },
+            );
+        }
+        let inner = self.inner.clone();
+        let id = batch.id.clone();
+        tokio::spawn(async move {
+            if let Err(e) = runner::run(&inner, &id, stop).await {
+                tracing::error!(batch = %id, error = %e, "batch runner stopped; it resumes at the next start");
+            }
+            let mut running = inner.running.lock().unwrap_or_else(|p| p.into_inner());
+            running.remove(&id);
+        });
+    }
+}

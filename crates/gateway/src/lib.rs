@@ -61,6 +61,26 @@ pub struct GatewayState {
     pub mcp: Option<Arc<mcp::Mcp>>,
     /// The Files API; `None` serves no file routes (404).
     pub files: Option<files::Files>,
+    /// Limits of `/v1/audio/transcriptions`.
+    pub audio: AudioLimits,
+}
+
+/// Limits of `/v1/audio/transcriptions`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AudioLimits {
+    /// Largest audio file, in bytes (413 past it).
+    pub max_bytes: u64,
+    /// Longest audio, in seconds (400 past it).
+    pub max_seconds: u64,
+}
+
+impl Default for AudioLimits {
+    fn default() -> Self {
+        Self {
+            max_bytes: 25 << 20,
+            max_seconds: 1800,
+        }
+    }
 }
 
 /// The state handlers see: cheap to clone.
@@ -75,6 +95,7 @@ struct Inner {
     hub: Option<hub::Hub>,
     mcp: Option<Arc<mcp::Mcp>>,
     files: Option<files::Files>,
+    audio: AudioLimits,
 }
 
 impl AppState {
@@ -86,6 +107,7 @@ impl AppState {
             hub: state.hub,
             mcp: state.mcp,
             files: state.files,
+            audio: state.audio,
             metrics: state.metrics,
             metrics_open: state.metrics_open,
         }))
@@ -128,6 +150,11 @@ impl AppState {
         self.0.files.as_ref()
     }
 
+    /// Limits of `/v1/audio/transcriptions`.
+    pub fn audio_limits(&self) -> AudioLimits {
+        self.0.audio
+    }
+
     /// The MCP gateway, if this server runs one.
     pub fn mcp(&self) -> Option<Arc<mcp::Mcp>> {
         self.0.mcp.clone()
@@ -156,6 +183,7 @@ impl axum::extract::FromRef<AppState> for Authenticator {
 pub fn router(state: GatewayState) -> Router {
     metrics::describe();
     let max_body_bytes = state.max_body_bytes;
+    let audio = state.audio;
     let max_file_bytes = state
         .files
         .as_ref()
@@ -268,6 +296,7 @@ pub fn router(state: GatewayState) -> Router {
         .route("/admin/v1/node", get(routes::deployments::node))
         .merge(routes::hub::router())
         .merge(routes::files::router(max_file_bytes))
+        .merge(routes::transcriptions::router(audio))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))

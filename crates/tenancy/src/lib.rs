@@ -42,10 +42,10 @@ pub use error::{Error, Result};
 pub use keys::{Principal, Scope, PREFIX_LEN, SECRET_PREFIX};
 pub use ledger::{Ledger, Recovery, ReserveRequest};
 pub use limits::{key_subject, tenant_subject, Admission, Counted, Limiter};
-pub use prices::{cost, PriceBook, MAX_PER_CALL};
+pub use prices::{audio_entry, cost, PriceBook, MAX_PER_CALL};
 pub use progress::{ProgressMarks, PROGRESS_INTERVAL_TOKENS};
 pub use responses::{NewResponse, Responses};
-pub use store::accounting::{is_tool_call, TOOL_CALL_PREFIX};
+pub use store::accounting::{is_audio, is_tool_call, AUDIO_PREFIX, TOOL_CALL_PREFIX};
 pub use usage::{Account, UsageQuery, UsageReports};
 
 pub use store::{

@@ -63,6 +63,32 @@ impl PriceBook {
             .map_or(self.default, |price| price.rates))
     }
 
+    /// The entry of `served_model`, if it has one.
+    pub async fn entry(&self, served_model: &str) -> Result<Option<PriceRates>> {
+        Ok(self.store.price(served_model).await?.map(|p| p.rates))
+    }
+
+    /// Sets the price of a minute of audio transcribed by the speech model `served_model`, in
+    /// micro-units (kept as the entry `audio/<served_model>`, one "token" per second; a request
+    /// costs `ceil(seconds × per_minute / 60)`).
+    pub async fn set_per_minute(&self, served_model: &str, per_minute: i64) -> Result<Price> {
+        if !(0..=MAX_PER_CALL).contains(&per_minute) {
+            return Err(Error::invalid(
+                "per_minute",
+                format!("a price per minute is 0 to {MAX_PER_CALL} micro-units"),
+            ));
+        }
+        if served_model.trim().is_empty() {
+            return Err(Error::invalid("served_model", "must not be empty"));
+        }
+        let rates = PriceRates {
+            input_per_million: per_minute,
+            cached_input_per_million: per_minute,
+            output_per_million: 0,
+        };
+        self.set(&audio_entry(served_model), rates).await
+    }
+
     /// Sets (or replaces) a model's prices. Reservations already taken keep their price.
     pub async fn set(&self, served_model: &str, rates: PriceRates) -> Result<Price> {
         if served_model.trim().is_empty() {
@@ -99,6 +125,11 @@ impl PriceBook {
     pub async fn list(&self) -> Result<Vec<Price>> {
         Ok(self.store.prices().await?)
     }
+}
+
+/// The price-book entry and ledger model of a speech model's transcriptions.
+pub fn audio_entry(served_model: &str) -> String {
+    format!("{}{served_model}", store::accounting::AUDIO_PREFIX)
 }
 
 /// `ceil(Σ tokens × price_per_million / 1,000,000)` micro-units, cached prompt tokens at the

@@ -169,10 +169,13 @@ fn decode_mono(
         rate = spec.rate;
         channels = spec.channels.count().max(1);
         let frames = decoded.frames();
-        let b = match &mut buf {
-            Some(b) if b.capacity() >= frames * channels => b,
-            _ => buf.insert(SampleBuffer::<f32>::new(decoded.capacity() as u64, spec)),
-        };
+        if buf
+            .as_ref()
+            .is_none_or(|b| b.capacity() < frames * channels)
+        {
+            buf = Some(SampleBuffer::<f32>::new(decoded.capacity() as u64, spec));
+        }
+        let Some(b) = buf.as_mut() else { continue };
         b.copy_interleaved_ref(decoded);
         let scale = 1.0 / channels as f32;
         mono.extend(

@@ -36,7 +36,7 @@ pub struct Options<'a> {
     pub prompt: Option<&'a str>,
     pub temperature: f32,
     /// Checked between decoding steps: `true` ends the work (the caller left).
-    pub cancelled: &'a dyn Fn() -> bool,
+    pub cancelled: &'a (dyn Fn() -> bool + Sync),
 }
 
 /// The model, tokenizer and filters of one loaded speech model.
@@ -335,15 +335,16 @@ pub(crate) fn apply_timestamp_rules(
     no_timestamps: u32,
     ts_begin: u32,
 ) {
-    let (eot, ts) = (eot as usize, ts_begin as usize);
+    let n = logits.len();
+    let (eot, ts) = ((eot as usize).min(n), (ts_begin as usize).min(n));
     let ninf = f32::NEG_INFINITY;
     if let Some(l) = logits.get_mut(no_timestamps as usize) {
         *l = ninf;
     }
     let Some(&last) = sampled.last() else {
-        logits[..ts.min(logits.len())].fill(ninf);
+        logits[..ts].fill(ninf);
         let max_initial = ts + MAX_INITIAL_TIMESTAMP_INDEX as usize + 1;
-        if max_initial < logits.len() {
+        if max_initial < n {
             logits[max_initial..].fill(ninf);
         }
         return;
@@ -352,16 +353,16 @@ pub(crate) fn apply_timestamp_rules(
     if last >= ts_begin {
         let penultimate = sampled.len().checked_sub(2).map_or(last, |i| sampled[i]);
         if penultimate >= ts_begin {
-            logits[ts.min(logits.len())..].fill(ninf);
+            logits[ts..].fill(ninf);
             check = false;
         } else {
-            logits[..eot.min(logits.len())].fill(ninf);
+            logits[..eot].fill(ninf);
         }
     }
     if let Some(&prev_ts) = sampled.iter().rev().find(|t| **t >= ts_begin) {
-        logits[ts..(prev_ts as usize).min(logits.len())].fill(ninf);
+        logits[ts..(prev_ts as usize).clamp(ts, n)].fill(ninf);
     }
-    if check && ts < logits.len() {
+    if check && ts < n {
         let lp = log_softmax(logits);
         let max_text = lp[..ts].iter().copied().fold(f32::NEG_INFINITY, f32::max);
         let ts_max = lp[ts..].iter().copied().fold(f32::NEG_INFINITY, f32::max);

@@ -220,7 +220,6 @@ pub fn render(
         r#type: "duration",
         seconds,
     };
-    let json = |v: &dyn erased::Json| (v.to_json(), "application/json");
     match format {
         ResponseFormat::Json => json(&JsonView {
             text: &t.text,
@@ -240,17 +239,11 @@ pub fn render(
     }
 }
 
-mod erased {
-    /// Serialises any view (one `render` arm per view type without generics in the match).
-    pub trait Json {
-        fn to_json(&self) -> String;
-    }
-
-    impl<T: serde::Serialize> Json for T {
-        fn to_json(&self) -> String {
-            serde_json::to_string(self).unwrap_or_else(|_| "{}".to_owned())
-        }
-    }
+fn json(view: &impl Serialize) -> (String, &'static str) {
+    (
+        serde_json::to_string(view).unwrap_or_else(|_| "{}".to_owned()),
+        "application/json",
+    )
 }
 
 fn segment_view(s: &TranscriptSegment) -> SegmentView<'_> {

@@ -65,7 +65,11 @@ pub enum AudioError {
 
 /// Decodes `bytes` (a whole file; `extension` from its name, if any, as a hint) to 16 kHz mono,
 /// refusing audio longer than `max_seconds`.
-pub fn decode(bytes: Vec<u8>, extension: Option<&str>, max_seconds: u64) -> Result<Audio, AudioError> {
+pub fn decode(
+    bytes: Vec<u8>,
+    extension: Option<&str>,
+    max_seconds: u64,
+) -> Result<Audio, AudioError> {
     if bytes.is_empty() {
         return Err(AudioError::Empty);
     }
@@ -190,10 +194,14 @@ fn decode_mono(
         }
     }
     if !decoded_any {
-        return Err(AudioError::NotAudio("no audio frame could be decoded".into()));
+        return Err(AudioError::NotAudio(
+            "no audio frame could be decoded".into(),
+        ));
     }
     if rate == 0 {
-        return Err(AudioError::Corrupt("it does not say its sample rate".into()));
+        return Err(AudioError::Corrupt(
+            "it does not say its sample rate".into(),
+        ));
     }
     Ok((mono, rate, channels))
 }
@@ -201,7 +209,10 @@ fn decode_mono(
 fn codec_name(params: &symphonia::core::codecs::CodecParameters) -> String {
     symphonia::default::get_codecs()
         .get_codec(params.codec)
-        .map_or_else(|| format!("codec id {}", params.codec), |d| d.short_name.to_owned())
+        .map_or_else(
+            || format!("codec id {}", params.codec),
+            |d| d.short_name.to_owned(),
+        )
 }
 
 #[cfg(test)]

@@ -20,7 +20,8 @@ pub fn resample(input: &[f32], from: u32, to: u32) -> Result<Vec<f32>, String> {
         let chunk = if pos + n <= input.len() {
             r.process(&[&input[pos..pos + n]], None).map_err(err)?
         } else if pos < input.len() {
-            r.process_partial(Some(&[&input[pos..]][..]), None).map_err(err)?
+            r.process_partial(Some(&[&input[pos..]][..]), None)
+                .map_err(err)?
         } else {
             r.process_partial(None::<&[&[f32]]>, None).map_err(err)?
         };

@@ -62,7 +62,11 @@ fn wav_at_16k_decodes_unchanged() {
 fn stereo_44k1_is_mixed_down_and_resampled() {
     let left = sine(440.0, 44_100, 2.5);
     let right = sine(1000.0, 44_100, 2.5);
-    let inter: Vec<f32> = left.iter().zip(&right).flat_map(|(l, r)| [*l, *r]).collect();
+    let inter: Vec<f32> = left
+        .iter()
+        .zip(&right)
+        .flat_map(|(l, r)| [*l, *r])
+        .collect();
     let a = decode(wav(&inter, 44_100, 2), None, 60).unwrap();
     assert_eq!((a.source_rate, a.channels), (44_100, 2));
     assert_eq!(a.duration_ms, 2500);
@@ -97,7 +101,10 @@ fn resampling_removes_what_16k_cannot_hold() {
 fn refusals_say_what_is_wrong() {
     assert_eq!(decode(Vec::new(), None, 60), Err(AudioError::Empty));
     let text = b"this is not audio at all, just text in a file".repeat(20);
-    assert!(matches!(decode(text, Some("mp3"), 60), Err(AudioError::NotAudio(_))));
+    assert!(matches!(
+        decode(text, Some("mp3"), 60),
+        Err(AudioError::NotAudio(_))
+    ));
     let long = wav(&vec![0.0; 16_000 * 5], 16_000, 1);
     assert_eq!(
         decode(long, None, 4),

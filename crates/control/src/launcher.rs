@@ -130,7 +130,8 @@ mod in_process {
         Ok(Footprint {
             weights_key: path.display().to_string(),
             weights_bytes: facts.weight_bytes.saturating_mul(2),
-            private_bytes: (32u64 << 20).saturating_add(per_slot.saturating_mul(sizing.slots as u64)),
+            private_bytes: (32u64 << 20)
+                .saturating_add(per_slot.saturating_mul(sizing.slots as u64)),
             threads: sizing.threads.max(1),
             kind: backend::ModelKind::Transcribe,
         })
@@ -170,11 +171,10 @@ mod in_process {
                     threads: spec.threads,
                     max_queue: spec.slots,
                 };
-                let engine =
-                    tokio::task::spawn_blocking(move || speech::start(&path, &name, opts))
-                        .await
-                        .map_err(|e| Error::Launch(format!("speech start task failed: {e}")))?
-                        .map_err(|e| Error::Launch(e.to_string()))?;
+                let engine = tokio::task::spawn_blocking(move || speech::start(&path, &name, opts))
+                    .await
+                    .map_err(|e| Error::Launch(format!("speech start task failed: {e}")))?
+                    .map_err(|e| Error::Launch(e.to_string()))?;
                 return Ok(engine);
             }
             let opts = EngineOptions {

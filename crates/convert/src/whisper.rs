@@ -241,7 +241,11 @@ pub fn convert_whisper(
     };
     let vars = &model.variables;
     for (name, want) in [("decoder/pre_norm", 1), ("decoder/alibi", 0)] {
-        if vars.get(name).and_then(Variable::int).is_some_and(|v| v != want) {
+        if vars
+            .get(name)
+            .and_then(Variable::int)
+            .is_some_and(|v| v != want)
+        {
             return Err(format(format!(
                 "model.bin: '{name}' is not {want}; not a Whisper layout candle can load"
             )));
@@ -304,7 +308,10 @@ pub fn convert_whisper(
         )?;
         ffn(&mut o, &hf, &c)?;
     }
-    o.put(&format!("{d}.embed_tokens.weight"), "decoder/embeddings/weight")?;
+    o.put(
+        &format!("{d}.embed_tokens.weight"),
+        "decoder/embeddings/weight",
+    )?;
     o.put(
         &format!("{d}.embed_positions.weight"),
         "decoder/position_encodings/encodings",

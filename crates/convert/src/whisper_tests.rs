@@ -14,7 +14,9 @@ const MELS: usize = 3;
 
 /// f32 values `start, start + 1, …` as bytes.
 fn f32s(n: usize, start: f32) -> Vec<u8> {
-    (0..n).flat_map(|i| (start + i as f32).to_le_bytes()).collect()
+    (0..n)
+        .flat_map(|i| (start + i as f32).to_le_bytes())
+        .collect()
 }
 
 fn var(name: &str, shape: &[usize], start: f32) -> (String, Vec<usize>, u8, Vec<u8>) {
@@ -36,8 +38,18 @@ fn whisper_vars() -> Vec<(String, Vec<usize>, u8, Vec<u8>)> {
         var("decoder/position_encodings/encodings", &[8, D], 0.0),
         var("decoder/layer_norm/gamma", &[D], 1.0),
         var("decoder/layer_norm/beta", &[D], 0.0),
-        ("encoder/num_heads".into(), vec![], 2, 2i16.to_le_bytes().to_vec()),
-        ("decoder/num_heads".into(), vec![], 2, 2i16.to_le_bytes().to_vec()),
+        (
+            "encoder/num_heads".into(),
+            vec![],
+            2,
+            2i16.to_le_bytes().to_vec(),
+        ),
+        (
+            "decoder/num_heads".into(),
+            vec![],
+            2,
+            2i16.to_le_bytes().to_vec(),
+        ),
         ("decoder/pre_norm".into(), vec![], 1, vec![1]),
     ];
     for side in ["encoder", "decoder"] {
@@ -46,15 +58,37 @@ fn whisper_vars() -> Vec<(String, Vec<usize>, u8, Vec<u8>)> {
         let mut w = f32s(D * D, 100.0);
         w.extend(f32s(D * D, 200.0));
         w.extend(f32s(D * D, 300.0));
-        v.push((format!("{l}/self_attention/linear_0/weight"), vec![3 * D, D], 0, w));
+        v.push((
+            format!("{l}/self_attention/linear_0/weight"),
+            vec![3 * D, D],
+            0,
+            w,
+        ));
         let mut b = f32s(D, 1.0);
         b.extend(vec![0u8; 4 * D]);
         b.extend(f32s(D, 3.0));
-        v.push((format!("{l}/self_attention/linear_0/bias"), vec![3 * D], 0, b));
-        v.push(var(&format!("{l}/self_attention/linear_1/weight"), &[D, D], 0.0));
+        v.push((
+            format!("{l}/self_attention/linear_0/bias"),
+            vec![3 * D],
+            0,
+            b,
+        ));
+        v.push(var(
+            &format!("{l}/self_attention/linear_1/weight"),
+            &[D, D],
+            0.0,
+        ));
         v.push(var(&format!("{l}/self_attention/linear_1/bias"), &[D], 0.0));
-        v.push(var(&format!("{l}/self_attention/layer_norm/gamma"), &[D], 7.0));
-        v.push(var(&format!("{l}/self_attention/layer_norm/beta"), &[D], 8.0));
+        v.push(var(
+            &format!("{l}/self_attention/layer_norm/gamma"),
+            &[D],
+            7.0,
+        ));
+        v.push(var(
+            &format!("{l}/self_attention/layer_norm/beta"),
+            &[D],
+            8.0,
+        ));
         v.push(var(&format!("{l}/ffn/linear_0/weight"), &[4 * D, D], 0.0));
         v.push(var(&format!("{l}/ffn/linear_0/bias"), &[4 * D], 0.0));
         v.push(var(&format!("{l}/ffn/linear_1/weight"), &[D, 4 * D], 0.0));
@@ -98,7 +132,9 @@ fn write_model(dir: &Path, vars: &[(String, Vec<usize>, u8, Vec<u8>)], spec: &st
 }
 
 fn floats(st: &SafeTensors<'_>, name: &str) -> (Vec<usize>, Vec<f32>) {
-    let t = st.tensor(name).unwrap_or_else(|_| panic!("no tensor {name}"));
+    let t = st
+        .tensor(name)
+        .unwrap_or_else(|_| panic!("no tensor {name}"));
     let data = t
         .data()
         .chunks_exact(4)
@@ -126,12 +162,24 @@ fn splits_fused_attention_and_maps_names() {
     let names: HashMap<String, ()> = st.names().into_iter().map(|n| (n.clone(), ())).collect();
     for side in ["encoder", "decoder"] {
         let p = format!("model.{side}.layers.0.self_attn");
-        assert_eq!(floats(&st, &format!("{p}.q_proj.weight")), (vec![D, D], seq(16, 100.0)));
-        assert_eq!(floats(&st, &format!("{p}.k_proj.weight")), (vec![D, D], seq(16, 200.0)));
-        assert_eq!(floats(&st, &format!("{p}.v_proj.weight")), (vec![D, D], seq(16, 300.0)));
+        assert_eq!(
+            floats(&st, &format!("{p}.q_proj.weight")),
+            (vec![D, D], seq(16, 100.0))
+        );
+        assert_eq!(
+            floats(&st, &format!("{p}.k_proj.weight")),
+            (vec![D, D], seq(16, 200.0))
+        );
+        assert_eq!(
+            floats(&st, &format!("{p}.v_proj.weight")),
+            (vec![D, D], seq(16, 300.0))
+        );
         assert_eq!(floats(&st, &format!("{p}.q_proj.bias")).1, seq(4, 1.0));
         assert_eq!(floats(&st, &format!("{p}.v_proj.bias")).1, seq(4, 3.0));
-        assert!(!names.contains_key(&format!("{p}.k_proj.bias")), "Whisper's k has no bias");
+        assert!(
+            !names.contains_key(&format!("{p}.k_proj.bias")),
+            "Whisper's k has no bias"
+        );
         let ln = format!("model.{side}.layers.0.self_attn_layer_norm");
         assert_eq!(floats(&st, &format!("{ln}.weight")).1, seq(4, 7.0));
         assert_eq!(floats(&st, &format!("{ln}.bias")).1, seq(4, 8.0));
@@ -144,9 +192,18 @@ fn splits_fused_attention_and_maps_names() {
     assert_eq!(floats(&st, &format!("{x}.k_proj.weight")).1, seq(16, 500.0));
     assert_eq!(floats(&st, &format!("{x}.v_proj.weight")).1, seq(16, 600.0));
     assert_eq!(floats(&st, &format!("{x}.v_proj.bias")).1, seq(4, 6.0));
-    assert_eq!(floats(&st, "model.decoder.embed_tokens.weight").0, vec![VOCAB, D]);
-    assert_eq!(floats(&st, "model.decoder.embed_positions.weight").0, vec![8, D]);
-    assert_eq!(floats(&st, "model.encoder.conv1.weight").0, vec![D, MELS, 3]);
+    assert_eq!(
+        floats(&st, "model.decoder.embed_tokens.weight").0,
+        vec![VOCAB, D]
+    );
+    assert_eq!(
+        floats(&st, "model.decoder.embed_positions.weight").0,
+        vec![8, D]
+    );
+    assert_eq!(
+        floats(&st, "model.encoder.conv1.weight").0,
+        vec![D, MELS, 3]
+    );
 
     let config: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();

@@ -68,12 +68,7 @@ fn log_softmax(logits: &[f32]) -> Vec<f32> {
 }
 
 impl Transcriber {
-    pub fn new(
-        model: Whisper,
-        vocab: Vocab,
-        suppress: Vec<u32>,
-        suppress_begin: Vec<u32>,
-    ) -> Self {
+    pub fn new(model: Whisper, vocab: Vocab, suppress: Vec<u32>, suppress_begin: Vec<u32>) -> Self {
         let filters = mel::mel_filters(16_000, mel::N_FFT, model.config.num_mel_bins);
         Self {
             model,
@@ -147,8 +142,13 @@ impl Transcriber {
                 continue;
             }
             let previous_seek = seek;
-            let (pieces, next) =
-                self.split(&decoded.tokens, time_offset, segment_size, segment_duration, seek);
+            let (pieces, next) = self.split(
+                &decoded.tokens,
+                time_offset,
+                segment_size,
+                segment_duration,
+                seek,
+            );
             seek = next;
             for (start, end, toks) in pieces {
                 let text = self.vocab.decode(&toks);
@@ -190,7 +190,10 @@ impl Transcriber {
         let dec = &mut self.model.decoder;
         dec.reset();
         let logits = dec.feed(&[self.vocab.sot], xa, &[0]).map_err(model_err)?;
-        let logits: Vec<f32> = logits.flatten_all().and_then(|t| t.to_vec1()).map_err(model_err)?;
+        let logits: Vec<f32> = logits
+            .flatten_all()
+            .and_then(|t| t.to_vec1())
+            .map_err(model_err)?;
         let best = self
             .vocab
             .languages
@@ -214,7 +217,9 @@ impl Transcriber {
         let dec = &mut self.model.decoder;
         dec.reset();
         let last = prompt.len() - 1;
-        let logits = dec.feed(prompt, xa, &[sot_index, last]).map_err(model_err)?;
+        let logits = dec
+            .feed(prompt, xa, &[sot_index, last])
+            .map_err(model_err)?;
         let rows: Vec<Vec<f32>> = logits.to_vec2().map_err(model_err)?;
         let no_speech_prob = match (v.no_speech, rows.first()) {
             (Some(id), Some(row)) if sot_index != last => {
@@ -250,7 +255,10 @@ impl Transcriber {
             apply_timestamp_rules(&mut logits, &out, eot, v.no_timestamps, ts_begin);
             let logprobs = log_softmax(&logits);
             let token = if opts.temperature > 0.0 {
-                self.rng = self.rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                self.rng = self
+                    .rng
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 sample(&logits, opts.temperature, self.rng)
             } else {
                 argmax(&logits)
@@ -263,8 +271,15 @@ impl Transcriber {
             if step + 1 == max_new {
                 break;
             }
-            let next = self.model.decoder.feed(&[token], xa, &[0]).map_err(model_err)?;
-            logits = next.flatten_all().and_then(|t| t.to_vec1()).map_err(model_err)?;
+            let next = self
+                .model
+                .decoder
+                .feed(&[token], xa, &[0])
+                .map_err(model_err)?;
+            logits = next
+                .flatten_all()
+                .and_then(|t| t.to_vec1())
+                .map_err(model_err)?;
         }
         Ok(Decoded {
             tokens: out,
@@ -369,7 +384,12 @@ pub(crate) fn apply_timestamp_rules(
         let ts_sum = if ts_max == f32::NEG_INFINITY {
             f32::NEG_INFINITY
         } else {
-            ts_max + lp[ts..].iter().map(|l| (l - ts_max).exp()).sum::<f32>().ln()
+            ts_max
+                + lp[ts..]
+                    .iter()
+                    .map(|l| (l - ts_max).exp())
+                    .sum::<f32>()
+                    .ln()
         };
         if ts_sum > max_text {
             logits[..ts].fill(ninf);
@@ -425,7 +445,9 @@ mod tests {
     const TS: u32 = 7;
 
     fn allowed(logits: &[f32]) -> Vec<usize> {
-        (0..logits.len()).filter(|i| logits[*i].is_finite()).collect()
+        (0..logits.len())
+            .filter(|i| logits[*i].is_finite())
+            .collect()
     }
 
     #[test]

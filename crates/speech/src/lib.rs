@@ -65,7 +65,9 @@ pub struct Facts {
     pub max_source_positions: usize,
 }
 
-fn read_config(dir: &Path) -> Result<(candle_transformers::models::whisper::Config, DirConfig), SpeechError> {
+fn read_config(
+    dir: &Path,
+) -> Result<(candle_transformers::models::whisper::Config, DirConfig), SpeechError> {
     let path = dir.join("config.json");
     let bytes = std::fs::read(&path)
         .map_err(|e| SpeechError::Load(format!("cannot read {}: {e}", path.display())))?;
@@ -113,9 +115,8 @@ pub fn load(dir: &Path) -> Result<Transcriber, SpeechError> {
     let (config, extra) = read_config(dir)?;
     let vocab = tokens::Vocab::load(&dir.join("tokenizer.json"), config.vocab_size)?;
     let weights: PathBuf = dir.join("model.safetensors");
-    let model = model::Whisper::load(&weights, config).map_err(|e| {
-        SpeechError::Load(format!("cannot load {}: {e}", weights.display()))
-    })?;
+    let model = model::Whisper::load(&weights, config)
+        .map_err(|e| SpeechError::Load(format!("cannot load {}: {e}", weights.display())))?;
     Ok(Transcriber::new(
         model,
         vocab,
@@ -152,7 +153,11 @@ pub struct SpeechEngine {
 }
 
 /// Loads `dir` and starts its workers.
-pub fn start(dir: &Path, name: &str, opts: SpeechOptions) -> Result<Arc<SpeechEngine>, SpeechError> {
+pub fn start(
+    dir: &Path,
+    name: &str,
+    opts: SpeechOptions,
+) -> Result<Arc<SpeechEngine>, SpeechError> {
     tracing::info!(model = %name, dir = %dir.display(), "loading speech model");
     let started = std::time::Instant::now();
     let transcriber = load(dir)?;
@@ -193,7 +198,12 @@ pub fn start(dir: &Path, name: &str, opts: SpeechOptions) -> Result<Arc<SpeechEn
     }))
 }
 
-fn worker(t: &mut Transcriber, rx: &Mutex<Receiver<Job>>, pool: &rayon::ThreadPool, stopped: &AtomicBool) {
+fn worker(
+    t: &mut Transcriber,
+    rx: &Mutex<Receiver<Job>>,
+    pool: &rayon::ThreadPool,
+    stopped: &AtomicBool,
+) {
     loop {
         let job = match rx.lock().unwrap_or_else(PoisonError::into_inner).recv() {
             Ok(job) => job,
@@ -265,18 +275,19 @@ impl backend::Backend for SpeechEngine {
     }
 
     async fn transcribe(&self, request: TranscribeRequest) -> backend::Result<Transcription> {
-        let language = match request.language.as_deref().filter(|l| !l.trim().is_empty()) {
-            None => None,
-            Some(asked) => Some(tokens::language_code(asked).ok_or_else(|| {
-                BackendError::InvalidRequest {
-                    message: format!(
+        let language =
+            match request.language.as_deref().filter(|l| !l.trim().is_empty()) {
+                None => None,
+                Some(asked) => Some(tokens::language_code(asked).ok_or_else(|| {
+                    BackendError::InvalidRequest {
+                        message: format!(
                         "'{asked}' is not a language Whisper knows. Give an ISO-639-1 code such \
                          as 'en', 'de' or 'zh', or leave 'language' out to detect it."
                     ),
-                    param: Some("language".into()),
-                }
-            })?),
-        };
+                        param: Some("language".into()),
+                    }
+                })?),
+            };
         let (reply, answer) = oneshot::channel();
         let job = Job {
             request,
@@ -306,8 +317,12 @@ impl backend::Backend for SpeechEngine {
 
     async fn stop(&self) {
         self.stopped.store(true, Ordering::Relaxed);
-        self.jobs.lock().unwrap_or_else(PoisonError::into_inner).take();
-        let workers = std::mem::take(&mut *self.workers.lock().unwrap_or_else(PoisonError::into_inner));
+        self.jobs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        let workers =
+            std::mem::take(&mut *self.workers.lock().unwrap_or_else(PoisonError::into_inner));
         let _ = tokio::task::spawn_blocking(move || {
             for w in workers {
                 let _ = w.join();

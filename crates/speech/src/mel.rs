@@ -140,7 +140,11 @@ mod tests {
         // faster-whisper 1.2.1's FeatureExtractor.get_mel_filters(16000, 400, 80): [0, 1] and
         // [79, 198].
         assert!((f[1] - 0.024_862_595).abs() < 1e-7, "{}", f[1]);
-        assert!((f[79 * 201 + 198] - 0.000_897_518_07).abs() < 1e-8, "{}", f[79 * 201 + 198]);
+        assert!(
+            (f[79 * 201 + 198] - 0.000_897_518_07).abs() < 1e-8,
+            "{}",
+            f[79 * 201 + 198]
+        );
     }
 
     #[test]
@@ -161,7 +165,11 @@ mod tests {
             (5, 100, 0.786_793_2),
             (3, 7, -0.672_720_55),
         ] {
-            assert!((at(m, t) - want).abs() < 1e-4, "[{m}, {t}]: {} vs {want}", at(m, t));
+            assert!(
+                (at(m, t) - want).abs() < 1e-4,
+                "[{m}, {t}]: {} vs {want}",
+                at(m, t)
+            );
         }
         let w = window(&mel, 80, frames, 0, frames);
         assert_eq!(w.len(), 80 * WINDOW_FRAMES);

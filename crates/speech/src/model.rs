@@ -12,7 +12,11 @@ use candle_nn::{Embedding, LayerNorm, Linear, VarBuilder};
 use candle_transformers::models::whisper::{self as tw, model::AudioEncoder};
 
 fn layer_norm(size: usize, vb: VarBuilder) -> Result<LayerNorm> {
-    Ok(LayerNorm::new(vb.get(size, "weight")?, vb.get(size, "bias")?, 1e-5))
+    Ok(LayerNorm::new(
+        vb.get(size, "weight")?,
+        vb.get(size, "bias")?,
+        1e-5,
+    ))
 }
 
 #[derive(Clone)]
@@ -184,7 +188,10 @@ impl Decoder {
         }
         self.fed += n;
         let idx = Tensor::new(
-            want.iter().map(|i| *i as u32).collect::<Vec<_>>().as_slice(),
+            want.iter()
+                .map(|i| *i as u32)
+                .collect::<Vec<_>>()
+                .as_slice(),
             device,
         )?;
         let x = self.ln.forward(&x.i(0)?.index_select(&idx, 0)?)?;
@@ -195,7 +202,9 @@ impl Decoder {
 /// `[n, past + n]`: new position i sees every cached position and new positions ≤ i.
 fn causal_mask(n: usize, past: usize, device: &Device) -> Result<Tensor> {
     let m: Vec<f32> = (0..n)
-        .flat_map(|i| (0..past + n).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 }))
+        .flat_map(|i| {
+            (0..past + n).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 })
+        })
         .collect();
     Tensor::from_vec(m, (n, past + n), device)
 }
@@ -214,9 +223,7 @@ impl Whisper {
         let device = Device::Cpu;
         // SAFETY: the weights file is memory-mapped read-only while the tensors are built from
         // it; the map is dropped when this returns.
-        let vb = unsafe {
-            VarBuilder::from_mmaped_safetensors(&[weights], DType::F32, &device)?
-        };
+        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[weights], DType::F32, &device)? };
         // candle-transformers builds its encoder only as part of a whole model; its decoder
         // is dropped right away in favour of the cached one.
         let whole = tw::model::Whisper::load(&vb, config.clone())?;

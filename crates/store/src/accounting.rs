@@ -275,8 +275,7 @@ pub fn resize(
         let worst_case = prompt_tokens.max(0) + max_completion_tokens.max(0);
         let free_tier_only =
             tenant.free_tier_only && !(money_only(&reservation.model) && held.amount == 0);
-        check_hold(&balances, free_tier_only, &held, worst_case)
-            .map_err(StoreError::from)?;
+        check_hold(&balances, free_tier_only, &held, worst_case).map_err(StoreError::from)?;
     }
     Ok(Resize {
         hold: held,

@@ -183,11 +183,7 @@ impl Ledger {
     /// audio without an entry is free).
     async fn rates_for(&self, served_model: &str) -> Result<store::PriceRates> {
         if accounting::is_audio(served_model) {
-            return Ok(self
-                .prices
-                .entry(served_model)
-                .await?
-                .unwrap_or_default());
+            return Ok(self.prices.entry(served_model).await?.unwrap_or_default());
         }
         self.prices.rates(served_model).await
     }

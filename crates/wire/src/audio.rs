@@ -164,7 +164,10 @@ impl TranscriptionForm {
         }
         Ok(TranscriptionParams {
             model,
-            language: self.language.map(|l| l.trim().to_owned()).filter(|l| !l.is_empty()),
+            language: self
+                .language
+                .map(|l| l.trim().to_owned())
+                .filter(|l| !l.is_empty()),
             prompt: self.prompt.filter(|p| !p.trim().is_empty()),
             format,
             temperature,
@@ -318,7 +321,10 @@ mod tests {
     #[test]
     fn form_fields_are_checked() {
         let p = form(&[("model", "whisper"), ("response_format", "srt")]).unwrap();
-        assert_eq!((p.model.as_str(), p.format, p.temperature), ("whisper", ResponseFormat::Srt, 0.0));
+        assert_eq!(
+            (p.model.as_str(), p.format, p.temperature),
+            ("whisper", ResponseFormat::Srt, 0.0)
+        );
         assert_eq!(form(&[]).unwrap_err().param(), Some("model"));
         let e = form(&[("model", "w"), ("response_format", "xml")]).unwrap_err();
         assert_eq!(e.param(), Some("response_format"));
@@ -343,7 +349,10 @@ mod tests {
         let t = Transcription {
             text: "Hello there. General Kenobi.".into(),
             language: "english".into(),
-            segments: vec![seg(0, 0.0, 1.5, " Hello there."), seg(1, 1.5, 3725.25, " General Kenobi.")],
+            segments: vec![
+                seg(0, 0.0, 1.5, " Hello there."),
+                seg(1, 1.5, 3725.25, " General Kenobi."),
+            ],
         };
         let (srt, _) = render(ResponseFormat::Srt, &t, 3_725_250, 3726);
         assert_eq!(

@@ -154,9 +154,7 @@ pub fn per_minute(body: &[u8]) -> Result<i64> {
     fields.deny_unknown(&["per_minute"])?;
     fields
         .integer("per_minute", 0, tenancy::MAX_PER_CALL)?
-        .ok_or_else(|| {
-            ApiError::invalid("per_minute", "Missing required parameter: 'per_minute'.")
-        })
+        .ok_or_else(|| ApiError::invalid("per_minute", "Missing required parameter: 'per_minute'."))
 }
 
 /// `PUT /admin/v1/prices/mcp/{server_id}`: `{"per_call": micro-units}`.

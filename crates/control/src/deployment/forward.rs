@@ -94,8 +94,12 @@ async fn whole(
         WholeRequest::Transcribe(r) => (None, Some(backend.transcribe(r).await)),
     };
     let overloaded = |e: &BackendError| matches!(e, BackendError::Overloaded { .. });
-    if embedded.as_ref().is_some_and(|r| r.as_ref().is_err_and(overloaded))
-        || transcribed.as_ref().is_some_and(|r| r.as_ref().is_err_and(overloaded))
+    if embedded
+        .as_ref()
+        .is_some_and(|r| r.as_ref().is_err_and(overloaded))
+        || transcribed
+            .as_ref()
+            .is_some_and(|r| r.as_ref().is_err_and(overloaded))
     {
         let _ = actor.send(Command::Bounced { replica, job });
         return;

@@ -207,6 +207,21 @@ fn decode_mono(
 }
 
 fn codec_name(params: &symphonia::core::codecs::CodecParameters) -> String {
+    use symphonia::core::codecs as c;
+    let known = [
+        (c::CODEC_TYPE_OPUS, "Opus"),
+        (c::CODEC_TYPE_AAC, "AAC"),
+        (c::CODEC_TYPE_ALAC, "ALAC"),
+        (c::CODEC_TYPE_SPEEX, "Speex"),
+        (c::CODEC_TYPE_EAC3, "E-AC-3"),
+        (c::CODEC_TYPE_DCA, "DTS"),
+        (c::CODEC_TYPE_WAVPACK, "WavPack"),
+        (c::CODEC_TYPE_MUSEPACK, "Musepack"),
+        (c::CODEC_TYPE_ATRAC3, "ATRAC3"),
+    ];
+    if let Some((_, name)) = known.iter().find(|(t, _)| *t == params.codec) {
+        return (*name).to_owned();
+    }
     symphonia::default::get_codecs()
         .get_codec(params.codec)
         .map_or_else(

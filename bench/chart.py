@@ -93,6 +93,9 @@ def bars(results):
             out.append(("tools", "json_schema decode vs llama-server", r["constrained_flywheel_over_llama_server"], 1.0))
         if r.get("constrained_over_unconstrained_flywheel"):
             out.append(("tools", "json_schema decode vs Flywheel unconstrained", r["constrained_over_unconstrained_flywheel"], 0.9))
+    s = load(os.path.join(results, "transcribe.json"))
+    if s and s.get("ratio"):
+        out.append(("speech", "transcription speed vs faster-whisper", s["ratio"], s.get("goal", 0.8)))
     return out
 
 
@@ -101,7 +104,8 @@ def draw(rows, png):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colours = {"engine": "#4C72B0", "serving": "#55A868", "gateway": "#C44E52", "hub": "#8172B2", "tools": "#CCB974"}
+    colours = {"engine": "#4C72B0", "serving": "#55A868", "gateway": "#C44E52", "hub": "#8172B2", "tools": "#CCB974",
+               "speech": "#64B5CD"}
     fig, ax = plt.subplots(figsize=(9, 0.42 * len(rows) + 1.4))
     ys = list(range(len(rows)))[::-1]
     for y, (group, label, adv, goal) in zip(ys, rows):

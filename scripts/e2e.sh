@@ -17,6 +17,14 @@ REQ="$ROOT/tests/e2e/requirements.txt"
 
 log() { printf '[e2e] %s\n' "$*" >&2; }
 
+# 0. Debian packages the suite needs: espeak-ng speaks the transcription tests' sentences.
+if ! command -v espeak-ng >/dev/null 2>&1; then
+  log "installing espeak-ng (Debian package)"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq espeak-ng >/dev/null
+fi
+
 # 1. Python environments (reinstalled only when their requirements change).
 venv() {
   local dir="$1" req="$2" stamp="$1/.requirements.sha256" want
@@ -37,7 +45,7 @@ venv "$CACHE/venv-llamaindex" "$ROOT/tests/e2e/clients/requirements-llamaindex.t
 export FLYWHEEL_LLAMAINDEX_PYTHON="$CACHE/venv-llamaindex/bin/python"
 
 # 2. Real models and tokenizer (cached, sha256-checked).
-"$ROOT/scripts/fetch-models.sh" smollm2 qwen tokenizer minilm
+"$ROOT/scripts/fetch-models.sh" smollm2 qwen tokenizer minilm whisper
 
 SMOL="$MODELS/SmolLM2-135M-Instruct.Q4_1.gguf"
 QWEN="$MODELS/Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.gguf"
@@ -90,10 +98,23 @@ else
   log "rank GGUF up to date ($RANK)"
 fi
 
+# Whisper base: the CTranslate2 directory (faster-whisper loads it as it is) converted to the
+# safetensors directory the speech engine serves.
+WHISPER_CT2="$MODELS/whisper-base-ct2"
+WHISPER="$MODELS/whisper-base"
+if [ ! -f "$WHISPER/model.safetensors" ] || [ "$(cat "$WHISPER.converter.sha256" 2>/dev/null)" != "$conv_sha" ]; then
+  log "converting $WHISPER_CT2 -> $WHISPER"
+  "$FLYWHEEL_BIN" convert "$WHISPER_CT2" -o "$WHISPER"
+  echo "$conv_sha" > "$WHISPER.converter.sha256"
+else
+  log "Whisper directory up to date ($WHISPER)"
+fi
+
 # 5. The console's browser tests: Debian's chromium and chromium-driver, axe-core from npm.
 export FLYWHEEL_AXE_JS="$("$ROOT/scripts/browser-deps.sh")"
 
 # 6. The suite.
+export FLYWHEEL_WHISPER_CT2="$WHISPER_CT2" FLYWHEEL_WHISPER_DIR="$WHISPER"
 export FLYWHEEL_MINILM_DIR="$MINILM_DIR" FLYWHEEL_MINILM_GGUF="$MINILM" FLYWHEEL_RANK_GGUF="$RANK"
 export FLYWHEEL_SMOL_GGUF="$SMOL" FLYWHEEL_QWEN_GGUF="$QWEN" FLYWHEEL_TINY_GGUF="$TINY" \
        FLYWHEEL_TINY_TOOLS_GGUF="$TINY_TOOLS" FLYWHEEL_TINY_THINK_GGUF="$TINY_THINK" \

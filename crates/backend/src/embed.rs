@@ -72,6 +72,8 @@ pub enum ModelKind {
     Embed { dimensions: u32 },
     /// A cross-encoder: one relevance score per (query, document) pair.
     Rank,
+    /// Speech to text (`/v1/audio/transcriptions`).
+    Transcribe,
 }
 
 impl ModelKind {
@@ -81,6 +83,7 @@ impl ModelKind {
             ModelKind::Generate => &["chat", "completions"],
             ModelKind::Embed { .. } => &["embeddings", "rerank"],
             ModelKind::Rank => &["rerank"],
+            ModelKind::Transcribe => &["transcriptions"],
         }
     }
 }

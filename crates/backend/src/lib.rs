@@ -9,12 +9,14 @@
 //! the backend stops generating for it (the engine within one decode step).
 
 mod embed;
+mod transcribe;
 
 use std::pin::Pin;
 
 use serde::Serialize;
 
 pub use embed::{EmbedInput, EmbedRequest, Embeddings, ModelKind, EMBED_SPECIAL_TOKENS};
+pub use transcribe::{TranscribeRequest, TranscriptSegment, Transcription};
 
 /// One message of a chat prompt. Content is plain text (the gateway flattens text parts).
 /// Serialized as chat templates read it (Hugging Face's message dicts): tool calls and the
@@ -509,6 +511,18 @@ pub trait Backend: Send + Sync {
             message: format!(
                 "'{}' makes no embeddings: it is a text-generation model. Use an embedding model \
                  (GET /v1/models lists each model's capabilities).",
+                request.model
+            ),
+            param: Some("model".into()),
+        })
+    }
+
+    /// Transcribes `request`'s audio. Backends that are not speech models refuse by default.
+    async fn transcribe(&self, request: TranscribeRequest) -> Result<Transcription> {
+        Err(BackendError::InvalidRequest {
+            message: format!(
+                "'{}' is not a speech-to-text model. Use a speech model (GET /v1/models lists \
+                 each model's capabilities).",
                 request.model
             ),
             param: Some("model".into()),

@@ -91,6 +91,7 @@ fn totals(rows: &[UsageRow]) -> UsageRow {
             grant_tokens: 0,
             amount: 0,
             tool_calls: 0,
+            audio_seconds: 0,
         },
         |mut t, r| {
             t.requests += r.requests;
@@ -100,6 +101,7 @@ fn totals(rows: &[UsageRow]) -> UsageRow {
             t.grant_tokens += r.grant_tokens;
             t.amount += r.amount;
             t.tool_calls += r.tool_calls;
+            t.audio_seconds += r.audio_seconds;
             t
         },
     )

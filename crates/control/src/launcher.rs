@@ -1,5 +1,6 @@
 //! The seam through which replicas are sized and started: in process here
-//! ([`EngineLauncher`]), by a node agent on another machine later.
+//! ([`EngineLauncher`]: a GGUF file on llama.cpp, a speech model directory on the `speech`
+//! crate), by a node agent on another machine later.
 
 use std::sync::Arc;
 
@@ -90,6 +91,18 @@ mod in_process {
 
         fn path(&self, spec: &ReplicaSpec) -> Result<PathBuf> {
             let path = (self.resolve)(&spec.model).map_err(Error::Launch)?;
+            if path.is_dir() {
+                if speech::is_speech_dir(&path) {
+                    return Ok(path);
+                }
+                return Err(Error::Launch(format!(
+                    "model directory {} for '{}' is not a speech model (a Whisper config.json \
+                     and model.safetensors, as `flywheel convert` writes them); give a GGUF \
+                     file or such a directory",
+                    path.display(),
+                    spec.deployment
+                )));
+            }
             if !path.is_file() {
                 return Err(Error::Launch(format!(
                     "model file {} for '{}' does not exist; fetch it or fix the deployment's model",
@@ -99,6 +112,29 @@ mod in_process {
             }
             Ok(path)
         }
+    }
+
+    /// A speech model's needs: its weights as f32 (an f16 file doubles), and per slot the
+    /// decoder's caches and one window's activations.
+    fn speech_footprint(path: &std::path::Path, sizing: &Sizing) -> Result<Footprint> {
+        let facts = speech::inspect(path).map_err(|e| Error::Launch(e.to_string()))?;
+        let d = facts.d_model as u64;
+        let source = facts.max_source_positions as u64;
+        let layers = (facts.encoder_layers + facts.decoder_layers) as u64;
+        // Encoder activations of one window (×8 for attention scores and the MLP), the
+        // cross-attention keys and values, and the self-attention cache, all f32.
+        let per_slot = (source * d * 8 + source * source * facts.heads as u64)
+            .saturating_mul(4)
+            .saturating_add(layers * 2 * source * d * 4)
+            .saturating_add(layers * 2 * facts.max_target_positions as u64 * d * 4);
+        Ok(Footprint {
+            weights_key: path.display().to_string(),
+            weights_bytes: facts.weight_bytes.saturating_mul(2),
+            private_bytes: (32u64 << 20)
+                .saturating_add(per_slot.saturating_mul(sizing.slots as u64)),
+            threads: sizing.threads.max(1),
+            kind: backend::ModelKind::Transcribe,
+        })
     }
 
     #[async_trait::async_trait]
@@ -112,6 +148,9 @@ mod in_process {
                 step_tokens: spec.step_tokens(),
             };
             tokio::task::spawn_blocking(move || {
+                if path.is_dir() {
+                    return speech_footprint(&path, &sizing);
+                }
                 let shape = ModelShape::from_file(&path)?;
                 Ok(Footprint::estimate(
                     &path.display().to_string(),
@@ -126,6 +165,18 @@ mod in_process {
         async fn start(&self, spec: &ReplicaSpec) -> Result<Arc<dyn Backend>> {
             let path = self.path(spec)?;
             let name = spec.deployment.clone();
+            if path.is_dir() {
+                let opts = speech::SpeechOptions {
+                    slots: spec.slots,
+                    threads: spec.threads,
+                    max_queue: spec.slots,
+                };
+                let engine = tokio::task::spawn_blocking(move || speech::start(&path, &name, opts))
+                    .await
+                    .map_err(|e| Error::Launch(format!("speech start task failed: {e}")))?
+                    .map_err(|e| Error::Launch(e.to_string()))?;
+                return Ok(engine);
+            }
             let opts = EngineOptions {
                 slots: spec.slots,
                 slot_context: spec.slot_context,

@@ -2,13 +2,18 @@
 //! directory (`config.json`, `model.safetensors`, `tokenizer.json` with a WordPiece vocabulary)
 //! becomes a GGUF file llama.cpp loads as arch `bert` (an embedding model with mean or CLS
 //! pooling, or a cross-encoder with rank pooling when the checkpoint has a classifier head).
+//! A CTranslate2 Whisper directory (faster-whisper's `model.bin`) becomes a safetensors
+//! directory candle's Whisper loads ([`convert_whisper`]).
 //! Knows neither HTTP nor llama.cpp; progress is reported through a callback.
 
 mod bert;
+pub mod ct2;
 pub mod gguf;
 mod vocab;
+mod whisper;
 
 pub use bert::{convert_bert, Progress, Summary};
+pub use whisper::{convert_whisper, is_ctranslate2, WhisperSummary};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConvertError {
@@ -31,3 +36,5 @@ pub type Result<T, E = ConvertError> = std::result::Result<T, E>;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod whisper_tests;

@@ -90,6 +90,13 @@ pub struct ServeArgs {
     /// Largest accepted request body in bytes [default: 16 MiB].
     #[arg(long, env = "FLYWHEEL_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<usize>,
+    /// Largest audio file one /v1/audio/transcriptions request may carry, in bytes
+    /// [default: 25 MiB].
+    #[arg(long, env = "FLYWHEEL_MAX_AUDIO_BYTES")]
+    pub max_audio_bytes: Option<u64>,
+    /// Longest audio one transcription request may carry, in seconds [default: 1800].
+    #[arg(long, env = "FLYWHEEL_MAX_AUDIO_SECONDS")]
+    pub max_audio_seconds: Option<u64>,
     /// Open client connections in all; more are answered 503 and closed [default: 10000,
     /// lowered to fit the open-file limit].
     #[arg(long, env = "FLYWHEEL_MAX_CONNECTIONS")]
@@ -172,6 +179,7 @@ pub struct ServeConfig {
     pub drain_seconds: u64,
     pub metrics_open: bool,
     pub max_body_bytes: usize,
+    pub audio: gateway::AudioLimits,
     /// How long stored responses are kept.
     pub responses_retention: std::time::Duration,
     /// Connection caps and timeouts, before the open-file limit is applied (see `serve`).
@@ -238,6 +246,10 @@ impl ServeArgs {
             drain_seconds: args.drain_seconds.unwrap_or(30),
             metrics_open: args.metrics_open.unwrap_or(false),
             max_body_bytes: args.max_body_bytes.unwrap_or(16 << 20),
+            audio: gateway::AudioLimits {
+                max_bytes: args.max_audio_bytes.unwrap_or(25 << 20).max(1),
+                max_seconds: args.max_audio_seconds.unwrap_or(1800).max(1),
+            },
             responses_retention: std::time::Duration::from_secs(
                 u64::from(args.responses_retention_days.unwrap_or(30).max(1)) * 86_400,
             ),

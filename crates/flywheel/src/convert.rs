@@ -1,6 +1,7 @@
 //! `flywheel convert SRC -o OUT`: a Hugging Face BERT-family directory (safetensors and a
-//! WordPiece tokenizer.json) to a GGUF llama.cpp loads, with a progress bar (a plain log line
-//! per tenth when stderr is not a terminal).
+//! WordPiece tokenizer.json) to a GGUF llama.cpp loads, or a CTranslate2 Whisper directory
+//! (`model.bin`) to a safetensors directory the speech engine loads, with a progress bar (a
+//! plain log line per tenth when stderr is not a terminal).
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -11,14 +12,36 @@ use indicatif::{ProgressBar, ProgressStyle};
 #[derive(clap::Args)]
 pub struct ConvertArgs {
     /// The model directory: config.json, model.safetensors, tokenizer.json (and, for
-    /// sentence-transformers models, 1_Pooling/config.json).
+    /// sentence-transformers models, 1_Pooling/config.json); or a CTranslate2 Whisper
+    /// directory (model.bin, config.json, tokenizer.json).
     pub src: PathBuf,
-    /// The GGUF file to write.
+    /// The GGUF file to write (a directory for a Whisper model).
     #[arg(short, long)]
     pub output: PathBuf,
 }
 
 pub fn run(args: ConvertArgs) -> anyhow::Result<()> {
+    if ::convert::is_ctranslate2(&args.src) {
+        eprintln!(
+            "converting the CTranslate2 Whisper model {} ...",
+            args.src.display()
+        );
+        let s = ::convert::convert_whisper(&args.src, &args.output, &mut |_| {})
+            .with_context(|| format!("converting {}", args.src.display()))?;
+        eprintln!(
+            "wrote {} ({} tensors, {} bytes of weights; {} encoder and {} decoder layers, \
+             width {}, {} tokens); serve it with --model {}",
+            args.output.display(),
+            s.tensors,
+            s.bytes,
+            s.encoder_layers,
+            s.decoder_layers,
+            s.d_model,
+            s.vocab_size,
+            args.output.display()
+        );
+        return Ok(());
+    }
     let bar = ProgressBar::new(0);
     let terminal = std::io::stderr().is_terminal();
     if terminal {

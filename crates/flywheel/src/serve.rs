@@ -64,6 +64,7 @@ async fn serve(config: ServeConfig) -> Result<()> {
         metrics,
         metrics_open: config.metrics_open,
         max_body_bytes: config.max_body_bytes,
+        audio: config.audio,
         mcp: Some(mcp.clone()),
         files: Some(files),
         batch: Some(gateway::BatchSetup {

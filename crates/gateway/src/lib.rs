@@ -63,12 +63,32 @@ pub struct GatewayState {
     pub files: Option<files::Files>,
     /// The Batch API (needs `files`): its store and limits; `None` serves no batch routes.
     pub batch: Option<BatchSetup>,
+    /// Limits of `/v1/audio/transcriptions`.
+    pub audio: AudioLimits,
 }
 
 /// What the Batch API needs besides the serving layer and the Files API.
 pub struct BatchSetup {
     pub store: Arc<dyn tenancy::Store>,
     pub config: batch::BatchConfig,
+}
+
+/// Limits of `/v1/audio/transcriptions`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AudioLimits {
+    /// Largest audio file, in bytes (413 past it).
+    pub max_bytes: u64,
+    /// Longest audio, in seconds (400 past it).
+    pub max_seconds: u64,
+}
+
+impl Default for AudioLimits {
+    fn default() -> Self {
+        Self {
+            max_bytes: 25 << 20,
+            max_seconds: 1800,
+        }
+    }
 }
 
 /// The state handlers see: cheap to clone.
@@ -84,6 +104,7 @@ struct Inner {
     mcp: Option<Arc<mcp::Mcp>>,
     files: Option<files::Files>,
     batches: Option<batch::Batches>,
+    audio: AudioLimits,
 }
 
 impl AppState {
@@ -107,6 +128,7 @@ impl AppState {
             hub: state.hub,
             mcp: state.mcp,
             files: state.files,
+            audio: state.audio,
             metrics: state.metrics,
             metrics_open: state.metrics_open,
         }))
@@ -151,6 +173,11 @@ impl AppState {
 
     pub fn batches(&self) -> Option<&batch::Batches> {
         self.0.batches.as_ref()
+    }
+
+    /// Limits of `/v1/audio/transcriptions`.
+    pub fn audio_limits(&self) -> AudioLimits {
+        self.0.audio
     }
 
     /// The MCP gateway, if this server runs one.
@@ -207,6 +234,7 @@ pub fn router_with(
 ) -> Router {
     metrics::describe();
     let max_body_bytes = state.max_body_bytes;
+    let audio = state.audio;
     let max_file_bytes = state
         .files
         .as_ref()
@@ -331,6 +359,7 @@ pub fn router_with(
         .merge(extra)
         .merge(routes::files::router(max_file_bytes))
         .merge(routes::batches::router())
+        .merge(routes::transcriptions::router(audio))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))

@@ -50,6 +50,7 @@ pub struct Reranked {
 pub(crate) fn require_generation(info: &ModelInfo) -> Result<(), ServeError> {
     match info.kind {
         ModelKind::Generate => Ok(()),
+        ModelKind::Transcribe => Err(not_for(info, "text generation")),
         _ => Err(ServeError::Backend(BackendError::InvalidRequest {
             message: format!(
                 "'{}' is an embedding model: it generates no text. Call /v1/embeddings or \
@@ -62,7 +63,7 @@ pub(crate) fn require_generation(info: &ModelInfo) -> Result<(), ServeError> {
     }
 }
 
-fn not_for(info: &ModelInfo, api: &str) -> ServeError {
+pub(crate) fn not_for(info: &ModelInfo, api: &str) -> ServeError {
     ServeError::Backend(BackendError::InvalidRequest {
         message: format!(
             "'{}' cannot serve {api}: its capabilities are {}. GET /v1/models lists each \
@@ -124,7 +125,9 @@ impl Serving {
                     .map(|t| EmbedInput::Text(t.clone()))
                     .collect(),
             ),
-            ModelKind::Generate => return Err(not_for(&info, "/v1/rerank")),
+            ModelKind::Generate | ModelKind::Transcribe => {
+                return Err(not_for(&info, "/v1/rerank"))
+            }
         };
         let embed = EmbedRequest {
             request_id: request.request_id,

@@ -26,6 +26,9 @@ pub enum ServeError {
     /// The backend refused or failed it.
     #[error(transparent)]
     Backend(#[from] BackendError),
+    /// An audio file that cannot be transcribed (not audio, too long, an unknown codec).
+    #[error(transparent)]
+    Audio(#[from] audio::AudioError),
 }
 
 fn available_list(names: &[String]) -> String {

@@ -38,6 +38,7 @@ mod error;
 mod meter;
 mod running;
 mod served;
+mod transcribe;
 
 use std::sync::Arc;
 
@@ -51,6 +52,7 @@ pub use embed::{RerankMethod, RerankRequest, Reranked};
 pub use error::ServeError;
 pub use meter::Delivery;
 pub use served::Served;
+pub use transcribe::{Transcribed, TranscriptionJob};
 
 use meter::{Meter, Reserved};
 use running::Running;

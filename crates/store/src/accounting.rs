@@ -18,19 +18,46 @@ use crate::model::{
 
 const PER_MILLION: i128 = 1_000_000;
 
-/// `ceil(Σ tokens × price_per_million / 1,000,000)`, saturating at `i64::MAX`.
-fn priced(parts: &[(i64, i64)]) -> i64 {
+/// `ceil(Σ units × price / per)`, saturating at `i64::MAX`: `per` is 1,000,000 for tokens
+/// (prices per million) and 60 for audio seconds (prices per minute).
+fn priced(parts: &[(i64, i64)], per: i64) -> i64 {
+    let per = i128::from(per.max(1));
     let sum: i128 = parts
         .iter()
-        .map(|&(tokens, per_million)| i128::from(tokens.max(0)) * i128::from(per_million.max(0)))
+        .map(|&(tokens, price)| i128::from(tokens.max(0)) * i128::from(price.max(0)))
         .sum();
-    let ceil = (sum + PER_MILLION - 1) / PER_MILLION;
+    let ceil = (sum + per - 1) / per;
     i64::try_from(ceil).unwrap_or(i64::MAX)
 }
 
 /// The full price of a usage, with no grant.
 pub fn cost(usage: &TokenUsage, rates: &PriceRates) -> i64 {
     charge(usage, 0, rates).amount
+}
+
+/// Served-model names of this prefix are speech transcriptions (`audio/<served name>`): their
+/// "prompt tokens" are audio seconds (`ceil(ms / 1000)`), priced per minute (the entry's input
+/// price is micro-units per minute, so a request costs `ceil(seconds × per_minute / 60)`), and
+/// never paid by the free token grant.
+pub const AUDIO_PREFIX: &str = "audio/";
+
+pub fn is_audio(model: &str) -> bool {
+    model.starts_with(AUDIO_PREFIX)
+}
+
+/// What one price covers for `model`'s reservations: a million tokens, or a minute of audio
+/// (60 seconds).
+pub fn price_unit(model: &str) -> i64 {
+    if is_audio(model) {
+        60
+    } else {
+        PER_MILLION as i64
+    }
+}
+
+/// Reservations the free token grant never pays: tool calls and audio.
+pub fn money_only(model: &str) -> bool {
+    is_tool_call(model) || is_audio(model)
 }
 
 /// Clamps measured usage to what was reserved, so the charge stays within the hold.
@@ -51,6 +78,11 @@ pub fn clamp_usage(
 
 /// What a (clamped) usage takes, given how many grant tokens its reservation holds.
 pub fn charge(usage: &TokenUsage, grant_held: i64, rates: &PriceRates) -> Debit {
+    charge_per(usage, grant_held, rates, PER_MILLION as i64)
+}
+
+/// [`charge`] with prices per `per` units ([`price_unit`]).
+pub fn charge_per(usage: &TokenUsage, grant_held: i64, rates: &PriceRates, per: i64) -> Debit {
     let cached = usage.cached_tokens.clamp(0, usage.prompt_tokens.max(0));
     let uncached = usage.prompt_tokens.max(0) - cached;
     let completion = usage.completion_tokens.max(0);
@@ -66,11 +98,14 @@ pub fn charge(usage: &TokenUsage, grant_held: i64, rates: &PriceRates) -> Debit 
     let paid_completion = take(completion);
     Debit {
         grant_tokens,
-        amount: priced(&[
-            (paid_uncached, rates.input_per_million),
-            (paid_cached, rates.cached_input_per_million),
-            (paid_completion, rates.output_per_million),
-        ]),
+        amount: priced(
+            &[
+                (paid_uncached, rates.input_per_million),
+                (paid_cached, rates.cached_input_per_million),
+                (paid_completion, rates.output_per_million),
+            ],
+            per,
+        ),
     }
 }
 
@@ -81,6 +116,23 @@ pub fn hold(
     rates: &PriceRates,
     grant_available: i64,
 ) -> Debit {
+    hold_per(
+        prompt_tokens,
+        max_completion_tokens,
+        rates,
+        grant_available,
+        PER_MILLION as i64,
+    )
+}
+
+/// [`hold`] with prices per `per` units ([`price_unit`]).
+pub fn hold_per(
+    prompt_tokens: i64,
+    max_completion_tokens: i64,
+    rates: &PriceRates,
+    grant_available: i64,
+    per: i64,
+) -> Debit {
     let prompt = prompt_tokens.max(0);
     let completion = max_completion_tokens.max(0);
     let grant_tokens = grant_available.clamp(0, prompt + completion);
@@ -89,10 +141,13 @@ pub fn hold(
     let prompt_price = rates.input_per_million.max(rates.cached_input_per_million);
     Debit {
         grant_tokens,
-        amount: priced(&[
-            (paid_prompt, prompt_price),
-            (paid_completion, rates.output_per_million),
-        ]),
+        amount: priced(
+            &[
+                (paid_prompt, prompt_price),
+                (paid_completion, rates.output_per_million),
+            ],
+            per,
+        ),
     }
 }
 
@@ -161,14 +216,20 @@ pub fn hold_for(
         return Err(StoreError::TenantDisabled(tenant.id.clone()));
     }
     let worst_case = new.prompt_tokens + new.max_completion_tokens;
-    let call = is_tool_call(&new.model);
+    let call = money_only(&new.model);
     let grant = if call {
         0
     } else {
         tenant.balances.grant_tokens_available()
     };
-    let held = hold(new.prompt_tokens, new.max_completion_tokens, rates, grant);
-    // A tool call is money only: a free-tier tenant may make the free ones.
+    let held = hold_per(
+        new.prompt_tokens,
+        new.max_completion_tokens,
+        rates,
+        grant,
+        price_unit(&new.model),
+    );
+    // A tool call or audio is money only: a free-tier tenant may make the free ones.
     let free_tier_only = tenant.free_tier_only && !(call && held.amount == 0);
     check_hold(&tenant.balances, free_tier_only, &held, worst_case).map_err(StoreError::from)?;
     Ok(held)
@@ -197,17 +258,24 @@ pub fn resize(
     let mut balances = tenant.balances;
     balances.grant_tokens_held -= old.grant_tokens;
     balances.amount_held -= old.amount;
-    let held = hold(
+    let grant = if money_only(&reservation.model) {
+        0
+    } else {
+        balances.grant_tokens_available()
+    };
+    let held = hold_per(
         prompt_tokens,
         max_completion_tokens,
         &reservation.rates,
-        balances.grant_tokens_available(),
+        grant,
+        price_unit(&reservation.model),
     );
     let grows = held.grant_tokens > old.grant_tokens || held.amount > old.amount;
     if grows {
         let worst_case = prompt_tokens.max(0) + max_completion_tokens.max(0);
-        check_hold(&balances, tenant.free_tier_only, &held, worst_case)
-            .map_err(StoreError::from)?;
+        let free_tier_only =
+            tenant.free_tier_only && !(money_only(&reservation.model) && held.amount == 0);
+        check_hold(&balances, free_tier_only, &held, worst_case).map_err(StoreError::from)?;
     }
     Ok(Resize {
         hold: held,
@@ -268,7 +336,12 @@ pub fn close(reservation: &Reservation, with: SettleWith) -> Closing {
         );
     }
     let hold = reservation.hold;
-    let mut charged = charge(&billed, hold.grant_tokens, &reservation.rates);
+    let mut charged = charge_per(
+        &billed,
+        hold.grant_tokens,
+        &reservation.rates,
+        price_unit(&reservation.model),
+    );
     // Never more than the hold; `charge` already guarantees it (see the module docs).
     charged.amount = charged.amount.min(hold.amount);
     Closing {
@@ -290,6 +363,25 @@ pub fn close(reservation: &Reservation, with: SettleWith) -> Closing {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn audio_is_priced_per_minute_and_rounded_up() {
+        let per_minute = rates(100, 0, 100);
+        let unit = price_unit("audio/whisper");
+        assert_eq!(unit, 60);
+        assert_eq!(price_unit("whisper"), 1_000_000);
+        // ceil(61 × 100 / 60) = ceil(101.67) = 102; 60 s cost exactly a minute.
+        let seconds = |s| TokenUsage {
+            prompt_tokens: s,
+            completion_tokens: 0,
+            cached_tokens: 0,
+        };
+        assert_eq!(charge_per(&seconds(61), 0, &per_minute, unit).amount, 102);
+        assert_eq!(charge_per(&seconds(60), 0, &per_minute, unit).amount, 100);
+        assert_eq!(charge_per(&seconds(1), 0, &per_minute, unit).amount, 2);
+        assert_eq!(hold_per(61, 0, &per_minute, 0, unit).amount, 102);
+        assert!(money_only("audio/whisper") && money_only("mcp/x") && !money_only("whisper"));
+    }
 
     fn rates(input: i64, output: i64, cached: i64) -> PriceRates {
         PriceRates {

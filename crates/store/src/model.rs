@@ -377,7 +377,13 @@ pub struct UsageRow {
     /// MCP tool calls that completed (and were charged their price); `requests` and the token
     /// counts leave them out.
     pub tool_calls: i64,
+    /// Seconds of audio transcribed (`ceil(ms / 1000)` per request); the token counts leave
+    /// them out.
+    pub audio_seconds: i64,
 }
 
 /// The SQL condition that a reservation is an MCP tool call ([`crate::accounting::is_tool_call`]).
 pub(crate) const TOOL_CALL_SQL: &str = "model LIKE 'mcp/%'";
+
+/// The SQL condition that a reservation is a transcription ([`crate::accounting::is_audio`]).
+pub(crate) const AUDIO_SQL: &str = "model LIKE 'audio/%'";

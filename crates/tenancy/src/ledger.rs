@@ -157,14 +157,30 @@ impl Ledger {
         let prompt = prompt_tokens.max(1);
         let completion = max_completion_tokens.max(0);
         let worst_case = prompt.saturating_add(completion);
-        let grant = tenant.balances.grant_tokens_available();
+        let money_only = accounting::money_only(served_model);
+        let grant = if money_only {
+            0
+        } else {
+            tenant.balances.grant_tokens_available()
+        };
         if grant >= worst_case {
             return Ok(());
         }
-        let rates = self.prices.rates(served_model).await?;
-        let hold = accounting::hold(prompt, completion, &rates, grant);
-        accounting::check_hold(&tenant.balances, tenant.free_tier_only, &hold, worst_case)
+        let rates = self.rates_for(served_model).await?;
+        let per = accounting::price_unit(served_model);
+        let hold = accounting::hold_per(prompt, completion, &rates, grant, per);
+        let free_tier_only = tenant.free_tier_only && !(money_only && hold.amount == 0);
+        accounting::check_hold(&tenant.balances, free_tier_only, &hold, worst_case)
             .map_err(|refusal| StoreError::from(refusal).into())
+    }
+
+    /// The rates a new reservation of `served_model` would take (its entry, else the default;
+    /// audio without an entry is free).
+    async fn rates_for(&self, served_model: &str) -> Result<store::PriceRates> {
+        if accounting::is_audio(served_model) {
+            return Ok(self.prices.entry(served_model).await?.unwrap_or_default());
+        }
+        self.prices.rates(served_model).await
     }
 
     /// Persists a stream's progress: the prompt (and cached) tokens and a completion-token mark

@@ -45,11 +45,11 @@ pub use keys::{Principal, Scope, PREFIX_LEN, SECRET_PREFIX};
 pub use ledger::{Ledger, Recovery, ReserveRequest};
 pub use limits::{key_subject, tenant_subject, Admission, Counted, Limiter};
 pub use members::{Action, AddedMember, Member, Members, NewMember, Role, INVITE_VALID_FOR};
-pub use prices::{batch_model, cost, PriceBook, BATCH_PREFIX, MAX_PER_CALL};
+pub use prices::{audio_entry, batch_model, cost, PriceBook, BATCH_PREFIX, MAX_PER_CALL};
 pub use progress::{ProgressMarks, PROGRESS_INTERVAL_TOKENS};
 pub use responses::{NewResponse, Responses};
 pub use sessions::{Session, SignInError, StartedSession, Subject};
-pub use store::accounting::{is_tool_call, TOOL_CALL_PREFIX};
+pub use store::accounting::{is_audio, is_tool_call, AUDIO_PREFIX, TOOL_CALL_PREFIX};
 pub use usage::{Account, UsageQuery, UsageReports};
 
 pub use store::{

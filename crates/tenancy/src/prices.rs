@@ -66,8 +66,12 @@ impl PriceBook {
     }
 
     /// The rates of `served_model` when it has no entry: for a batch name
-    /// (`batch/<model>`), half of `<model>`'s rates (each rounded up); else the default.
+    /// (`batch/<model>`), half of `<model>`'s rates (each rounded up); none for audio (the
+    /// default is a price per million tokens); else the default.
     pub async fn default_for(&self, served_model: &str) -> Result<PriceRates> {
+        if store::accounting::is_audio(served_model) {
+            return Ok(PriceRates::default());
+        }
         let Some(model) = served_model.strip_prefix(BATCH_PREFIX) else {
             return Ok(self.default);
         };
@@ -77,6 +81,32 @@ impl PriceBook {
             .await?
             .map_or(self.default, |price| price.rates);
         Ok(half(interactive))
+    }
+
+    /// The entry of `served_model`, if it has one.
+    pub async fn entry(&self, served_model: &str) -> Result<Option<PriceRates>> {
+        Ok(self.store.price(served_model).await?.map(|p| p.rates))
+    }
+
+    /// Sets the price of a minute of audio transcribed by the speech model `served_model`, in
+    /// micro-units (kept as the entry `audio/<served_model>`, one "token" per second; a request
+    /// costs `ceil(seconds × per_minute / 60)`).
+    pub async fn set_per_minute(&self, served_model: &str, per_minute: i64) -> Result<Price> {
+        if !(0..=MAX_PER_CALL).contains(&per_minute) {
+            return Err(Error::invalid(
+                "per_minute",
+                format!("a price per minute is 0 to {MAX_PER_CALL} micro-units"),
+            ));
+        }
+        if served_model.trim().is_empty() {
+            return Err(Error::invalid("served_model", "must not be empty"));
+        }
+        let rates = PriceRates {
+            input_per_million: per_minute,
+            cached_input_per_million: per_minute,
+            output_per_million: 0,
+        };
+        self.set(&audio_entry(served_model), rates).await
     }
 
     /// Sets (or replaces) a model's prices. Reservations already taken keep their price.
@@ -133,6 +163,11 @@ fn half(rates: PriceRates) -> PriceRates {
         output_per_million: half(rates.output_per_million),
         cached_input_per_million: half(rates.cached_input_per_million),
     }
+}
+
+/// The price-book entry and ledger model of a speech model's transcriptions.
+pub fn audio_entry(served_model: &str) -> String {
+    format!("{}{served_model}", store::accounting::AUDIO_PREFIX)
 }
 
 /// `ceil(Σ tokens × price_per_million / 1,000,000)` micro-units, cached prompt tokens at the

@@ -205,6 +205,7 @@ impl ApiError {
             }
             E::Tenancy(err) => Self::from_tenancy(err),
             E::Backend(err) => Self::from_backend(err, prompt_param),
+            E::Audio(_) => Self::invalid("file", message),
         }
     }
 
@@ -326,6 +327,11 @@ impl ApiError {
 
     pub fn message(&self) -> &str {
         &self.message
+    }
+
+    /// The request parameter the error names, if any.
+    pub fn param(&self) -> Option<&str> {
+        self.param.as_deref()
     }
 
     /// The stable code string, for logs and metrics.

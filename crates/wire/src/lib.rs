@@ -8,6 +8,7 @@
 //! OpenAI to other servers) knows these JSON shapes.
 
 pub mod anthropic;
+pub mod audio;
 pub mod batches;
 pub mod chat;
 pub mod completions;

@@ -147,6 +147,16 @@ pub fn top_up(body: &[u8]) -> Result<(i64, Option<String>)> {
     Ok((amount, fields.string("idempotency_key")?.map(str::to_owned)))
 }
 
+/// `PUT /admin/v1/prices/audio/{model}`: `{"per_minute": micro-units}`.
+pub fn per_minute(body: &[u8]) -> Result<i64> {
+    let map = parse_object(body)?;
+    let fields = Fields::root(&map);
+    fields.deny_unknown(&["per_minute"])?;
+    fields
+        .integer("per_minute", 0, tenancy::MAX_PER_CALL)?
+        .ok_or_else(|| ApiError::invalid("per_minute", "Missing required parameter: 'per_minute'."))
+}
+
 /// `PUT /admin/v1/prices/mcp/{server_id}`: `{"per_call": micro-units}`.
 pub fn per_call(body: &[u8]) -> Result<i64> {
     let map = parse_object(body)?;
@@ -308,6 +318,9 @@ pub struct PriceView {
     /// For an MCP server's entry (`mcp/<server id>`): micro-units per tool call.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub per_call: Option<i64>,
+    /// For a speech model's entry (`audio/<served model>`): micro-units per minute of audio.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub per_minute: Option<i64>,
     /// Per-token rates; absent on an MCP server's entry.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub input_per_million: Option<i64>,
@@ -321,14 +334,17 @@ pub struct PriceView {
 impl From<Price> for PriceView {
     fn from(p: Price) -> Self {
         let call = tenancy::is_tool_call(&p.served_model);
+        let audio = tenancy::is_audio(&p.served_model);
+        let tokens = !call && !audio;
         Self {
             object: "price",
             per_call: call.then_some(p.rates.input_per_million / 1_000_000),
+            per_minute: audio.then_some(p.rates.input_per_million),
             updated_at: time(&p.updated_at),
             served_model: p.served_model,
-            input_per_million: (!call).then_some(p.rates.input_per_million),
-            output_per_million: (!call).then_some(p.rates.output_per_million),
-            cached_input_per_million: (!call).then_some(p.rates.cached_input_per_million),
+            input_per_million: tokens.then_some(p.rates.input_per_million),
+            output_per_million: tokens.then_some(p.rates.output_per_million),
+            cached_input_per_million: tokens.then_some(p.rates.cached_input_per_million),
         }
     }
 }
@@ -385,12 +401,15 @@ pub struct UsageRowView {
     pub cost: i64,
     /// MCP tool calls made (grouped by model, a server's calls are the group `mcp/<id>`).
     pub tool_calls: i64,
+    /// Seconds of audio transcribed (each request's `ceil(ms / 1000)`).
+    pub audio_seconds: i64,
 }
 
 impl From<UsageRow> for UsageRowView {
     fn from(r: UsageRow) -> Self {
         Self {
             tool_calls: r.tool_calls,
+            audio_seconds: r.audio_seconds,
             total_tokens: r.prompt_tokens + r.completion_tokens,
             group: r.group,
             requests: r.requests,

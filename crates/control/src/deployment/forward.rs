@@ -4,7 +4,10 @@
 
 use std::sync::Arc;
 
-use backend::{Backend, BackendError, EmbedRequest, Embeddings, Event, GenerateRequest, Priority};
+use backend::{
+    Backend, BackendError, EmbedRequest, Embeddings, Event, GenerateRequest, Priority,
+    TranscribeRequest, Transcription,
+};
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::StreamExt;
 
@@ -22,6 +25,11 @@ pub(crate) enum Work {
         request: EmbedRequest,
         reply: oneshot::Sender<backend::Result<Embeddings>>,
     },
+    /// A transcription, answered whole on `reply` like an embedding.
+    Transcribe {
+        request: TranscribeRequest,
+        reply: oneshot::Sender<backend::Result<Transcription>>,
+    },
 }
 
 impl Work {
@@ -29,14 +37,15 @@ impl Work {
         match self {
             Work::Generate(r) => r.tenant.as_ref(),
             Work::Embed { request, .. } => request.tenant.as_ref(),
+            Work::Transcribe { request, .. } => request.tenant.as_ref(),
         }
     }
 
-    /// Its priority class (embeddings are always interactive).
+    /// Its priority class (embeddings and transcriptions are always interactive).
     pub fn priority(&self) -> Priority {
         match self {
             Work::Generate(r) => r.priority,
-            Work::Embed { .. } => Priority::Interactive,
+            Work::Embed { .. } | Work::Transcribe { .. } => Priority::Interactive,
         }
     }
 }
@@ -72,24 +81,47 @@ impl Job {
     }
 }
 
-/// Runs an embedding job on the replica: the answer goes to the job's reply, an overloaded
+/// A request answered whole (an embedding or a transcription).
+enum WholeRequest {
+    Embed(EmbedRequest),
+    Transcribe(TranscribeRequest),
+}
+
+/// Runs a whole-answer job on the replica: the answer goes to the job's reply, an overloaded
 /// replica sends it back in line.
-async fn embed(
+async fn whole(
     replica: u64,
     backend: Arc<dyn Backend>,
     job: Job,
-    request: EmbedRequest,
+    request: WholeRequest,
     actor: mpsc::UnboundedSender<Command>,
 ) {
     let started = tokio::time::Instant::now();
-    let result = backend.embed(request).await;
-    if let Err(BackendError::Overloaded { .. }) = result {
+    let (embedded, transcribed) = match request {
+        WholeRequest::Embed(r) => (Some(backend.embed(r).await), None),
+        WholeRequest::Transcribe(r) => (None, Some(backend.transcribe(r).await)),
+    };
+    let overloaded = |e: &BackendError| matches!(e, BackendError::Overloaded { .. });
+    if embedded
+        .as_ref()
+        .is_some_and(|r| r.as_ref().is_err_and(overloaded))
+        || transcribed
+            .as_ref()
+            .is_some_and(|r| r.as_ref().is_err_and(overloaded))
+    {
         let _ = actor.send(Command::Bounced { replica, job });
         return;
     }
-    let completed = result.is_ok();
-    if let Work::Embed { reply, .. } = job.into_waiter().work {
-        let _ = reply.send(result);
+    let completed = embedded.as_ref().is_some_and(Result::is_ok)
+        || transcribed.as_ref().is_some_and(Result::is_ok);
+    match (job.into_waiter().work, embedded, transcribed) {
+        (Work::Embed { reply, .. }, Some(result), _) => {
+            let _ = reply.send(result);
+        }
+        (Work::Transcribe { reply, .. }, _, Some(result)) => {
+            let _ = reply.send(result);
+        }
+        _ => {}
     }
     let _ = actor.send(Command::Done {
         replica,
@@ -109,11 +141,12 @@ pub(crate) fn spawn(
     tokio::spawn(async move {
         let request = match &job.waiter().work {
             Work::Generate(request) => Ok(request.clone()),
-            Work::Embed { request, .. } => Err(request.clone()),
+            Work::Embed { request, .. } => Err(WholeRequest::Embed(request.clone())),
+            Work::Transcribe { request, .. } => Err(WholeRequest::Transcribe(request.clone())),
         };
         let request = match request {
             Ok(request) => request,
-            Err(embedding) => return embed(replica, backend, job, embedding, actor).await,
+            Err(other) => return whole(replica, backend, job, other, actor).await,
         };
         let started = tokio::time::Instant::now();
         let events = job.waiter().events.clone();

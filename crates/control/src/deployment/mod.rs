@@ -20,7 +20,7 @@ use std::sync::{Mutex, PoisonError};
 
 use backend::{
     Backend, BackendError, EmbedRequest, Embeddings, Event, EventStream, GenerateRequest,
-    ModelInfo, ModelKind,
+    ModelInfo, ModelKind, TranscribeRequest, Transcription,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::StreamExt;
@@ -182,6 +182,36 @@ impl Deployment {
         let _ = self.ask(|reply| Command::Shutdown { reply }).await;
     }
 
+    /// Queues `work` and waits for its whole answer on `answer` (queue refusals come as
+    /// events meanwhile).
+    async fn whole<T>(
+        &self,
+        work: forward::Work,
+        mut answer: tokio::sync::oneshot::Receiver<backend::Result<T>>,
+    ) -> backend::Result<T> {
+        let (events, mut rx) = mpsc::unbounded_channel();
+        self.commands
+            .send(Command::Enqueue { work, events })
+            .map_err(|_| BackendError::ShuttingDown)?;
+        let stopped = || {
+            BackendError::Internal(format!(
+                "deployment '{}' stopped before answering",
+                self.name
+            ))
+        };
+        loop {
+            tokio::select! {
+                result = &mut answer => return result.map_err(|_| stopped())?,
+                event = rx.recv() => match event {
+                    Some(Err(e)) => return Err(e),
+                    Some(Ok(_)) => {}
+                    // Only the answer can come now.
+                    None => return (&mut answer).await.map_err(|_| stopped())?,
+                },
+            }
+        }
+    }
+
     /// Refuse new requests and end the queued and running ones now (their streams end with
     /// `ShuttingDown`); returns once every replica has stopped. Also ends a `shutdown` that is
     /// still waiting.
@@ -205,31 +235,16 @@ impl Backend for Deployment {
     /// Queued fairly with the deployment's other requests (and starting a replica at zero,
     /// like a generation), then run whole on one replica.
     async fn embed(&self, request: EmbedRequest) -> backend::Result<Embeddings> {
-        let (events, mut rx) = mpsc::unbounded_channel();
-        let (reply, mut answer) = tokio::sync::oneshot::channel();
-        let work = forward::Work::Embed { request, reply };
-        self.commands
-            .send(Command::Enqueue { work, events })
-            .map_err(|_| BackendError::ShuttingDown)?;
-        loop {
-            tokio::select! {
-                result = &mut answer => {
-                    return result.map_err(|_| BackendError::Internal(format!(
-                        "deployment '{}' stopped before answering", self.name
-                    )))?;
-                }
-                event = rx.recv() => match event {
-                    Some(Err(e)) => return Err(e),
-                    Some(Ok(_)) => {}
-                    // Only the answer can come now.
-                    None => {
-                        return (&mut answer).await.map_err(|_| BackendError::Internal(format!(
-                            "deployment '{}' stopped before answering", self.name
-                        )))?;
-                    }
-                },
-            }
-        }
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.whole(forward::Work::Embed { request, reply }, answer)
+            .await
+    }
+
+    /// Queued and run whole like an embedding.
+    async fn transcribe(&self, request: TranscribeRequest) -> backend::Result<Transcription> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.whole(forward::Work::Transcribe { request, reply }, answer)
+            .await
     }
 
     /// Counted by a ready replica; with none ready (scaled to zero, or still loading) the

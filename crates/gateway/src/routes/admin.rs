@@ -198,6 +198,17 @@ pub async fn put_price(
     if let Some(server) = model.strip_prefix(tenancy::TOOL_CALL_PREFIX) {
         return put_call_price(&state, server, &body).await;
     }
+    if let Some(speech) = model.strip_prefix(tenancy::AUDIO_PREFIX) {
+        let per_minute = wire::per_minute(&body)?;
+        let price = state
+            .tenancy()
+            .prices
+            .set_per_minute(speech, per_minute)
+            .await
+            .map_err(ApiError::from_tenancy)?;
+        tracing::info!(model = %speech, per_minute, "audio price set");
+        return Ok(Json(price.into()));
+    }
     let rates = wire::price_rates(&body)?;
     let price = state
         .tenancy()

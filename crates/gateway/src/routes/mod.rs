@@ -15,6 +15,7 @@ pub mod models;
 pub mod ops;
 pub mod responses;
 pub mod tenant_delete;
+pub mod transcriptions;
 
 use axum::extract::{FromRequest, Request};
 use axum::http::{Method, StatusCode, Uri};

@@ -189,6 +189,7 @@ pub fn app_full(
         metrics: metrics_handle(),
         metrics_open,
         max_body_bytes: MAX_BODY,
+        audio: gateway::AudioLimits::default(),
         settlements: TaskTracker::new(),
         hub: None,
         plane,

@@ -47,6 +47,7 @@ async fn files_app() -> FilesApp {
         metrics: metrics_handle(),
         metrics_open: false,
         max_body_bytes: MAX_BODY,
+        audio: gateway::AudioLimits::default(),
         settlements: TaskTracker::new(),
         hub: Some(hub),
         plane: None,

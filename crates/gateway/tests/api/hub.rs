@@ -41,6 +41,7 @@ async fn hub_app(config: HubConfig) -> HubApp {
         metrics: metrics_handle(),
         metrics_open: false,
         max_body_bytes: MAX_BODY,
+        audio: gateway::AudioLimits::default(),
         settlements: TaskTracker::new(),
         hub: Some(hub.clone()),
         plane: None,

@@ -50,6 +50,7 @@ async fn app() -> App {
         metrics: metrics_handle(),
         metrics_open: false,
         max_body_bytes: MAX_BODY,
+        audio: gateway::AudioLimits::default(),
         settlements: TaskTracker::new(),
         hub: Some(hub.clone()),
         plane: None,

@@ -4,7 +4,9 @@
 
 use super::{args, Db, Exec};
 use crate::error::{Result, StoreError};
-use crate::model::{LedgerEntry, Reservation, Timestamp, UsageGroup, UsageRow, TOOL_CALL_SQL};
+use crate::model::{
+    LedgerEntry, Reservation, Timestamp, UsageGroup, UsageRow, AUDIO_SQL, TOOL_CALL_SQL,
+};
 use crate::rows::{self, Columns};
 
 pub(crate) async fn ledger_entries<D: Db>(db: &D, tenant_id: &str) -> Result<Vec<LedgerEntry>> {
@@ -45,7 +47,8 @@ pub(crate) async fn expired_reservations<D: Db>(
 }
 
 /// Settled usage of `tenant_id` in `[start, end)`, grouped. Tool calls count in `tool_calls`,
-/// not in `requests` or the prompt tokens.
+/// not in `requests` or the prompt tokens; transcriptions' audio seconds in `audio_seconds`,
+/// not in the prompt tokens.
 pub(crate) async fn usage<D: Db>(
     db: &D,
     tenant_id: &str,
@@ -60,21 +63,27 @@ pub(crate) async fn usage<D: Db>(
     };
     let sum = |expr: &str| format!("CAST(COALESCE(SUM({expr}), 0) AS BIGINT)");
     let call = TOOL_CALL_SQL;
+    let audio = AUDIO_SQL;
     let sql = format!(
         "SELECT {by} AS grp, {} AS requests, {} AS prompt_tokens, {} AS completion_tokens, \
-         {} AS cached_tokens, {} AS grant_tokens, {} AS amount, {} AS tool_calls \
-         FROM reservations WHERE tenant_id = $1 AND state <> 'open' \
+         {} AS cached_tokens, {} AS grant_tokens, {} AS amount, {} AS tool_calls, \
+         {} AS audio_seconds FROM reservations WHERE tenant_id = $1 AND state <> 'open' \
          AND settled_at >= $2 AND settled_at < $3 GROUP BY grp ORDER BY grp",
         sum(&format!("CASE WHEN {call} THEN 0 ELSE 1 END")),
         sum(&format!(
-            "CASE WHEN {call} THEN 0 ELSE billed_prompt_tokens END"
+            "CASE WHEN {call} OR {audio} THEN 0 ELSE billed_prompt_tokens END"
         )),
         sum("billed_completion_tokens"),
-        sum("billed_cached_tokens"),
+        sum(&format!(
+            "CASE WHEN {audio} THEN 0 ELSE billed_cached_tokens END"
+        )),
         sum("charged_grant_tokens"),
         sum("charged_amount"),
         sum(&format!(
             "CASE WHEN {call} AND state = 'settled' THEN 1 ELSE 0 END"
+        )),
+        sum(&format!(
+            "CASE WHEN {audio} THEN billed_prompt_tokens ELSE 0 END"
         )),
     );
     let all = db
@@ -92,6 +101,7 @@ pub(crate) async fn usage<D: Db>(
                 grant_tokens: row.int("grant_tokens")?,
                 amount: row.int("amount")?,
                 tool_calls: row.int("tool_calls")?,
+                audio_seconds: row.int("audio_seconds")?,
             })
         })
         .collect()

@@ -292,20 +292,7 @@ pub fn convert_whisper(
     o.layer_norm(&format!("{e}.layer_norm"), "encoder/layer_norm")?;
     for i in 0..encoder_layers {
         let (hf, c) = (format!("{e}.layers.{i}"), format!("encoder/layer_{i}"));
-        o.split(
-            &format!("{hf}.self_attn"),
-            &format!("{c}/self_attention/linear_0"),
-            &["q_proj", "k_proj", "v_proj"],
-        )?;
-        o.linear(
-            &format!("{hf}.self_attn.out_proj"),
-            &format!("{c}/self_attention/linear_1"),
-            true,
-        )?;
-        o.layer_norm(
-            &format!("{hf}.self_attn_layer_norm"),
-            &format!("{c}/self_attention/layer_norm"),
-        )?;
+        self_attention(&mut o, &hf, &c)?;
         ffn(&mut o, &hf, &c)?;
     }
     o.put(
@@ -319,20 +306,7 @@ pub fn convert_whisper(
     o.layer_norm(&format!("{d}.layer_norm"), "decoder/layer_norm")?;
     for i in 0..decoder_layers {
         let (hf, c) = (format!("{d}.layers.{i}"), format!("decoder/layer_{i}"));
-        o.split(
-            &format!("{hf}.self_attn"),
-            &format!("{c}/self_attention/linear_0"),
-            &["q_proj", "k_proj", "v_proj"],
-        )?;
-        o.linear(
-            &format!("{hf}.self_attn.out_proj"),
-            &format!("{c}/self_attention/linear_1"),
-            true,
-        )?;
-        o.layer_norm(
-            &format!("{hf}.self_attn_layer_norm"),
-            &format!("{c}/self_attention/layer_norm"),
-        )?;
+        self_attention(&mut o, &hf, &c)?;
         o.split(
             &format!("{hf}.encoder_attn"),
             &format!("{c}/attention/linear_0"),
@@ -414,6 +388,25 @@ pub fn convert_whisper(
         d_model,
         vocab_size,
     })
+}
+
+/// A layer's self-attention: the fused q/k/v split, the output projection and its layer norm
+/// (the same in encoder and decoder layers).
+fn self_attention(o: &mut Out<'_>, hf: &str, c: &str) -> Result<()> {
+    o.split(
+        &format!("{hf}.self_attn"),
+        &format!("{c}/self_attention/linear_0"),
+        &["q_proj", "k_proj", "v_proj"],
+    )?;
+    o.linear(
+        &format!("{hf}.self_attn.out_proj"),
+        &format!("{c}/self_attention/linear_1"),
+        true,
+    )?;
+    o.layer_norm(
+        &format!("{hf}.self_attn_layer_norm"),
+        &format!("{c}/self_attention/layer_norm"),
+    )
 }
 
 fn ffn(o: &mut Out<'_>, hf: &str, c: &str) -> Result<()> {

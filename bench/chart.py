@@ -96,6 +96,17 @@ def bars(results):
     s = load(os.path.join(results, "transcribe.json"))
     if s and s.get("ratio"):
         out.append(("speech", "transcription speed vs faster-whisper", s["ratio"], s.get("goal", 0.8)))
+    e = load(os.path.join(results, "embeddings.json"))
+    v = (e or {}).get("ratios", {}).get("embeddings_inputs_per_s_over_sentence_transformers")
+    if v:
+        out.append(("embeddings", "inputs/s vs sentence-transformers", v, 1.0))
+    c = load(os.path.join(results, "console.json"))
+    if c and c.get("ratios"):
+        r = c["ratios"]  # Flywheel/LiteLLM: smaller is better, so drawn inverted
+        if r.get("first_page_usable_vs_litellm"):
+            out.append(("console", "first page usable vs LiteLLM UI", 1 / r["first_page_usable_vs_litellm"], None))
+        if r.get("first_page_bytes_vs_litellm"):
+            out.append(("console", "first page bytes vs LiteLLM UI", 1 / r["first_page_bytes_vs_litellm"], None))
     return out
 
 

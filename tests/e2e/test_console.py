@@ -6,11 +6,13 @@ injection, throttled sign-ins). Every page is screenshotted and checked by axe-c
 
 import csv
 import io
+import json
 import os
 import re
 import subprocess
 import time
 
+import openai
 import pytest
 import requests
 
@@ -20,7 +22,9 @@ from console_browser import Browser, By, shots_dir
 PASSWORD = "correct horse battery"
 XSS_CARD = ("---\nlicense: mit\npipeline_tag: text-generation\n---\n# Evil card\n"
             "<script>window.__fw_xss = 'script'</script>\n"
-            "<img src=\"x\" onerror=\"window.__fw_xss = 'img'\">\n")
+            "<img src=\"x\" onerror=\"window.__fw_xss = 'img'\">\n\n"
+            "A **bold** claim, [a trap](javascript:window.__fw_xss='link') and "
+            "[docs](https://example.test/docs).\n")
 
 
 def _push(server, directory, repo, key=None, private=False):
@@ -117,6 +121,15 @@ def test_operator_creates_a_tenant_tops_it_up_and_deploys(fw, browser, state, ad
 
     _wait(ready, 240, "the deployment's replica to be ready")
     b.check_page("operator-deployments", state["checked"])
+    assert int(b.d.find_element(By.CSS_SELECTOR, "#capacity meter").get_attribute("value")) > 0, \
+        "the ready replica uses some of the node's memory"
+    # Its detail: the replica and the event timeline that brought it up.
+    b.go("/console/admin/deployments/hubsmol")
+    assert "ready" in b.text("#replicas tbody"), b.text("#replicas tbody")
+    kinds = [e.get_attribute("data-kind") for e in b.d.find_elements(By.CSS_SELECTOR, "#events tbody tr")]
+    assert "replica ready" in kinds, kinds
+    b.check_page("operator-deployment", state["checked"])
+    b.go("/console/admin/deployments")
     b.d.find_element(By.CSS_SELECTOR, "#scale-name option[value='hubsmol']").click()
     b.fill("#scale-min", "0")
     b.fill("#scale-max", "1")
@@ -206,7 +219,14 @@ def test_developer_makes_a_key_chats_and_reads_usage(fw, browser, state, figure)
     state["dev_key"] = secret
 
     b.go("/console/playground")
+    first_key = b.d.find_element(By.CSS_SELECTOR, "#playground").get_attribute("data-key")
+    b.go("/console/playground")
     interactive, loaded, size = b.load_figures()
+    # One playground key per session however often the page loads: nothing piles up.
+    assert b.d.find_element(By.CSS_SELECTOR, "#playground").get_attribute("data-key") == first_key
+    playground_keys = [k for k in fw.admin("GET", f"/tenants/{state['tenant']}/keys", expect=200)["data"]
+                       if k["name"].startswith("playground:")]
+    assert len(playground_keys) == 1, playground_keys
     figure(f"playground: interactive {interactive:.0f} ms, loaded {loaded:.0f} ms, {size / 1024:.1f} KiB transferred")
     b.check_page("playground", state["checked"])
     b.d.find_element(By.CSS_SELECTOR, "#pg-model option[value='smol']").click()
@@ -252,6 +272,24 @@ def test_developer_makes_a_key_chats_and_reads_usage(fw, browser, state, figure)
     assert "<script>window.__fw_xss" in b.text("#model-card"), "the card is shown as text"
     assert b.d.execute_script("return window.__fw_xss === undefined"), "nothing in the card ran"
     assert not b.has("#model-card img") and not b.has("#model-card script")
+    # The card is Markdown: rendered, with only safe links left.
+    assert b.text("#model-card h1") == "Evil card" and b.text("#model-card strong") == "bold"
+    hrefs = b.d.execute_script(
+        "return [...document.querySelectorAll('#model-card a')].map(a => a.getAttribute('href'))")
+    assert [h for h in hrefs if h] == ["https://example.test/docs"], hrefs
+    # The tenant's batches (made through the API) and MCP servers, read-only.
+    client = openai.OpenAI(base_url=fw.url + "/v1", api_key=secret, max_retries=0)
+    line = {"custom_id": "one", "method": "POST", "url": "/v1/chat/completions",
+            "body": {"model": "smol", "max_tokens": 4, "messages": [{"role": "user", "content": "Hi"}]}}
+    upload = client.files.create(file=("in.jsonl", (json.dumps(line) + "\n").encode()), purpose="batch")
+    batch = client.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions",
+                                  completion_window="24h")
+    b.go("/console/batches")
+    assert b.has(f"#batches tr[data-id='{batch.id}']"), b.text("#batches")
+    b.check_page("batches", state["checked"])
+    b.go("/console/mcp")
+    assert "No MCP server yet." in b.text("#mcp-servers")
+    b.check_page("mcp", state["checked"])
     b.check_page("model-card", state["checked"])
     cookie = dict(sess.cookies)
     b.sign_out()
@@ -368,6 +406,6 @@ def test_repeated_wrong_passwords_are_slowed_then_refused(fw):
 
 def test_every_page_was_checked(state):
     expected = {"operator-sign-in", "operator-tenants", "operator-prices", "operator-models",
-                "operator-deployments", "sign-in", "overview", "members", "accept-invite", "keys",
-                "keys-created", "playground", "usage", "usage-by-day", "models", "model-card"}
+                "operator-deployments", "operator-deployment", "sign-in", "overview", "members", "accept-invite", "keys",
+                "keys-created", "playground", "usage", "usage-by-day", "models", "model-card", "batches", "mcp"}
     assert expected <= set(state["checked"]), expected - set(state["checked"])

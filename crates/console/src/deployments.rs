@@ -1,4 +1,5 @@
-//! The operator's deployments: status, replicas, queue; one form to deploy a hub model
+//! The operator's deployments: status, replicas, queue, the node's capacity (each deployment's
+//! details and event timeline: `deployment_detail.rs`); one form to deploy a hub model
 //! (`hub:org/name`) and one to set a deployment's scale bounds (down to zero). The same
 //! `control::ControlPlane` calls as `/admin/v1/deployments`.
 
@@ -14,7 +15,7 @@ use crate::Console;
 
 const MAX_REPLICAS: i64 = 64;
 
-fn plane(console: &Console) -> PageResult<&ControlPlane> {
+pub(crate) fn plane(console: &Console) -> PageResult<&ControlPlane> {
     console.app.plane().ok_or_else(|| {
         PageError::new(
             StatusCode::NOT_FOUND,
@@ -23,7 +24,7 @@ fn plane(console: &Console) -> PageResult<&ControlPlane> {
     })
 }
 
-fn control_error(e: control::Error) -> PageError {
+pub(crate) fn control_error(e: control::Error) -> PageError {
     let status = match &e {
         control::Error::NotFound(_) => StatusCode::NOT_FOUND,
         control::Error::AlreadyExists(_) => StatusCode::CONFLICT,
@@ -36,7 +37,9 @@ fn control_error(e: control::Error) -> PageError {
 
 pub async fn page(State(console): State<Console>, signed: Signed) -> PageResult {
     signed.operator()?;
-    let deployments = plane(&console)?.list().await;
+    let plane = plane(&console)?;
+    let deployments = plane.list().await;
+    let node = plane.node();
     let repos = match console.app.hub() {
         Some(hub) => hub
             .search(&hub::Access::Admin, hub::SearchQuery::default())
@@ -55,7 +58,7 @@ pub async fn page(State(console): State<Console>, signed: Signed) -> PageResult 
                 tbody {
                     @for d in &deployments {
                         tr data-name=(d.spec.name) {
-                            td { (d.spec.name) }
+                            td { a href=(format!("/console/admin/deployments/{}", d.spec.name)) { (d.spec.name) } }
                             td { (d.spec.model) }
                             td.num { (d.replicas.len()) " (" (d.spec.min_replicas) "–" (d.spec.max_replicas) ")" }
                             td.states {
@@ -69,6 +72,7 @@ pub async fn page(State(console): State<Console>, signed: Signed) -> PageResult 
                 }
             }
         }
+        (crate::deployment_detail::capacity(&node))
         h2 { "Deploy a hub model" }
         form.card #create-deployment method="post" action="/console/admin/deployments" {
             (csrf(&signed.0))

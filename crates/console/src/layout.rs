@@ -31,6 +31,8 @@ fn nav_links(session: &Session) -> Vec<(&'static str, &'static str)> {
             }
             links.push(("/console/keys", "Keys"));
             links.push(("/console/usage", "Usage"));
+            links.push(("/console/mcp", "MCP"));
+            links.push(("/console/batches", "Batches"));
             if member.role.allows(Action::ManageMembers) {
                 links.push(("/console/members", "Members"));
             }

@@ -8,13 +8,17 @@
 //! services the API's handlers call (`tenancy`, `control`, `hub`): the console has no back door.
 //!
 //! Pages: `sign.rs` (sign-in for members and the operator, invites, sign-out), `tenant.rs`
-//! (overview, members), `keys.rs`, `playground.rs`, `usage.rs`, `models.rs` and, for the
-//! operator, `operator.rs` (tenants, prices) and `deployments.rs`.
+//! (overview, members), `keys.rs`, `playground.rs`, `usage.rs`, `models.rs`, `agents.rs` (MCP
+//! servers, batches) and, for the
+//! operator, `operator.rs` (tenants, prices), `deployments.rs` and `deployment_detail.rs`.
 
+mod agents;
 mod assets;
+mod deployment_detail;
 mod deployments;
 mod keys;
 mod layout;
+mod markdown;
 mod models;
 mod operator;
 mod playground;
@@ -83,6 +87,8 @@ pub fn router(app: &AppState, config: ConsoleConfig) -> Router<AppState> {
         .route("/console/usage", get(usage::page))
         .route("/console/usage.csv", get(usage::csv))
         .route("/console/models", get(models::page))
+        .route("/console/mcp", get(agents::mcp))
+        .route("/console/batches", get(agents::batches))
         .route(
             "/console/admin/tenants",
             get(operator::tenants).post(operator::create_tenant),
@@ -105,6 +111,10 @@ pub fn router(app: &AppState, config: ConsoleConfig) -> Router<AppState> {
             get(deployments::page).post(deployments::create),
         )
         .route("/console/admin/deployments/scale", post(deployments::scale))
+        .route(
+            "/console/admin/deployments/{name}",
+            get(deployment_detail::page),
+        )
         .layer(axum::middleware::from_fn(session::security_headers))
         .with_state(console)
 }

@@ -1,7 +1,7 @@
 //! Models: what this server serves (with prices and context length) and the hub's
 //! repositories the session may read, searchable; one repository's card, files and revisions.
 //! A card is written by whoever owns the repository (another tenant, for a public one): it is
-//! shown as text, escaped, never as HTML.
+//! rendered as Markdown and sanitized (`markdown.rs`), never trusted as HTML.
 
 use std::io::Read;
 
@@ -154,7 +154,7 @@ async fn repo_detail(hub: &hub::Hub, access: &Access, id: &str) -> PageResult<Ma
             p { (count(repo.downloads)) " downloads · " (if repo.private { "private" } else { "public" }) }
             h3 { "Model card" }
             @if let Some(text) = &card {
-                pre.card-text #model-card { (text) }
+                div.card-text #model-card { (crate::markdown::render(text)) }
             } @else {
                 p { "No README.md at main." }
             }

@@ -1,5 +1,7 @@
 //! Usage by model, day or key over the last N days (the same report as `/v1/usage`, from the
-//! same `tenancy::UsageReports`), with totals, a chart by day and a CSV export.
+//! same `tenancy::UsageReports`), with totals, a chart by day, bars of each model's or key's
+//! tokens and cost (`<meter>` elements: drawn by the browser, no script, no inline style) and a
+//! CSV export.
 
 use std::collections::HashMap;
 
@@ -123,6 +125,16 @@ pub async fn page(
     } else {
         None
     };
+    let bars = report.group != "day";
+    let tokens = |r: &UsageRow| r.prompt_tokens + r.completion_tokens;
+    let most_tokens = report.rows.iter().map(tokens).max().unwrap_or(0).max(1);
+    let most_amount = report
+        .rows
+        .iter()
+        .map(|r| r.amount)
+        .max()
+        .unwrap_or(0)
+        .max(1);
     let body = html! {
         form.filters method="get" action="/console/usage" {
             label for="group_by" { "Group by" }
@@ -144,6 +156,8 @@ pub async fn page(
                     th scope="col" { (report.group) } th scope="col" { "Requests" }
                     th scope="col" { "Prompt tokens" } th scope="col" { "Completion tokens" }
                     th scope="col" { "Free tokens" } th scope="col" { "Cost" }
+                    th scope="col" { "Tool calls" } th scope="col" { "Audio seconds" }
+                    @if bars { th scope="col" { "Tokens (bar)" } th scope="col" { "Cost (bar)" } }
                 } }
                 tbody {
                     @for row in &report.rows {
@@ -154,6 +168,14 @@ pub async fn page(
                             td.num { (count(row.completion_tokens)) }
                             td.num { (count(row.grant_tokens)) }
                             td.num { (money(row.amount)) }
+                            td.num { (count(row.tool_calls)) }
+                            td.num { (count(row.audio_seconds)) }
+                            @if bars {
+                                td { meter min="0" max=(most_tokens) value=(tokens(row))
+                                    aria-label=(format!("{}: {} tokens", label(row), count(tokens(row)))) {} }
+                                td { meter min="0" max=(most_amount) value=(row.amount)
+                                    aria-label=(format!("{}: {}", label(row), money(row.amount))) {} }
+                            }
                         }
                     }
                 }
@@ -169,6 +191,9 @@ pub async fn page(
                         td.num { (count(total.completion_tokens)) }
                         td.num { (count(total.grant_tokens)) }
                         td.num { (money(total.amount)) }
+                        td.num { (count(total.tool_calls)) }
+                        td.num { (count(total.audio_seconds)) }
+                        @if bars { td {} td {} }
                     }
                 }
             }
@@ -203,13 +228,13 @@ pub async fn csv(
 ) -> PageResult {
     let report = report(&console, &signed, &params).await?;
     let mut out = format!(
-        "{},key_name,requests,prompt_tokens,completion_tokens,cached_tokens,grant_tokens,cost_micro\n",
+        "{},key_name,requests,prompt_tokens,completion_tokens,cached_tokens,grant_tokens,cost_micro,tool_calls,audio_seconds\n",
         report.group
     );
     for row in &report.rows {
         let name = report.key_names.get(&row.group).map_or("", String::as_str);
         out.push_str(&format!(
-            "{},{},{},{},{},{},{},{}\n",
+            "{},{},{},{},{},{},{},{},{},{}\n",
             field(&row.group),
             field(if report.group == "key" { name } else { "" }),
             row.requests,
@@ -217,7 +242,9 @@ pub async fn csv(
             row.completion_tokens,
             row.cached_tokens,
             row.grant_tokens,
-            row.amount
+            row.amount,
+            row.tool_calls,
+            row.audio_seconds
         ));
     }
     let mut response: Response = out.into_response();

@@ -223,6 +223,7 @@ async fn open_tenancy(
         );
     }
     sweep_responses(tenancy.responses.clone(), config.responses_retention);
+    sweep_console_sessions(tenancy.members.clone());
     Ok(tenancy)
 }
 
@@ -279,6 +280,27 @@ fn sweep_responses(responses: tenancy::Responses, retention: Duration) {
                 Ok(0) => {}
                 Ok(deleted) => tracing::info!(deleted, "deleted stored responses past retention"),
                 Err(err) => tracing::warn!(error = %err, "could not sweep stored responses"),
+            }
+        }
+    });
+}
+
+/// Ends console sessions idle past their limit (revoking their playground keys) and forgets
+/// old failed sign-ins and ended sessions, now and every five minutes.
+fn sweep_console_sessions(members: tenancy::Members) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(300));
+        loop {
+            tick.tick().await;
+            match members.sweep().await {
+                Ok((0, 0, 0)) => {}
+                Ok((ended, failures, deleted)) => tracing::info!(
+                    ended,
+                    failures,
+                    deleted,
+                    "swept console sessions and failed sign-ins"
+                ),
+                Err(err) => tracing::warn!(error = %err, "could not sweep console sessions"),
             }
         }
     });

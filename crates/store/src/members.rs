@@ -67,4 +67,14 @@ pub trait MemberStore: Send + Sync + 'static {
     /// Failures of `subject` at or after `since`.
     async fn sign_in_failures(&self, subject: &str, since: Timestamp) -> Result<i64>;
     async fn clear_sign_in_failures(&self, subject: &str) -> Result<()>;
+
+    /// Open sessions last seen before `before` (candidates for ending when idle too long).
+    async fn sessions_seen_before(&self, before: Timestamp) -> Result<Vec<SessionRecord>>;
+    /// Deletes failed sign-ins before `before` and sessions ended before `ended_before`;
+    /// returns how many rows of each went.
+    async fn sweep_sign_ins(
+        &self,
+        before: Timestamp,
+        ended_before: Timestamp,
+    ) -> Result<(u64, u64)>;
 }

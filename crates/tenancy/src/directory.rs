@@ -171,6 +171,16 @@ impl Directory {
 
     /// Creates a key for the tenant and returns its secret, once.
     pub async fn create_key(&self, tenant_id: &str, spec: &KeySpec) -> Result<CreatedKey> {
+        self.create_key_with(tenant_id, spec, keys::mint()).await
+    }
+
+    /// [`Self::create_key`] with a given secret (a derived one: the console's playground key).
+    pub(crate) async fn create_key_with(
+        &self,
+        tenant_id: &str,
+        spec: &KeySpec,
+        secret: keys::Secret,
+    ) -> Result<CreatedKey> {
         validate_name("name", &spec.name)?;
         validate_limit("rpm", spec.rpm)?;
         validate_limit("tpm", spec.tpm)?;
@@ -196,7 +206,6 @@ impl Directory {
             }
         }
         self.active_tenant(tenant_id).await?;
-        let secret = keys::mint();
         let key = ApiKey {
             id: new_id("key"),
             tenant_id: tenant_id.to_owned(),

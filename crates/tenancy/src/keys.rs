@@ -37,6 +37,39 @@ pub(crate) fn mint() -> Secret {
     }
 }
 
+/// A secret derived from another secret (`seed`, itself at least as random as a minted one)
+/// under `label`: the same seed and label always give the same secret, and the secret reveals
+/// nothing of the seed. The console's playground key is derived from the session's cookie
+/// secret, so every page load of one session shows the same key without its secret being
+/// stored anywhere.
+pub(crate) fn derive(seed: &str, label: &str) -> Secret {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut random = String::with_capacity(SECRET_RANDOM_LEN);
+    let mut block = 0u32;
+    while random.len() < SECRET_RANDOM_LEN {
+        let digest = Sha256::new()
+            .chain_update(b"flywheel derived key\0")
+            .chain_update(label.as_bytes())
+            .chain_update([0])
+            .chain_update(block.to_be_bytes())
+            .chain_update(seed.as_bytes())
+            .finalize();
+        // Rejection sampling keeps every character uniform over the alphabet (248 = 4 × 62).
+        for byte in digest.iter().filter(|b| **b < 248) {
+            if random.len() < SECRET_RANDOM_LEN {
+                random.push(char::from(ALPHABET[usize::from(*byte % 62)]));
+            }
+        }
+        block += 1;
+    }
+    let text = format!("{SECRET_PREFIX}{random}");
+    Secret {
+        prefix: text[..PREFIX_LEN].to_owned(),
+        hash: hash_hex(&text),
+        text,
+    }
+}
+
 pub(crate) fn hash_hex(secret: &str) -> String {
     Sha256::digest(secret.as_bytes())
         .iter()
@@ -160,6 +193,20 @@ mod tests {
         assert_eq!(a.hash, hash_hex(&a.text));
         assert_eq!(a.hash.len(), 64);
         assert!(!a.hash.contains(&a.text[PREFIX_LEN..]));
+    }
+
+    #[test]
+    fn derived_secrets_are_stable_well_formed_and_separated() {
+        let a = derive("seed-one", "playground");
+        assert_eq!(a.text, derive("seed-one", "playground").text);
+        assert_ne!(a.text, derive("seed-two", "playground").text);
+        assert_ne!(a.text, derive("seed-one", "other").text);
+        assert_eq!(a.text.len(), SECRET_PREFIX.len() + SECRET_RANDOM_LEN);
+        assert!(a.text[SECRET_PREFIX.len()..]
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric()));
+        assert_eq!(presented_prefix(&a.text), Some(a.prefix.as_str()));
+        assert!(hashes_match(&a.hash, &hash_hex(&a.text)));
     }
 
     #[test]

@@ -28,6 +28,8 @@ pub const FAILURE_WINDOW: TimeDelta = TimeDelta::minutes(15);
 pub const SLOW_AFTER: i64 = 3;
 pub const REFUSE_AFTER: i64 = 10;
 const ADDRESS_FACTOR: i64 = 4;
+/// Sessions ended longer ago than this are deleted by [`Members::sweep`].
+pub const ENDED_SESSIONS_KEPT: TimeDelta = TimeDelta::days(7);
 /// A last-seen time older than this is written on the next request (not on every one).
 const TOUCH_RESOLUTION: TimeDelta = TimeDelta::seconds(30);
 /// Argon2id of a random password, verified when the email is unknown so that an unknown
@@ -56,7 +58,23 @@ pub struct Session {
     pub subject: Subject,
     pub expires_at: Timestamp,
     pub playground_key_id: Option<String>,
+    /// The cookie's secret, held only while the session is resolved, to derive its
+    /// playground key (never stored, never printed).
+    secret: CookieSecret,
 }
+
+/// A session cookie's secret in memory; `Debug` does not show it.
+#[derive(Clone, PartialEq, Eq)]
+struct CookieSecret(String);
+
+impl std::fmt::Debug for CookieSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CookieSecret(…)")
+    }
+}
+
+/// What the playground's key is derived under.
+const PLAYGROUND_LABEL: &str = "console playground";
 
 impl Session {
     /// The member's tenant; `None` for the operator.
@@ -225,14 +243,15 @@ impl Members {
         };
         self.store.create_session(&record).await?;
         Ok(StartedSession {
-            secret,
             session: Session {
                 id: record.id,
                 csrf_token: record.csrf_token,
                 subject,
                 expires_at: record.expires_at,
                 playground_key_id: None,
+                secret: CookieSecret(secret.clone()),
             },
+            secret,
         })
     }
 
@@ -275,6 +294,7 @@ impl Members {
             subject,
             expires_at: record.expires_at,
             playground_key_id: record.playground_key_id,
+            secret: CookieSecret(secret.to_owned()),
         }))
     }
 
@@ -285,24 +305,66 @@ impl Members {
         Ok(self.store.end_session(&record.id, self.clock.now()).await?)
     }
 
-    /// Signs out: the session ends and its playground key is revoked.
-    pub async fn end_session(&self, session: &Session) -> Result<()> {
-        if let Some(key) = &session.playground_key_id {
-            self.directory.revoke_key(key).await?;
+    /// Housekeeping, run periodically: ends the sessions idle past their limit or past their
+    /// expiry that no request came back to end (revoking their playground keys), and deletes
+    /// failed sign-ins older than the counting window and sessions ended more than
+    /// [`ENDED_SESSIONS_KEPT`] ago. Returns (sessions ended, failures deleted, sessions deleted).
+    pub async fn sweep(&self) -> Result<(u64, u64, u64)> {
+        let now = self.clock.now();
+        let shortest_idle = OPERATOR_IDLE.min(MEMBER_IDLE);
+        let mut ended = 0;
+        for record in self.store.sessions_seen_before(now - shortest_idle).await? {
+            let idle = TimeDelta::seconds(record.idle_seconds);
+            if now - record.last_seen_at >= idle || now >= record.expires_at {
+                self.end_record(&record).await?;
+                ended += 1;
+            }
         }
-        Ok(self
+        let (failures, deleted) = self
             .store
-            .end_session(&session.id, self.clock.now())
-            .await?)
+            .sweep_sign_ins(now - FAILURE_WINDOW, now - ENDED_SESSIONS_KEPT)
+            .await?;
+        Ok((ended, failures, deleted))
     }
 
-    /// A fresh API key for the member's playground, with only the `inference` scope, expiring
-    /// with the session; the session's previous one is revoked. The playground calls the
-    /// public API with it, so its requests are admitted and billed like any other key's.
+    /// Signs out: the session ends and its playground key is revoked (the one the database
+    /// holds now: a key minted after `session` was resolved goes too).
+    pub async fn end_session(&self, session: &Session) -> Result<()> {
+        match self.store.session(&session.id).await? {
+            Some(record) => self.end_record(&record).await,
+            None => Ok(()),
+        }
+    }
+
+    /// The API key of the member's playground in this session, with only the `inference`
+    /// scope, expiring with the session. The playground calls the public API with it, so its
+    /// requests are admitted and billed like any other key's. Its secret is derived from the
+    /// session's cookie secret, so one session has one playground key however often the page
+    /// loads: it is minted on the first call and shown again after (a session's earlier key
+    /// that is not the derived one, or no longer works, is revoked and replaced).
     pub async fn playground_key(&self, session: &Session) -> Result<CreatedKey> {
         let (member, tenant) = session.member_for(Action::Infer)?;
+        let derived = keys::derive(&session.secret.0, PLAYGROUND_LABEL);
         if let Some(old) = &session.playground_key_id {
-            self.directory.revoke_key(old).await?;
+            let now = self.clock.now();
+            match self.directory.key_of(&tenant.id, old).await {
+                Ok(key)
+                    if keys::hashes_match(&key.hash, &derived.hash)
+                        && key.revoked_at.is_none()
+                        && key.expires_at.is_none_or(|t| t > now) =>
+                {
+                    return Ok(CreatedKey {
+                        key,
+                        secret: derived.text,
+                    });
+                }
+                Ok(key) if key.revoked_at.is_some() => {}
+                Ok(_) => {
+                    self.directory.revoke_key(old).await?;
+                }
+                Err(Error::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
         }
         let spec = KeySpec {
             name: format!("playground: {}", member.email),
@@ -310,7 +372,10 @@ impl Members {
             expires_at: Some(session.expires_at),
             ..KeySpec::default()
         };
-        let created = self.directory.create_key(&tenant.id, &spec).await?;
+        let created = self
+            .directory
+            .create_key_with(&tenant.id, &spec, derived)
+            .await?;
         self.store
             .set_playground_key(&session.id, &created.key.id)
             .await?;

@@ -224,4 +224,35 @@ impl<D: Db> MemberStore for D {
             .await?;
         Ok(())
     }
+
+    async fn sessions_seen_before(&self, before: Timestamp) -> Result<Vec<SessionRecord>> {
+        let sql = format!(
+            "SELECT {SESSION} FROM console_sessions \
+             WHERE ended_at IS NULL AND last_seen_at < $1 ORDER BY last_seen_at LIMIT 1000"
+        );
+        let rows = self.reader().fetch_all(&sql, &args![before]).await?;
+        rows.iter().map(session).collect()
+    }
+
+    async fn sweep_sign_ins(
+        &self,
+        before: Timestamp,
+        ended_before: Timestamp,
+    ) -> Result<(u64, u64)> {
+        let mut tx = self.write().await?;
+        let failures = tx
+            .execute(
+                "DELETE FROM console_sign_in_failures WHERE failed_at < $1",
+                &args![before],
+            )
+            .await?;
+        let sessions = tx
+            .execute(
+                "DELETE FROM console_sessions WHERE ended_at IS NOT NULL AND ended_at < $1",
+                &args![ended_before],
+            )
+            .await?;
+        tx.commit().await?;
+        Ok((failures, sessions))
+    }
 }

@@ -16,6 +16,7 @@ store::on_both!(Fixture;
     sessions_expire_when_idle_and_at_their_lifetime,
     removing_a_member_ends_its_sessions_and_playground_key,
     failed_sign_ins_are_slowed_then_refused,
+    the_sweep_ends_idle_sessions_and_forgets_old_rows,
     bad_input_is_refused_with_the_field_named,
 );
 
@@ -229,6 +230,45 @@ async fn removing_a_member_ends_its_sessions_and_playground_key(fx: Fixture) {
         .verify(&key.secret)
         .await
         .expect("the playground key works");
+    // One session, one playground key, however often the page loads: the same secret comes
+    // back from the session resolved again from its cookie, and no key is minted or revoked.
+    let again = m
+        .session(&started.secret)
+        .await
+        .expect("read")
+        .expect("live");
+    let second = m.playground_key(&again).await.expect("key again");
+    assert_eq!((&second.key.id, &second.secret), (&key.key.id, &key.secret));
+    let keys = fx.tenancy.directory.keys(&acme.id).await.expect("keys");
+    assert_eq!(
+        keys.len(),
+        1,
+        "one playground key for the session: {keys:?}"
+    );
+    assert!(keys[0].revoked_at.is_none());
+    // Another session of the same member gets its own key.
+    let other_session = m
+        .sign_in("dev@acme.test", PASSWORD, "127.0.0.1")
+        .await
+        .expect("signed in again");
+    let other_key = m
+        .playground_key(&other_session.session)
+        .await
+        .expect("other key");
+    assert_ne!(other_key.secret, key.secret);
+    m.end_session(&other_session.session)
+        .await
+        .expect("signed out");
+    assert_eq!(
+        fx.tenancy.directory.verify(&other_key.secret).await.err(),
+        Some(Error::InvalidApiKey),
+        "signing out revokes that session's key"
+    );
+    fx.tenancy
+        .directory
+        .verify(&key.secret)
+        .await
+        .expect("the first session's key still works");
 
     let removed = m.remove(&dev.member.id).await.expect("removed");
     assert_eq!(removed.id, dev.member.id);
@@ -363,4 +403,51 @@ async fn bad_input_is_refused_with_the_field_named(fx: Fixture) {
             .await,
         Err(Error::NotFound { .. })
     ));
+}
+
+async fn the_sweep_ends_idle_sessions_and_forgets_old_rows(fx: Fixture) {
+    let m = members(&fx);
+    let acme = fx.tenant("acme", 1_000).await;
+    m.add(
+        &acme.id,
+        &new("dev@acme.test", Some(PASSWORD), Role::Developer),
+    )
+    .await
+    .expect("dev");
+    let idle = m
+        .sign_in("dev@acme.test", PASSWORD, "127.0.0.1")
+        .await
+        .expect("idle one");
+    let key = m.playground_key(&idle.session).await.expect("key");
+    assert_eq!(
+        m.sign_in("ghost@acme.test", "wrong", "127.0.0.9")
+            .await
+            .err(),
+        Some(SignInError::WrongCredentials)
+    );
+    assert_eq!(
+        m.sweep().await.expect("sweep"),
+        (0, 0, 0),
+        "nothing is due yet"
+    );
+
+    // Two hours and a minute later nobody came back: the sweep ends the idle session (its
+    // playground key stops working at once) and forgets the failures (account and address).
+    fx.clock.advance(TimeDelta::minutes(121));
+    let active = m
+        .sign_in("dev@acme.test", PASSWORD, "127.0.0.1")
+        .await
+        .expect("active one");
+    assert_eq!(m.sweep().await.expect("sweep"), (1, 2, 0));
+    assert_eq!(
+        fx.tenancy.directory.verify(&key.secret).await.err(),
+        Some(Error::InvalidApiKey)
+    );
+    assert!(m.session(&active.secret).await.expect("read").is_some());
+
+    // Ended sessions are deleted a week later.
+    m.end_session(&active.session).await.expect("signed out");
+    fx.clock.advance(TimeDelta::days(8));
+    assert_eq!(m.sweep().await.expect("sweep"), (0, 0, 2));
+    assert_eq!(m.sweep().await.expect("sweep"), (0, 0, 0));
 }

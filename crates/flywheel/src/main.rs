@@ -10,6 +10,7 @@ mod files_config;
 mod http;
 mod hub_config;
 mod pull;
+mod routing;
 mod push;
 mod rotate;
 mod serve;

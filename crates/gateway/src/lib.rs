@@ -105,12 +105,25 @@ struct Inner {
     files: Option<files::Files>,
     batches: Option<batch::Batches>,
     audio: AudioLimits,
+    routing: Option<RoutingSetup>,
 }
 
 impl AppState {
     fn new(state: GatewayState) -> Self {
         let catalog = Catalog::new(state.models, state.plane);
-        let serving = Serving::new(catalog, state.tenancy.clone(), state.settlements);
+        let mut serving = Serving::new(catalog, state.tenancy.clone(), state.settlements);
+        if let Some(setup) = &state.routing {
+            for group in &setup.groups {
+                let name = &group.spec().name;
+                match serving.catalog().name_taken(name, name) {
+                    Some(why) => tracing::error!(group = %name, "{why}; the stored group is not served"),
+                    None => serving.catalog().set_group(Arc::clone(group)),
+                }
+            }
+            if let Some(logs) = &setup.logs {
+                serving = serving.with_logs(logs.clone());
+            }
+        }
         let batches = match (state.batch, &state.files) {
             (Some(setup), Some(files)) => Some(batch::Batches::new(
                 setup.store,
@@ -129,6 +142,7 @@ impl AppState {
             mcp: state.mcp,
             files: state.files,
             audio: state.audio,
+            routing: state.routing,
             metrics: state.metrics,
             metrics_open: state.metrics_open,
         }))
@@ -194,7 +208,15 @@ impl AppState {
     }
 
     pub fn render_metrics(&self) -> String {
+        if let Some(logs) = self.0.serving.logs() {
+            ::metrics::counter!(crate::metrics::REQUEST_LOGS_DROPPED).absolute(logs.dropped());
+            ::metrics::counter!(crate::metrics::REQUEST_LOGS_WRITTEN).absolute(logs.written());
+        }
         self.0.metrics.render()
+    }
+
+    pub fn routing(&self) -> Option<&RoutingSetup> {
+        self.0.routing.as_ref()
     }
 }
 
@@ -347,6 +369,15 @@ pub fn router_with(
                 .delete(routes::deployments::delete),
         )
         .route("/admin/v1/node", get(routes::deployments::node))
+        .route("/admin/v1/models", get(routes::groups::list))
+        .route(
+            "/admin/v1/models/{*name}",
+            put(routes::groups::put)
+                .get(routes::groups::get)
+                .delete(routes::groups::delete),
+        )
+        .route("/v1/logs", get(routes::logs::tenant))
+        .route("/admin/v1/logs", get(routes::logs::operator))
         .route(
             "/admin/v1/tenants/{id}/members",
             post(routes::members::create).get(routes::members::list),

@@ -273,7 +273,7 @@ def test_a_stream_cut_after_its_first_byte_is_not_retried(gw, ups):
     _put_group(gw, "pool-die", _two_members(ups))
     a.reset("die"), b.reset("die")
     _, key = _tenant(gw, "routing-die")
-    stream = gw.client(api_key=key, max_retries=0).chat.completions.create(
+    stream = gw.client(api_key=key).chat.completions.create(
         model="pool-die", messages=PROMPT, stream=True)
     got, ids = [], set()
     with pytest.raises(openai.APIError):

@@ -10,9 +10,9 @@ mod files_config;
 mod http;
 mod hub_config;
 mod pull;
-mod routing;
 mod push;
 mod rotate;
+mod routing;
 mod serve;
 
 use clap::{Parser, Subcommand};

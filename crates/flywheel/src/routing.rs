@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
-use store::RoutingStore;
 
 use crate::config::ServeConfig;
 

@@ -65,7 +65,21 @@ pub struct GatewayState {
     pub batch: Option<BatchSetup>,
     /// Limits of `/v1/audio/transcriptions`.
     pub audio: AudioLimits,
+    /// Model groups and the request log (`None`: neither).
+    pub routing: Option<RoutingSetup>,
 }
+
+/// Model groups (stored, keys sealed with `sealer`) and the request log.
+pub struct RoutingSetup {
+    pub store: Arc<dyn tenancy::Store>,
+    pub sealer: mcp::Sealer,
+    /// The groups to serve from the start ([`load_groups`]).
+    pub groups: Vec<Arc<routing::Group>>,
+    /// Where tenant requests are logged (`None`: not logged).
+    pub logs: Option<serving::RequestLogs>,
+}
+
+pub use routes::groups::{load_groups, reseal_groups};
 
 /// What the Batch API needs besides the serving layer and the Files API.
 pub struct BatchSetup {
@@ -116,7 +130,9 @@ impl AppState {
             for group in &setup.groups {
                 let name = &group.spec().name;
                 match serving.catalog().name_taken(name, name) {
-                    Some(why) => tracing::error!(group = %name, "{why}; the stored group is not served"),
+                    Some(why) => {
+                        tracing::error!(group = %name, "{why}; the stored group is not served")
+                    }
                     None => serving.catalog().set_group(Arc::clone(group)),
                 }
             }

@@ -148,7 +148,10 @@ mod tests {
         let (p, t0) = (policy(), Instant::now());
         let mut b = Breaker::default();
         b.failure(t0, Some(Duration::from_secs(7)), &p);
-        assert_eq!(b.health(t0 + Duration::from_secs(6)), Health::Resting(t0 + Duration::from_secs(7)));
+        assert_eq!(
+            b.health(t0 + Duration::from_secs(6)),
+            Health::Resting(t0 + Duration::from_secs(7))
+        );
         let mut b = Breaker::default();
         b.failure(t0, Some(Duration::from_secs(3600)), &p);
         assert_eq!(b.health(t0), Health::Resting(t0 + Duration::from_secs(30)));

@@ -57,9 +57,11 @@ impl Group {
         let mut upstreams = Vec::with_capacity(spec.members.len());
         for (i, m) in spec.members.iter().enumerate() {
             upstreams.push(match m.target {
-                Target::Upstream { .. } => Some(Arc::new(upstream_config(&spec.name, m).map_err(
-                    |e| crate::SpecError::new(format!("members[{i}].upstream.base_url"), e),
-                )?)),
+                Target::Upstream { .. } => {
+                    Some(Arc::new(upstream_config(&spec.name, m).map_err(|e| {
+                        crate::SpecError::new(format!("members[{i}].upstream.base_url"), e)
+                    })?))
+                }
                 Target::Deployment(_) => None,
             });
         }
@@ -198,7 +200,9 @@ impl Backend for Route {
                 }
             }
         }
-        Err(last.unwrap_or_else(|| BackendError::Unavailable("no member of this group is served here".into())))
+        Err(last.unwrap_or_else(|| {
+            BackendError::Unavailable("no member of this group is served here".into())
+        }))
     }
 }
 
@@ -260,6 +264,14 @@ struct Attempt {
     lease: Option<Lease>,
 }
 
+/// Before an attempt that follows `tries` failed ones: a short backoff.
+async fn pause(tries: usize) {
+    if tries > 0 {
+        let next = u32::try_from(tries + 1).unwrap_or(u32::MAX);
+        tokio::time::sleep(retry::backoff(next)).await;
+    }
+}
+
 /// The state of one request through its route.
 struct Attempts {
     route: Route,
@@ -305,12 +317,6 @@ impl Attempts {
     /// none is left.
     async fn start(&mut self) -> backend::Result<()> {
         loop {
-            let tries = self.attempts + self.next_fallback;
-            if tries > 0 {
-                self.report().retries = u32::try_from(tries).unwrap_or(u32::MAX);
-                tokio::time::sleep(retry::backoff(u32::try_from(tries + 1).unwrap_or(u32::MAX)))
-                    .await;
-            }
             let group = Arc::clone(&self.route.group);
             let max = MAX_ATTEMPTS.min(group.spec.members.len());
             let chosen = if self.fallback_only || self.attempts >= max {
@@ -319,11 +325,15 @@ impl Attempts {
                 let eligible: Vec<bool> = (0..self.tried.len())
                     .map(|i| !self.tried[i] && self.route.member(i).is_some())
                     .collect();
-                pick::pick(group.spec.strategy, &mut group.states(), &eligible, Instant::now())
+                pick::pick(
+                    group.spec.strategy,
+                    &mut group.states(),
+                    &eligible,
+                    Instant::now(),
+                )
             };
             if let Some(i) = chosen {
                 self.tried[i] = true;
-                self.attempts += 1;
                 let Some(backend) = self.route.member(i) else {
                     continue;
                 };
@@ -331,6 +341,8 @@ impl Attempts {
                 if let Target::Deployment(name) = &group.spec.members[i].target {
                     request.model = name.clone();
                 }
+                pause(self.attempts + self.next_fallback).await;
+                self.attempts += 1;
                 let mut lease = Lease::start(&group, i);
                 match backend.generate(request).await {
                     Ok(stream) => {
@@ -350,6 +362,7 @@ impl Attempts {
             else {
                 return Err(self.exhausted());
             };
+            pause(self.attempts + self.next_fallback).await;
             self.next_fallback += 1;
             match backend.generate(self.request.clone()).await {
                 Ok(stream) => {
@@ -368,6 +381,8 @@ impl Attempts {
 
     /// Records a failure before the first byte; `Err`: the answer to give.
     fn failed(&mut self, lease: Option<&mut Lease>, err: BackendError) -> backend::Result<()> {
+        let failed = self.attempts + self.next_fallback;
+        self.report().retries = u32::try_from(failed).unwrap_or(u32::MAX);
         let decision = retry::decide(&err);
         if let Some(lease) = lease {
             match decision {
@@ -399,8 +414,9 @@ impl Attempts {
         }
         let group = &self.route.group;
         let now = Instant::now();
-        let wait = pick::next_available(&mut group.states(), now)
-            .map_or(1, |at| at.duration_since(now).as_secs_f64().ceil().max(1.0) as u64);
+        let wait = pick::next_available(&mut group.states(), now).map_or(1, |at| {
+            at.duration_since(now).as_secs_f64().ceil().max(1.0) as u64
+        });
         BackendError::Upstream(UpstreamError {
             status: 503,
             message: format!(
@@ -443,7 +459,9 @@ impl Attempts {
                         self.report.lock().unwrap_or_else(|e| e.into_inner()).member =
                             Some(attempt.label.clone());
                     }
-                    if let (Event::Finished { usage, .. }, Some(lease)) = (&event, &mut attempt.lease) {
+                    if let (Event::Finished { usage, .. }, Some(lease)) =
+                        (&event, &mut attempt.lease)
+                    {
                         lease.tokens =
                             u64::from(usage.prompt_tokens) + u64::from(usage.completion_tokens);
                     }

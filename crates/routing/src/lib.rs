@@ -123,13 +123,19 @@ impl GroupSpec {
         if !valid_name(&self.name) {
             return Err(SpecError::new(
                 "name",
-                format!("'{}' is not a valid model name: use 1-128 letters, digits and -_.:/@", self.name),
+                format!(
+                    "'{}' is not a valid model name: use 1-128 letters, digits and -_.:/@",
+                    self.name
+                ),
             ));
         }
         if self.members.is_empty() || self.members.len() > MAX_MEMBERS {
             return Err(SpecError::new(
                 "members",
-                format!("a group has 1 to {MAX_MEMBERS} members; this one has {}", self.members.len()),
+                format!(
+                    "a group has 1 to {MAX_MEMBERS} members; this one has {}",
+                    self.members.len()
+                ),
             ));
         }
         for (i, m) in self.members.iter().enumerate() {
@@ -178,13 +184,22 @@ impl GroupSpec {
             }
             for (i, n) in names.iter().enumerate() {
                 if !valid_name(n) {
-                    return Err(SpecError::new(format!("{field}[{i}]"), format!("'{n}' is not a valid model name")));
+                    return Err(SpecError::new(
+                        format!("{field}[{i}]"),
+                        format!("'{n}' is not a valid model name"),
+                    ));
                 }
                 if n == &self.name {
-                    return Err(SpecError::new(format!("{field}[{i}]"), "a group cannot name itself here"));
+                    return Err(SpecError::new(
+                        format!("{field}[{i}]"),
+                        "a group cannot name itself here",
+                    ));
                 }
                 if names[..i].contains(n) {
-                    return Err(SpecError::new(format!("{field}[{i}]"), format!("'{n}' is listed twice")));
+                    return Err(SpecError::new(
+                        format!("{field}[{i}]"),
+                        format!("'{n}' is listed twice"),
+                    ));
                 }
             }
         }

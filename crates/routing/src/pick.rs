@@ -86,7 +86,8 @@ impl MemberState {
         }
         let requests = self.window.len();
         let tokens: u64 = self.window.iter().map(|&(_, t)| t).sum();
-        self.rpm.is_none_or(|rpm| requests < rpm as usize) && self.tpm.is_none_or(|tpm| tokens < tpm)
+        self.rpm.is_none_or(|rpm| requests < rpm as usize)
+            && self.tpm.is_none_or(|tpm| tokens < tpm)
     }
 
     /// Why it cannot take a request now, if it cannot: when it may again.
@@ -130,7 +131,9 @@ impl MemberState {
 
     /// Mean latency over the window; `None` before its first answer.
     pub fn mean_latency(&self) -> Option<Duration> {
-        let n = u32::try_from(self.latencies.len()).ok().filter(|&n| n > 0)?;
+        let n = u32::try_from(self.latencies.len())
+            .ok()
+            .filter(|&n| n > 0)?;
         Some(self.latencies.iter().sum::<Duration>() / n)
     }
 }
@@ -157,7 +160,10 @@ pub fn pick(
             if let Some(&fresh) = ready.iter().find(|&&i| members[i].mean_latency().is_none()) {
                 return Some(fresh);
             }
-            let best = ready.iter().filter_map(|&i| members[i].mean_latency()).min()?;
+            let best = ready
+                .iter()
+                .filter_map(|&i| members[i].mean_latency())
+                .min()?;
             ready.retain(|&i| members[i].mean_latency() == Some(best));
         }
     }
@@ -190,7 +196,10 @@ mod tests {
     use crate::breaker::Policy;
 
     fn group(weights: &[u32]) -> Vec<MemberState> {
-        weights.iter().map(|&w| MemberState::new(w, None, None)).collect()
+        weights
+            .iter()
+            .map(|&w| MemberState::new(w, None, None))
+            .collect()
     }
 
     #[test]
@@ -216,11 +225,25 @@ mod tests {
         let now = Instant::now();
         members[1].breaker.failure(now, None, &Policy::default());
         for _ in 0..5 {
-            assert_eq!(pick(Strategy::Weighted, &mut members, &[false, true, true], now), Some(2));
+            assert_eq!(
+                pick(Strategy::Weighted, &mut members, &[false, true, true], now),
+                Some(2)
+            );
         }
-        assert_eq!(pick(Strategy::Weighted, &mut members, &[false, true, false], now), None);
+        assert_eq!(
+            pick(Strategy::Weighted, &mut members, &[false, true, false], now),
+            None
+        );
         let later = now + Policy::default().cool_down;
-        assert_eq!(pick(Strategy::Weighted, &mut members, &[false, true, false], later), Some(1));
+        assert_eq!(
+            pick(
+                Strategy::Weighted,
+                &mut members,
+                &[false, true, false],
+                later
+            ),
+            Some(1)
+        );
         assert_eq!(next_available(&mut members, now), Some(later));
     }
 
@@ -231,13 +254,22 @@ mod tests {
         members[0].start(now);
         members[0].start(now);
         members[2].start(now);
-        assert_eq!(pick(Strategy::LeastBusy, &mut members, &[true; 3], now), Some(1));
+        assert_eq!(
+            pick(Strategy::LeastBusy, &mut members, &[true; 3], now),
+            Some(1)
+        );
         members[1].start(now);
         members[1].start(now);
-        assert_eq!(pick(Strategy::LeastBusy, &mut members, &[true; 3], now), Some(2));
+        assert_eq!(
+            pick(Strategy::LeastBusy, &mut members, &[true; 3], now),
+            Some(2)
+        );
         members[0].end(0);
         members[0].end(0);
-        assert_eq!(pick(Strategy::LeastBusy, &mut members, &[true; 3], now), Some(0));
+        assert_eq!(
+            pick(Strategy::LeastBusy, &mut members, &[true; 3], now),
+            Some(0)
+        );
     }
 
     #[test]
@@ -245,15 +277,24 @@ mod tests {
         let mut members = group(&[1, 1]);
         let now = Instant::now();
         members[0].record_latency(Duration::from_millis(50));
-        assert_eq!(pick(Strategy::Latency, &mut members, &[true, true], now), Some(1));
+        assert_eq!(
+            pick(Strategy::Latency, &mut members, &[true, true], now),
+            Some(1)
+        );
         members[1].record_latency(Duration::from_millis(20));
-        assert_eq!(pick(Strategy::Latency, &mut members, &[true, true], now), Some(1));
+        assert_eq!(
+            pick(Strategy::Latency, &mut members, &[true, true], now),
+            Some(1)
+        );
         // A moving window: old answers leave it.
         for _ in 0..LATENCY_WINDOW {
             members[1].record_latency(Duration::from_millis(90));
         }
         assert_eq!(members[1].mean_latency(), Some(Duration::from_millis(90)));
-        assert_eq!(pick(Strategy::Latency, &mut members, &[true, true], now), Some(0));
+        assert_eq!(
+            pick(Strategy::Latency, &mut members, &[true, true], now),
+            Some(0)
+        );
     }
 
     #[test]

@@ -21,9 +21,9 @@ pub enum Decision {
 pub fn decide(error: &BackendError) -> Decision {
     let seconds = |s: u64| Some(Duration::from_secs(s));
     match error {
-        BackendError::Unreachable(_) | BackendError::Unavailable(_) | BackendError::ShuttingDown => {
-            Decision::Retry { retry_after: None }
-        }
+        BackendError::Unreachable(_)
+        | BackendError::Unavailable(_)
+        | BackendError::ShuttingDown => Decision::Retry { retry_after: None },
         BackendError::Overloaded { retry_after, .. }
         | BackendError::QueueTimeout { retry_after, .. }
         | BackendError::QueueShareExceeded { retry_after, .. } => Decision::Retry {
@@ -72,22 +72,38 @@ mod tests {
     fn member_faults_are_retried_request_faults_are_not() {
         assert_eq!(
             decide(&upstream(429, None, Some(3))),
-            Decision::Retry { retry_after: Some(Duration::from_secs(3)) }
+            Decision::Retry {
+                retry_after: Some(Duration::from_secs(3))
+            }
         );
-        assert_eq!(decide(&upstream(500, None, None)), Decision::Retry { retry_after: None });
-        assert_eq!(decide(&upstream(503, None, None)), Decision::Retry { retry_after: None });
+        assert_eq!(
+            decide(&upstream(500, None, None)),
+            Decision::Retry { retry_after: None }
+        );
+        assert_eq!(
+            decide(&upstream(503, None, None)),
+            Decision::Retry { retry_after: None }
+        );
         assert_eq!(
             decide(&BackendError::Unreachable("refused".into())),
             Decision::Retry { retry_after: None }
         );
         assert_eq!(
-            decide(&BackendError::Overloaded { queued: 3, retry_after: 2 }),
-            Decision::Retry { retry_after: Some(Duration::from_secs(2)) }
+            decide(&BackendError::Overloaded {
+                queued: 3,
+                retry_after: 2
+            }),
+            Decision::Retry {
+                retry_after: Some(Duration::from_secs(2))
+            }
         );
         assert_eq!(decide(&upstream(400, None, None)), Decision::Fail);
         assert_eq!(decide(&upstream(404, None, None)), Decision::Fail);
         assert_eq!(
-            decide(&BackendError::InvalidRequest { message: "x".into(), param: None }),
+            decide(&BackendError::InvalidRequest {
+                message: "x".into(),
+                param: None
+            }),
             Decision::Fail
         );
     }
@@ -99,7 +115,10 @@ mod tests {
             Decision::Fallback
         );
         assert_eq!(
-            decide(&BackendError::ContextLengthExceeded { prompt_tokens: 9, context_length: 8 }),
+            decide(&BackendError::ContextLengthExceeded {
+                prompt_tokens: 9,
+                context_length: 8
+            }),
             Decision::Fallback
         );
     }

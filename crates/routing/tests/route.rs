@@ -154,7 +154,10 @@ fn texts(events: &[Result<Event, BackendError>]) -> Vec<String> {
 
 #[tokio::test]
 async fn a_failure_before_the_first_byte_moves_to_another_member() {
-    let (a, b) = (Scripted::new(vec![status(500)]), Scripted::new(vec![answer("b")]));
+    let (a, b) = (
+        Scripted::new(vec![status(500)]),
+        Scripted::new(vec![answer("b")]),
+    );
     let route = route(&[a.clone(), b.clone()], vec![]);
     let (events, routed) = run(&route).await;
     assert_eq!(texts(&events), ["b"]);
@@ -179,14 +182,20 @@ async fn a_failure_after_the_first_byte_is_not_retried() {
     let route = route(&[a.clone(), b.clone()], vec![]);
     let (events, routed) = run(&route).await;
     assert_eq!(texts(&events), ["a"]);
-    assert!(matches!(events.last(), Some(Err(BackendError::Unreachable(_)))));
+    assert!(matches!(
+        events.last(),
+        Some(Err(BackendError::Unreachable(_)))
+    ));
     assert_eq!((a.calls(), b.calls()), (1, 0));
     assert_eq!((routed.member.as_deref(), routed.retries), (Some("d0"), 0));
 }
 
 #[tokio::test]
 async fn a_request_error_is_answered_without_retrying() {
-    let (a, b) = (Scripted::new(vec![status(404)]), Scripted::new(vec![answer("b")]));
+    let (a, b) = (
+        Scripted::new(vec![status(404)]),
+        Scripted::new(vec![answer("b")]),
+    );
     let route = route(&[a.clone(), b.clone()], vec![]);
     let (events, _) = run(&route).await;
     assert!(matches!(events.last(), Some(Err(BackendError::Upstream(e))) if e.status == 404));
@@ -195,7 +204,10 @@ async fn a_request_error_is_answered_without_retrying() {
 
 #[tokio::test]
 async fn context_overflow_goes_straight_to_the_fallback() {
-    let (a, b) = (Scripted::new(vec![status(400)]), Scripted::new(vec![answer("b")]));
+    let (a, b) = (
+        Scripted::new(vec![status(400)]),
+        Scripted::new(vec![answer("b")]),
+    );
     let big = Scripted::new(vec![answer("big")]);
     let route = route(
         &[a.clone(), b.clone()],
@@ -209,7 +221,10 @@ async fn context_overflow_goes_straight_to_the_fallback() {
 
 #[tokio::test]
 async fn a_group_whose_members_all_rest_answers_503_with_retry_after() {
-    let (a, b) = (Scripted::new(vec![status(503)]), Scripted::new(vec![status(502)]));
+    let (a, b) = (
+        Scripted::new(vec![status(503)]),
+        Scripted::new(vec![status(502)]),
+    );
     let route = route(&[a.clone(), b.clone()], vec![]);
     // Both fail: the last failure is the answer.
     let (events, _) = run(&route).await;
@@ -221,7 +236,10 @@ async fn a_group_whose_members_all_rest_answers_503_with_retry_after() {
     };
     match err {
         BackendError::Upstream(e) => {
-            assert_eq!((e.status, e.code.as_deref()), (503, Some("no_healthy_member")));
+            assert_eq!(
+                (e.status, e.code.as_deref()),
+                (503, Some("no_healthy_member"))
+            );
             assert!(e.retry_after.is_some_and(|s| s >= 1));
         }
         other => panic!("{other:?}"),

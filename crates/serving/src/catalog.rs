@@ -214,7 +214,9 @@ impl Catalog {
             return Some(format!("'{name}' is another model group"));
         }
         if let Some(owner) = groups.aliases.get(name).filter(|owner| *owner != group) {
-            return Some(format!("'{name}' is already an alias of the group '{owner}'"));
+            return Some(format!(
+                "'{name}' is already an alias of the group '{owner}'"
+            ));
         }
         drop(groups);
         let deployed = self.0.plane.as_ref().is_some_and(|p| p.get(name).is_some());

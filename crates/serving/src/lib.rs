@@ -49,8 +49,8 @@ use tokio_util::task::TaskTracker;
 
 pub use bound::{Bound, MAX_BYTES_PER_TOKEN};
 pub use catalog::Catalog;
-pub use embed::{RerankMethod, RerankRequest, Reranked};
 pub use catalog::Target;
+pub use embed::{RerankMethod, RerankRequest, Reranked};
 pub use error::ServeError;
 pub use logs::{RequestLogs, StatusOf};
 pub use meter::Delivery;
@@ -122,7 +122,9 @@ impl Serving {
             _ => None,
         };
         let mut trail_slot = trail;
-        let result = self.serve_logged(payer, request, delivery, &mut trail_slot).await;
+        let result = self
+            .serve_logged(payer, request, delivery, &mut trail_slot)
+            .await;
         if let (Err(err), Some(trail), Some(logs)) = (&result, trail_slot, &self.logs) {
             logs.refused(trail, err);
         }
@@ -172,12 +174,15 @@ impl Serving {
             meter.set_trail(trail);
         }
         let generated = match route {
-            Some(route) => route.generate_reported(request).await.map(|(events, report)| {
-                if let Some(trail) = meter.as_mut().and_then(Meter::trail) {
-                    trail.set_report(report);
-                }
-                events
-            }),
+            Some(route) => route
+                .generate_reported(request)
+                .await
+                .map(|(events, report)| {
+                    if let Some(trail) = meter.as_mut().and_then(Meter::trail) {
+                        trail.set_report(report);
+                    }
+                    events
+                }),
             None => backend.generate(request).await,
         };
         match generated {

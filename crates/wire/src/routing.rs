@@ -52,7 +52,10 @@ impl std::fmt::Debug for UpstreamBody {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("UpstreamBody")
             .field("base_url", &self.base_url)
-            .field("api_key_set", &(self.api_key.is_some() || self.api_key_sealed.is_some()))
+            .field(
+                "api_key_set",
+                &(self.api_key.is_some() || self.api_key_sealed.is_some()),
+            )
             .field("model", &self.model)
             .finish()
     }
@@ -61,10 +64,16 @@ impl std::fmt::Debug for UpstreamBody {
 /// A `PUT /admin/v1/models/{name}` body. `api_key_sealed` is not accepted from clients.
 pub fn parse_group(body: &[u8]) -> Result<GroupBody> {
     let group: GroupBody = serde_json::from_slice(body).map_err(|e| {
-        ApiError::new(Code::InvalidRequest, format!("Invalid model group body: {e}."))
+        ApiError::new(
+            Code::InvalidRequest,
+            format!("Invalid model group body: {e}."),
+        )
     })?;
     for (i, m) in group.members.iter().enumerate() {
-        if m.upstream.as_ref().is_some_and(|u| u.api_key_sealed.is_some()) {
+        if m.upstream
+            .as_ref()
+            .is_some_and(|u| u.api_key_sealed.is_some())
+        {
             return Err(ApiError::invalid(
                 format!("members[{i}].upstream.api_key_sealed"),
                 "unknown field `api_key_sealed`; send the key as `api_key`",
@@ -104,7 +113,9 @@ pub fn to_spec(
                     (None, Some(sealed)) => Some(open(sealed).map_err(|e| {
                         ApiError::new(
                             Code::Internal,
-                            format!("the stored key of member {i} of '{name}' cannot be opened: {e}"),
+                            format!(
+                                "the stored key of member {i} of '{name}' cannot be opened: {e}"
+                            ),
                         )
                     })?),
                     (None, None) => None,
@@ -116,12 +127,10 @@ pub fn to_spec(
                 }
             }
             (None, Some(d)) => Target::Deployment(d.clone()),
-            _ => {
-                return Err(ApiError::invalid(
-                    format!("members[{i}]"),
-                    "a member is either {\"upstream\": {\"base_url\", …}} or {\"deployment\": NAME}",
-                ))
-            }
+            _ => return Err(ApiError::invalid(
+                format!("members[{i}]"),
+                "a member is either {\"upstream\": {\"base_url\", …}} or {\"deployment\": NAME}",
+            )),
         };
         members.push(Member {
             target,
@@ -152,7 +161,10 @@ pub fn sealed(
         if let Some(u) = &mut m.upstream {
             if let Some(key) = u.api_key.take() {
                 u.api_key_sealed = Some(seal(&key).map_err(|e| {
-                    ApiError::new(Code::Internal, format!("the API key could not be sealed: {e}"))
+                    ApiError::new(
+                        Code::Internal,
+                        format!("the API key could not be sealed: {e}"),
+                    )
                 })?);
             }
         }
@@ -329,17 +341,24 @@ pub struct LogQueryParams {
 pub fn log_query(tenant_id: &str, p: &LogQueryParams) -> Result<store::LogQuery> {
     let time = |param: &str, v: Option<i64>| -> Result<Option<store::Timestamp>> {
         v.map(|s| {
-            chrono::DateTime::from_timestamp(s, 0)
-                .ok_or_else(|| ApiError::invalid(param, format!("{s} is not a Unix time in seconds")))
+            chrono::DateTime::from_timestamp(s, 0).ok_or_else(|| {
+                ApiError::invalid(param, format!("{s} is not a Unix time in seconds"))
+            })
         })
         .transpose()
     };
     let limit = p.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
-        return Err(ApiError::invalid("limit", format!("limit must be 1 to 1000; got {limit}")));
+        return Err(ApiError::invalid(
+            "limit",
+            format!("limit must be 1 to 1000; got {limit}"),
+        ));
     }
     if let Some(status) = p.status.filter(|s| !(100..=599).contains(s)) {
-        return Err(ApiError::invalid("status", format!("{status} is not an HTTP status")));
+        return Err(ApiError::invalid(
+            "status",
+            format!("{status} is not an HTTP status"),
+        ));
     }
     Ok(store::LogQuery {
         tenant_id: tenant_id.to_owned(),
@@ -360,24 +379,30 @@ mod tests {
     fn bodies_are_strict_and_keys_are_sealed_away() {
         let body = br#"{"members":[{"upstream":{"base_url":"http://127.0.0.1:9/v1","api_key":"sk-1"},"weight":3},{"deployment":"qwen"}],"strategy":"least_busy","aliases":["gpt-4o-mini"]}"#;
         let group = parse_group(body).unwrap_or_else(|e| panic!("{e:?}"));
-        let spec = to_spec("pool", &group, |_| Err("none".into())).unwrap_or_else(|e| panic!("{e:?}"));
+        let spec =
+            to_spec("pool", &group, |_| Err("none".into())).unwrap_or_else(|e| panic!("{e:?}"));
         assert_eq!(spec.strategy, Strategy::LeastBusy);
         assert_eq!(spec.members[0].weight, 3);
-        let stored = sealed(&group, |k| Ok(format!("sealed({k})"))).unwrap_or_else(|e| panic!("{e:?}"));
+        let stored =
+            sealed(&group, |k| Ok(format!("sealed({k})"))).unwrap_or_else(|e| panic!("{e:?}"));
         let text = serde_json::to_string(&stored).unwrap_or_default();
         assert!(!text.contains("\"api_key\""), "{text}");
         let back = parse_stored(&text).unwrap_or_else(|e| panic!("{e}"));
-        let opened = to_spec("pool", &back, |s| Ok(s.trim_start_matches("sealed(").trim_end_matches(')').into()))
-            .unwrap_or_else(|e| panic!("{e:?}"));
+        let opened = to_spec("pool", &back, |s| {
+            Ok(s.trim_start_matches("sealed(").trim_end_matches(')').into())
+        })
+        .unwrap_or_else(|e| panic!("{e:?}"));
         assert_eq!(opened, spec);
 
         assert!(parse_group(br#"{"members":[],"extra":1}"#).is_err());
-        let none = parse_group(br#"{"members":[{"weight":1}]}"#).unwrap_or_else(|e| panic!("{e:?}"));
+        let none =
+            parse_group(br#"{"members":[{"weight":1}]}"#).unwrap_or_else(|e| panic!("{e:?}"));
         assert!(to_spec("pool", &none, |_| Err(String::new())).is_err());
         let bad = parse_group(br#"{"members":[{"deployment":"a"}],"strategy":"fastest"}"#)
             .unwrap_or_else(|e| panic!("{e:?}"));
         assert!(to_spec("pool", &bad, |_| Err(String::new())).is_err());
-        let sealed_in = br#"{"members":[{"upstream":{"base_url":"http://h/v1","api_key_sealed":"x"}}]}"#;
+        let sealed_in =
+            br#"{"members":[{"upstream":{"base_url":"http://h/v1","api_key_sealed":"x"}}]}"#;
         assert!(parse_group(sealed_in).is_err());
     }
 }

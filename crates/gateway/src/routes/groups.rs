@@ -11,12 +11,14 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::Json;
 use routing::{Group, GroupSpec, Policy};
-use store::{ModelGroupRecord, RoutingStore, Store};
+use store::{ModelGroupRecord, Store};
 
 use super::RawBody;
 use crate::auth::Admin;
 use crate::error::{ApiError, Code, Result};
-use crate::wire::routing::{parse_group, parse_stored, sealed, to_spec, DeletedGroupView, GroupView};
+use crate::wire::routing::{
+    parse_group, parse_stored, sealed, to_spec, DeletedGroupView, GroupView,
+};
 use crate::wire::tenancy::ListView;
 use crate::{AppState, RoutingSetup};
 
@@ -27,7 +29,10 @@ fn bound_to(name: &str) -> String {
 
 fn setup(state: &AppState) -> Result<&RoutingSetup> {
     state.routing().ok_or_else(|| {
-        ApiError::new(Code::NotFound, "This server keeps no model groups (it has no secret key).")
+        ApiError::new(
+            Code::NotFound,
+            "This server keeps no model groups (it has no secret key).",
+        )
     })
 }
 
@@ -37,24 +42,35 @@ fn store_error(err: store::StoreError) -> ApiError {
 
 /// Every stored group, its keys opened, ready to serve. A group that cannot be read (a key
 /// sealed under a key this server does not have) is skipped with an error in the log.
-pub async fn load_groups(store: &Arc<dyn Store>, sealer: &mcp::Sealer) -> std::result::Result<Vec<Arc<Group>>, String> {
+pub async fn load_groups(
+    store: &Arc<dyn Store>,
+    sealer: &mcp::Sealer,
+) -> std::result::Result<Vec<Arc<Group>>, String> {
     let records = store.model_groups().await.map_err(|e| e.to_string())?;
     let mut groups = Vec::with_capacity(records.len());
     for record in records {
         match open_record(&record, sealer) {
             Ok(spec) => match Group::new(spec, Policy::default()) {
                 Ok(group) => groups.push(Arc::new(group)),
-                Err(e) => tracing::error!(group = %record.name, error = %e.message, "a stored model group is invalid; not served"),
+                Err(e) => {
+                    tracing::error!(group = %record.name, error = %e.message, "a stored model group is invalid; not served")
+                }
             },
-            Err(e) => tracing::error!(group = %record.name, error = ?e, "a stored model group cannot be read; not served"),
+            Err(e) => {
+                tracing::error!(group = %record.name, error = ?e, "a stored model group cannot be read; not served")
+            }
         }
     }
     Ok(groups)
 }
 
 fn open_record(record: &ModelGroupRecord, sealer: &mcp::Sealer) -> Result<GroupSpec> {
-    let body = parse_stored(&record.spec)
-        .map_err(|e| ApiError::new(Code::Internal, format!("stored group '{}': {e}", record.name)))?;
+    let body = parse_stored(&record.spec).map_err(|e| {
+        ApiError::new(
+            Code::Internal,
+            format!("stored group '{}': {e}", record.name),
+        )
+    })?;
     let bound = bound_to(&record.name);
     to_spec(&record.name, &body, |s| {
         let plain = sealer.open(s, &bound).map_err(|e| e.to_string())?;
@@ -67,11 +83,15 @@ fn open_record(record: &ModelGroupRecord, sealer: &mcp::Sealer) -> Result<GroupS
 fn check_names(state: &AppState, spec: &GroupSpec) -> Result<()> {
     let catalog = state.serving().catalog();
     if let Some(why) = catalog.name_taken(&spec.name, &spec.name) {
-        return Err(ApiError::new(Code::Conflict, format!("{why}; a group needs a name of its own.")));
+        return Err(ApiError::new(
+            Code::Conflict,
+            format!("{why}; a group needs a name of its own."),
+        ));
     }
     for (i, alias) in spec.aliases.iter().enumerate() {
         if let Some(why) = catalog.name_taken(alias, &spec.name) {
-            return Err(ApiError::new(Code::Conflict, format!("{why}.")).with_param(format!("aliases[{i}]")));
+            return Err(ApiError::new(Code::Conflict, format!("{why}."))
+                .with_param(format!("aliases[{i}]")));
         }
     }
     for (i, name) in spec.fallbacks.iter().enumerate() {
@@ -82,11 +102,18 @@ fn check_names(state: &AppState, spec: &GroupSpec) -> Result<()> {
             ));
         }
     }
-    for (i, name) in spec.members.iter().enumerate().filter_map(|(i, m)| match &m.target {
-        routing::Target::Deployment(d) => Some((i, d)),
-        routing::Target::Upstream { .. } => None,
-    }) {
-        let single = catalog.target(name).is_some_and(|t| matches!(t, serving::Target::Backend(_)));
+    for (i, name) in spec
+        .members
+        .iter()
+        .enumerate()
+        .filter_map(|(i, m)| match &m.target {
+            routing::Target::Deployment(d) => Some((i, d)),
+            routing::Target::Upstream { .. } => None,
+        })
+    {
+        let single = catalog
+            .target(name)
+            .is_some_and(|t| matches!(t, serving::Target::Backend(_)));
         if !single || catalog.group(name).is_some() {
             return Err(ApiError::invalid(
                 format!("members[{i}].deployment"),
@@ -107,9 +134,15 @@ pub async fn put(
     let parsed = parse_group(&body)?;
     let spec = to_spec(&name, &parsed, |_| Err("no sealed key in a request".into()))?;
     check_names(&state, &spec)?;
-    let group = Group::new(spec, Policy::default()).map_err(|e| ApiError::invalid(e.param, e.message))?;
+    let group =
+        Group::new(spec, Policy::default()).map_err(|e| ApiError::invalid(e.param, e.message))?;
     let bound = bound_to(&name);
-    let stored = sealed(&parsed, |key| setup.sealer.seal(key.as_bytes(), &bound).map_err(|e| e.to_string()))?;
+    let stored = sealed(&parsed, |key| {
+        setup
+            .sealer
+            .seal(key.as_bytes(), &bound)
+            .map_err(|e| e.to_string())
+    })?;
     let now = chrono::Utc::now();
     let record = ModelGroupRecord {
         name: name.clone(),
@@ -118,11 +151,19 @@ pub async fn put(
         created_at: now,
         updated_at: now,
     };
-    let created = setup.store.put_model_group(&record).await.map_err(store_error)?;
+    let created = setup
+        .store
+        .put_model_group(&record)
+        .await
+        .map_err(store_error)?;
     let group = Arc::new(group);
     state.serving().catalog().set_group(Arc::clone(&group));
     tracing::info!(group = %name, members = group.spec().members.len(), created, "model group stored");
-    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
     Ok((status, Json(GroupView::new(&group))))
 }
 
@@ -131,7 +172,11 @@ pub async fn get(
     _: Admin,
     Path(name): Path<String>,
 ) -> Result<Json<GroupView>> {
-    let group = state.serving().catalog().group(&name).ok_or_else(|| not_found(&name))?;
+    let group = state
+        .serving()
+        .catalog()
+        .group(&name)
+        .ok_or_else(|| not_found(&name))?;
     Ok(Json(GroupView::new(&group)))
 }
 
@@ -149,7 +194,11 @@ pub async fn delete(
     Path(name): Path<String>,
 ) -> Result<Json<DeletedGroupView>> {
     let setup = setup(&state)?;
-    let existed = setup.store.delete_model_group(&name).await.map_err(store_error)?;
+    let existed = setup
+        .store
+        .delete_model_group(&name)
+        .await
+        .map_err(store_error)?;
     let served = state.serving().catalog().remove_group(&name);
     if !existed && !served {
         return Err(not_found(&name));
@@ -168,10 +217,14 @@ fn not_found(name: &str) -> ApiError {
 
 /// Seals every stored member key again under `sealer`'s current key (`rotate-secret-key`);
 /// how many groups changed.
-pub async fn reseal_groups(store: &dyn Store, sealer: &mcp::Sealer) -> std::result::Result<u64, String> {
+pub async fn reseal_groups(
+    store: &dyn Store,
+    sealer: &mcp::Sealer,
+) -> std::result::Result<u64, String> {
     let mut changed = 0;
     for mut record in store.model_groups().await.map_err(|e| e.to_string())? {
-        let mut body = parse_stored(&record.spec).map_err(|e| format!("group '{}': {e}", record.name))?;
+        let mut body =
+            parse_stored(&record.spec).map_err(|e| format!("group '{}': {e}", record.name))?;
         let bound = bound_to(&record.name);
         let mut resealed = false;
         for m in &mut body.members {
@@ -185,7 +238,10 @@ pub async fn reseal_groups(store: &dyn Store, sealer: &mcp::Sealer) -> std::resu
         if resealed {
             record.spec = serde_json::to_string(&body).map_err(|e| e.to_string())?;
             record.updated_at = chrono::Utc::now();
-            store.put_model_group(&record).await.map_err(|e| e.to_string())?;
+            store
+                .put_model_group(&record)
+                .await
+                .map_err(|e| e.to_string())?;
             changed += 1;
         }
     }

@@ -4,7 +4,6 @@
 
 use axum::extract::{Query, State};
 use axum::Json;
-use store::RoutingStore;
 
 use crate::auth::{Admin, Caller};
 use crate::error::{ApiError, Code, Result};
@@ -27,24 +26,29 @@ fn params(params: Params) -> Result<LogQueryParams> {
 }
 
 async fn page(state: &AppState, tenant_id: &str, p: &LogQueryParams) -> Result<Json<LogPageView>> {
-    let setup = state.routing().ok_or_else(|| {
-        ApiError::new(Code::NotFound, "This server keeps no request log.")
-    })?;
+    let setup = state
+        .routing()
+        .ok_or_else(|| ApiError::new(Code::NotFound, "This server keeps no request log."))?;
     let query = log_query(tenant_id, p)?;
     let page = setup
         .store
         .request_logs(&query)
         .await
         .map_err(|e| match e {
-            store::StoreError::NotFound { .. } => {
-                ApiError::invalid("after", "'after' is not the id of one of your logged requests")
-            }
+            store::StoreError::NotFound { .. } => ApiError::invalid(
+                "after",
+                "'after' is not the id of one of your logged requests",
+            ),
             e => ApiError::from_tenancy(tenancy::Error::from(e)),
         })?;
     Ok(Json(LogPageView::from(page)))
 }
 
-pub async fn tenant(State(state): State<AppState>, caller: Caller, q: Params) -> Result<Json<LogPageView>> {
+pub async fn tenant(
+    State(state): State<AppState>,
+    caller: Caller,
+    q: Params,
+) -> Result<Json<LogPageView>> {
     let principal = caller.principal().ok_or_else(|| {
         ApiError::new(
             Code::InvalidRequest,
@@ -53,12 +57,19 @@ pub async fn tenant(State(state): State<AppState>, caller: Caller, q: Params) ->
     })?;
     let p = params(q)?;
     if p.tenant.is_some() {
-        return Err(ApiError::invalid("tenant", "a tenant sees only its own log; leave out 'tenant'"));
+        return Err(ApiError::invalid(
+            "tenant",
+            "a tenant sees only its own log; leave out 'tenant'",
+        ));
     }
     page(&state, &principal.tenant.id, &p).await
 }
 
-pub async fn operator(State(state): State<AppState>, _: Admin, q: Params) -> Result<Json<LogPageView>> {
+pub async fn operator(
+    State(state): State<AppState>,
+    _: Admin,
+    q: Params,
+) -> Result<Json<LogPageView>> {
     let p = params(q)?;
     let tenant = p
         .tenant

@@ -49,7 +49,8 @@ pub struct ModelListView {
 fn allowed(state: &AppState, caller: &Caller, model: &str) -> bool {
     caller.principal().is_none_or(|p| {
         p.require_model(model).is_ok()
-            || p.require_model(&state.serving().catalog().canonical(model)).is_ok()
+            || p.require_model(&state.serving().catalog().canonical(model))
+                .is_ok()
     })
 }
 
@@ -78,5 +79,8 @@ pub async fn get(
         )
         .with_param("model"));
     }
-    Ok(Json(ModelView::from(backend.info())))
+    // An alias is listed under its own name.
+    let mut view = ModelView::from(backend.info());
+    view.id = id;
+    Ok(Json(view))
 }

@@ -8,6 +8,9 @@ use crate::model::Timestamp;
 use crate::routing::{LogPage, LogQuery, ModelGroupRecord, RequestLogRecord, RoutingStore};
 use crate::rows::Columns;
 
+/// Rows per `INSERT` (13 parameters each, well under either database's limit).
+const ROWS_PER_STATEMENT: usize = 128;
+
 const LOG_COLUMNS: &str = "request_id, tenant_id, created_at, key_prefix, model, member, status, \
      prompt_tokens, completion_tokens, cost, ttft_ms, total_ms, retries";
 
@@ -92,16 +95,23 @@ impl<D: Db> RoutingStore for D {
         if logs.is_empty() {
             return Ok(());
         }
-        let sql = format!(
-            "INSERT INTO request_logs ({LOG_COLUMNS}) VALUES \
-             ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
-             ON CONFLICT (request_id) DO NOTHING"
-        );
+        // Multi-row statements keep the write transaction short (SQLite's one writer turn).
         let mut tx = self.write().await?;
-        for l in logs {
-            tx.execute(
-                &sql,
-                &args![
+        for chunk in logs.chunks(ROWS_PER_STATEMENT) {
+            let values: Vec<String> = (0..chunk.len())
+                .map(|r| {
+                    let cols: Vec<String> = (1..=13).map(|c| format!("${}", r * 13 + c)).collect();
+                    format!("({})", cols.join(", "))
+                })
+                .collect();
+            let sql = format!(
+                "INSERT INTO request_logs ({LOG_COLUMNS}) VALUES {} \
+                 ON CONFLICT (request_id) DO NOTHING",
+                values.join(", ")
+            );
+            let mut bound = Vec::with_capacity(chunk.len() * 13);
+            for l in chunk {
+                bound.extend(args![
                     &l.request_id,
                     &l.tenant_id,
                     l.created_at,
@@ -115,9 +125,9 @@ impl<D: Db> RoutingStore for D {
                     l.ttft_ms,
                     l.total_ms,
                     l.retries
-                ],
-            )
-            .await?;
+                ]);
+            }
+            tx.execute(&sql, &bound).await?;
         }
         tx.commit().await
     }

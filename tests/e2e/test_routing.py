@@ -3,9 +3,13 @@ written here, which fail on command (500, 429, a dropped connection, a stream cu
 first bytes). Retries before the first byte, never after; one bill per request; weights; the
 circuit breaker's 503; aliases and allow-lists in /v1/models; the per-tenant request log."""
 
+import base64
 import http.server
 import json
+import os
+import secrets
 import socket
+import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -364,3 +368,50 @@ def test_logs_show_the_member_and_only_to_their_tenant(gw, ups):
     r = requests.get(gw.url + "/v1/logs", params={"limit": 0}, headers=gw.auth(key), timeout=30)
     assert r.status_code == 400 and r.json()["error"]["param"] == "limit"
     assert other_tenant
+
+
+def _psql(sql: str):
+    base = os.environ.get("FLYWHEEL_TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/test")
+    subprocess.run(["psql", base, "-v", "ON_ERROR_STOP=1", "-q", "-c", sql], check=True, capture_output=True,
+                   timeout=60)
+    return base
+
+
+def test_groups_reach_every_gateway_on_one_postgres_database(tmp_path_factory, admin_key, ups):
+    """A group put through one gateway is served by another on the same PostgreSQL database
+    (its member key opened there with the shared secret key), a deletion too; both log."""
+    a, b = ups
+    a.reset(), b.reset()
+    db = "fw_e2e_routing_" + secrets.token_hex(6)
+    base = _psql(f"CREATE DATABASE {db}")
+    url = f"{base.rsplit('/', 1)[0]}/{db}"
+    env = {"FLYWHEEL_SECRET_KEY": base64.b64encode(secrets.token_bytes(32)).decode()}
+    servers = []
+    try:
+        for name in ("routing-pg-a", "routing-pg-b"):
+            servers.append(_start(name, ["--database-url", url], str(tmp_path_factory.mktemp(name)), admin_key,
+                                  env=env))
+        one, two = servers
+        _put_group(one, "pool-pg", _two_members(ups, aliases=["pool-pg-alias"]))
+        tenant, key = _tenant(one, "routing-pg")
+        deadline = time.monotonic() + 20
+        while "pool-pg-alias" not in [m.id for m in two.client(api_key=key).models.list().data]:
+            assert time.monotonic() < deadline, "the other gateway never served the group"
+            time.sleep(0.5)
+        for s in servers:
+            for _ in range(2):
+                r = s.client(api_key=key).chat.completions.create(model="pool-pg-alias", messages=PROMPT)
+                assert r.choices[0].message.content in ("from A!", "from B!")
+        rows = _logs(one, key, 4)
+        assert len(rows) == 4 and all(r["model"] == "pool-pg" and r["status"] == 200 for r in rows), rows
+        r = requests.delete(one.url + "/admin/v1/models/pool-pg", headers=one.auth(admin_key), timeout=30)
+        assert r.status_code == 200
+        deadline = time.monotonic() + 20
+        while "pool-pg" in [m.id for m in two.client(api_key=key).models.list().data]:
+            assert time.monotonic() < deadline, "the other gateway kept serving a deleted group"
+            time.sleep(0.5)
+        assert tenant
+    finally:
+        for s in servers:
+            _stop(s)
+        _psql(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")

@@ -37,6 +37,7 @@ pub async fn setup(
         sealer,
         groups,
         logs,
+        reload_every: Some(Duration::from_secs(5)),
     })
 }
 

@@ -77,6 +77,9 @@ pub struct RoutingSetup {
     pub groups: Vec<Arc<routing::Group>>,
     /// Where tenant requests are logged (`None`: not logged).
     pub logs: Option<serving::RequestLogs>,
+    /// How often the stored groups are read again, so groups changed through another
+    /// gateway process are served here too (`None`: only at start).
+    pub reload_every: Option<std::time::Duration>,
 }
 
 pub use routes::groups::{load_groups, reseal_groups};
@@ -120,6 +123,9 @@ struct Inner {
     batches: Option<batch::Batches>,
     audio: AudioLimits,
     routing: Option<RoutingSetup>,
+    /// Taken while groups are stored and served, so a reload and an admin change never
+    /// interleave.
+    groups_turn: tokio::sync::Mutex<()>,
 }
 
 impl AppState {
@@ -159,6 +165,7 @@ impl AppState {
             files: state.files,
             audio: state.audio,
             routing: state.routing,
+            groups_turn: tokio::sync::Mutex::new(()),
             metrics: state.metrics,
             metrics_open: state.metrics_open,
         }))
@@ -234,6 +241,11 @@ impl AppState {
     pub fn routing(&self) -> Option<&RoutingSetup> {
         self.0.routing.as_ref()
     }
+
+    /// The turn of whoever changes the served groups.
+    pub(crate) async fn groups_turn(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.0.groups_turn.lock().await
+    }
 }
 
 impl axum::extract::FromRef<AppState> for Authenticator {
@@ -254,6 +266,12 @@ fn app_state(state: GatewayState) -> AppState {
                 Err(e) => tracing::error!(error = %e, "could not resume unfinished batches; they resume at the next start"),
             }
         });
+    }
+    if let (Some(every), Ok(_)) = (
+        state.routing().and_then(|r| r.reload_every),
+        tokio::runtime::Handle::try_current(),
+    ) {
+        routes::groups::spawn_reload(state.clone(), every);
     }
     state
 }

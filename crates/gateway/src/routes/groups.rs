@@ -136,6 +136,7 @@ pub async fn put(
     check_names(&state, &spec)?;
     let group =
         Group::new(spec, Policy::default()).map_err(|e| ApiError::invalid(e.param, e.message))?;
+    let _turn = state.groups_turn().await;
     let bound = bound_to(&name);
     let stored = sealed(&parsed, |key| {
         setup
@@ -246,4 +247,66 @@ pub async fn reseal_groups(
         }
     }
     Ok(changed)
+}
+
+/// Reads the stored groups every `every` and serves what changed (groups put or deleted
+/// through another gateway process); a group whose definition is unchanged keeps its members'
+/// state.
+pub fn spawn_reload(state: AppState, every: std::time::Duration) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            if let Err(err) = reload(&state).await {
+                tracing::warn!(error = %err, "could not read the stored model groups again");
+            }
+        }
+    });
+}
+
+async fn reload(state: &AppState) -> std::result::Result<(), String> {
+    let Some(setup) = state.routing() else {
+        return Ok(());
+    };
+    let _turn = state.groups_turn().await;
+    let records = setup
+        .store
+        .model_groups()
+        .await
+        .map_err(|e| e.to_string())?;
+    let catalog = state.serving().catalog();
+    let stored: std::collections::HashSet<&str> = records.iter().map(|r| r.name.as_str()).collect();
+    for group in catalog.groups_list() {
+        if !stored.contains(group.spec().name.as_str()) {
+            catalog.remove_group(&group.spec().name);
+            tracing::info!(group = %group.spec().name, "model group deleted elsewhere; no longer served");
+        }
+    }
+    for record in &records {
+        let Ok(spec) = open_record(record, &setup.sealer) else {
+            continue;
+        };
+        if catalog
+            .group(&record.name)
+            .is_some_and(|g| g.spec() == &spec)
+        {
+            continue;
+        }
+        if let Some(why) = catalog.name_taken(&record.name, &record.name) {
+            tracing::debug!(group = %record.name, "{why}; the stored group is not served");
+            continue;
+        }
+        match Group::new(spec, Policy::default()) {
+            Ok(group) => {
+                catalog.set_group(Arc::new(group));
+                tracing::info!(group = %record.name, "model group changed elsewhere; now served as stored");
+            }
+            Err(e) => {
+                tracing::debug!(group = %record.name, error = %e.message, "a stored model group is invalid")
+            }
+        }
+    }
+    Ok(())
 }

@@ -403,7 +403,7 @@ def test_groups_reach_every_gateway_on_one_postgres_database(tmp_path_factory, a
                 r = s.client(api_key=key).chat.completions.create(model="pool-pg-alias", messages=PROMPT)
                 assert r.choices[0].message.content in ("from A!", "from B!")
         rows = _logs(one, key, 4)
-        assert len(rows) == 4 and all(r["model"] == "pool-pg" and r["status"] == 200 for r in rows), rows
+        assert len(rows) == 4 and all(r["model"] == "pool-pg-alias" and r["status"] == 200 for r in rows), rows
         r = requests.delete(one.url + "/admin/v1/models/pool-pg", headers=one.auth(admin_key), timeout=30)
         assert r.status_code == 200
         deadline = time.monotonic() + 20

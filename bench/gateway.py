@@ -9,7 +9,9 @@ A fast upstream (nginx answering every POST with one fixed chat completion, no m
     Prisma-managed database whose engines are downloaded from the internet, which this
     machine cannot reach),
 with the same client (`wrk`, Debian): one connection for latency (p50/p99), 32 connections
-for throughput (req/s). Prints a table and writes bench/results/gateway.json.
+for throughput (req/s). Also a model group of two members (both the same nginx, weighted)
+through Flywheel, with the request log on (as it always is), and through LiteLLM's router with
+the same two deployments. Prints a table and writes bench/results/gateway.json.
 """
 
 import argparse
@@ -83,11 +85,19 @@ def start_flywheel(binary, upstream_port, database_url, work, name):
     return proc, port
 
 
-def admin(port, path, body):
+GROUP = "fast-group"
+
+
+def admin(port, path, body, method="POST"):
     req = urllib.request.Request(f"http://127.0.0.1:{port}/admin/v1{path}", data=json.dumps(body).encode(),
-                                 headers={"authorization": f"Bearer {ADMIN_KEY}"}, method="POST")
+                                 headers={"authorization": f"Bearer {ADMIN_KEY}"}, method=method)
     with urllib.request.urlopen(req, timeout=30) as r:
         return json.load(r)
+
+
+def put_group(port, upstream_port):
+    member = {"upstream": {"base_url": f"http://127.0.0.1:{upstream_port}/v1", "model": "fast"}}
+    admin(port, f"/models/{GROUP}", {"members": [member, member]}, method="PUT")
 
 
 def tenant_key(port):
@@ -102,6 +112,11 @@ def start_litellm(venv, upstream_port, work):
         f.write(f"""model_list:
   - model_name: fast
     litellm_params: {{model: openai/fast, api_base: "http://127.0.0.1:{upstream_port}/v1", api_key: x}}
+  - model_name: {GROUP}
+    litellm_params: {{model: openai/fast, api_base: "http://127.0.0.1:{upstream_port}/v1", api_key: x}}
+  - model_name: {GROUP}
+    litellm_params: {{model: openai/fast, api_base: "http://127.0.0.1:{upstream_port}/v1", api_key: y}}
+router_settings: {{routing_strategy: simple-shuffle, num_retries: 2}}
 general_settings: {{master_key: sk-bench-master}}
 litellm_settings: {{telemetry: false}}
 """)
@@ -131,10 +146,11 @@ def ensure_litellm(venv):
 UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 
 
-def wrk(port, key, connections, seconds, work):
+def wrk(port, key, connections, seconds, work, model="fast"):
     script = os.path.join(work, "post.lua")
+    body = BODY.replace('"model": "fast"', f'"model": "{model}"')
     with open(script, "w") as f:
-        f.write(f'wrk.method = "POST"\nwrk.body = {json.dumps(BODY)}\n'
+        f.write(f'wrk.method = "POST"\nwrk.body = {json.dumps(body)}\n'
                 f'wrk.headers["Content-Type"] = "application/json"\n'
                 f'wrk.headers["Authorization"] = "Bearer {key}"\n'
                 'done = function(summary, latency, requests)\n'
@@ -153,10 +169,10 @@ def wrk(port, key, connections, seconds, work):
     return {"p50_ms": int(m.group(1)) / 1000, "p99_ms": int(m.group(2)) / 1000, "rps": float(rps.group(1))}
 
 
-def measure(label, port, key, seconds, work):
-    wrk(port, key, 1, 2, work)  # warm up
-    lat = wrk(port, key, 1, seconds, work)
-    thr = wrk(port, key, 32, seconds, work)
+def measure(label, port, key, seconds, work, model="fast"):
+    wrk(port, key, 1, 2, work, model)  # warm up
+    lat = wrk(port, key, 1, seconds, work, model)
+    thr = wrk(port, key, 32, seconds, work, model)
     row = {"target": label, "p50_ms": lat["p50_ms"], "p99_ms": lat["p99_ms"], "rps_c32": thr["rps"]}
     print(f"[bench] {label}: p50 {row['p50_ms']:.3f} ms, p99 {row['p99_ms']:.3f} ms, {row['rps_c32']:.0f} req/s",
           file=sys.stderr)
@@ -224,7 +240,10 @@ def main():
         fw, port = start_flywheel(a.flywheel, up, None, a.work, "fw-sqlite")
         procs.append(fw)
         rows.append(measure("flywheel, admin key (no metering)", port, ADMIN_KEY, a.seconds, a.work))
-        rows.append(measure("flywheel, tenant key, SQLite", port, tenant_key(port), a.seconds, a.work))
+        key = tenant_key(port)
+        rows.append(measure("flywheel, tenant key, SQLite", port, key, a.seconds, a.work))
+        put_group(port, up)
+        rows.append(measure("flywheel, tenant key, SQLite, two-member group", port, key, a.seconds, a.work, GROUP))
         stop(procs.pop())
         base = a.postgres.rsplit("/", 1)[0]
         sh("psql", a.postgres, "-q", "-c", f"CREATE DATABASE {scratch}", stdout=subprocess.DEVNULL)
@@ -238,6 +257,8 @@ def main():
             lite, port = start_litellm(a.litellm_venv, up, a.work)
             procs.append(lite)
             rows.append(measure("litellm proxy, master key", port, "sk-bench-master", a.seconds, a.work))
+            rows.append(measure("litellm router, two deployments", port, "sk-bench-master", a.seconds, a.work,
+                                GROUP))
     finally:
         for p in procs:
             stop(p)
@@ -259,6 +280,16 @@ def main():
         if row:
             result["ratios"][f"metering_overhead_p50_us_{db.lower()}"] = round(
                 (row["p50_ms"] - admin_row["p50_ms"]) * 1000)
+    group = by.get("flywheel, tenant key, SQLite, two-member group")
+    single = by.get("flywheel, tenant key, SQLite")
+    if group and single:
+        result["ratios"]["group_added_p50_over_single"] = round(
+            group["added_p50_ms"] / max(single["added_p50_ms"], 0.001), 2)
+        result["ratios"]["group_rps_over_single"] = round(group["rps_c32"] / single["rps_c32"], 2)
+    lite_router = by.get("litellm router, two deployments")
+    if group and lite_router:
+        result["ratios"]["rps_flywheel_group_over_litellm_router"] = round(
+            group["rps_c32"] / lite_router["rps_c32"], 2)
     lite = by.get("litellm proxy, master key")
     if lite:
         fw = by["flywheel, tenant key, SQLite"]

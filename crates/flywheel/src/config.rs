@@ -87,6 +87,14 @@ pub struct ServeArgs {
     /// deleted hourly [default: 30].
     #[arg(long, env = "FLYWHEEL_RESPONSES_RETENTION_DAYS")]
     pub responses_retention_days: Option<u32>,
+    /// Days a tenant's request log keeps a request; older rows are deleted hourly
+    /// [default: 30].
+    #[arg(long, env = "FLYWHEEL_REQUEST_LOG_RETENTION_DAYS")]
+    pub request_log_retention_days: Option<u32>,
+    /// Request log rows waiting for the writer, at most; more are dropped and counted in
+    /// `flywheel_request_logs_dropped_total` [default: 65536; 0 turns the log off].
+    #[arg(long, env = "FLYWHEEL_REQUEST_LOG_BUFFER")]
+    pub request_log_buffer: Option<usize>,
     /// Largest accepted request body in bytes [default: 16 MiB].
     #[arg(long, env = "FLYWHEEL_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<usize>,
@@ -182,6 +190,10 @@ pub struct ServeConfig {
     pub audio: gateway::AudioLimits,
     /// How long stored responses are kept.
     pub responses_retention: std::time::Duration,
+    /// How long request log rows are kept.
+    pub request_log_retention: std::time::Duration,
+    /// Request log rows waiting for the writer, at most (0: no log).
+    pub request_log_buffer: usize,
     /// Connection caps and timeouts, before the open-file limit is applied (see `serve`).
     pub connections: crate::http::ConnectionLimits,
     /// HTTPS, when set.
@@ -253,6 +265,10 @@ impl ServeArgs {
             responses_retention: std::time::Duration::from_secs(
                 u64::from(args.responses_retention_days.unwrap_or(30).max(1)) * 86_400,
             ),
+            request_log_retention: std::time::Duration::from_secs(
+                u64::from(args.request_log_retention_days.unwrap_or(30).max(1)) * 86_400,
+            ),
+            request_log_buffer: args.request_log_buffer.unwrap_or(65_536),
             connections: crate::http::ConnectionLimits {
                 max_connections: args.max_connections.unwrap_or(10_000),
                 max_connections_per_address: args.max_connections_per_address.unwrap_or(1024),

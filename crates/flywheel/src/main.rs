@@ -12,6 +12,7 @@ mod hub_config;
 mod pull;
 mod push;
 mod rotate;
+mod routing;
 mod serve;
 
 use clap::{Parser, Subcommand};

@@ -1,4 +1,5 @@
-//! `flywheel rotate-secret-key`: a new secret key for MCP server secrets. Every sealed value is
+//! `flywheel rotate-secret-key`: a new secret key for MCP server secrets (and model groups'
+//! member keys). Every sealed value is
 //! opened with the current key and sealed again under the new one; the new key is written first
 //! (`secret.key.new`), put in place only once every row is resealed (the old one kept as
 //! `secret.key.old`), so an interruption loses nothing: run the command again. Processes hold
@@ -48,6 +49,12 @@ pub async fn run(args: RotateArgs) -> Result<()> {
         .context("cannot open the database")?;
     let sealer = mcp::Sealer::new(new.clone(), Some(current.clone()));
     let changed = mcp::reseal_all(store.as_ref(), &sealer).await?;
+    let groups = gateway::reseal_groups(store.as_ref(), &sealer)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot reseal the model groups' keys: {e}"))?;
+    if groups > 0 {
+        eprintln!("resealed the member keys of {groups} model groups");
+    }
     store.close().await;
     if from_env {
         let _ = std::fs::remove_file(&staged);

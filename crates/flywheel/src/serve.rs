@@ -49,7 +49,9 @@ async fn serve(config: ServeConfig) -> Result<()> {
         models.push(Arc::new(backend));
     }
 
-    let mcp = mcp_gateway(&config, store_for_mcp, tenancy.clone())?;
+    let store_for_routing = store_for_mcp.clone();
+    let (mcp, sealer) = mcp_gateway(&config, store_for_mcp, tenancy.clone())?;
+    let routing = crate::routing::setup(&config, store_for_routing, sealer).await?;
     sweep_mcp_sessions(mcp.clone());
     let console_config = console::ConsoleConfig {
         tls: transport.tls.is_some(),
@@ -71,6 +73,7 @@ async fn serve(config: ServeConfig) -> Result<()> {
             store: store_for_batch,
             config: config.batch.clone(),
         }),
+        routing: Some(routing),
     };
     let app = gateway::router_with(state, |app| console::router(app, console_config));
     let limits = connection_limits(&config);
@@ -233,7 +236,7 @@ fn mcp_gateway(
     config: &ServeConfig,
     store: Arc<dyn store::Store>,
     tenancy: tenancy::Tenancy,
-) -> Result<Arc<mcp::Mcp>> {
+) -> Result<(Arc<mcp::Mcp>, mcp::Sealer)> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create {}", config.data_dir.display()))?;
     let env = std::env::var("FLYWHEEL_SECRET_KEY").ok();
@@ -247,11 +250,11 @@ fn mcp_gateway(
             ..mcp::StdioLimits::default()
         },
     };
-    Ok(mcp::Mcp::new(
-        store,
-        tenancy,
-        mcp::Sealer::new(key, None),
-        options,
+    // Model groups' member keys are sealed under the same key.
+    let sealer = mcp::Sealer::new(key, None);
+    Ok((
+        mcp::Mcp::new(store, tenancy, sealer.clone(), options),
+        sealer,
     ))
 }
 

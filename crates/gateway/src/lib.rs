@@ -65,7 +65,24 @@ pub struct GatewayState {
     pub batch: Option<BatchSetup>,
     /// Limits of `/v1/audio/transcriptions`.
     pub audio: AudioLimits,
+    /// Model groups and the request log (`None`: neither).
+    pub routing: Option<RoutingSetup>,
 }
+
+/// Model groups (stored, keys sealed with `sealer`) and the request log.
+pub struct RoutingSetup {
+    pub store: Arc<dyn tenancy::Store>,
+    pub sealer: mcp::Sealer,
+    /// The groups to serve from the start ([`load_groups`]).
+    pub groups: Vec<Arc<routing::Group>>,
+    /// Where tenant requests are logged (`None`: not logged).
+    pub logs: Option<serving::RequestLogs>,
+    /// How often the stored groups are read again, so groups changed through another
+    /// gateway process are served here too (`None`: only at start).
+    pub reload_every: Option<std::time::Duration>,
+}
+
+pub use routes::groups::{load_groups, reseal_groups};
 
 /// What the Batch API needs besides the serving layer and the Files API.
 pub struct BatchSetup {
@@ -105,12 +122,30 @@ struct Inner {
     files: Option<files::Files>,
     batches: Option<batch::Batches>,
     audio: AudioLimits,
+    routing: Option<RoutingSetup>,
+    /// Taken while groups are stored and served, so a reload and an admin change never
+    /// interleave.
+    groups_turn: tokio::sync::Mutex<()>,
 }
 
 impl AppState {
     fn new(state: GatewayState) -> Self {
         let catalog = Catalog::new(state.models, state.plane);
-        let serving = Serving::new(catalog, state.tenancy.clone(), state.settlements);
+        let mut serving = Serving::new(catalog, state.tenancy.clone(), state.settlements);
+        if let Some(setup) = &state.routing {
+            for group in &setup.groups {
+                let name = &group.spec().name;
+                match serving.catalog().name_taken(name, name) {
+                    Some(why) => {
+                        tracing::error!(group = %name, "{why}; the stored group is not served")
+                    }
+                    None => serving.catalog().set_group(Arc::clone(group)),
+                }
+            }
+            if let Some(logs) = &setup.logs {
+                serving = serving.with_logs(logs.clone());
+            }
+        }
         let batches = match (state.batch, &state.files) {
             (Some(setup), Some(files)) => Some(batch::Batches::new(
                 setup.store,
@@ -129,6 +164,8 @@ impl AppState {
             mcp: state.mcp,
             files: state.files,
             audio: state.audio,
+            routing: state.routing,
+            groups_turn: tokio::sync::Mutex::new(()),
             metrics: state.metrics,
             metrics_open: state.metrics_open,
         }))
@@ -194,7 +231,20 @@ impl AppState {
     }
 
     pub fn render_metrics(&self) -> String {
+        if let Some(logs) = self.0.serving.logs() {
+            ::metrics::counter!(crate::metrics::REQUEST_LOGS_DROPPED).absolute(logs.dropped());
+            ::metrics::counter!(crate::metrics::REQUEST_LOGS_WRITTEN).absolute(logs.written());
+        }
         self.0.metrics.render()
+    }
+
+    pub fn routing(&self) -> Option<&RoutingSetup> {
+        self.0.routing.as_ref()
+    }
+
+    /// The turn of whoever changes the served groups.
+    pub(crate) async fn groups_turn(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.0.groups_turn.lock().await
     }
 }
 
@@ -216,6 +266,12 @@ fn app_state(state: GatewayState) -> AppState {
                 Err(e) => tracing::error!(error = %e, "could not resume unfinished batches; they resume at the next start"),
             }
         });
+    }
+    if let (Some(every), Ok(_)) = (
+        state.routing().and_then(|r| r.reload_every),
+        tokio::runtime::Handle::try_current(),
+    ) {
+        routes::groups::spawn_reload(state.clone(), every);
     }
     state
 }
@@ -347,6 +403,15 @@ pub fn router_with(
                 .delete(routes::deployments::delete),
         )
         .route("/admin/v1/node", get(routes::deployments::node))
+        .route("/admin/v1/models", get(routes::groups::list))
+        .route(
+            "/admin/v1/models/{*name}",
+            put(routes::groups::put)
+                .get(routes::groups::get)
+                .delete(routes::groups::delete),
+        )
+        .route("/v1/logs", get(routes::logs::tenant))
+        .route("/admin/v1/logs", get(routes::logs::operator))
         .route(
             "/admin/v1/tenants/{id}/members",
             post(routes::members::create).get(routes::members::list),

@@ -9,9 +9,16 @@ pub const HTTP_DURATION: &str = "flywheel_http_request_duration_seconds";
 pub const PROMPT_TOKENS: &str = "flywheel_usage_prompt_tokens_total";
 pub const COMPLETION_TOKENS: &str = "flywheel_usage_completion_tokens_total";
 pub const CACHED_TOKENS: &str = "flywheel_usage_cached_tokens_total";
+pub const REQUEST_LOGS_DROPPED: &str = "flywheel_request_logs_dropped_total";
+pub const REQUEST_LOGS_WRITTEN: &str = "flywheel_request_logs_written_total";
 
 /// Registers help texts with whatever recorder is installed.
 pub fn describe() {
+    metrics::describe_counter!(
+        REQUEST_LOGS_DROPPED,
+        "Request log rows dropped: the writer's channel was full or a batch could not be written."
+    );
+    metrics::describe_counter!(REQUEST_LOGS_WRITTEN, "Request log rows written.");
     metrics::describe_counter!(
         HTTP_REQUESTS,
         "HTTP requests answered, by endpoint, model and status."

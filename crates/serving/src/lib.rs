@@ -35,6 +35,7 @@ mod bound;
 mod catalog;
 mod embed;
 mod error;
+mod logs;
 mod meter;
 mod running;
 mod served;
@@ -48,12 +49,15 @@ use tokio_util::task::TaskTracker;
 
 pub use bound::{Bound, MAX_BYTES_PER_TOKEN};
 pub use catalog::Catalog;
+pub use catalog::Target;
 pub use embed::{RerankMethod, RerankRequest, Reranked};
 pub use error::ServeError;
+pub use logs::{RequestLogs, StatusOf};
 pub use meter::Delivery;
 pub use served::Served;
 pub use transcribe::{Transcribed, TranscriptionJob};
 
+use logs::Trail;
 use meter::{Meter, Reserved};
 use running::Running;
 
@@ -66,6 +70,8 @@ pub struct Serving {
     settlements: TaskTracker,
     /// Tenant requests in flight here, to end a deleted tenant's.
     running: Running,
+    /// Where tenant requests are logged, if anywhere.
+    logs: Option<RequestLogs>,
 }
 
 impl Serving {
@@ -77,7 +83,18 @@ impl Serving {
             tenancy,
             settlements,
             running: Running::default(),
+            logs: None,
         }
+    }
+
+    /// Logs every tenant request served from now on to `logs`.
+    pub fn with_logs(mut self, logs: RequestLogs) -> Self {
+        self.logs = Some(logs);
+        self
+    }
+
+    pub fn logs(&self) -> Option<&RequestLogs> {
+        self.logs.as_ref()
     }
 
     pub fn catalog(&self) -> &Catalog {
@@ -96,7 +113,39 @@ impl Serving {
         request: GenerateRequest,
         delivery: Delivery,
     ) -> Result<Served, ServeError> {
-        let backend = self.backend_for(payer, &request.model)?;
+        let trail = match (payer, &self.logs) {
+            (Some(p), Some(logs)) => Some(Trail::new(
+                logs,
+                (&request.request_id, &p.tenant.id, &p.key.prefix),
+                &request.model,
+            )),
+            _ => None,
+        };
+        let mut trail_slot = trail;
+        let result = self
+            .serve_logged(payer, request, delivery, &mut trail_slot)
+            .await;
+        if let (Err(err), Some(trail), Some(logs)) = (&result, trail_slot, &self.logs) {
+            logs.refused(trail, err);
+        }
+        result
+    }
+
+    /// [`Serving::serve`]; `trail` is taken by the meter once there is one, and left for the
+    /// caller to log a refusal otherwise.
+    async fn serve_logged(
+        &self,
+        payer: Option<&Principal>,
+        mut request: GenerateRequest,
+        delivery: Delivery,
+        trail: &mut Option<Trail>,
+    ) -> Result<Served, ServeError> {
+        let (name, target) = self.target_for(payer, &request.model)?;
+        request.model = name;
+        let (backend, route) = match target {
+            Target::Backend(backend) => (backend, None),
+            Target::Group(route) => (Arc::new(route.clone()) as Arc<dyn Backend>, Some(route)),
+        };
         let info = backend.info();
         embed::require_generation(&info)?;
         let bound = Bound::of(&request, info.context_length)?;
@@ -121,13 +170,32 @@ impl Serving {
             ),
             None => None,
         };
-        match backend.generate(request).await {
+        if let (Some(meter), Some(trail)) = (&mut meter, trail.take()) {
+            meter.set_trail(trail);
+        }
+        let generated = match route {
+            Some(route) => route
+                .generate_reported(request)
+                .await
+                .map(|(events, report)| {
+                    if let Some(trail) = meter.as_mut().and_then(Meter::trail) {
+                        trail.set_report(report);
+                    }
+                    events
+                }),
+            None => backend.generate(request).await,
+        };
+        match generated {
             Ok(events) => Ok(Served::new(events, meter, registration)),
             Err(err) => {
+                let err = ServeError::Backend(err);
                 if let Some(meter) = &mut meter {
+                    if let Some(trail) = meter.trail() {
+                        trail.fail(&err);
+                    }
                     meter.release().await;
                 }
-                Err(ServeError::Backend(err))
+                Err(err)
             }
         }
     }
@@ -171,15 +239,32 @@ impl Serving {
         payer: Option<&Principal>,
         model: &str,
     ) -> Result<Arc<dyn Backend>, ServeError> {
+        Ok(self.target_for(payer, model)?.1.backend())
+    }
+
+    /// The name `model` stands for (an alias read as its group's name) and what serves it,
+    /// if `payer`'s key may use it: the allow-list may name the alias or the group.
+    fn target_for(
+        &self,
+        payer: Option<&Principal>,
+        model: &str,
+    ) -> Result<(String, Target), ServeError> {
+        let name = self.catalog.canonical(model);
         if let Some(principal) = payer {
-            principal.require_model(model)?;
+            if let Err(err) = principal.require_model(model) {
+                if name == model || principal.require_model(&name).is_err() {
+                    return Err(err.into());
+                }
+            }
         }
-        self.catalog
-            .backend(model)
+        let target = self
+            .catalog
+            .target(&name)
             .ok_or_else(|| ServeError::ModelNotFound {
                 model: model.to_owned(),
                 available: self.catalog.names(),
-            })
+            })?;
+        Ok((name, target))
     }
 
     /// Steps 3 of the crate docs: balance, RPM, TPM, reservation of the bound (prompt and

@@ -22,10 +22,11 @@
 //! be reached). Settlements spawned on drop are tracked, so a draining server waits for them.
 
 use backend::Usage;
-use tenancy::{Admission, Counted, ProgressMarks, Tenancy, TokenUsage};
+use tenancy::{Admission, Counted, ProgressMarks, Settlement, Tenancy, TokenUsage};
 use tokio_util::task::TaskTracker;
 
 use crate::error::ServeError;
+use crate::logs::Trail;
 
 /// How the client receives the completion.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +56,8 @@ pub(crate) struct Meter {
     /// The backend's final usage, once it reported one.
     final_usage: Option<TokenUsage>,
     settled: bool,
+    /// Its request-log row, sent once settled.
+    trail: Option<Trail>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -88,6 +91,7 @@ impl Meter {
             delivered: 0,
             final_usage: None,
             settled: false,
+            trail: None,
         }
     }
 
@@ -123,6 +127,22 @@ impl Meter {
         Ok(())
     }
 
+    /// Logs the request once it is settled.
+    pub(crate) fn set_trail(&mut self, trail: Trail) {
+        self.trail = Some(trail);
+    }
+
+    pub(crate) fn trail(&mut self) -> Option<&mut Trail> {
+        self.trail.as_mut()
+    }
+
+    /// The trail's row goes out with `settlement` (or what is known without it).
+    fn log(&mut self, settlement: Option<&Settlement>) {
+        if let Some(trail) = self.trail.take() {
+            trail.finish(settlement);
+        }
+    }
+
     /// The backend failed. A request that never got a place to run, or whose estimated
     /// admission delivered nothing (an upstream server that refused or could not be reached),
     /// cost nothing the tenant should pay for: its hold goes back now.
@@ -151,6 +171,9 @@ impl Meter {
         )
         .await;
         self.settled = result.is_ok();
+        if let Ok(settlement) = &result {
+            self.log(Some(settlement));
+        }
     }
 
     /// Called before `tokens` more completion tokens are sent.
@@ -194,7 +217,13 @@ impl Meter {
         )
         .await;
         self.settled = result.is_ok();
-        result
+        match result {
+            Ok(settlement) => {
+                self.log(Some(&settlement));
+                Ok(())
+            }
+            Err(err) => Err(err),
+        }
     }
 
     /// What the client has received, for a request that ends without a final usage.
@@ -215,7 +244,7 @@ async fn settle(
     request_id: &str,
     admission: Option<&Admission>,
     usage: TokenUsage,
-) -> Result<(), ServeError> {
+) -> Result<Settlement, ServeError> {
     let settlement = tenancy
         .ledger
         .settle(request_id, usage)
@@ -225,7 +254,7 @@ async fn settle(
             ServeError::from(err)
         })?;
     let Some(admission) = admission else {
-        return Ok(());
+        return Ok(settlement);
     };
     if let Err(err) = tenancy
         .limits
@@ -234,15 +263,21 @@ async fn settle(
     {
         tracing::warn!(id = %request_id, error = %err, "could not correct the TPM window");
     }
-    Ok(())
+    Ok(settlement)
 }
 
 impl Drop for Meter {
     fn drop(&mut self) {
         if self.settled {
+            // Settled, but its row not sent (a settlement that returned an error later).
+            self.log(None);
             return;
         }
         let usage = self.final_usage.unwrap_or_else(|| self.delivered_usage());
+        let mut trail = self.trail.take();
+        if let (Some(trail), None) = (&mut trail, self.final_usage) {
+            trail.abandoned();
+        }
         let tenancy = self.tenancy.clone();
         let request_id = std::mem::take(&mut self.request_id);
         let admission = self.admission.clone();
@@ -252,7 +287,10 @@ impl Drop for Meter {
         }
         tracing::debug!(id = %request_id, ?usage, "settling an interrupted request");
         self.settlements.spawn(async move {
-            let _ = settle(&tenancy, &request_id, admission.as_ref(), usage).await;
+            let settled = settle(&tenancy, &request_id, admission.as_ref(), usage).await;
+            if let Some(trail) = trail {
+                trail.finish(settled.as_ref().ok());
+            }
         });
     }
 }

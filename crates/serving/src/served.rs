@@ -87,13 +87,22 @@ impl Served {
         let event = match item? {
             Ok(event) => event,
             Err(err) => {
+                let err = ServeError::Backend(err);
                 if let Some(meter) = &mut parts.meter {
+                    if let Some(trail) = meter.trail() {
+                        trail.fail(&err);
+                    }
                     meter.backend_failed().await;
                 }
-                return Some(Err(ServeError::Backend(err)));
+                return Some(Err(err));
             }
         };
         if let Some(meter) = &mut parts.meter {
+            if !matches!(event, Event::Queued { .. } | Event::Admitted { .. }) {
+                if let Some(trail) = meter.trail() {
+                    trail.first_byte();
+                }
+            }
             let billed = match &event {
                 Event::Queued { .. } | Event::ToolCall { .. } | Event::Logprobs(_) => Ok(()),
                 Event::Admitted {

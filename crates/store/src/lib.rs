@@ -24,6 +24,7 @@ pub mod model;
 mod postgres;
 pub mod removal;
 pub mod responses;
+pub mod routing;
 mod rows;
 mod sql;
 mod sqlite;
@@ -46,6 +47,7 @@ pub use model::*;
 pub use postgres::PostgresStore;
 pub use removal::{Removal, RemovalStore};
 pub use responses::{ResponseStore, StoredResponse};
+pub use routing::{LogPage, LogQuery, ModelGroupRecord, RequestLogRecord, RoutingStore};
 pub use sqlite::{snapshot as snapshot_sqlite, SqliteStore};
 
 /// Opens the database at `url` and brings its schema up to date:
@@ -66,7 +68,7 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
 /// safe to use from many tasks and from several processes on one database. Callers bring the parts into scope with
 /// `use store::{TenantStore, LedgerStore, LimitStore, HubStore, HubAccessStore,
 /// DeploymentRecordStore, ResponseStore, McpStore, FileStore, BatchStore, RemovalStore,
-/// MemberStore}`.
+/// MemberStore, RoutingStore}`.
 #[async_trait]
 pub trait Store:
     TenantStore
@@ -81,6 +83,7 @@ pub trait Store:
     + BatchStore
     + RemovalStore
     + MemberStore
+    + RoutingStore
 {
     /// `"sqlite"` or `"postgres"`, for logs.
     fn kind(&self) -> &'static str;

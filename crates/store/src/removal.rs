@@ -29,6 +29,8 @@ use crate::model::Timestamp;
 pub const API_KEYS: &str = "api_keys";
 /// Stored responses of the Responses API (ids).
 pub const RESPONSES: &str = "responses";
+/// The request log's rows (request ids).
+pub const REQUEST_LOGS: &str = "request_logs";
 /// Files of the Files API (ids), expired ones too; their blobs as [`HUB_BLOBS`].
 pub const FILES: &str = "files";
 /// Batches of the Batch API (ids), with their lines.

@@ -21,6 +21,7 @@ pub mod logprobs;
 pub mod mcp;
 pub mod members;
 pub mod responses;
+pub mod routing;
 pub mod sse;
 pub mod tenancy;
 pub mod tools;

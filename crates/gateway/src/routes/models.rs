@@ -44,11 +44,14 @@ pub struct ModelListView {
     pub data: Vec<ModelView>,
 }
 
-/// Whether the caller's key may use `model` (its allow-list, if any, names it).
-fn allowed(caller: &Caller, model: &str) -> bool {
-    caller
-        .principal()
-        .is_none_or(|p| p.require_model(model).is_ok())
+/// Whether the caller's key may use `model` (its allow-list, if any, names it, or names the
+/// group an alias stands for).
+fn allowed(state: &AppState, caller: &Caller, model: &str) -> bool {
+    caller.principal().is_none_or(|p| {
+        p.require_model(model).is_ok()
+            || p.require_model(&state.serving().catalog().canonical(model))
+                .is_ok()
+    })
 }
 
 pub async fn list(State(state): State<AppState>, caller: Caller) -> Json<ModelListView> {
@@ -57,7 +60,7 @@ pub async fn list(State(state): State<AppState>, caller: Caller) -> Json<ModelLi
         data: state
             .models()
             .into_iter()
-            .filter(|info| allowed(&caller, &info.id))
+            .filter(|info| allowed(&state, &caller, &info.id))
             .map(ModelView::from)
             .collect(),
     })
@@ -69,12 +72,15 @@ pub async fn get(
     Path(id): Path<String>,
 ) -> Result<Json<ModelView>> {
     let backend = state.backend(&id)?;
-    if !allowed(&caller, &id) {
+    if !allowed(&state, &caller, &id) {
         return Err(crate::error::ApiError::new(
             crate::error::Code::ModelNotFound,
             format!("The model '{id}' does not exist or this API key may not use it."),
         )
         .with_param("model"));
     }
-    Ok(Json(ModelView::from(backend.info())))
+    // An alias is listed under its own name.
+    let mut view = ModelView::from(backend.info());
+    view.id = id;
+    Ok(Json(view))
 }

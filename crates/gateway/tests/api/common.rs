@@ -190,6 +190,7 @@ pub fn app_full(
         metrics_open,
         max_body_bytes: MAX_BODY,
         audio: gateway::AudioLimits::default(),
+        routing: None,
         settlements: TaskTracker::new(),
         hub: None,
         plane,

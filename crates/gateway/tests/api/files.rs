@@ -48,6 +48,7 @@ async fn files_app() -> FilesApp {
         metrics_open: false,
         max_body_bytes: MAX_BODY,
         audio: gateway::AudioLimits::default(),
+        routing: None,
         settlements: TaskTracker::new(),
         hub: Some(hub),
         plane: None,

@@ -42,6 +42,7 @@ async fn hub_app(config: HubConfig) -> HubApp {
         metrics_open: false,
         max_body_bytes: MAX_BODY,
         audio: gateway::AudioLimits::default(),
+        routing: None,
         settlements: TaskTracker::new(),
         hub: Some(hub.clone()),
         plane: None,

@@ -51,6 +51,7 @@ async fn app() -> App {
         metrics_open: false,
         max_body_bytes: MAX_BODY,
         audio: gateway::AudioLimits::default(),
+        routing: None,
         settlements: TaskTracker::new(),
         hub: Some(hub.clone()),
         plane: None,

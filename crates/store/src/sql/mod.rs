@@ -24,6 +24,7 @@ pub(crate) mod mcp;
 mod members;
 mod removal;
 mod responses;
+mod routing;
 
 use async_trait::async_trait;
 

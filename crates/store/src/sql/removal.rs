@@ -69,6 +69,12 @@ impl Part {
 const PARTS: &[Part] = &[
     Part::delete(kinds::RESPONSES, "responses", "id", "tenant_id = $1"),
     Part::delete(
+        kinds::REQUEST_LOGS,
+        "request_logs",
+        "request_id",
+        "tenant_id = $1",
+    ),
+    Part::delete(
         kinds::BATCH_LINES,
         "batch_lines",
         "batch_id",

@@ -38,9 +38,9 @@ def training(tmp_path_factory):
         "--model", _env_path("FLYWHEEL_SMOL_GGUF"),
         "--training-file", os.path.join(DATA, "codeword-train.jsonl"),
         "--validation-file", os.path.join(DATA, "codeword-valid.jsonl"),
-        "--output", out, "--epochs", "3", "--batch-size", "4", "--max-steps", "300",
+        "--output", out, "--epochs", "1", "--batch-size", "4", "--max-steps", "300",
         "--rank", "8", "--alpha", "16", "--learning-rate", "0.002", "--seed", "1",
-        "--max-tokens", "64", "--threads", "2", "--checkpoint-every", "20",
+        "--max-tokens", "64", "--threads", "2", "--checkpoint-every", "10",
         "--checkpoint-dir", str(tmp / "checkpoints"),
     ]
     started = time.monotonic()

@@ -312,7 +312,7 @@ impl<'m> Trainer<'m> {
             let train_loss = self.train_step()?;
             let step = self.opt.step;
             let last = step == total;
-            let every = |n: usize| n > 0 && step % n == 0;
+            let every = |n: usize| n > 0 && step.is_multiple_of(n);
             let valid_loss = if every(self.config.eval_every) || last {
                 self.validation_loss()?
             } else {

@@ -98,8 +98,8 @@ impl BaseModel {
         };
         if config.n_head == 0
             || config.n_head_kv == 0
-            || config.n_embd % config.n_head != 0
-            || config.n_head % config.n_head_kv != 0
+            || !config.n_embd.is_multiple_of(config.n_head)
+            || !config.n_head.is_multiple_of(config.n_head_kv)
         {
             return Err(FinetuneError::Model(
                 "bad llama head counts in the GGUF".into(),

@@ -62,6 +62,18 @@ mod in_process {
 
     type Resolve = dyn Fn(&str) -> std::result::Result<PathBuf, String> + Send + Sync;
 
+    /// Splits a `BASE+lora:ADAPTER` model SPEC (a fine-tuned model: its base model served
+    /// with a LoRA adapter) into its parts; any other SPEC has no adapter.
+    pub fn split_adapter(model: &str) -> (&str, Option<&str>) {
+        match model.split_once(LORA_SEPARATOR) {
+            Some((base, adapter)) => (base, Some(adapter)),
+            None => (model, None),
+        }
+    }
+
+    /// Between a fine-tuned model's base SPEC and its adapter's SPEC.
+    pub const LORA_SEPARATOR: &str = "+lora:";
+
     /// Starts replicas as in-process llama.cpp engines.
     pub struct EngineLauncher {
         resolve: Arc<Resolve>,
@@ -89,8 +101,25 @@ mod in_process {
             }
         }
 
+        /// The LoRA adapter of a `BASE+lora:ADAPTER` model SPEC, resolved like the base.
+        fn adapter(&self, spec: &ReplicaSpec) -> Result<Option<PathBuf>> {
+            let Some(adapter) = split_adapter(&spec.model).1 else {
+                return Ok(None);
+            };
+            let path = (self.resolve)(adapter).map_err(Error::Launch)?;
+            if !path.is_file() {
+                return Err(Error::Launch(format!(
+                    "LoRA adapter {} for '{}' does not exist",
+                    path.display(),
+                    spec.deployment
+                )));
+            }
+            Ok(Some(path))
+        }
+
         fn path(&self, spec: &ReplicaSpec) -> Result<PathBuf> {
-            let path = (self.resolve)(&spec.model).map_err(Error::Launch)?;
+            let base = split_adapter(&spec.model).0;
+            let path = (self.resolve)(base).map_err(Error::Launch)?;
             if path.is_dir() {
                 if speech::is_speech_dir(&path) {
                     return Ok(path);
@@ -186,6 +215,15 @@ mod in_process {
                 // absorbs the moment between a slot freeing and the next dispatch.
                 max_queue: spec.slots,
             };
+            if let Some(adapter) = self.adapter(spec)? {
+                let engine = tokio::task::spawn_blocking(move || {
+                    engine::Engine::start_with_adapter(&path, &adapter, &name, &opts)
+                })
+                .await
+                .map_err(|e| Error::Launch(format!("engine start task failed: {e}")))?
+                .map_err(|e| Error::Launch(e.to_string()))?;
+                return Ok(Arc::new(engine));
+            }
             let engine = tokio::task::spawn_blocking(move || engine::start(&path, &name, &opts))
                 .await
                 .map_err(|e| Error::Launch(format!("engine start task failed: {e}")))?

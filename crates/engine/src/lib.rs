@@ -104,7 +104,44 @@ impl Engine {
     pub fn start(path: &Path, name: &str, opts: &EngineOptions) -> Result<Self> {
         check_options(opts)?;
         let model = Arc::new(LoadedModel::load(path, name)?);
-        Self::with_model(model, path, name, opts)
+        Self::with_model(model, path, name, opts, None)
+    }
+
+    /// [`Engine::start`] with a LoRA adapter (a GGUF LoRA, as `convert_lora_to_gguf.py` or
+    /// the `finetune` crate writes it) applied to every request: the served name is the
+    /// fine-tuned model. The engine loads its own copy of the base model (llama.cpp maps the
+    /// file, so the weights' pages are shared with the base model's engine) and its context
+    /// has the adapter set for its whole life, so no request of another model ever runs with
+    /// it, and none of its own without it.
+    pub fn start_with_adapter(
+        path: &Path,
+        adapter: &Path,
+        name: &str,
+        opts: &EngineOptions,
+    ) -> Result<Self> {
+        check_options(opts)?;
+        let mut model = LoadedModel::load(path, name)?;
+        if embed::kind_of(&model.model) != backend::ModelKind::Generate {
+            return Err(EngineError::Load(format!(
+                "{} is not a text-generation model; LoRA adapters apply to those only",
+                path.display()
+            )));
+        }
+        if !adapter.is_file() {
+            return Err(EngineError::Load(format!(
+                "the LoRA adapter {} does not exist or is not a file",
+                adapter.display()
+            )));
+        }
+        let lora = model.model.lora_adapter_init(adapter).map_err(|e| {
+            EngineError::Load(format!(
+                "{} is not a LoRA adapter of {} ({e}); llama.cpp logs say why",
+                adapter.display(),
+                path.display()
+            ))
+        })?;
+        tracing::info!(model = name, adapter = %adapter.display(), "LoRA adapter loaded");
+        Self::with_model(Arc::new(model), path, name, opts, Some(lora))
     }
 
     fn with_model(
@@ -112,6 +149,7 @@ impl Engine {
         path: &Path,
         name: &str,
         opts: &EngineOptions,
+        adapter: Option<llama_cpp_2::model::LlamaLoraAdapter>,
     ) -> Result<Self> {
         let train = if model.n_ctx_train > 0 {
             model.n_ctx_train
@@ -131,6 +169,7 @@ impl Engine {
         let config = WorkerConfig {
             limits,
             threads: opts.threads.max(1) as i32,
+            adapter,
         };
         let (commands, thread) =
             worker::spawn(model.clone(), config, metrics::ModelMetrics::new(name))
@@ -194,7 +233,9 @@ pub fn start(path: &Path, name: &str, opts: &EngineOptions) -> Result<Arc<dyn Ba
     check_options(opts)?;
     let model = Arc::new(LoadedModel::load(path, name)?);
     match embed::kind_of(&model.model) {
-        backend::ModelKind::Generate => Ok(Arc::new(Engine::with_model(model, path, name, opts)?)),
+        backend::ModelKind::Generate => {
+            Ok(Arc::new(Engine::with_model(model, path, name, opts, None)?))
+        }
         kind => Ok(Arc::new(embed::EmbedEngine::start(
             model, name, kind, opts,
         )?)),

@@ -164,6 +164,45 @@ impl LoadedModel {
     }
 
     fn chat_tokens(&self, messages: &[ChatMessage], tools: &[Tool]) -> Result<GenerationPrompt> {
+        self.chat_tokens_with(messages, tools, true)
+    }
+
+    /// A finished conversation's tokens, as serving would tokenize it, and for each token
+    /// whether an assistant message wrote it (the tokens a fine-tune learns to produce): the
+    /// assistant turn `i` covers the tokens between the rendering of `messages[..i]` with the
+    /// generation prompt and that of `messages[..=i]` without it.
+    pub fn training_tokens(
+        &self,
+        messages: &[ChatMessage],
+    ) -> Result<(Vec<LlamaToken>, Vec<bool>)> {
+        let full = self.chat_tokens_with(messages, &[], false)?.tokens;
+        let mut mask = vec![false; full.len()];
+        for (i, m) in messages.iter().enumerate() {
+            if m.role != "assistant" {
+                continue;
+            }
+            let start = self.chat_tokens_with(&messages[..i], &[], true)?.tokens;
+            let end = self.chat_tokens_with(&messages[..=i], &[], false)?.tokens;
+            if !full.starts_with(&start) || !full.starts_with(&end) || end.len() <= start.len() {
+                return Err(EngineError::BadPrompt(
+                    "the model's chat template does not render this conversation turn by turn, \
+                     so its assistant tokens cannot be told apart"
+                        .into(),
+                ));
+            }
+            mask[start.len()..end.len()]
+                .iter_mut()
+                .for_each(|b| *b = true);
+        }
+        Ok((full, mask))
+    }
+
+    fn chat_tokens_with(
+        &self,
+        messages: &[ChatMessage],
+        tools: &[Tool],
+        add_generation_prompt: bool,
+    ) -> Result<GenerationPrompt> {
         let escape = |s: &str| self.specials.escape(s).into_owned();
         let escaped: Vec<ChatMessage> = messages
             .iter()
@@ -194,7 +233,7 @@ impl LoadedModel {
         };
         let rendered = self
             .template
-            .render_with_tools(&escaped, tools.as_ref())
+            .render_full(&escaped, tools.as_ref(), add_generation_prompt)
             .map_err(|e| match e {
                 TemplateError::Rejected(m) => EngineError::BadPrompt(format!(
                     "the model's chat template rejected the messages: {m}"

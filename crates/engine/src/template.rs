@@ -65,6 +65,17 @@ impl ChatTemplate {
         messages: &[ChatMessage],
         tools: Option<&serde_json::Value>,
     ) -> Result<String, TemplateError> {
+        self.render_full(messages, tools, true)
+    }
+
+    /// Render the conversation, with the generation prompt appended when
+    /// `add_generation_prompt` (without it: a finished conversation, as training data is).
+    pub fn render_full(
+        &self,
+        messages: &[ChatMessage],
+        tools: Option<&serde_json::Value>,
+        add_generation_prompt: bool,
+    ) -> Result<String, TemplateError> {
         let tools = tools.map(minijinja::Value::from_serialize);
         let tmpl = self
             .env
@@ -73,7 +84,7 @@ impl ChatTemplate {
         tmpl.render(context! {
             messages => messages,
             tools => tools,
-            add_generation_prompt => true,
+            add_generation_prompt => add_generation_prompt,
             bos_token => self.bos_token,
             eos_token => self.eos_token,
         })

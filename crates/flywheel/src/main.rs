@@ -7,6 +7,7 @@ mod config;
 mod convert;
 mod deployments;
 mod files_config;
+mod finetune;
 mod http;
 mod hub_config;
 mod pull;
@@ -40,6 +41,8 @@ enum Command {
     Restore(backup::RestoreArgs),
     /// Convert a Hugging Face BERT-family model directory (safetensors) into a GGUF file.
     Convert(convert::ConvertArgs),
+    /// Train a LoRA adapter for a llama GGUF on a chat JSONL file, on this machine's CPUs.
+    Finetune(Box<finetune::FinetuneArgs>),
 }
 
 fn main() -> std::process::ExitCode {
@@ -63,6 +66,7 @@ fn main() -> std::process::ExitCode {
             client_runtime().and_then(|rt| rt.block_on(backup::restore(args)))
         }
         Command::Convert(args) => convert::run(args),
+        Command::Finetune(args) => finetune::run(*args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -13,6 +13,7 @@ use backend::{BackendError, Event, FinishReason, Priority, SamplingParams, Token
 use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::model::LlamaLoraAdapter;
 use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 use llama_cpp_2::DecodeError;
@@ -96,6 +97,8 @@ impl Seq {
 pub struct WorkerConfig {
     pub limits: Limits,
     pub threads: i32,
+    /// A LoRA adapter set on the context for its whole life (a fine-tuned model's engine).
+    pub adapter: Option<LlamaLoraAdapter>,
 }
 
 /// Start the worker thread; returns once the context exists (or failed to be created), with
@@ -133,6 +136,7 @@ fn run(
         .with_kv_unified(false)
         .with_n_threads(config.threads)
         .with_n_threads_batch(config.threads);
+    let mut adapter = config.adapter;
     let ctx = match llama_backend().map_err(|e| e.to_string()).and_then(|b| {
         model
             .model
@@ -148,8 +152,16 @@ fn run(
             return;
         }
     };
+    let mut ctx = ctx;
+    if let Some(a) = adapter.as_mut() {
+        if let Err(e) = ctx.lora_adapter_set(a, 1.0) {
+            let _ = ready.send(Err(format!("could not apply the LoRA adapter: {e}")));
+            return;
+        }
+    }
     let _ = ready.send(Ok(()));
     let mut worker = Worker {
+        _adapter: adapter,
         batch: LlamaBatch::new(limits.step_tokens.max(limits.slots), limits.slots as i32),
         state: State::new(limits),
         model: &model,
@@ -179,6 +191,8 @@ struct Worker<'m> {
     piece: Vec<u8>,
     /// `Stop` arrived: end everything and return.
     stopping: bool,
+    /// The LoRA adapter the context applies: declared after `ctx`, so it is freed after it.
+    _adapter: Option<LlamaLoraAdapter>,
 }
 
 impl Worker<'_> {

@@ -417,6 +417,7 @@ async fn a_dry_run_lists_exactly_what_the_removal_removes(fx: Fixture) {
         (kinds::MCP_SERVERS, &["mcp_a"]),
         (kinds::MCP_SETTINGS, &["audit_arguments"]),
         (kinds::MCP_CALL_ARGUMENTS, &["call_a1"]),
+        (kinds::REQUEST_LOGS, &[]),
         (kinds::SIGN_IN_FAILURES, &[]),
         (kinds::CONSOLE_SESSIONS, &[]),
         (kinds::MEMBERS, &[]),

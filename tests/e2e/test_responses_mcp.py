@@ -78,7 +78,8 @@ def _hhmm(call_output: str) -> str:
     in an answer: its minutes exactly, after any hour (the 0.5B model writes the hour 01 as
     "12"); the minutes can only come from the call."""
     minute = re.search(r"T\d\d:(\d\d)", json.loads(call_output)["datetime"]).group(1)
-    return rf"\b\d{{1,2}}:{minute}\b"
+    # Digits may follow a letter (an ISO "T04:21:18" in the answer), so no \b before them.
+    return rf"(?<!\d)\d{{1,2}}:{minute}(?!\d)"
 
 
 def _check_time_answer(response):

@@ -51,14 +51,9 @@ pub fn capacity(node: &NodeView) -> Markup {
     }
 }
 
-fn kind_name(kind: EventKind) -> &'static str {
-    match kind {
-        EventKind::Scale => "scale",
-        EventKind::ReplicaReady => "replica ready",
-        EventKind::ReplicaStopped => "replica stopped",
-        EventKind::ReplicaFailed => "replica failed",
-        EventKind::Rollout => "roll-out",
-    }
+/// An event's API name, with spaces.
+fn kind_name(kind: EventKind) -> String {
+    kind.as_str().replace('_', " ")
 }
 
 fn utc(at: SystemTime) -> String {
@@ -102,7 +97,7 @@ pub async fn page(
                     @for r in &view.replicas {
                         tr {
                             td.num { (r.id) }
-                            td { (format!("{:?}", r.state).to_lowercase()) }
+                            td { (r.state.as_str()) }
                             td { (r.model) }
                             td.num { (r.slots) }
                             td.num { (r.in_flight) }

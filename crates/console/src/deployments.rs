@@ -63,7 +63,7 @@ pub async fn page(State(console): State<Console>, signed: Signed) -> PageResult 
                             td.num { (d.replicas.len()) " (" (d.spec.min_replicas) "–" (d.spec.max_replicas) ")" }
                             td.states {
                                 @if d.replicas.is_empty() { "none" }
-                                @for r in &d.replicas { (format!("{:?}", r.state).to_lowercase()) " " }
+                                @for r in &d.replicas { (r.state.as_str()) " " }
                             }
                             td.num { (count(d.queue_length as i64)) }
                             td.num { (count(d.in_flight as i64)) }

@@ -21,6 +21,19 @@ pub enum EventKind {
     Rollout,
 }
 
+impl EventKind {
+    /// The event's name in the admin API (the console shows it with spaces).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Scale => "scale",
+            Self::ReplicaReady => "replica_ready",
+            Self::ReplicaStopped => "replica_stopped",
+            Self::ReplicaFailed => "replica_failed",
+            Self::Rollout => "rollout",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct ScaleEvent {
     pub at: SystemTime,

@@ -7,8 +7,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use control::{
-    DeploymentPatch, DeploymentSpec, DeploymentView, EventKind, NodeView, QueueSpec, ReplicaState,
-    ReplicaView, ScaleEvent,
+    DeploymentPatch, DeploymentSpec, DeploymentView, NodeView, QueueSpec, ReplicaView, ScaleEvent,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -261,11 +260,7 @@ impl From<ReplicaView> for ReplicaJson {
     fn from(r: ReplicaView) -> Self {
         Self {
             id: r.id,
-            state: match r.state {
-                ReplicaState::Loading => "loading",
-                ReplicaState::Ready => "ready",
-                ReplicaState::Draining => "draining",
-            },
+            state: r.state.as_str(),
             model: r.model,
             generation: r.generation,
             slots: r.slots,
@@ -312,13 +307,7 @@ impl From<ScaleEvent> for ScaleEventView {
         Self {
             at: DateTime::<Utc>::from(e.at).to_rfc3339_opts(SecondsFormat::Millis, true),
             deployment: e.deployment,
-            kind: match e.kind {
-                EventKind::Scale => "scale",
-                EventKind::ReplicaReady => "replica_ready",
-                EventKind::ReplicaStopped => "replica_stopped",
-                EventKind::ReplicaFailed => "replica_failed",
-                EventKind::Rollout => "rollout",
-            },
+            kind: e.kind.as_str(),
             from: e.from,
             to: e.to,
             reason: e.reason,

@@ -17,6 +17,17 @@ pub enum ReplicaState {
     Draining,
 }
 
+impl ReplicaState {
+    /// The state's name in the admin API and the console.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Loading => "loading",
+            Self::Ready => "ready",
+            Self::Draining => "draining",
+        }
+    }
+}
+
 pub(crate) struct Replica {
     pub id: u64,
     pub generation: u64,

@@ -107,7 +107,7 @@ impl From<tenancy::Error> for PageError {
         use tenancy::Error as E;
         let status = match &err {
             E::InvalidApiKey => StatusCode::UNAUTHORIZED,
-            E::InsufficientQuota { .. } => StatusCode::PAYMENT_REQUIRED,
+            E::InsufficientQuota { .. } | E::BudgetExceeded { .. } => StatusCode::PAYMENT_REQUIRED,
             E::PermissionDenied { .. } => StatusCode::FORBIDDEN,
             E::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             E::NotFound { .. } => StatusCode::NOT_FOUND,

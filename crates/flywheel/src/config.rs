@@ -137,6 +137,15 @@ pub struct ServeArgs {
     /// [default: public addresses only].
     #[arg(long, env = "FLYWHEEL_MCP_ALLOW_HOSTS")]
     pub mcp_allow_hosts: Option<String>,
+    /// Outbound hosts budget alert webhooks may be sent to besides public addresses:
+    /// comma-separated `host[:port]` (loopback, private and link-local addresses are refused
+    /// unless listed) [default: public addresses only].
+    #[arg(long, env = "FLYWHEEL_WEBHOOK_ALLOW_HOSTS")]
+    pub webhook_allow_hosts: Option<String>,
+    /// Export request traces to this OpenTelemetry collector over OTLP/HTTP (protobuf): its
+    /// base URL (`/v1/traces` is added) or the traces URL itself [default: off].
+    #[arg(long, env = "FLYWHEEL_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
     /// Seconds one request to an MCP server may take [default: 60].
     #[arg(long, env = "FLYWHEEL_MCP_CALL_TIMEOUT_SECONDS")]
     pub mcp_call_timeout_seconds: Option<u64>,
@@ -204,6 +213,10 @@ pub struct ServeConfig {
     pub batch: batch::BatchConfig,
     /// Where MCP connections may go.
     pub mcp_allow_hosts: mcp::AllowList,
+    /// Where budget alert webhooks may go.
+    pub webhook_allow_hosts: mcp::AllowList,
+    /// The OTLP/HTTP collector traces go to; `None`: no traces.
+    pub otlp_endpoint: Option<String>,
     pub mcp_call_timeout: Duration,
 }
 
@@ -293,6 +306,14 @@ impl ServeArgs {
             batch: args.batch.resolve()?,
             mcp_allow_hosts: mcp::AllowList::parse(args.mcp_allow_hosts.as_deref().unwrap_or(""))
                 .map_err(|e| anyhow::anyhow!("--mcp-allow-hosts: {e}"))?,
+            webhook_allow_hosts: mcp::AllowList::parse(
+                args.webhook_allow_hosts.as_deref().unwrap_or(""),
+            )
+            .map_err(|e| anyhow::anyhow!("--webhook-allow-hosts: {e}"))?,
+            otlp_endpoint: args
+                .otlp_endpoint
+                .map(|url| check_otlp_endpoint(&url).map(|()| url))
+                .transpose()?,
             mcp_call_timeout: Duration::from_secs(
                 args.mcp_call_timeout_seconds.unwrap_or(60).clamp(1, 3600),
             ),
@@ -300,6 +321,15 @@ impl ServeArgs {
         config.validate()?;
         Ok(config)
     }
+}
+
+/// `--otlp-endpoint` must be an http(s) URL.
+fn check_otlp_endpoint(url: &str) -> Result<()> {
+    let lower = url.to_ascii_lowercase();
+    if !(lower.starts_with("http://") || lower.starts_with("https://")) || url.len() < 10 {
+        bail!("--otlp-endpoint: '{url}' is not an http:// or https:// URL of an OTLP/HTTP collector (such as http://127.0.0.1:4318)");
+    }
+    Ok(())
 }
 
 impl ServeConfig {

@@ -15,6 +15,7 @@ mod push;
 mod rotate;
 mod routing;
 mod serve;
+mod telemetry;
 
 use clap::{Parser, Subcommand};
 
@@ -46,16 +47,33 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,llama-cpp-2=warn,llama_cpp_2=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve(args) => args.resolve().and_then(serve::run),
+        Command::Serve(args) => serve_command(*args),
+        command => telemetry::init(None).and_then(|_| run_client(command)),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// `flywheel serve`: logs and traces as configured, then the server.
+fn serve_command(args: config::ServeArgs) -> anyhow::Result<()> {
+    let config = args.resolve()?;
+    let telemetry = telemetry::init(config.otlp_endpoint.as_deref())?;
+    let served = serve::run(config);
+    telemetry.shutdown();
+    served
+}
+
+/// The commands other than `serve`, with logs on stderr.
+fn run_client(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Serve(args) => serve_command(*args),
         Command::Push(args) => client_runtime().and_then(|rt| rt.block_on(push::run(args))),
         Command::Pull(args) => client_runtime().and_then(|rt| rt.block_on(pull::run(args))),
         Command::RotateSecretKey(args) => {
@@ -67,13 +85,6 @@ fn main() -> std::process::ExitCode {
         }
         Command::Convert(args) => convert::run(args),
         Command::Finetune(args) => finetune::run(*args),
-    };
-    match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
     }
 }
 

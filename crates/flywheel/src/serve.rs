@@ -67,6 +67,7 @@ async fn serve(config: ServeConfig) -> Result<()> {
         metrics_open: config.metrics_open,
         max_body_bytes: config.max_body_bytes,
         audio: config.audio,
+        webhook_guard: Some(gateway::webhooks::guard(config.webhook_allow_hosts.clone())),
         mcp: Some(mcp.clone()),
         files: Some(files),
         batch: Some(gateway::BatchSetup {

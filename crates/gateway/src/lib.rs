@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod observe;
 mod routes;
 pub mod sse;
+pub mod webhooks;
 
 pub use ::wire;
 pub use observe::ClientAddr;
@@ -67,6 +68,8 @@ pub struct GatewayState {
     pub audio: AudioLimits,
     /// Model groups and the request log (`None`: neither).
     pub routing: Option<RoutingSetup>,
+    /// Where budget alert webhooks may go (`webhooks::guard`); `None`: public addresses only.
+    pub webhook_guard: Option<mcp::Guard>,
 }
 
 /// Model groups (stored, keys sealed with `sealer`) and the request log.
@@ -126,6 +129,7 @@ struct Inner {
     /// Taken while groups are stored and served, so a reload and an admin change never
     /// interleave.
     groups_turn: tokio::sync::Mutex<()>,
+    webhook_guard: mcp::Guard,
 }
 
 impl AppState {
@@ -166,6 +170,9 @@ impl AppState {
             audio: state.audio,
             routing: state.routing,
             groups_turn: tokio::sync::Mutex::new(()),
+            webhook_guard: state
+                .webhook_guard
+                .unwrap_or_else(|| webhooks::guard(mcp::AllowList::default())),
             metrics: state.metrics,
             metrics_open: state.metrics_open,
         }))
@@ -222,6 +229,11 @@ impl AppState {
         self.0.mcp.clone()
     }
 
+    /// The outbound rules budget webhooks are checked and sent with.
+    pub fn webhook_guard(&self) -> &mcp::Guard {
+        &self.0.webhook_guard
+    }
+
     pub fn tenancy(&self) -> &Tenancy {
         self.0.serving.tenancy()
     }
@@ -257,6 +269,9 @@ impl axum::extract::FromRef<AppState> for Authenticator {
 /// The state of the routes; unfinished batches resume (a runner each) once it exists.
 fn app_state(state: GatewayState) -> AppState {
     let state = AppState::new(state);
+    if tokio::runtime::Handle::try_current().is_ok() {
+        webhooks::spawn(state.tenancy().budgets.clone(), state.webhook_guard().clone());
+    }
     if let (Some(batches), Ok(runtime)) = (state.batches(), tokio::runtime::Handle::try_current()) {
         let batches = batches.clone();
         runtime.spawn(async move {
@@ -384,7 +399,25 @@ pub fn router_with(
             "/admin/v1/tenants/{id}/keys",
             post(routes::admin::create_key).get(routes::admin::list_keys),
         )
-        .route("/admin/v1/keys/{key_id}", delete(routes::admin::revoke_key))
+        .route(
+            "/admin/v1/keys/{key_id}",
+            delete(routes::admin::revoke_key).patch(routes::budgets::patch_key),
+        )
+        .route("/v1/budget", get(routes::budgets::own_status))
+        .route("/v1/budget/events", get(routes::budgets::own_events))
+        .route(
+            "/v1/budget/webhook_secret",
+            post(routes::budgets::rotate_own_secret),
+        )
+        .route("/admin/v1/tenants/{id}/budget", get(routes::budgets::status))
+        .route(
+            "/admin/v1/tenants/{id}/budget/events",
+            get(routes::budgets::events),
+        )
+        .route(
+            "/admin/v1/tenants/{id}/webhook_secret",
+            post(routes::budgets::rotate_secret),
+        )
         .route("/admin/v1/tenants/{id}/topups", post(routes::admin::top_up))
         .route("/admin/v1/prices", get(routes::admin::list_prices))
         .route(

@@ -161,14 +161,36 @@ pub fn refusal(ip: IpAddr) -> Option<&'static str> {
 pub struct Guard {
     allow: Arc<AllowList>,
     timeout: Duration,
+    /// What connects and which flag allows more, for messages.
+    purpose: Purpose,
     clients: Arc<Mutex<HashMap<(String, u16), reqwest::Client>>>,
+}
+
+/// Who uses a [`Guard`], for its refusals: what connects, and the flag that allows more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Purpose {
+    pub what: &'static str,
+    pub flag: &'static str,
+}
+
+impl Purpose {
+    pub const MCP: Self = Self {
+        what: "MCP connections",
+        flag: "--mcp-allow-hosts",
+    };
 }
 
 impl Guard {
     pub fn new(allow: AllowList, timeout: Duration) -> Self {
+        Self::with_purpose(allow, timeout, Purpose::MCP)
+    }
+
+    /// The same rules for another kind of outbound connection (budget webhooks).
+    pub fn with_purpose(allow: AllowList, timeout: Duration, purpose: Purpose) -> Self {
         Self {
             allow: Arc::new(allow),
             timeout,
+            purpose,
             clients: Arc::default(),
         }
     }
@@ -181,7 +203,7 @@ impl Guard {
         if !matches!(parsed.scheme(), "http" | "https") {
             return Err(McpError::invalid(
                 "url",
-                "an MCP server's URL must be http:// or https://",
+                "the URL must be http:// or https://",
             ));
         }
         if !parsed.username().is_empty() || parsed.password().is_some() {
@@ -207,7 +229,8 @@ impl Guard {
     fn check_addr(&self, host: &str, addr: SocketAddr) -> Result<(), McpError> {
         match refusal(addr.ip()) {
             Some(why) if !self.allow.allows(host, addr) => Err(McpError::Forbidden(format!(
-                "{addr} is a {why} address, which MCP connections may not reach; the operator can allow it with --mcp-allow-hosts"
+                "{addr} is a {why} address, which {} may not reach; the operator can allow it with {}",
+                self.purpose.what, self.purpose.flag
             ))),
             _ => Ok(()),
         }
@@ -244,6 +267,7 @@ impl Guard {
         let resolver = Checked {
             allow: self.allow.clone(),
             port,
+            purpose: self.purpose,
         };
         let client = reqwest::Client::builder()
             .no_proxy()
@@ -265,12 +289,14 @@ impl Guard {
 struct Checked {
     allow: Arc<AllowList>,
     port: u16,
+    purpose: Purpose,
 }
 
 impl Resolve for Checked {
     fn resolve(&self, name: Name) -> Resolving {
         let allow = self.allow.clone();
         let port = self.port;
+        let purpose = self.purpose;
         Box::pin(async move {
             let host = name.as_str().to_owned();
             let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), port))
@@ -279,7 +305,8 @@ impl Resolve for Checked {
             if let Some(bad) = addrs.iter().find(|a| !allow.allows(&host, **a)) {
                 let why = refusal(bad.ip()).unwrap_or("refused");
                 return Err(format!(
-                    "'{host}' resolves to {bad}, a {why} address, which MCP connections may not reach; the operator can allow it with --mcp-allow-hosts"
+                    "'{host}' resolves to {bad}, a {why} address, which {} may not reach; the operator can allow it with {}",
+                    purpose.what, purpose.flag
                 )
                 .into());
             }

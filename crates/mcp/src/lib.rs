@@ -38,7 +38,7 @@ use crate::cache::Ttl;
 
 pub use endpoint::{Incoming, McpCaller, Refusal, Reply};
 pub use error::{McpError, Result};
-pub use guard::{AllowList, Guard};
+pub use guard::{AllowList, Guard, Purpose};
 pub use hosted::{Hosted, HostedSpec};
 pub use registry::{reseal_all, NewServer, Owner, ServerPatch, Transport};
 pub use route::NODE_AUTH_HEADER;

@@ -10,7 +10,9 @@
 //! 2. the request's worst case from its bytes ([`Bound`]): a prompt whose bytes alone cannot
 //!    fit the context is refused;
 //! 3. for a tenant: a balance check of that worst case against the account as authenticated
-//!    (402, or 403 for a free-tier-only tenant whose grant is used up), then the request
+//!    (402, or 403 for a free-tier-only tenant whose grant is used up), then the money that
+//!    worst case would hold against the key's and the tenant's spend budgets for the period
+//!    (402 `budget_exceeded`; see `tenancy::Budgets`), then the request
 //!    counted against the key's and the tenant's RPM (429; also when a TPM window is already
 //!    full), then the worst case reserved in the ledger (402 when a concurrent request took
 //!    the balance first). TPM counts the worst case once the backend has counted the prompt
@@ -46,6 +48,7 @@ use std::sync::Arc;
 use backend::{Backend, GenerateRequest, Priority};
 use tenancy::{Counted, Principal, ReserveRequest, Tenancy};
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 pub use bound::{Bound, MAX_BYTES_PER_TOKEN};
 pub use catalog::Catalog;
@@ -158,6 +161,9 @@ impl Serving {
         } else {
             request.model.clone()
         };
+        // The request's span (the gateway's): admission, queue, generation and settlement
+        // are its children in a trace.
+        let span = tracing::Span::current();
         let mut meter = match payer {
             Some(principal) => Some(
                 self.admit(
@@ -186,7 +192,7 @@ impl Serving {
             None => backend.generate(request).await,
         };
         match generated {
-            Ok(events) => Ok(Served::new(events, meter, registration)),
+            Ok(events) => Ok(Served::new(events, meter, registration, span)),
             Err(err) => {
                 let err = ServeError::Backend(err);
                 if let Some(meter) = &mut meter {
@@ -277,12 +283,45 @@ impl Serving {
         (prompt, completion): (u32, u32),
         (delivery, batch): (Delivery, bool),
     ) -> Result<Meter, ServeError> {
+        // The request's span: the admission's parent, and the settlement's.
+        let span = tracing::Span::current();
+        let admission = tracing::info_span!("admission", model = %model);
+        let counted = self
+            .hold(principal, (request_id, model), (prompt, completion), batch)
+            .instrument(admission)
+            .await?;
+        Ok(Meter::new(
+            self.tenancy.clone(),
+            self.settlements.clone(),
+            Reserved {
+                request_id: request_id.to_owned(),
+                key_id: principal.key.id.clone(),
+                span,
+                delivery,
+                counted,
+                prompt_tokens: i64::from(prompt),
+                completion_tokens: i64::from(completion),
+            },
+        ))
+    }
+
+    /// [`Serving::admit`]'s checks and the reservation; the request's place in the RPM windows.
+    async fn hold(
+        &self,
+        principal: &Principal,
+        (request_id, model): (&str, &str),
+        (prompt, completion): (u32, u32),
+        batch: bool,
+    ) -> Result<Counted, ServeError> {
         let (prompt, completion) = (i64::from(prompt), i64::from(completion));
         let tenancy = &self.tenancy;
-        tenancy
+        let worst_amount = tenancy
             .ledger
             .check_affordable(&principal.tenant, model, prompt, completion)
             .await?;
+        // Held until the reservation is made, so this process's requests for the same budget
+        // see each other's holds.
+        let permit = tenancy.budgets.admit(principal, worst_amount).await?;
         let counted = if batch {
             Counted::outside_windows()
         } else {
@@ -300,16 +339,7 @@ impl Serving {
             max_completion_tokens: completion,
         };
         tenancy.ledger.reserve(&reserve).await?;
-        Ok(Meter::new(
-            tenancy.clone(),
-            self.settlements.clone(),
-            Reserved {
-                request_id: request_id.to_owned(),
-                delivery,
-                counted,
-                prompt_tokens: prompt,
-                completion_tokens: completion,
-            },
-        ))
+        drop(permit);
+        Ok(counted)
     }
 }

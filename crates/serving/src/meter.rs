@@ -24,6 +24,7 @@
 use backend::Usage;
 use tenancy::{Admission, Counted, ProgressMarks, Settlement, Tenancy, TokenUsage};
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use crate::error::ServeError;
 use crate::logs::Trail;
@@ -41,6 +42,8 @@ pub(crate) struct Meter {
     tenancy: Tenancy,
     settlements: TaskTracker,
     request_id: String,
+    key_id: String,
+    span: tracing::Span,
     delivery: Delivery,
     /// The request's place in its RPM windows, whose TPM windows it joins once admitted.
     counted: Counted,
@@ -70,6 +73,10 @@ struct Admitted {
 /// A request whose bound is reserved, for [`Meter::new`].
 pub(crate) struct Reserved {
     pub request_id: String,
+    /// The key it came with (its budget's alerts are checked after settlement).
+    pub key_id: String,
+    /// The span its settlement is a child of (the request's).
+    pub span: tracing::Span,
     pub delivery: Delivery,
     pub counted: Counted,
     pub prompt_tokens: i64,
@@ -82,6 +89,8 @@ impl Meter {
             tenancy,
             settlements,
             request_id: reserved.request_id,
+            key_id: reserved.key_id,
+            span: reserved.span,
             delivery: reserved.delivery,
             counted: reserved.counted,
             admission: None,
@@ -165,10 +174,11 @@ impl Meter {
         self.final_usage = Some(TokenUsage::default());
         let result = settle(
             &self.tenancy,
-            &self.request_id,
+            (&self.request_id, &self.key_id),
             self.admission.as_ref(),
             TokenUsage::default(),
         )
+        .instrument(self.settlement_span())
         .await;
         self.settled = result.is_ok();
         if let Ok(settlement) = &result {
@@ -211,10 +221,11 @@ impl Meter {
         self.final_usage = Some(usage);
         let result = settle(
             &self.tenancy,
-            &self.request_id,
+            (&self.request_id, &self.key_id),
             self.admission.as_ref(),
             usage,
         )
+        .instrument(self.settlement_span())
         .await;
         self.settled = result.is_ok();
         match result {
@@ -224,6 +235,10 @@ impl Meter {
             }
             Err(err) => Err(err),
         }
+    }
+
+    fn settlement_span(&self) -> tracing::Span {
+        tracing::info_span!(parent: &self.span, "settlement", request_id = %self.request_id)
     }
 
     /// What the client has received, for a request that ends without a final usage.
@@ -241,7 +256,7 @@ impl Meter {
 
 async fn settle(
     tenancy: &Tenancy,
-    request_id: &str,
+    (request_id, key_id): (&str, &str),
     admission: Option<&Admission>,
     usage: TokenUsage,
 ) -> Result<Settlement, ServeError> {
@@ -253,6 +268,19 @@ async fn settle(
             tracing::error!(id = %request_id, error = %err, "settlement failed; recovery will settle from the last progress mark");
             ServeError::from(err)
         })?;
+    if settlement.charged.amount > 0 && !settlement.already_settled {
+        // Budget alerts are checked off the request path.
+        let (budgets, tenant_id, key_id) = (
+            tenancy.budgets.clone(),
+            settlement.tenant_id.clone(),
+            key_id.to_owned(),
+        );
+        tokio::spawn(async move {
+            if let Err(err) = budgets.after_settle(&tenant_id, Some(&key_id)).await {
+                tracing::warn!(tenant = %tenant_id, error = %err, "could not check budget alerts");
+            }
+        });
+    }
     let Some(admission) = admission else {
         return Ok(settlement);
     };
@@ -279,7 +307,9 @@ impl Drop for Meter {
             trail.abandoned();
         }
         let tenancy = self.tenancy.clone();
+        let span = self.settlement_span();
         let request_id = std::mem::take(&mut self.request_id);
+        let key_id = std::mem::take(&mut self.key_id);
         let admission = self.admission.clone();
         if tokio::runtime::Handle::try_current().is_err() {
             tracing::error!(id = %request_id, "no runtime to settle a dropped request; recovery will settle it");
@@ -287,7 +317,9 @@ impl Drop for Meter {
         }
         tracing::debug!(id = %request_id, ?usage, "settling an interrupted request");
         self.settlements.spawn(async move {
-            let settled = settle(&tenancy, &request_id, admission.as_ref(), usage).await;
+            let settled = settle(&tenancy, (&request_id, &key_id), admission.as_ref(), usage)
+                .instrument(span)
+                .await;
             if let Some(trail) = trail {
                 trail.finish(settled.as_ref().ok());
             }

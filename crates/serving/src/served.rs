@@ -23,6 +23,37 @@ pub struct Served {
     unread: Option<Event>,
     /// The refusal for an ended request was handed out.
     ended: bool,
+    phases: Phases,
+}
+
+/// The request's time waiting for a place to run (`queue`, until the backend's `Admitted`)
+/// and generating (`generation`, until `Finished`), as child spans of the request's.
+struct Phases {
+    parent: tracing::Span,
+    queue: Option<tracing::Span>,
+    generation: Option<tracing::Span>,
+}
+
+impl Phases {
+    fn new(parent: tracing::Span) -> Self {
+        let queue = tracing::info_span!(parent: &parent, "queue");
+        Self {
+            parent,
+            queue: Some(queue),
+            generation: None,
+        }
+    }
+
+    fn admitted(&mut self) {
+        if self.queue.take().is_some() {
+            self.generation = Some(tracing::info_span!(parent: &self.parent, "generation"));
+        }
+    }
+
+    fn finished(&mut self) {
+        self.queue = None;
+        self.generation = None;
+    }
 }
 
 impl Served {
@@ -30,6 +61,7 @@ impl Served {
         events: EventStream,
         meter: Option<Meter>,
         registration: Option<Registration>,
+        span: tracing::Span,
     ) -> Self {
         let token = registration
             .as_ref()
@@ -43,6 +75,7 @@ impl Served {
             _registration: registration,
             unread: None,
             ended: false,
+            phases: Phases::new(span),
         }
     }
 
@@ -97,6 +130,11 @@ impl Served {
                 return Some(Err(err));
             }
         };
+        match &event {
+            Event::Admitted { .. } => self.phases.admitted(),
+            Event::Finished { .. } => self.phases.finished(),
+            _ => {}
+        }
         if let Some(meter) = &mut parts.meter {
             if !matches!(event, Event::Queued { .. } | Event::Admitted { .. }) {
                 if let Some(trail) = meter.trail() {

@@ -13,6 +13,7 @@
 
 pub mod accounting;
 pub mod batches;
+pub mod budgets;
 pub mod deployments;
 mod error;
 pub mod files;
@@ -35,6 +36,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+pub use budgets::{BudgetEvent, BudgetRecord, BudgetStore, Spent};
 pub use batches::{BatchLine, BatchPage, BatchRecord, BatchStore, LineEnd, LineState};
 pub use deployments::{DeploymentRecord, DeploymentRecordStore};
 pub use error::{Result, StoreError};
@@ -84,6 +86,7 @@ pub trait Store:
     + RemovalStore
     + MemberStore
     + RoutingStore
+    + BudgetStore
 {
     /// `"sqlite"` or `"postgres"`, for logs.
     fn kind(&self) -> &'static str;

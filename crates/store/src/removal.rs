@@ -8,7 +8,7 @@
 //! its files quota override, its batches with their lines, its console members with their sessions and failed sign-ins, the arguments kept in its
 //! tool calls' audit rows (the rows stay: they are what it was charged), its private hub
 //! repositories with every revision, its open hub uploads, the record of which blobs it
-//! uploaded, the blobs no other repository or uploader still names, its rate windows and its
+//! uploaded, the blobs no other repository or uploader still names, its budgets with their alert events and webhook secret, its rate windows and its
 //! orgs. Its public repositories stay (others may depend on them), still its own so nobody else
 //! can write to them, and so do the orgs holding them, so their names cannot be taken over.
 //!
@@ -65,6 +65,12 @@ pub const MEMBERS: &str = "members";
 pub const CONSOLE_SESSIONS: &str = "console_sessions";
 /// Failed console sign-ins counted against its members' accounts (subjects).
 pub const SIGN_IN_FAILURES: &str = "console_sign_in_failures";
+/// Budgets of the tenant and its keys (subjects).
+pub const BUDGETS: &str = "budgets";
+/// Alert events of its budgets (ids).
+pub const BUDGET_EVENTS: &str = "budget_events";
+/// Its webhook signing secret (`webhook_secret`).
+pub const WEBHOOK_SECRET: &str = "webhook_secret";
 /// RPM/TPM windows of the tenant and its keys (subjects).
 pub const RATE_WINDOWS: &str = "rate_windows";
 

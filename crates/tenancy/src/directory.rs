@@ -244,6 +244,11 @@ impl Directory {
         }
     }
 
+    /// Any tenant's key (admin).
+    pub async fn key(&self, key_id: &str) -> Result<ApiKey> {
+        Ok(self.store.api_key(key_id).await?)
+    }
+
     /// Revokes a key at once (admin).
     pub async fn revoke_key(&self, key_id: &str) -> Result<ApiKey> {
         Ok(self.store.revoke_api_key(key_id, self.clock.now()).await?)

@@ -13,6 +13,10 @@ pub enum Error {
     /// Grant plus balance, less what is held, does not cover the request's worst case (402).
     #[error("{message}")]
     InsufficientQuota { message: String },
+    /// The request's worst case would pass a key's or tenant's spend budget for the period
+    /// (402 `budget_exceeded`).
+    #[error("{message}")]
+    BudgetExceeded { message: String },
     /// The key lacks a scope or the model, or the tenant may not spend (403).
     #[error("{message}")]
     PermissionDenied { message: String },
@@ -53,6 +57,7 @@ impl Error {
         match self {
             Self::InvalidApiKey => "invalid_api_key",
             Self::InsufficientQuota { .. } => "insufficient_quota",
+            Self::BudgetExceeded { .. } => "budget_exceeded",
             Self::PermissionDenied { .. } => "permission_denied",
             Self::RateLimited { .. } => "rate_limit_exceeded",
             Self::NotFound { .. } => "not_found",

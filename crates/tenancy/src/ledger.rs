@@ -143,14 +143,15 @@ impl Ledger {
     /// `served_model`, its worst case as known before tokenizing. `InsufficientQuota`, or
     /// `PermissionDenied` for a disabled tenant or a free-tier-only one whose grant is used up.
     /// No write: [`Ledger::reserve`] still decides against the account as it is then. Reads
-    /// the price only when the tenant's free grant does not cover the request.
+    /// the price only when the tenant's free grant does not cover the request. Returns the
+    /// micro-units the request's hold would take (what its budgets are checked with).
     pub async fn check_affordable(
         &self,
         tenant: &Tenant,
         served_model: &str,
         prompt_tokens: i64,
         max_completion_tokens: i64,
-    ) -> Result<()> {
+    ) -> Result<i64> {
         if tenant.disabled {
             return Err(StoreError::TenantDisabled(tenant.id.clone()).into());
         }
@@ -164,14 +165,15 @@ impl Ledger {
             tenant.balances.grant_tokens_available()
         };
         if grant >= worst_case {
-            return Ok(());
+            return Ok(0);
         }
         let rates = self.rates_for(served_model).await?;
         let per = accounting::price_unit(served_model);
         let hold = accounting::hold_per(prompt, completion, &rates, grant, per);
         let free_tier_only = tenant.free_tier_only && !(money_only && hold.amount == 0);
         accounting::check_hold(&tenant.balances, free_tier_only, &hold, worst_case)
-            .map_err(|refusal| StoreError::from(refusal).into())
+            .map_err(|refusal| Error::from(StoreError::from(refusal)))?;
+        Ok(hold.amount)
     }
 
     /// The rates a new reservation of `served_model` would take (its entry, else the default;

@@ -20,6 +20,7 @@
 //! tenancy.limits.correct(&admission, settlement.billed.total()).await?;
 //! ```
 
+mod budgets;
 mod clock;
 mod config;
 mod deletion;
@@ -37,6 +38,10 @@ mod usage;
 
 use std::sync::Arc;
 
+pub use budgets::{
+    BudgetPermit, BudgetSpec, BudgetStatus, Budgets, Period, Subject, CONFIG_TTL,
+    MAX_DELIVERY_ATTEMPTS,
+};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{TenancyConfig, DEFAULT_FREE_GRANT_TOKENS};
 pub use directory::{CreatedKey, Directory, KeySpec, TenantSpec};
@@ -53,8 +58,8 @@ pub use store::accounting::{is_audio, is_tool_call, AUDIO_PREFIX, TOOL_CALL_PREF
 pub use usage::{Account, UsageQuery, UsageReports};
 
 pub use store::{
-    removal, ApiKey, Balances, Debit, LedgerEntry, LedgerKind, MemberRecord, Org, Price,
-    PriceRates, Removal, Reservation, ReservationState, SessionRecord, Settlement, Store,
+    removal, ApiKey, Balances, BudgetEvent, BudgetRecord, Debit, LedgerEntry, LedgerKind, MemberRecord, Org, Price,
+    PriceRates, Removal, Reservation, ReservationState, SessionRecord, Settlement, Spent, Store,
     StoredResponse, Tenant, TenantPatch, Timestamp, TokenUsage, UsageGroup, UsageRow,
 };
 
@@ -70,6 +75,8 @@ pub struct Tenancy {
     pub responses: Responses,
     /// Console members and sessions.
     pub members: Members,
+    /// Spend caps and alerts per key and tenant.
+    pub budgets: Budgets,
     store: Arc<dyn Store>,
 }
 
@@ -93,6 +100,7 @@ impl Tenancy {
                 config.lease,
             ),
             limits: Limiter::new(store.clone(), clock.clone()),
+            budgets: Budgets::new(store.clone(), clock.clone()),
             responses: Responses::new(store.clone(), clock),
             usage: UsageReports::new(store.clone()),
             prices,

@@ -38,6 +38,7 @@ codes!(
     ContextLengthExceeded,
     InvalidApiKey,
     InsufficientQuota,
+    BudgetExceeded,
     PermissionDenied,
     ModelNotFound,
     NotFound,
@@ -76,6 +77,7 @@ impl Code {
             Code::ContextLengthExceeded => (S::BAD_REQUEST,           INVALID,              "context_length_exceeded"),
             Code::InvalidApiKey         => (S::UNAUTHORIZED,          INVALID,              "invalid_api_key"),
             Code::InsufficientQuota     => (S::PAYMENT_REQUIRED,      "insufficient_quota", "insufficient_quota"),
+            Code::BudgetExceeded        => (S::PAYMENT_REQUIRED,      "insufficient_quota", "budget_exceeded"),
             Code::PermissionDenied      => (S::FORBIDDEN,             INVALID,              "permission_denied"),
             Code::ModelNotFound         => (S::NOT_FOUND,             INVALID,              "model_not_found"),
             Code::NotFound              => (S::NOT_FOUND,             INVALID,              "not_found"),
@@ -216,6 +218,7 @@ impl ApiError {
         match err {
             E::InvalidApiKey => Self::new(Code::InvalidApiKey, message),
             E::InsufficientQuota { .. } => Self::new(Code::InsufficientQuota, message),
+            E::BudgetExceeded { .. } => Self::new(Code::BudgetExceeded, message),
             E::PermissionDenied { .. } => Self::new(Code::PermissionDenied, message),
             E::RateLimited {
                 retry_after_secs, ..

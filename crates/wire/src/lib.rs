@@ -9,6 +9,7 @@
 
 pub mod anthropic;
 pub mod audio;
+pub mod budgets;
 pub mod batches;
 pub mod chat;
 pub mod completions;

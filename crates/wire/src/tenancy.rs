@@ -44,7 +44,14 @@ pub fn parse_time(param: &str, value: &str) -> Result<DateTime<Utc>> {
 pub fn tenant_spec(body: &[u8]) -> Result<TenantSpec> {
     let map = parse_object(body)?;
     let fields = Fields::root(&map);
-    fields.deny_unknown(&["name", "free_tier_only", "rpm", "tpm", "grant_tokens"])?;
+    fields.deny_unknown(&[
+        "name",
+        "free_tier_only",
+        "rpm",
+        "tpm",
+        "grant_tokens",
+        "budget",
+    ])?;
     Ok(TenantSpec {
         name: fields.required_string("name")?.to_owned(),
         free_tier_only: fields.bool("free_tier_only")?.unwrap_or(false),
@@ -54,11 +61,13 @@ pub fn tenant_spec(body: &[u8]) -> Result<TenantSpec> {
     })
 }
 
-/// `PATCH /admin/v1/tenants/{id}`: absent leaves a field, `null` removes a limit.
+/// `PATCH /admin/v1/tenants/{id}`: absent leaves a field, `null` removes a limit. The
+/// `budget` field is read by [`crate::budgets::budget_field`]; the patch is empty when it is
+/// the only one.
 pub fn tenant_patch(body: &[u8]) -> Result<TenantPatch> {
     let map = parse_object(body)?;
     let fields = Fields::root(&map);
-    fields.deny_unknown(&["free_tier_only", "rpm", "tpm", "disabled"])?;
+    fields.deny_unknown(&["free_tier_only", "rpm", "tpm", "disabled", "budget"])?;
     let limit = |key: &str| -> Result<Option<Option<i64>>> {
         if fields.is_null(key) {
             return Ok(Some(None));
@@ -71,10 +80,10 @@ pub fn tenant_patch(body: &[u8]) -> Result<TenantPatch> {
         rpm: limit("rpm")?,
         tpm: limit("tpm")?,
     };
-    if patch == TenantPatch::default() {
+    if patch == TenantPatch::default() && !map.contains_key("budget") {
         return Err(ApiError::new(
             crate::error::Code::InvalidRequest,
-            "Nothing to change: send at least one of free_tier_only, disabled, rpm, tpm.",
+            "Nothing to change: send at least one of free_tier_only, disabled, rpm, tpm, budget.",
         ));
     }
     Ok(patch)
@@ -113,7 +122,15 @@ fn strings(fields: &Fields<'_>, key: &str) -> Result<Option<Vec<String>>> {
 pub fn key_spec(body: &[u8]) -> Result<KeySpec> {
     let map = parse_object(body)?;
     let fields = Fields::root(&map);
-    fields.deny_unknown(&["name", "scopes", "models", "rpm", "tpm", "expires_at"])?;
+    fields.deny_unknown(&[
+        "name",
+        "scopes",
+        "models",
+        "rpm",
+        "tpm",
+        "expires_at",
+        "budget",
+    ])?;
     let scopes = match strings(&fields, "scopes")? {
         None => None,
         Some(names) => Some(

@@ -8,7 +8,9 @@ use axum::response::IntoResponse;
 use axum::Json;
 use serde::Deserialize;
 
-use super::RawBody;
+use super::{budgets, RawBody};
+use crate::wire::budgets::WithBudget;
+use tenancy::Subject;
 use crate::auth::Admin;
 use crate::error::{ApiError, Code, Result};
 use crate::wire::tenancy::{
@@ -23,6 +25,7 @@ pub async fn create_tenant(
     RawBody(body): RawBody,
 ) -> Result<impl IntoResponse> {
     let spec = wire::tenant_spec(&body)?;
+    let budget = budgets::check(&state, &body).await?;
     let tenant = state
         .tenancy()
         .directory
@@ -30,7 +33,11 @@ pub async fn create_tenant(
         .await
         .map_err(ApiError::from_tenancy)?;
     tracing::info!(tenant = %tenant.id, name = %tenant.name, "tenant created");
-    Ok((StatusCode::CREATED, Json(TenantView::from(tenant))))
+    let applied = budgets::apply(&state, &tenant.id, Subject::Tenant(&tenant.id), budget).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(budgets::with(TenantView::from(tenant), applied)),
+    ))
 }
 
 #[derive(Debug, Deserialize)]
@@ -84,16 +91,19 @@ pub async fn patch_tenant(
     _: Admin,
     Path(id): Path<String>,
     RawBody(body): RawBody,
-) -> Result<Json<TenantView>> {
+) -> Result<Json<WithBudget<TenantView>>> {
     let patch = wire::tenant_patch(&body)?;
-    let tenant = state
-        .tenancy()
-        .directory
-        .update_tenant(&id, &patch)
-        .await
-        .map_err(ApiError::from_tenancy)?;
+    let budget = budgets::check(&state, &body).await?;
+    let directory = &state.tenancy().directory;
+    let tenant = if patch == tenancy::TenantPatch::default() {
+        directory.tenant(&id).await
+    } else {
+        directory.update_tenant(&id, &patch).await
+    }
+    .map_err(ApiError::from_tenancy)?;
     tracing::info!(tenant = %tenant.id, ?patch, "tenant updated");
-    Ok(Json(tenant.into()))
+    let applied = budgets::apply(&state, &tenant.id, Subject::Tenant(&tenant.id), budget).await?;
+    Ok(Json(budgets::with(TenantView::from(tenant), applied)))
 }
 
 pub async fn create_org(
@@ -133,6 +143,7 @@ pub async fn create_key(
     RawBody(body): RawBody,
 ) -> Result<impl IntoResponse> {
     let spec = wire::key_spec(&body)?;
+    let budget = budgets::check(&state, &body).await?;
     let created = state
         .tenancy()
         .directory
@@ -140,7 +151,19 @@ pub async fn create_key(
         .await
         .map_err(ApiError::from_tenancy)?;
     tracing::info!(tenant = %id, key = %created.key.id, prefix = %created.key.prefix, "key created");
-    Ok((StatusCode::CREATED, Json(CreatedKeyView::from(created))))
+    let key_id = created.key.id.clone();
+    let applied = match budgets::apply(&state, &id, Subject::Key(&key_id), budget).await {
+        Ok(applied) => applied,
+        Err(err) => {
+            // A key whose budget could not be set is not handed out.
+            let _ = state.tenancy().directory.revoke_key(&key_id).await;
+            return Err(err);
+        }
+    };
+    Ok((
+        StatusCode::CREATED,
+        Json(budgets::with(CreatedKeyView::from(created), applied)),
+    ))
 }
 
 pub async fn list_keys(

@@ -3,6 +3,7 @@
 pub mod account;
 pub mod admin;
 pub mod batches;
+pub mod budgets;
 pub mod deployments;
 pub mod embeddings;
 pub mod files;

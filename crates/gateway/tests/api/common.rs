@@ -191,6 +191,7 @@ pub fn app_full(
         max_body_bytes: MAX_BODY,
         audio: gateway::AudioLimits::default(),
         routing: None,
+        webhook_guard: None,
         settlements: TaskTracker::new(),
         hub: None,
         plane,

@@ -49,6 +49,7 @@ async fn files_app() -> FilesApp {
         max_body_bytes: MAX_BODY,
         audio: gateway::AudioLimits::default(),
         routing: None,
+        webhook_guard: None,
         settlements: TaskTracker::new(),
         hub: Some(hub),
         plane: None,

@@ -43,6 +43,7 @@ async fn hub_app(config: HubConfig) -> HubApp {
         max_body_bytes: MAX_BODY,
         audio: gateway::AudioLimits::default(),
         routing: None,
+        webhook_guard: None,
         settlements: TaskTracker::new(),
         hub: Some(hub.clone()),
         plane: None,

@@ -52,6 +52,7 @@ async fn app() -> App {
         max_body_bytes: MAX_BODY,
         audio: gateway::AudioLimits::default(),
         routing: None,
+        webhook_guard: None,
         settlements: TaskTracker::new(),
         hub: Some(hub.clone()),
         plane: None,

@@ -14,6 +14,7 @@
 //! `Encode + Type` bound on every value at every call site.
 
 mod batches;
+mod budgets;
 mod deployments;
 mod directory;
 mod files;

@@ -1,6 +1,7 @@
 //! Tenancy against both databases. Every scenario runs twice: `NAME::sqlite` and
 //! `NAME::postgres` (PostgreSQL must be reachable; see `common.rs`).
 
+mod budgets;
 mod common;
 mod deployments;
 mod invariants;

@@ -270,7 +270,10 @@ impl axum::extract::FromRef<AppState> for Authenticator {
 fn app_state(state: GatewayState) -> AppState {
     let state = AppState::new(state);
     if tokio::runtime::Handle::try_current().is_ok() {
-        webhooks::spawn(state.tenancy().budgets.clone(), state.webhook_guard().clone());
+        webhooks::spawn(
+            state.tenancy().budgets.clone(),
+            state.webhook_guard().clone(),
+        );
     }
     if let (Some(batches), Ok(runtime)) = (state.batches(), tokio::runtime::Handle::try_current()) {
         let batches = batches.clone();
@@ -409,7 +412,10 @@ pub fn router_with(
             "/v1/budget/webhook_secret",
             post(routes::budgets::rotate_own_secret),
         )
-        .route("/admin/v1/tenants/{id}/budget", get(routes::budgets::status))
+        .route(
+            "/admin/v1/tenants/{id}/budget",
+            get(routes::budgets::status),
+        )
         .route(
             "/admin/v1/tenants/{id}/budget/events",
             get(routes::budgets::events),

@@ -99,7 +99,7 @@ pub async fn observe(mut request: Request, next: Next) -> Response {
         .get::<ModelLabel>()
         .map_or("", |m| m.0.as_str());
     metrics::record_request(&endpoint, model, status.as_u16());
-    span.record("http.response.status_code", status.as_u16());
+    span.record("http.response.status_code", i64::from(status.as_u16()));
     span.in_scope(|| {
         if status.is_server_error() {
             tracing::warn!(

@@ -88,8 +88,12 @@ pub fn spawn(budgets: Budgets, guard: mcp::Guard) -> tokio::task::JoinHandle<()>
 async fn deliver(budgets: &Budgets, guard: &mcp::Guard, event: &BudgetEvent) {
     let result = send(budgets, guard, event).await;
     match &result {
-        Ok(()) => tracing::info!(event = %event.id, subject = %event.subject, "budget webhook delivered"),
-        Err(err) => tracing::warn!(event = %event.id, attempt = event.attempts + 1, error = %err, "budget webhook failed"),
+        Ok(()) => {
+            tracing::info!(event = %event.id, subject = %event.subject, "budget webhook delivered")
+        }
+        Err(err) => {
+            tracing::warn!(event = %event.id, attempt = event.attempts + 1, error = %err, "budget webhook failed")
+        }
     }
     if let Err(err) = budgets.finish(&event.id, result).await {
         tracing::warn!(event = %event.id, error = %err, "could not record a budget webhook's outcome");
@@ -120,7 +124,10 @@ async fn send(budgets: &Budgets, guard: &mcp::Guard, event: &BudgetEvent) -> Res
     if response.status().is_success() {
         Ok(())
     } else {
-        Err(format!("the receiver answered HTTP {}", response.status().as_u16()))
+        Err(format!(
+            "the receiver answered HTTP {}",
+            response.status().as_u16()
+        ))
     }
 }
 

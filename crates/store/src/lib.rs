@@ -36,8 +36,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-pub use budgets::{BudgetEvent, BudgetRecord, BudgetStore, Spent};
 pub use batches::{BatchLine, BatchPage, BatchRecord, BatchStore, LineEnd, LineState};
+pub use budgets::{BudgetEvent, BudgetRecord, BudgetStore, Spent};
 pub use deployments::{DeploymentRecord, DeploymentRecordStore};
 pub use error::{Result, StoreError};
 pub use files::{FilePage, FilePut, FileQuery, FileRecord, FileRemoval, FileStore};
@@ -65,12 +65,12 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
 }
 
 /// Everything tenancy, billing, the hub, the control plane, the Responses API, the MCP
-/// gateway, the Files API, the Batch API and the console persist, in twelve parts, and the
+/// gateway, the Files API, the Batch API and the console persist, in thirteen parts, and the
 /// removal of a tenant across them. Implementations are cheap to share (`Arc<dyn Store>`) and
 /// safe to use from many tasks and from several processes on one database. Callers bring the parts into scope with
 /// `use store::{TenantStore, LedgerStore, LimitStore, HubStore, HubAccessStore,
 /// DeploymentRecordStore, ResponseStore, McpStore, FileStore, BatchStore, RemovalStore,
-/// MemberStore, RoutingStore}`.
+/// MemberStore, RoutingStore, BudgetStore}`.
 #[async_trait]
 pub trait Store:
     TenantStore

@@ -388,6 +388,45 @@ impl Fixture {
         self.window("key:ka1").await;
         self.window("tenant:b").await;
         self.reserve("req_a", "a").await;
+        self.budget("tenant:a", "a").await;
+        self.budget("key:ka1", "a").await;
+        self.budget("tenant:b", "b").await;
+        self.store
+            .put_webhook_secret("a", "whsec_a", t0(), false)
+            .await
+            .expect("a's webhook secret");
+    }
+
+    /// A budget of `subject` with one alert event.
+    async fn budget(&self, subject: &str, tenant: &str) {
+        self.store
+            .put_budget(&store::BudgetRecord {
+                subject: subject.to_owned(),
+                tenant_id: tenant.to_owned(),
+                amount: 100,
+                period: "day".into(),
+                alert_at_ppm: vec![500_000],
+                webhook_url: None,
+                updated_at: t0(),
+            })
+            .await
+            .expect("budget");
+        let event = store::BudgetEvent {
+            id: format!("bevt_{subject}"),
+            tenant_id: tenant.to_owned(),
+            subject: subject.to_owned(),
+            period_start: t0(),
+            threshold_ppm: 500_000,
+            amount: 100,
+            spent: 60,
+            webhook_url: None,
+            created_at: t0(),
+            attempts: 0,
+            next_attempt_at: t0(),
+            delivered_at: None,
+            last_error: None,
+        };
+        assert!(self.store.record_budget_event(&event).await.expect("event"));
     }
 }
 
@@ -421,6 +460,9 @@ async fn a_dry_run_lists_exactly_what_the_removal_removes(fx: Fixture) {
         (kinds::SIGN_IN_FAILURES, &[]),
         (kinds::CONSOLE_SESSIONS, &[]),
         (kinds::MEMBERS, &[]),
+        (kinds::BUDGET_EVENTS, &["bevt_key:ka1", "bevt_tenant:a"]),
+        (kinds::BUDGETS, &["key:ka1", "tenant:a"]),
+        (kinds::WEBHOOK_SECRET, &["webhook_secret"]),
         (kinds::RATE_WINDOWS, &["key:ka1", "tenant:a"]),
         (kinds::HUB_UPLOADS, &[&"0".repeat(32)]),
         (kinds::HUB_REPOS, &["a-org/secret"]),
@@ -552,6 +594,7 @@ async fn a_dry_run_lists_exactly_what_the_removal_removes(fx: Fixture) {
     assert_eq!(plan_b.removed(kinds::RESPONSES), ["resp_b"]);
     assert_eq!(plan_b.removed(kinds::HUB_REPOS), ["b-org/model"]);
     assert_eq!(plan_b.removed(kinds::RATE_WINDOWS), ["tenant:b"]);
+    assert_eq!(plan_b.removed(kinds::BUDGETS), ["tenant:b"]);
     assert_eq!(plan_b.revoked[kinds::API_KEYS], ["kb"]);
     assert_eq!(plan_b.removed(kinds::FILES), ["file-b"]);
     // The blobs b shares with nobody now go with b: its repository's, the one it uploaded

@@ -103,12 +103,12 @@ pub struct BudgetSpec {
 
 /// Whose budget: a key's or a tenant's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Subject<'a> {
+pub enum Spender<'a> {
     Key(&'a str),
     Tenant(&'a str),
 }
 
-impl Subject<'_> {
+impl Spender<'_> {
     pub fn name(self) -> String {
         match self {
             Self::Key(id) => format!("key:{id}"),
@@ -174,7 +174,7 @@ impl Budgets {
     pub async fn set(
         &self,
         tenant_id: &str,
-        subject: Subject<'_>,
+        subject: Spender<'_>,
         spec: Option<&BudgetSpec>,
     ) -> Result<Option<BudgetRecord>> {
         let name = subject.name();
@@ -207,12 +207,12 @@ impl Budgets {
     }
 
     /// The budget of `subject`, read from the database.
-    pub async fn get(&self, subject: Subject<'_>) -> Result<Option<BudgetRecord>> {
+    pub async fn get(&self, subject: Spender<'_>) -> Result<Option<BudgetRecord>> {
         Ok(self.store.budget(&subject.name()).await?)
     }
 
     /// The budget of `subject` as this process knows it (read again after [`CONFIG_TTL`]).
-    async fn cached(&self, subject: Subject<'_>) -> Result<Option<BudgetRecord>> {
+    async fn cached(&self, subject: Spender<'_>) -> Result<Option<BudgetRecord>> {
         let name = subject.name();
         if let Some((record, at)) = lock(&self.configs).get(&name) {
             if at.elapsed() < CONFIG_TTL {
@@ -253,7 +253,7 @@ impl Budgets {
     /// dropped: drop it once the request's reservation is made.
     pub async fn admit(&self, principal: &Principal, worst_amount: i64) -> Result<BudgetPermit> {
         let tenant_id = principal.tenant.id.as_str();
-        let subjects = [Subject::Tenant(tenant_id), Subject::Key(&principal.key.id)];
+        let subjects = [Spender::Tenant(tenant_id), Spender::Key(&principal.key.id)];
         let mut budgeted = Vec::new();
         for subject in subjects {
             if let Some(budget) = self.cached(subject).await? {
@@ -277,8 +277,8 @@ impl Budgets {
             let period = Period::parse(&budget.period).map_err(|_| Error::Internal)?;
             let start = period.start(now);
             let key = match subject {
-                Subject::Key(id) => Some(*id),
-                Subject::Tenant(_) => None,
+                Spender::Key(id) => Some(*id),
+                Spender::Tenant(_) => None,
             };
             let spent = self.store.spent(tenant_id, key, start).await?;
             decide(*subject, budget, spent, worst_amount, period.end(start))?;
@@ -290,9 +290,9 @@ impl Budgets {
     /// threshold its key's or tenant's settled spend crossed this period (once per period)
     /// and wakes the webhook worker for those with a URL. Run it off the request path.
     pub async fn after_settle(&self, tenant_id: &str, key_id: Option<&str>) -> Result<()> {
-        let mut subjects = vec![Subject::Tenant(tenant_id)];
+        let mut subjects = vec![Spender::Tenant(tenant_id)];
         if let Some(key) = key_id {
-            subjects.push(Subject::Key(key));
+            subjects.push(Spender::Key(key));
         }
         let now = self.clock.now();
         let mut woke = false;
@@ -310,8 +310,8 @@ impl Budgets {
                 continue;
             }
             let key = match subject {
-                Subject::Key(id) => Some(id),
-                Subject::Tenant(_) => None,
+                Spender::Key(id) => Some(id),
+                Spender::Tenant(_) => None,
             };
             let spent = self.store.spent(tenant_id, key, start).await?;
             for ppm in crossed(&pending, budget.amount, spent.settled) {
@@ -401,7 +401,11 @@ impl Budgets {
     }
 
     /// Records a delivery attempt's outcome.
-    pub async fn finish(&self, event_id: &str, result: std::result::Result<(), String>) -> Result<()> {
+    pub async fn finish(
+        &self,
+        event_id: &str,
+        result: std::result::Result<(), String>,
+    ) -> Result<()> {
         let (delivered, error) = match &result {
             Ok(()) => (Some(self.clock.now()), None),
             Err(e) => (None, Some(e.as_str())),
@@ -458,7 +462,11 @@ fn validate(spec: &BudgetSpec) -> Result<()> {
             format!("at most {MAX_ALERTS} alert thresholds"),
         ));
     }
-    if spec.alert_at_ppm.iter().any(|p| !(1..=1_000_000).contains(p)) {
+    if spec
+        .alert_at_ppm
+        .iter()
+        .any(|p| !(1..=1_000_000).contains(p))
+    {
         return Err(Error::invalid(
             "budget.alert_at",
             "each alert threshold must be a fraction of the amount above 0 and at most 1",
@@ -469,7 +477,7 @@ fn validate(spec: &BudgetSpec) -> Result<()> {
 
 /// Refuses a worst case that would bring `spent` past the budget.
 fn decide(
-    subject: Subject<'_>,
+    subject: Spender<'_>,
     budget: &BudgetRecord,
     spent: Spent,
     worst_amount: i64,
@@ -521,11 +529,23 @@ mod tests {
     fn periods_begin_and_end_on_utc_boundaries() {
         let now = at(2026, 2, 28, 23, 59);
         assert_eq!(Period::Day.start(now), at(2026, 2, 28, 0, 0));
-        assert_eq!(Period::Day.end(Period::Day.start(now)), at(2026, 3, 1, 0, 0));
+        assert_eq!(
+            Period::Day.end(Period::Day.start(now)),
+            at(2026, 3, 1, 0, 0)
+        );
         assert_eq!(Period::Month.start(now), at(2026, 2, 1, 0, 0));
-        assert_eq!(Period::Month.end(at(2026, 2, 1, 0, 0)), at(2026, 3, 1, 0, 0));
-        assert_eq!(Period::Month.end(at(2026, 12, 1, 0, 0)), at(2027, 1, 1, 0, 0));
-        assert_eq!(Period::Day.start(at(2026, 3, 1, 0, 0)), at(2026, 3, 1, 0, 0));
+        assert_eq!(
+            Period::Month.end(at(2026, 2, 1, 0, 0)),
+            at(2026, 3, 1, 0, 0)
+        );
+        assert_eq!(
+            Period::Month.end(at(2026, 12, 1, 0, 0)),
+            at(2027, 1, 1, 0, 0)
+        );
+        assert_eq!(
+            Period::Day.start(at(2026, 3, 1, 0, 0)),
+            at(2026, 3, 1, 0, 0)
+        );
     }
 
     #[test]
@@ -544,8 +564,8 @@ mod tests {
             held: 100,
         };
         let end = at(2026, 1, 2, 0, 0);
-        assert!(decide(Subject::Key("k"), &budget, spent, 300, end).is_ok());
-        let err = decide(Subject::Key("k"), &budget, spent, 301, end).expect_err("over");
+        assert!(decide(Spender::Key("k"), &budget, spent, 300, end).is_ok());
+        let err = decide(Spender::Key("k"), &budget, spent, 301, end).expect_err("over");
         assert_eq!(err.code(), "budget_exceeded");
         assert!(err.to_string().contains("700 spent or held"), "{err}");
     }
@@ -554,7 +574,10 @@ mod tests {
     fn thresholds_are_crossed_at_their_fraction() {
         assert_eq!(crossed(&[500_000, 800_000], 1000, 499), Vec::<i64>::new());
         assert_eq!(crossed(&[500_000, 800_000], 1000, 500), vec![500_000]);
-        assert_eq!(crossed(&[500_000, 800_000], 1000, 1200), vec![500_000, 800_000]);
+        assert_eq!(
+            crossed(&[500_000, 800_000], 1000, 1200),
+            vec![500_000, 800_000]
+        );
     }
 
     #[test]

@@ -39,7 +39,7 @@ mod usage;
 use std::sync::Arc;
 
 pub use budgets::{
-    BudgetPermit, BudgetSpec, BudgetStatus, Budgets, Period, Subject, CONFIG_TTL,
+    BudgetPermit, BudgetSpec, BudgetStatus, Budgets, Period, Spender, CONFIG_TTL,
     MAX_DELIVERY_ATTEMPTS,
 };
 pub use clock::{Clock, ManualClock, SystemClock};
@@ -58,9 +58,10 @@ pub use store::accounting::{is_audio, is_tool_call, AUDIO_PREFIX, TOOL_CALL_PREF
 pub use usage::{Account, UsageQuery, UsageReports};
 
 pub use store::{
-    removal, ApiKey, Balances, BudgetEvent, BudgetRecord, Debit, LedgerEntry, LedgerKind, MemberRecord, Org, Price,
-    PriceRates, Removal, Reservation, ReservationState, SessionRecord, Settlement, Spent, Store,
-    StoredResponse, Tenant, TenantPatch, Timestamp, TokenUsage, UsageGroup, UsageRow,
+    removal, ApiKey, Balances, BudgetEvent, BudgetRecord, Debit, LedgerEntry, LedgerKind,
+    MemberRecord, Org, Price, PriceRates, Removal, Reservation, ReservationState, SessionRecord,
+    Settlement, Spent, Store, StoredResponse, Tenant, TenantPatch, Timestamp, TokenUsage,
+    UsageGroup, UsageRow,
 };
 
 /// The tenancy services over one store, each cheap to clone.

@@ -34,9 +34,12 @@ pub fn budget_field(body: &[u8]) -> Result<Option<Option<BudgetSpec>>> {
 fn spec(map: &Map<String, Value>) -> Result<BudgetSpec> {
     let fields = Fields::nested(map, "budget".to_owned());
     fields.deny_unknown(&["amount", "period", "alert_at", "webhook_url"])?;
-    let amount = fields
-        .integer("amount", 1, MAX_AMOUNT)?
-        .ok_or_else(|| ApiError::invalid("budget.amount", "Missing required parameter: 'budget.amount' (micro-units per period)."))?;
+    let amount = fields.integer("amount", 1, MAX_AMOUNT)?.ok_or_else(|| {
+        ApiError::invalid(
+            "budget.amount",
+            "Missing required parameter: 'budget.amount' (micro-units per period).",
+        )
+    })?;
     let period = Period::parse(fields.string("period")?.ok_or_else(|| {
         ApiError::invalid(
             "budget.period",
@@ -201,15 +204,33 @@ mod tests {
         assert_eq!(b.amount, 5000);
         assert_eq!(b.period, Period::Day);
         assert_eq!(b.alert_at_ppm, vec![500_000, 800_000]);
-        assert_eq!(budget_field(br#"{"budget": null}"#).expect("valid"), Some(None));
+        assert_eq!(
+            budget_field(br#"{"budget": null}"#).expect("valid"),
+            Some(None)
+        );
         assert_eq!(budget_field(br#"{"name": "x"}"#).expect("valid"), None);
         for (body, param) in [
             (r#"{"budget": {"period": "day"}}"#, "budget.amount"),
-            (r#"{"budget": {"amount": 0, "period": "day"}}"#, "budget.amount"),
-            (r#"{"budget": {"amount": 1, "period": "week"}}"#, "budget.period"),
-            (r#"{"budget": {"amount": 1, "period": "day", "alert_at": [1.5]}}"#, "budget.alert_at[0]"),
-            (r#"{"budget": {"amount": 1, "period": "day", "alert_at": ["x"]}}"#, "budget.alert_at[0]"),
-            (r#"{"budget": {"amount": 1, "period": "day", "cap": 1}}"#, "budget.cap"),
+            (
+                r#"{"budget": {"amount": 0, "period": "day"}}"#,
+                "budget.amount",
+            ),
+            (
+                r#"{"budget": {"amount": 1, "period": "week"}}"#,
+                "budget.period",
+            ),
+            (
+                r#"{"budget": {"amount": 1, "period": "day", "alert_at": [1.5]}}"#,
+                "budget.alert_at[0]",
+            ),
+            (
+                r#"{"budget": {"amount": 1, "period": "day", "alert_at": ["x"]}}"#,
+                "budget.alert_at[0]",
+            ),
+            (
+                r#"{"budget": {"amount": 1, "period": "day", "cap": 1}}"#,
+                "budget.cap",
+            ),
             (r#"{"budget": 5}"#, "budget"),
         ] {
             let err = budget_field(body.as_bytes()).expect_err(body);

@@ -9,8 +9,8 @@
 
 pub mod anthropic;
 pub mod audio;
-pub mod budgets;
 pub mod batches;
+pub mod budgets;
 pub mod chat;
 pub mod completions;
 pub mod deployments;

@@ -9,15 +9,15 @@ use axum::Json;
 use serde::Deserialize;
 
 use super::{budgets, RawBody};
-use crate::wire::budgets::WithBudget;
-use tenancy::Subject;
 use crate::auth::Admin;
 use crate::error::{ApiError, Code, Result};
+use crate::wire::budgets::WithBudget;
 use crate::wire::tenancy::{
     self as wire, CreatedKeyView, KeyView, ListView, OrgView, PriceView, RequestBillView,
     TenantView,
 };
 use crate::AppState;
+use tenancy::Spender;
 
 pub async fn create_tenant(
     State(state): State<AppState>,
@@ -33,7 +33,7 @@ pub async fn create_tenant(
         .await
         .map_err(ApiError::from_tenancy)?;
     tracing::info!(tenant = %tenant.id, name = %tenant.name, "tenant created");
-    let applied = budgets::apply(&state, &tenant.id, Subject::Tenant(&tenant.id), budget).await?;
+    let applied = budgets::apply(&state, &tenant.id, Spender::Tenant(&tenant.id), budget).await?;
     Ok((
         StatusCode::CREATED,
         Json(budgets::with(TenantView::from(tenant), applied)),
@@ -102,7 +102,7 @@ pub async fn patch_tenant(
     }
     .map_err(ApiError::from_tenancy)?;
     tracing::info!(tenant = %tenant.id, ?patch, "tenant updated");
-    let applied = budgets::apply(&state, &tenant.id, Subject::Tenant(&tenant.id), budget).await?;
+    let applied = budgets::apply(&state, &tenant.id, Spender::Tenant(&tenant.id), budget).await?;
     Ok(Json(budgets::with(TenantView::from(tenant), applied)))
 }
 
@@ -152,7 +152,7 @@ pub async fn create_key(
         .map_err(ApiError::from_tenancy)?;
     tracing::info!(tenant = %id, key = %created.key.id, prefix = %created.key.prefix, "key created");
     let key_id = created.key.id.clone();
-    let applied = match budgets::apply(&state, &id, Subject::Key(&key_id), budget).await {
+    let applied = match budgets::apply(&state, &id, Spender::Key(&key_id), budget).await {
         Ok(applied) => applied,
         Err(err) => {
             // A key whose budget could not be set is not handed out.

@@ -12,12 +12,14 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::Json;
 use serde::Deserialize;
-use tenancy::{BudgetSpec, Subject};
+use tenancy::{BudgetSpec, Spender};
 
 use super::RawBody;
 use crate::auth::{Admin, Caller};
 use crate::error::{ApiError, Code, Result};
-use crate::wire::budgets::{self as wire, BudgetEventView, BudgetStatusView, BudgetView, WithBudget};
+use crate::wire::budgets::{
+    self as wire, BudgetEventView, BudgetStatusView, BudgetView, WithBudget,
+};
 use crate::wire::tenancy::{KeyView, ListView};
 use crate::AppState;
 
@@ -29,7 +31,10 @@ pub type Applied = (Option<Option<BudgetView>>, Option<String>);
 /// checked: read before anything is created, so a refused budget creates nothing.
 pub async fn check(state: &AppState, body: &[u8]) -> Result<Option<Option<BudgetSpec>>> {
     let change = wire::budget_field(body)?;
-    if let Some(url) = change.as_ref().and_then(|c| c.as_ref()?.webhook_url.as_deref()) {
+    if let Some(url) = change
+        .as_ref()
+        .and_then(|c| c.as_ref()?.webhook_url.as_deref())
+    {
         let guard = state.webhook_guard();
         let parsed = guard
             .check_url(url)
@@ -46,7 +51,7 @@ pub async fn check(state: &AppState, body: &[u8]) -> Result<Option<Option<Budget
 pub async fn apply(
     state: &AppState,
     tenant_id: &str,
-    subject: Subject<'_>,
+    subject: Spender<'_>,
     change: Option<Option<BudgetSpec>>,
 ) -> Result<Applied> {
     let Some(spec) = change else {
@@ -100,7 +105,7 @@ pub async fn patch_key(
         .key(&key_id)
         .await
         .map_err(ApiError::from_tenancy)?;
-    let applied = apply(&state, &key.tenant_id, Subject::Key(&key.id), change).await?;
+    let applied = apply(&state, &key.tenant_id, Spender::Key(&key.id), change).await?;
     Ok(Json(with(KeyView::from(key), applied)))
 }
 

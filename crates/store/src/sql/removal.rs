@@ -129,7 +129,12 @@ const PARTS: &[Part] = &[
         "member_id IN (SELECT id FROM members WHERE tenant_id = $1)",
     ),
     Part::delete(kinds::MEMBERS, "members", "email", "tenant_id = $1"),
-    Part::delete(kinds::BUDGET_EVENTS, "budget_events", "id", "tenant_id = $1"),
+    Part::delete(
+        kinds::BUDGET_EVENTS,
+        "budget_events",
+        "id",
+        "tenant_id = $1",
+    ),
     Part::delete(kinds::BUDGETS, "budgets", "subject", "tenant_id = $1"),
     Part::delete(
         kinds::WEBHOOK_SECRET,

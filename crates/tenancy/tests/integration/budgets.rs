@@ -3,8 +3,7 @@
 //! deliveries are claimed once and retried, and a tenant's budget caps all its keys.
 
 use tenancy::{
-    BudgetSpec, Error, KeySpec, Period, PriceRates, Principal, ReserveRequest, Subject,
-    TokenUsage,
+    BudgetSpec, Error, KeySpec, Period, PriceRates, Principal, ReserveRequest, Spender, TokenUsage,
 };
 
 use crate::common::Fixture;
@@ -95,7 +94,10 @@ fn refused(result: Result<(), Error>, owner: &str) {
     match result {
         Err(err @ Error::BudgetExceeded { .. }) => {
             assert_eq!(err.code(), "budget_exceeded");
-            assert!(err.to_string().contains(&format!("this {owner}'s budget")), "{err}");
+            assert!(
+                err.to_string().contains(&format!("this {owner}'s budget")),
+                "{err}"
+            );
         }
         other => panic!("expected budget_exceeded for the {owner}, got {other:?}"),
     }
@@ -108,7 +110,7 @@ async fn a_key_budget_counts_holds_and_settled_charges_and_resets_each_day(fx: F
     let b = budget(100, Period::Day, vec![], None);
     fx.tenancy
         .budgets
-        .set(&p.tenant.id, Subject::Key(&p.key.id), Some(&b))
+        .set(&p.tenant.id, Spender::Key(&p.key.id), Some(&b))
         .await
         .expect("set");
 
@@ -121,9 +123,17 @@ async fn a_key_budget_counts_holds_and_settled_charges_and_resets_each_day(fx: F
     refused(run(&fx, &p, "r4", 1).await, "key");
     settle(&fx, "r3", 70).await;
     refused(run(&fx, &p, "r5", 1).await, "key");
-    let statuses = fx.tenancy.budgets.statuses(&p.tenant.id).await.expect("status");
+    let statuses = fx
+        .tenancy
+        .budgets
+        .statuses(&p.tenant.id)
+        .await
+        .expect("status");
     assert_eq!(statuses.len(), 1);
-    assert_eq!((statuses[0].spent.settled, statuses[0].spent.held), (100, 0));
+    assert_eq!(
+        (statuses[0].spent.settled, statuses[0].spent.held),
+        (100, 0)
+    );
 
     // Midnight UTC: a new day, nothing spent in it.
     fx.advance(12 * 3600);
@@ -133,7 +143,7 @@ async fn a_key_budget_counts_holds_and_settled_charges_and_resets_each_day(fx: F
     // Removing the budget lifts the cap.
     fx.tenancy
         .budgets
-        .set(&p.tenant.id, Subject::Key(&p.key.id), None)
+        .set(&p.tenant.id, Spender::Key(&p.key.id), None)
         .await
         .expect("remove");
     run(&fx, &p, "r7", 10_000).await.expect("no budget");
@@ -145,14 +155,20 @@ async fn a_tenant_budget_caps_every_key(fx: Fixture) {
     let b = budget(100, Period::Day, vec![], None);
     fx.tenancy
         .budgets
-        .set(&first.tenant.id, Subject::Tenant(&first.tenant.id), Some(&b))
+        .set(
+            &first.tenant.id,
+            Spender::Tenant(&first.tenant.id),
+            Some(&b),
+        )
         .await
         .expect("set");
     run(&fx, &first, "a1", 50).await.expect("fits");
     run(&fx, &second, "b1", 50).await.expect("fits");
     refused(run(&fx, &second, "b2", 1).await, "tenant");
     settle(&fx, "a1", 0).await;
-    run(&fx, &second, "b3", 50).await.expect("the hold went back");
+    run(&fx, &second, "b3", 50)
+        .await
+        .expect("the hold went back");
     // Another tenant is not capped by it.
     let other = principal(&fx, "other").await;
     run(&fx, &other, "o1", 1_000).await.expect("another tenant");
@@ -168,23 +184,43 @@ async fn thresholds_fire_once_per_period_and_deliveries_are_claimed_once(fx: Fix
         Some("https://hooks.example/b"),
     );
     budgets
-        .set(&p.tenant.id, Subject::Key(&p.key.id), Some(&b))
+        .set(&p.tenant.id, Spender::Key(&p.key.id), Some(&b))
         .await
         .expect("set");
     run(&fx, &p, "r1", 40).await.expect("fits");
     settle(&fx, "r1", 40).await;
-    budgets.after_settle(&p.tenant.id, Some(&p.key.id)).await.expect("alerts");
-    assert!(budgets.events(&p.tenant.id, 10, None).await.expect("events").is_empty());
+    budgets
+        .after_settle(&p.tenant.id, Some(&p.key.id))
+        .await
+        .expect("alerts");
+    assert!(budgets
+        .events(&p.tenant.id, 10, None)
+        .await
+        .expect("events")
+        .is_empty());
 
     run(&fx, &p, "r2", 45).await.expect("fits");
     settle(&fx, "r2", 45).await;
     // 85 of 100: both thresholds at once, each once, however often it is checked (another
     // process's service included).
-    budgets.after_settle(&p.tenant.id, Some(&p.key.id)).await.expect("alerts");
+    budgets
+        .after_settle(&p.tenant.id, Some(&p.key.id))
+        .await
+        .expect("alerts");
     let other = fx.process("proc-b");
-    other.budgets.after_settle(&p.tenant.id, Some(&p.key.id)).await.expect("alerts");
-    budgets.after_settle(&p.tenant.id, Some(&p.key.id)).await.expect("alerts");
-    let events = budgets.events(&p.tenant.id, 10, None).await.expect("events");
+    other
+        .budgets
+        .after_settle(&p.tenant.id, Some(&p.key.id))
+        .await
+        .expect("alerts");
+    budgets
+        .after_settle(&p.tenant.id, Some(&p.key.id))
+        .await
+        .expect("alerts");
+    let events = budgets
+        .events(&p.tenant.id, 10, None)
+        .await
+        .expect("events");
     let mut thresholds: Vec<i64> = events.iter().map(|e| e.threshold_ppm).collect();
     thresholds.sort_unstable();
     assert_eq!(thresholds, vec![500_000, 800_000]);
@@ -214,8 +250,14 @@ async fn thresholds_fire_once_per_period_and_deliveries_are_claimed_once(fx: Fix
     fx.advance(86_400);
     run(&fx, &p, "r3", 60).await.expect("a new day");
     settle(&fx, "r3", 60).await;
-    budgets.after_settle(&p.tenant.id, Some(&p.key.id)).await.expect("alerts");
-    let events = budgets.events(&p.tenant.id, 10, None).await.expect("events");
+    budgets
+        .after_settle(&p.tenant.id, Some(&p.key.id))
+        .await
+        .expect("alerts");
+    let events = budgets
+        .events(&p.tenant.id, 10, None)
+        .await
+        .expect("events");
     assert_eq!(events.len(), 3);
     assert_eq!(events[0].threshold_ppm, 500_000);
     assert_eq!(events[0].spent, 60);
@@ -227,10 +269,22 @@ async fn thresholds_fire_once_per_period_and_deliveries_are_claimed_once(fx: Fix
     assert_eq!(older.len(), 2);
 
     // Webhook secrets: created once, shown once, replaced on rotation.
-    let secret = budgets.ensure_webhook_secret(&p.tenant.id).await.expect("secret");
+    let secret = budgets
+        .ensure_webhook_secret(&p.tenant.id)
+        .await
+        .expect("secret");
     assert!(secret.as_deref().is_some_and(|s| s.starts_with("whsec_")));
-    assert_eq!(budgets.ensure_webhook_secret(&p.tenant.id).await.expect("again"), None);
-    let rotated = budgets.rotate_webhook_secret(&p.tenant.id).await.expect("rotate");
+    assert_eq!(
+        budgets
+            .ensure_webhook_secret(&p.tenant.id)
+            .await
+            .expect("again"),
+        None
+    );
+    let rotated = budgets
+        .rotate_webhook_secret(&p.tenant.id)
+        .await
+        .expect("rotate");
     assert_ne!(Some(rotated.clone()), secret);
     assert_eq!(
         budgets.webhook_secret(&p.tenant.id).await.expect("read"),
@@ -244,7 +298,7 @@ async fn a_monthly_budget_resets_on_the_first(fx: Fixture) {
     let b = budget(100, Period::Month, vec![], None);
     fx.tenancy
         .budgets
-        .set(&p.tenant.id, Subject::Key(&p.key.id), Some(&b))
+        .set(&p.tenant.id, Spender::Key(&p.key.id), Some(&b))
         .await
         .expect("set");
     run(&fx, &p, "r1", 100).await.expect("fits");

@@ -405,6 +405,7 @@ mod tests {
         let resolver = Checked {
             allow: Arc::new(AllowList::default()),
             port: 80,
+            purpose: Purpose::MCP,
         };
         let name: Name = "localhost".parse().expect("name");
         let err = resolver.resolve(name).await.err().expect("refused");

@@ -38,7 +38,13 @@ async fn key(fx: &Fixture, tenant_id: &str) -> Principal {
     let created = fx
         .tenancy
         .directory
-        .create_key(tenant_id, &KeySpec::default())
+        .create_key(
+            tenant_id,
+            &KeySpec {
+                name: "k".into(),
+                ..KeySpec::default()
+            },
+        )
         .await
         .expect("key");
     fx.tenancy

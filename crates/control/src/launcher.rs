@@ -13,7 +13,7 @@ use crate::Result;
 pub const STEP_TOKENS: usize = 512;
 
 /// Everything needed to start one replica.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ReplicaSpec {
     /// The served name.
     pub deployment: String,

@@ -14,8 +14,11 @@
 //! - [`spec`] — `DeploymentSpec` and the `DeploymentStore` persistence seam (the admin API's
 //!   JSON is the `wire` crate's, the stored form the binary's).
 //! - [`plane`] — `ControlPlane`, the entry point.
+//! - [`cluster`] — many processes: the `Discovery` and `Placement` seams, the pure placement
+//!   policy, the placement leader, the node agent and the gateway's routing.
 
 pub mod autoscale;
+pub mod cluster;
 pub mod deployment;
 mod error;
 pub mod events;

@@ -1,6 +1,7 @@
 //! The deployment runtime with fake replicas on tokio's paused clock: bursts, fairness,
 //! timeouts, refusals, scale to zero and back, rolling replacement, budgets.
 
+mod cluster;
 mod common;
 #[cfg(feature = "engine")]
 mod engine;

@@ -92,7 +92,7 @@ impl EtcdCluster {
     pub async fn connect(options: EtcdOptions) -> ClusterResult<Arc<Self>> {
         let mut connect = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(3))
-            .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2));
+            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
         if let Some((user, password)) = &options.user {
             connect = connect.with_user(user.clone(), password.clone());
         }

@@ -20,6 +20,9 @@ use serde_json::json;
 use crate::proto::{self, ErrorJson, Frame};
 use crate::secret::ClusterSecret;
 
+/// Largest internal request (a gateway's own limit is lower).
+const MAX_BODY_BYTES: usize = 64 << 20;
+
 #[derive(Clone)]
 struct Internal {
     secret: ClusterSecret,
@@ -32,6 +35,8 @@ pub fn router(secret: ClusterSecret, local: ControlPlane) -> Router {
     Router::new()
         .route("/internal/v1/generate", post(generate))
         .route("/internal/v1/count", post(count))
+        // Gateways have already bounded the request's body; prompts may be large.
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(Internal { secret, local })
 }
 

@@ -396,8 +396,19 @@ async fn keep_alive(this: std::sync::Weak<EtcdCluster>, mut lease: i64) {
                 tokio::time::sleep(every).await;
             }
         };
-        match alive.await {
-            Ok(_) => {
+        let expired = match alive.await {
+            Ok(_) => true,
+            // The stream failed: expired if etcd says the lease is gone (-1), else etcd is
+            // unreachable and the lease may still live: try again.
+            Err(e) => match client.lease_time_to_live(lease, None).await {
+                Ok(ttl) => ttl.ttl() <= 0,
+                Err(_) => {
+                    tracing::warn!(lease, error = %e, "cannot renew the membership lease; retrying");
+                    false
+                }
+            },
+        };
+        if expired {
                 tracing::warn!(lease, "membership lease expired; registering again");
                 let me = cluster
                     .registration
@@ -420,8 +431,6 @@ async fn keep_alive(this: std::sync::Weak<EtcdCluster>, mut lease: i64) {
                     }
                     Err(e) => tracing::warn!(error = %e, "cannot register again; retrying"),
                 }
-            }
-            Err(e) => tracing::warn!(lease, error = %e, "cannot renew the membership lease; retrying"),
         }
         drop(cluster);
         tokio::time::sleep(every).await;

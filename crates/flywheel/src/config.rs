@@ -149,6 +149,34 @@ pub struct ServeArgs {
     /// Seconds one request to an MCP server may take [default: 60].
     #[arg(long, env = "FLYWHEEL_MCP_CALL_TIMEOUT_SECONDS")]
     pub mcp_call_timeout_seconds: Option<u64>,
+    /// Join a cluster coordinated by etcd: etcd://HOST:PORT[,HOST:PORT…] (needs a PostgreSQL
+    /// --database-url) [default: a single process].
+    #[arg(long, env = "FLYWHEEL_CLUSTER")]
+    pub cluster: Option<String>,
+    /// This process's part in the cluster: gateway, node or both [default: both].
+    #[arg(long, env = "FLYWHEEL_ROLE")]
+    pub role: Option<String>,
+    /// Where the other processes of the cluster reach this one, HOST:PORT or a URL
+    /// [default: the listen address, loopback if it listens on all addresses].
+    #[arg(long, env = "FLYWHEEL_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// This process's member id in the cluster, stable across restarts [default: the
+    /// advertised HOST:PORT].
+    #[arg(long, env = "FLYWHEEL_NODE_ID")]
+    pub node_id: Option<String>,
+    /// File holding the cluster secret, when FLYWHEEL_CLUSTER_SECRET is not set.
+    #[arg(long, env = "FLYWHEEL_CLUSTER_SECRET_FILE")]
+    pub cluster_secret_file: Option<PathBuf>,
+    /// Seconds a member's lease lives without renewal: a node silent this long is gone and its
+    /// replicas are re-placed [default: 5].
+    #[arg(long, env = "FLYWHEEL_CLUSTER_LEASE_SECONDS")]
+    pub cluster_lease_seconds: Option<u32>,
+    /// Key prefix of this cluster in etcd [default: /flywheel].
+    #[arg(long, env = "FLYWHEEL_CLUSTER_PREFIX")]
+    pub cluster_prefix: Option<String>,
+    /// etcd user, with its password in FLYWHEEL_ETCD_PASSWORD [default: no authentication].
+    #[arg(long, env = "FLYWHEEL_ETCD_USER")]
+    pub etcd_user: Option<String>,
     /// The `[hub]` table of the file.
     #[command(flatten)]
     #[serde(default)]
@@ -218,6 +246,96 @@ pub struct ServeConfig {
     /// The OTLP/HTTP collector traces go to; `None`: no traces.
     pub otlp_endpoint: Option<String>,
     pub mcp_call_timeout: Duration,
+    /// Set when this process joins a cluster.
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// `--cluster` and the flags that go with it, checked.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// etcd endpoints as `http://HOST:PORT`.
+    pub endpoints: Vec<String>,
+    pub role: control::cluster::Role,
+    /// `http://HOST:PORT` others reach this process at.
+    pub advertise: String,
+    pub id: String,
+    pub secret_file: Option<PathBuf>,
+    pub lease_seconds: u32,
+    pub prefix: String,
+    pub etcd_user: Option<String>,
+}
+
+impl ClusterConfig {
+    fn resolve(args: &ServeArgs, listen: SocketAddr, database_url: &str) -> Result<Option<Self>> {
+        let Some(url) = &args.cluster else {
+            for (flag, set) in [
+                ("--role", args.role.is_some()),
+                ("--advertise", args.advertise.is_some()),
+                ("--node-id", args.node_id.is_some()),
+            ] {
+                if set {
+                    bail!("{flag} is a cluster setting: give --cluster etcd://HOST:PORT too");
+                }
+            }
+            return Ok(None);
+        };
+        let endpoints = cluster::parse_endpoints(url).map_err(|e| anyhow::anyhow!("--cluster: {e}"))?;
+        if !database_url.starts_with("postgres://") && !database_url.starts_with("postgresql://") {
+            bail!("--cluster needs a PostgreSQL --database-url (postgres://USER@HOST/DB) shared by every process of the cluster; SQLite is one process's");
+        }
+        if !args.models.is_empty() {
+            bail!("--model does not combine with --cluster: create deployments with POST /admin/v1/deployments (min_replicas says how many replicas the cluster runs)");
+        }
+        let role = args
+            .role
+            .as_deref()
+            .unwrap_or("both")
+            .parse::<control::cluster::Role>()
+            .map_err(|e| anyhow::anyhow!("--role: {e}"))?;
+        let advertise = match &args.advertise {
+            Some(a) if a.starts_with("http://") || a.starts_with("https://") => a.trim_end_matches('/').to_owned(),
+            Some(a) => {
+                a.parse::<SocketAddr>().map_err(|_| anyhow::anyhow!("--advertise: '{a}' is not HOST:PORT or an http:// URL"))?;
+                format!("http://{a}")
+            }
+            None => {
+                let ip = if listen.ip().is_unspecified() {
+                    std::net::IpAddr::from([127, 0, 0, 1])
+                } else {
+                    listen.ip()
+                };
+                format!("http://{}", SocketAddr::new(ip, listen.port()))
+            }
+        };
+        let id = match &args.node_id {
+            Some(id) => id.clone(),
+            None => advertise
+                .trim_start_matches("http://")
+                .trim_start_matches("https://")
+                .to_owned(),
+        };
+        if id.is_empty() || id.len() > 128 || id.contains('/') {
+            bail!("--node-id: '{id}' must be 1 to 128 characters without '/'");
+        }
+        let lease_seconds = args.cluster_lease_seconds.unwrap_or(5);
+        if !(1..=60).contains(&lease_seconds) {
+            bail!("--cluster-lease-seconds must be between 1 and 60 (got {lease_seconds})");
+        }
+        let prefix = args.cluster_prefix.clone().unwrap_or_else(|| "/flywheel".into());
+        if !prefix.starts_with('/') || prefix.ends_with('/') {
+            bail!("--cluster-prefix: '{prefix}' must start with '/' and not end with one");
+        }
+        Ok(Some(Self {
+            endpoints,
+            role,
+            advertise,
+            id,
+            secret_file: args.cluster_secret_file.clone(),
+            lease_seconds,
+            prefix,
+            etcd_user: args.etcd_user.clone(),
+        }))
+    }
 }
 
 impl ServeArgs {
@@ -249,10 +367,13 @@ impl ServeArgs {
         tenancy
             .validate()
             .map_err(|e| anyhow::anyhow!("tenancy settings: {e}"))?;
+        let listen = args
+            .listen
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
+        let cluster = ClusterConfig::resolve(&args, listen, &database_url)?;
         let config = ServeConfig {
-            listen: args
-                .listen
-                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
+            cluster,
+            listen,
             data_dir,
             database_url,
             tenancy,

@@ -3,6 +3,7 @@
 mod admin_key;
 mod backup;
 mod batch_config;
+mod clustered;
 mod config;
 mod convert;
 mod deployments;

@@ -39,7 +39,16 @@ async fn serve(config: ServeConfig) -> Result<()> {
         config.files.clone(),
     )?;
     let store_for_batch = store.clone();
-    let plane = crate::deployments::start(&config, &hub, store).await?;
+    let (plane, clustered) = match &config.cluster {
+        None => (
+            Some(crate::deployments::start(&config, &hub.clone(), store).await?),
+            None,
+        ),
+        Some(c) => {
+            let clustered = crate::clustered::start(&config, c, &hub, store).await?;
+            (clustered.plane.clone(), Some(clustered))
+        }
+    };
 
     let mut models: Vec<Arc<dyn Backend>> = Vec::new();
     for up in &config.upstreams {
@@ -62,7 +71,7 @@ async fn serve(config: ServeConfig) -> Result<()> {
         tenancy: tenancy.clone(),
         settlements: settlements.clone(),
         hub: Some(hub),
-        plane: Some(plane.clone()),
+        plane: plane.clone(),
         metrics,
         metrics_open: config.metrics_open,
         max_body_bytes: config.max_body_bytes,
@@ -76,7 +85,19 @@ async fn serve(config: ServeConfig) -> Result<()> {
         }),
         routing: Some(routing),
     };
-    let app = gateway::router_with(state, |app| console::router(app, console_config));
+    let internal = clustered.as_ref().and_then(|c| c.internal.clone());
+    let app = if plane.is_some() {
+        let app = gateway::router_with(state, |app| console::router(app, console_config));
+        match internal {
+            Some(internal) => app.merge(internal),
+            None => app,
+        }
+    } else {
+        // A node agent alone: its internal API and liveness, no public API.
+        internal
+            .unwrap_or_default()
+            .route("/health", axum::routing::get(|| async { axum::Json(serde_json::json!({ "status": "ok" })) }))
+    };
     let limits = connection_limits(&config);
     let listener = crate::http::bind(config.listen).with_context(|| {
         format!(
@@ -120,7 +141,12 @@ async fn serve(config: ServeConfig) -> Result<()> {
     } else {
         Duration::ZERO
     };
-    plane.shutdown_within(grace).await;
+    if let Some(plane) = &plane {
+        plane.shutdown_within(grace).await;
+    }
+    if let Some(clustered) = clustered {
+        clustered.stop(grace).await;
+    }
     if !drained {
         // The ended streams send their last event and close; what still runs (a stream from
         // an upstream server) is cut. Their meters settle what was delivered.

@@ -451,6 +451,7 @@ pub fn router_with(
         )
         .route("/v1/logs", get(routes::logs::tenant))
         .route("/admin/v1/logs", get(routes::logs::operator))
+        .route("/admin/v1/cluster", get(routes::deployments::cluster))
         .route(
             "/admin/v1/tenants/{id}/members",
             post(routes::members::create).get(routes::members::list),

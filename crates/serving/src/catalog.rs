@@ -101,12 +101,10 @@ impl Catalog {
         if let Some(plane) = &self.0.plane {
             infos.extend(
                 plane
-                    .names()
-                    .iter()
-                    .filter(|name| !self.0.by_name.contains_key(name.as_str()))
-                    .filter(|name| !self.is_group_name(name))
-                    .filter_map(|name| plane.get(name))
-                    .map(|deployment| deployment.info()),
+                    .infos()
+                    .into_iter()
+                    .filter(|info| !self.0.by_name.contains_key(info.id.as_str()))
+                    .filter(|info| !self.is_group_name(&info.id)),
             );
         }
         infos
@@ -151,8 +149,7 @@ impl Catalog {
         if self.is_group_name(name) {
             return None;
         }
-        let deployment = self.0.plane.as_ref()?.get(name)?;
-        Some(Arc::new(deployment))
+        self.0.plane.as_ref()?.backend(name)
     }
 
     /// One request's route through `group`: its deployment members as served now, and its
@@ -219,7 +216,7 @@ impl Catalog {
             ));
         }
         drop(groups);
-        let deployed = self.0.plane.as_ref().is_some_and(|p| p.get(name).is_some());
+        let deployed = self.0.plane.as_ref().is_some_and(|p| p.backend(name).is_some());
         deployed.then(|| format!("'{name}' is a deployment"))
     }
 

@@ -12,6 +12,7 @@ pub mod audio;
 pub mod batches;
 pub mod budgets;
 pub mod chat;
+pub mod cluster;
 pub mod completions;
 pub mod deployments;
 pub mod embeddings;

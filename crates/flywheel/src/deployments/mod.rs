@@ -79,7 +79,7 @@ fn model_of(spec: &ModelSpec) -> String {
 
 /// A `hub:` SPEC → the blob holding its GGUF; anything else is a path. Called by the launcher
 /// from async code on the multi-threaded runtime, hence `block_in_place`.
-fn resolver(hub: hub::Hub) -> impl Fn(&str) -> Result<PathBuf, String> + Send + Sync + 'static {
+pub(crate) fn resolver(hub: hub::Hub) -> impl Fn(&str) -> Result<PathBuf, String> + Send + Sync + 'static {
     move |model: &str| {
         if !model.starts_with("hub:") {
             return Ok(PathBuf::from(model));
@@ -117,7 +117,7 @@ fn pinned_spec(spec: &ModelSpec, config: &ServeConfig) -> DeploymentSpec {
 
 /// The node's budgets: flags, else the machine; the default thread budget grows to hold every
 /// `--model` (they were always served together).
-fn budget(config: &ServeConfig) -> NodeBudget {
+pub(crate) fn budget(config: &ServeConfig) -> NodeBudget {
     let machine = NodeBudget::from_machine();
     let pinned_threads = config.engine.threads * config.models.len();
     NodeBudget {

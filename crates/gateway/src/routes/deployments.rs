@@ -106,3 +106,12 @@ async fn events(state: AppState, _: Admin, name: &str) -> Result<Json<ListView<S
 pub async fn node(State(state): State<AppState>, _: Admin) -> Result<Json<NodeJson>> {
     Ok(Json(plane(&state)?.node().into()))
 }
+
+/// `GET /admin/v1/cluster`: nodes, leases, capacity, replicas and the placement leader (a
+/// single process shows itself as a one-node cluster).
+pub async fn cluster(
+    State(state): State<AppState>,
+    _: Admin,
+) -> Result<Json<crate::wire::cluster::ClusterJson>> {
+    Ok(Json(plane(&state)?.cluster_snapshot().await.into()))
+}

@@ -131,6 +131,19 @@ async fn deployments_are_created_listed_patched_and_deleted() {
     assert!(events.json()["data"].is_array());
     let node = admin(&app, "GET", "/node", None).await.json();
     assert_eq!(node["threads"], 2);
+    // A single process is a one-node cluster of its own: itself, its own leader, and the
+    // replicas it runs.
+    let cluster = admin(&app, "GET", "/cluster", None).await;
+    assert_eq!(cluster.status.as_u16(), 200, "{}", cluster.body);
+    let cluster = cluster.json();
+    assert_eq!(cluster["object"], "cluster");
+    assert_eq!(cluster["leader"], "local");
+    assert_eq!(cluster["nodes"][0]["id"], "local");
+    assert_eq!(cluster["nodes"][0]["role"], "both");
+    assert_eq!(cluster["nodes"][0]["threads"], 2);
+    call(&app, "GET", "/admin/v1/cluster", "not-a-key", None)
+        .await
+        .assert_error(401, "invalid_api_key", None);
 
     let patched = admin(
         &app,

@@ -14,8 +14,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use control::cluster::{
-    Assignment, Assignments, ClusterError, ClusterResult, Discovery, Leadership, Member,
-    Placement, PlacementView,
+    Assignment, Assignments, ClusterError, ClusterResult, Discovery, Leadership, Member, Placement,
+    PlacementView,
 };
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, LeaderKey, PutOptions,
@@ -57,7 +57,9 @@ pub fn parse_endpoints(url: &str) -> Result<Vec<String>, String> {
         })
         .collect::<Result<_, _>>()?;
     if endpoints.is_empty() {
-        return Err(format!("'{url}' names no etcd endpoint: write etcd://HOST:PORT"));
+        return Err(format!(
+            "'{url}' names no etcd endpoint: write etcd://HOST:PORT"
+        ));
     }
     Ok(endpoints)
 }
@@ -99,7 +101,12 @@ impl EtcdCluster {
         let reach = async {
             let client = Client::connect(&options.endpoints, Some(connect)).await?;
             let mut probe = client.clone();
-            probe.get(options.prefix.clone(), Some(GetOptions::new().with_prefix().with_limit(1))).await?;
+            probe
+                .get(
+                    options.prefix.clone(),
+                    Some(GetOptions::new().with_prefix().with_limit(1)),
+                )
+                .await?;
             Ok::<_, etcd_client::Error>(client)
         };
         let client = tokio::time::timeout(Duration::from_secs(5), reach)
@@ -131,10 +138,14 @@ impl EtcdCluster {
         tokio::spawn(async move {
             let mut from = rev + 1;
             loop {
-                let Some(this) = watcher.upgrade() else { return };
+                let Some(this) = watcher.upgrade() else {
+                    return;
+                };
                 match this.follow(from).await {
                     Ok(()) => {}
-                    Err(e) => tracing::warn!(error = %e, "etcd watch lost; serving the last known view"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "etcd watch lost; serving the last known view")
+                    }
                 }
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 match this.load().await {
@@ -191,7 +202,11 @@ impl EtcdCluster {
                 )));
             }
             let rev = resp.header().map_or(0, |h| h.revision());
-            let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner).clone();
+            let mut state = self
+                .state
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone();
             for event in resp.events() {
                 let Some(kv) = event.kv() else { continue };
                 let Ok(key) = kv.key_str() else { continue };
@@ -380,7 +395,9 @@ impl Discovery for EtcdCluster {
 /// comes back is a member again, and its agent stops whatever was re-placed meanwhile.
 async fn keep_alive(this: std::sync::Weak<EtcdCluster>, mut lease: i64) {
     loop {
-        let Some(cluster) = this.upgrade() else { return };
+        let Some(cluster) = this.upgrade() else {
+            return;
+        };
         let every = Duration::from_millis(
             (u64::try_from(cluster.options.ttl_secs).unwrap_or(1) * 1000 / 3).max(200),
         );
@@ -409,28 +426,28 @@ async fn keep_alive(this: std::sync::Weak<EtcdCluster>, mut lease: i64) {
             },
         };
         if expired {
-                tracing::warn!(lease, "membership lease expired; registering again");
-                let me = cluster
-                    .registration
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .as_ref()
-                    .map(|r| r.me.clone());
-                let Some(me) = me else { return };
-                match cluster.grant_and_put(&me).await {
-                    Ok(fresh) => {
-                        lease = fresh;
-                        if let Some(r) = cluster
-                            .registration
-                            .lock()
-                            .unwrap_or_else(PoisonError::into_inner)
-                            .as_mut()
-                        {
-                            r.lease = fresh;
-                        }
+            tracing::warn!(lease, "membership lease expired; registering again");
+            let me = cluster
+                .registration
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .as_ref()
+                .map(|r| r.me.clone());
+            let Some(me) = me else { return };
+            match cluster.grant_and_put(&me).await {
+                Ok(fresh) => {
+                    lease = fresh;
+                    if let Some(r) = cluster
+                        .registration
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .as_mut()
+                    {
+                        r.lease = fresh;
                     }
-                    Err(e) => tracing::warn!(error = %e, "cannot register again; retrying"),
                 }
+                Err(e) => tracing::warn!(error = %e, "cannot register again; retrying"),
+            }
         }
         drop(cluster);
         tokio::time::sleep(every).await;
@@ -517,7 +534,12 @@ impl Placement for EtcdCluster {
     }
 
     async fn resign(&self, lead: &Leadership) {
-        let key = match self.leading.lock().unwrap_or_else(PoisonError::into_inner).take() {
+        let key = match self
+            .leading
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
             Some((fence, key)) if fence == lead.fence => key,
             _ => return,
         };
@@ -525,5 +547,28 @@ impl Placement for EtcdCluster {
         let _ = client
             .resign(Some(ResignOptions::new().with_leader(key)))
             .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_endpoints;
+
+    #[test]
+    fn etcd_urls_parse_and_bad_ones_say_why() {
+        assert_eq!(
+            parse_endpoints("etcd://10.0.0.1:2379,10.0.0.2:2379").unwrap(),
+            vec!["http://10.0.0.1:2379", "http://10.0.0.2:2379"]
+        );
+        assert!(parse_endpoints("http://x:1")
+            .unwrap_err()
+            .contains("etcd://HOST:PORT"));
+        assert!(parse_endpoints("etcd://x")
+            .unwrap_err()
+            .contains("HOST:PORT"));
+        assert!(parse_endpoints("etcd://x:notaport").is_err());
+        assert!(parse_endpoints("etcd://")
+            .unwrap_err()
+            .contains("no etcd endpoint"));
     }
 }

@@ -49,8 +49,14 @@ fn error(status: StatusCode, code: &str, message: String) -> Response {
 }
 
 /// The secret checked, the body parsed, the deployment found.
-fn admit(state: &Internal, headers: &HeaderMap, body: &[u8]) -> Result<(GenerateRequest, control::Deployment), Response> {
-    let auth = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+fn admit(
+    state: &Internal,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(GenerateRequest, control::Deployment), Response> {
+    let auth = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
     if !state.secret.accepts(auth) {
         return Err(error(
             StatusCode::UNAUTHORIZED,
@@ -59,7 +65,11 @@ fn admit(state: &Internal, headers: &HeaderMap, body: &[u8]) -> Result<(Generate
         ));
     }
     let wire: proto::Request = serde_json::from_slice(body).map_err(|e| {
-        error(StatusCode::BAD_REQUEST, "invalid_request", format!("not an internal generate request: {e}"))
+        error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            format!("not an internal generate request: {e}"),
+        )
     })?;
     let request = GenerateRequest::try_from(wire)
         .map_err(|e| error(StatusCode::BAD_REQUEST, "invalid_request", e))?;

@@ -4,8 +4,8 @@
 
 use backend::{
     BackendError, ChatMessage, Event, FinishReason, FunctionSpec, GenerateRequest, Logprob,
-    OutputFormat, Priority, Prompt, SamplingParams, SchemaSite, Tool, ToolCall, ToolChoice,
-    TokenLogprob, UpstreamError, Usage,
+    OutputFormat, Priority, Prompt, SamplingParams, SchemaSite, TokenLogprob, Tool, ToolCall,
+    ToolChoice, UpstreamError, Usage,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -263,15 +263,45 @@ fn lp_in(l: LogprobJson) -> Logprob {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Frame {
-    Queued { position: usize, eta_ms: u64 },
-    Admitted { prompt_tokens: u32, max_tokens: u32, exact: bool },
-    Text { text: String, tokens: u32 },
-    Reasoning { text: String, tokens: u32 },
-    Logprobs { tokens: Vec<TokenLogprobJson> },
-    ToolCall { index: u32, id: String, name: String, arguments: String },
-    Finished { reason: String, prompt_tokens: u32, completion_tokens: u32, cached_tokens: u32 },
-    Choice { index: u32, event: Box<Frame> },
-    Error { error: ErrorJson },
+    Queued {
+        position: usize,
+        eta_ms: u64,
+    },
+    Admitted {
+        prompt_tokens: u32,
+        max_tokens: u32,
+        exact: bool,
+    },
+    Text {
+        text: String,
+        tokens: u32,
+    },
+    Reasoning {
+        text: String,
+        tokens: u32,
+    },
+    Logprobs {
+        tokens: Vec<TokenLogprobJson>,
+    },
+    ToolCall {
+        index: u32,
+        id: String,
+        name: String,
+        arguments: String,
+    },
+    Finished {
+        reason: String,
+        prompt_tokens: u32,
+        completion_tokens: u32,
+        cached_tokens: u32,
+    },
+    Choice {
+        index: u32,
+        event: Box<Frame>,
+    },
+    Error {
+        error: ErrorJson,
+    },
 }
 
 impl From<&Event> for Frame {
@@ -408,14 +438,37 @@ impl Frame {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum ErrorJson {
-    ContextLengthExceeded { prompt_tokens: u32, context_length: u32 },
-    InvalidPrompt { message: String },
-    ToolsUnsupported { message: String },
-    UnsupportedSchema { tool: Option<usize>, message: String },
-    InvalidRequest { message: String, param: Option<String> },
-    Overloaded { queued: usize, retry_after: u64 },
-    QueueShareExceeded { waiting: usize, limit: usize, retry_after: u64 },
-    QueueTimeout { waited_secs: u64, retry_after: u64 },
+    ContextLengthExceeded {
+        prompt_tokens: u32,
+        context_length: u32,
+    },
+    InvalidPrompt {
+        message: String,
+    },
+    ToolsUnsupported {
+        message: String,
+    },
+    UnsupportedSchema {
+        tool: Option<usize>,
+        message: String,
+    },
+    InvalidRequest {
+        message: String,
+        param: Option<String>,
+    },
+    Overloaded {
+        queued: usize,
+        retry_after: u64,
+    },
+    QueueShareExceeded {
+        waiting: usize,
+        limit: usize,
+        retry_after: u64,
+    },
+    QueueTimeout {
+        waited_secs: u64,
+        retry_after: u64,
+    },
     Upstream {
         status: u16,
         message: String,
@@ -424,10 +477,16 @@ pub enum ErrorJson {
         param: Option<String>,
         retry_after: Option<u64>,
     },
-    Unreachable { message: String },
+    Unreachable {
+        message: String,
+    },
     ShuttingDown,
-    Unavailable { message: String },
-    Internal { message: String },
+    Unavailable {
+        message: String,
+    },
+    Internal {
+        message: String,
+    },
 }
 
 impl From<&BackendError> for ErrorJson {

@@ -56,7 +56,11 @@ pub struct RemoteReplicas {
 }
 
 impl RemoteReplicas {
-    async fn post(&self, path: &str, request: &GenerateRequest) -> backend::Result<reqwest::Response> {
+    async fn post(
+        &self,
+        path: &str,
+        request: &GenerateRequest,
+    ) -> backend::Result<reqwest::Response> {
         let body = proto::Request::from(request);
         let response = self
             .client
@@ -65,7 +69,9 @@ impl RemoteReplicas {
             .json(&body)
             .send()
             .await
-            .map_err(|e| BackendError::Unreachable(format!("node {} ({}): {e}", self.node, self.base)))?;
+            .map_err(|e| {
+                BackendError::Unreachable(format!("node {} ({}): {e}", self.node, self.base))
+            })?;
         match response.status() {
             StatusCode::OK => Ok(response),
             StatusCode::UNPROCESSABLE_ENTITY => {
@@ -104,37 +110,47 @@ impl RemoteReplicas {
 fn frames(node: String, response: reqwest::Response) -> EventStream {
     let bytes = Box::pin(response.bytes_stream());
     let state = (bytes, Vec::<u8>::new(), false, node);
-    Box::pin(futures::stream::unfold(state, |(mut bytes, mut buf, mut done, node)| async move {
-        if done {
-            return None;
-        }
-        loop {
-            if let Some(pos) = buf.iter().position(|&b| b == b'\n') {
-                let line: Vec<u8> = buf.drain(..=pos).collect();
-                let item = match serde_json::from_slice::<Frame>(&line[..line.len() - 1]) {
-                    Ok(frame) => frame.into_item(),
-                    Err(e) => Err(BackendError::Internal(format!("node {node} sent an unreadable frame: {e}"))),
-                };
-                done = matches!(item, Ok(backend::Event::Finished { .. }) | Err(_));
-                return Some((item, (bytes, buf, done, node)));
+    Box::pin(futures::stream::unfold(
+        state,
+        |(mut bytes, mut buf, mut done, node)| async move {
+            if done {
+                return None;
             }
-            if buf.len() > MAX_LINE_BYTES {
-                let e = BackendError::Internal(format!("node {node} sent a line over {MAX_LINE_BYTES} bytes"));
-                return Some((Err(e), (bytes, buf, true, node)));
-            }
-            match bytes.next().await {
-                Some(Ok(chunk)) => buf.extend_from_slice(&chunk),
-                Some(Err(e)) => {
-                    let e = BackendError::Unreachable(format!("node {node} lost mid-stream: {e}"));
+            loop {
+                if let Some(pos) = buf.iter().position(|&b| b == b'\n') {
+                    let line: Vec<u8> = buf.drain(..=pos).collect();
+                    let item = match serde_json::from_slice::<Frame>(&line[..line.len() - 1]) {
+                        Ok(frame) => frame.into_item(),
+                        Err(e) => Err(BackendError::Internal(format!(
+                            "node {node} sent an unreadable frame: {e}"
+                        ))),
+                    };
+                    done = matches!(item, Ok(backend::Event::Finished { .. }) | Err(_));
+                    return Some((item, (bytes, buf, done, node)));
+                }
+                if buf.len() > MAX_LINE_BYTES {
+                    let e = BackendError::Internal(format!(
+                        "node {node} sent a line over {MAX_LINE_BYTES} bytes"
+                    ));
                     return Some((Err(e), (bytes, buf, true, node)));
                 }
-                None => {
-                    let e = BackendError::Unreachable(format!("node {node} closed the stream before it finished"));
-                    return Some((Err(e), (bytes, buf, true, node)));
+                match bytes.next().await {
+                    Some(Ok(chunk)) => buf.extend_from_slice(&chunk),
+                    Some(Err(e)) => {
+                        let e =
+                            BackendError::Unreachable(format!("node {node} lost mid-stream: {e}"));
+                        return Some((Err(e), (bytes, buf, true, node)));
+                    }
+                    None => {
+                        let e = BackendError::Unreachable(format!(
+                            "node {node} closed the stream before it finished"
+                        ));
+                        return Some((Err(e), (bytes, buf, true, node)));
+                    }
                 }
             }
-        }
-    }))
+        },
+    ))
 }
 
 #[async_trait::async_trait]
@@ -154,18 +170,22 @@ impl Backend for RemoteReplicas {
         let mut stream = frames(self.node.clone(), response);
         // The first frame decides: a refusal before the stream is still a return value.
         match stream.next().await {
-            None => Err(BackendError::Unreachable(format!("node {} sent nothing", self.node))),
+            None => Err(BackendError::Unreachable(format!(
+                "node {} sent nothing",
+                self.node
+            ))),
             Some(Err(e)) => Err(e),
-            Some(Ok(first)) => Ok(Box::pin(futures::stream::once(async { Ok(first) }).chain(stream))),
+            Some(Ok(first)) => Ok(Box::pin(
+                futures::stream::once(async { Ok(first) }).chain(stream),
+            )),
         }
     }
 
     async fn count_prompt_tokens(&self, request: &GenerateRequest) -> backend::Result<u32> {
         let response = self.post("/internal/v1/count", request).await?;
-        let count: proto::Count = response
-            .json()
-            .await
-            .map_err(|e| BackendError::Internal(format!("node {} sent an unreadable count: {e}", self.node)))?;
+        let count: proto::Count = response.json().await.map_err(|e| {
+            BackendError::Internal(format!("node {} sent an unreadable count: {e}", self.node))
+        })?;
         Ok(count.prompt_tokens)
     }
 }

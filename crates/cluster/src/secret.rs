@@ -23,18 +23,21 @@ impl ClusterSecret {
         let text = match (env, file) {
             (Some(v), _) if !v.trim().is_empty() => v.trim().to_owned(),
             (_, Some(path)) => std::fs::read_to_string(path)
-                .map_err(|e| format!("cannot read the cluster secret file {}: {e}", path.display()))?
+                .map_err(|e| {
+                    format!(
+                        "cannot read the cluster secret file {}: {e}",
+                        path.display()
+                    )
+                })?
                 .lines()
                 .next()
                 .unwrap_or("")
                 .trim()
                 .to_owned(),
             _ => {
-                return Err(
-                    "a cluster needs a shared secret for its internal API: set \
+                return Err("a cluster needs a shared secret for its internal API: set \
                      FLYWHEEL_CLUSTER_SECRET or --cluster-secret-file on every process"
-                        .into(),
-                )
+                    .into())
             }
         };
         Self::new(text)

@@ -11,7 +11,9 @@ use backend::{
 use cluster::{ClusterSecret, HttpConnector};
 use control::cluster::route::Connector;
 use control::cluster::{Member, Role};
-use control::{ControlPlane, DeploymentSpec, Footprint, MemoryStore, NodeBudget, ReplicaLauncher, ReplicaSpec};
+use control::{
+    ControlPlane, DeploymentSpec, Footprint, MemoryStore, NodeBudget, ReplicaLauncher, ReplicaSpec,
+};
 use futures::StreamExt;
 
 /// Answers every prompt with its own text back, in two chunks, or refuses `too long`.
@@ -41,12 +43,20 @@ impl Backend for Echo {
         }
         let (a, b) = text.split_at(text.len() / 2);
         let events = vec![
-            Ok(Event::Admitted { prompt_tokens: 3, max_tokens: 2, exact: true }),
+            Ok(Event::Admitted {
+                prompt_tokens: 3,
+                max_tokens: 2,
+                exact: true,
+            }),
             Ok(Event::text(a, 1)),
             Ok(Event::text(b, 1)),
             Ok(Event::Finished {
                 reason: FinishReason::Stop,
-                usage: Usage { prompt_tokens: 3, completion_tokens: 2, cached_tokens: 1 },
+                usage: Usage {
+                    prompt_tokens: 3,
+                    completion_tokens: 2,
+                    cached_tokens: 1,
+                },
             }),
         ];
         Ok(Box::pin(futures::stream::iter(events)))
@@ -81,7 +91,11 @@ fn request(text: &str) -> GenerateRequest {
         request_id: "r1".into(),
         model: "echo".into(),
         prompt: Prompt::Text(text.into()),
-        sampling: SamplingParams { temperature: 0.0, seed: Some(7), ..SamplingParams::default() },
+        sampling: SamplingParams {
+            temperature: 0.0,
+            seed: Some(7),
+            ..SamplingParams::default()
+        },
         max_tokens: Some(2),
         stop: vec!["\n\n".into()],
         tenant: Some("t1".into()),
@@ -97,16 +111,29 @@ fn request(text: &str) -> GenerateRequest {
 async fn a_gateway_streams_from_a_node_with_the_secret_and_nothing_without_it() {
     let secret = ClusterSecret::new("s".repeat(32)).unwrap();
     let plane = ControlPlane::new(
-        NodeBudget { memory_bytes: 1 << 30, threads: 2 },
+        NodeBudget {
+            memory_bytes: 1 << 30,
+            threads: 2,
+        },
         Arc::new(EchoLauncher),
         Arc::new(MemoryStore::default()),
     );
     plane
-        .create(DeploymentSpec { min_replicas: 1, ..DeploymentSpec::new("echo", "echo.gguf") })
+        .create(DeploymentSpec {
+            min_replicas: 1,
+            ..DeploymentSpec::new("echo", "echo.gguf")
+        })
         .await
         .unwrap();
     for _ in 0..100 {
-        if plane.describe("echo").await.unwrap().replicas.iter().any(|r| r.state == control::ReplicaState::Ready) {
+        if plane
+            .describe("echo")
+            .await
+            .unwrap()
+            .replicas
+            .iter()
+            .any(|r| r.state == control::ReplicaState::Ready)
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -142,24 +169,44 @@ async fn a_gateway_streams_from_a_node_with_the_secret_and_nothing_without_it() 
         events.last().unwrap().as_ref().unwrap(),
         &Event::Finished {
             reason: FinishReason::Stop,
-            usage: Usage { prompt_tokens: 3, completion_tokens: 2, cached_tokens: 1 },
+            usage: Usage {
+                prompt_tokens: 3,
+                completion_tokens: 2,
+                cached_tokens: 1
+            },
         }
     );
     assert_eq!(remote.count_prompt_tokens(&request("x")).await.unwrap(), 3);
 
     // A refusal before the stream comes back as the same error.
     let err = remote.generate(request("too long")).await.err().unwrap();
-    assert_eq!(err, BackendError::ContextLengthExceeded { prompt_tokens: 100, context_length: 64 });
+    assert_eq!(
+        err,
+        BackendError::ContextLengthExceeded {
+            prompt_tokens: 100,
+            context_length: 64
+        }
+    );
 
     // A model this node does not run: another node may (the route tries one).
-    let err = connector.connect(&node, "other").generate(GenerateRequest { model: "other".into(), ..request("x") }).await.err().unwrap();
+    let err = connector
+        .connect(&node, "other")
+        .generate(GenerateRequest {
+            model: "other".into(),
+            ..request("x")
+        })
+        .await
+        .err()
+        .unwrap();
     assert!(matches!(err, BackendError::Unreachable(_)), "{err:?}");
 
     // Without the secret, or with another: 401, and nothing runs.
     let http = reqwest::Client::new();
     let body = serde_json::to_value(cluster::proto::Request::from(&request("x"))).unwrap();
     for auth in [None, Some("Bearer ".to_owned() + &"x".repeat(32))] {
-        let mut call = http.post(format!("http://{addr}/internal/v1/generate")).json(&body);
+        let mut call = http
+            .post(format!("http://{addr}/internal/v1/generate"))
+            .json(&body);
         if let Some(a) = auth {
             call = call.header("authorization", a);
         }
@@ -170,8 +217,16 @@ async fn a_gateway_streams_from_a_node_with_the_secret_and_nothing_without_it() 
     }
 
     // A node that cannot be reached is `Unreachable` (the route skips it).
-    let gone = Member { address: "http://127.0.0.1:9".into(), ..node };
-    let err = connector.connect(&gone, "echo").generate(request("x")).await.err().unwrap();
+    let gone = Member {
+        address: "http://127.0.0.1:9".into(),
+        ..node
+    };
+    let err = connector
+        .connect(&gone, "echo")
+        .generate(request("x"))
+        .await
+        .err()
+        .unwrap();
     assert!(matches!(err, BackendError::Unreachable(_)), "{err:?}");
 }
 

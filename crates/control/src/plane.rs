@@ -53,7 +53,11 @@ impl ControlPlane {
 
     /// A gateway's plane in a cluster: deployments are created in the shared store, placed by
     /// the leader and served through `cluster` (nothing runs in this plane).
-    pub fn clustered(cluster: Arc<ClusterGateway>, launcher: Arc<dyn ReplicaLauncher>, store: Arc<dyn DeploymentStore>) -> Self {
+    pub fn clustered(
+        cluster: Arc<ClusterGateway>,
+        launcher: Arc<dyn ReplicaLauncher>,
+        store: Arc<dyn DeploymentStore>,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 node: Arc::new(Node::new(NodeBudget {
@@ -152,7 +156,9 @@ impl ControlPlane {
     /// Run `name` with this whole spec (a node agent pinning what was placed on it).
     pub async fn replace(&self, spec: DeploymentSpec) -> Result<DeploymentView> {
         let name = spec.name.clone();
-        let old = self.spec(&name).ok_or_else(|| Error::NotFound(name.clone()))?;
+        let old = self
+            .spec(&name)
+            .ok_or_else(|| Error::NotFound(name.clone()))?;
         let patch = DeploymentPatch {
             model: (old.model != spec.model).then(|| spec.model.clone()),
             min_replicas: Some(spec.min_replicas),

@@ -64,15 +64,20 @@ pub async fn start(
     tracing::info!(endpoints = ?c.endpoints, id = %c.id, role = c.role.as_str(), "connected to etcd");
 
     let specs: Arc<dyn control::DeploymentStore> = Arc::new(DbDeploymentStore::new(store));
-    let launcher: Arc<dyn ReplicaLauncher> =
-        Arc::new(EngineLauncher::with_resolver(crate::deployments::resolver(hub.clone())));
+    let launcher: Arc<dyn ReplicaLauncher> = Arc::new(EngineLauncher::with_resolver(
+        crate::deployments::resolver(hub.clone()),
+    ));
     let budget = crate::deployments::budget(config);
     let runs_replicas = c.role.runs_replicas();
     let me = Member {
         id: c.id.clone(),
         role: c.role,
         address: c.advertise.clone(),
-        memory_bytes: if runs_replicas { budget.memory_bytes } else { 0 },
+        memory_bytes: if runs_replicas {
+            budget.memory_bytes
+        } else {
+            0
+        },
         threads: if runs_replicas { budget.threads } else { 0 },
         replicas: Vec::new(),
         lease: 0,
@@ -90,7 +95,8 @@ pub async fn start(
             threads = budget.threads,
             "node budget for replicas placed here"
         );
-        let node_plane = ControlPlane::new(budget, launcher.clone(), Arc::new(MemoryStore::default()));
+        let node_plane =
+            ControlPlane::new(budget, launcher.clone(), Arc::new(MemoryStore::default()));
         tasks.push(agent::spawn(agent::AgentParts {
             me,
             discovery: etcd.clone(),
@@ -99,7 +105,10 @@ pub async fn start(
             local: node_plane.clone(),
             report_every: Duration::from_secs(1),
         }));
-        internal = Some(cluster::internal::router(secret.clone(), node_plane.clone()));
+        internal = Some(cluster::internal::router(
+            secret.clone(),
+            node_plane.clone(),
+        ));
         local = Some(node_plane);
     }
     if c.role.serves_api() {

@@ -279,7 +279,8 @@ impl ClusterConfig {
             }
             return Ok(None);
         };
-        let endpoints = cluster::parse_endpoints(url).map_err(|e| anyhow::anyhow!("--cluster: {e}"))?;
+        let endpoints =
+            cluster::parse_endpoints(url).map_err(|e| anyhow::anyhow!("--cluster: {e}"))?;
         if !database_url.starts_with("postgres://") && !database_url.starts_with("postgresql://") {
             bail!("--cluster needs a PostgreSQL --database-url (postgres://USER@HOST/DB) shared by every process of the cluster; SQLite is one process's");
         }
@@ -293,9 +294,13 @@ impl ClusterConfig {
             .parse::<control::cluster::Role>()
             .map_err(|e| anyhow::anyhow!("--role: {e}"))?;
         let advertise = match &args.advertise {
-            Some(a) if a.starts_with("http://") || a.starts_with("https://") => a.trim_end_matches('/').to_owned(),
+            Some(a) if a.starts_with("http://") || a.starts_with("https://") => {
+                a.trim_end_matches('/').to_owned()
+            }
             Some(a) => {
-                a.parse::<SocketAddr>().map_err(|_| anyhow::anyhow!("--advertise: '{a}' is not HOST:PORT or an http:// URL"))?;
+                a.parse::<SocketAddr>().map_err(|_| {
+                    anyhow::anyhow!("--advertise: '{a}' is not HOST:PORT or an http:// URL")
+                })?;
                 format!("http://{a}")
             }
             None => {
@@ -321,7 +326,10 @@ impl ClusterConfig {
         if !(1..=60).contains(&lease_seconds) {
             bail!("--cluster-lease-seconds must be between 1 and 60 (got {lease_seconds})");
         }
-        let prefix = args.cluster_prefix.clone().unwrap_or_else(|| "/flywheel".into());
+        let prefix = args
+            .cluster_prefix
+            .clone()
+            .unwrap_or_else(|| "/flywheel".into());
         if !prefix.starts_with('/') || prefix.ends_with('/') {
             bail!("--cluster-prefix: '{prefix}' must start with '/' and not end with one");
         }

@@ -94,9 +94,10 @@ async fn serve(config: ServeConfig) -> Result<()> {
         }
     } else {
         // A node agent alone: its internal API and liveness, no public API.
-        internal
-            .unwrap_or_default()
-            .route("/health", axum::routing::get(|| async { axum::Json(serde_json::json!({ "status": "ok" })) }))
+        internal.unwrap_or_default().route(
+            "/health",
+            axum::routing::get(|| async { axum::Json(serde_json::json!({ "status": "ok" })) }),
+        )
     };
     let limits = connection_limits(&config);
     let listener = crate::http::bind(config.listen).with_context(|| {

@@ -15,8 +15,8 @@ use super::leader::{capacities, demands, desired_replicas, Sizer};
 use super::policy::{self, Demand};
 use super::route::{ClusterDeployment, Connector, InFlight};
 use super::{Discovery, Member, Placement, PlacementView};
-use crate::events::{EventKind, EventLog, ScaleEvent};
 use crate::deployment::{DeploymentView, ReplicaState, ReplicaView};
+use crate::events::{EventKind, EventLog, ScaleEvent};
 use crate::footprint::Footprint;
 use crate::node::NodeView;
 use crate::spec::{DeploymentPatch, DeploymentSpec, DeploymentStore};
@@ -114,17 +114,27 @@ impl ClusterGateway {
             for a in new.iter().filter(|a| !old.contains(a)) {
                 let was = old.iter().find(|o| o.index == a.index);
                 push(match was {
-                    Some(o) => format!("replica {} re-placed from node {} (lost) to node {}", a.index, o.node, a.node),
+                    Some(o) => format!(
+                        "replica {} re-placed from node {} (lost) to node {}",
+                        a.index, o.node, a.node
+                    ),
                     None => format!("replica {} placed on node {}", a.index, a.node),
                 });
             }
-            for o in old.iter().filter(|o| !new.iter().any(|a| a.index == o.index)) {
+            for o in old
+                .iter()
+                .filter(|o| !new.iter().any(|a| a.index == o.index))
+            {
                 let alive = members.iter().any(|m| m.id == o.node);
                 push(format!(
                     "replica {} on node {} removed{}",
                     o.index,
                     o.node,
-                    if alive { "" } else { " (node lost, nowhere to re-place it)" }
+                    if alive {
+                        ""
+                    } else {
+                        " (node lost, nowhere to re-place it)"
+                    }
                 ));
             }
         }
@@ -179,7 +189,10 @@ impl ClusterGateway {
             };
             fresh.insert(spec.name.clone(), entry);
         }
-        *self.specs.write().unwrap_or_else(std::sync::PoisonError::into_inner) = fresh;
+        *self
+            .specs
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = fresh;
     }
 
     fn entry(&self, name: &str) -> Option<(DeploymentSpec, Footprint, u64)> {
@@ -263,7 +276,9 @@ impl ClusterGateway {
     }
 
     pub async fn update(&self, name: &str, patch: &DeploymentPatch) -> Result<DeploymentView> {
-        let (old, _, created) = self.entry(name).ok_or_else(|| Error::NotFound(name.to_owned()))?;
+        let (old, _, created) = self
+            .entry(name)
+            .ok_or_else(|| Error::NotFound(name.to_owned()))?;
         let spec = patch.apply(&old);
         spec.validate()?;
         let footprint = self.sizer.footprint(&spec).await?;
@@ -290,8 +305,9 @@ impl ClusterGateway {
     }
 
     pub async fn describe(&self, name: &str) -> Result<DeploymentView> {
-        let (spec, footprint, created) =
-            self.entry(name).ok_or_else(|| Error::NotFound(name.to_owned()))?;
+        let (spec, footprint, created) = self
+            .entry(name)
+            .ok_or_else(|| Error::NotFound(name.to_owned()))?;
         Ok(self.view_of(spec, &footprint, created))
     }
 

@@ -88,7 +88,9 @@ pub async fn demands(specs: &[DeploymentSpec], sizer: &Sizer) -> Vec<Demand> {
                 replicas: desired_replicas(spec),
                 footprint,
             }),
-            Err(e) => tracing::warn!(deployment = %spec.name, error = %e, "cannot size; not placed"),
+            Err(e) => {
+                tracing::warn!(deployment = %spec.name, error = %e, "cannot size; not placed")
+            }
         }
     }
     out

@@ -46,7 +46,11 @@ impl LocalCluster {
     /// A member's lease expired (tests: a node that died).
     pub fn expire(&self, id: &str) {
         self.inner.members.send_modify(|m| m.retain(|x| x.id != id));
-        let mut leader = self.inner.leader.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut leader = self
+            .inner
+            .leader
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if leader.0.as_ref().is_some_and(|l| l.id == id) {
             leader.0 = None;
             self.inner.view.send_modify(|v| v.leader = None);
@@ -90,7 +94,11 @@ impl Placement for LocalCluster {
         loop {
             let waiting = self.inner.resigned.notified();
             {
-                let mut leader = self.inner.leader.lock().unwrap_or_else(PoisonError::into_inner);
+                let mut leader = self
+                    .inner
+                    .leader
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
                 if leader.0.is_none() {
                     leader.1 += 1;
                     let lead = Leadership {
@@ -98,7 +106,9 @@ impl Placement for LocalCluster {
                         fence: leader.1,
                     };
                     leader.0 = Some(lead.clone());
-                    self.inner.view.send_modify(|v| v.leader = Some(id.to_owned()));
+                    self.inner
+                        .view
+                        .send_modify(|v| v.leader = Some(id.to_owned()));
                     return Ok(lead);
                 }
             }
@@ -107,7 +117,11 @@ impl Placement for LocalCluster {
     }
 
     async fn publish(&self, lead: &Leadership, assignments: &Assignments) -> ClusterResult<()> {
-        let leader = self.inner.leader.lock().unwrap_or_else(PoisonError::into_inner);
+        let leader = self
+            .inner
+            .leader
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if leader.0.as_ref() != Some(lead) {
             return Err(ClusterError::Fenced);
         }
@@ -123,7 +137,11 @@ impl Placement for LocalCluster {
     }
 
     async fn resign(&self, lead: &Leadership) {
-        let mut leader = self.inner.leader.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut leader = self
+            .inner
+            .leader
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if leader.0.as_ref() == Some(lead) {
             leader.0 = None;
             self.inner.view.send_modify(|v| v.leader = None);

@@ -14,7 +14,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-
 use super::{Assignment, Assignments};
 use crate::footprint::Footprint;
 use crate::placement::{NoRoom, NodeBudget};

@@ -58,9 +58,18 @@ fn assert_no_overcommit(nodes: &[NodeCapacity], demands: &[Demand], plan: &Plan)
 /// Each deployment's indexes appear once, all below its replica count.
 fn assert_indexes_unique(demands: &[Demand], plan: &Plan) {
     for d in demands {
-        let list = plan.assignments.get(&d.deployment).cloned().unwrap_or_default();
+        let list = plan
+            .assignments
+            .get(&d.deployment)
+            .cloned()
+            .unwrap_or_default();
         let set: BTreeSet<u32> = list.iter().map(|a| a.index).collect();
-        assert_eq!(set.len(), list.len(), "{} has a duplicated index", d.deployment);
+        assert_eq!(
+            set.len(),
+            list.len(),
+            "{} has a duplicated index",
+            d.deployment
+        );
         assert!(set.iter().all(|&i| (i as usize) < d.replicas));
     }
 }
@@ -68,9 +77,16 @@ fn assert_indexes_unique(demands: &[Demand], plan: &Plan) {
 #[test]
 fn replicas_of_a_deployment_spread_over_distinct_nodes() {
     let nodes = nodes(3, 8 * GIB, 4);
-    let demands = vec![demand("smol", 3, footprint("smol.gguf", 100 * MIB, 50 * MIB, 1))];
+    let demands = vec![demand(
+        "smol",
+        3,
+        footprint("smol.gguf", 100 * MIB, 50 * MIB, 1),
+    )];
     let plan = place(&nodes, &demands, &Assignments::new());
-    let on: BTreeSet<&str> = plan.assignments["smol"].iter().map(|a| a.node.as_str()).collect();
+    let on: BTreeSet<&str> = plan.assignments["smol"]
+        .iter()
+        .map(|a| a.node.as_str())
+        .collect();
     assert_eq!(on.len(), 3);
     assert_eq!(plan.placed, 3);
     assert!(plan.refused.is_empty());
@@ -79,7 +95,11 @@ fn replicas_of_a_deployment_spread_over_distinct_nodes() {
 #[test]
 fn more_replicas_than_nodes_stack_evenly() {
     let nodes = nodes(2, 8 * GIB, 8);
-    let demands = vec![demand("smol", 5, footprint("smol.gguf", 100 * MIB, 50 * MIB, 1))];
+    let demands = vec![demand(
+        "smol",
+        5,
+        footprint("smol.gguf", 100 * MIB, 50 * MIB, 1),
+    )];
     let plan = place(&nodes, &demands, &Assignments::new());
     let on_first = plan.assignments["smol"]
         .iter()
@@ -96,7 +116,11 @@ fn more_replicas_than_nodes_stack_evenly() {
 #[test]
 fn what_fits_nowhere_is_refused_with_the_numbers() {
     let nodes = nodes(2, GIB, 2);
-    let demands = vec![demand("big", 1, footprint("big.gguf", 2 * GIB, 10 * MIB, 1))];
+    let demands = vec![demand(
+        "big",
+        1,
+        footprint("big.gguf", 2 * GIB, 10 * MIB, 1),
+    )];
     let plan = place(&nodes, &demands, &Assignments::new());
     assert!(plan.assignments.is_empty());
     let refusal = &plan.refused[0];
@@ -104,7 +128,10 @@ fn what_fits_nowhere_is_refused_with_the_numbers() {
     assert_eq!(refusal.no_room.need_bytes, 2 * GIB + 10 * MIB);
     assert_eq!(refusal.no_room.free_bytes, GIB);
     let message = refusal.no_room.to_string();
-    assert!(message.contains("2058 MiB") && message.contains("1024 MiB"), "{message}");
+    assert!(
+        message.contains("2058 MiB") && message.contains("1024 MiB"),
+        "{message}"
+    );
     // No node at all: still the numbers of what is needed.
     let plan = place(&[], &demands, &Assignments::new());
     assert_eq!(plan.refused[0].no_room.free_bytes, 0);
@@ -142,7 +169,10 @@ fn a_lost_nodes_replicas_are_re_placed_and_the_rest_stay() {
         }
     }
     // Still spread: three replicas of `a` on three of the three survivors.
-    let on: BTreeSet<&str> = second.assignments["a"].iter().map(|x| x.node.as_str()).collect();
+    let on: BTreeSet<&str> = second.assignments["a"]
+        .iter()
+        .map(|x| x.node.as_str())
+        .collect();
     assert_eq!(on.len(), 3);
     // The node comes back: nothing moves to it (its agent stops its stale replicas).
     let third = place(&all, &demands, &second.assignments);
@@ -156,7 +186,10 @@ fn scaling_down_drops_the_highest_indexes() {
     let f = footprint("a.gguf", 100 * MIB, 50 * MIB, 1);
     let first = place(&nodes, &[demand("a", 3, f.clone())], &Assignments::new());
     let second = place(&nodes, &[demand("a", 1, f)], &first.assignments);
-    assert_eq!(second.assignments["a"], vec![first.assignments["a"][0].clone()]);
+    assert_eq!(
+        second.assignments["a"],
+        vec![first.assignments["a"][0].clone()]
+    );
     // A deployment that is gone is no longer placed.
     let third = place(&nodes, &[], &second.assignments);
     assert!(third.assignments.is_empty());
@@ -243,7 +276,10 @@ fn simulation_of_a_thousand_nodes_and_ten_thousand_replicas() {
     let second = place(&survivors, &demands, &first.assignments);
     let replace = cpu_now().saturating_sub(t);
     assert!(second.refused.is_empty());
-    assert_eq!(second.placed, lost, "exactly the lost replicas are placed again");
+    assert_eq!(
+        second.placed, lost,
+        "exactly the lost replicas are placed again"
+    );
     assert_eq!(second.kept, total - lost);
     assert_no_overcommit(&survivors, &demands, &second);
     assert_indexes_unique(&demands, &second);
@@ -251,7 +287,12 @@ fn simulation_of_a_thousand_nodes_and_ten_thousand_replicas() {
         let list = &second.assignments[&d.deployment];
         assert_eq!(list.len(), d.replicas);
         let on: BTreeSet<&str> = list.iter().map(|a| a.node.as_str()).collect();
-        assert_eq!(on.len(), d.replicas, "{} not spread after re-placement", d.deployment);
+        assert_eq!(
+            on.len(),
+            d.replicas,
+            "{} not spread after re-placement",
+            d.deployment
+        );
     }
 
     // They come back: a steady round moves nothing.

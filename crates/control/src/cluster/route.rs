@@ -79,7 +79,10 @@ impl Counted {
 
 impl Drop for Counted {
     fn drop(&mut self) {
-        let mut map = self.in_flight.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut map = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if let Some(n) = map.get_mut(&self.node) {
             *n = n.saturating_sub(1);
             if *n == 0 {
@@ -104,7 +107,11 @@ impl ClusterDeployment {
     }
 
     /// The least loaded ready node, waiting for one up to the maximum wait.
-    async fn wait_for_node(&self, skip: &BTreeSet<String>, since: Instant) -> backend::Result<Member> {
+    async fn wait_for_node(
+        &self,
+        skip: &BTreeSet<String>,
+        since: Instant,
+    ) -> backend::Result<Member> {
         let mut members = self.members.clone();
         loop {
             if let Some(m) = self.pick(skip) {

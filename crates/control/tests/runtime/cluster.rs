@@ -85,7 +85,10 @@ async fn world(nodes: usize) -> World {
         });
         planes.insert(id, (fx.plane, task));
     }
-    cluster.register(member("g1", Role::Gateway, 0)).await.unwrap();
+    cluster
+        .register(member("g1", Role::Gateway, 0))
+        .await
+        .unwrap();
     let fake = fixture(1, Duration::ZERO, Duration::ZERO);
     let launcher: Arc<dyn control::ReplicaLauncher> = Arc::new(FakeLauncher {
         load: Duration::ZERO,
@@ -134,7 +137,11 @@ async fn ready_on(w: &World, name: &str) -> BTreeMap<String, usize> {
     out
 }
 
-async fn settle(w: &World, name: &str, want: impl Fn(&BTreeMap<String, usize>) -> bool) -> BTreeMap<String, usize> {
+async fn settle(
+    w: &World,
+    name: &str,
+    want: impl Fn(&BTreeMap<String, usize>) -> bool,
+) -> BTreeMap<String, usize> {
     for _ in 0..200 {
         let now = ready_on(w, name).await;
         if want(&now) {
@@ -153,8 +160,16 @@ async fn replicas_spread_serve_through_the_gateway_and_move_off_a_lost_node() {
     assert_eq!(on.len(), 3, "one replica on each node: {on:?}");
     // Exactly 3 in the cluster; the gateway routes requests to them.
     let backend = w.gateway.backend("smol").unwrap();
-    let outcomes = futures::future::join_all((0..6).map(|i| run(backend.as_ref(), request(&format!("r{i}"), None)))).await;
-    assert!(outcomes.iter().all(|o| matches!(o, Outcome::Finished { .. })), "{outcomes:?}");
+    let outcomes = futures::future::join_all(
+        (0..6).map(|i| run(backend.as_ref(), request(&format!("r{i}"), None))),
+    )
+    .await;
+    assert!(
+        outcomes
+            .iter()
+            .all(|o| matches!(o, Outcome::Finished { .. })),
+        "{outcomes:?}"
+    );
     let snapshot = w.gateway.cluster_snapshot().await;
     assert_eq!(snapshot.placement.leader.as_deref(), Some("g1"));
 
@@ -162,7 +177,10 @@ async fn replicas_spread_serve_through_the_gateway_and_move_off_a_lost_node() {
     let before = w.cluster.view().borrow().assignments["smol"].clone();
     w.nodes["n2"].1.abort();
     w.cluster.expire("n2");
-    settle(&w, "smol", |m| m.get("n1").copied().unwrap_or(0) + m.get("n3").copied().unwrap_or(0) == 3).await;
+    settle(&w, "smol", |m| {
+        m.get("n1").copied().unwrap_or(0) + m.get("n3").copied().unwrap_or(0) == 3
+    })
+    .await;
     let after = w.cluster.view().borrow().assignments["smol"].clone();
     assert_eq!(after.len(), 3);
     assert!(after.iter().all(|a| a.node != "n2"));
@@ -170,13 +188,24 @@ async fn replicas_spread_serve_through_the_gateway_and_move_off_a_lost_node() {
         assert!(after.contains(a), "{a:?} moved");
     }
     let events = w.gateway.events("smol").await.unwrap();
-    assert!(events.iter().any(|e| e.reason.contains("re-placed from node n2")), "{events:?}");
+    assert!(
+        events
+            .iter()
+            .any(|e| e.reason.contains("re-placed from node n2")),
+        "{events:?}"
+    );
     // Still served, never by n2.
-    assert!(matches!(run(backend.as_ref(), request("after", None)).await, Outcome::Finished { .. }));
+    assert!(matches!(
+        run(backend.as_ref(), request("after", None)).await,
+        Outcome::Finished { .. }
+    ));
 
     // n2 comes back (a partition healed): it still runs its stale replica until its agent
     // sees it is placed elsewhere, then stops it; nothing moves back to it.
-    w.cluster.register(member("n2", Role::Node, 4)).await.unwrap();
+    w.cluster
+        .register(member("n2", Role::Node, 4))
+        .await
+        .unwrap();
     let plane = w.nodes["n2"].0.clone();
     let agent = agent::spawn(agent::AgentParts {
         me: member("n2", Role::Node, 4),
@@ -192,7 +221,10 @@ async fn replicas_spread_serve_through_the_gateway_and_move_off_a_lost_node() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(plane.names().is_empty(), "the stale deployment still runs on n2");
+    assert!(
+        plane.names().is_empty(),
+        "the stale deployment still runs on n2"
+    );
     let total: usize = ready_on(&w, "smol").await.values().sum();
     assert_eq!(total, 3);
     agent.abort();
@@ -201,14 +233,27 @@ async fn replicas_spread_serve_through_the_gateway_and_move_off_a_lost_node() {
 #[tokio::test(start_paused = true)]
 async fn what_fits_on_no_node_is_refused_with_the_numbers_and_deleting_stops_replicas() {
     let w = world(2).await;
-    let err = w.gateway.create(control::DeploymentSpec { threads_per_replica: 8, ..spec("big", 1, 1, 1) }).await.unwrap_err();
+    let err = w
+        .gateway
+        .create(control::DeploymentSpec {
+            threads_per_replica: 8,
+            ..spec("big", 1, 1, 1)
+        })
+        .await
+        .unwrap_err();
     let message = err.to_string();
     assert!(matches!(err, control::Error::NoRoom(_)), "{err:?}");
-    assert!(message.contains("8 threads") && message.contains("4 threads"), "{message}");
+    assert!(
+        message.contains("8 threads") && message.contains("4 threads"),
+        "{message}"
+    );
     // Two fit only spread over both nodes; a third replica still fits (4 threads each).
     w.gateway.create(spec("two", 2, 2, 1)).await.unwrap();
     let on = settle(&w, "two", |m| m.values().sum::<usize>() == 2).await;
-    assert_eq!(on.values().copied().collect::<BTreeSet<_>>(), BTreeSet::from([1]));
+    assert_eq!(
+        on.values().copied().collect::<BTreeSet<_>>(),
+        BTreeSet::from([1])
+    );
     w.gateway.delete("two").await.unwrap();
     for _ in 0..100 {
         if w.nodes.values().all(|(p, _)| p.names().is_empty()) {
@@ -234,7 +279,10 @@ async fn a_fenced_leader_cannot_write_and_another_takes_over() {
     let second = waiting.await.unwrap().unwrap();
     assert_eq!(second.id, "b");
     assert!(second.fence > first.fence);
-    assert_eq!(cluster.publish(&first, &BTreeMap::new()).await, Err(control::cluster::ClusterError::Fenced));
+    assert_eq!(
+        cluster.publish(&first, &BTreeMap::new()).await,
+        Err(control::cluster::ClusterError::Fenced)
+    );
     cluster.publish(&second, &BTreeMap::new()).await.unwrap();
     assert_eq!(cluster.view().borrow().leader.as_deref(), Some("b"));
 }

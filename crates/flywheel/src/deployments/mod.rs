@@ -79,7 +79,9 @@ fn model_of(spec: &ModelSpec) -> String {
 
 /// A `hub:` SPEC → the blob holding its GGUF; anything else is a path. Called by the launcher
 /// from async code on the multi-threaded runtime, hence `block_in_place`.
-pub(crate) fn resolver(hub: hub::Hub) -> impl Fn(&str) -> Result<PathBuf, String> + Send + Sync + 'static {
+pub(crate) fn resolver(
+    hub: hub::Hub,
+) -> impl Fn(&str) -> Result<PathBuf, String> + Send + Sync + 'static {
     move |model: &str| {
         if !model.starts_with("hub:") {
             return Ok(PathBuf::from(model));

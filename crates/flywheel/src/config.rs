@@ -358,16 +358,18 @@ impl ServeArgs {
             .collect::<Result<Vec<_>>>()?;
         let data_dir = args
             .data_dir
+            .clone()
             .unwrap_or_else(|| PathBuf::from("flywheel-data"));
         let database_url = args
             .database_url
+            .clone()
             .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("flywheel.db").display()));
         let mut tenancy = tenancy::TenancyConfig::default();
         if let Some(grant) = args.free_grant_tokens {
             tenancy.free_grant_tokens = grant;
         }
-        if let Some(price) = args.default_price {
-            tenancy.default_price = parse_price(&price)?;
+        if let Some(price) = &args.default_price {
+            tenancy.default_price = parse_price(price)?;
         }
         if let Some(secs) = args.reservation_lease_seconds {
             tenancy.lease = chrono::TimeDelta::seconds(i64::from(secs.max(1)));

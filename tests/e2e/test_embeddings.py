@@ -8,6 +8,7 @@ import concurrent.futures
 import json
 import math
 import os
+import time
 
 import numpy as np
 import openai
@@ -320,3 +321,30 @@ def test_rerank_on_a_cross_encoder(embed_server):
     for x in again["results"]:
         assert abs(by_text[x["document"]["text"]] - x["relevance_score"]) < 1e-5
     assert len(set(round(s, 6) for s in scores)) > 1, "a random model still tells pairs apart"
+
+
+def test_embeddings_and_reranks_are_in_the_request_log(embed_server):
+    """Every tenant request through the serving path is logged, embeddings and reranks too:
+    the billed tokens on a success, the status of a refusal."""
+    tenant = embed_server.new_tenant("embed-logs", grant_tokens=1_000_000_000)
+    key = embed_server.new_key(tenant)["key"]
+    c = embed_server.client(api_key=key)
+    ok = c.embeddings.create(model="minilm", input=SENTENCES[:2], encoding_format="float")
+    with pytest.raises(openai.BadRequestError):
+        c.embeddings.create(model="minilm", input="a", dimensions=128)
+    r = requests.post(embed_server.url + "/v1/rerank", headers=embed_server.auth(key), timeout=60,
+                      json={"model": "minilm", "query": SENTENCES[0], "documents": SENTENCES[1:3]})
+    assert r.status_code == 200, r.text
+    reranked_tokens = r.json()["usage"]["prompt_tokens"]
+    deadline, rows = time.monotonic() + 30, []
+    while len(rows) < 3 and time.monotonic() < deadline:
+        page = requests.get(embed_server.url + "/v1/logs", headers=embed_server.auth(key), timeout=30)
+        assert page.status_code == 200, page.text
+        rows = page.json()["data"]
+        time.sleep(0.2)
+    assert len(rows) == 3, rows
+    assert all(row["model"] == "minilm" and row["completion_tokens"] == 0 for row in rows), rows
+    refused = [row for row in rows if row["status"] == 400]
+    assert len(refused) == 1 and refused[0]["prompt_tokens"] == 0 and refused[0]["cost"] == 0, rows
+    served = sorted(row["prompt_tokens"] for row in rows if row["status"] == 200)
+    assert served == sorted([ok.usage.prompt_tokens, reranked_tokens]), rows

@@ -9,6 +9,7 @@ import math
 import os
 import re
 import subprocess
+import time
 import wave
 
 import openai
@@ -214,7 +215,7 @@ def test_audio_seconds_are_metered_exactly(speech_server, audio):
     speech_server.admin("POST", f"/tenants/{tenant}/topups", {"amount": 1_000_000}, expect=200)
     key = speech_server.new_key(tenant)["key"]
     client = speech_server.client(api_key=key, timeout=300)
-    total_seconds, total_cost = 0, 0
+    total_seconds, total_cost, logged = 0, 0, []
     for path in audio["wav"][:2]:
         seconds = math.ceil(_duration_ms(path) / 1000)
         with open(path, "rb") as f:
@@ -230,6 +231,7 @@ def test_audio_seconds_are_metered_exactly(speech_server, audio):
         assert bill["model"] == "audio/whisper", bill
         total_seconds += seconds
         total_cost += cost
+        logged.append((seconds, cost))
     usage = requests.get(speech_server.url + "/v1/usage?group_by=model", headers=speech_server.auth(key),
                          timeout=30).json()["data"]
     row = [u for u in usage if u["group"] == "audio/whisper"]
@@ -238,6 +240,21 @@ def test_audio_seconds_are_metered_exactly(speech_server, audio):
     account = requests.get(speech_server.url + "/v1/account", headers=speech_server.auth(key), timeout=30).json()
     assert account["balance"] == 1_000_000 - total_cost, account
     assert account["grant_tokens_left"] == 1_000_000, "the token grant never pays for audio"
+    # The request log has both, with the seconds and the cost billed.
+    rows = _logs(speech_server, key, 2)
+    assert sorted((r["prompt_tokens"], r["cost"]) for r in rows) == sorted(logged), rows
+    assert all(r["model"] == "whisper" and r["status"] == 200 for r in rows), rows
+
+
+def _logs(speech_server, key, want):
+    """The key's tenant's request log, once it holds `want` rows (it is written in the background)."""
+    deadline, rows = time.monotonic() + 30, []
+    while len(rows) < want and time.monotonic() < deadline:
+        r = requests.get(speech_server.url + "/v1/logs", headers=speech_server.auth(key), timeout=30)
+        assert r.status_code == 200, r.text
+        rows = r.json()["data"]
+        time.sleep(0.2)
+    return rows
 
 
 def _refused(speech_server, files, data, status=400):
@@ -308,3 +325,5 @@ def test_refused_audio_costs_nothing(speech_server):
     assert r.status_code == 400, r.text
     account = requests.get(speech_server.url + "/v1/account", headers=speech_server.auth(key), timeout=30).json()
     assert account["balance"] == 500_000 and account["amount_held"] == 0, account
+    rows = _logs(speech_server, key, 1)
+    assert [(r["status"], r["cost"]) for r in rows] == [(400, 0)], rows

@@ -1,5 +1,6 @@
 //! Model groups and the request log at start: the stored groups opened with the server's
-//! secret key, the log's writer started, and its rows past retention swept hourly.
+//! secret key, the log's writer started (flushed by the caller at shutdown), and its rows past
+//! retention swept hourly.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,26 +20,29 @@ pub async fn setup(
     config: &ServeConfig,
     store: Arc<dyn store::Store>,
     sealer: mcp::Sealer,
-) -> Result<gateway::RoutingSetup> {
+) -> Result<(gateway::RoutingSetup, Option<serving::LogWriter>)> {
     let groups = gateway::load_groups(&store, &sealer)
         .await
         .map_err(|e| anyhow::anyhow!("cannot read the stored model groups: {e}"))?;
     if !groups.is_empty() {
         tracing::info!(groups = groups.len(), "serving stored model groups");
     }
-    let logs = (config.request_log_buffer > 0).then(|| {
-        let (logs, _writer) =
+    let (logs, writer) = if config.request_log_buffer > 0 {
+        let (logs, writer) =
             serving::RequestLogs::start(store.clone(), config.request_log_buffer, status_of);
-        logs
-    });
+        (Some(logs), Some(writer))
+    } else {
+        (None, None)
+    };
     sweep(store.clone(), config.request_log_retention);
-    Ok(gateway::RoutingSetup {
+    let setup = gateway::RoutingSetup {
         store,
         sealer,
         groups,
         logs,
         reload_every: Some(Duration::from_secs(5)),
-    })
+    };
+    Ok((setup, writer))
 }
 
 /// Deletes request log rows older than `retention`, now and every hour.

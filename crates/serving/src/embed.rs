@@ -10,12 +10,13 @@
 use std::sync::Arc;
 
 use backend::{
-    Backend, BackendError, EmbedInput, EmbedRequest, Embeddings, ModelInfo, ModelKind, Usage,
+    Backend, BackendError, EmbedInput, EmbedRequest, Embeddings, ModelInfo, ModelKind,
 };
 use tenancy::Principal;
 
 use crate::bound::MAX_BYTES_PER_TOKEN;
 use crate::error::ServeError;
+use crate::logs::{self, Trail};
 use crate::meter::Delivery;
 use crate::Serving;
 
@@ -76,11 +77,23 @@ pub(crate) fn not_for(info: &ModelInfo, api: &str) -> ServeError {
 }
 
 impl Serving {
-    /// Embeds `request`'s inputs on an embedding model, metered for `payer`.
+    /// Embeds `request`'s inputs on an embedding model, metered (and logged) for `payer`.
     pub async fn embed(
         &self,
         payer: Option<&Principal>,
         request: EmbedRequest,
+    ) -> Result<Embeddings, ServeError> {
+        let mut trail = self.trail(payer, &request.request_id, &request.model);
+        let result = self.embed_logged(payer, request, &mut trail).await;
+        logs::refused(trail, &result);
+        result
+    }
+
+    async fn embed_logged(
+        &self,
+        payer: Option<&Principal>,
+        request: EmbedRequest,
+        trail: &mut Option<Trail>,
     ) -> Result<Embeddings, ServeError> {
         let backend = self.backend_for(payer, &request.model)?;
         let info = backend.info();
@@ -98,14 +111,26 @@ impl Serving {
                 param: Some("dimensions".into()),
             }));
         }
-        self.run_embed(payer, backend, &info, request).await
+        self.run_embed(payer, (backend, &info), request, trail).await
     }
 
-    /// Scores `request`'s documents against its query, metered for `payer`.
+    /// Scores `request`'s documents against its query, metered (and logged) for `payer`.
     pub async fn rerank(
         &self,
         payer: Option<&Principal>,
         request: RerankRequest,
+    ) -> Result<Reranked, ServeError> {
+        let mut trail = self.trail(payer, &request.request_id, &request.model);
+        let result = self.rerank_logged(payer, request, &mut trail).await;
+        logs::refused(trail, &result);
+        result
+    }
+
+    async fn rerank_logged(
+        &self,
+        payer: Option<&Principal>,
+        request: RerankRequest,
+        trail: &mut Option<Trail>,
     ) -> Result<Reranked, ServeError> {
         let backend = self.backend_for(payer, &request.model)?;
         let info = backend.info();
@@ -136,7 +161,7 @@ impl Serving {
             tenant: request.tenant,
             dimensions: None,
         };
-        let out = self.run_embed(payer, backend, &info, embed).await?;
+        let out = self.run_embed(payer, (backend, &info), embed, trail).await?;
         let scores = match method {
             RerankMethod::CrossEncoder => out
                 .vectors
@@ -160,9 +185,9 @@ impl Serving {
     async fn run_embed(
         &self,
         payer: Option<&Principal>,
-        backend: Arc<dyn Backend>,
-        info: &ModelInfo,
+        (backend, info): (Arc<dyn Backend>, &ModelInfo),
         request: EmbedRequest,
+        trail: &mut Option<Trail>,
     ) -> Result<Embeddings, ServeError> {
         // No input whose bytes alone prove it longer than the model's input limit.
         if let Some(limit) = info.context_length {
@@ -197,25 +222,23 @@ impl Serving {
             ),
             None => None,
         };
+        if let Some(meter) = &mut meter {
+            meter.take_trail(trail);
+        }
         match backend.embed(request).await {
             Ok(out) => {
                 if let Some(meter) = &mut meter {
-                    meter.admitted(out.prompt_tokens, 0, true).await?;
-                    meter
-                        .finish(Usage {
-                            prompt_tokens: out.prompt_tokens,
-                            completion_tokens: 0,
-                            cached_tokens: 0,
-                        })
-                        .await?;
+                    meter.settle_whole(out.prompt_tokens).await?;
                 }
                 Ok(out)
             }
             Err(err) => {
+                let err = ServeError::Backend(err);
                 if let Some(meter) = &mut meter {
+                    meter.fail(&err);
                     meter.release().await;
                 }
-                Err(ServeError::Backend(err))
+                Err(err)
             }
         }
     }

@@ -55,7 +55,7 @@ pub use catalog::Catalog;
 pub use catalog::Target;
 pub use embed::{RerankMethod, RerankRequest, Reranked};
 pub use error::ServeError;
-pub use logs::{RequestLogs, StatusOf};
+pub use logs::{LogWriter, RequestLogs, StatusOf};
 pub use meter::Delivery;
 pub use served::Served;
 pub use transcribe::{Transcribed, TranscriptionJob};
@@ -116,22 +116,29 @@ impl Serving {
         request: GenerateRequest,
         delivery: Delivery,
     ) -> Result<Served, ServeError> {
-        let trail = match (payer, &self.logs) {
+        let mut trail = self.trail(payer, &request.request_id, &request.model);
+        let result = self
+            .serve_logged(payer, request, delivery, &mut trail)
+            .await;
+        logs::refused(trail, &result);
+        result
+    }
+
+    /// A tenant request's request-log row in the making (`None`: not logged).
+    pub(crate) fn trail(
+        &self,
+        payer: Option<&Principal>,
+        request_id: &str,
+        model: &str,
+    ) -> Option<Trail> {
+        match (payer, &self.logs) {
             (Some(p), Some(logs)) => Some(Trail::new(
                 logs,
-                (&request.request_id, &p.tenant.id, &p.key.prefix),
-                &request.model,
+                (request_id, &p.tenant.id, &p.key.prefix),
+                model,
             )),
             _ => None,
-        };
-        let mut trail_slot = trail;
-        let result = self
-            .serve_logged(payer, request, delivery, &mut trail_slot)
-            .await;
-        if let (Err(err), Some(trail), Some(logs)) = (&result, trail_slot, &self.logs) {
-            logs.refused(trail, err);
         }
-        result
     }
 
     /// [`Serving::serve`]; `trail` is taken by the meter once there is one, and left for the

@@ -7,11 +7,12 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use routing::Report;
 use store::{RequestLogRecord, Settlement, Store};
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use crate::error::ServeError;
 
@@ -36,19 +37,33 @@ struct Counters {
 }
 
 impl RequestLogs {
-    /// Starts the writer on `store` with room for `capacity` rows in flight; it ends once
-    /// every sender is gone and the rows queued are written.
+    /// Starts the writer on `store` with room for `capacity` rows in flight. It ends once
+    /// every sender is gone and the rows queued are written, or when [`LogWriter::flush`]
+    /// asks it to.
     pub fn start(
         store: Arc<dyn Store>,
         capacity: usize,
         status_of: StatusOf,
-    ) -> (Self, tokio::task::JoinHandle<()>) {
+    ) -> (Self, LogWriter) {
         let (tx, mut rx) = mpsc::channel::<RequestLogRecord>(capacity.max(1));
         let counters = Arc::new(Counters::default());
         let writer_counters = Arc::clone(&counters);
+        let stop = CancellationToken::new();
+        let stopped = stop.clone();
         let task = tokio::spawn(async move {
             let mut batch = Vec::with_capacity(BATCH);
-            while rx.recv_many(&mut batch, BATCH).await > 0 {
+            loop {
+                let received = tokio::select! {
+                    n = rx.recv_many(&mut batch, BATCH) => n,
+                    () = stopped.cancelled() => {
+                        // No row is taken from now on; those queued are written below.
+                        rx.close();
+                        rx.recv_many(&mut batch, BATCH).await
+                    }
+                };
+                if received == 0 {
+                    break;
+                }
                 let n = batch.len() as u64;
                 match store.insert_request_logs(&batch).await {
                     Ok(()) => writer_counters.written.fetch_add(n, Ordering::Relaxed),
@@ -66,7 +81,7 @@ impl RequestLogs {
                 status_of,
                 counters,
             },
-            task,
+            LogWriter { task, stop },
         )
     }
 
@@ -86,14 +101,33 @@ impl RequestLogs {
         }
     }
 
-    /// A request refused before it reached a backend.
-    pub(crate) fn refused(&self, mut trail: Trail, err: &ServeError) {
-        trail.fail(err);
-        trail.finish(None);
-    }
-
     pub(crate) fn status(&self, err: &ServeError) -> u16 {
         (self.status_of)(err)
+    }
+}
+
+/// The background task writing the log.
+pub struct LogWriter {
+    task: tokio::task::JoinHandle<()>,
+    stop: CancellationToken,
+}
+
+impl LogWriter {
+    /// Writes the rows still queued and ends the writer (a server shutting down, after its
+    /// requests settled); rows sent afterwards are dropped. Whether it finished `within`.
+    pub async fn flush(self, within: Duration) -> bool {
+        self.stop.cancel();
+        let task = self.task;
+        tokio::time::timeout(within, task).await.is_ok()
+    }
+}
+
+/// Logs a request refused before a meter took its trail (`trail` is still there): the
+/// refusal's status, nothing billed.
+pub(crate) fn refused<T>(trail: Option<Trail>, result: &Result<T, ServeError>) {
+    if let (Some(mut trail), Err(err)) = (trail, result) {
+        trail.fail(err);
+        trail.finish(None);
     }
 }
 
@@ -179,4 +213,60 @@ impl Trail {
 
 fn chrono_now() -> store::Timestamp {
     store::Timestamp::from(std::time::SystemTime::now())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use store::testing::{Kind, ScratchDb};
+
+    fn row(i: usize) -> RequestLogRecord {
+        RequestLogRecord {
+            request_id: format!("req-{i:05}"),
+            tenant_id: "t1".into(),
+            created_at: chrono_now(),
+            key_prefix: "fw-abc".into(),
+            model: "m".into(),
+            member: None,
+            status: 200,
+            prompt_tokens: 1,
+            completion_tokens: 2,
+            cost: 3,
+            ttft_ms: None,
+            total_ms: 4,
+            retries: 0,
+        }
+    }
+
+    fn status_of(_: &ServeError) -> u16 {
+        500
+    }
+
+    #[tokio::test]
+    async fn flush_writes_every_queued_row_then_refuses_more() {
+        let db = ScratchDb::new(Kind::Sqlite).await;
+        let store = store::open(&db.url).await.expect("scratch store");
+        let rows = 3000;
+        let (logs, writer) = RequestLogs::start(store.clone(), rows, status_of);
+        for i in 0..rows {
+            logs.send(row(i));
+        }
+        assert!(writer.flush(Duration::from_secs(30)).await, "flushed in time");
+        assert_eq!(logs.written(), rows as u64, "every queued row written by flush");
+        let page = store
+            .request_logs(&store::LogQuery {
+                tenant_id: "t1".into(),
+                model: None,
+                status: None,
+                since: None,
+                until: None,
+                limit: 10_000,
+                after: None,
+            })
+            .await
+            .expect("read back");
+        assert_eq!(page.logs.len(), rows);
+        logs.send(row(rows));
+        assert_eq!(logs.dropped(), 1, "a row after the flush is dropped and counted");
+    }
 }

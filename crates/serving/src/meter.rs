@@ -145,6 +145,20 @@ impl Meter {
         self.trail.as_mut()
     }
 
+    /// The request failed with `err`: its row says so.
+    pub(crate) fn fail(&mut self, err: &ServeError) {
+        if let Some(trail) = &mut self.trail {
+            trail.fail(err);
+        }
+    }
+
+    /// Takes `trail` (a request's row), to send it once settled.
+    pub(crate) fn take_trail(&mut self, trail: &mut Option<Trail>) {
+        if let Some(trail) = trail.take() {
+            self.trail = Some(trail);
+        }
+    }
+
     /// The trail's row goes out with `settlement` (or what is known without it).
     fn log(&mut self, settlement: Option<&Settlement>) {
         if let Some(trail) = self.trail.take() {
@@ -209,6 +223,26 @@ impl Meter {
         }
         self.delivered += tokens;
         Ok(())
+    }
+
+    /// Settles a whole answer of `units` prompt units and nothing generated (embeddings,
+    /// transcriptions): admitted at that exact count, then settled; a failure marks the row.
+    pub(crate) async fn settle_whole(&mut self, units: u32) -> Result<(), ServeError> {
+        let settled = match self.admitted(units, 0, true).await {
+            Ok(()) => {
+                self.finish(Usage {
+                    prompt_tokens: units,
+                    completion_tokens: 0,
+                    cached_tokens: 0,
+                })
+                .await
+            }
+            Err(err) => Err(err),
+        };
+        if let Err(err) = &settled {
+            self.fail(err);
+        }
+        settled
     }
 
     /// Settles the backend's reported usage.

@@ -7,11 +7,12 @@
 
 use std::sync::Arc;
 
-use backend::{ModelKind, TranscribeRequest, Transcription, Usage};
+use backend::{ModelKind, TranscribeRequest, Transcription};
 use tenancy::Principal;
 
 use crate::embed::not_for;
 use crate::error::ServeError;
+use crate::logs::{self, Trail};
 use crate::meter::Delivery;
 use crate::Serving;
 
@@ -43,11 +44,24 @@ pub struct Transcribed {
 }
 
 impl Serving {
-    /// Transcribes `job`'s audio on a speech model, metered for `payer` by audio seconds.
+    /// Transcribes `job`'s audio on a speech model, metered (and logged) for `payer` by audio
+    /// seconds.
     pub async fn transcribe(
         &self,
         payer: Option<&Principal>,
         job: TranscriptionJob,
+    ) -> Result<Transcribed, ServeError> {
+        let mut trail = self.trail(payer, &job.request_id, &job.model);
+        let result = self.transcribe_logged(payer, job, &mut trail).await;
+        logs::refused(trail, &result);
+        result
+    }
+
+    async fn transcribe_logged(
+        &self,
+        payer: Option<&Principal>,
+        job: TranscriptionJob,
+        trail: &mut Option<Trail>,
     ) -> Result<Transcribed, ServeError> {
         let backend = self.backend_for(payer, &job.model)?;
         let info = backend.info();
@@ -78,6 +92,9 @@ impl Serving {
             ),
             None => None,
         };
+        if let Some(meter) = &mut meter {
+            meter.take_trail(trail);
+        }
         let request = TranscribeRequest {
             request_id: job.request_id,
             model: job.model,
@@ -90,14 +107,7 @@ impl Serving {
         match backend.transcribe(request).await {
             Ok(transcription) => {
                 if let Some(meter) = &mut meter {
-                    meter.admitted(units, 0, true).await?;
-                    meter
-                        .finish(Usage {
-                            prompt_tokens: units,
-                            completion_tokens: 0,
-                            cached_tokens: 0,
-                        })
-                        .await?;
+                    meter.settle_whole(units).await?;
                 }
                 Ok(Transcribed {
                     transcription,
@@ -106,10 +116,12 @@ impl Serving {
                 })
             }
             Err(err) => {
+                let err = ServeError::Backend(err);
                 if let Some(meter) = &mut meter {
+                    meter.fail(&err);
                     meter.release().await;
                 }
-                Err(ServeError::Backend(err))
+                Err(err)
             }
         }
     }

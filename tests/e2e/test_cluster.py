@@ -194,6 +194,51 @@ def test_three_replicas_land_on_three_nodes_and_serve_through_both_gateways(clus
     assert text
 
 
+NODES = ("n1", "n2", "n3")
+
+
+def _node_metric(cluster, node: str, name: str) -> float:
+    """A counter summed over a node's series; the node's /metrics wants the cluster secret and
+    labels every series with the node's id."""
+    r = requests.get(cluster.procs[node].url + "/metrics", headers={"Authorization": f"Bearer {SECRET}"},
+                     timeout=30)
+    assert r.status_code == 200, r.text[:300]
+    total = 0.0
+    for line in r.text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            assert f'node="{node}"' in line, line
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_a_shared_long_prefix_goes_to_one_node_and_reuses_its_kv(cluster):
+    """Prefix affinity: both gateways send requests sharing a long system prompt to the same
+    node (rendezvous hashing, no shared state), where the second finds the prefix cached;
+    different prefixes spread over the nodes (sequential requests on idle nodes would all go
+    to the first node by load alone)."""
+    g1, g2 = cluster.procs["g1"], cluster.procs["g2"]
+    finished, cached = "flywheel_engine_requests_finished_total", "flywheel_prompt_tokens_cached_total"
+    chosen = {}
+    for p in range(5):
+        system = f"Desk {p}: you are the help desk of museum number {p}. Answer in one short sentence. " * 8
+        before = {n: (_node_metric(cluster, n, finished), _node_metric(cluster, n, cached)) for n in NODES}
+        for i, gateway in enumerate((g1, g2)):
+            r = requests.post(gateway.url + "/v1/chat/completions", headers=gateway.auth(), timeout=120, json={
+                "model": "smol", "max_tokens": 4, "temperature": 0,
+                "messages": [{"role": "system", "content": system},
+                             {"role": "user", "content": f"Question {i}: when do you open?"}]})
+            assert r.status_code == 200, r.text[:300]
+        served = {n: _node_metric(cluster, n, finished) - before[n][0] for n in NODES}
+        assert sorted(served.values()) == [0, 0, 2], f"prefix {p}: {served}"
+        node = max(served, key=served.get)
+        assert _node_metric(cluster, node, cached) > before[node][1], f"prefix {p}: no KV reuse on {node}"
+        chosen[p] = node
+    assert len(set(chosen.values())) >= 2, f"every prefix went to one node: {chosen}"
+    # Without the secret a node's metrics are refused.
+    r = requests.get(cluster.procs["n1"].url + "/metrics", timeout=30)
+    assert r.status_code == 401 and "cluster secret" in r.json()["error"]["message"], r.text
+
+
 def test_what_fits_nowhere_is_refused_with_the_numbers(cluster):
     body = {"name": "huge", "model": cluster.model, "min_replicas": 1, "threads_per_replica": 64}
     r = requests.post(cluster.procs["g1"].url + "/admin/v1/deployments", json=body,

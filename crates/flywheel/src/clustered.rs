@@ -25,6 +25,8 @@ pub struct Clustered {
     pub plane: Option<ControlPlane>,
     /// The internal API (nodes).
     pub internal: Option<axum::Router>,
+    /// What gateways send to nodes; it also opens a lone node's `/metrics`.
+    pub secret: ClusterSecret,
     local: Option<ControlPlane>,
     etcd: Arc<EtcdCluster>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -113,7 +115,7 @@ pub async fn start(
     }
     if c.role.serves_api() {
         let sizer = Arc::new(Sizer::new(launcher.clone()));
-        let connector = HttpConnector::new(secret).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let connector = HttpConnector::new(secret.clone()).map_err(|e| anyhow::anyhow!("{e}"))?;
         let gateway = ClusterGateway::new(
             c.id.clone(),
             etcd.clone(),
@@ -136,6 +138,7 @@ pub async fn start(
     Ok(Clustered {
         plane,
         internal,
+        secret,
         local,
         etcd,
         tasks,

@@ -25,7 +25,7 @@ async fn serve(config: ServeConfig) -> Result<()> {
     let admin_key = crate::admin_key::load_or_create(&config.data_dir)?;
     // Before anything slow: a bad certificate is the operator's to fix at once.
     let transport = transport(&config)?;
-    let metrics = install_metrics()?;
+    let metrics = install_metrics(config.cluster.as_ref().map(|c| c.id.as_str()))?;
     // One database pool (and one migration run) for tenancy, the hub and deployments.
     let store = open_store(&config).await?;
     let tenancy = open_tenancy(&config, store.clone()).await?;
@@ -60,11 +60,12 @@ async fn serve(config: ServeConfig) -> Result<()> {
 
     let store_for_routing = store_for_mcp.clone();
     let (mcp, sealer) = mcp_gateway(&config, store_for_mcp, tenancy.clone())?;
-    let routing = crate::routing::setup(&config, store_for_routing, sealer).await?;
+    let (routing, log_writer) = crate::routing::setup(&config, store_for_routing, sealer).await?;
     sweep_mcp_sessions(mcp.clone());
     let console_config = console::ConsoleConfig {
         tls: transport.tls.is_some(),
     };
+    let (node_metrics_handle, metrics_open) = (metrics.clone(), config.metrics_open);
     let state = gateway::GatewayState {
         models,
         admin_key,
@@ -93,11 +94,26 @@ async fn serve(config: ServeConfig) -> Result<()> {
             None => app,
         }
     } else {
-        // A node agent alone: its internal API and liveness, no public API.
-        internal.unwrap_or_default().route(
-            "/health",
-            axum::routing::get(|| async { axum::Json(serde_json::json!({ "status": "ok" })) }),
-        )
+        // A node agent alone: its internal API, liveness and its metrics (the engine's), no
+        // public API.
+        let secret = clustered.as_ref().map(|c| c.secret.clone());
+        internal
+            .unwrap_or_default()
+            .route(
+                "/health",
+                axum::routing::get(|| async { axum::Json(serde_json::json!({ "status": "ok" })) }),
+            )
+            .route(
+                "/metrics",
+                axum::routing::get(move |headers: axum::http::HeaderMap| {
+                    node_metrics(
+                        node_metrics_handle.clone(),
+                        metrics_open,
+                        secret.clone(),
+                        headers,
+                    )
+                }),
+            )
     };
     let limits = connection_limits(&config);
     let listener = crate::http::bind(config.listen).with_context(|| {
@@ -167,6 +183,12 @@ async fn serve(config: ServeConfig) -> Result<()> {
         .is_err()
     {
         tracing::warn!("some settlements did not finish; the next start recovers them");
+    }
+    // The settled requests' log rows are queued by now; write them before leaving.
+    if let Some(writer) = log_writer {
+        if !writer.flush(Duration::from_secs(5)).await {
+            tracing::warn!("the request log's last rows were not written within 5 s");
+        }
     }
     heartbeat.abort();
     tracing::info!("stopped");
@@ -369,11 +391,39 @@ async fn shutdown_signal() {
     tokio::select! { () = ctrl_c => {}, () = term => {} }
 }
 
-fn install_metrics() -> Result<PrometheusHandle> {
+/// A lone node's `GET /metrics`: open with `--metrics-open`, else for the cluster secret (what
+/// gateways send; a Prometheus scrape job sends it as its bearer token).
+async fn node_metrics(
+    handle: PrometheusHandle,
+    open: bool,
+    secret: Option<cluster::ClusterSecret>,
+    headers: axum::http::HeaderMap,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let auth = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if open || secret.is_some_and(|s| s.accepts(auth)) {
+        return handle.render().into_response();
+    }
+    let body = serde_json::json!({"error": {
+        "message": "A node's /metrics needs the cluster secret as a bearer token (FLYWHEEL_CLUSTER_SECRET), or start the node with --metrics-open.",
+        "type": "authentication_error",
+        "code": "invalid_api_key",
+    }});
+    (axum::http::StatusCode::UNAUTHORIZED, axum::Json(body)).into_response()
+}
+
+/// The Prometheus recorder. In a cluster every series carries `node="<member id>"`, so the
+/// scrapes of many processes add up without colliding.
+fn install_metrics(node: Option<&str>) -> Result<PrometheusHandle> {
     const LATENCY: &[f64] = &[
         0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
     ];
     let mut builder = PrometheusBuilder::new();
+    if let Some(node) = node {
+        builder = builder.add_global_label("node", node);
+    }
     for name in engine::metrics::HISTOGRAMS
         .iter()
         .chain(&[gateway::metrics::HTTP_DURATION])

@@ -1,15 +1,20 @@
 //! The gateway's side of a deployment in a cluster: a [`Backend`] that sends each request to
 //! the ready replicas of the least loaded node (its reported queue plus running requests, plus
 //! what this gateway sent it since, per slot), over the internal protocol a [`Connector`]
-//! speaks. With no ready replica yet (loading, or being re-placed) it waits up to the
+//! speaks. A request with a long prompt prefers one node by **prefix affinity**: the first
+//! [`AFFINITY_BYTES`] of its prompt are hashed and the nodes ranked by rendezvous hashing on
+//! that hash, so requests sharing a long prefix (a system prompt, a document) go where its KV
+//! is likely cached, from every gateway alike; when that node's slots are all busy and another
+//! node has a free one, load decides. With no ready replica yet (loading, or being re-placed) it waits up to the
 //! deployment's maximum queue wait; a node that cannot be reached before its stream starts is
 //! skipped for the next one.
 
 use std::collections::{BTreeSet, HashMap};
+use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use backend::{Backend, BackendError, EventStream, GenerateRequest, ModelInfo};
+use backend::{Backend, BackendError, EventStream, GenerateRequest, ModelInfo, Prompt};
 use tokio::sync::watch;
 
 use super::{Member, PlacementView};
@@ -33,13 +38,57 @@ pub struct ClusterDeployment {
     pub in_flight: InFlight,
 }
 
-/// Ready nodes for `deployment`, least loaded first: (load per slot ×1000, node).
+/// How much of a prompt its affinity is keyed on.
+pub const AFFINITY_BYTES: usize = 2048;
+/// Prompts shorter than this have no affinity (little KV to reuse): load alone decides.
+pub const MIN_AFFINITY_BYTES: usize = 512;
+/// Load is measured per slot ×1000: a node at or above this has every slot busy.
+const FULL: usize = 1000;
+
+/// The hash of the first [`AFFINITY_BYTES`] of a prompt as a model reads it (each chat
+/// message's role and content in order), or `None` for a prompt shorter than
+/// [`MIN_AFFINITY_BYTES`]. Stable across processes of one build, so every gateway agrees.
+pub fn affinity_key(prompt: &Prompt) -> Option<u64> {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    let mut taken = 0usize;
+    let mut feed = |bytes: &[u8]| {
+        let n = bytes.len().min(AFFINITY_BYTES - taken);
+        bytes[..n].hash(&mut hasher);
+        taken += n;
+        taken < AFFINITY_BYTES
+    };
+    match prompt {
+        Prompt::Text(text) => {
+            feed(text.as_bytes());
+        }
+        Prompt::Chat(messages) => {
+            for m in messages {
+                if !(feed(m.role.as_bytes()) && feed(m.content.as_bytes())) {
+                    break;
+                }
+            }
+        }
+    }
+    (taken >= MIN_AFFINITY_BYTES).then(|| hasher.finish())
+}
+
+/// The rendezvous weight of `node` for `key`: the node with the highest weight is preferred.
+fn rendezvous(key: u64, node: &str) -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut hasher);
+    node.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// Ready nodes for `deployment`, least loaded first: (load per slot ×1000, node). With an
+/// affinity `key`, the node it prefers comes first unless all its slots are busy while
+/// another node has a free one.
 pub fn ranked(
     deployment: &str,
-    members: &[Member],
-    view: &PlacementView,
+    (members, view): (&[Member], &PlacementView),
     in_flight: &HashMap<String, usize>,
     skip: &BTreeSet<String>,
+    key: Option<u64>,
 ) -> Vec<Member> {
     let mut ready: Vec<(usize, &Member)> = members
         .iter()
@@ -49,11 +98,24 @@ pub fn ranked(
             let load = m.load_of(deployment)?;
             (load.ready > 0).then(|| {
                 let busy = load.queued + load.running + in_flight.get(&m.id).copied().unwrap_or(0);
-                (busy * 1000 / load.slots.max(1), m)
+                (busy * FULL / load.slots.max(1), m)
             })
         })
         .collect();
     ready.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.id.cmp(&b.1.id)));
+    if let (Some(key), Some(&(least, _))) = (key, ready.first()) {
+        let preferred = ready
+            .iter()
+            .enumerate()
+            .max_by_key(|(_, (_, m))| rendezvous(key, &m.id))
+            .map(|(i, &(load, _))| (i, load));
+        if let Some((i, load)) = preferred {
+            if load < FULL || least >= FULL {
+                let chosen = ready.remove(i);
+                ready.insert(0, chosen);
+            }
+        }
+    }
     ready.into_iter().map(|(_, m)| m.clone()).collect()
 }
 
@@ -93,7 +155,7 @@ impl Drop for Counted {
 }
 
 impl ClusterDeployment {
-    fn pick(&self, skip: &BTreeSet<String>) -> Option<Member> {
+    fn pick(&self, skip: &BTreeSet<String>, key: Option<u64>) -> Option<Member> {
         let members = self.members.borrow().clone();
         let view = self.view.borrow().clone();
         let in_flight = self
@@ -101,20 +163,21 @@ impl ClusterDeployment {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
-        ranked(&self.info.id, &members, &view, &in_flight, skip)
+        ranked(&self.info.id, (&members, &view), &in_flight, skip, key)
             .into_iter()
             .next()
     }
 
-    /// The least loaded ready node, waiting for one up to the maximum wait.
+    /// The node to send a request to (see [`ranked`]), waiting for a ready one up to the
+    /// maximum wait.
     async fn wait_for_node(
         &self,
         skip: &BTreeSet<String>,
-        since: Instant,
+        (since, key): (Instant, Option<u64>),
     ) -> backend::Result<Member> {
         let mut members = self.members.clone();
         loop {
-            if let Some(m) = self.pick(skip) {
+            if let Some(m) = self.pick(skip, key) {
                 return Ok(m);
             }
             let waited = since.elapsed();
@@ -146,9 +209,10 @@ impl Backend for ClusterDeployment {
 
     async fn generate(&self, request: GenerateRequest) -> backend::Result<EventStream> {
         let since = Instant::now();
+        let key = affinity_key(&request.prompt);
         let mut skip = BTreeSet::new();
         loop {
-            let node = self.wait_for_node(&skip, since).await?;
+            let node = self.wait_for_node(&skip, (since, key)).await?;
             let counted = Counted::new(&self.in_flight, &node.id);
             let backend = self.connector.connect(&node, &self.info.id);
             match backend.generate(request.clone()).await {
@@ -174,7 +238,7 @@ impl Backend for ClusterDeployment {
     }
 
     async fn count_prompt_tokens(&self, request: &GenerateRequest) -> backend::Result<u32> {
-        let node = self.pick(&BTreeSet::new()).ok_or_else(|| {
+        let node = self.pick(&BTreeSet::new(), None).ok_or_else(|| {
             BackendError::Unavailable(format!(
                 "'{}' has no ready replica on any node to count tokens with. Send it a \
                  request, then retry.",
@@ -185,5 +249,129 @@ impl Backend for ClusterDeployment {
             .connect(&node, &self.info.id)
             .count_prompt_tokens(request)
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::{Assignment, ReplicaLoad, Role};
+    use backend::ChatMessage;
+
+    fn node(id: &str, running: usize) -> Member {
+        Member {
+            id: id.into(),
+            role: Role::Node,
+            address: format!("http://{id}"),
+            memory_bytes: 1 << 30,
+            threads: 2,
+            replicas: vec![ReplicaLoad {
+                deployment: "d".into(),
+                ready: 1,
+                loading: 0,
+                slots: 2,
+                queued: 0,
+                running,
+            }],
+            lease: 0,
+            ttl_secs: 5,
+        }
+    }
+
+    fn view(nodes: &[&str]) -> PlacementView {
+        let assignments = nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| Assignment {
+                deployment: "d".into(),
+                index: i as u32,
+                node: (*n).into(),
+            })
+            .collect();
+        PlacementView {
+            assignments: [("d".to_owned(), assignments)].into(),
+            leader: None,
+            revision: 1,
+        }
+    }
+
+    fn chat(system: &str, user: &str) -> Prompt {
+        Prompt::Chat(vec![
+            ChatMessage::text("system", system),
+            ChatMessage::text("user", user),
+        ])
+    }
+
+    fn first(members: &[Member], key: Option<u64>) -> String {
+        let view = view(&["a", "b", "c"]);
+        ranked(
+            "d",
+            (members, &view),
+            &HashMap::new(),
+            &BTreeSet::new(),
+            key,
+        )[0]
+        .id
+        .clone()
+    }
+
+    #[test]
+    fn a_short_prompt_has_no_affinity() {
+        assert_eq!(affinity_key(&chat("be brief", "hi")), None);
+    }
+
+    #[test]
+    fn prompts_sharing_a_long_prefix_share_a_key_and_others_differ() {
+        let manual = "You answer questions about the manual below.\n".repeat(60);
+        let a = affinity_key(&chat(&manual, "How do I reset it?")).expect("long prompt");
+        let b = affinity_key(&chat(&manual, "Where is the fuse?")).expect("long prompt");
+        assert_eq!(a, b, "only the first AFFINITY_BYTES count");
+        let other = "You answer questions about another manual.\n".repeat(60);
+        assert_ne!(a, affinity_key(&chat(&other, "How do I reset it?")).expect("long"));
+        assert!(affinity_key(&Prompt::Text(manual.clone())).is_some());
+    }
+
+    #[test]
+    fn one_prefix_goes_to_one_node_while_it_has_a_free_slot() {
+        let idle = [node("a", 0), node("b", 0), node("c", 0)];
+        let manual = "Shared system prompt of a support bot. ".repeat(40);
+        let key = affinity_key(&chat(&manual, "q")).expect("long");
+        let preferred = first(&idle, Some(key));
+        // The preferred node stays first while it is less loaded than the others, and while
+        // it has a free slot even if more loaded.
+        let loaded: Vec<Member> = ["a", "b", "c"]
+            .iter()
+            .map(|id| node(id, usize::from(*id == preferred)))
+            .collect();
+        assert_eq!(first(&loaded, Some(key)), preferred);
+        // Different prefixes spread over the nodes.
+        let spread: BTreeSet<String> = (0..40)
+            .map(|i| {
+                let prompt = format!("Tenant {i}'s own long system prompt. ").repeat(30);
+                first(&idle, affinity_key(&chat(&prompt, "q")))
+            })
+            .collect();
+        assert_eq!(spread.len(), 3, "rendezvous hashing uses every node: {spread:?}");
+    }
+
+    #[test]
+    fn load_decides_when_the_preferred_node_is_full_and_another_is_not() {
+        let manual = "Shared system prompt of a support bot. ".repeat(40);
+        let key = affinity_key(&chat(&manual, "q")).expect("long");
+        let idle = [node("a", 0), node("b", 0), node("c", 0)];
+        let preferred = first(&idle, Some(key));
+        let busy: Vec<Member> = ["a", "b", "c"]
+            .iter()
+            .map(|id| node(id, if *id == preferred { 2 } else { 1 }))
+            .collect();
+        assert_ne!(first(&busy, Some(key)), preferred, "full: the least loaded wins");
+        // Everyone full: affinity again (the KV may still help once a slot frees).
+        let full: Vec<Member> = ["a", "b", "c"]
+            .iter()
+            .map(|id| node(id, if *id == preferred { 3 } else { 2 }))
+            .collect();
+        assert_eq!(first(&full, Some(key)), preferred);
+        // No key: the least loaded, ties by id.
+        assert_eq!(first(&idle, None), "a");
     }
 }

@@ -48,37 +48,37 @@ fn error(status: StatusCode, code: &str, message: String) -> Response {
         .into_response()
 }
 
-/// The secret checked, the body parsed, the deployment found.
+/// The secret checked, the body parsed, the deployment found; else the response to send.
 fn admit(
     state: &Internal,
     headers: &HeaderMap,
     body: &[u8],
-) -> Result<(GenerateRequest, control::Deployment), Response> {
+) -> Result<(GenerateRequest, control::Deployment), Box<Response>> {
     let auth = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
     if !state.secret.accepts(auth) {
-        return Err(error(
+        return Err(Box::new(error(
             StatusCode::UNAUTHORIZED,
             "invalid_cluster_secret",
             "This is a node's internal API: calls need the cluster secret (Authorization: Bearer SECRET), which only gateways hold.".into(),
-        ));
+        )));
     }
     let wire: proto::Request = serde_json::from_slice(body).map_err(|e| {
-        error(
+        Box::new(error(
             StatusCode::BAD_REQUEST,
             "invalid_request",
             format!("not an internal generate request: {e}"),
-        )
+        ))
     })?;
     let request = GenerateRequest::try_from(wire)
-        .map_err(|e| error(StatusCode::BAD_REQUEST, "invalid_request", e))?;
+        .map_err(|e| Box::new(error(StatusCode::BAD_REQUEST, "invalid_request", e)))?;
     let deployment = state.local.get(&request.model).ok_or_else(|| {
-        error(
+        Box::new(error(
             StatusCode::NOT_FOUND,
             "model_not_found",
             format!("this node runs no replica of '{}'", request.model),
-        )
+        ))
     })?;
     Ok((request, deployment))
 }
@@ -100,7 +100,7 @@ fn line(frame: &Frame) -> Bytes {
 async fn generate(State(state): State<Internal>, headers: HeaderMap, body: Bytes) -> Response {
     let (request, deployment) = match admit(&state, &headers, &body) {
         Ok(x) => x,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     match deployment.generate(request).await {
         Err(e) => refusal(&e),
@@ -126,7 +126,7 @@ async fn generate(State(state): State<Internal>, headers: HeaderMap, body: Bytes
 async fn count(State(state): State<Internal>, headers: HeaderMap, body: Bytes) -> Response {
     let (request, deployment) = match admit(&state, &headers, &body) {
         Ok(x) => x,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     match deployment.count_prompt_tokens(&request).await {
         Ok(n) => Json(proto::Count { prompt_tokens: n }).into_response(),

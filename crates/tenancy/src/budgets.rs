@@ -142,12 +142,15 @@ pub struct BudgetPermit {
 
 type Cached = (Option<BudgetRecord>, Instant);
 
+/// One async lock per subject, so one subject's checks never interleave.
+type SubjectLocks = Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>;
+
 #[derive(Clone)]
 pub struct Budgets {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     configs: Arc<Mutex<HashMap<String, Cached>>>,
-    locks: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+    locks: SubjectLocks,
     /// Per subject: the period start and the thresholds this process saw fire in it.
     fired: Arc<Mutex<HashMap<String, (Timestamp, Vec<i64>)>>>,
     deliveries: Arc<Notify>,

@@ -74,11 +74,7 @@ pub fn read<R: BufRead>(reader: R, endpoint: Endpoint, max_lines: usize) -> Resu
 
 /// Checks each pending line's body with the executor's parser for `endpoint`; a body it
 /// refuses becomes a failed line (`invalid_request`, its message) and counts as refused.
-pub fn check_bodies(
-    mut input: Input,
-    endpoint: Endpoint,
-    executor: &dyn crate::Executor,
-) -> Input {
+pub fn check_bodies(mut input: Input, endpoint: Endpoint, executor: &dyn crate::Executor) -> Input {
     for line in &mut input.lines {
         let Some(body) = line.body.as_deref() else {
             continue;
@@ -267,7 +263,10 @@ mod tests {
         let pending = &input.lines[0];
         let bytes = pending.body.as_deref().map_or(0, str::len) as i64;
         assert_eq!(pending.est_tokens, (bytes + 3) / 4);
-        assert!(input.lines[1].est_tokens == 0, "a refused line holds no tokens");
+        assert!(
+            input.lines[1].est_tokens == 0,
+            "a refused line holds no tokens"
+        );
     }
 
     #[test]

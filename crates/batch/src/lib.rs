@@ -319,7 +319,12 @@ impl Batches {
         let created = self
             .inner
             .store
-            .create_batch(&record, &input.lines, limit, Some((&self.inner.owner, lease_until)))
+            .create_batch(
+                &record,
+                &input.lines,
+                limit,
+                Some((&self.inner.owner, lease_until)),
+            )
             .await?;
         if let BatchCreate::OverLimit { enqueued, limit } = created {
             let adding = input

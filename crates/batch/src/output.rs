@@ -138,7 +138,10 @@ async fn file(
         purpose: files::Purpose::BatchOutput,
         expires_after: None,
     };
-    match files.create_as(&batch.tenant_id, staged, new, id.clone()).await {
+    match files
+        .create_as(&batch.tenant_id, staged, new, id.clone())
+        .await
+    {
         Ok(record) => Ok(Some(record.id)),
         // Written meanwhile by another finish of the same batch: the same file.
         Err(FilesError::Store(store::StoreError::Conflict(_))) => Ok(Some(id)),

@@ -93,7 +93,12 @@ impl Files {
 
     /// Checks `new` and the staged bytes (JSONL where the purpose wants it), moves them into
     /// the blob store and records the file, within the tenant's quota.
-    pub async fn create(&self, tenant_id: &str, staged: Staged, new: NewFile) -> Result<FileRecord> {
+    pub async fn create(
+        &self,
+        tenant_id: &str,
+        staged: Staged,
+        new: NewFile,
+    ) -> Result<FileRecord> {
         let id = format!("file-{}", uuid::Uuid::new_v4().simple());
         self.create_as(tenant_id, staged, new, id).await
     }

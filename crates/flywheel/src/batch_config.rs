@@ -77,7 +77,9 @@ impl BatchArgs {
         let lease = match &self.batch_lease {
             None => d.lease,
             Some(text) => match duration(text) {
-                Some(lease) if lease >= Duration::from_secs(1) && lease <= Duration::from_secs(3600) => {
+                Some(lease)
+                    if lease >= Duration::from_secs(1) && lease <= Duration::from_secs(3600) =>
+                {
                     lease
                 }
                 _ => bail!(

@@ -125,7 +125,10 @@ pub enum BatchCreate {
     Created,
     /// Nothing written: the tenant's enqueued tokens (its unfinished batches' pending lines')
     /// plus this batch's would pass `limit`.
-    OverLimit { enqueued: i64, limit: i64 },
+    OverLimit {
+        enqueued: i64,
+        limit: i64,
+    },
 }
 
 /// A tenant's batches.

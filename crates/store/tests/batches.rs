@@ -12,8 +12,8 @@ use std::sync::Arc;
 use chrono::{TimeDelta, TimeZone, Utc};
 use store::testing::{Kind, ScratchDb};
 use store::{
-    removal, BatchCreate, BatchLine, BatchRecord, LineEnd, LineState, NewTenant, Store,
-    StoreError, Timestamp,
+    removal, BatchCreate, BatchLine, BatchRecord, LineEnd, LineState, NewTenant, Store, StoreError,
+    Timestamp,
 };
 
 struct Fixture {
@@ -114,7 +114,10 @@ async fn created_with_lines_and_read_by_its_tenant_only(f: Fixture) {
         line(1, LineState::Failed),
         line(2, LineState::Pending),
     ];
-    f.store.create_batch(&b, &lines, None, None).await.expect("create");
+    f.store
+        .create_batch(&b, &lines, None, None)
+        .await
+        .expect("create");
     assert_eq!(f.store.batch("a", "batch_1").await.expect("read"), b);
     assert_eq!(f.store.batch_by_id("batch_1").await.expect("read"), b);
     assert!(matches!(
@@ -309,14 +312,18 @@ async fn removal_takes_batches_and_lines(f: Fixture) {
     f.store
         .create_batch(
             &batch("batch_a", "a", t0(), 1),
-            &[line(0, LineState::Pending)], None, None,
+            &[line(0, LineState::Pending)],
+            None,
+            None,
         )
         .await
         .expect("create");
     f.store
         .create_batch(
             &batch("batch_b", "b", t0(), 1),
-            &[line(0, LineState::Pending)], None, None,
+            &[line(0, LineState::Pending)],
+            None,
+            None,
         )
         .await
         .expect("create");
@@ -363,7 +370,10 @@ async fn enqueued_tokens_are_pending_lines_of_unfinished_batches(f: Fixture) {
             limit: 30
         }
     );
-    assert!(f.store.batch_by_id("batch_2").await.is_err(), "nothing written");
+    assert!(
+        f.store.batch_by_id("batch_2").await.is_err(),
+        "nothing written"
+    );
     // Another tenant has its own room; no limit is no limit.
     let other = batch("batch_3", "b", t0(), 3);
     assert_eq!(
@@ -377,7 +387,11 @@ async fn enqueued_tokens_are_pending_lines_of_unfinished_batches(f: Fixture) {
         error_message: None,
     };
     // A line that ran holds nothing; a finished batch holds nothing.
-    assert!(f.store.finish_line("batch_1", 0, &end).await.expect("finish"));
+    assert!(f
+        .store
+        .finish_line("batch_1", 0, &end)
+        .await
+        .expect("finish"));
     assert_eq!(f.store.enqueued_batch_tokens("a").await.expect("sum"), 10);
     assert_eq!(
         created(f.store.create_batch(&b2, &lines, Some(30), None).await),
@@ -410,43 +424,109 @@ async fn one_owner_holds_a_lease_until_it_lapses(f: Fixture) {
         ["batch_1"]
     );
     // p1 claims it until 30 s; p2 cannot while that lease is live, p1 may again.
-    assert!(f.store.claim_batch("batch_1", "p1", s(0), s(30)).await.expect("claim"));
-    assert!(!f.store.claim_batch("batch_1", "p2", s(10), s(40)).await.expect("claim"));
-    assert!(f.store.claim_batch("batch_1", "p1", s(10), s(40)).await.expect("claim"));
+    assert!(f
+        .store
+        .claim_batch("batch_1", "p1", s(0), s(30))
+        .await
+        .expect("claim"));
+    assert!(!f
+        .store
+        .claim_batch("batch_1", "p2", s(10), s(40))
+        .await
+        .expect("claim"));
+    assert!(f
+        .store
+        .claim_batch("batch_1", "p1", s(10), s(40))
+        .await
+        .expect("claim"));
     assert!(ids(f.store.unleased_batches(s(20)).await.expect("unleased")).is_empty());
     // Renewed by its owner only.
-    assert!(f.store.renew_batch_lease("batch_1", "p1", s(60)).await.expect("renew"));
-    assert!(!f.store.renew_batch_lease("batch_1", "p2", s(90)).await.expect("renew"));
-    assert!(!f.store.claim_batch("batch_1", "p2", s(50), s(80)).await.expect("claim"));
+    assert!(f
+        .store
+        .renew_batch_lease("batch_1", "p1", s(60))
+        .await
+        .expect("renew"));
+    assert!(!f
+        .store
+        .renew_batch_lease("batch_1", "p2", s(90))
+        .await
+        .expect("renew"));
+    assert!(!f
+        .store
+        .claim_batch("batch_1", "p2", s(50), s(80))
+        .await
+        .expect("claim"));
     // p1 stops renewing (it died): once the lease lapsed, p2 takes it over and p1 has lost it.
     assert_eq!(
         ids(f.store.unleased_batches(s(61)).await.expect("unleased")),
         ["batch_1"]
     );
-    assert!(f.store.claim_batch("batch_1", "p2", s(61), s(91)).await.expect("claim"));
-    assert!(!f.store.renew_batch_lease("batch_1", "p1", s(100)).await.expect("renew"));
+    assert!(f
+        .store
+        .claim_batch("batch_1", "p2", s(61), s(91))
+        .await
+        .expect("claim"));
+    assert!(!f
+        .store
+        .renew_batch_lease("batch_1", "p1", s(100))
+        .await
+        .expect("renew"));
     // Released by its owner only; then anyone may claim it at once.
-    f.store.release_batch_lease("batch_1", "p1").await.expect("release");
-    assert!(!f.store.claim_batch("batch_1", "p3", s(62), s(92)).await.expect("claim"));
-    f.store.release_batch_lease("batch_1", "p2").await.expect("release");
-    assert!(f.store.claim_batch("batch_1", "p3", s(62), s(92)).await.expect("claim"));
+    f.store
+        .release_batch_lease("batch_1", "p1")
+        .await
+        .expect("release");
+    assert!(!f
+        .store
+        .claim_batch("batch_1", "p3", s(62), s(92))
+        .await
+        .expect("claim"));
+    f.store
+        .release_batch_lease("batch_1", "p2")
+        .await
+        .expect("release");
+    assert!(f
+        .store
+        .claim_batch("batch_1", "p3", s(62), s(92))
+        .await
+        .expect("claim"));
     // A finished batch is nobody's to take.
     f.store
         .transition_batch("batch_1", &["validating"], "cancelled", s(63))
         .await
         .expect("cancel")
         .expect("moved");
-    f.store.release_batch_lease("batch_1", "p3").await.expect("release");
-    assert!(!f.store.claim_batch("batch_1", "p1", s(64), s(94)).await.expect("claim"));
+    f.store
+        .release_batch_lease("batch_1", "p3")
+        .await
+        .expect("release");
+    assert!(!f
+        .store
+        .claim_batch("batch_1", "p1", s(64), s(94))
+        .await
+        .expect("claim"));
     assert!(ids(f.store.unleased_batches(s(64)).await.expect("unleased")).is_empty());
     // A batch created claimed is its creator's from the start.
     f.store
-        .create_batch(&batch("batch_2", "a", t0(), 0), &[], None, Some(("p9", s(100))))
+        .create_batch(
+            &batch("batch_2", "a", t0(), 0),
+            &[],
+            None,
+            Some(("p9", s(100))),
+        )
         .await
         .expect("create");
     assert!(ids(f.store.unleased_batches(s(64)).await.expect("unleased")).is_empty());
-    assert!(!f.store.claim_batch("batch_2", "p1", s(64), s(94)).await.expect("claim"));
-    assert!(f.store.claim_batch("batch_2", "p9", s(64), s(94)).await.expect("claim"));
+    assert!(!f
+        .store
+        .claim_batch("batch_2", "p1", s(64), s(94))
+        .await
+        .expect("claim"));
+    assert!(f
+        .store
+        .claim_batch("batch_2", "p9", s(64), s(94))
+        .await
+        .expect("claim"));
     assert_eq!(
         ids(f.store.unleased_batches(s(95)).await.expect("unleased")),
         ["batch_2"]

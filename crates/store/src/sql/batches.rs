@@ -4,8 +4,7 @@ use async_trait::async_trait;
 
 use super::{args, Arg, Db, Exec, WriteTx};
 use crate::batches::{
-    BatchCreate, BatchLine, BatchPage, BatchRecord, BatchStore, LineEnd, LineState,
-    BATCH_STATUSES,
+    BatchCreate, BatchLine, BatchPage, BatchRecord, BatchStore, LineEnd, LineState, BATCH_STATUSES,
 };
 use crate::error::{Result, StoreError};
 use crate::model::Timestamp;
@@ -132,9 +131,7 @@ impl<D: Db> BatchStore for D {
             _ => return Err(StoreError::not_found("tenant", &b.tenant_id)),
         }
         if let Some(limit) = max_enqueued {
-            let row = tx
-                .fetch_one(&enqueued_sql(), &args![&b.tenant_id])
-                .await?;
+            let row = tx.fetch_one(&enqueued_sql(), &args![&b.tenant_id]).await?;
             let enqueued = row.int("enqueued")?;
             let adding = lines
                 .iter()

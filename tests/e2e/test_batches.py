@@ -331,7 +331,8 @@ def test_short_window_expires_with_partial_results(tmp_path_factory, admin_key):
 
 
 def test_kill_9_mid_batch_resumes_without_rerunning_or_rebilling(tmp_path_factory, admin_key):
-    s = _serve(tmp_path_factory, admin_key, "batches-kill")
+    # The restarted process is a new owner: it takes the batch once the dead one's lease lapsed.
+    s = _serve(tmp_path_factory, admin_key, "batches-kill", ["--batch-lease", "3s"])
     tid, key = _tenant(s)
     client = s.client(api_key=key)
     before = _balance(s, tid)

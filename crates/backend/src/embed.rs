@@ -42,6 +42,9 @@ pub struct EmbedRequest {
     pub tenant: Option<String>,
     /// The vector length asked for (`None`: the model's own); a model serves only its own.
     pub dimensions: Option<u32>,
+    /// Its class: a batch's line (`Priority::Batch`) waits behind interactive work in a
+    /// deployment's queue and takes only a replica's free slots.
+    pub priority: crate::Priority,
 }
 
 impl EmbedRequest {

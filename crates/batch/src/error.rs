@@ -22,6 +22,17 @@ pub enum BatchError {
     /// The batch is in a status that does not allow this (409 in OpenAI's shape).
     #[error("{0}")]
     Conflict(String),
+    /// The tenant's enqueued batch tokens would pass its limit (429 in OpenAI's shape).
+    #[error(
+        "Enqueued token limit reached: your unfinished batches hold {enqueued} estimated tokens \
+         and this batch adds {adding}, more than the limit of {limit} enqueued tokens per \
+         tenant. Wait for your batches to finish (or cancel one), or submit fewer requests."
+    )]
+    TokenLimit {
+        enqueued: i64,
+        adding: i64,
+        limit: i64,
+    },
     #[error("store error: {0}")]
     Store(StoreError),
     #[error("internal error: {0}")]

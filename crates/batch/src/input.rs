@@ -72,6 +72,28 @@ pub fn read<R: BufRead>(reader: R, endpoint: Endpoint, max_lines: usize) -> Resu
     Ok(input)
 }
 
+/// Checks each pending line's body with the executor's parser for `endpoint`; a body it
+/// refuses becomes a failed line (`invalid_request`, its message) and counts as refused.
+pub fn check_bodies(mut input: Input, endpoint: Endpoint, executor: &dyn crate::Executor) -> Input {
+    for line in &mut input.lines {
+        let Some(body) = line.body.as_deref() else {
+            continue;
+        };
+        if let Err(message) = executor.check(endpoint, body) {
+            let at = line.line_no + 1;
+            let custom_id = std::mem::take(&mut line.custom_id);
+            *line = refused(
+                line.line_no,
+                custom_id,
+                INVALID_REQUEST,
+                format!("Line {at}: {message}"),
+            );
+            input.refused += 1;
+        }
+    }
+    input
+}
+
 fn refused(line_no: i64, custom_id: String, code: &str, message: String) -> BatchLine {
     BatchLine {
         line_no,
@@ -82,7 +104,22 @@ fn refused(line_no: i64, custom_id: String, code: &str, message: String) -> Batc
         result: None,
         error_code: Some(code.to_owned()),
         error_message: Some(message),
+        est_tokens: 0,
     }
+}
+
+/// A line's tokens estimated before it runs, for the tenant's enqueued-token limit: its
+/// request body's bytes / 4 (rounded up; about 4 bytes per token for English text, and the
+/// body's JSON only adds to it) plus the completion it may ask for (`max_completion_tokens`
+/// or `max_tokens`, when set). Exact counts need the model's tokenizer, which a deployment
+/// at zero replicas does not have loaded; this needs nothing.
+pub fn estimate_tokens(body: &Value, body_bytes: usize) -> i64 {
+    let prompt = i64::try_from(body_bytes.div_ceil(4)).unwrap_or(i64::MAX);
+    let completion = ["max_completion_tokens", "max_tokens"]
+        .iter()
+        .find_map(|k| body.get(*k).and_then(Value::as_u64))
+        .map_or(0, |n| i64::try_from(n).unwrap_or(i64::MAX));
+    prompt.saturating_add(completion)
 }
 
 fn check_line(
@@ -165,10 +202,12 @@ fn check_line(
             format!("Line {at}: 'custom_id' '{custom_id}' was used by an earlier line."),
         );
     }
+    let text = body.to_string();
     BatchLine {
         line_no,
         custom_id,
-        body: Some(body.to_string()),
+        est_tokens: estimate_tokens(body, text.len()),
+        body: Some(text),
         state: LineState::Pending,
         attempt: 0,
         result: None,
@@ -221,6 +260,22 @@ mod tests {
         );
         assert_eq!(input.refused, 5);
         assert_eq!(input.model.as_deref(), Some("m"));
+        let pending = &input.lines[0];
+        let bytes = pending.body.as_deref().map_or(0, str::len) as i64;
+        assert_eq!(pending.est_tokens, (bytes + 3) / 4);
+        assert!(
+            input.lines[1].est_tokens == 0,
+            "a refused line holds no tokens"
+        );
+    }
+
+    #[test]
+    fn estimates_count_the_completion_asked_for() {
+        let body = serde_json::json!({"model": "m", "prompt": "abcd", "max_tokens": 100});
+        assert_eq!(estimate_tokens(&body, 8), 102);
+        let body = serde_json::json!({"model": "m", "max_completion_tokens": 7, "max_tokens": 100});
+        assert_eq!(estimate_tokens(&body, 1), 8);
+        assert_eq!(estimate_tokens(&serde_json::json!({"input": "x"}), 0), 0);
     }
 
     #[test]

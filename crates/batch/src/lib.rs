@@ -8,7 +8,9 @@
 //! could run), `cancelling → cancelled`. Everything is in the database (`store::BatchStore`):
 //! each line's state, attempt and result, so a restart resumes unfinished batches
 //! ([`Batches::resume`]) without running or billing a finished line again (see `runner` for
-//! the order of the writes).
+//! the order of the writes). Processes sharing one database run each batch in one of them at
+//! a time: the holder of its lease (`lease`); a dead process's batches are taken over by the
+//! others' takeover loops ([`Batches::spawn_takeover`]) once its leases lapse.
 //!
 //! Executing a line is the [`Executor`]'s job: the gateway implements it with the same parsers
 //! and serving call as its interactive routes, so this crate knows neither HTTP nor wire
@@ -16,6 +18,7 @@
 
 mod error;
 pub mod input;
+mod lease;
 pub mod output;
 mod runner;
 
@@ -26,7 +29,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::SubsecRound;
 use files::Files;
-use store::{BatchPage, BatchRecord, Store};
+use store::{BatchCreate, BatchPage, BatchRecord, Store};
 use tenancy::{Principal, Tenancy};
 use tokio_util::sync::CancellationToken;
 
@@ -40,6 +43,10 @@ pub mod store_types {
 /// The one completion window OpenAI defines.
 pub const COMPLETION_WINDOW: &str = "24h";
 
+/// The default of [`BatchConfig::max_enqueued_tokens`]: 20 M estimated tokens per tenant
+/// (a full batch of 50,000 requests of about 1.6 KB each).
+pub const DEFAULT_MAX_ENQUEUED_TOKENS: u64 = 20_000_000;
+
 /// Limits and policy, from the server's configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BatchConfig {
@@ -52,6 +59,14 @@ pub struct BatchConfig {
     pub max_lines: usize,
     /// Largest input file (OpenAI's: 200 MB).
     pub max_input_bytes: u64,
+    /// How long a process's claim on a batch lasts unless renewed (it is renewed every third
+    /// of it while the batch runs): after a process dies, another one takes its batches over
+    /// within about this long.
+    pub lease: Duration,
+    /// Most estimated tokens one tenant's unfinished batches may hold in lines not yet run
+    /// (`--batch-max-enqueued-tokens`); a batch that would pass it is refused at creation.
+    /// `None`: no limit.
+    pub max_enqueued_tokens: Option<u64>,
 }
 
 impl Default for BatchConfig {
@@ -61,6 +76,8 @@ impl Default for BatchConfig {
             concurrency: 4,
             max_lines: 50_000,
             max_input_bytes: 200 << 20,
+            lease: Duration::from_secs(30),
+            max_enqueued_tokens: Some(DEFAULT_MAX_ENQUEUED_TOKENS),
         }
     }
 }
@@ -70,15 +87,17 @@ impl Default for BatchConfig {
 pub enum Endpoint {
     Chat,
     Completions,
+    Embeddings,
 }
 
 impl Endpoint {
-    pub const ALL: [Endpoint; 2] = [Endpoint::Chat, Endpoint::Completions];
+    pub const ALL: [Endpoint; 3] = [Endpoint::Chat, Endpoint::Completions, Endpoint::Embeddings];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Endpoint::Chat => "/v1/chat/completions",
             Endpoint::Completions => "/v1/completions",
+            Endpoint::Embeddings => "/v1/embeddings",
         }
     }
 
@@ -91,6 +110,7 @@ impl Endpoint {
         match self {
             Endpoint::Chat => "chatcmpl",
             Endpoint::Completions => "cmpl",
+            Endpoint::Embeddings => "embd",
         }
     }
 }
@@ -121,6 +141,13 @@ pub struct LineOutcome {
 #[async_trait]
 pub trait Executor: Send + Sync + 'static {
     async fn execute(&self, line: LineRequest<'_>) -> LineOutcome;
+
+    /// Checks a line's body up front, at creation, with the endpoint's own parser: the
+    /// message of why it cannot run (the line goes to the error file and the batch runs the
+    /// others), or `Ok` when it should be run. By default every body is left to `execute`.
+    fn check(&self, _endpoint: Endpoint, _body: &str) -> std::result::Result<(), String> {
+        Ok(())
+    }
 }
 
 /// What a client asks for.
@@ -147,6 +174,8 @@ pub(crate) struct Inner {
     pub config: BatchConfig,
     /// Runners in this process, by batch id: cancelled to stop one (cancel, tenant deleted).
     pub running: Mutex<HashMap<String, Running>>,
+    /// This process's name on the batches it holds a lease on (`lease_owner`).
+    pub owner: String,
 }
 
 #[derive(Clone)]
@@ -171,8 +200,19 @@ impl Batches {
                 executor,
                 config,
                 running: Mutex::new(HashMap::new()),
+                owner: format!(
+                    "{}-{}-{}",
+                    hostname(),
+                    std::process::id(),
+                    uuid::Uuid::new_v4().simple()
+                ),
             }),
         }
+    }
+
+    /// This process's name on the batches it runs (their `lease_owner`).
+    pub fn owner(&self) -> &str {
+        &self.inner.owner
     }
 
     pub fn config(&self) -> &BatchConfig {
@@ -219,9 +259,13 @@ impl Batches {
             ));
         }
         let (endpoint, max_lines) = (new.endpoint, self.inner.config.max_lines);
+        let executor = self.inner.executor.clone();
         let input = tokio::task::spawn_blocking(move || {
             let reader = std::io::BufReader::new(std::fs::File::open(path)?);
-            Ok::<_, std::io::Error>(input::read(reader, endpoint, max_lines))
+            Ok::<_, std::io::Error>(
+                input::read(reader, endpoint, max_lines)
+                    .map(|input| input::check_bodies(input, endpoint, executor.as_ref())),
+            )
         })
         .await
         .map_err(|e| BatchError::Internal(e.to_string()))?
@@ -263,7 +307,37 @@ impl Batches {
             record.failed_at = Some(now);
             record.errors = Some(output::validation_errors(&input.lines));
         }
-        self.inner.store.create_batch(&record, &input.lines).await?;
+        let limit = self
+            .inner
+            .config
+            .max_enqueued_tokens
+            .map(|l| i64::try_from(l).unwrap_or(i64::MAX));
+        // Created claimed by this process, whose runner renews the claim at once.
+        let lease_until = chrono::Utc::now()
+            + chrono::TimeDelta::from_std(self.inner.config.lease)
+                .unwrap_or(chrono::TimeDelta::seconds(30));
+        let created = self
+            .inner
+            .store
+            .create_batch(
+                &record,
+                &input.lines,
+                limit,
+                Some((&self.inner.owner, lease_until)),
+            )
+            .await?;
+        if let BatchCreate::OverLimit { enqueued, limit } = created {
+            let adding = input
+                .lines
+                .iter()
+                .filter(|l| l.state == store::LineState::Pending)
+                .fold(0i64, |sum, l| sum.saturating_add(l.est_tokens));
+            return Err(BatchError::TokenLimit {
+                enqueued,
+                adding,
+                limit,
+            });
+        }
         tracing::info!(batch = %record.id, tenant = %tenant_id, total, refused = input.refused, "batch created");
         if record.status == "validating" {
             self.spawn(&record);
@@ -327,21 +401,51 @@ impl Batches {
         let running = self.running(id);
         match running {
             Some(running) => running.stop.cancel(),
-            // Not running here (a runner ended, or another process's): finish it here.
-            None => self.spawn(&batch),
+            // Not running here: the process holding it sees the status within seconds; if
+            // none does (its runner ended), this one claims it and finishes it.
+            None => {
+                self.spawn(&batch);
+            }
         }
         tracing::info!(batch = %id, "batch cancelling");
         Ok(batch)
     }
 
-    /// Starts a runner for every unfinished batch (at start: a restart resumes them); how many.
+    /// Starts a runner for every unfinished batch no process holds (at start: a restart
+    /// resumes them; a batch whose process died resumes once its lease lapsed); how many.
+    /// Each runner first claims its batch, so a batch another process took meanwhile is left
+    /// to it.
     pub async fn resume(&self) -> Result<usize> {
-        let batches = self.inner.store.unfinished_batches().await?;
+        let batches = self
+            .inner
+            .store
+            .unleased_batches(chrono::Utc::now())
+            .await?;
+        let mut started = 0;
         for batch in &batches {
-            tracing::info!(batch = %batch.id, status = %batch.status, done = batch.completed + batch.failed, total = batch.total, "resuming batch");
-            self.spawn(batch);
+            if self.spawn(batch) {
+                tracing::info!(batch = %batch.id, status = %batch.status, done = batch.completed + batch.failed, total = batch.total, "resuming batch");
+                started += 1;
+            }
         }
-        Ok(batches.len())
+        Ok(started)
+    }
+
+    /// Spawns the takeover loop: every half lease, batches no live lease holds (their
+    /// process died, or ended its runner) are resumed here.
+    pub fn spawn_takeover(&self) -> tokio::task::JoinHandle<()> {
+        let batches = self.clone();
+        tokio::spawn(async move {
+            let every = (batches.inner.config.lease / 2).max(Duration::from_millis(200));
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if let Err(e) = batches.resume().await {
+                    tracing::warn!(error = %e, "could not look for batches to take over");
+                }
+            }
+        })
     }
 
     /// Stops this process's runners of `tenant_id`'s batches (the tenant is being deleted;
@@ -363,13 +467,14 @@ impl Batches {
         running.get(id).cloned()
     }
 
-    /// Starts the runner of `batch` unless one runs here already.
-    fn spawn(&self, batch: &BatchRecord) {
+    /// Starts the runner of `batch` unless one runs here already; whether it started one.
+    /// The runner claims the batch first and ends at once if another process holds it.
+    fn spawn(&self, batch: &BatchRecord) -> bool {
         let stop = CancellationToken::new();
         {
             let mut running = self.inner.running.lock().unwrap_or_else(|p| p.into_inner());
             if running.contains_key(&batch.id) {
-                return;
+                return false;
             }
             running.insert(
                 batch.id.clone(),
@@ -388,5 +493,16 @@ impl Batches {
             let mut running = inner.running.lock().unwrap_or_else(|p| p.into_inner());
             running.remove(&id);
         });
+        true
     }
+}
+
+/// This machine's name, for the owner names of leases (logs only; uniqueness comes from the
+/// process id and a random part).
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "flywheel".to_owned())
 }

@@ -7,6 +7,7 @@
 //! `batch_expired`, `batch_cancelled`).
 
 use bytes::Bytes;
+use files::FilesError;
 use futures::stream;
 use serde_json::{json, Value};
 use store::{BatchLine, BatchRecord, LineState};
@@ -98,6 +99,19 @@ pub(crate) async fn write_files(
     Ok((output, error))
 }
 
+/// The id of batch `batch_id`'s output or error file (`kind`): fixed before it is written, so
+/// a finish that ran again (the process died between writing a file and recording it on the
+/// batch, or the batch changed status meanwhile) finds the file it wrote instead of leaving
+/// it behind unreferenced.
+pub fn file_id(batch_id: &str, kind: &str) -> String {
+    let batch = batch_id.strip_prefix("batch_").unwrap_or(batch_id);
+    format!("file-{batch}-{kind}")
+}
+
+/// Writes one of the batch's files, or finds it written by an earlier finish. Its content is
+/// the same either way: a batch is finished only once no line is pending, and a line that
+/// is not pending never changes. A crash between moving the bytes into the blob store and
+/// recording the file leaves a blob that this write names again (same bytes, same blob).
 async fn file(
     inner: &Inner,
     batch: &BatchRecord,
@@ -108,6 +122,15 @@ async fn file(
         return Ok(None);
     }
     let files = &inner.files;
+    let id = file_id(&batch.id, kind);
+    match files.get(&batch.tenant_id, &id).await {
+        Ok(_) => {
+            tracing::info!(batch = %batch.id, file = %id, "found the batch's {kind} file written before; recording it");
+            return Ok(Some(id));
+        }
+        Err(FilesError::NotFound(_)) => {}
+        Err(e) => return Err(e.into()),
+    }
     let body = stream::iter(chunks.into_iter().map(Ok));
     let staged = files.stage(&batch.tenant_id, body).await?;
     let new = files::NewFile {
@@ -115,6 +138,13 @@ async fn file(
         purpose: files::Purpose::BatchOutput,
         expires_after: None,
     };
-    let record = files.create(&batch.tenant_id, staged, new).await?;
-    Ok(Some(record.id))
+    match files
+        .create_as(&batch.tenant_id, staged, new, id.clone())
+        .await
+    {
+        Ok(record) => Ok(Some(record.id)),
+        // Written meanwhile by another finish of the same batch: the same file.
+        Err(FilesError::Store(store::StoreError::Conflict(_))) => Ok(Some(id)),
+        Err(e) => Err(e.into()),
+    }
 }

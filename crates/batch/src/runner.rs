@@ -17,6 +17,10 @@
 //! shutdown after it was admitted was settled for its prompt; its rerun keeps that charge
 //! (unmetered), so such a line is billed its prompt only, never twice.
 //!
+//! A runner runs only while its process holds the batch's lease (`crate::lease`); a process
+//! taking over a dead one's batch meets exactly the cases above (its own earlier attempts are
+//! the dead process's).
+//!
 //! A finished line is never started again (`start_line` moves only pending lines), so each
 //! `custom_id` is written once. Cancelling or expiring stops starting lines; lines already
 //! running finish and are billed and kept, so the bill matches the partial output.
@@ -32,6 +36,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{BatchError, Result};
+use crate::lease::Lease;
 use crate::{output, Endpoint, Inner, LineRequest};
 
 /// Pending lines read at a time.
@@ -71,10 +76,39 @@ fn passing(outcome: &crate::LineOutcome) -> bool {
         )
 }
 
-/// Runs batch `id` from wherever it is to a final status (or until `stop` and the batch is
-/// gone: its tenant was deleted).
+/// Claims batch `id` and runs it from wherever it is to a final status (or until `stop`, the
+/// batch is gone, its tenant was deleted, or the lease is lost); nothing when another process
+/// holds it.
 pub(crate) async fn run(inner: &Inner, id: &str, stop: CancellationToken) -> Result<()> {
+    // A child: losing the lease stops this runner only.
+    let stop = stop.child_token();
+    let lease = Lease::claim(
+        inner.store.clone(),
+        id,
+        &inner.owner,
+        inner.config.lease,
+        &stop,
+    )
+    .await?;
+    let Some(lease) = lease else {
+        tracing::debug!(batch = %id, "another process runs this batch");
+        return Ok(());
+    };
+    let result = run_claimed(inner, id, &stop, &lease).await;
+    lease.end().await;
+    result
+}
+
+async fn run_claimed(
+    inner: &Inner,
+    id: &str,
+    stop: &CancellationToken,
+    lease: &Lease,
+) -> Result<()> {
     loop {
+        if lease.is_lost() {
+            return Ok(());
+        }
         let batch = match inner.store.batch_by_id(id).await {
             Ok(batch) => batch,
             Err(store::StoreError::NotFound { .. }) => return Ok(()),
@@ -90,7 +124,7 @@ pub(crate) async fn run(inner: &Inner, id: &str, stop: CancellationToken) -> Res
                     .await?;
             }
             "in_progress" => {
-                let end = run_lines(inner, &batch, &stop).await?;
+                let end = run_lines(inner, &batch, stop).await?;
                 let (code, message, to) = match end {
                     End::Stopped => {
                         // Reread: a cancel moved it to `cancelling`. Stopped otherwise (its

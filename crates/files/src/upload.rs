@@ -96,8 +96,22 @@ impl Files {
     pub async fn create(
         &self,
         tenant_id: &str,
+        staged: Staged,
+        new: NewFile,
+    ) -> Result<FileRecord> {
+        let id = format!("file-{}", uuid::Uuid::new_v4().simple());
+        self.create_as(tenant_id, staged, new, id).await
+    }
+
+    /// Like [`Files::create`], under the id `id` (the server's own files, whose ids must be
+    /// known before they are written: a batch's output). A taken id is
+    /// `FilesError::Store(StoreError::Conflict)`, and leaves the blob to the file holding it.
+    pub async fn create_as(
+        &self,
+        tenant_id: &str,
         mut staged: Staged,
         new: NewFile,
+        id: String,
     ) -> Result<FileRecord> {
         check_filename(&new.filename)?;
         // Microseconds, as both databases keep them: the record returned is the one stored.
@@ -111,7 +125,7 @@ impl Files {
             .await
             .map_err(|e| FilesError::Io(std::io::Error::other(e.to_string())))??;
         let record = FileRecord {
-            id: format!("file-{}", uuid::Uuid::new_v4().simple()),
+            id,
             tenant_id: tenant_id.to_owned(),
             filename: new.filename,
             purpose: purpose.as_str().to_owned(),

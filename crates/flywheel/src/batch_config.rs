@@ -30,6 +30,18 @@ pub struct BatchArgs {
     #[arg(long, env = "FLYWHEEL_BATCH_MAX_INPUT_BYTES")]
     #[serde(rename = "max_input_bytes")]
     pub batch_max_input_bytes: Option<u64>,
+    /// How long a process's lease on a running batch lasts unless renewed (renewed every
+    /// third of it): when a process sharing the database dies, another takes its batches over
+    /// within about this long. A duration such as `30s` or `2m`, from 1s to 1h [default: 30s].
+    #[arg(long, env = "FLYWHEEL_BATCH_LEASE")]
+    #[serde(rename = "lease")]
+    pub batch_lease: Option<String>,
+    /// Most estimated tokens one tenant's unfinished batches may hold in lines not yet run
+    /// (body bytes / 4 plus `max_tokens`); a batch that would pass it is refused at creation
+    /// (429 `token_limit_exceeded`); 0 for no limit [default: 20000000].
+    #[arg(long, env = "FLYWHEEL_BATCH_MAX_ENQUEUED_TOKENS")]
+    #[serde(rename = "max_enqueued_tokens")]
+    pub batch_max_enqueued_tokens: Option<u64>,
 }
 
 /// `30s`, `90m`, `24h`, or plain seconds.
@@ -62,11 +74,32 @@ impl BatchArgs {
                 ),
             },
         };
+        let lease = match &self.batch_lease {
+            None => d.lease,
+            Some(text) => match duration(text) {
+                Some(lease)
+                    if lease >= Duration::from_secs(1) && lease <= Duration::from_secs(3600) =>
+                {
+                    lease
+                }
+                _ => bail!(
+                    "--batch-lease must be a duration from 1s to 1h such as 30s or 2m, not \
+                     '{text}'"
+                ),
+            },
+        };
+        let max_enqueued_tokens = match self.batch_max_enqueued_tokens {
+            None => d.max_enqueued_tokens,
+            Some(0) => None,
+            Some(limit) => Some(limit),
+        };
         let config = batch::BatchConfig {
             window_max,
             concurrency: self.batch_concurrency.unwrap_or(d.concurrency),
             max_lines: self.batch_max_lines.unwrap_or(d.max_lines),
             max_input_bytes: self.batch_max_input_bytes.unwrap_or(d.max_input_bytes),
+            lease,
+            max_enqueued_tokens,
         };
         if !(1..=1024).contains(&config.concurrency) {
             bail!("--batch-concurrency must be between 1 and 1024");
@@ -103,6 +136,26 @@ mod tests {
         for bad in ["25h", "0s", "x", ""] {
             assert!(args(bad).resolve().is_err(), "{bad}");
         }
+        let lease = |l: &str| BatchArgs {
+            batch_lease: Some(l.to_owned()),
+            ..BatchArgs::default()
+        };
+        assert_eq!(
+            lease("3s").resolve().expect("3s").lease,
+            Duration::from_secs(3)
+        );
+        for bad in ["0s", "2h", "x"] {
+            assert!(lease(bad).resolve().is_err(), "{bad}");
+        }
+        let tokens = |n: u64| BatchArgs {
+            batch_max_enqueued_tokens: Some(n),
+            ..BatchArgs::default()
+        };
+        assert_eq!(tokens(0).resolve().expect("0").max_enqueued_tokens, None);
+        assert_eq!(
+            tokens(500).resolve().expect("500").max_enqueued_tokens,
+            Some(500)
+        );
         assert_eq!(
             BatchArgs::default().resolve().expect("defaults"),
             batch::BatchConfig::default()

@@ -266,7 +266,8 @@ impl axum::extract::FromRef<AppState> for Authenticator {
     }
 }
 
-/// The state of the routes; unfinished batches resume (a runner each) once it exists.
+/// The state of the routes; unfinished batches no process holds resume (a runner each) once
+/// it exists, and the takeover loop keeps looking for batches whose process died.
 fn app_state(state: GatewayState) -> AppState {
     let state = AppState::new(state);
     if tokio::runtime::Handle::try_current().is_ok() {
@@ -275,15 +276,10 @@ fn app_state(state: GatewayState) -> AppState {
             state.webhook_guard().clone(),
         );
     }
-    if let (Some(batches), Ok(runtime)) = (state.batches(), tokio::runtime::Handle::try_current()) {
-        let batches = batches.clone();
-        runtime.spawn(async move {
-            match batches.resume().await {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(batches = n, "resumed unfinished batches"),
-                Err(e) => tracing::error!(error = %e, "could not resume unfinished batches; they resume at the next start"),
-            }
-        });
+    if let (Some(batches), Ok(_)) = (state.batches(), tokio::runtime::Handle::try_current()) {
+        // Unfinished batches no process holds resume here now, and so do, later, those of a
+        // process sharing the database that died (once its leases lapse).
+        batches.spawn_takeover();
     }
     if let (Some(every), Ok(_)) = (
         state.routing().and_then(|r| r.reload_every),

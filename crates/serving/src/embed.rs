@@ -160,6 +160,7 @@ impl Serving {
             inputs,
             tenant: request.tenant,
             dimensions: None,
+            priority: backend::Priority::Interactive,
         };
         let out = self.run_embed(payer, (backend, &info), embed, trail).await?;
         let scores = match method {
@@ -210,13 +211,21 @@ impl Serving {
         }
         let bound = request.max_prompt_tokens();
         let _registration = payer.map(|p| self.running.register(&p.tenant.id, &request.request_id));
+        // A batch's line: priced as `batch/<model>` and outside the RPM/TPM windows, as a
+        // generation's (see the crate's docs).
+        let batch = request.priority == backend::Priority::Batch;
+        let priced_as = if batch {
+            tenancy::batch_model(&request.model)
+        } else {
+            request.model.clone()
+        };
         let mut meter = match payer {
             Some(principal) => Some(
                 self.admit(
                     principal,
-                    (&request.request_id, &request.model),
+                    (&request.request_id, &priced_as),
                     (bound, 0),
-                    (Delivery::Whole, false),
+                    (Delivery::Whole, batch),
                 )
                 .await?,
             ),

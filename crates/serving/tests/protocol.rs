@@ -675,6 +675,7 @@ async fn embeddings_settle_exactly_the_counted_tokens(fx: Fixture) {
             .collect(),
         tenant: Some(payer.tenant.id.clone()),
         dimensions: None,
+        priority: backend::Priority::Interactive,
     };
     let out = serving
         .embed(Some(&payer), embed("e1", &["a longer input", "b"]))

@@ -98,6 +98,9 @@ pub struct BatchLine {
     /// Why a failed line has no result (`duplicate_custom_id`, `batch_expired`, …).
     pub error_code: Option<String>,
     pub error_message: Option<String>,
+    /// Its tokens as estimated at creation (what a pending line holds of its tenant's
+    /// enqueued batch tokens).
+    pub est_tokens: i64,
 }
 
 /// A line's end, for [`BatchStore::finish_line`].
@@ -116,13 +119,57 @@ pub struct BatchPage {
     pub has_more: bool,
 }
 
+/// What [`BatchStore::create_batch`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchCreate {
+    Created,
+    /// Nothing written: the tenant's enqueued tokens (its unfinished batches' pending lines')
+    /// plus this batch's would pass `limit`.
+    OverLimit {
+        enqueued: i64,
+        limit: i64,
+    },
+}
+
 /// A tenant's batches.
 #[async_trait]
 pub trait BatchStore: Send + Sync + 'static {
     /// Records `batch` and all its `lines` in one transaction (nothing when it fails). The
-    /// caller counts the lines refused at validation in `batch.failed`. `NotFound` for an
-    /// unknown or deleted tenant; a taken id is `Conflict`.
-    async fn create_batch(&self, batch: &BatchRecord, lines: &[BatchLine]) -> Result<()>;
+    /// caller counts the lines refused at validation in `batch.failed`. With `max_enqueued`,
+    /// refused (`OverLimit`) when the tenant's enqueued tokens (the `est_tokens` of pending
+    /// lines of its unfinished batches) plus those of `lines` would pass it; one tenant's
+    /// creations take turns, so concurrent ones cannot overshoot together. `NotFound` for an
+    /// unknown or deleted tenant; a taken id is `Conflict`. With `lease`, the batch is created
+    /// claimed by that owner until that time (its creator runs it; no other process can take
+    /// it between its creation and a claim).
+    async fn create_batch(
+        &self,
+        batch: &BatchRecord,
+        lines: &[BatchLine],
+        max_enqueued: Option<i64>,
+        lease: Option<(&str, Timestamp)>,
+    ) -> Result<BatchCreate>;
+    /// The tenant's enqueued batch tokens: the `est_tokens` of the pending lines of its
+    /// unfinished batches.
+    async fn enqueued_batch_tokens(&self, tenant_id: &str) -> Result<i64>;
+    /// Claims batch `id` for `owner` until `until`, if it is unfinished and no other owner's
+    /// lease on it is live at `now` (none, lapsed, or `owner`'s own); whether `owner` holds it.
+    async fn claim_batch(
+        &self,
+        id: &str,
+        owner: &str,
+        now: Timestamp,
+        until: Timestamp,
+    ) -> Result<bool>;
+    /// Extends `owner`'s lease on batch `id` to `until`; `false` when `owner` no longer holds
+    /// it (another process took it over after it lapsed).
+    async fn renew_batch_lease(&self, id: &str, owner: &str, until: Timestamp) -> Result<bool>;
+    /// Gives up `owner`'s lease on batch `id` (its runner ended), so another process may take
+    /// it at once.
+    async fn release_batch_lease(&self, id: &str, owner: &str) -> Result<()>;
+    /// Unfinished batches on which no lease is live at `now` (none, or lapsed), oldest first:
+    /// the ones a process may take.
+    async fn unleased_batches(&self, now: Timestamp) -> Result<Vec<BatchRecord>>;
     /// The tenant's batch `id` (`NotFound` for another tenant's).
     async fn batch(&self, tenant_id: &str, id: &str) -> Result<BatchRecord>;
     /// Batch `id`, whoever's.

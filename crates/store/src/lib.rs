@@ -36,7 +36,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-pub use batches::{BatchLine, BatchPage, BatchRecord, BatchStore, LineEnd, LineState};
+pub use batches::{BatchCreate, BatchLine, BatchPage, BatchRecord, BatchStore, LineEnd, LineState};
 pub use budgets::{BudgetEvent, BudgetRecord, BudgetStore, Spent};
 pub use deployments::{DeploymentRecord, DeploymentRecordStore};
 pub use error::{Result, StoreError};

@@ -2,7 +2,9 @@
 //! written together or not at all and read back for their tenant only; listings page newest
 //! first; status moves only from the statuses named; a line starts and finishes only while
 //! pending, its batch's counts moving with it; pending lines fail together; the tenant's
-//! removal takes its batches and lines. Every scenario runs twice, `NAME::sqlite` and
+//! removal takes its batches and lines; a tenant's enqueued tokens are its pending lines' in
+//! unfinished batches, and a limit on them refuses a batch whole; one process at a time holds
+//! a batch's lease, until it lapses. Every scenario runs twice, `NAME::sqlite` and
 //! `NAME::postgres`.
 
 use std::sync::Arc;
@@ -10,7 +12,8 @@ use std::sync::Arc;
 use chrono::{TimeDelta, TimeZone, Utc};
 use store::testing::{Kind, ScratchDb};
 use store::{
-    removal, BatchLine, BatchRecord, LineEnd, LineState, NewTenant, Store, StoreError, Timestamp,
+    removal, BatchCreate, BatchLine, BatchRecord, LineEnd, LineState, NewTenant, Store, StoreError,
+    Timestamp,
 };
 
 struct Fixture {
@@ -64,6 +67,7 @@ fn line(no: i64, state: LineState) -> BatchLine {
         result: None,
         error_code: (state == LineState::Failed).then(|| "invalid_request".to_owned()),
         error_message: None,
+        est_tokens: if state == LineState::Pending { 10 } else { 0 },
     }
 }
 
@@ -98,6 +102,8 @@ store::on_both!(Fixture;
     status_moves_only_from_the_named_statuses,
     lines_finish_once_with_their_counts,
     removal_takes_batches_and_lines,
+    enqueued_tokens_are_pending_lines_of_unfinished_batches,
+    one_owner_holds_a_lease_until_it_lapses,
 );
 
 async fn created_with_lines_and_read_by_its_tenant_only(f: Fixture) {
@@ -108,7 +114,10 @@ async fn created_with_lines_and_read_by_its_tenant_only(f: Fixture) {
         line(1, LineState::Failed),
         line(2, LineState::Pending),
     ];
-    f.store.create_batch(&b, &lines).await.expect("create");
+    f.store
+        .create_batch(&b, &lines, None, None)
+        .await
+        .expect("create");
     assert_eq!(f.store.batch("a", "batch_1").await.expect("read"), b);
     assert_eq!(f.store.batch_by_id("batch_1").await.expect("read"), b);
     assert!(matches!(
@@ -136,7 +145,7 @@ async fn created_with_lines_and_read_by_its_tenant_only(f: Fixture) {
     // A taken id writes nothing, lines included; an unknown tenant is refused.
     let again = f
         .store
-        .create_batch(&b, &[line(9, LineState::Pending)])
+        .create_batch(&b, &[line(9, LineState::Pending)], None, None)
         .await;
     assert!(matches!(again, Err(StoreError::Conflict(_))), "{again:?}");
     assert_eq!(
@@ -145,7 +154,7 @@ async fn created_with_lines_and_read_by_its_tenant_only(f: Fixture) {
     );
     let ghost = f
         .store
-        .create_batch(&batch("batch_2", "nobody", t0(), 1), &[])
+        .create_batch(&batch("batch_2", "nobody", t0(), 1), &[], None, None)
         .await;
     assert!(
         matches!(ghost, Err(StoreError::NotFound { .. })),
@@ -158,12 +167,12 @@ async fn listing_pages_newest_first(f: Fixture) {
     for (i, id) in ["batch_x", "batch_y", "batch_z"].iter().enumerate() {
         let at = t0() + TimeDelta::seconds(i as i64);
         f.store
-            .create_batch(&batch(id, "a", at, 0), &[])
+            .create_batch(&batch(id, "a", at, 0), &[], None, None)
             .await
             .expect("create");
     }
     f.store
-        .create_batch(&batch("batch_other", "b", t0(), 0), &[])
+        .create_batch(&batch("batch_other", "b", t0(), 0), &[], None, None)
         .await
         .expect("create");
     let ids = |p: store::BatchPage| p.batches.into_iter().map(|b| b.id).collect::<Vec<_>>();
@@ -187,7 +196,7 @@ async fn listing_pages_newest_first(f: Fixture) {
 
 async fn status_moves_only_from_the_named_statuses(f: Fixture) {
     f.store
-        .create_batch(&batch("batch_1", "a", t0(), 0), &[])
+        .create_batch(&batch("batch_1", "a", t0(), 0), &[], None, None)
         .await
         .expect("create");
     let at = t0() + TimeDelta::seconds(5);
@@ -235,7 +244,7 @@ async fn status_moves_only_from_the_named_statuses(f: Fixture) {
 async fn lines_finish_once_with_their_counts(f: Fixture) {
     let lines: Vec<_> = (0..4).map(|n| line(n, LineState::Pending)).collect();
     f.store
-        .create_batch(&batch("batch_1", "a", t0(), 4), &lines)
+        .create_batch(&batch("batch_1", "a", t0(), 4), &lines, None, None)
         .await
         .expect("create");
     assert_eq!(
@@ -304,6 +313,8 @@ async fn removal_takes_batches_and_lines(f: Fixture) {
         .create_batch(
             &batch("batch_a", "a", t0(), 1),
             &[line(0, LineState::Pending)],
+            None,
+            None,
         )
         .await
         .expect("create");
@@ -311,6 +322,8 @@ async fn removal_takes_batches_and_lines(f: Fixture) {
         .create_batch(
             &batch("batch_b", "b", t0(), 1),
             &[line(0, LineState::Pending)],
+            None,
+            None,
         )
         .await
         .expect("create");
@@ -331,5 +344,191 @@ async fn removal_takes_batches_and_lines(f: Fixture) {
     assert_eq!(
         f.store.batch("b", "batch_b").await.expect("kept").id,
         "batch_b"
+    );
+}
+
+async fn enqueued_tokens_are_pending_lines_of_unfinished_batches(f: Fixture) {
+    let created = |r: store::Result<BatchCreate>| r.expect("create");
+    let lines = [
+        line(0, LineState::Pending),
+        line(1, LineState::Failed),
+        line(2, LineState::Pending),
+    ];
+    // 20 tokens pending: within a limit of 30; a second batch of 20 would pass it.
+    let b1 = batch("batch_1", "a", t0(), 3);
+    assert_eq!(
+        created(f.store.create_batch(&b1, &lines, Some(30), None).await),
+        BatchCreate::Created
+    );
+    assert_eq!(f.store.enqueued_batch_tokens("a").await.expect("sum"), 20);
+    assert_eq!(f.store.enqueued_batch_tokens("b").await.expect("sum"), 0);
+    let b2 = batch("batch_2", "a", t0(), 3);
+    assert_eq!(
+        created(f.store.create_batch(&b2, &lines, Some(30), None).await),
+        BatchCreate::OverLimit {
+            enqueued: 20,
+            limit: 30
+        }
+    );
+    assert!(
+        f.store.batch_by_id("batch_2").await.is_err(),
+        "nothing written"
+    );
+    // Another tenant has its own room; no limit is no limit.
+    let other = batch("batch_3", "b", t0(), 3);
+    assert_eq!(
+        created(f.store.create_batch(&other, &lines, Some(30), None).await),
+        BatchCreate::Created
+    );
+    let end = LineEnd {
+        state: LineState::Done,
+        result: Some("{}"),
+        error_code: None,
+        error_message: None,
+    };
+    // A line that ran holds nothing; a finished batch holds nothing.
+    assert!(f
+        .store
+        .finish_line("batch_1", 0, &end)
+        .await
+        .expect("finish"));
+    assert_eq!(f.store.enqueued_batch_tokens("a").await.expect("sum"), 10);
+    assert_eq!(
+        created(f.store.create_batch(&b2, &lines, Some(30), None).await),
+        BatchCreate::Created
+    );
+    assert_eq!(f.store.enqueued_batch_tokens("a").await.expect("sum"), 30);
+    f.store
+        .transition_batch("batch_1", &["validating"], "cancelled", t0())
+        .await
+        .expect("cancel")
+        .expect("moved");
+    assert_eq!(f.store.enqueued_batch_tokens("a").await.expect("sum"), 20);
+    let b4 = batch("batch_4", "a", t0(), 3);
+    assert_eq!(
+        created(f.store.create_batch(&b4, &lines, None, None).await),
+        BatchCreate::Created
+    );
+    assert_eq!(f.store.enqueued_batch_tokens("a").await.expect("sum"), 40);
+}
+
+async fn one_owner_holds_a_lease_until_it_lapses(f: Fixture) {
+    let s = |n: i64| t0() + TimeDelta::seconds(n);
+    f.store
+        .create_batch(&batch("batch_1", "a", t0(), 0), &[], None, None)
+        .await
+        .expect("create");
+    let ids = |v: Vec<BatchRecord>| v.into_iter().map(|b| b.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(f.store.unleased_batches(s(0)).await.expect("unleased")),
+        ["batch_1"]
+    );
+    // p1 claims it until 30 s; p2 cannot while that lease is live, p1 may again.
+    assert!(f
+        .store
+        .claim_batch("batch_1", "p1", s(0), s(30))
+        .await
+        .expect("claim"));
+    assert!(!f
+        .store
+        .claim_batch("batch_1", "p2", s(10), s(40))
+        .await
+        .expect("claim"));
+    assert!(f
+        .store
+        .claim_batch("batch_1", "p1", s(10), s(40))
+        .await
+        .expect("claim"));
+    assert!(ids(f.store.unleased_batches(s(20)).await.expect("unleased")).is_empty());
+    // Renewed by its owner only.
+    assert!(f
+        .store
+        .renew_batch_lease("batch_1", "p1", s(60))
+        .await
+        .expect("renew"));
+    assert!(!f
+        .store
+        .renew_batch_lease("batch_1", "p2", s(90))
+        .await
+        .expect("renew"));
+    assert!(!f
+        .store
+        .claim_batch("batch_1", "p2", s(50), s(80))
+        .await
+        .expect("claim"));
+    // p1 stops renewing (it died): once the lease lapsed, p2 takes it over and p1 has lost it.
+    assert_eq!(
+        ids(f.store.unleased_batches(s(61)).await.expect("unleased")),
+        ["batch_1"]
+    );
+    assert!(f
+        .store
+        .claim_batch("batch_1", "p2", s(61), s(91))
+        .await
+        .expect("claim"));
+    assert!(!f
+        .store
+        .renew_batch_lease("batch_1", "p1", s(100))
+        .await
+        .expect("renew"));
+    // Released by its owner only; then anyone may claim it at once.
+    f.store
+        .release_batch_lease("batch_1", "p1")
+        .await
+        .expect("release");
+    assert!(!f
+        .store
+        .claim_batch("batch_1", "p3", s(62), s(92))
+        .await
+        .expect("claim"));
+    f.store
+        .release_batch_lease("batch_1", "p2")
+        .await
+        .expect("release");
+    assert!(f
+        .store
+        .claim_batch("batch_1", "p3", s(62), s(92))
+        .await
+        .expect("claim"));
+    // A finished batch is nobody's to take.
+    f.store
+        .transition_batch("batch_1", &["validating"], "cancelled", s(63))
+        .await
+        .expect("cancel")
+        .expect("moved");
+    f.store
+        .release_batch_lease("batch_1", "p3")
+        .await
+        .expect("release");
+    assert!(!f
+        .store
+        .claim_batch("batch_1", "p1", s(64), s(94))
+        .await
+        .expect("claim"));
+    assert!(ids(f.store.unleased_batches(s(64)).await.expect("unleased")).is_empty());
+    // A batch created claimed is its creator's from the start.
+    f.store
+        .create_batch(
+            &batch("batch_2", "a", t0(), 0),
+            &[],
+            None,
+            Some(("p9", s(100))),
+        )
+        .await
+        .expect("create");
+    assert!(ids(f.store.unleased_batches(s(64)).await.expect("unleased")).is_empty());
+    assert!(!f
+        .store
+        .claim_batch("batch_2", "p1", s(64), s(94))
+        .await
+        .expect("claim"));
+    assert!(f
+        .store
+        .claim_batch("batch_2", "p9", s(64), s(94))
+        .await
+        .expect("claim"));
+    assert_eq!(
+        ids(f.store.unleased_batches(s(95)).await.expect("unleased")),
+        ["batch_2"]
     );
 }

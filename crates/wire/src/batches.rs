@@ -190,6 +190,11 @@ impl ApiError {
             BatchError::Invalid { param, .. } => Self::invalid(param, message),
             BatchError::NotFound(_) => Self::new(Code::NotFound, message).with_param("batch_id"),
             BatchError::Conflict(_) => Self::new(Code::Conflict, message),
+            // Nothing frees room at a known time (the tenant's batches finishing do): a
+            // minute is a polite first wait.
+            BatchError::TokenLimit { .. } => {
+                Self::new(Code::TokenLimitExceeded, message).with_retry_after(60)
+            }
             BatchError::Files(files::FilesError::NotFound(id)) => {
                 Self::new(Code::NotFound, format!("No such File object: {id}"))
                     .with_param("input_file_id")

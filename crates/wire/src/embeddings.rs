@@ -41,6 +41,7 @@ impl ValidEmbeddings {
             inputs: self.inputs.clone(),
             tenant,
             dimensions: self.dimensions,
+            priority: backend::Priority::Interactive,
         }
     }
 }

@@ -41,11 +41,13 @@ impl Work {
         }
     }
 
-    /// Its priority class (embeddings and transcriptions are always interactive).
+    /// Its priority class (a batch's embeddings are batch work; transcriptions are always
+    /// interactive).
     pub fn priority(&self) -> Priority {
         match self {
             Work::Generate(r) => r.priority,
-            Work::Embed { .. } | Work::Transcribe { .. } => Priority::Interactive,
+            Work::Embed { request, .. } => request.priority,
+            Work::Transcribe { .. } => Priority::Interactive,
         }
     }
 }

@@ -447,6 +447,7 @@ async fn embeddings_queue_fairly_and_cold_start_like_generations() {
                     inputs: vec![backend::EmbedInput::Text("x".into()); i + 1],
                     tenant: None,
                     dimensions: None,
+                    priority: backend::Priority::Interactive,
                 })
                 .await
             })

@@ -4,7 +4,7 @@ use async_trait::async_trait;
 
 use super::{args, Arg, Db, Exec, WriteTx};
 use crate::batches::{
-    BatchLine, BatchPage, BatchRecord, BatchStore, LineEnd, LineState, BATCH_STATUSES,
+    BatchCreate, BatchLine, BatchPage, BatchRecord, BatchStore, LineEnd, LineState, BATCH_STATUSES,
 };
 use crate::error::{Result, StoreError};
 use crate::model::Timestamp;
@@ -16,7 +16,7 @@ const COLUMNS: &str = "id, tenant_id, key_id, endpoint, model, input_file_id, \
     expired_at, cancelling_at, cancelled_at, expires_at";
 
 const LINE_COLUMNS: &str =
-    "line_no, custom_id, body, state, attempt, result, error_code, error_message";
+    "line_no, custom_id, body, state, attempt, result, error_code, error_message, est_tokens";
 
 /// The final statuses: nothing moves a batch out of them.
 const FINAL: &str = "('completed', 'failed', 'expired', 'cancelled')";
@@ -62,7 +62,18 @@ fn line_row(row: &impl Columns) -> Result<BatchLine> {
         result: row.opt_text("result")?,
         error_code: row.opt_text("error_code")?,
         error_message: row.opt_text("error_message")?,
+        est_tokens: row.int("est_tokens")?,
     })
+}
+
+/// A tenant's enqueued batch tokens (`$1`: the tenant), as `enqueued`.
+fn enqueued_sql() -> String {
+    format!(
+        "SELECT CAST(COALESCE(SUM(l.est_tokens), 0) AS BIGINT) AS enqueued \
+         FROM batch_lines l \
+         JOIN batches b ON b.id = l.batch_id WHERE b.tenant_id = $1 \
+         AND b.status NOT IN {FINAL} AND l.state = 'pending'"
+    )
 }
 
 /// `status IN ('a', 'b')` for statuses of [`BATCH_STATUSES`] (anything else is refused, so
@@ -96,8 +107,19 @@ fn set_status(to: &str) -> Result<String> {
 
 #[async_trait]
 impl<D: Db> BatchStore for D {
-    async fn create_batch(&self, b: &BatchRecord, lines: &[BatchLine]) -> Result<()> {
+    async fn create_batch(
+        &self,
+        b: &BatchRecord,
+        lines: &[BatchLine],
+        max_enqueued: Option<i64>,
+        lease: Option<(&str, Timestamp)>,
+    ) -> Result<BatchCreate> {
         let mut tx = self.write().await?;
+        // One tenant's creations take turns, so concurrent ones cannot pass the limit together.
+        if let Some(lock) = D::LOCK_KEY {
+            let key = format!("batch_tokens:{}", b.tenant_id);
+            tx.execute(lock, &args![key.as_str()]).await?;
+        }
         let tenant = tx
             .fetch_optional(
                 "SELECT deleted_at FROM tenants WHERE id = $1",
@@ -108,10 +130,23 @@ impl<D: Db> BatchStore for D {
             Some(row) if row.opt_time("deleted_at")?.is_none() => {}
             _ => return Err(StoreError::not_found("tenant", &b.tenant_id)),
         }
+        if let Some(limit) = max_enqueued {
+            let row = tx.fetch_one(&enqueued_sql(), &args![&b.tenant_id]).await?;
+            let enqueued = row.int("enqueued")?;
+            let adding = lines
+                .iter()
+                .filter(|l| l.state == LineState::Pending)
+                .fold(0i64, |sum, l| sum.saturating_add(l.est_tokens));
+            if enqueued.saturating_add(adding) > limit {
+                return Ok(BatchCreate::OverLimit { enqueued, limit });
+            }
+        }
         let sql = format!(
-            "INSERT INTO batches ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
-             $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24)"
+            "INSERT INTO batches ({COLUMNS}, lease_owner, lease_expires_at) VALUES ($1, $2, $3, \
+             $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, \
+             $22, $23, $24, $25, $26)"
         );
+        let (owner, until) = (lease.map(|l| l.0.to_owned()), lease.map(|l| l.1));
         tx.execute(
             &sql,
             &args![
@@ -138,14 +173,16 @@ impl<D: Db> BatchStore for D {
                 b.expired_at,
                 b.cancelling_at,
                 b.cancelled_at,
-                b.expires_at
+                b.expires_at,
+                &owner,
+                until
             ],
         )
         .await
         .map_err(|e| StoreError::unique(e, || format!("batch '{}' already exists", b.id)))?;
         let sql = format!(
             "INSERT INTO batch_lines (batch_id, {LINE_COLUMNS}) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
         );
         for l in lines {
             tx.execute(
@@ -159,12 +196,72 @@ impl<D: Db> BatchStore for D {
                     l.attempt,
                     &l.result,
                     &l.error_code,
-                    &l.error_message
+                    &l.error_message,
+                    l.est_tokens
                 ],
             )
             .await?;
         }
+        tx.commit().await?;
+        Ok(BatchCreate::Created)
+    }
+
+    async fn enqueued_batch_tokens(&self, tenant_id: &str) -> Result<i64> {
+        let row = self
+            .reader()
+            .fetch_one(&enqueued_sql(), &args![tenant_id])
+            .await?;
+        row.int("enqueued")
+    }
+
+    async fn claim_batch(
+        &self,
+        id: &str,
+        owner: &str,
+        now: Timestamp,
+        until: Timestamp,
+    ) -> Result<bool> {
+        let sql = format!(
+            "UPDATE batches SET lease_owner = $1, lease_expires_at = $2 WHERE id = $3 \
+             AND status NOT IN {FINAL} AND (lease_owner IS NULL OR lease_owner = $1 \
+             OR lease_expires_at IS NULL OR lease_expires_at < $4)"
+        );
+        let mut tx = self.write().await?;
+        let changed = tx.execute(&sql, &args![owner, until, id, now]).await?;
+        tx.commit().await?;
+        Ok(changed > 0)
+    }
+
+    async fn renew_batch_lease(&self, id: &str, owner: &str, until: Timestamp) -> Result<bool> {
+        let mut tx = self.write().await?;
+        let changed = tx
+            .execute(
+                "UPDATE batches SET lease_expires_at = $1 WHERE id = $2 AND lease_owner = $3",
+                &args![until, id, owner],
+            )
+            .await?;
+        tx.commit().await?;
+        Ok(changed > 0)
+    }
+
+    async fn release_batch_lease(&self, id: &str, owner: &str) -> Result<()> {
+        let mut tx = self.write().await?;
+        tx.execute(
+            "UPDATE batches SET lease_owner = NULL, lease_expires_at = NULL \
+             WHERE id = $1 AND lease_owner = $2",
+            &args![id, owner],
+        )
+        .await?;
         tx.commit().await
+    }
+
+    async fn unleased_batches(&self, now: Timestamp) -> Result<Vec<BatchRecord>> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM batches WHERE status NOT IN {FINAL} AND (lease_owner IS NULL \
+             OR lease_expires_at IS NULL OR lease_expires_at < $1) ORDER BY created_at, id"
+        );
+        let rows = self.reader().fetch_all(&sql, &args![now]).await?;
+        rows.iter().map(batch_row).collect()
     }
 
     async fn batch(&self, tenant_id: &str, id: &str) -> Result<BatchRecord> {

@@ -12,6 +12,7 @@ use crate::error::{ApiError, Code, Result};
 use crate::routes::generate::collect;
 use crate::wire::chat::{self, ChatCompletionView};
 use crate::wire::completions::{self, CompletionView};
+use crate::wire::embeddings::{self, EmbeddingsView};
 use crate::wire::{unix_now, ResponseMeta, UsageView, ValidRequest};
 
 /// The gateway's [`batch::Executor`].
@@ -26,9 +27,10 @@ impl LineExecutor {
 
     async fn run(&self, line: &LineRequest<'_>) -> Result<Value> {
         let body = line.body.as_bytes();
-        let request: ValidRequest = match line.endpoint {
-            Endpoint::Chat => chat::parse(body)?,
-            Endpoint::Completions => completions::parse(body)?,
+        let (request, chat): (ValidRequest, bool) = match line.endpoint {
+            Endpoint::Chat => (chat::parse(body)?, true),
+            Endpoint::Completions => (completions::parse(body)?, false),
+            Endpoint::Embeddings => return self.embed(line).await,
         };
         if request.stream {
             return Err(ApiError::invalid(
@@ -52,20 +54,57 @@ impl LineExecutor {
             model: request.model.clone(),
         };
         let usage = UsageView::from(whole.usage);
-        let view = match line.endpoint {
-            Endpoint::Chat => {
-                serde_json::to_value(ChatCompletionView::new(meta, whole.answers, usage))
-            }
-            Endpoint::Completions => {
-                serde_json::to_value(CompletionView::new(meta, whole.answers, usage))
-            }
+        let view = if chat {
+            serde_json::to_value(ChatCompletionView::new(meta, whole.answers, usage))
+        } else {
+            serde_json::to_value(CompletionView::new(meta, whole.answers, usage))
         };
         view.map_err(|e| ApiError::new(Code::Internal, format!("cannot render the answer: {e}")))
     }
 }
 
+impl LineExecutor {
+    /// An embeddings line: the interactive route's parser and `Serving::embed` (its
+    /// admission and metering) at batch priority, answered in the route's shape.
+    async fn embed(&self, line: &LineRequest<'_>) -> Result<Value> {
+        let request = embeddings::parse(line.body.as_bytes())?;
+        let tenant = line.payer.map(|p| p.tenant.id.clone());
+        let mut embed = request.embed_request(line.request_id.to_owned(), tenant);
+        embed.priority = Priority::Batch;
+        let out = self
+            .serving
+            .embed(line.payer, embed)
+            .await
+            .map_err(|err| ApiError::from_serve(err, "input"))?;
+        let view = EmbeddingsView::new(
+            request.model,
+            out.vectors,
+            out.prompt_tokens,
+            request.encoding,
+        );
+        serde_json::to_value(view)
+            .map_err(|e| ApiError::new(Code::Internal, format!("cannot render the answer: {e}")))
+    }
+}
+
+/// The body's error message, as the interactive route would answer it.
+fn parsed<T>(parsed: Result<T>) -> std::result::Result<(), String> {
+    parsed
+        .map(drop)
+        .map_err(|err| err.body().error.message.to_string())
+}
+
 #[async_trait]
 impl batch::Executor for LineExecutor {
+    /// Embeddings bodies are checked up front with the route's parser (a wrong `input` is
+    /// known before anything runs); generation bodies when they run, as before.
+    fn check(&self, endpoint: Endpoint, body: &str) -> std::result::Result<(), String> {
+        match endpoint {
+            Endpoint::Embeddings => parsed(embeddings::parse(body.as_bytes())),
+            Endpoint::Chat | Endpoint::Completions => Ok(()),
+        }
+    }
+
     async fn execute(&self, line: LineRequest<'_>) -> LineOutcome {
         match self.run(&line).await {
             Ok(body) => LineOutcome {

@@ -189,6 +189,10 @@ pub struct ServeArgs {
     #[command(flatten)]
     #[serde(default)]
     pub batch: crate::batch_config::BatchArgs,
+    /// The `[fine_tuning]` table of the file.
+    #[command(flatten)]
+    #[serde(default)]
+    pub fine_tuning: crate::fine_tuning_config::FineTuningArgs,
     /// External OpenAI-compatible servers, each served under its own name (file only:
     /// `[[upstreams]]`).
     #[arg(skip)]
@@ -239,6 +243,7 @@ pub struct ServeConfig {
     pub hub: hub::HubConfig,
     pub files: files::FilesConfig,
     pub batch: batch::BatchConfig,
+    pub fine_tuning: ::finetune::jobs::JobsConfig,
     /// Where MCP connections may go.
     pub mcp_allow_hosts: mcp::AllowList,
     /// Where budget alert webhooks may go.
@@ -435,6 +440,7 @@ impl ServeArgs {
             hub: args.hub.resolve()?,
             files: args.files.resolve()?,
             batch: args.batch.resolve()?,
+            fine_tuning: args.fine_tuning.resolve(&data_dir)?,
             mcp_allow_hosts: mcp::AllowList::parse(args.mcp_allow_hosts.as_deref().unwrap_or(""))
                 .map_err(|e| anyhow::anyhow!("--mcp-allow-hosts: {e}"))?,
             webhook_allow_hosts: mcp::AllowList::parse(

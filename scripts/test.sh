@@ -25,9 +25,11 @@ step "cargo test"
 scripts/fetch-models.sh smollm2 qwen
 export FLYWHEEL_SMOL_GGUF="$FLYWHEEL_CACHE/models/SmolLM2-135M-Instruct.Q4_1.gguf"
 export FLYWHEEL_QWEN_GGUF="$FLYWHEEL_CACHE/models/Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.gguf"
+# The flywheel crate's integration tests (crates/flywheel/tests) make this build the release
+# binary with the test run's features; the end-to-end suite uses it. A separate
+# `cargo build -p flywheel` would resolve other features and build llama.cpp a second time.
 cargo test --release --workspace
-step "cargo build (binary for the end-to-end suite)"
-cargo build --release -p flywheel
+test -x "$CARGO_TARGET_DIR/release/flywheel" || { echo "[test] cargo test did not build the binary" >&2; exit 1; }
 step "end-to-end suite"
 scripts/e2e.sh
 step "all tests passed"

@@ -365,6 +365,7 @@ impl ServeArgs {
             .data_dir
             .clone()
             .unwrap_or_else(|| PathBuf::from("flywheel-data"));
+        let fine_tuning = args.fine_tuning.resolve(&data_dir)?;
         let database_url = args
             .database_url
             .clone()
@@ -440,7 +441,7 @@ impl ServeArgs {
             hub: args.hub.resolve()?,
             files: args.files.resolve()?,
             batch: args.batch.resolve()?,
-            fine_tuning: args.fine_tuning.resolve(&data_dir)?,
+            fine_tuning,
             mcp_allow_hosts: mcp::AllowList::parse(args.mcp_allow_hosts.as_deref().unwrap_or(""))
                 .map_err(|e| anyhow::anyhow!("--mcp-allow-hosts: {e}"))?,
             webhook_allow_hosts: mcp::AllowList::parse(

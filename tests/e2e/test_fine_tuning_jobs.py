@@ -31,7 +31,7 @@ def served(tmp_path_factory, admin_key):
     smol = _env_path("FLYWHEEL_SMOL_GGUF")
     tmp = str(tmp_path_factory.mktemp("fine-tuning-jobs"))
     s = _start("fine-tuning-jobs", ["--model", f"{smol}=smol", "--slots", "4", "--slot-context", "1024",
-                                    "--threads", "2", "--fine-tuning-threads", "2",
+                                    "--threads", "2", "--node-threads", "4", "--fine-tuning-threads", "2",
                                     "--fine-tuning-checkpoint-every", "10"], tmp, admin_key)
     yield s.with_tenant("ft-owner")
     _stop(s)

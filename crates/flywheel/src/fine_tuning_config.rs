@@ -3,9 +3,9 @@
 
 use std::path::Path;
 
+use ::finetune::jobs::JobsConfig;
 use anyhow::{bail, Result};
 use clap::Args;
-use ::finetune::jobs::JobsConfig;
 use serde::{Deserialize, Serialize};
 
 /// Flags of the fine-tuning API; in the config file, the keys of the `[fine_tuning]` table

@@ -177,10 +177,8 @@ impl AppState {
         };
         let fine_tuning = match (state.fine_tuning, &state.files) {
             (Some(setup), Some(files)) if serving.catalog().plane().is_some() => {
-                let models = routes::fine_tuning::PlaneModels::new(
-                    serving.catalog().clone(),
-                    setup.resolve,
-                );
+                let models =
+                    routes::fine_tuning::PlaneModels::new(serving.catalog().clone(), setup.resolve);
                 let jobs = finetune::jobs::FineTuning::new(
                     setup.store,
                     files.clone(),

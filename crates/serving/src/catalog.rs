@@ -285,7 +285,11 @@ impl Catalog {
             ));
         }
         drop(groups);
-        let deployed = self.0.plane.as_ref().is_some_and(|p| p.backend(name).is_some());
+        let deployed = self
+            .0
+            .plane
+            .as_ref()
+            .is_some_and(|p| p.backend(name).is_some());
         deployed.then(|| format!("'{name}' is a deployment"))
     }
 

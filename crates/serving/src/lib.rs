@@ -51,8 +51,8 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 pub use bound::{Bound, MAX_BYTES_PER_TOKEN};
-pub use catalog::{Catalog, Private};
 pub use catalog::Target;
+pub use catalog::{Catalog, Private};
 pub use embed::{RerankMethod, RerankRequest, Reranked};
 pub use error::ServeError;
 pub use logs::{RequestLogs, StatusOf};

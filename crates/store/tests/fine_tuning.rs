@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use chrono::{TimeDelta, TimeZone, Utc};
 use store::testing::{Kind, ScratchDb};
-use store::{removal, FineTuningCheckpoint, FineTuningJob, NewTenant, Store, StoreError, Timestamp};
+use store::{
+    removal, FineTuningCheckpoint, FineTuningJob, NewTenant, Store, StoreError, Timestamp,
+};
 
 struct Fixture {
     store: Arc<dyn Store>,
@@ -82,7 +84,10 @@ store::on_both!(Fixture;
 
 async fn jobs_are_read_by_their_tenant_only_and_capped(fx: Fixture) {
     let s = &fx.store;
-    assert!(s.create_fine_tuning_job(&job("ftjob-1", "a", t0()), 2).await.expect("create"));
+    assert!(s
+        .create_fine_tuning_job(&job("ftjob-1", "a", t0()), 2)
+        .await
+        .expect("create"));
     let read = s.fine_tuning_job("a", "ftjob-1").await.expect("read");
     assert_eq!(read, job("ftjob-1", "a", t0()));
     assert!(matches!(
@@ -90,22 +95,39 @@ async fn jobs_are_read_by_their_tenant_only_and_capped(fx: Fixture) {
         Err(StoreError::NotFound { .. })
     ));
     assert!(matches!(
-        s.create_fine_tuning_job(&job("ftjob-1", "b", t0()), 2).await,
+        s.create_fine_tuning_job(&job("ftjob-1", "b", t0()), 2)
+            .await,
         Err(StoreError::Conflict(_))
     ));
-    assert!(s.create_fine_tuning_job(&job("ftjob-2", "a", t0()), 2).await.expect("second"));
+    assert!(s
+        .create_fine_tuning_job(&job("ftjob-2", "a", t0()), 2)
+        .await
+        .expect("second"));
     // Two unfinished: a third is refused, nothing written.
-    assert!(!s.create_fine_tuning_job(&job("ftjob-3", "a", t0()), 2).await.expect("capped"));
+    assert!(!s
+        .create_fine_tuning_job(&job("ftjob-3", "a", t0()), 2)
+        .await
+        .expect("capped"));
     assert!(s.fine_tuning_job_by_id("ftjob-3").await.is_err());
     // One ends: room again.
     let mut done = job("ftjob-2", "a", t0());
     done.status = "failed".into();
-    assert!(s.update_fine_tuning_job(&done, &["validating_files"]).await.expect("fail"));
-    assert!(s.create_fine_tuning_job(&job("ftjob-3", "a", t0()), 2).await.expect("room"));
+    assert!(s
+        .update_fine_tuning_job(&done, &["validating_files"])
+        .await
+        .expect("fail"));
+    assert!(s
+        .create_fine_tuning_job(&job("ftjob-3", "a", t0()), 2)
+        .await
+        .expect("room"));
     // Another tenant's count is its own; an unknown tenant is refused.
-    assert!(s.create_fine_tuning_job(&job("ftjob-4", "b", t0()), 1).await.expect("b"));
+    assert!(s
+        .create_fine_tuning_job(&job("ftjob-4", "b", t0()), 1)
+        .await
+        .expect("b"));
     assert!(matches!(
-        s.create_fine_tuning_job(&job("ftjob-5", "nobody", t0()), 1).await,
+        s.create_fine_tuning_job(&job("ftjob-5", "nobody", t0()), 1)
+            .await,
         Err(StoreError::NotFound { .. })
     ));
     let active = s
@@ -120,17 +142,28 @@ async fn jobs_page_newest_first(fx: Fixture) {
     let s = &fx.store;
     for i in 0..5 {
         let at = t0() + TimeDelta::seconds(i);
-        assert!(s.create_fine_tuning_job(&job(&format!("ftjob-{i}"), "a", at), 10).await.expect("create"));
+        assert!(s
+            .create_fine_tuning_job(&job(&format!("ftjob-{i}"), "a", at), 10)
+            .await
+            .expect("create"));
     }
     let first = s.fine_tuning_jobs("a", None, 2).await.expect("page 1");
     let ids: Vec<&str> = first.jobs.iter().map(|j| j.id.as_str()).collect();
     assert_eq!(ids, ["ftjob-4", "ftjob-3"]);
     assert!(first.has_more);
-    let last = s.fine_tuning_jobs("a", Some("ftjob-2"), 5).await.expect("after");
+    let last = s
+        .fine_tuning_jobs("a", Some("ftjob-2"), 5)
+        .await
+        .expect("after");
     let ids: Vec<&str> = last.jobs.iter().map(|j| j.id.as_str()).collect();
     assert_eq!(ids, ["ftjob-1", "ftjob-0"]);
     assert!(!last.has_more);
-    assert!(s.fine_tuning_jobs("b", None, 5).await.expect("b").jobs.is_empty());
+    assert!(s
+        .fine_tuning_jobs("b", None, 5)
+        .await
+        .expect("b")
+        .jobs
+        .is_empty());
     assert!(matches!(
         s.fine_tuning_jobs("b", Some("ftjob-2"), 5).await,
         Err(StoreError::NotFound { .. })
@@ -139,29 +172,47 @@ async fn jobs_page_newest_first(fx: Fixture) {
 
 async fn status_moves_only_from_the_named_statuses(fx: Fixture) {
     let s = &fx.store;
-    assert!(s.create_fine_tuning_job(&job("ftjob-1", "a", t0()), 1).await.expect("create"));
+    assert!(s
+        .create_fine_tuning_job(&job("ftjob-1", "a", t0()), 1)
+        .await
+        .expect("create"));
     let mut j = job("ftjob-1", "a", t0());
     j.status = "queued".into();
     j.total_tokens = Some(1200);
-    assert!(!s.update_fine_tuning_job(&j, &["running"]).await.expect("not running"));
-    assert!(s.update_fine_tuning_job(&j, &["validating_files"]).await.expect("queued"));
+    assert!(!s
+        .update_fine_tuning_job(&j, &["running"])
+        .await
+        .expect("not running"));
+    assert!(s
+        .update_fine_tuning_job(&j, &["validating_files"])
+        .await
+        .expect("queued"));
     j.status = "succeeded".into();
     j.fine_tuned_model = Some("ft:smol:codeword:ftjob-1".into());
     j.trained_tokens = Some(1200);
     j.attempt = 2;
     j.billed_tokens = 300;
     j.finished_at = Some(t0() + TimeDelta::seconds(60));
-    assert!(s.update_fine_tuning_job(&j, &["queued", "running"]).await.expect("done"));
+    assert!(s
+        .update_fine_tuning_job(&j, &["queued", "running"])
+        .await
+        .expect("done"));
     assert_eq!(s.fine_tuning_job("a", "ftjob-1").await.expect("read"), j);
     j.status = "cancelled".into();
-    assert!(!s.update_fine_tuning_job(&j, &["queued", "running"]).await.expect("final"));
+    assert!(!s
+        .update_fine_tuning_job(&j, &["queued", "running"])
+        .await
+        .expect("final"));
     j.status = "bogus".into();
     assert!(s.update_fine_tuning_job(&j, &["succeeded"]).await.is_err());
 }
 
 async fn events_and_checkpoints_page_newest_first(fx: Fixture) {
     let s = &fx.store;
-    assert!(s.create_fine_tuning_job(&job("ftjob-1", "a", t0()), 1).await.expect("create"));
+    assert!(s
+        .create_fine_tuning_job(&job("ftjob-1", "a", t0()), 1)
+        .await
+        .expect("create"));
     for i in 1..=5 {
         let data = format!(r#"{{"step":{i}}}"#);
         let seq = s
@@ -170,13 +221,19 @@ async fn events_and_checkpoints_page_newest_first(fx: Fixture) {
             .expect("event");
         assert_eq!(seq, i);
     }
-    let page = s.fine_tuning_events("ftjob-1", None, 2).await.expect("events");
+    let page = s
+        .fine_tuning_events("ftjob-1", None, 2)
+        .await
+        .expect("events");
     let seqs: Vec<i64> = page.events.iter().map(|e| e.seq).collect();
     assert_eq!(seqs, [5, 4]);
     assert!(page.has_more);
     assert_eq!(page.events[0].message, "step 5");
     assert_eq!(page.events[0].data.as_deref(), Some(r#"{"step":5}"#));
-    let rest = s.fine_tuning_events("ftjob-1", Some(4), 10).await.expect("rest");
+    let rest = s
+        .fine_tuning_events("ftjob-1", Some(4), 10)
+        .await
+        .expect("rest");
     let seqs: Vec<i64> = rest.events.iter().map(|e| e.seq).collect();
     assert_eq!(seqs, [3, 2, 1]);
     assert!(!rest.has_more);
@@ -186,7 +243,9 @@ async fn events_and_checkpoints_page_newest_first(fx: Fixture) {
             created_at: t0(),
             metrics: format!(r#"{{"step":{step}}}"#),
         };
-        s.put_fine_tuning_checkpoint("ftjob-1", &c).await.expect("checkpoint");
+        s.put_fine_tuning_checkpoint("ftjob-1", &c)
+            .await
+            .expect("checkpoint");
     }
     // Written again after a resume: replaced, not doubled.
     let again = FineTuningCheckpoint {
@@ -194,35 +253,66 @@ async fn events_and_checkpoints_page_newest_first(fx: Fixture) {
         created_at: t0(),
         metrics: r#"{"step":30,"again":true}"#.into(),
     };
-    s.put_fine_tuning_checkpoint("ftjob-1", &again).await.expect("again");
-    let page = s.fine_tuning_checkpoints("ftjob-1", None, 2).await.expect("checkpoints");
-    assert_eq!(page.checkpoints.iter().map(|c| c.step).collect::<Vec<_>>(), [30, 20]);
+    s.put_fine_tuning_checkpoint("ftjob-1", &again)
+        .await
+        .expect("again");
+    let page = s
+        .fine_tuning_checkpoints("ftjob-1", None, 2)
+        .await
+        .expect("checkpoints");
+    assert_eq!(
+        page.checkpoints.iter().map(|c| c.step).collect::<Vec<_>>(),
+        [30, 20]
+    );
     assert_eq!(page.checkpoints[0].metrics, again.metrics);
     assert!(page.has_more);
-    let rest = s.fine_tuning_checkpoints("ftjob-1", Some(20), 10).await.expect("rest");
-    assert_eq!(rest.checkpoints.iter().map(|c| c.step).collect::<Vec<_>>(), [10]);
+    let rest = s
+        .fine_tuning_checkpoints("ftjob-1", Some(20), 10)
+        .await
+        .expect("rest");
+    assert_eq!(
+        rest.checkpoints.iter().map(|c| c.step).collect::<Vec<_>>(),
+        [10]
+    );
 }
 
 async fn removal_takes_jobs_events_and_checkpoints(fx: Fixture) {
     let s = &fx.store;
-    assert!(s.create_fine_tuning_job(&job("ftjob-a", "a", t0()), 1).await.expect("a"));
-    assert!(s.create_fine_tuning_job(&job("ftjob-b", "b", t0()), 1).await.expect("b"));
+    assert!(s
+        .create_fine_tuning_job(&job("ftjob-a", "a", t0()), 1)
+        .await
+        .expect("a"));
+    assert!(s
+        .create_fine_tuning_job(&job("ftjob-b", "b", t0()), 1)
+        .await
+        .expect("b"));
     for id in ["ftjob-a", "ftjob-b"] {
-        s.add_fine_tuning_event(id, "info", "created", None, t0()).await.expect("event");
+        s.add_fine_tuning_event(id, "info", "created", None, t0())
+            .await
+            .expect("event");
     }
     let c = FineTuningCheckpoint {
         step: 1,
         created_at: t0(),
         metrics: "{}".into(),
     };
-    s.put_fine_tuning_checkpoint("ftjob-a", &c).await.expect("checkpoint");
+    s.put_fine_tuning_checkpoint("ftjob-a", &c)
+        .await
+        .expect("checkpoint");
     let removed = s.remove_tenant("a", t0()).await.expect("remove");
     assert_eq!(removed.removed(removal::FINE_TUNING_JOBS), ["ftjob-a"]);
     assert_eq!(removed.removed(removal::FINE_TUNING_EVENTS), ["ftjob-a"]);
-    assert_eq!(removed.removed(removal::FINE_TUNING_CHECKPOINTS), ["ftjob-a"]);
+    assert_eq!(
+        removed.removed(removal::FINE_TUNING_CHECKPOINTS),
+        ["ftjob-a"]
+    );
     assert!(s.fine_tuning_job_by_id("ftjob-a").await.is_err());
     assert_eq!(
-        s.fine_tuning_events("ftjob-b", None, 10).await.expect("b's").events.len(),
+        s.fine_tuning_events("ftjob-b", None, 10)
+            .await
+            .expect("b's")
+            .events
+            .len(),
         1
     );
 }

@@ -50,39 +50,39 @@ pub fn create(body: &[u8]) -> Result<NewBatch> {
 /// `metadata`: at most 16 pairs of short strings, kept as JSON text (also the fine-tuning
 /// API's).
 pub(crate) fn metadata(fields: &Fields<'_>) -> Result<Option<String>> {
-Ok(match fields.get("metadata") {
-    None | Some(Value::Null) => None,
-    Some(Value::Object(pairs)) => {
-        if pairs.len() > METADATA_PAIRS {
-            return Err(ApiError::invalid(
-                "metadata",
-                format!("'metadata' may have at most {METADATA_PAIRS} pairs."),
-            ));
-        }
-        for (key, value) in pairs {
-            let ok = key.chars().count() <= METADATA_KEY
-                && value
-                    .as_str()
-                    .is_some_and(|v| v.chars().count() <= METADATA_VALUE);
-            if !ok {
+    Ok(match fields.get("metadata") {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(pairs)) => {
+            if pairs.len() > METADATA_PAIRS {
                 return Err(ApiError::invalid(
                     "metadata",
-                    format!(
-                        "'metadata' maps keys of at most {METADATA_KEY} characters to \
-                         strings of at most {METADATA_VALUE}."
-                    ),
+                    format!("'metadata' may have at most {METADATA_PAIRS} pairs."),
                 ));
             }
+            for (key, value) in pairs {
+                let ok = key.chars().count() <= METADATA_KEY
+                    && value
+                        .as_str()
+                        .is_some_and(|v| v.chars().count() <= METADATA_VALUE);
+                if !ok {
+                    return Err(ApiError::invalid(
+                        "metadata",
+                        format!(
+                            "'metadata' maps keys of at most {METADATA_KEY} characters to \
+                         strings of at most {METADATA_VALUE}."
+                        ),
+                    ));
+                }
+            }
+            Some(Value::Object(pairs.clone()).to_string())
         }
-        Some(Value::Object(pairs.clone()).to_string())
-    }
-    Some(_) => {
-        return Err(ApiError::invalid(
-            "metadata",
-            "'metadata' must be an object of string values.",
-        ))
-    }
-})
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "metadata",
+                "'metadata' must be an object of string values.",
+            ))
+        }
+    })
 }
 
 /// `GET /v1/batches`'s query.

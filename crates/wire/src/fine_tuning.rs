@@ -28,7 +28,10 @@ pub fn create(body: &[u8]) -> Result<NewJob> {
         "metadata",
         "integrations",
     ])?;
-    if fields.get("integrations").is_some_and(|v| v.as_array().is_none_or(|a| !a.is_empty())) {
+    if fields
+        .get("integrations")
+        .is_some_and(|v| v.as_array().is_none_or(|a| !a.is_empty()))
+    {
         return Err(ApiError::invalid(
             "integrations",
             "This server has no fine-tuning integrations; leave 'integrations' out.",
@@ -173,7 +176,10 @@ impl From<FineTuningJob> for JobView {
             organization_id: j.tenant_id,
             result_files: Vec::new(),
             integrations: Vec::new(),
-            metadata: j.metadata.as_deref().and_then(|m| serde_json::from_str(m).ok()),
+            metadata: j
+                .metadata
+                .as_deref()
+                .and_then(|m| serde_json::from_str(m).ok()),
             id: j.id,
             fine_tuned_model: j.fine_tuned_model,
             model: j.model,
@@ -308,9 +314,13 @@ impl ApiError {
         let message = err.to_string();
         match err {
             JobError::Invalid { param, .. } => Self::invalid(param, message),
-            JobError::NotFound(_) => Self::new(Code::NotFound, message).with_param("fine_tuning_job_id"),
+            JobError::NotFound(_) => {
+                Self::new(Code::NotFound, message).with_param("fine_tuning_job_id")
+            }
             JobError::Model(_) => Self::new(Code::ModelNotFound, message).with_param("model"),
-            JobError::TooManyJobs(_) => Self::new(Code::RateLimitExceeded, message).with_retry_after(60),
+            JobError::TooManyJobs(_) => {
+                Self::new(Code::RateLimitExceeded, message).with_retry_after(60)
+            }
             JobError::Conflict(_) => Self::new(Code::Conflict, message),
             JobError::Tenancy(e) => Self::from_tenancy(e),
             JobError::Files(files::FilesError::NotFound(id)) => {
@@ -338,9 +348,15 @@ mod tests {
         assert_eq!(new.seed, Some(3));
         assert_eq!(new.hyperparameters.n_epochs, Setting::Value(2));
         assert_eq!(new.hyperparameters.batch_size, Setting::Auto);
-        assert_eq!(new.hyperparameters.learning_rate_multiplier, Setting::Value(0.5));
+        assert_eq!(
+            new.hyperparameters.learning_rate_multiplier,
+            Setting::Value(0.5)
+        );
         let top = br#"{"model":"smol","training_file":"f","hyperparameters":{"n_epochs":1}}"#;
-        assert_eq!(create(top).expect("top level").hyperparameters.n_epochs, Setting::Value(1));
+        assert_eq!(
+            create(top).expect("top level").hyperparameters.n_epochs,
+            Setting::Value(1)
+        );
         for (body, param) in [
             (&br#"{"training_file":"f"}"#[..], "model"),
             (br#"{"model":"m"}"#, "training_file"),

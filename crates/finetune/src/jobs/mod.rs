@@ -221,7 +221,9 @@ impl FineTuning {
             .map_err(JobError::Model)?;
         let hyper = new.hyperparameters.resolve(config)?;
         let suffix = validate::suffix(new.suffix.as_deref())?;
-        let training = self.input_file(tenant_id, &new.training_file, "training_file").await?;
+        let training = self
+            .input_file(tenant_id, &new.training_file, "training_file")
+            .await?;
         if let Some(v) = &new.validation_file {
             self.input_file(tenant_id, v, "validation_file").await?;
         }
@@ -239,7 +241,9 @@ impl FineTuning {
             training_file: new.training_file,
             validation_file: new.validation_file,
             hyperparameters: hyper.to_json(),
-            seed: new.seed.unwrap_or_else(|| i64::from(rand::random::<u32>() >> 1)),
+            seed: new
+                .seed
+                .unwrap_or_else(|| i64::from(rand::random::<u32>() >> 1)),
             error: None,
             total_tokens: None,
             trained_tokens: None,
@@ -282,8 +286,13 @@ impl FineTuning {
             }
         }
         let _ = base;
-        self.event(&job.id, "info", &format!("Created fine-tuning job: {}", job.id), None)
-            .await;
+        self.event(
+            &job.id,
+            "info",
+            &format!("Created fine-tuning job: {}", job.id),
+            None,
+        )
+        .await;
         tracing::info!(job = %job.id, tenant = %tenant_id, model = %job.model, "fine-tuning job created");
         self.spawn(&job);
         Ok(job)
@@ -296,13 +305,18 @@ impl FineTuning {
         id: &str,
         param: &'static str,
     ) -> Result<validate::FileSize> {
-        let (file, path) = self.inner.files.content(tenant_id, id).await.map_err(|e| match e {
-            files::FilesError::NotFound(_) => JobError::Invalid {
-                param,
-                message: format!("The file '{id}' does not exist or is not one of yours."),
-            },
-            other => JobError::Files(other),
-        })?;
+        let (file, path) = self
+            .inner
+            .files
+            .content(tenant_id, id)
+            .await
+            .map_err(|e| match e {
+                files::FilesError::NotFound(_) => JobError::Invalid {
+                    param,
+                    message: format!("The file '{id}' does not exist or is not one of yours."),
+                },
+                other => JobError::Files(other),
+            })?;
         if file.purpose != files::Purpose::FineTune.as_str() {
             return Err(JobError::invalid(
                 param,
@@ -368,9 +382,7 @@ impl FineTuning {
     ) -> Result<FineTuningEventPage> {
         check_limit(limit)?;
         let job = self.get(tenant_id, id).await?;
-        let before = after
-            .map(|a| validate::event_seq(&job.id, a))
-            .transpose()?;
+        let before = after.map(|a| validate::event_seq(&job.id, a)).transpose()?;
         Ok(self
             .inner
             .store
@@ -411,11 +423,17 @@ impl FineTuning {
         job.status = "cancelled".to_owned();
         job.finished_at = Some(chrono::Utc::now().trunc_subsecs(6));
         job.estimated_finish = None;
-        if !self.inner.store.update_fine_tuning_job(&job, &[&from]).await? {
+        if !self
+            .inner
+            .store
+            .update_fine_tuning_job(&job, &[&from])
+            .await?
+        {
             // It moved meanwhile: try again from where it is now.
             return Box::pin(self.cancel(tenant_id, id)).await;
         }
-        self.event(&job.id, "info", "The job was cancelled.", None).await;
+        self.event(&job.id, "info", "The job was cancelled.", None)
+            .await;
         match self.running(id) {
             Some(running) => {
                 running.stop.store(true, Ordering::Relaxed);

@@ -41,7 +41,13 @@ fn now() -> store::Timestamp {
 }
 
 /// Appends an event to a job; a failure is logged (events are the job's log, not its state).
-pub(crate) async fn event(inner: &Inner, job_id: &str, level: &str, message: &str, data: Option<&str>) {
+pub(crate) async fn event(
+    inner: &Inner,
+    job_id: &str,
+    level: &str,
+    message: &str,
+    data: Option<&str>,
+) {
     if let Err(e) = inner
         .store
         .add_fine_tuning_event(job_id, level, message, data, now())
@@ -85,10 +91,17 @@ pub(crate) async fn run(inner: &Inner, id: &str, running: &Running) -> Result<()
 }
 
 /// Ends `job` as failed with OpenAI's error object, closing its reservation.
-async fn fail(inner: &Inner, mut job: FineTuningJob, code: &str, message: &str, param: Option<&str>) -> Result<()> {
+async fn fail(
+    inner: &Inner,
+    mut job: FineTuningJob,
+    code: &str,
+    message: &str,
+    param: Option<&str>,
+) -> Result<()> {
     let from = job.status.clone();
     job.status = "failed".to_owned();
-    job.error = Some(serde_json::json!({"code": code, "message": message, "param": param}).to_string());
+    job.error =
+        Some(serde_json::json!({"code": code, "message": message, "param": param}).to_string());
     job.finished_at = Some(now());
     job.estimated_finish = None;
     let moved = inner.store.update_fine_tuning_job(&job, &[&from]).await?;
@@ -129,8 +142,16 @@ async fn validate_job(inner: &Inner, mut job: FineTuningJob) -> Result<()> {
         .await
         .map_err(|e| JobError::Internal(format!("{}: {e}", dir.display())))?;
     let files = [
-        (Some(job.training_file.clone()), "training_file", dir.join("train.jsonl")),
-        (job.validation_file.clone(), "validation_file", dir.join("valid.jsonl")),
+        (
+            Some(job.training_file.clone()),
+            "training_file",
+            dir.join("train.jsonl"),
+        ),
+        (
+            job.validation_file.clone(),
+            "validation_file",
+            dir.join("valid.jsonl"),
+        ),
     ];
     for (id, param, to) in &files {
         let Some(id) = id else { continue };
@@ -138,7 +159,14 @@ async fn validate_job(inner: &Inner, mut job: FineTuningJob) -> Result<()> {
             Ok((_, path)) => path,
             Err(e) => {
                 let message = format!("The {} '{id}' cannot be read: {e}", param.replace('_', " "));
-                return fail(inner, job, &format!("invalid_{param}"), &message, Some(param)).await;
+                return fail(
+                    inner,
+                    job,
+                    &format!("invalid_{param}"),
+                    &message,
+                    Some(param),
+                )
+                .await;
             }
         };
         tokio::fs::copy(&path, to)
@@ -148,24 +176,41 @@ async fn validate_job(inner: &Inner, mut job: FineTuningJob) -> Result<()> {
     let limits = limits(inner, base.context_length);
     let has_valid = job.validation_file.is_some();
     let (model_path, train, valid) = (base.path.clone(), files[0].2.clone(), files[1].2.clone());
-    let checked = tokio::task::spawn_blocking(move || check_files(&model_path, &train, has_valid.then_some(valid.as_path()), limits))
-        .await
-        .map_err(|e| JobError::Internal(e.to_string()))?;
+    let checked = tokio::task::spawn_blocking(move || {
+        check_files(
+            &model_path,
+            &train,
+            has_valid.then_some(valid.as_path()),
+            limits,
+        )
+    })
+    .await
+    .map_err(|e| JobError::Internal(e.to_string()))?;
     let tokens_per_epoch = match checked {
         Ok(n) => n,
         Err((param, message)) => {
-            let code = if param == "model" { "invalid_model".to_owned() } else { format!("invalid_{param}") };
+            let code = if param == "model" {
+                "invalid_model".to_owned()
+            } else {
+                format!("invalid_{param}")
+            };
             return fail(inner, job, &code, &message, Some(param)).await;
         }
     };
     let epochs = hyperparameters(&job)?.n_epochs;
-    let total = i64::try_from(tokens_per_epoch).unwrap_or(i64::MAX).saturating_mul(i64::from(epochs));
+    let total = i64::try_from(tokens_per_epoch)
+        .unwrap_or(i64::MAX)
+        .saturating_mul(i64::from(epochs));
     job.total_tokens = Some(total);
     if let Err(message) = hold(inner, &mut job).await? {
         return fail(inner, job, "insufficient_quota", &message, None).await;
     }
     job.status = "queued".to_owned();
-    if !inner.store.update_fine_tuning_job(&job, &["validating_files"]).await? {
+    if !inner
+        .store
+        .update_fine_tuning_job(&job, &["validating_files"])
+        .await?
+    {
         // Cancelled meanwhile.
         close_reservation(inner, &job).await;
         return Ok(());
@@ -181,13 +226,20 @@ fn check_files(
     valid: Option<&Path>,
     limits: Limits,
 ) -> std::result::Result<usize, (&'static str, String)> {
-    let tokenizer = LoadedModel::load(model, "finetune-validate")
-        .map_err(|e| ("model", format!("The base model cannot be read for training: {e}")))?;
+    let tokenizer = LoadedModel::load(model, "finetune-validate").map_err(|e| {
+        (
+            "model",
+            format!("The base model cannot be read for training: {e}"),
+        )
+    })?;
     let invalid = |param: &'static str| move |e: FinetuneError| (param, e.to_string());
     let examples = data::load_file(&tokenizer, train, &limits, "training file")
         .map_err(invalid("training_file"))?;
     if let Some(valid) = valid {
-        let limits = Limits { min_examples: 1, ..limits };
+        let limits = Limits {
+            min_examples: 1,
+            ..limits
+        };
         data::load_file(&tokenizer, valid, &limits, "validation file")
             .map_err(invalid("validation_file"))?;
     }
@@ -215,7 +267,11 @@ async fn hold(inner: &Inner, job: &mut FineTuningJob) -> Result<std::result::Res
         }
         Ok(r) => {
             let closed = if r.state == ReservationState::Open {
-                ledger.settle_from_progress(&id).await.map_err(JobError::from)?.billed
+                ledger
+                    .settle_from_progress(&id)
+                    .await
+                    .map_err(JobError::from)?
+                    .billed
             } else {
                 r.billed.unwrap_or_default()
             };
@@ -241,7 +297,10 @@ async fn hold(inner: &Inner, job: &mut FineTuningJob) -> Result<std::result::Res
     };
     match ledger.reserve(&reserve).await {
         Ok(_) => Ok(Ok(())),
-        Err(e @ (tenancy::Error::InsufficientQuota { .. } | tenancy::Error::PermissionDenied { .. })) => Ok(Err(e.to_string())),
+        Err(
+            e
+            @ (tenancy::Error::InsufficientQuota { .. } | tenancy::Error::PermissionDenied { .. }),
+        ) => Ok(Err(e.to_string())),
         Err(e) => Err(e.into()),
     }
 }
@@ -279,7 +338,10 @@ async fn train_job(inner: &Inner, job: FineTuningJob, running: &Running) -> Resu
     let spec = JobSpec {
         base_model: base.path.clone(),
         training_file: dir.join("train.jsonl"),
-        validation_file: job.validation_file.is_some().then(|| dir.join("valid.jsonl")),
+        validation_file: job
+            .validation_file
+            .is_some()
+            .then(|| dir.join("valid.jsonl")),
         config: TrainConfig {
             lora: inner.config.lora,
             epochs: hyper.n_epochs as usize,
@@ -313,7 +375,9 @@ async fn train_job(inner: &Inner, job: FineTuningJob, running: &Running) -> Resu
         last_tokens = i64::try_from(p.tokens_seen).unwrap_or(i64::MAX);
         progress(inner, &job, &p).await;
     }
-    let summary = training.await.map_err(|e| JobError::Internal(e.to_string()))?;
+    let summary = training
+        .await
+        .map_err(|e| JobError::Internal(e.to_string()))?;
     let job_now = inner.store.fine_tuning_job_by_id(&job.id).await?;
     match summary {
         Ok(summary) => match summary.outcome {
@@ -367,7 +431,9 @@ async fn progress(inner: &Inner, job: &FineTuningJob, p: &Progress) {
         p.step,
         p.total_steps,
         p.train_loss,
-        p.valid_loss.map(|v| format!(", validation loss={v:.4}")).unwrap_or_default()
+        p.valid_loss
+            .map(|v| format!(", validation loss={v:.4}"))
+            .unwrap_or_default()
     );
     event(inner, &job.id, "info", &message, Some(&data)).await;
     if p.checkpoint.is_none() {
@@ -378,7 +444,11 @@ async fn progress(inner: &Inner, job: &FineTuningJob, p: &Progress) {
         created_at: now(),
         metrics: data,
     };
-    if let Err(e) = inner.store.put_fine_tuning_checkpoint(&job.id, &checkpoint).await {
+    if let Err(e) = inner
+        .store
+        .put_fine_tuning_checkpoint(&job.id, &checkpoint)
+        .await
+    {
         tracing::warn!(job = %job.id, error = %e, "could not record a checkpoint");
     }
     let since = i64::try_from(p.tokens_seen).unwrap_or(i64::MAX) - job.billed_tokens;
@@ -392,7 +462,10 @@ async fn progress(inner: &Inner, job: &FineTuningJob, p: &Progress) {
     let eta = chrono::TimeDelta::seconds(p.eta_s.round() as i64);
     let mut updated = job.clone();
     updated.estimated_finish = Some(now() + eta);
-    let _ = inner.store.update_fine_tuning_job(&updated, &["running"]).await;
+    let _ = inner
+        .store
+        .update_fine_tuning_job(&updated, &["running"])
+        .await;
 }
 
 /// Settles the run's reservation at `tokens_seen` (all the job's trained tokens so far).
@@ -416,7 +489,14 @@ async fn finish(inner: &Inner, mut job: FineTuningJob, name: &str, trained: i64)
     };
     if let Err(why) = inner.models.publish(&published).await {
         settle(inner, &job, trained).await;
-        return fail(inner, job, "publish_failed", &format!("The adapter was trained but cannot be served: {why}"), None).await;
+        return fail(
+            inner,
+            job,
+            "publish_failed",
+            &format!("The adapter was trained but cannot be served: {why}"),
+            None,
+        )
+        .await;
     }
     settle(inner, &job, trained).await;
     job.status = "succeeded".to_owned();
@@ -424,13 +504,30 @@ async fn finish(inner: &Inner, mut job: FineTuningJob, name: &str, trained: i64)
     job.trained_tokens = Some(trained);
     job.finished_at = Some(now());
     job.estimated_finish = None;
-    if inner.store.update_fine_tuning_job(&job, &["running"]).await? {
-        event(inner, &job.id, "info", &format!("New fine-tuned model created: {name}"), None).await;
-        event(inner, &job.id, "info", "The job has successfully completed.", None).await;
+    if inner
+        .store
+        .update_fine_tuning_job(&job, &["running"])
+        .await?
+    {
+        event(
+            inner,
+            &job.id,
+            "info",
+            &format!("New fine-tuned model created: {name}"),
+            None,
+        )
+        .await;
+        event(
+            inner,
+            &job.id,
+            "info",
+            "The job has successfully completed.",
+            None,
+        )
+        .await;
         tracing::info!(job = %job.id, model = %name, trained, "fine-tuning job succeeded");
     } else {
         inner.models.unpublish(name).await;
     }
     Ok(())
 }
-

@@ -120,7 +120,8 @@ pub fn suffix(suffix: Option<&str>) -> Result<Option<String>> {
         return Ok(None);
     };
     let ok = s.chars().count() <= MAX_SUFFIX
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
     if !ok {
         return Err(JobError::invalid(
             "suffix",
@@ -173,9 +174,11 @@ pub fn count_lines(path: &Path) -> std::io::Result<u64> {
 /// no token is shorter than a byte, and the template adds at most [`TEMPLATE_TOKENS`] per
 /// example.
 pub fn token_bound(bytes: u64, lines: u64, epochs: u32) -> i64 {
-    let per_epoch = i64::try_from(bytes)
-        .unwrap_or(i64::MAX)
-        .saturating_add(i64::try_from(lines).unwrap_or(i64::MAX).saturating_mul(TEMPLATE_TOKENS));
+    let per_epoch = i64::try_from(bytes).unwrap_or(i64::MAX).saturating_add(
+        i64::try_from(lines)
+            .unwrap_or(i64::MAX)
+            .saturating_mul(TEMPLATE_TOKENS),
+    );
     per_epoch.saturating_mul(i64::from(epochs.max(1)))
 }
 
@@ -199,7 +202,10 @@ fn job_hex(job_id: &str) -> &str {
 }
 
 fn number_after(id: &str, prefix: &str) -> Option<i64> {
-    id.strip_prefix(prefix)?.parse().ok().filter(|n: &i64| *n > 0)
+    id.strip_prefix(prefix)?
+        .parse()
+        .ok()
+        .filter(|n: &i64| *n > 0)
 }
 
 /// The event number of `after`, an event id of this job.
@@ -303,7 +309,10 @@ mod tests {
     #[test]
     fn names_and_ids_round_trip() {
         assert_eq!(suffix(Some("")).expect("empty"), None);
-        assert_eq!(suffix(Some("code_word-1")).expect("ok").as_deref(), Some("code_word-1"));
+        assert_eq!(
+            suffix(Some("code_word-1")).expect("ok").as_deref(),
+            Some("code_word-1")
+        );
         assert!(suffix(Some("has:colon")).is_err());
         assert!(suffix(Some(&"x".repeat(41))).is_err());
         assert_eq!(

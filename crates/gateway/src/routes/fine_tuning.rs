@@ -62,7 +62,8 @@ impl PlaneModels {
 #[async_trait::async_trait]
 impl Models for PlaneModels {
     fn base(&self, name: &str) -> std::result::Result<BaseModel, String> {
-        let missing = || format!("The model '{name}' does not exist or this API key may not use it.");
+        let missing =
+            || format!("The model '{name}' does not exist or this API key may not use it.");
         if self.catalog.private(name).is_some() {
             return Err(format!(
                 "'{name}' is a fine-tuned model; fine-tune its base model instead."
@@ -91,7 +92,11 @@ impl Models for PlaneModels {
         }
         let context = spec
             .context_length
-            .or_else(|| self.catalog.backend(name).and_then(|b| b.info().context_length))
+            .or_else(|| {
+                self.catalog
+                    .backend(name)
+                    .and_then(|b| b.info().context_length)
+            })
             .unwrap_or(2048);
         Ok(BaseModel {
             spec: spec.model,
@@ -101,7 +106,10 @@ impl Models for PlaneModels {
     }
 
     async fn publish(&self, model: &Published) -> std::result::Result<(), String> {
-        let plane = self.catalog.plane().ok_or("this server runs no deployments")?;
+        let plane = self
+            .catalog
+            .plane()
+            .ok_or("this server runs no deployments")?;
         if plane.spec(&model.name).is_none() {
             let base = plane
                 .spec(&model.base)
@@ -207,7 +215,10 @@ fn query(q: std::result::Result<Query<ListQuery>, QueryRejection>) -> Result<Lis
     q.map(|Query(q)| q).map_err(|r| {
         ApiError::invalid(
             "query",
-            format!("{}. This list takes limit (1 to 100) and after (an id).", r.body_text()),
+            format!(
+                "{}. This list takes limit (1 to 100) and after (an id).",
+                r.body_text()
+            ),
         )
     })
 }
@@ -232,7 +243,11 @@ pub async fn list(
 ) -> Result<Json<JobListView>> {
     let q = query(q)?;
     let page = the_jobs(&state)?
-        .list(&principal.tenant.id, q.after.as_deref(), q.limit.unwrap_or(20))
+        .list(
+            &principal.tenant.id,
+            q.after.as_deref(),
+            q.limit.unwrap_or(20),
+        )
         .await
         .map_err(refused)?;
     Ok(Json(JobListView::new(page)))
@@ -258,7 +273,12 @@ pub async fn events(
 ) -> Result<Json<EventListView>> {
     let q = query(q)?;
     let page = the_jobs(&state)?
-        .events(&principal.tenant.id, &id, q.after.as_deref(), q.limit.unwrap_or(20))
+        .events(
+            &principal.tenant.id,
+            &id,
+            q.after.as_deref(),
+            q.limit.unwrap_or(20),
+        )
         .await
         .map_err(refused)?;
     Ok(Json(EventListView::new(&id, page)))
@@ -274,7 +294,12 @@ pub async fn checkpoints(
     let jobs = the_jobs(&state)?;
     let job = jobs.get(&principal.tenant.id, &id).await.map_err(refused)?;
     let page = jobs
-        .checkpoints(&principal.tenant.id, &id, q.after.as_deref(), q.limit.unwrap_or(10))
+        .checkpoints(
+            &principal.tenant.id,
+            &id,
+            q.after.as_deref(),
+            q.limit.unwrap_or(10),
+        )
         .await
         .map_err(refused)?;
     let model = finetune::jobs::validate::model_name(&job.model, job.suffix.as_deref(), &job.id)

@@ -131,7 +131,8 @@ pub async fn delete_tenant(
     }
     drop(hold);
     if let Some(jobs) = state.fine_tuning() {
-        jobs.remove_files(removal.removed(kinds::FINE_TUNING_JOBS)).await;
+        jobs.remove_files(removal.removed(kinds::FINE_TUNING_JOBS))
+            .await;
     }
     if let Some(mcp) = state.mcp() {
         let servers = removal.removed(kinds::MCP_SERVERS);

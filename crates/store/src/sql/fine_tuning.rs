@@ -65,7 +65,10 @@ impl<D: Db> FineTuningStore for D {
         status_in(&[j.status.as_str()])?;
         let mut tx = self.write().await?;
         // Locks the tenant's row on PostgreSQL, so concurrent creations count one another.
-        let sql = format!("SELECT deleted_at FROM tenants WHERE id = $1{}", D::LOCK_ROWS);
+        let sql = format!(
+            "SELECT deleted_at FROM tenants WHERE id = $1{}",
+            D::LOCK_ROWS
+        );
         let tenant = tx.fetch_optional(&sql, &args![&j.tenant_id]).await?;
         match tenant {
             Some(row) if row.opt_time("deleted_at")?.is_none() => {}
@@ -109,7 +112,9 @@ impl<D: Db> FineTuningStore for D {
             ],
         )
         .await
-        .map_err(|e| StoreError::unique(e, || format!("fine-tuning job '{}' already exists", j.id)))?;
+        .map_err(|e| {
+            StoreError::unique(e, || format!("fine-tuning job '{}' already exists", j.id))
+        })?;
         tx.commit().await?;
         Ok(true)
     }

@@ -35,6 +35,18 @@ impl ReplicaSpec {
     }
 }
 
+/// Splits a `BASE+lora:ADAPTER` model SPEC (a fine-tuned model: its base model served with a
+/// LoRA adapter) into its parts; any other SPEC has no adapter.
+pub fn split_adapter(model: &str) -> (&str, Option<&str>) {
+    match model.split_once(LORA_SEPARATOR) {
+        Some((base, adapter)) => (base, Some(adapter)),
+        None => (model, None),
+    }
+}
+
+/// Between a fine-tuned model's base SPEC and its adapter's SPEC.
+pub const LORA_SEPARATOR: &str = "+lora:";
+
 /// Sizes and starts replicas.
 #[async_trait::async_trait]
 pub trait ReplicaLauncher: Send + Sync {
@@ -62,17 +74,7 @@ mod in_process {
 
     type Resolve = dyn Fn(&str) -> std::result::Result<PathBuf, String> + Send + Sync;
 
-    /// Splits a `BASE+lora:ADAPTER` model SPEC (a fine-tuned model: its base model served
-    /// with a LoRA adapter) into its parts; any other SPEC has no adapter.
-    pub fn split_adapter(model: &str) -> (&str, Option<&str>) {
-        match model.split_once(LORA_SEPARATOR) {
-            Some((base, adapter)) => (base, Some(adapter)),
-            None => (model, None),
-        }
-    }
-
-    /// Between a fine-tuned model's base SPEC and its adapter's SPEC.
-    pub const LORA_SEPARATOR: &str = "+lora:";
+    use super::split_adapter;
 
     /// Starts replicas as in-process llama.cpp engines.
     pub struct EngineLauncher {

@@ -38,7 +38,7 @@ pub use events::{EventKind, ScaleEvent};
 pub use footprint::{Footprint, ModelShape, Sizing};
 #[cfg(feature = "engine")]
 pub use launcher::EngineLauncher;
-pub use launcher::{ReplicaLauncher, ReplicaSpec};
+pub use launcher::{split_adapter, ReplicaLauncher, ReplicaSpec, LORA_SEPARATOR};
 pub use node::NodeView;
 pub use placement::{NoRoom, NodeBudget};
 pub use plane::ControlPlane;

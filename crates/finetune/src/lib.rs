@@ -8,11 +8,13 @@
 //! llama.cpp's tokenizer), AdamW updates only the LoRA matrices ([`optim`]), and the result is
 //! exported as a GGUF LoRA adapter that llama.cpp's `llama_adapter_lora_init` loads
 //! ([`export`]). [`train`] runs the loop: seedable, with a progress callback, checkpoints every
-//! N steps to a directory, resume from the last one, and cancellation. This crate knows no HTTP.
+//! N steps to a directory, resume from the last one, and cancellation. [`jobs`] is OpenAI's
+//! fine-tuning API over it (durable jobs, billing, publishing). This crate knows no HTTP.
 
 pub mod data;
 pub mod export;
 pub mod job;
+pub mod jobs;
 pub mod lora;
 pub mod model;
 pub mod optim;

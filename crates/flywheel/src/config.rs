@@ -189,6 +189,10 @@ pub struct ServeArgs {
     #[command(flatten)]
     #[serde(default)]
     pub batch: crate::batch_config::BatchArgs,
+    /// The `[fine_tuning]` table of the file.
+    #[command(flatten)]
+    #[serde(default)]
+    pub fine_tuning: crate::fine_tuning_config::FineTuningArgs,
     /// External OpenAI-compatible servers, each served under its own name (file only:
     /// `[[upstreams]]`).
     #[arg(skip)]
@@ -239,6 +243,7 @@ pub struct ServeConfig {
     pub hub: hub::HubConfig,
     pub files: files::FilesConfig,
     pub batch: batch::BatchConfig,
+    pub fine_tuning: ::finetune::jobs::JobsConfig,
     /// Where MCP connections may go.
     pub mcp_allow_hosts: mcp::AllowList,
     /// Where budget alert webhooks may go.
@@ -360,6 +365,7 @@ impl ServeArgs {
             .data_dir
             .clone()
             .unwrap_or_else(|| PathBuf::from("flywheel-data"));
+        let fine_tuning = args.fine_tuning.resolve(&data_dir)?;
         let database_url = args
             .database_url
             .clone()
@@ -435,6 +441,7 @@ impl ServeArgs {
             hub: args.hub.resolve()?,
             files: args.files.resolve()?,
             batch: args.batch.resolve()?,
+            fine_tuning,
             mcp_allow_hosts: mcp::AllowList::parse(args.mcp_allow_hosts.as_deref().unwrap_or(""))
                 .map_err(|e| anyhow::anyhow!("--mcp-allow-hosts: {e}"))?,
             webhook_allow_hosts: mcp::AllowList::parse(

@@ -8,6 +8,7 @@ mod config;
 mod convert;
 mod deployments;
 mod files_config;
+mod fine_tuning_config;
 mod finetune;
 mod http;
 mod hub_config;

@@ -39,6 +39,10 @@ async fn serve(config: ServeConfig) -> Result<()> {
         config.files.clone(),
     )?;
     let store_for_batch = store.clone();
+    let store_for_fine_tuning = store.clone();
+    let resolve_base: Arc<gateway::FineTuningResolve> =
+        Arc::new(crate::deployments::resolver(hub.clone()));
+    let fine_tuning_stop = tokio_util::sync::CancellationToken::new();
     let (plane, clustered) = match &config.cluster {
         None => (
             Some(crate::deployments::start(&config, &hub.clone(), store).await?),
@@ -85,6 +89,12 @@ async fn serve(config: ServeConfig) -> Result<()> {
             config: config.batch.clone(),
         }),
         routing: Some(routing),
+        fine_tuning: Some(gateway::FineTuningSetup {
+            store: store_for_fine_tuning,
+            config: config.fine_tuning.clone(),
+            resolve: resolve_base,
+            shutdown: fine_tuning_stop.clone(),
+        }),
     };
     let internal = clustered.as_ref().and_then(|c| c.internal.clone());
     let app = if plane.is_some() {
@@ -142,6 +152,8 @@ async fn serve(config: ServeConfig) -> Result<()> {
     let server = crate::http::Server::start(listener, app, limits, transport);
     shutdown_signal().await;
     tracing::info!("shutting down: no new connections; waiting for running requests");
+    // Trainings stop after their current step; their jobs resume at the next start.
+    fine_tuning_stop.cancel();
     server.close();
     let drain = Duration::from_secs(config.drain_seconds);
     let drained = tokio::time::timeout(drain, server.closed()).await.is_ok();

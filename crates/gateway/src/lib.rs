@@ -64,6 +64,8 @@ pub struct GatewayState {
     pub files: Option<files::Files>,
     /// The Batch API (needs `files`): its store and limits; `None` serves no batch routes.
     pub batch: Option<BatchSetup>,
+    /// The fine-tuning API (needs `files` and `plane`); `None` serves no fine-tuning routes.
+    pub fine_tuning: Option<FineTuningSetup>,
     /// Limits of `/v1/audio/transcriptions`.
     pub audio: AudioLimits,
     /// Model groups and the request log (`None`: neither).
@@ -92,6 +94,18 @@ pub struct BatchSetup {
     pub store: Arc<dyn tenancy::Store>,
     pub config: batch::BatchConfig,
 }
+
+/// What the fine-tuning API needs besides the serving layer and the Files API.
+pub struct FineTuningSetup {
+    pub store: Arc<dyn tenancy::Store>,
+    pub config: finetune::jobs::JobsConfig,
+    /// Resolves a base model's SPEC to its GGUF file (`hub:` references through the hub).
+    pub resolve: Arc<routes::fine_tuning::Resolve>,
+    /// Cancelled when the server shuts down: trainings stop after their current step.
+    pub shutdown: tokio_util::sync::CancellationToken,
+}
+
+pub use routes::fine_tuning::Resolve as FineTuningResolve;
 
 /// Limits of `/v1/audio/transcriptions`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,6 +138,7 @@ struct Inner {
     mcp: Option<Arc<mcp::Mcp>>,
     files: Option<files::Files>,
     batches: Option<batch::Batches>,
+    fine_tuning: Option<finetune::jobs::FineTuning>,
     audio: AudioLimits,
     routing: Option<RoutingSetup>,
     /// Taken while groups are stored and served, so a reload and an admin change never
@@ -160,10 +175,33 @@ impl AppState {
             )),
             _ => None,
         };
+        let fine_tuning = match (state.fine_tuning, &state.files) {
+            (Some(setup), Some(files)) if serving.catalog().plane().is_some() => {
+                let models =
+                    routes::fine_tuning::PlaneModels::new(serving.catalog().clone(), setup.resolve);
+                let jobs = finetune::jobs::FineTuning::new(
+                    setup.store,
+                    files.clone(),
+                    state.tenancy.clone(),
+                    Arc::new(models),
+                    setup.config,
+                );
+                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                    let (jobs, stop) = (jobs.clone(), setup.shutdown);
+                    runtime.spawn(async move {
+                        stop.cancelled().await;
+                        jobs.shutdown();
+                    });
+                }
+                Some(jobs)
+            }
+            _ => None,
+        };
         Self(Arc::new(Inner {
             auth: Authenticator::new(state.admin_key, state.tenancy.directory.clone()),
             serving,
             batches,
+            fine_tuning,
             hub: state.hub,
             mcp: state.mcp,
             files: state.files,
@@ -217,6 +255,11 @@ impl AppState {
 
     pub fn batches(&self) -> Option<&batch::Batches> {
         self.0.batches.as_ref()
+    }
+
+    /// The fine-tuning API, if this server runs it.
+    pub fn fine_tuning(&self) -> Option<&finetune::jobs::FineTuning> {
+        self.0.fine_tuning.as_ref()
     }
 
     /// Limits of `/v1/audio/transcriptions`.
@@ -280,6 +323,29 @@ fn app_state(state: GatewayState) -> AppState {
         // Unfinished batches no process holds resume here now, and so do, later, those of a
         // process sharing the database that died (once its leases lapse).
         batches.spawn_takeover();
+    }
+    if let (Some(jobs), Ok(runtime)) = (state.fine_tuning(), tokio::runtime::Handle::try_current())
+    {
+        let jobs = jobs.clone();
+        runtime.spawn(async move {
+            // The models of finished jobs are served again (privately), then unfinished jobs
+            // resume from their last checkpoints.
+            match jobs.published().await {
+                Ok(models) => {
+                    for model in models {
+                        if let Err(e) = jobs.publish(&model).await {
+                            tracing::error!(model = %model.name, error = %e, "could not serve a fine-tuned model");
+                        }
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "could not read the fine-tuned models"),
+            }
+            match jobs.resume().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(jobs = n, "resumed unfinished fine-tuning jobs"),
+                Err(e) => tracing::error!(error = %e, "could not resume fine-tuning jobs; they resume at the next start"),
+            }
+        });
     }
     if let (Some(every), Ok(_)) = (
         state.routing().and_then(|r| r.reload_every),
@@ -460,6 +526,7 @@ pub fn router_with(
         .merge(extra)
         .merge(routes::files::router(max_file_bytes))
         .merge(routes::batches::router())
+        .merge(routes::fine_tuning::router())
         .merge(routes::transcriptions::router(audio))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)

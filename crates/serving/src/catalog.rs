@@ -3,6 +3,11 @@
 //! plane's deployments, looked up per request so created and deleted deployments and groups
 //! take effect at once. A group's deployment members and its fallbacks are resolved here too,
 //! per request.
+//!
+//! Some names are **private** to one tenant (fine-tuned models, `ft:BASE:SUFFIX:JOBID`): they
+//! are served like any deployment, but listed and found only for their tenant (and the admin);
+//! for every other tenant they do not exist. A key whose allow-list names the base model may
+//! use them.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -36,6 +41,14 @@ struct Groups {
     aliases: HashMap<String, String>,
 }
 
+/// A served name private to one tenant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Private {
+    pub tenant_id: String,
+    /// The served name of the model it was made from (the allow-lists' name for it).
+    pub base: String,
+}
+
 /// The served models. Cheap to clone.
 #[derive(Clone)]
 pub struct Catalog(Arc<Inner>);
@@ -45,6 +58,8 @@ struct Inner {
     by_name: HashMap<String, usize>,
     plane: Option<ControlPlane>,
     groups: RwLock<Groups>,
+    /// Private names: name → owner.
+    private: RwLock<HashMap<String, Private>>,
 }
 
 impl Catalog {
@@ -68,6 +83,7 @@ impl Catalog {
             by_name,
             plane,
             groups: RwLock::default(),
+            private: RwLock::default(),
         }))
     }
 
@@ -76,9 +92,62 @@ impl Catalog {
         self.0.fixed.iter().map(|(name, b)| (name.as_str(), b))
     }
 
-    /// Every served model: the fixed backends, the groups and their aliases (each alias
-    /// listed under its own name), then the deployments by name.
+    /// Every served model anyone may see (no private name): the fixed backends, the groups
+    /// and their aliases (each alias listed under its own name), then the deployments by name.
     pub fn models(&self) -> Vec<ModelInfo> {
+        let private = self.private_names();
+        let mut all = self.all_models();
+        all.retain(|m| !private.contains_key(&m.id));
+        all
+    }
+
+    /// The served models `tenant` sees: [`Catalog::models`] and its own private ones; the admin
+    /// (`None`) sees every name.
+    pub fn models_for(&self, tenant: Option<&str>) -> Vec<ModelInfo> {
+        let private = self.private_names();
+        let mut all = self.all_models();
+        all.retain(|m| {
+            private
+                .get(&m.id)
+                .is_none_or(|p| tenant.is_none_or(|t| t == p.tenant_id))
+        });
+        all
+    }
+
+    /// The names `tenant` sees, in listing order.
+    pub fn names_for(&self, tenant: Option<&str>) -> Vec<String> {
+        self.models_for(tenant).into_iter().map(|m| m.id).collect()
+    }
+
+    /// Serves `name` (a deployment) to `private.tenant_id` only.
+    pub fn set_private(&self, name: &str, private: Private) {
+        let mut names = self.0.private.write().unwrap_or_else(|e| e.into_inner());
+        names.insert(name.to_owned(), private);
+    }
+
+    /// Forgets the private name `name`; whether it was one.
+    pub fn remove_private(&self, name: &str) -> bool {
+        let mut names = self.0.private.write().unwrap_or_else(|e| e.into_inner());
+        names.remove(name).is_some()
+    }
+
+    /// The owner of `name` if it is private.
+    pub fn private(&self, name: &str) -> Option<Private> {
+        self.private_names().get(name).cloned()
+    }
+
+    /// Whether `tenant` (`None`: the admin) may see `name`.
+    pub fn visible(&self, name: &str, tenant: Option<&str>) -> bool {
+        self.private_names()
+            .get(name)
+            .is_none_or(|p| tenant.is_none_or(|t| t == p.tenant_id))
+    }
+
+    fn private_names(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Private>> {
+        self.0.private.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn all_models(&self) -> Vec<ModelInfo> {
         let mut infos: Vec<ModelInfo> = self.fixed().map(|(_, backend)| backend.info()).collect();
         {
             let groups = self.groups();

@@ -51,8 +51,8 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 pub use bound::{Bound, MAX_BYTES_PER_TOKEN};
-pub use catalog::Catalog;
 pub use catalog::Target;
+pub use catalog::{Catalog, Private};
 pub use embed::{RerankMethod, RerankRequest, Reranked};
 pub use error::ServeError;
 pub use logs::{LogWriter, RequestLogs, StatusOf};
@@ -263,20 +263,31 @@ impl Serving {
         model: &str,
     ) -> Result<(String, Target), ServeError> {
         let name = self.catalog.canonical(model);
+        let tenant = payer.map(|p| p.tenant.id.as_str());
+        let not_found = || ServeError::ModelNotFound {
+            model: model.to_owned(),
+            available: self.catalog.names_for(tenant),
+        };
+        // Another tenant's private model does not exist for this one.
+        let private = self.catalog.private(&name);
+        if private
+            .as_ref()
+            .is_some_and(|p| tenant.is_some_and(|t| t != p.tenant_id))
+        {
+            return Err(not_found());
+        }
         if let Some(principal) = payer {
             if let Err(err) = principal.require_model(model) {
-                if name == model || principal.require_model(&name).is_err() {
+                // An alias's group, or a fine-tuned model's base, may be what the key names.
+                let base_allowed = private
+                    .as_ref()
+                    .is_some_and(|p| principal.require_model(&p.base).is_ok());
+                if !base_allowed && (name == model || principal.require_model(&name).is_err()) {
                     return Err(err.into());
                 }
             }
         }
-        let target = self
-            .catalog
-            .target(&name)
-            .ok_or_else(|| ServeError::ModelNotFound {
-                model: model.to_owned(),
-                available: self.catalog.names(),
-            })?;
+        let target = self.catalog.target(&name).ok_or_else(not_found)?;
         Ok((name, target))
     }
 

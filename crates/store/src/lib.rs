@@ -17,6 +17,7 @@ pub mod budgets;
 pub mod deployments;
 mod error;
 pub mod files;
+pub mod fine_tuning;
 pub mod hub;
 pub mod hub_access;
 pub mod mcp;
@@ -41,6 +42,10 @@ pub use budgets::{BudgetEvent, BudgetRecord, BudgetStore, Spent};
 pub use deployments::{DeploymentRecord, DeploymentRecordStore};
 pub use error::{Result, StoreError};
 pub use files::{FilePage, FilePut, FileQuery, FileRecord, FileRemoval, FileStore};
+pub use fine_tuning::{
+    FineTuningCheckpoint, FineTuningCheckpointPage, FineTuningEvent, FineTuningEventPage,
+    FineTuningJob, FineTuningJobPage, FineTuningStore,
+};
 pub use hub::HubStore;
 pub use hub_access::HubAccessStore;
 pub use mcp::{McpCallRecord, McpServerRecord, McpSessionRecord, McpStore, McpUpstreamSession};
@@ -65,12 +70,12 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
 }
 
 /// Everything tenancy, billing, the hub, the control plane, the Responses API, the MCP
-/// gateway, the Files API, the Batch API and the console persist, in thirteen parts, and the
+/// gateway, the Files API, the Batch API, the console and fine-tuning jobs persist, in fifteen parts, and the
 /// removal of a tenant across them. Implementations are cheap to share (`Arc<dyn Store>`) and
 /// safe to use from many tasks and from several processes on one database. Callers bring the parts into scope with
 /// `use store::{TenantStore, LedgerStore, LimitStore, HubStore, HubAccessStore,
 /// DeploymentRecordStore, ResponseStore, McpStore, FileStore, BatchStore, RemovalStore,
-/// MemberStore, RoutingStore, BudgetStore}`.
+/// MemberStore, RoutingStore, BudgetStore, FineTuningStore}`.
 #[async_trait]
 pub trait Store:
     TenantStore
@@ -87,6 +92,7 @@ pub trait Store:
     + MemberStore
     + RoutingStore
     + BudgetStore
+    + FineTuningStore
 {
     /// `"sqlite"` or `"postgres"`, for logs.
     fn kind(&self) -> &'static str;

@@ -5,7 +5,7 @@
 //! reservations name them. Everything else it holds is deleted: its stored responses, the MCP
 //! servers it registered (their grants and pinned upstream sessions with them), its MCP client
 //! sessions, grants of the operator's servers and its MCP setting, its files (Files API) and
-//! its files quota override, its batches with their lines, its console members with their sessions and failed sign-ins, the arguments kept in its
+//! its files quota override, its batches with their lines, its fine-tuning jobs with their events and checkpoints, its console members with their sessions and failed sign-ins, the arguments kept in its
 //! tool calls' audit rows (the rows stay: they are what it was charged), its private hub
 //! repositories with every revision, its open hub uploads, the record of which blobs it
 //! uploaded, the blobs no other repository or uploader still names, its budgets with their alert events and webhook secret, its rate windows and its
@@ -37,6 +37,12 @@ pub const FILES: &str = "files";
 pub const BATCHES: &str = "batches";
 /// The lines of its batches (batch ids).
 pub const BATCH_LINES: &str = "batch_lines";
+/// Fine-tuning jobs (ids), with their events and checkpoints.
+pub const FINE_TUNING_JOBS: &str = "fine_tuning_jobs";
+/// Events of its fine-tuning jobs (job ids).
+pub const FINE_TUNING_EVENTS: &str = "fine_tuning_events";
+/// Checkpoints of its fine-tuning jobs (job ids; their files are under the data directory).
+pub const FINE_TUNING_CHECKPOINTS: &str = "fine_tuning_checkpoints";
 /// The operator's override of its files quota (`quota_bytes`).
 pub const FILE_QUOTA: &str = "file_quota";
 /// MCP servers the tenant registered (ids).

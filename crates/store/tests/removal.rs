@@ -203,6 +203,50 @@ impl Fixture {
         assert_eq!(put, store::FilePut::Stored);
     }
 
+    /// A fine-tuning job of `tenant` with an event and a checkpoint.
+    async fn fine_tuning_job(&self, id: &str, tenant: &str) {
+        let job = store::FineTuningJob {
+            id: id.to_owned(),
+            tenant_id: tenant.to_owned(),
+            key_id: None,
+            model: "m".into(),
+            suffix: None,
+            fine_tuned_model: None,
+            status: "running".into(),
+            training_file: "file-x".into(),
+            validation_file: None,
+            hyperparameters: "{}".into(),
+            seed: 1,
+            error: None,
+            total_tokens: Some(10),
+            trained_tokens: None,
+            attempt: 1,
+            billed_tokens: 0,
+            created_at: t0(),
+            finished_at: None,
+            estimated_finish: None,
+            metadata: None,
+        };
+        assert!(self
+            .store
+            .create_fine_tuning_job(&job, 5)
+            .await
+            .expect("job"));
+        self.store
+            .add_fine_tuning_event(id, "info", "started", None, t0())
+            .await
+            .expect("event");
+        let checkpoint = store::FineTuningCheckpoint {
+            step: 1,
+            created_at: t0(),
+            metrics: "{}".into(),
+        };
+        self.store
+            .put_fine_tuning_checkpoint(id, &checkpoint)
+            .await
+            .expect("checkpoint");
+    }
+
     async fn response(&self, id: &str, tenant: &str) {
         self.store
             .put_response(&StoredResponse {
@@ -358,6 +402,8 @@ impl Fixture {
         self.file("file-a2", "a", &sha('c')).await;
         self.file("file-a3", "a", &sha('5')).await;
         self.file("file-b", "b", &sha('c')).await;
+        self.fine_tuning_job("ftjob-a", "a").await;
+        self.fine_tuning_job("ftjob-b", "b").await;
         self.store
             .set_file_quota("a", Some(1 << 30))
             .await
@@ -447,6 +493,9 @@ async fn a_dry_run_lists_exactly_what_the_removal_removes(fx: Fixture) {
         (kinds::FILE_QUOTA, &["quota_bytes"]),
         (kinds::BATCH_LINES, &[]),
         (kinds::BATCHES, &[]),
+        (kinds::FINE_TUNING_JOBS, &["ftjob-a"]),
+        (kinds::FINE_TUNING_EVENTS, &["ftjob-a"]),
+        (kinds::FINE_TUNING_CHECKPOINTS, &["ftjob-a"]),
         (
             kinds::MCP_SESSION_UPSTREAMS,
             &["sess_a/mcp_a", "sess_a/mcp_op"],
@@ -597,6 +646,7 @@ async fn a_dry_run_lists_exactly_what_the_removal_removes(fx: Fixture) {
     assert_eq!(plan_b.removed(kinds::BUDGETS), ["tenant:b"]);
     assert_eq!(plan_b.revoked[kinds::API_KEYS], ["kb"]);
     assert_eq!(plan_b.removed(kinds::FILES), ["file-b"]);
+    assert_eq!(plan_b.removed(kinds::FINE_TUNING_JOBS), ["ftjob-b"]);
     // The blobs b shares with nobody now go with b: its repository's, the one it uploaded
     // after a, its file's.
     assert_eq!(

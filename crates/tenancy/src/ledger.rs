@@ -203,6 +203,16 @@ impl Ledger {
             .await?)
     }
 
+    /// Closes a reservation from its last persisted progress (nothing charged when none was
+    /// recorded), whoever's it is: a long job taking over the reservation of its own earlier
+    /// run after a restart. Idempotent like [`Ledger::settle`].
+    pub async fn settle_from_progress(&self, request_id: &str) -> Result<Settlement> {
+        Ok(self
+            .store
+            .settle(request_id, SettleWith::Progress, self.clock.now())
+            .await?)
+    }
+
     /// Holds the price of one MCP tool call to `server_id`: its price-book entry
     /// (`mcp/<server id>`, see [`PriceBook::set_per_call`]), else free. The free token grant
     /// never pays for calls. Close it with [`Ledger::close_call`].

@@ -50,7 +50,10 @@ pub use keys::{Principal, Scope, PREFIX_LEN, SECRET_PREFIX};
 pub use ledger::{Ledger, Recovery, ReserveRequest};
 pub use limits::{key_subject, tenant_subject, Admission, Counted, Limiter};
 pub use members::{Action, AddedMember, Member, Members, NewMember, Role, INVITE_VALID_FOR};
-pub use prices::{audio_entry, batch_model, cost, PriceBook, BATCH_PREFIX, MAX_PER_CALL};
+pub use prices::{
+    audio_entry, batch_model, cost, fine_tune_model, PriceBook, BATCH_PREFIX, FINE_TUNE_PREFIX,
+    MAX_PER_CALL,
+};
 pub use progress::{ProgressMarks, PROGRESS_INTERVAL_TOKENS};
 pub use responses::{NewResponse, Responses};
 pub use sessions::{Session, SignInError, StartedSession, Subject};

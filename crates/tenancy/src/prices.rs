@@ -155,6 +155,16 @@ pub fn batch_model(served_model: &str) -> String {
     format!("{BATCH_PREFIX}{served_model}")
 }
 
+/// The prefix of a base model's fine-tuning price entry and of its jobs' ledger model name.
+pub const FINE_TUNE_PREFIX: &str = "ft/";
+
+/// The name fine-tuning jobs on the base model `served_model` are priced and reported under:
+/// one trained token (training-file tokens × epochs) is one prompt token at this entry's input
+/// rate; without an entry, the default price.
+pub fn fine_tune_model(served_model: &str) -> String {
+    format!("{FINE_TUNE_PREFIX}{served_model}")
+}
+
 /// Half of every rate, rounded up: the default batch discount.
 fn half(rates: PriceRates) -> PriceRates {
     let half = |v: i64| v / 2 + v % 2;

@@ -38,7 +38,19 @@ pub fn create(body: &[u8]) -> Result<NewBatch> {
             ),
         )
     })?;
-    let metadata = match fields.get("metadata") {
+    let metadata = metadata(&fields)?;
+    Ok(NewBatch {
+        input_file_id: fields.required_string("input_file_id")?.to_owned(),
+        endpoint,
+        completion_window: fields.required_string("completion_window")?.to_owned(),
+        metadata,
+    })
+}
+
+/// `metadata`: at most 16 pairs of short strings, kept as JSON text (also the fine-tuning
+/// API's).
+pub(crate) fn metadata(fields: &Fields<'_>) -> Result<Option<String>> {
+    Ok(match fields.get("metadata") {
         None | Some(Value::Null) => None,
         Some(Value::Object(pairs)) => {
             if pairs.len() > METADATA_PAIRS {
@@ -57,7 +69,7 @@ pub fn create(body: &[u8]) -> Result<NewBatch> {
                         "metadata",
                         format!(
                             "'metadata' maps keys of at most {METADATA_KEY} characters to \
-                             strings of at most {METADATA_VALUE}."
+                         strings of at most {METADATA_VALUE}."
                         ),
                     ));
                 }
@@ -70,12 +82,6 @@ pub fn create(body: &[u8]) -> Result<NewBatch> {
                 "'metadata' must be an object of string values.",
             ))
         }
-    };
-    Ok(NewBatch {
-        input_file_id: fields.required_string("input_file_id")?.to_owned(),
-        endpoint,
-        completion_window: fields.required_string("completion_window")?.to_owned(),
-        metadata,
     })
 }
 

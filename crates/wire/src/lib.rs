@@ -18,6 +18,7 @@ pub mod deployments;
 pub mod embeddings;
 pub mod error;
 pub mod files;
+pub mod fine_tuning;
 pub mod format;
 pub mod logprobs;
 pub mod mcp;

@@ -7,6 +7,7 @@ pub mod budgets;
 pub mod deployments;
 pub mod embeddings;
 pub mod files;
+pub mod fine_tuning;
 pub mod generate;
 pub mod groups;
 pub mod hub;

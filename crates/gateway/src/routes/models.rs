@@ -46,11 +46,18 @@ pub struct ModelListView {
 
 /// Whether the caller's key may use `model` (its allow-list, if any, names it, or names the
 /// group an alias stands for).
+/// A fine-tuned model is private to its tenant and allowed where its base model is.
 fn allowed(state: &AppState, caller: &Caller, model: &str) -> bool {
+    let catalog = state.serving().catalog();
+    if !catalog.visible(model, caller.tenant_id()) {
+        return false;
+    }
     caller.principal().is_none_or(|p| {
         p.require_model(model).is_ok()
-            || p.require_model(&state.serving().catalog().canonical(model))
-                .is_ok()
+            || p.require_model(&catalog.canonical(model)).is_ok()
+            || catalog
+                .private(model)
+                .is_some_and(|private| p.require_model(&private.base).is_ok())
     })
 }
 
@@ -58,7 +65,9 @@ pub async fn list(State(state): State<AppState>, caller: Caller) -> Json<ModelLi
     Json(ModelListView {
         object: "list",
         data: state
-            .models()
+            .serving()
+            .catalog()
+            .models_for(caller.tenant_id())
             .into_iter()
             .filter(|info| allowed(&state, &caller, &info.id))
             .map(ModelView::from)
@@ -71,7 +80,6 @@ pub async fn get(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<ModelView>> {
-    let backend = state.backend(&id)?;
     if !allowed(&state, &caller, &id) {
         return Err(crate::error::ApiError::new(
             crate::error::Code::ModelNotFound,
@@ -79,6 +87,7 @@ pub async fn get(
         )
         .with_param("model"));
     }
+    let backend = state.backend(&id)?;
     // An alias is listed under its own name.
     let mut view = ModelView::from(backend.info());
     view.id = id;

@@ -2,7 +2,7 @@
 //! listing what that would do now.
 //!
 //! In order: the tenant is disabled and its keys revoked at once (the next request with one is
-//! a 401); its batches start no more lines, its requests running in this process are ended (their backend streams dropped,
+//! a 401); its batches start no more lines, its fine-tuning jobs stop (and their models stop being served; their directories are deleted once their rows went), its requests running in this process are ended (their backend streams dropped,
 //! read or not) and every open reservation of it is settled, by its meter or, after
 //! [`SETTLE_WAIT`], from its persisted progress (a request of another process sharing the
 //! database); then its data goes in one transaction (`store::removal` says what goes and what
@@ -83,6 +83,12 @@ pub async fn delete_tenant(
     if let Some(batches) = state.batches() {
         batches.end_tenant(&id);
     }
+    // Its fine-tuning jobs stop training and its fine-tuned models stop being served.
+    if let Some(jobs) = state.fine_tuning() {
+        if let Err(e) = jobs.end_tenant(&id).await {
+            tracing::error!(tenant = %id, error = %e, "could not stop a tenant's fine-tuning jobs");
+        }
+    }
     let ended = state.serving().end_tenant(&id);
     let forced = tenancy
         .ledger
@@ -124,6 +130,10 @@ pub async fn delete_tenant(
         }
     }
     drop(hold);
+    if let Some(jobs) = state.fine_tuning() {
+        jobs.remove_files(removal.removed(kinds::FINE_TUNING_JOBS))
+            .await;
+    }
     if let Some(mcp) = state.mcp() {
         let servers = removal.removed(kinds::MCP_SERVERS);
         mcp.forget_tenant(&id, servers, removal.removed(kinds::MCP_SESSIONS));

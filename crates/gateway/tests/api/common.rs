@@ -198,6 +198,7 @@ pub fn app_full(
         mcp: None,
         files: None,
         batch: None,
+        fine_tuning: None,
     })
 }
 

@@ -56,6 +56,7 @@ async fn files_app() -> FilesApp {
         mcp: None,
         files: Some(files),
         batch: None,
+        fine_tuning: None,
     });
     let key = tenant(&app, "fuzz", "fuzz-org", &["inference"]).await;
     FilesApp { app, key, dir }

@@ -50,6 +50,7 @@ async fn hub_app(config: HubConfig) -> HubApp {
         mcp: None,
         files: None,
         batch: None,
+        fine_tuning: None,
     });
     HubApp {
         app,

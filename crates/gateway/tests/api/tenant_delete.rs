@@ -59,6 +59,7 @@ async fn app() -> App {
         mcp: None,
         files: None,
         batch: None,
+        fine_tuning: None,
     });
     App {
         app,

@@ -5,7 +5,7 @@
 //! (times, lists of strings), how a write transaction starts (`BEGIN IMMEDIATE` behind the
 //! process's writer turn, or a plain `BEGIN` with row locks) and whether a read locks its row
 //! differ. [`Db`] is that seam; the trait implementations in `directory`, `hub`, `hub_access`,
-//! `deployments`, `responses`, `mcp`, `files`, `batches` and `removal` are generic over it. What really differs stays per database:
+//! `deployments`, `responses`, `mcp`, `files`, `batches`, `fine_tuning` and `removal` are generic over it. What really differs stays per database:
 //! the ledger (SQLite's group-commit writer) and the rate windows (PostgreSQL's per-subject row
 //! locks).
 //!
@@ -18,6 +18,7 @@ mod budgets;
 mod deployments;
 mod directory;
 mod files;
+mod fine_tuning;
 mod hub;
 mod hub_access;
 pub(crate) mod ledger;

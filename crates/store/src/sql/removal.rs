@@ -81,6 +81,24 @@ const PARTS: &[Part] = &[
         "batch_id IN (SELECT id FROM batches WHERE tenant_id = $1)",
     ),
     Part::delete(kinds::BATCHES, "batches", "id", "tenant_id = $1"),
+    Part::delete(
+        kinds::FINE_TUNING_EVENTS,
+        "fine_tuning_events",
+        "job_id",
+        "job_id IN (SELECT id FROM fine_tuning_jobs WHERE tenant_id = $1)",
+    ),
+    Part::delete(
+        kinds::FINE_TUNING_CHECKPOINTS,
+        "fine_tuning_checkpoints",
+        "job_id",
+        "job_id IN (SELECT id FROM fine_tuning_jobs WHERE tenant_id = $1)",
+    ),
+    Part::delete(
+        kinds::FINE_TUNING_JOBS,
+        "fine_tuning_jobs",
+        "id",
+        "tenant_id = $1",
+    ),
     Part::delete(kinds::FILES, "files", "id", "tenant_id = $1"),
     Part::delete(
         kinds::FILE_QUOTA,

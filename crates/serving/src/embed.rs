@@ -9,9 +9,7 @@
 
 use std::sync::Arc;
 
-use backend::{
-    Backend, BackendError, EmbedInput, EmbedRequest, Embeddings, ModelInfo, ModelKind,
-};
+use backend::{Backend, BackendError, EmbedInput, EmbedRequest, Embeddings, ModelInfo, ModelKind};
 use tenancy::Principal;
 
 use crate::bound::MAX_BYTES_PER_TOKEN;
@@ -111,7 +109,8 @@ impl Serving {
                 param: Some("dimensions".into()),
             }));
         }
-        self.run_embed(payer, (backend, &info), request, trail).await
+        self.run_embed(payer, (backend, &info), request, trail)
+            .await
     }
 
     /// Scores `request`'s documents against its query, metered (and logged) for `payer`.
@@ -162,7 +161,9 @@ impl Serving {
             dimensions: None,
             priority: backend::Priority::Interactive,
         };
-        let out = self.run_embed(payer, (backend, &info), embed, trail).await?;
+        let out = self
+            .run_embed(payer, (backend, &info), embed, trail)
+            .await?;
         let scores = match method {
             RerankMethod::CrossEncoder => out
                 .vectors

@@ -40,11 +40,7 @@ impl RequestLogs {
     /// Starts the writer on `store` with room for `capacity` rows in flight. It ends once
     /// every sender is gone and the rows queued are written, or when [`LogWriter::flush`]
     /// asks it to.
-    pub fn start(
-        store: Arc<dyn Store>,
-        capacity: usize,
-        status_of: StatusOf,
-    ) -> (Self, LogWriter) {
+    pub fn start(store: Arc<dyn Store>, capacity: usize, status_of: StatusOf) -> (Self, LogWriter) {
         let (tx, mut rx) = mpsc::channel::<RequestLogRecord>(capacity.max(1));
         let counters = Arc::new(Counters::default());
         let writer_counters = Arc::clone(&counters);
@@ -251,8 +247,15 @@ mod tests {
         for i in 0..rows {
             logs.send(row(i));
         }
-        assert!(writer.flush(Duration::from_secs(30)).await, "flushed in time");
-        assert_eq!(logs.written(), rows as u64, "every queued row written by flush");
+        assert!(
+            writer.flush(Duration::from_secs(30)).await,
+            "flushed in time"
+        );
+        assert_eq!(
+            logs.written(),
+            rows as u64,
+            "every queued row written by flush"
+        );
         let page = store
             .request_logs(&store::LogQuery {
                 tenant_id: "t1".into(),
@@ -267,6 +270,10 @@ mod tests {
             .expect("read back");
         assert_eq!(page.logs.len(), rows);
         logs.send(row(rows));
-        assert_eq!(logs.dropped(), 1, "a row after the flush is dropped and counted");
+        assert_eq!(
+            logs.dropped(),
+            1,
+            "a row after the flush is dropped and counted"
+        );
     }
 }

@@ -327,7 +327,10 @@ mod tests {
         let b = affinity_key(&chat(&manual, "Where is the fuse?")).expect("long prompt");
         assert_eq!(a, b, "only the first AFFINITY_BYTES count");
         let other = "You answer questions about another manual.\n".repeat(60);
-        assert_ne!(a, affinity_key(&chat(&other, "How do I reset it?")).expect("long"));
+        assert_ne!(
+            a,
+            affinity_key(&chat(&other, "How do I reset it?")).expect("long")
+        );
         assert!(affinity_key(&Prompt::Text(manual.clone())).is_some());
     }
 
@@ -351,7 +354,11 @@ mod tests {
                 first(&idle, affinity_key(&chat(&prompt, "q")))
             })
             .collect();
-        assert_eq!(spread.len(), 3, "rendezvous hashing uses every node: {spread:?}");
+        assert_eq!(
+            spread.len(),
+            3,
+            "rendezvous hashing uses every node: {spread:?}"
+        );
     }
 
     #[test]
@@ -364,7 +371,11 @@ mod tests {
             .iter()
             .map(|id| node(id, if *id == preferred { 2 } else { 1 }))
             .collect();
-        assert_ne!(first(&busy, Some(key)), preferred, "full: the least loaded wins");
+        assert_ne!(
+            first(&busy, Some(key)),
+            preferred,
+            "full: the least loaded wins"
+        );
         // Everyone full: affinity again (the KV may still help once a slot frees).
         let full: Vec<Member> = ["a", "b", "c"]
             .iter()

@@ -144,6 +144,8 @@ type Cached = (Option<BudgetRecord>, Instant);
 
 /// One async lock per subject, so one subject's checks never interleave.
 type SubjectLocks = Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>;
+/// Per subject: the period start and the thresholds this process saw fire in it.
+type Fired = Arc<Mutex<HashMap<String, (Timestamp, Vec<i64>)>>>;
 
 #[derive(Clone)]
 pub struct Budgets {
@@ -151,8 +153,7 @@ pub struct Budgets {
     clock: Arc<dyn Clock>,
     configs: Arc<Mutex<HashMap<String, Cached>>>,
     locks: SubjectLocks,
-    /// Per subject: the period start and the thresholds this process saw fire in it.
-    fired: Arc<Mutex<HashMap<String, (Timestamp, Vec<i64>)>>>,
+    fired: Fired,
     deliveries: Arc<Notify>,
 }
 

@@ -59,16 +59,23 @@ struct Scripted {
     /// The tenant's amount held when `generate` was called.
     held_at_generate: Mutex<Vec<i64>>,
     tenant: Mutex<Option<String>>,
-    /// Event streams dropped (their generation cancelled).
-    dropped: Arc<AtomicUsize>,
+    /// The request ids of the event streams dropped (their generation cancelled), in order.
+    dropped: Arc<Mutex<Vec<String>>>,
 }
 
-/// Counts a stream's drop: rides inside it.
-struct DropCount(Arc<AtomicUsize>);
+/// Records a stream's drop under its request id: rides inside it.
+struct DropCount(Arc<Mutex<Vec<String>>>, String);
 
 impl Drop for DropCount {
     fn drop(&mut self) {
-        self.0.fetch_add(1, Ordering::SeqCst);
+        self.0.lock().expect("lock").push(std::mem::take(&mut self.1));
+    }
+}
+
+impl Scripted {
+    /// The request ids of the streams dropped so far, in order.
+    fn dropped(&self) -> Vec<String> {
+        self.dropped.lock().expect("lock").clone()
     }
 }
 
@@ -84,7 +91,7 @@ impl Backend for Scripted {
         }
     }
 
-    async fn generate(&self, _request: GenerateRequest) -> backend::Result<EventStream> {
+    async fn generate(&self, request: GenerateRequest) -> backend::Result<EventStream> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         let tenant = self.tenant.lock().expect("lock").clone();
         if let Some(tenant) = tenant {
@@ -98,7 +105,7 @@ impl Backend for Scripted {
             return Err(err);
         }
         let events = tokio_stream::iter(self.script.events.clone());
-        let count = DropCount(self.dropped.clone());
+        let count = DropCount(self.dropped.clone(), request.request_id.clone());
         let stream: EventStream = if self.script.then_wait {
             Box::pin(tokio_stream::StreamExt::chain(
                 events,
@@ -129,7 +136,7 @@ impl Backend for Embedder {
         }
     }
 
-    async fn generate(&self, _request: GenerateRequest) -> backend::Result<EventStream> {
+    async fn generate(&self, request: GenerateRequest) -> backend::Result<EventStream> {
         unreachable!("the serving layer refuses generations on an embedding model")
     }
 
@@ -220,7 +227,7 @@ impl Fixture {
             calls: AtomicUsize::new(0),
             held_at_generate: Mutex::new(Vec::new()),
             tenant: Mutex::new(Some(payer.tenant.id.clone())),
-            dropped: Arc::new(AtomicUsize::new(0)),
+            dropped: Arc::new(Mutex::new(Vec::new())),
         });
         let catalog = Catalog::new(vec![backend.clone() as Arc<dyn Backend>], None);
         let serving = Serving::new(catalog, self.tenancy.clone(), self.settlements.clone());
@@ -605,11 +612,12 @@ async fn a_deleted_tenants_requests_end_whether_read_or_not(fx: Fixture) {
     let mut ended = serving.end_tenant(&payer.tenant.id);
     ended.sort();
     assert_eq!(ended, ["read", "stalled"]);
-    // The unread one at once; the one being read by its reader, which wakes up to it.
-    assert_eq!(
-        backend.dropped.load(Ordering::SeqCst),
-        1,
-        "the stalled one cancelled"
+    // The unread one at once; the one being read by its reader, which wakes up to it (on
+    // another worker thread, so perhaps already).
+    let dropped = backend.dropped();
+    assert!(
+        dropped.iter().any(|id| id == "stalled") && !dropped.iter().any(|id| id == "others"),
+        "the stalled one cancelled at once: {dropped:?}"
     );
     let refused = |r: Option<Result<(), ServeError>>| {
         matches!(
@@ -620,11 +628,9 @@ async fn a_deleted_tenants_requests_end_whether_read_or_not(fx: Fixture) {
         )
     };
     assert!(refused(reader.await.expect("reader")));
-    assert_eq!(
-        backend.dropped.load(Ordering::SeqCst),
-        2,
-        "both generations cancelled"
-    );
+    let mut dropped = backend.dropped();
+    dropped.sort();
+    assert_eq!(dropped, ["read", "stalled"], "both generations cancelled");
     assert!(refused(stalled.next().await.map(|r| r.map(|_| ()))));
     assert!(stalled.next().await.is_none(), "then the end");
     fx.settled().await;
@@ -658,7 +664,7 @@ async fn a_deleted_tenants_requests_end_whether_read_or_not(fx: Fixture) {
     // The other tenant's request runs on.
     let open = fx.tenancy.ledger.reservation("others").await.expect("bill");
     assert_eq!(open.state, ReservationState::Open);
-    assert_eq!(backend.dropped.load(Ordering::SeqCst), 2);
+    assert_eq!(backend.dropped().len(), 2);
     drop(others);
 }
 

@@ -68,7 +68,10 @@ struct DropCount(Arc<Mutex<Vec<String>>>, String);
 
 impl Drop for DropCount {
     fn drop(&mut self) {
-        self.0.lock().expect("lock").push(std::mem::take(&mut self.1));
+        self.0
+            .lock()
+            .expect("lock")
+            .push(std::mem::take(&mut self.1));
     }
 }
 
@@ -136,7 +139,7 @@ impl Backend for Embedder {
         }
     }
 
-    async fn generate(&self, request: GenerateRequest) -> backend::Result<EventStream> {
+    async fn generate(&self, _request: GenerateRequest) -> backend::Result<EventStream> {
         unreachable!("the serving layer refuses generations on an embedding model")
     }
 

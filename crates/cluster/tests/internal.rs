@@ -104,6 +104,7 @@ fn request(text: &str) -> GenerateRequest {
         parallel_tool_calls: true,
         format: backend::OutputFormat::JsonSchema(serde_json::json!({"type": "object"})),
         priority: backend::Priority::Batch,
+        resume: Vec::new(),
     }
 }
 

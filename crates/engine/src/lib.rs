@@ -32,6 +32,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use backend::{
     Backend, BackendError, Event, EventStream, GenerateRequest, ModelInfo, SamplingParams,
 };
+use llama_cpp_2::token::LlamaToken;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::model::LoadedModel;
@@ -303,6 +304,18 @@ impl Backend for Engine {
             (false, None) => return Err(self.no_tool_support()),
         };
         let n = request.sampling.n.clamp(1, backend::MAX_CHOICES) as usize;
+        let vocab = u32::try_from(self.model.model.n_vocab()).unwrap_or(0);
+        if let Some(bad) = request.resume.iter().find(|&&id| id >= vocab) {
+            return Err(BackendError::InvalidPrompt(format!(
+                "Resumed token id {bad} is not in this model's vocabulary of {vocab}."
+            )));
+        }
+        if n > 1 && !request.resume.is_empty() {
+            return Err(BackendError::InvalidPrompt(
+                "A request with several answers (n > 1) cannot be resumed; send it again whole."
+                    .into(),
+            ));
+        }
         // A grammar (when the answer is constrained) is built before the request may queue: a
         // schema it cannot enforce is a 400 now, not an error mid-stream. Each answer needs
         // its own (a grammar sampler holds its parse state); the text is built once, cached.
@@ -318,7 +331,7 @@ impl Backend for Engine {
         let model = self.model.clone();
         let (prompt, tools) = (request.prompt, request.tools);
         let model::GenerationPrompt {
-            tokens,
+            mut tokens,
             opens_thinking,
         } = tokio::task::spawn_blocking(move || model.generation_prompt(&prompt, &tools))
             .await
@@ -328,6 +341,9 @@ impl Backend for Engine {
                 "The prompt is empty after tokenization; send at least one token of text.".into(),
             ));
         }
+        // A resumed stream reads what it generated before after the prompt, and goes on.
+        let resumed = request.resume.len();
+        tokens.extend(request.resume.iter().map(|&id| LlamaToken(id as i32)));
         let room = self.slot_context as usize;
         if tokens.len() >= room {
             return Err(BackendError::ContextLengthExceeded {
@@ -337,7 +353,15 @@ impl Backend for Engine {
         }
         // Generation stops when the slot is full: `max_tokens` beyond that is clamped.
         let fits = room - tokens.len();
-        let max_new = request.max_tokens.map_or(fits, |m| (m as usize).min(fits));
+        let max_new = request
+            .max_tokens
+            .map_or(fits, |m| (m as usize).saturating_sub(resumed).min(fits));
+        if max_new == 0 {
+            return Err(BackendError::InvalidPrompt(format!(
+                "The request resumes after {resumed} generated tokens, all its max_tokens allow; \
+                 nothing is left to generate."
+            )));
+        }
         let admitted = Event::Admitted {
             prompt_tokens: tokens.len() as u32,
             max_tokens: u32::try_from(max_new * n).unwrap_or(u32::MAX),
@@ -379,6 +403,7 @@ impl Backend for Engine {
                 received,
                 priority: request.priority,
                 followers,
+                resumed,
             },
             reply,
         };

@@ -142,28 +142,30 @@ fn push(out: &mut Vec<Part>, part: Part) {
 }
 
 /// Events of one generation with its reasoning split out of `Text` into `Reasoning` events.
-/// Tokens of text held back ride with the next piece released.
+/// Tokens of text held back ride with the next piece released (their ids only with answer
+/// text: a stream that delivered reasoning is not resumed elsewhere).
 pub(crate) fn split(inner: Events, inside: bool) -> Events {
     let mut splitter = Splitter::new(inside);
-    let mut held_tokens = 0u32;
-    let emit = |parts: Vec<Part>, held_tokens: &mut u32, out: &mut Vec<Event>| {
+    let mut held: (u32, Vec<u32>) = (0, Vec::new());
+    let emit = |parts: Vec<Part>, held: &mut (u32, Vec<u32>), out: &mut Vec<Event>| {
         for part in parts {
-            let tokens = std::mem::take(held_tokens);
+            let (tokens, ids) = std::mem::take(held);
             out.push(match part {
                 Part::Reasoning(text) => Event::Reasoning { text, tokens },
-                Part::Answer(text) => Event::Text { text, tokens },
+                Part::Answer(text) => Event::Text { text, tokens, ids },
             });
         }
     };
     relay(inner, move |event| {
         let mut out = Vec::new();
         match event {
-            Event::Text { text, tokens } => {
-                held_tokens = held_tokens.saturating_add(tokens);
-                emit(splitter.feed(&text), &mut held_tokens, &mut out);
+            Event::Text { text, tokens, ids } => {
+                held.0 = held.0.saturating_add(tokens);
+                held.1.extend(ids);
+                emit(splitter.feed(&text), &mut held, &mut out);
             }
             finished @ Event::Finished { .. } => {
-                emit(splitter.finish(), &mut held_tokens, &mut out);
+                emit(splitter.finish(), &mut held, &mut out);
                 out.push(finished);
             }
             other => out.push(other),

@@ -308,14 +308,14 @@ impl CallParser for Llama3Json {
 /// finishes with `ToolCalls`. Tokens of text held back ride with the next text released.
 pub(crate) fn parse_calls(inner: Events, mut parser: Box<dyn CallParser + Send>) -> Events {
     let mut calls = 0u32;
-    let mut held_tokens = 0u32;
-    let mut emit = move |pieces: Vec<Piece>, held_tokens: &mut u32, out: &mut Vec<Event>| {
+    let mut held: (u32, Vec<u32>) = (0, Vec::new());
+    let mut emit = move |pieces: Vec<Piece>, held: &mut (u32, Vec<u32>), out: &mut Vec<Event>| {
         for piece in pieces {
             out.push(match piece {
-                Piece::Text(text) => Event::Text {
-                    text,
-                    tokens: std::mem::take(held_tokens),
-                },
+                Piece::Text(text) => {
+                    let (tokens, ids) = std::mem::take(held);
+                    Event::Text { text, tokens, ids }
+                }
                 Piece::Call(call) => {
                     let event = Event::ToolCall {
                         index: calls,
@@ -333,12 +333,13 @@ pub(crate) fn parse_calls(inner: Events, mut parser: Box<dyn CallParser + Send>)
     relay(inner, move |event| {
         let mut out = Vec::new();
         match event {
-            Event::Text { text, tokens } => {
-                held_tokens = held_tokens.saturating_add(tokens);
-                emit(parser.feed(&text), &mut held_tokens, &mut out);
+            Event::Text { text, tokens, ids } => {
+                held.0 = held.0.saturating_add(tokens);
+                held.1.extend(ids);
+                emit(parser.feed(&text), &mut held, &mut out);
             }
             Event::Finished { reason, usage } => {
-                let calls = emit(parser.finish(), &mut held_tokens, &mut out);
+                let calls = emit(parser.finish(), &mut held, &mut out);
                 let reason = match reason {
                     FinishReason::Stop if calls > 0 => FinishReason::ToolCalls,
                     other => other,

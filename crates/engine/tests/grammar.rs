@@ -55,6 +55,7 @@ fn request(choice: ToolChoice, parallel: bool, format: OutputFormat) -> Generate
         parallel_tool_calls: parallel,
         format,
         priority: Default::default(),
+        resume: Vec::new(),
     }
 }
 

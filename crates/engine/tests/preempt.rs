@@ -47,6 +47,7 @@ fn request(text: &str, max_tokens: u32, priority: Priority) -> GenerateRequest {
         parallel_tool_calls: false,
         format: Default::default(),
         priority,
+        resume: Vec::new(),
     }
 }
 

@@ -114,7 +114,7 @@ impl<E: Encoder> State<E> {
     /// A piece of the (selected) answer.
     fn answer_event(&mut self, out: &mut Vec<u8>, event: Event) {
         match event {
-            Event::Text { text, tokens } => {
+            Event::Text { text, tokens, .. } => {
                 self.so_far.completion_tokens =
                     self.so_far.completion_tokens.saturating_add(tokens);
                 if !text.is_empty() {

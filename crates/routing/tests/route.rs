@@ -106,6 +106,7 @@ fn request() -> GenerateRequest {
         parallel_tool_calls: true,
         format: Default::default(),
         priority: Default::default(),
+        resume: Vec::new(),
     }
 }
 

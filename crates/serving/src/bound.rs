@@ -95,6 +95,7 @@ mod tests {
             parallel_tool_calls: true,
             format: Default::default(),
             priority: Default::default(),
+            resume: Vec::new(),
         }
     }
 

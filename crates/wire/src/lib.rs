@@ -68,6 +68,7 @@ impl ValidRequest {
             parallel_tool_calls: self.tools.parallel,
             format: self.format.clone(),
             priority: Default::default(),
+            resume: Vec::new(),
         }
     }
 

@@ -11,6 +11,7 @@ pub mod agent;
 pub mod gateway;
 pub mod leader;
 pub mod local;
+mod migrate;
 pub mod policy;
 pub mod route;
 

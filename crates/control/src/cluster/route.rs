@@ -7,7 +7,8 @@
 //! is likely cached, from every gateway alike; when that node's slots are all busy and another
 //! node has a free one, load decides. With no ready replica yet (loading, or being re-placed) it waits up to the
 //! deployment's maximum queue wait; a node that cannot be reached before its stream starts is
-//! skipped for the next one.
+//! skipped for the next one, and one lost mid-stream hands the stream to another
+//! ([`super::migrate`]).
 
 use std::collections::{BTreeSet, HashMap};
 use std::hash::{Hash, Hasher};
@@ -29,6 +30,7 @@ pub trait Connector: Send + Sync {
 pub type InFlight = Arc<Mutex<HashMap<String, usize>>>;
 
 /// One deployment as a gateway serves it.
+#[derive(Clone)]
 pub struct ClusterDeployment {
     pub info: ModelInfo,
     pub max_wait: Duration,
@@ -121,13 +123,13 @@ pub fn ranked(
 }
 
 /// Counts a request against its node until its stream is dropped.
-struct Counted {
+pub(super) struct Counted {
     in_flight: InFlight,
     node: String,
 }
 
 impl Counted {
-    fn new(in_flight: &InFlight, node: &str) -> Self {
+    pub(super) fn new(in_flight: &InFlight, node: &str) -> Self {
         *in_flight
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -171,7 +173,7 @@ impl ClusterDeployment {
 
     /// The node to send a request to (see [`ranked`]), waiting for a ready one up to the
     /// maximum wait.
-    async fn wait_for_node(
+    pub(super) async fn wait_for_node(
         &self,
         skip: &BTreeSet<String>,
         (since, key): (Instant, Option<u64>),
@@ -198,7 +200,7 @@ impl ClusterDeployment {
 }
 
 /// Errors after which another node may still serve the request (nothing was generated).
-fn try_another(e: &BackendError) -> bool {
+pub(super) fn try_another(e: &BackendError) -> bool {
     matches!(e, BackendError::Unreachable(_) | BackendError::ShuttingDown)
 }
 
@@ -218,16 +220,13 @@ impl Backend for ClusterDeployment {
             let backend = self.connector.connect(&node, &self.info.id);
             match backend.generate(request.clone()).await {
                 Ok(stream) => {
-                    use tokio_stream::StreamExt;
                     // The count goes with the stream: dropped when the client's stream is.
-                    let mut counted = Some(counted);
-                    return Ok(Box::pin(stream.map(move |item| {
-                        let _keep = &counted;
-                        if matches!(item, Ok(backend::Event::Finished { .. }) | Err(_)) {
-                            counted = None;
-                        }
-                        item
-                    })));
+                    return Ok(super::migrate::follow(
+                        self.clone(),
+                        request,
+                        (node, counted),
+                        stream,
+                    ));
                 }
                 Err(e) if try_another(&e) => {
                     tracing::warn!(node = %node.id, deployment = %self.info.id, error = %e, "node unreachable; trying another");

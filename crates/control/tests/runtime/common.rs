@@ -236,6 +236,7 @@ pub fn request(id: &str, tenant: Option<&str>) -> GenerateRequest {
         parallel_tool_calls: true,
         format: Default::default(),
         priority: Default::default(),
+        resume: Vec::new(),
     }
 }
 

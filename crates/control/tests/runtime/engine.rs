@@ -28,6 +28,7 @@ fn chat(id: &str) -> GenerateRequest {
         parallel_tool_calls: true,
         format: Default::default(),
         priority: Default::default(),
+        resume: Vec::new(),
     }
 }
 

@@ -380,6 +380,7 @@ mod tests {
             parallel_tool_calls: true,
             format,
             priority: Default::default(),
+            resume: Vec::new(),
         }
     }
 

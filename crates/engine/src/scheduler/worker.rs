@@ -41,6 +41,8 @@ pub struct Request {
     /// More answers to the same prompt (OpenAI's `n`): queued once this request's prompt is in
     /// the KV cache, so each copies it instead of computing it again.
     pub followers: Vec<Follower>,
+    /// The last this many tokens of `prompt` were generated before (a resumed stream).
+    pub resumed: usize,
 }
 
 /// Another answer to a [`Request`]'s prompt, with its own sampler, grammar and events.
@@ -70,8 +72,8 @@ struct Seq {
     received: Instant,
     last_token: Option<Instant>,
     ignore_eos: bool,
-    /// Tokens sampled since the last text chunk was sent (their text is held back).
-    unsent_tokens: u32,
+    /// Ids of the tokens sampled since the last text chunk was sent (their text is held back).
+    unsent_ids: Vec<u32>,
     /// Report log-probabilities with this many alternatives.
     logprobs: Option<u8>,
     /// Log-probabilities of the unsent tokens.
@@ -81,16 +83,16 @@ struct Seq {
 }
 
 impl Seq {
-    /// Sends released text, after the log-probabilities of the tokens it releases; false if
-    /// the client is gone.
-    fn send_text(&mut self, text: String, tokens: u32) -> bool {
+    /// Sends released text of the tokens `ids`, after the log-probabilities of the tokens it
+    /// releases; false if the client is gone.
+    fn send_text(&mut self, text: String, ids: Vec<u32>) -> bool {
         if !self.unsent_logprobs.is_empty() {
             let logprobs = std::mem::take(&mut self.unsent_logprobs);
             if self.events.send(Ok(Event::Logprobs(logprobs))).is_err() {
                 return false;
             }
         }
-        self.events.send(Ok(Event::text(text, tokens))).is_ok()
+        self.events.send(Ok(Event::text_of(text, ids))).is_ok()
     }
 }
 
@@ -263,6 +265,7 @@ impl Worker<'_> {
                     received,
                     priority,
                     followers,
+                    resumed,
                 } = request;
                 let seq = |s: &Self,
                            sampling: &SamplingParams,
@@ -280,7 +283,7 @@ impl Worker<'_> {
                     received,
                     last_token: None,
                     ignore_eos: sampling.ignore_eos,
-                    unsent_tokens: 0,
+                    unsent_ids: Vec::new(),
                     logprobs: sampling.logprobs,
                     unsent_logprobs: Vec::new(),
                     followers: Vec::new(),
@@ -295,6 +298,15 @@ impl Worker<'_> {
                     .collect();
                 let mut payload = seq(self, &sampling, grammar, events);
                 payload.followers = followers;
+                // Tokens generated before a resume: the samplers' history (penalties, the
+                // grammar's parse state) goes on from them.
+                for &token in &prompt[prompt.len().saturating_sub(resumed)..] {
+                    let token = LlamaToken(token);
+                    payload.sampler.accept(token);
+                    if let Some(grammar) = payload.grammar.as_mut() {
+                        let _ = grammar.try_accept(token);
+                    }
+                }
                 let job = Job::new(prompt, max_new, priority, payload);
                 let answer = match self.state.enqueue(job) {
                     Ok(()) => Ok(()),
@@ -453,7 +465,7 @@ impl Worker<'_> {
             Some(prev) => self.metrics.next_token(now - prev),
         }
         self.metrics.generated();
-        job.payload.unsent_tokens += 1;
+        job.payload.unsent_ids.push(token.0 as u32);
         let generated = job.generated + 1;
         let reached_max = generated >= job.max_new;
         if self.model.is_end_of_generation(token) && !job.payload.ignore_eos {
@@ -476,8 +488,8 @@ impl Worker<'_> {
             }
             StopOutcome::Continue(out) if out.is_empty() => self.state.push_token(slot, token.0),
             StopOutcome::Continue(out) => {
-                let tokens = std::mem::take(&mut job.payload.unsent_tokens);
-                let sent = job.payload.send_text(out, tokens);
+                let ids = std::mem::take(&mut job.payload.unsent_ids);
+                let sent = job.payload.send_text(out, ids);
                 if sent {
                     self.state.push_token(slot, token.0);
                 } else {
@@ -502,12 +514,12 @@ impl Worker<'_> {
         let mut seq = job.payload;
         if !tail.is_empty() {
             // A matched stop string's tokens are not in the tail; usage counts them.
-            let tokens = if reason == FinishReason::Stop {
-                0
+            let ids = if reason == FinishReason::Stop {
+                Vec::new()
             } else {
-                seq.unsent_tokens
+                std::mem::take(&mut seq.unsent_ids)
             };
-            let _ = seq.send_text(tail, tokens);
+            let _ = seq.send_text(tail, ids);
         }
         let _ = seq.events.send(Ok(Event::Finished { reason, usage }));
         let secs = seq.received.elapsed().as_secs_f64();

@@ -140,6 +140,7 @@ fn request(prompt: Prompt) -> GenerateRequest {
         parallel_tool_calls: true,
         format: Default::default(),
         priority: Default::default(),
+        resume: Vec::new(),
     }
 }
 

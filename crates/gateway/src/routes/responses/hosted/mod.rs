@@ -383,7 +383,7 @@ impl Agent {
                 Event::Queued { position, eta_ms } => {
                     crate::sse::queue_comment(&mut out, position, eta_ms)
                 }
-                Event::Text { text, tokens } => {
+                Event::Text { text, tokens, .. } => {
                     so_far.completion_tokens = so_far.completion_tokens.saturating_add(tokens);
                     if !text.is_empty() {
                         step.text.push_str(&text);

@@ -263,6 +263,7 @@ fn request(id: &str, prompt: &str, max_tokens: u32) -> GenerateRequest {
         parallel_tool_calls: true,
         format: Default::default(),
         priority: Default::default(),
+        resume: Vec::new(),
     }
 }
 

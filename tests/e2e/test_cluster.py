@@ -255,19 +255,38 @@ def _moves(server) -> float:
     return total
 
 
+def _near_tie(tokens, text: str, at: int):
+    """Where TEXT first departs from the undisturbed answer (character AT): the gap between
+    the logprobs of that answer's token there and the token TEXT took instead, if TEXT took the
+    runner-up; None otherwise."""
+    pos = 0
+    for t in tokens:
+        if pos + len(t.token) > at:
+            taken = [a for a in t.top_logprobs if a.token != t.token and a.token and text[pos:].startswith(a.token)]
+            return t.logprob - taken[0].logprob if taken else None
+        pos += len(t.token)
+    return None
+
+
 def test_streams_on_a_killed_node_go_on_from_another_with_nothing_lost_or_repeated(cluster, figure):
     """Failover with migration: 10 streams at temperature 0 are running through both gateways
-    when the node serving several of them is killed with kill -9. Every stream completes with
-    exactly the text of the same request on an undisturbed run (no token repeated or missing)
-    and the usage of that run (one record, billed once), the gateways resuming each lost stream
-    on a survivor from the token ids it had delivered."""
+    when the node serving several of them is killed with kill -9. Every stream completes, the
+    gateways resuming each lost stream on a survivor from the token ids it had delivered, with
+    the text of the same request on an undisturbed run (no token repeated or missing), or one
+    that departs from it only where the undisturbed run's top two tokens were a near-tie (the
+    resumed node computes the delivered tokens' cache in one batch, not one by one, and
+    floating point may order a tie differently; concurrent streams on one replica do too, moved
+    or not: reported as a figure). A near-tie: the stream took the runner-up, whose logprob is
+    within 0.5 of the top token's. Each stream has one
+    request-log row whose usage is what its client was told (billed once)."""
     g1, g2 = cluster.procs["g1"], cluster.procs["g2"]
     system = "You are the storyteller of a lighthouse museum. Tell long, calm stories. " * 9
     messages = [{"role": "system", "content": system},
                 {"role": "user", "content": "Tell me the story of the old keeper and the storm."}]
     finished = "flywheel_engine_requests_finished_total"
     before = {n: _node_metric(cluster, n, finished) for n in NODES}
-    ref = g1.client().chat.completions.create(model="smol", messages=messages, max_tokens=160, temperature=0)
+    ref = g1.client().chat.completions.create(model="smol", messages=messages, max_tokens=160, temperature=0,
+                                              logprobs=True, top_logprobs=2)
     served = {n: _node_metric(cluster, n, finished) - before[n] for n in NODES}
     # The prompt's affinity sends the first streams to this node while it has free slots.
     victim = max(served, key=served.get)
@@ -309,28 +328,38 @@ def test_streams_on_a_killed_node_go_on_from_another_with_nothing_lost_or_repeat
     assert all(not t.is_alive() for t in threads), "a stream hung after the kill"
     failed = [r for r in results if isinstance(r, Exception)]
     assert not failed, failed
+    ties = []
     for i, (text, usage, _) in enumerate(results):
-        if text != ref_text:
-            at = next((k for k, (a, b) in enumerate(zip(text, ref_text)) if a != b), min(len(text), len(ref_text)))
-            pytest.fail(f"stream {i} differs from the undisturbed run at character {at}: "
-                        f"{text[max(0, at - 40):at + 40]!r} vs {ref_text[max(0, at - 40):at + 40]!r}")
-        assert (usage.prompt_tokens, usage.completion_tokens) == (ref.usage.prompt_tokens,
-                                                                  ref.usage.completion_tokens), (i, usage)
+        assert usage.prompt_tokens == ref.usage.prompt_tokens, (i, usage)
+        if text == ref_text:
+            assert usage.completion_tokens == ref.usage.completion_tokens, (i, usage)
+            continue
+        at = next((k for k, (a, b) in enumerate(zip(text, ref_text)) if a != b), min(len(text), len(ref_text)))
+        gap = _near_tie(ref.choices[0].logprobs.content, text, at)
+        assert gap is not None and gap < 0.5, (
+            f"stream {i} departs from the undisturbed run at character {at}, not at a near-tie (gap {gap}): "
+            f"{text[max(0, at - 40):at + 40]!r} vs {ref_text[max(0, at - 40):at + 40]!r}")
+        ties.append(f"stream {i} at character {at}, top-2 gap {gap:.3f}")
     moved = _moves(g1) + _moves(g2) - moves_before
     assert moved >= 1, "no stream was on the killed node"
-    # One request-log row per stream, billed for what was delivered.
+    # One request-log row per stream (this test's prompt is its own), with the usage its client got.
     def logged():
         rows = requests.get(g1.url + "/v1/logs?limit=100", headers=g1.auth(), timeout=30).json()["data"]
-        rows = [r for r in rows if r["model"] == "smol" and r["completion_tokens"] == ref.usage.completion_tokens]
+        rows = [r for r in rows if r["model"] == "smol" and r["prompt_tokens"] == ref.usage.prompt_tokens]
         return rows if len(rows) >= 11 else None
     rows, _ = _wait("11 request-log rows (the reference and 10 streams)", logged, 30)
-    assert all(r["status"] == 200 and r["prompt_tokens"] == ref.usage.prompt_tokens for r in rows[:11]), rows[:11]
-    # Per stream still running at the kill: how long until its next chunk (a moved stream's
-    # resume time; the others' ordinary gap).
-    gaps = sorted(next(t for t in r[2] if t > killed) - killed for r in results if r[2][-1] > killed)
+    assert len(rows) == 11 and all(r["status"] == 200 for r in rows), rows
+    told = sorted([ref.usage.completion_tokens] + [r[1].completion_tokens for r in results])
+    assert sorted(r["completion_tokens"] for r in rows) == told, (rows, told)
+    # Per stream generating at the kill (chunks before and after it): how long until its next
+    # chunk (a moved stream's resume time; the others' ordinary gap).
+    gaps = sorted(next(t for t in r[2] if t > killed) - killed for r in results
+                  if r[2][0] < killed < r[2][-1])
     figure(f"cluster: kill -9 under 10 streams -> {moved:.0f} moved to survivors; first chunk after the "
-           f"kill p50 {gaps[len(gaps) // 2]:.2f}s, max {gaps[-1]:.2f}s over {len(gaps)} running streams; "
-           f"the last stream ended {max(r[2][-1] for r in results) - killed:.1f}s after the kill")
+           f"kill p50 {gaps[len(gaps) // 2]:.2f}s, max {gaps[-1]:.2f}s over {len(gaps)} streams generating at "
+           f"the kill; "
+           f"the last stream ended {max(r[2][-1] for r in results) - killed:.1f}s after the kill; "
+           f"departures at near-ties: {ties or 'none'}")
     # The node comes back (same id, new lease) for the tests after this one.
     cluster.start(victim, "node")
     _wait("3 replicas ready again", lambda: cluster.all_ready("g1", "smol", 3), LOAD_S)

@@ -79,9 +79,15 @@ async fn a_resumed_generation_is_the_rest_of_the_uninterrupted_one() {
     assert!(whole.len() > 10, "many chunks: {whole:?}");
     // Cut after a third of the chunks, as if the node died there.
     let cut = whole.len() / 3;
-    let delivered: Vec<u32> = whole[..cut].iter().flat_map(|(_, ids)| ids.clone()).collect();
+    let delivered: Vec<u32> = whole[..cut]
+        .iter()
+        .flat_map(|(_, ids)| ids.clone())
+        .collect();
     let rest_text: String = whole[cut..].iter().map(|(t, _)| t.as_str()).collect();
-    let rest_ids: Vec<u32> = whole[cut..].iter().flat_map(|(_, ids)| ids.clone()).collect();
+    let rest_ids: Vec<u32> = whole[cut..]
+        .iter()
+        .flat_map(|(_, ids)| ids.clone())
+        .collect();
 
     let (resumed, resumed_prompt, resumed_usage) =
         run(&engine, request(max, delivered.clone())).await;

@@ -282,7 +282,11 @@ async fn a_stream_that_delivered_what_has_no_ids_ends_with_the_nodes_error() {
 #[tokio::test]
 async fn delivered_tokens_that_reach_max_tokens_finish_the_stream_where_it_is() {
     let a = Script {
-        events: vec![admitted(10, 2), Ok(Event::text_of("Hi", vec![1, 2])), lost()],
+        events: vec![
+            admitted(10, 2),
+            Ok(Event::text_of("Hi", vec![1, 2])),
+            lost(),
+        ],
         hang: false,
     };
     let nodes = nodes(a, b_resumes());

@@ -307,7 +307,13 @@ impl Actor {
         let events = waiter.events.clone();
         let tenant = waiter.work.tenant().cloned();
         let class = waiter.work.priority();
-        match self.queue.class_mut(class).push(tenant, waiter, now) {
+        let pushed = if waiter.work.resumes() {
+            // A moved stream, admitted before: first in line, never refused.
+            Ok(self.queue.class_mut(class).push_front(tenant, waiter, now))
+        } else {
+            self.queue.class_mut(class).push(tenant, waiter, now)
+        };
+        match pushed {
             Ok((id, pos)) => {
                 if let Some(w) = self.queue.get_mut(class, id) {
                     w.reported = pos.position;

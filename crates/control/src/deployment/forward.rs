@@ -41,6 +41,11 @@ impl Work {
         }
     }
 
+    /// A generation that resumes a stream moved off a lost node (its client is mid-answer).
+    pub fn resumes(&self) -> bool {
+        matches!(self, Work::Generate(r) if !r.resume.is_empty())
+    }
+
     /// Its priority class (a batch's embeddings are batch work; transcriptions are always
     /// interactive).
     pub fn priority(&self) -> Priority {

@@ -265,6 +265,30 @@ impl<T> State<T> {
         Ok((id, self.position_at(position)))
     }
 
+    /// Put a request at the head of the line, before every waiting one: a stream that was
+    /// admitted and generating elsewhere (moved off a lost node), whose client is mid-answer.
+    /// Neither the queue's bound nor its tenant's share refuses it (it was admitted once), and
+    /// its tenant's fair-share turn is not charged again. Heads keep their arrival order.
+    pub fn push_front(&mut self, tenant: TenantKey, item: T, now: Instant) -> (TicketId, Position) {
+        self.drain.observe(now, !self.is_empty());
+        *self.held.entry(tenant.clone()).or_insert(0) += 1;
+        let id = self.next_id;
+        self.next_id += 1;
+        // Tag 0 sorts before every fair tag (each is at least one unit past the virtual time).
+        self.order.insert(
+            (0, id),
+            Waiting {
+                tenant,
+                enqueued: now,
+                item,
+            },
+        );
+        self.arrivals.insert(id, 0);
+        self.drain.observe(now, true);
+        let position = self.order.range(..(0, id)).count() + 1;
+        (id, self.position_at(position))
+    }
+
     /// Take the next request in fair order.
     pub fn pop(&mut self, now: Instant) -> Option<Entry<T>> {
         self.drain.observe(now, !self.is_empty());

@@ -434,3 +434,26 @@ fn batch_requests_outwait_the_interactive_maximum() {
     assert_eq!(q.expire(t0 + BATCH_MAX_WAIT).len(), 1);
     assert!(q.is_empty());
 }
+
+#[test]
+fn a_moved_stream_goes_before_every_waiting_request_past_the_bounds() {
+    let t0 = Instant::now();
+    let mut q = State::new(shared(4, 50));
+    q.push(tenant("a"), "a1", t0).unwrap();
+    q.push(tenant("a"), "a2", t0).unwrap();
+    q.push(tenant("b"), "b1", t0).unwrap();
+    q.push(tenant("b"), "b2", t0).unwrap();
+    assert!(q.push(tenant("c"), "c1", t0).is_err(), "full");
+    // Full, and a's share (2) held: the moved streams still go in, first, in arrival order.
+    let (_, first) = q.push_front(tenant("a"), "moved-a", t0);
+    let (_, second) = q.push_front(tenant("c"), "moved-c", t0);
+    assert_eq!((first.position, second.position), (1, 2));
+    let order: Vec<&str> = std::iter::from_fn(|| q.pop(t0).map(|e| e.item)).collect();
+    assert_eq!(order, ["moved-a", "moved-c", "a1", "b1", "a2", "b2"]);
+    assert!(q.is_empty());
+    assert_eq!(
+        q.held_by(&tenant("a")),
+        0,
+        "its place is given back when taken"
+    );
+}

@@ -29,14 +29,12 @@ pub(super) fn follow(
     (node, counted): (Member, Counted),
     stream: EventStream,
 ) -> EventStream {
-    let members = route.members.clone();
     let follower = Follower {
         route,
         request,
         node,
         stream,
         _counted: Some(counted),
-        members,
         skip: BTreeSet::new(),
         delivered: Vec::new(),
         resumable: true,
@@ -58,7 +56,6 @@ struct Follower {
     node: Member,
     stream: EventStream,
     _counted: Option<Counted>,
-    members: watch::Receiver<Vec<Member>>,
     /// Nodes that failed this request.
     skip: BTreeSet<String>,
     /// Ids of the tokens whose text the client has.
@@ -102,7 +99,7 @@ impl Follower {
                 item = self.stream.next() => item.unwrap_or_else(|| Err(BackendError::Unreachable(
                     format!("node {} ended the stream before it finished", self.node.id),
                 ))),
-                () = gone(&mut self.members, &self.node.id) => Err(BackendError::Unreachable(
+                () = gone(&mut self.route.members, &self.node.id) => Err(BackendError::Unreachable(
                     format!("node {} left the cluster mid-stream (its lease expired)", self.node.id),
                 )),
             };

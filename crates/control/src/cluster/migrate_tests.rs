@@ -11,8 +11,9 @@ use backend::{
 use futures::StreamExt;
 use tokio::sync::watch;
 
+use crate::cluster::route::tests::{node, view};
 use crate::cluster::route::{ClusterDeployment, Connector, InFlight};
-use crate::cluster::{Assignment, Member, PlacementView, ReplicaLoad, Role};
+use crate::cluster::Member;
 
 /// What one node streams, then whether it stays silent (a hung connection) or ends.
 #[derive(Clone)]
@@ -70,43 +71,10 @@ impl Connector for Arc<Nodes> {
     }
 }
 
-fn member(id: &str) -> Member {
-    Member {
-        id: id.into(),
-        role: Role::Node,
-        address: format!("http://{id}"),
-        memory_bytes: 1 << 30,
-        threads: 2,
-        replicas: vec![ReplicaLoad {
-            deployment: "d".into(),
-            ready: 1,
-            loading: 0,
-            slots: 2,
-            queued: 0,
-            running: 0,
-        }],
-        lease: 0,
-        ttl_secs: 5,
-    }
-}
-
 /// Nodes `a` and `b` running `d` (`a` is picked first: equal load, ties by id).
 fn route(nodes: &Arc<Nodes>) -> (ClusterDeployment, watch::Sender<Vec<Member>>, InFlight) {
-    let (members_tx, members) = watch::channel(vec![member("a"), member("b")]);
-    let assignments = ["a", "b"]
-        .iter()
-        .enumerate()
-        .map(|(i, n)| Assignment {
-            deployment: "d".into(),
-            index: i as u32,
-            node: (*n).into(),
-        })
-        .collect();
-    let (_, view) = watch::channel(PlacementView {
-        assignments: [("d".to_owned(), assignments)].into(),
-        leader: None,
-        revision: 1,
-    });
+    let (members_tx, members) = watch::channel(vec![node("a", 0), node("b", 0)]);
+    let (_, view) = watch::channel(view(&["a", "b"]));
     let in_flight = InFlight::default();
     let route = ClusterDeployment {
         info: ModelInfo {
@@ -251,7 +219,7 @@ async fn a_node_whose_lease_expires_mid_stream_hands_its_stream_over() {
         events.push(stream.next().await.expect("event"));
     }
     // Its connection hangs; its lease expires: it leaves the membership.
-    members.send_replace(vec![member("b")]);
+    members.send_replace(vec![node("b", 0)]);
     events.extend(collect(stream).await);
     assert_eq!(events.len(), 5, "{events:?}");
     assert_eq!(events[3], Ok(Event::text_of(" world", vec![4, 5])));

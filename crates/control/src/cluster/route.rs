@@ -253,12 +253,13 @@ impl Backend for ClusterDeployment {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::cluster::{Assignment, ReplicaLoad, Role};
     use backend::ChatMessage;
 
-    fn node(id: &str, running: usize) -> Member {
+    /// A node running deployment `d` with one ready replica of 2 slots, `running` busy.
+    pub(in crate::cluster) fn node(id: &str, running: usize) -> Member {
         Member {
             id: id.into(),
             role: Role::Node,
@@ -278,7 +279,8 @@ mod tests {
         }
     }
 
-    fn view(nodes: &[&str]) -> PlacementView {
+    /// Deployment `d` with one replica on each of `nodes`.
+    pub(in crate::cluster) fn view(nodes: &[&str]) -> PlacementView {
         let assignments = nodes
             .iter()
             .enumerate()

@@ -6,7 +6,9 @@ webhook secret (returned once when the budget was set)."""
 import hashlib
 import hmac
 import json
+import os
 import re
+import sqlite3
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -78,6 +80,7 @@ def budget_server(tmp_path_factory, paths, admin_key):
     args = ["--model", f"{paths['tiny']}=tiny", "--slots", "4", "--slot-context", "512",
             "--webhook-allow-hosts", "127.0.0.1", "--free-grant-tokens", "0"]
     s = _start("budgets", args, tmp, admin_key)
+    s.tmp = tmp
     s.admin("PUT", "/prices/tiny", PRICE, expect=200)
     yield s
     _stop(s)
@@ -129,6 +132,10 @@ def test_a_key_budget_stops_at_its_cap_and_alerts_a_signed_webhook(budget_server
     }, expect=201)
     secret = created["webhook_secret"]
     assert secret.startswith("whsec_")
+    # Sealed at rest: the database holds no trace of the secret, only the sealed text.
+    with sqlite3.connect(f"file:{os.path.join(s.tmp, 'data', 'flywheel.db')}?mode=ro", uri=True) as db:
+        stored = db.execute("SELECT secret FROM budget_webhooks WHERE tenant_id = ?", (tenant["id"],)).fetchone()[0]
+    assert stored.startswith("v1.") and secret not in stored and secret[6:] not in stored, stored
     assert created["budget"] == {"amount": amount, "period": "day", "alert_at": [0.25, 0.5], "webhook_url": receiver.url}
     client = s.client(api_key=created["key"])
 

@@ -5,10 +5,17 @@ on q and v, 1 epoch, batch 4: the data and limits of test_finetune.py), polls it
 `ft:smol:codeword:JOBID` model, which answers held-out paraphrases with the taught fact; the
 model is listed for that tenant only, and another tenant gets 404 for it and for the job. A
 malformed training file fails validation naming its line; a job is cancelled; a tenant that
-cannot pay for a job gets a 402 before anything runs."""
+cannot pay for a job gets a 402 before anything runs.
+
+The adapter lands in the hub (a private repository of the tenant, a revision tagged with the
+job's id): `huggingface_hub` downloads it with the tenant's key, and a fresh server serving it
+on the base model answers exactly as the training server does. A job killed with `kill -9`
+mid-training resumes from its last checkpoint after a restart, says so in its events, and is
+charged each trained token once."""
 
 import json
 import os
+import signal
 import time
 
 import openai
@@ -96,6 +103,11 @@ def test_a_job_trains_to_a_private_model(served, trained, figure):
     checkpoints = client.fine_tuning.jobs.checkpoints.list(job.id).data
     assert checkpoints and checkpoints[0].step_number == last["step"]
     assert checkpoints[0].fine_tuned_model_checkpoint.startswith(job.fine_tuned_model + ":ckpt-step-")
+    # The adapter is in the hub: a revision tagged with the job's id.
+    hub = job.model_extra["hub"]
+    assert hub["revision"] == job.id and hub["file"] == "adapter.gguf", hub
+    assert hub["repo"].endswith("/smol-codeword"), hub
+    assert any(hub["repo"] in e.message for e in events), [e.message for e in events]
     figure(f"fine-tuning job on SmolLM2-135M via /v1/fine_tuning/jobs (rank 8, q+v, {last['step']} steps, "
            f"2 threads, shared machine): {seconds:.0f}s from create to succeeded, "
            f"{job.trained_tokens} trained tokens, loss {first['train_loss']:.3f} -> {last['train_loss']:.3f}")
@@ -165,3 +177,96 @@ def test_a_job_the_tenant_cannot_pay_for_is_refused(served, trained):
     assert refused.value.status_code == 402
     assert refused.value.body["code"] == "insufficient_quota"
     assert poor.fine_tuning.jobs.list().data == []
+
+
+def test_the_adapter_from_the_hub_serves_the_same_answers_on_a_fresh_server(served, trained, tmp_path,
+                                                                           admin_key):
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    job, _ = trained
+    hub = job.model_extra["hub"]
+    # Private to its tenant: anonymous callers and other tenants see nothing (each with a cache of
+    # its own: huggingface_hub may fall back to files already cached).
+    other = served.new_key(served.new_tenant("ft-hub-other"))["key"]
+    for i, token in enumerate((False, other)):
+        with pytest.raises(RepositoryNotFoundError):
+            hf_hub_download(hub["repo"], "adapter.gguf", revision=job.id, token=token, endpoint=served.url,
+                            cache_dir=str(tmp_path / f"other-{i}"))
+    kw = dict(endpoint=served.url, cache_dir=str(tmp_path / "hf"))
+    path = hf_hub_download(hub["repo"], "adapter.gguf", revision=job.id, token=served.key, **kw)
+    card = hf_hub_download(hub["repo"], "README.md", revision=job.id, token=served.key, **kw)
+    with open(card) as f:
+        assert job.id in f.read()
+    client = served.client()
+    questions = _heldout()
+    want = [_answer(client, job.fine_tuned_model, q) for q in questions]
+    smol = _env_path("FLYWHEEL_SMOL_GGUF")
+    fresh = _start("fine-tuning-fresh", ["--model", f"{smol}=smol", "--model", f"{smol}+lora:{path}=mine",
+                                         "--slots", "2", "--slot-context", "1024", "--threads", "2"],
+                   str(tmp_path), admin_key).with_tenant("fresh")
+    try:
+        got = [_answer(fresh.client(), "mine", q) for q in questions]
+    finally:
+        _stop(fresh)
+    assert got == want
+    assert all("PLUMTREE-42" in a for a in got), got
+
+
+def _answer(client, model, q):
+    r = client.chat.completions.create(model=model, messages=[{"role": "user", "content": q}],
+                                       temperature=0, max_tokens=24)
+    return r.choices[0].message.content
+
+
+def test_a_job_killed_mid_training_resumes_from_its_checkpoint_and_is_charged_once(tmp_path, admin_key):
+    smol = _env_path("FLYWHEEL_SMOL_GGUF")
+    tmp = str(tmp_path)
+    args = ["--model", f"{smol}=smol", "--slots", "2", "--slot-context", "1024", "--threads", "2",
+            "--node-threads", "4", "--fine-tuning-threads", "2", "--fine-tuning-checkpoint-every", "4"]
+    s = _start("fine-tuning-kill", args, tmp, admin_key)
+    # One credit per trained token, paid from the balance.
+    s.admin("PUT", "/prices/ft/smol", {"input_per_million": 1_000_000, "output_per_million": 0}, expect=200)
+    tid = s.new_tenant("ft-kill", grant_tokens=0)
+    s.admin("POST", f"/tenants/{tid}/topups", {"amount": 10**9}, expect=200)
+    key = s.new_key(tid)["key"]
+    before = s.admin("GET", f"/tenants/{tid}", expect=200)["balance"]
+    with open(os.path.join(DATA, "codeword-train.jsonl")) as f:
+        lines = [line for line in f if line.strip()][:12]
+    client = s.client(api_key=key)
+    train = _upload(client, "".join(lines))
+    job = client.fine_tuning.jobs.create(model="smol", training_file=train.id, suffix="kill", seed=3,
+                                         hyperparameters={"n_epochs": 3, "batch_size": 1})
+    deadline = time.monotonic() + TRAIN_LIMIT_S
+    while not client.fine_tuning.jobs.checkpoints.list(job.id).data:
+        assert time.monotonic() < deadline, s.log_tail()
+        assert client.fine_tuning.jobs.retrieve(job.id).status in ("validating_files", "queued", "running")
+        time.sleep(0.5)
+    s.proc.send_signal(signal.SIGKILL)  # by PID: the server this test started
+    s.proc.wait(timeout=30)
+    s2 = _start("fine-tuning-kill-2", args, tmp, admin_key)
+    try:
+        client = s2.client(api_key=key)
+        done = _wait(client, job.id)
+        assert done.status == "succeeded", (done.error, s2.log_tail())
+        events = client.fine_tuning.jobs.list_events(job.id, limit=100).data
+        resumed = [e for e in events if e.data and "resumed_from_step" in e.data]
+        assert len(resumed) == 1, [e.message for e in events]
+        step = resumed[0].data["resumed_from_step"]
+        checkpoints = [c.step_number for c in client.fine_tuning.jobs.checkpoints.list(job.id, limit=100).data]
+        assert step in checkpoints and step % 4 == 0, (step, checkpoints)
+        assert len(checkpoints) == len(set(checkpoints)), checkpoints
+        # After the resume, training went on from the step after the checkpoint.
+        later = [e.data["step"] for e in events if e.type == "metrics" and e.created_at >= resumed[0].created_at]
+        assert later and min(later) == step + 1, (step, sorted(later)[:5])
+        total = max(e.data["total_steps"] for e in events if e.type == "metrics")
+        assert total == 36 and max(later) == total
+        # Charged each trained token once: the killed run up to its checkpoint, the resumed run the rest.
+        spent = before - s2.admin("GET", f"/tenants/{tid}", expect=200)["balance"]
+        assert done.trained_tokens and spent == done.trained_tokens, (spent, done.trained_tokens)
+        assert done.model_extra["hub"]["revision"] == job.id
+        ask = client.chat.completions.create(model=done.fine_tuned_model, max_tokens=4,
+                                             messages=[{"role": "user", "content": "hi"}])
+        assert ask.usage.completion_tokens > 0
+    finally:
+        _stop(s2)

@@ -32,6 +32,7 @@ use files::Files;
 use store::{BatchCreate, BatchPage, BatchRecord, Store};
 use tenancy::{Principal, Tenancy};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 pub use error::{BatchError, Result};
 
@@ -176,6 +177,8 @@ pub(crate) struct Inner {
     pub running: Mutex<HashMap<String, Running>>,
     /// This process's name on the batches it holds a lease on (`lease_owner`).
     pub owner: String,
+    /// This process's runners, awaited at shutdown; closed once it began (no runner starts).
+    pub runners: TaskTracker,
 }
 
 #[derive(Clone)]
@@ -206,6 +209,7 @@ impl Batches {
                     std::process::id(),
                     uuid::Uuid::new_v4().simple()
                 ),
+                runners: TaskTracker::new(),
             }),
         }
     }
@@ -431,21 +435,51 @@ impl Batches {
         Ok(started)
     }
 
-    /// Spawns the takeover loop: every half lease, batches no live lease holds (their
+    /// Spawns the takeover loop: every half lease (at most 5 s), batches no live lease holds (their
     /// process died, or ended its runner) are resumed here.
     pub fn spawn_takeover(&self) -> tokio::task::JoinHandle<()> {
         let batches = self.clone();
         tokio::spawn(async move {
-            let every = (batches.inner.config.lease / 2).max(Duration::from_millis(200));
+            // At most 5 s: a batch whose process gave its lease up at shutdown is taken
+            // over within that, however long leases are.
+            let every = (batches.inner.config.lease / 2)
+                .min(Duration::from_secs(5))
+                .max(Duration::from_millis(200));
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
+                if batches.inner.runners.is_closed() {
+                    return;
+                }
                 if let Err(e) = batches.resume().await {
                     tracing::warn!(error = %e, "could not look for batches to take over");
                 }
             }
         })
+    }
+
+    /// Stops every runner of this process (a shutdown): no line starts after this, lines
+    /// running end as the serving layer ends them (an interrupted line runs again, unbilled,
+    /// wherever the batch goes on), and no runner starts here any more. Each runner gives its
+    /// batch's lease up as it ends, so another process takes the batch over at once instead
+    /// of after the lease lapsed. Resolves once every runner ended.
+    pub async fn shutdown(&self) {
+        self.inner.runners.close();
+        let stopped: Vec<String> = {
+            let running = self.inner.running.lock().unwrap_or_else(|p| p.into_inner());
+            running
+                .iter()
+                .map(|(id, r)| {
+                    r.stop.cancel();
+                    id.clone()
+                })
+                .collect()
+        };
+        if !stopped.is_empty() {
+            tracing::info!(batches = ?stopped, "shutting down: stopping batch runners and giving up their leases");
+        }
+        self.inner.runners.wait().await;
     }
 
     /// Stops this process's runners of `tenant_id`'s batches (the tenant is being deleted;
@@ -473,7 +507,8 @@ impl Batches {
         let stop = CancellationToken::new();
         {
             let mut running = self.inner.running.lock().unwrap_or_else(|p| p.into_inner());
-            if running.contains_key(&batch.id) {
+            // Shutting down: the batch is left to another process (or the next start).
+            if self.inner.runners.is_closed() || running.contains_key(&batch.id) {
                 return false;
             }
             running.insert(
@@ -486,7 +521,7 @@ impl Batches {
         }
         let inner = self.inner.clone();
         let id = batch.id.clone();
-        tokio::spawn(async move {
+        self.inner.runners.spawn(async move {
             if let Err(e) = runner::run(&inner, &id, stop).await {
                 tracing::error!(batch = %id, error = %e, "batch runner stopped; it resumes at the next start");
             }

@@ -152,6 +152,11 @@ struct Inner {
 }
 
 impl Files {
+    /// The hub whose blob store holds the files.
+    pub fn hub(&self) -> &hub::Hub {
+        &self.inner.hub
+    }
+
     /// The Files API whose staging area is `data_dir/files/staging`: emptied here, since
     /// what a previous process left there is uploads it never finished.
     pub fn open(

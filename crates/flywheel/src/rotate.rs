@@ -1,5 +1,5 @@
 //! `flywheel rotate-secret-key`: a new secret key for MCP server secrets (and model groups'
-//! member keys). Every sealed value is
+//! member keys, budget webhooks' signing secrets). Every sealed value is
 //! opened with the current key and sealed again under the new one; the new key is written first
 //! (`secret.key.new`), put in place only once every row is resealed (the old one kept as
 //! `secret.key.old`), so an interruption loses nothing: run the command again. Processes hold
@@ -54,6 +54,12 @@ pub async fn run(args: RotateArgs) -> Result<()> {
         .map_err(|e| anyhow::anyhow!("cannot reseal the model groups' keys: {e}"))?;
     if groups > 0 {
         eprintln!("resealed the member keys of {groups} model groups");
+    }
+    let webhooks = tenancy::reseal_webhook_secrets(store.as_ref(), &sealer, true)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot reseal the budget webhooks' secrets: {e}"))?;
+    if webhooks > 0 {
+        eprintln!("resealed the budget webhook secrets of {webhooks} tenants");
     }
     store.close().await;
     if from_env {

@@ -28,7 +28,10 @@ async fn serve(config: ServeConfig) -> Result<()> {
     let metrics = install_metrics(config.cluster.as_ref().map(|c| c.id.as_str()))?;
     // One database pool (and one migration run) for tenancy, the hub and deployments.
     let store = open_store(&config).await?;
-    let tenancy = open_tenancy(&config, store.clone()).await?;
+    // The server's secret key seals secrets at rest: MCP servers' headers, model groups' member
+    // keys, budget webhooks' signing secrets.
+    let sealer = secret_sealer(&config)?;
+    let tenancy = open_tenancy(&config, store.clone(), &sealer).await?;
     let settlements = TaskTracker::new();
     let hub = crate::hub_config::open(store.clone(), &config.data_dir, config.hub.clone()).await?;
     let store_for_mcp = store.clone();
@@ -42,7 +45,8 @@ async fn serve(config: ServeConfig) -> Result<()> {
     let store_for_fine_tuning = store.clone();
     let resolve_base: Arc<gateway::FineTuningResolve> =
         Arc::new(crate::deployments::resolver(hub.clone()));
-    let fine_tuning_stop = tokio_util::sync::CancellationToken::new();
+    // Cancelled at shutdown: trainings stop after their step, batch runners give up their leases.
+    let background_stop = tokio_util::sync::CancellationToken::new();
     let (plane, clustered) = match &config.cluster {
         None => (
             Some(crate::deployments::start(&config, &hub.clone(), store).await?),
@@ -63,7 +67,7 @@ async fn serve(config: ServeConfig) -> Result<()> {
     }
 
     let store_for_routing = store_for_mcp.clone();
-    let (mcp, sealer) = mcp_gateway(&config, store_for_mcp, tenancy.clone())?;
+    let mcp = mcp_gateway(&config, store_for_mcp, tenancy.clone(), sealer.clone())?;
     let (routing, log_writer) = crate::routing::setup(&config, store_for_routing, sealer).await?;
     sweep_mcp_sessions(mcp.clone());
     let console_config = console::ConsoleConfig {
@@ -87,13 +91,14 @@ async fn serve(config: ServeConfig) -> Result<()> {
         batch: Some(gateway::BatchSetup {
             store: store_for_batch,
             config: config.batch.clone(),
+            shutdown: background_stop.clone(),
         }),
         routing: Some(routing),
         fine_tuning: Some(gateway::FineTuningSetup {
             store: store_for_fine_tuning,
             config: config.fine_tuning.clone(),
             resolve: resolve_base,
-            shutdown: fine_tuning_stop.clone(),
+            shutdown: background_stop.clone(),
         }),
     };
     let internal = clustered.as_ref().and_then(|c| c.internal.clone());
@@ -152,8 +157,9 @@ async fn serve(config: ServeConfig) -> Result<()> {
     let server = crate::http::Server::start(listener, app, limits, transport);
     shutdown_signal().await;
     tracing::info!("shutting down: no new connections; waiting for running requests");
-    // Trainings stop after their current step; their jobs resume at the next start.
-    fine_tuning_stop.cancel();
+    // Trainings stop after their current step (their jobs resume at the next start); batch
+    // runners start no more lines and give up their leases once their running lines ended.
+    background_stop.cancel();
     server.close();
     let drain = Duration::from_secs(config.drain_seconds);
     let drained = tokio::time::timeout(drain, server.closed()).await.is_ok();
@@ -272,9 +278,20 @@ async fn open_store(config: &ServeConfig) -> Result<Arc<dyn store::Store>> {
 async fn open_tenancy(
     config: &ServeConfig,
     store: Arc<dyn store::Store>,
+    sealer: &mcp::Sealer,
 ) -> Result<tenancy::Tenancy> {
+    let sealed = tenancy::reseal_webhook_secrets(store.as_ref(), sealer, false)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot seal the budget webhooks' secrets: {e}"))?;
+    if sealed > 0 {
+        tracing::info!(
+            sealed,
+            "sealed budget webhook secrets stored before sealing existed"
+        );
+    }
     let tenancy = tenancy::Tenancy::new(store, Arc::new(tenancy::SystemClock), &config.tenancy)
-        .map_err(|e| anyhow::anyhow!("tenancy settings: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("tenancy settings: {e}"))?
+        .with_secret_seal(Arc::new(sealer.clone()));
     let recovery = tenancy
         .ledger
         .recover()
@@ -292,18 +309,24 @@ async fn open_tenancy(
     Ok(tenancy)
 }
 
-/// The MCP gateway: its secret key from `FLYWHEEL_SECRET_KEY` or `DATA_DIR/secret.key`
-/// (created on first start; every process of a cluster needs the same one).
-fn mcp_gateway(
-    config: &ServeConfig,
-    store: Arc<dyn store::Store>,
-    tenancy: tenancy::Tenancy,
-) -> Result<(Arc<mcp::Mcp>, mcp::Sealer)> {
+/// The server's secret key, from `FLYWHEEL_SECRET_KEY` or `DATA_DIR/secret.key` (created on
+/// first start; every process of a cluster needs the same one).
+fn secret_sealer(config: &ServeConfig) -> Result<mcp::Sealer> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create {}", config.data_dir.display()))?;
     let env = std::env::var("FLYWHEEL_SECRET_KEY").ok();
     let key = mcp::SecretKey::load(env.as_deref(), &config.data_dir.join("secret.key"))
-        .map_err(|e| anyhow::anyhow!("the secret key for MCP server secrets: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("the secret key for secrets at rest: {e}"))?;
+    Ok(mcp::Sealer::new(key, None))
+}
+
+/// The MCP gateway, its servers' secrets sealed by `sealer`.
+fn mcp_gateway(
+    config: &ServeConfig,
+    store: Arc<dyn store::Store>,
+    tenancy: tenancy::Tenancy,
+    sealer: mcp::Sealer,
+) -> Result<Arc<mcp::Mcp>> {
     let options = mcp::McpOptions {
         guard: mcp::Guard::new(config.mcp_allow_hosts.clone(), config.mcp_call_timeout),
         stdio_root: config.data_dir.join("mcp"),
@@ -312,12 +335,7 @@ fn mcp_gateway(
             ..mcp::StdioLimits::default()
         },
     };
-    // Model groups' member keys are sealed under the same key.
-    let sealer = mcp::Sealer::new(key, None);
-    Ok((
-        mcp::Mcp::new(store, tenancy, sealer.clone(), options),
-        sealer,
-    ))
+    Ok(mcp::Mcp::new(store, tenancy, sealer, options))
 }
 
 /// Deletes MCP client sessions idle for a day, now and every hour.

@@ -93,6 +93,9 @@ pub use routes::groups::{load_groups, reseal_groups};
 pub struct BatchSetup {
     pub store: Arc<dyn tenancy::Store>,
     pub config: batch::BatchConfig,
+    /// Cancelled when the server shuts down: batch runners stop and give up their leases (a
+    /// task on the settlements tracker, which the server awaits before it exits).
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 /// What the fine-tuning API needs besides the serving layer and the Files API.
@@ -150,6 +153,7 @@ struct Inner {
 impl AppState {
     fn new(state: GatewayState) -> Self {
         let catalog = Catalog::new(state.models, state.plane);
+        let background = state.settlements.clone();
         let mut serving = Serving::new(catalog, state.tenancy.clone(), state.settlements);
         if let Some(setup) = &state.routing {
             for group in &setup.groups {
@@ -166,13 +170,23 @@ impl AppState {
             }
         }
         let batches = match (state.batch, &state.files) {
-            (Some(setup), Some(files)) => Some(batch::Batches::new(
-                setup.store,
-                files.clone(),
-                state.tenancy.clone(),
-                Arc::new(routes::batches::LineExecutor::new(serving.clone())),
-                setup.config,
-            )),
+            (Some(setup), Some(files)) => {
+                let batches = batch::Batches::new(
+                    setup.store,
+                    files.clone(),
+                    state.tenancy.clone(),
+                    Arc::new(routes::batches::LineExecutor::new(serving.clone())),
+                    setup.config,
+                );
+                if tokio::runtime::Handle::try_current().is_ok() {
+                    let (batches, stop) = (batches.clone(), setup.shutdown);
+                    background.spawn(async move {
+                        stop.cancelled().await;
+                        batches.shutdown().await;
+                    });
+                }
+                Some(batches)
+            }
             _ => None,
         };
         let fine_tuning = match (state.fine_tuning, &state.files) {

@@ -14,6 +14,7 @@ pub mod card;
 pub mod commit;
 mod error;
 pub mod listing;
+mod local;
 pub mod path;
 mod read;
 pub mod remote;
@@ -27,6 +28,7 @@ use std::time::Duration;
 use store::Store;
 
 pub use error::{ErrorKind, HubError, Result};
+pub use local::LocalFile;
 pub use read::{FileView, SearchQuery};
 pub use store::hub::{CardSummary, Commit, Ref, RefKind, Repo, RepoSort, TreeEntry};
 pub use store::Timestamp;

@@ -119,4 +119,9 @@ pub trait BudgetStore: Send + Sync + 'static {
         now: Timestamp,
         replace: bool,
     ) -> Result<bool>;
+    /// Every tenant's stored webhook secret, `(tenant_id, secret)` (to seal them anew).
+    async fn webhook_secrets(&self) -> Result<Vec<(String, String)>>;
+    /// Replaces the tenant's stored secret `old` by `new` (the same secret sealed anew);
+    /// false if it is no longer `old` (rotated meanwhile).
+    async fn reseal_webhook_secret(&self, tenant_id: &str, old: &str, new: &str) -> Result<bool>;
 }

@@ -56,6 +56,9 @@ pub struct FineTuningJob {
     pub estimated_finish: Option<Timestamp>,
     /// The client's `metadata`, as JSON text.
     pub metadata: Option<String>,
+    /// `ORG/NAME` of the hub repository its adapter was committed to (the revision is tagged
+    /// with the job's id), once it succeeded and the commit went in.
+    pub hub_repo: Option<String>,
 }
 
 /// A page of jobs, newest first.

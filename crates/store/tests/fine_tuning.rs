@@ -46,6 +46,7 @@ fn job(id: &str, tenant: &str, at: Timestamp) -> FineTuningJob {
         finished_at: None,
         estimated_finish: None,
         metadata: None,
+        hub_repo: None,
     }
 }
 

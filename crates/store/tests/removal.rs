@@ -226,6 +226,7 @@ impl Fixture {
             finished_at: None,
             estimated_finish: None,
             metadata: None,
+            hub_repo: None,
         };
         assert!(self
             .store

@@ -26,7 +26,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{Datelike, TimeDelta, TimeZone, Utc};
-use rand::RngCore;
 use store::{BudgetEvent, BudgetRecord, Spent, Store, Timestamp};
 use tokio::sync::{Notify, OwnedMutexGuard};
 
@@ -149,12 +148,14 @@ type Fired = Arc<Mutex<HashMap<String, (Timestamp, Vec<i64>)>>>;
 
 #[derive(Clone)]
 pub struct Budgets {
-    store: Arc<dyn Store>,
-    clock: Arc<dyn Clock>,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) clock: Arc<dyn Clock>,
     configs: Arc<Mutex<HashMap<String, Cached>>>,
     locks: SubjectLocks,
     fired: Fired,
     deliveries: Arc<Notify>,
+    /// Seals webhook secrets at rest; without one they are stored as they are (tests).
+    pub(crate) seal: Option<Arc<dyn crate::SecretSeal>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -170,6 +171,7 @@ impl Budgets {
             locks: Arc::default(),
             fired: Arc::default(),
             deliveries: Arc::new(Notify::new()),
+            seal: None,
         }
     }
 
@@ -419,38 +421,6 @@ impl Budgets {
             .finish_budget_event(event_id, delivered, error)
             .await?)
     }
-
-    /// The tenant's webhook signing secret, if it has one.
-    pub async fn webhook_secret(&self, tenant_id: &str) -> Result<Option<String>> {
-        Ok(self.store.webhook_secret(tenant_id).await?)
-    }
-
-    /// Creates the tenant's webhook signing secret if it has none; returns it only when it
-    /// was created now (it is shown once).
-    pub async fn ensure_webhook_secret(&self, tenant_id: &str) -> Result<Option<String>> {
-        let secret = new_secret();
-        let created = self
-            .store
-            .put_webhook_secret(tenant_id, &secret, self.clock.now(), false)
-            .await?;
-        Ok(created.then_some(secret))
-    }
-
-    /// Replaces the tenant's webhook signing secret with a new one, returned (shown once).
-    pub async fn rotate_webhook_secret(&self, tenant_id: &str) -> Result<String> {
-        let secret = new_secret();
-        self.store
-            .put_webhook_secret(tenant_id, &secret, self.clock.now(), true)
-            .await?;
-        Ok(secret)
-    }
-}
-
-fn new_secret() -> String {
-    let mut bytes = [0u8; 32];
-    rand::rng().fill_bytes(&mut bytes);
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    format!("whsec_{hex}")
 }
 
 fn validate(spec: &BudgetSpec) -> Result<()> {

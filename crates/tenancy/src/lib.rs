@@ -35,6 +35,7 @@ mod progress;
 mod responses;
 mod sessions;
 mod usage;
+mod webhook_secrets;
 
 use std::sync::Arc;
 
@@ -59,6 +60,7 @@ pub use responses::{NewResponse, Responses};
 pub use sessions::{Session, SignInError, StartedSession, Subject};
 pub use store::accounting::{is_audio, is_tool_call, AUDIO_PREFIX, TOOL_CALL_PREFIX};
 pub use usage::{Account, UsageQuery, UsageReports};
+pub use webhook_secrets::{reseal_webhook_secrets, SecretSeal};
 
 pub use store::{
     removal, ApiKey, Balances, BudgetEvent, BudgetRecord, Debit, LedgerEntry, LedgerKind,
@@ -110,6 +112,13 @@ impl Tenancy {
             prices,
             store,
         })
+    }
+
+    /// Seals what this service keeps secret at rest (the budget webhooks' signing secrets)
+    /// with `seal`, the server's secret key.
+    pub fn with_secret_seal(mut self, seal: Arc<dyn SecretSeal>) -> Self {
+        self.budgets = self.budgets.with_seal(seal);
+        self
     }
 
     /// Whether the database answers (readiness).

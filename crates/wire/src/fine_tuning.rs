@@ -149,6 +149,10 @@ pub struct JobView {
     pub suffix: Option<String>,
     pub metadata: Option<Value>,
     pub method: Value,
+    /// Flywheel's: where the adapter is in the hub (`{"repo", "revision", "file"}`), once the
+    /// job succeeded and it was committed; pull it like any model.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hub: Option<Value>,
 }
 
 impl From<FineTuningJob> for JobView {
@@ -180,6 +184,9 @@ impl From<FineTuningJob> for JobView {
                 .metadata
                 .as_deref()
                 .and_then(|m| serde_json::from_str(m).ok()),
+            hub: j.hub_repo.map(|repo| {
+                serde_json::json!({"repo": repo, "revision": j.id, "file": finetune::jobs::ADAPTER_FILE})
+            }),
             id: j.id,
             fine_tuned_model: j.fine_tuned_model,
             model: j.model,

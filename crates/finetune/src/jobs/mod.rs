@@ -25,6 +25,7 @@
 
 mod error;
 mod runner;
+mod stored;
 pub mod validate;
 
 use std::collections::HashMap;
@@ -42,6 +43,7 @@ use tenancy::{Principal, ReserveRequest, Tenancy};
 use tokio::sync::Semaphore;
 
 pub use error::{JobError, Result};
+pub use stored::ADAPTER_FILE;
 pub use validate::Hyperparameters;
 
 /// The store's records, for the wire layer.
@@ -116,8 +118,9 @@ pub struct Published {
     pub tenant_id: String,
     /// The base model's served name.
     pub base: String,
-    /// The adapter GGUF.
-    pub adapter: PathBuf,
+    /// The adapter's model SPEC: its hub revision (`hub:ORG/NAME@JOBID#adapter.gguf`), or the
+    /// job directory's file where the hub commit failed.
+    pub adapter: String,
 }
 
 /// What the jobs need of the serving side (the gateway implements it over the control plane
@@ -158,6 +161,8 @@ pub(crate) struct Inner {
     pub files: Files,
     pub tenancy: Tenancy,
     pub models: Arc<dyn Models>,
+    /// Where succeeded jobs' adapters are committed (the Files API's hub).
+    pub hub: hub::Hub,
     pub config: JobsConfig,
     /// Training turns of this process.
     pub turns: Semaphore,
@@ -189,6 +194,7 @@ impl FineTuning {
         Self {
             inner: Arc::new(Inner {
                 store,
+                hub: files.hub().clone(),
                 files,
                 tenancy,
                 models,
@@ -253,6 +259,7 @@ impl FineTuning {
             finished_at: None,
             estimated_finish: None,
             metadata: new.metadata,
+            hub_repo: None,
         };
         // The worst case before tokenizing: a token is at least a byte; the template adds at
         // most `TEMPLATE_TOKENS` per example.
@@ -472,7 +479,11 @@ impl FineTuning {
                     name: job.fine_tuned_model.clone()?,
                     tenant_id: job.tenant_id.clone(),
                     base: job.model.clone(),
-                    adapter: runner::adapter_path(&self.inner.config, &job.id),
+                    adapter: stored::stored_spec(&job).unwrap_or_else(|| {
+                        runner::adapter_path(&self.inner.config, &job.id)
+                            .display()
+                            .to_string()
+                    }),
                 })
             })
             .collect())

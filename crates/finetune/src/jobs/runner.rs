@@ -20,7 +20,7 @@ use tenancy::ReserveRequest;
 
 use super::error::{JobError, Result};
 use super::validate::{self, Hyperparameters};
-use super::{ledger_id, Inner, JobsConfig, Published, Running};
+use super::{ledger_id, stored, Inner, JobsConfig, Published, Running};
 use crate::data::{self, Limits};
 use crate::job::{self, JobSpec};
 use crate::train::{Outcome, Progress, TrainConfig};
@@ -371,13 +371,27 @@ async fn train_job(inner: &Inner, job: FineTuningJob, running: &Running) -> Resu
         })
     });
     let mut last_tokens = job.billed_tokens;
+    let mut told_resume = false;
     while let Some(p) = rx.recv().await {
         last_tokens = i64::try_from(p.tokens_seen).unwrap_or(i64::MAX);
+        if !told_resume {
+            // The first step of a run that resumed follows its checkpoint's step.
+            told_resume = true;
+            if p.step > 1 {
+                resumed(inner, &job, p.step - 1).await;
+            }
+        }
         progress(inner, &job, &p).await;
     }
     let summary = training
         .await
         .map_err(|e| JobError::Internal(e.to_string()))?;
+    if let (false, Ok(s)) = (told_resume, &summary) {
+        // Resumed from a checkpoint of its last step: no step ran.
+        if let Some(step) = s.resumed_from.filter(|s| *s > 0) {
+            resumed(inner, &job, step).await;
+        }
+    }
     let job_now = inner.store.fine_tuning_job_by_id(&job.id).await?;
     match summary {
         Ok(summary) => match summary.outcome {
@@ -403,6 +417,14 @@ async fn train_job(inner: &Inner, job: FineTuningJob, running: &Running) -> Resu
             fail(inner, job, code, &format!("Training failed: {e}"), param).await
         }
     }
+}
+
+/// Records that a run resumed from the checkpoint of `step` (after a restart or a kill).
+async fn resumed(inner: &Inner, job: &FineTuningJob, step: usize) {
+    let data = serde_json::json!({ "resumed_from_step": step }).to_string();
+    let message = format!("Resumed from the checkpoint at step {step}.");
+    event(inner, &job.id, "info", &message, Some(&data)).await;
+    tracing::info!(job = %job.id, step, "fine-tuning job resumed from a checkpoint");
 }
 
 /// Resolves when the runner is told to stop.
@@ -481,11 +503,34 @@ async fn settle(inner: &Inner, job: &FineTuningJob, tokens_seen: i64) {
 
 /// Publishes the adapter, settles, and marks the job succeeded.
 async fn finish(inner: &Inner, mut job: FineTuningJob, name: &str, trained: i64) -> Result<()> {
+    let adapter = match stored::store(inner, &inner.hub, &job, name, trained).await {
+        Ok(stored) => {
+            let message = format!(
+                "The adapter is in the hub: {} at revision {} (file {}).",
+                stored.repo,
+                stored.revision,
+                stored::ADAPTER_FILE
+            );
+            event(inner, &job.id, "info", &message, None).await;
+            job.hub_repo = Some(stored.repo.to_string());
+            stored.spec()
+        }
+        Err(why) => {
+            // Served from this server's copy; the tenant is told why it is not in the hub.
+            let message = format!(
+                "The adapter could not be committed to the hub ({why}); the model is served \
+                 from this server's copy."
+            );
+            event(inner, &job.id, "warn", &message, None).await;
+            tracing::warn!(job = %job.id, error = %why, "fine-tuned adapter not committed to the hub");
+            adapter_path(&inner.config, &job.id).display().to_string()
+        }
+    };
     let published = Published {
         name: name.to_owned(),
         tenant_id: job.tenant_id.clone(),
         base: job.model.clone(),
-        adapter: adapter_path(&inner.config, &job.id),
+        adapter,
     };
     if let Err(why) = inner.models.publish(&published).await {
         settle(inner, &job, trained).await;

@@ -116,12 +116,7 @@ impl Models for PlaneModels {
                 .ok_or_else(|| format!("the base model '{}' is no longer served", model.base))?;
             let mut spec = control::DeploymentSpec::new(
                 model.name.clone(),
-                format!(
-                    "{}{}{}",
-                    base.model,
-                    control::LORA_SEPARATOR,
-                    model.adapter.display()
-                ),
+                format!("{}{}{}", base.model, control::LORA_SEPARATOR, model.adapter),
             );
             // The base's replica shape, scaled to zero when idle.
             spec.slots_per_replica = base.slots_per_replica;

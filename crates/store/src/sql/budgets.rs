@@ -298,4 +298,28 @@ impl<D: Db> BudgetStore for D {
             .await?
             > 0)
     }
+
+    async fn webhook_secrets(&self) -> Result<Vec<(String, String)>> {
+        let rows = self
+            .reader()
+            .fetch_all(
+                "SELECT tenant_id, secret FROM budget_webhooks ORDER BY tenant_id",
+                &[],
+            )
+            .await?;
+        rows.iter()
+            .map(|row| Ok((row.text("tenant_id")?, row.text("secret")?)))
+            .collect()
+    }
+
+    async fn reseal_webhook_secret(&self, tenant_id: &str, old: &str, new: &str) -> Result<bool> {
+        Ok(self
+            .reader()
+            .execute(
+                "UPDATE budget_webhooks SET secret = $3 WHERE tenant_id = $1 AND secret = $2",
+                &args![tenant_id, old, new],
+            )
+            .await?
+            > 0)
+    }
 }

@@ -13,7 +13,7 @@ use crate::rows::Columns;
 
 const COLUMNS: &str = "id, tenant_id, key_id, model, suffix, fine_tuned_model, status, \
     training_file, validation_file, hyperparameters, seed, error, total_tokens, trained_tokens, \
-    attempt, billed_tokens, created_at, finished_at, estimated_finish, metadata";
+    attempt, billed_tokens, created_at, finished_at, estimated_finish, metadata, hub_repo";
 
 fn job_row(row: &impl Columns) -> Result<FineTuningJob> {
     Ok(FineTuningJob {
@@ -37,6 +37,7 @@ fn job_row(row: &impl Columns) -> Result<FineTuningJob> {
         finished_at: row.opt_time("finished_at")?,
         estimated_finish: row.opt_time("estimated_finish")?,
         metadata: row.opt_text("metadata")?,
+        hub_repo: row.opt_text("hub_repo")?,
     })
 }
 
@@ -84,7 +85,7 @@ impl<D: Db> FineTuningStore for D {
         }
         let sql = format!(
             "INSERT INTO fine_tuning_jobs ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, \
-             $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)"
+             $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)"
         );
         tx.execute(
             &sql,
@@ -108,7 +109,8 @@ impl<D: Db> FineTuningStore for D {
                 j.created_at,
                 j.finished_at,
                 j.estimated_finish,
-                &j.metadata
+                &j.metadata,
+                &j.hub_repo
             ],
         )
         .await
@@ -189,7 +191,7 @@ impl<D: Db> FineTuningStore for D {
         let sql = format!(
             "UPDATE fine_tuning_jobs SET status = $1, fine_tuned_model = $2, error = $3, \
              total_tokens = $4, trained_tokens = $5, attempt = $6, billed_tokens = $7, \
-             finished_at = $8, estimated_finish = $9 WHERE id = $10 AND {}",
+             finished_at = $8, estimated_finish = $9, hub_repo = $10 WHERE id = $11 AND {}",
             status_in(from)?
         );
         let mut tx = self.write().await?;
@@ -206,6 +208,7 @@ impl<D: Db> FineTuningStore for D {
                     j.billed_tokens,
                     j.finished_at,
                     j.estimated_finish,
+                    &j.hub_repo,
                     &j.id
                 ],
             )

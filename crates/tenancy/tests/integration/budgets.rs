@@ -1,6 +1,9 @@
 //! Spend budgets: the hard cap counts settled charges and open holds and resets on the UTC
 //! period boundary (a manual clock), alert thresholds fire once per period, webhook
-//! deliveries are claimed once and retried, and a tenant's budget caps all its keys.
+//! deliveries are claimed once and retried, a tenant's budget caps all its keys, and webhook
+//! signing secrets are sealed at rest.
+
+use std::sync::Arc;
 
 use tenancy::{
     BudgetSpec, Error, KeySpec, Period, PriceRates, Principal, ReserveRequest, Spender, TokenUsage,
@@ -8,11 +11,43 @@ use tenancy::{
 
 use crate::common::Fixture;
 
+/// A stand-in for the server's key (`mcp::Sealer` in the server): `KEY|BOUND|hex(plain)`,
+/// opened with the current or the previous key and only for the row it was sealed for.
+struct TestSeal {
+    current: &'static str,
+    previous: Option<&'static str>,
+}
+
+impl tenancy::SecretSeal for TestSeal {
+    fn seal(&self, plain: &str, bound_to: &str) -> Result<String, String> {
+        let hex: String = plain.bytes().map(|b| format!("{b:02x}")).collect();
+        Ok(format!("{}|{bound_to}|{hex}", self.current))
+    }
+
+    fn open(&self, sealed: &str, bound_to: &str) -> Result<String, String> {
+        let mut parts = sealed.splitn(3, '|');
+        let (Some(key), Some(bound), Some(hex)) = (parts.next(), parts.next(), parts.next()) else {
+            return Err("malformed".into());
+        };
+        if key != self.current && Some(key) != self.previous {
+            return Err(format!("sealed with {key}"));
+        }
+        if bound != bound_to {
+            return Err("sealed for another row".into());
+        }
+        let bytes: Vec<u8> = (0..hex.len() / 2)
+            .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|e| e.to_string()))
+            .collect::<Result<_, _>>()?;
+        String::from_utf8(bytes).map_err(|e| e.to_string())
+    }
+}
+
 store::on_both!(Fixture;
     a_key_budget_counts_holds_and_settled_charges_and_resets_each_day,
     a_tenant_budget_caps_every_key,
     thresholds_fire_once_per_period_and_deliveries_are_claimed_once,
     a_monthly_budget_resets_on_the_first,
+    webhook_secrets_are_sealed_at_rest_bound_to_their_tenant_and_resealed,
 );
 
 /// 1 micro-unit per token, in and out.
@@ -315,4 +350,94 @@ async fn a_monthly_budget_resets_on_the_first(fx: Fixture) {
     // February.
     fx.advance(86_400);
     run(&fx, &p, "r3", 100).await.expect("a new month");
+}
+
+async fn webhook_secrets_are_sealed_at_rest_bound_to_their_tenant_and_resealed(fx: Fixture) {
+    let a = principal(&fx, "acme").await;
+    let b = principal(&fx, "beta").await;
+    // A secret stored before sealing existed (as a server without a seal stores it).
+    let legacy = fx
+        .tenancy
+        .budgets
+        .ensure_webhook_secret(&b.tenant.id)
+        .await
+        .expect("plain")
+        .expect("created");
+    let k1 = Arc::new(TestSeal {
+        current: "k1",
+        previous: None,
+    });
+    let sealed = fx.tenancy.budgets.clone().with_seal(k1.clone());
+    // Created sealed: the database never holds the secret itself.
+    let secret = sealed
+        .ensure_webhook_secret(&a.tenant.id)
+        .await
+        .expect("secret")
+        .expect("created");
+    let stored = fx
+        .store
+        .webhook_secret(&a.tenant.id)
+        .await
+        .expect("stored")
+        .expect("a row");
+    assert!(
+        stored.starts_with("k1|") && !stored.contains(&secret),
+        "{stored}"
+    );
+    assert_eq!(
+        sealed.webhook_secret(&a.tenant.id).await.expect("open"),
+        Some(secret.clone())
+    );
+    // The legacy one still signs; sealing at start seals only it.
+    assert_eq!(
+        sealed.webhook_secret(&b.tenant.id).await.expect("legacy"),
+        Some(legacy.clone())
+    );
+    let n = tenancy::reseal_webhook_secrets(fx.store.as_ref(), k1.as_ref(), false)
+        .await
+        .expect("seal plain");
+    assert_eq!(n, 1);
+    let b_stored = fx
+        .store
+        .webhook_secret(&b.tenant.id)
+        .await
+        .expect("stored")
+        .expect("a row");
+    assert!(b_stored.starts_with("k1|") && !b_stored.contains(&legacy));
+    assert_eq!(
+        sealed.webhook_secret(&b.tenant.id).await.expect("open"),
+        Some(legacy.clone())
+    );
+    // A sealed value copied into another tenant's row does not open there.
+    fx.store
+        .put_webhook_secret(&b.tenant.id, &stored, chrono::Utc::now(), true)
+        .await
+        .expect("copy");
+    assert!(sealed.webhook_secret(&b.tenant.id).await.is_err());
+    // A new key: every secret moves to it and still opens; the old key alone no longer does.
+    let k2 = TestSeal {
+        current: "k2",
+        previous: Some("k1"),
+    };
+    fx.store
+        .put_webhook_secret(&b.tenant.id, &b_stored, chrono::Utc::now(), true)
+        .await
+        .expect("restore");
+    let n = tenancy::reseal_webhook_secrets(fx.store.as_ref(), &k2, true)
+        .await
+        .expect("rotate");
+    assert_eq!(n, 2);
+    let rotated = fx.tenancy.budgets.clone().with_seal(Arc::new(TestSeal {
+        current: "k2",
+        previous: None,
+    }));
+    assert_eq!(
+        rotated.webhook_secret(&a.tenant.id).await.expect("a"),
+        Some(secret)
+    );
+    assert_eq!(
+        rotated.webhook_secret(&b.tenant.id).await.expect("b"),
+        Some(legacy)
+    );
+    assert!(sealed.webhook_secret(&a.tenant.id).await.is_err());
 }

@@ -252,6 +252,7 @@ def test_a_job_killed_mid_training_resumes_from_its_checkpoint_and_is_charged_on
         events = client.fine_tuning.jobs.list_events(job.id, limit=100).data
         resumed = [e for e in events if e.data and "resumed_from_step" in e.data]
         assert len(resumed) == 1, [e.message for e in events]
+        assert resumed[0].type == "message" and "Resumed from the checkpoint" in resumed[0].message
         step = resumed[0].data["resumed_from_step"]
         checkpoints = [c.step_number for c in client.fine_tuning.jobs.checkpoints.list(job.id, limit=100).data]
         assert step in checkpoints and step % 4 == 0, (step, checkpoints)

@@ -253,7 +253,13 @@ impl EventListView {
                     created_at: e.created_at.timestamp(),
                     level: e.level,
                     message: e.message,
-                    kind: if data.is_some() { "metrics" } else { "message" },
+                    // A step's figures are `metrics`; anything else (a resume, with its
+                    // `resumed_from_step`) is a `message`, its data kept.
+                    kind: if data.as_ref().is_some_and(|d: &Value| d.get("step").is_some()) {
+                        "metrics"
+                    } else {
+                        "message"
+                    },
                     data,
                 }
             })

@@ -55,16 +55,21 @@ def _log(server) -> str:
         return f.read()
 
 
+def _paying_batch(server, n=48):
+    """A paying tenant (no grant) submits N chat lines on SERVER: (tenant id, key, balance before, lines, batch)."""
+    tid = server.new_tenant(f"bt-{secrets.token_hex(3)}", grant_tokens=0)
+    server.admin("POST", f"/tenants/{tid}/topups", {"amount": 10**12}, expect=200)
+    key = server.new_key(tid)["key"]
+    before = _balance(server, tid)
+    lines = [_line(i, max_tokens=24) for i in range(n)]
+    return tid, key, before, lines, _submit(server.client(api_key=key), lines)
+
+
 def test_two_processes_one_database_one_runner_and_takeover_after_kill_9(tmp_path_factory, admin_key, database):
     a = _serve(tmp_path_factory, admin_key, "batch-owner-a", database)
     b = _serve(tmp_path_factory, admin_key, "batch-owner-b", database)
     try:
-        tid = a.new_tenant(f"bt-{secrets.token_hex(3)}", grant_tokens=0)
-        a.admin("POST", f"/tenants/{tid}/topups", {"amount": 10**12}, expect=200)
-        key = a.new_key(tid)["key"]
-        before = _balance(a, tid)
-        lines = [_line(i, max_tokens=24) for i in range(48)]
-        batch = _submit(a.client(api_key=key), lines)
+        tid, key, before, lines, batch = _paying_batch(a)
         # A runs it; B sees the rows (one database) but not a batch to take while A's lease is live.
         seen = _wait(b.client(api_key=key), batch.id, pred=lambda x: x.request_counts.completed >= 8)
         assert seen.status == "in_progress", seen
@@ -93,12 +98,7 @@ def test_a_process_shut_down_gracefully_gives_its_batch_up_at_once(tmp_path_fact
     a = _serve(tmp_path_factory, admin_key, "batch-grace-a", database, lease="60s")
     b = _serve(tmp_path_factory, admin_key, "batch-grace-b", database, lease="60s")
     try:
-        tid = a.new_tenant(f"bg-{secrets.token_hex(3)}", grant_tokens=0)
-        a.admin("POST", f"/tenants/{tid}/topups", {"amount": 10**12}, expect=200)
-        key = a.new_key(tid)["key"]
-        before = _balance(a, tid)
-        lines = [_line(i, max_tokens=24) for i in range(48)]
-        batch = _submit(a.client(api_key=key), lines)
+        tid, key, before, lines, batch = _paying_batch(a)
         _wait(b.client(api_key=key), batch.id, pred=lambda x: x.request_counts.completed >= 8)
         _stop(a)  # SIGTERM: a graceful shutdown
         assert a.proc.returncode == 0, a.log_tail()

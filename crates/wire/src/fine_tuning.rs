@@ -255,7 +255,10 @@ impl EventListView {
                     message: e.message,
                     // A step's figures are `metrics`; anything else (a resume, with its
                     // `resumed_from_step`) is a `message`, its data kept.
-                    kind: if data.as_ref().is_some_and(|d: &Value| d.get("step").is_some()) {
+                    kind: if data
+                        .as_ref()
+                        .is_some_and(|d: &Value| d.get("step").is_some())
+                    {
                         "metrics"
                     } else {
                         "message"

@@ -230,6 +230,18 @@ fn aead_key(key: &SecretKey) -> LessSafeKey {
     )
 }
 
+/// The budget webhooks' signing secrets are sealed with the same key as MCP servers' secrets.
+impl tenancy::SecretSeal for Sealer {
+    fn seal(&self, plain: &str, bound_to: &str) -> Result<String, String> {
+        Sealer::seal(self, plain.as_bytes(), bound_to).map_err(|e| e.to_string())
+    }
+
+    fn open(&self, sealed: &str, bound_to: &str) -> Result<String, String> {
+        let plain = Sealer::open(self, sealed, bound_to).map_err(|e| e.to_string())?;
+        String::from_utf8(plain).map_err(|_| "a sealed secret is not text".to_owned())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -293,17 +305,5 @@ mod tests {
         let hex = "00".repeat(32);
         assert!(SecretKey::load(Some(&hex), &path).is_ok());
         assert!(SecretKey::load(Some("short"), &path).is_err());
-    }
-}
-
-/// The budget webhooks' signing secrets are sealed with the same key as MCP servers' secrets.
-impl tenancy::SecretSeal for Sealer {
-    fn seal(&self, plain: &str, bound_to: &str) -> Result<String, String> {
-        Sealer::seal(self, plain.as_bytes(), bound_to).map_err(|e| e.to_string())
-    }
-
-    fn open(&self, sealed: &str, bound_to: &str) -> Result<String, String> {
-        let plain = Sealer::open(self, sealed, bound_to).map_err(|e| e.to_string())?;
-        String::from_utf8(plain).map_err(|_| "a sealed secret is not text".to_owned())
     }
 }

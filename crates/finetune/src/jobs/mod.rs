@@ -161,8 +161,6 @@ pub(crate) struct Inner {
     pub files: Files,
     pub tenancy: Tenancy,
     pub models: Arc<dyn Models>,
-    /// Where succeeded jobs' adapters are committed (the Files API's hub).
-    pub hub: hub::Hub,
     pub config: JobsConfig,
     /// Training turns of this process.
     pub turns: Semaphore,
@@ -194,7 +192,6 @@ impl FineTuning {
         Self {
             inner: Arc::new(Inner {
                 store,
-                hub: files.hub().clone(),
                 files,
                 tenancy,
                 models,
@@ -479,11 +476,7 @@ impl FineTuning {
                     name: job.fine_tuned_model.clone()?,
                     tenant_id: job.tenant_id.clone(),
                     base: job.model.clone(),
-                    adapter: stored::stored_spec(&job).unwrap_or_else(|| {
-                        runner::adapter_path(&self.inner.config, &job.id)
-                            .display()
-                            .to_string()
-                    }),
+                    adapter: stored::served_adapter(&self.inner.config, &job),
                 })
             })
             .collect())

@@ -503,17 +503,15 @@ async fn settle(inner: &Inner, job: &FineTuningJob, tokens_seen: i64) {
 
 /// Publishes the adapter, settles, and marks the job succeeded.
 async fn finish(inner: &Inner, mut job: FineTuningJob, name: &str, trained: i64) -> Result<()> {
-    let adapter = match stored::store(inner, &inner.hub, &job, name, trained).await {
-        Ok(stored) => {
+    match stored::store(inner, &job, name, trained).await {
+        Ok(repo) => {
             let message = format!(
-                "The adapter is in the hub: {} at revision {} (file {}).",
-                stored.repo,
-                stored.revision,
+                "The adapter is in the hub: {repo} at revision {} (file {}).",
+                job.id,
                 stored::ADAPTER_FILE
             );
             event(inner, &job.id, "info", &message, None).await;
-            job.hub_repo = Some(stored.repo.to_string());
-            stored.spec()
+            job.hub_repo = Some(repo.to_string());
         }
         Err(why) => {
             // Served from this server's copy; the tenant is told why it is not in the hub.
@@ -523,14 +521,13 @@ async fn finish(inner: &Inner, mut job: FineTuningJob, name: &str, trained: i64)
             );
             event(inner, &job.id, "warn", &message, None).await;
             tracing::warn!(job = %job.id, error = %why, "fine-tuned adapter not committed to the hub");
-            adapter_path(&inner.config, &job.id).display().to_string()
         }
-    };
+    }
     let published = Published {
         name: name.to_owned(),
         tenant_id: job.tenant_id.clone(),
         base: job.model.clone(),
-        adapter,
+        adapter: stored::served_adapter(&inner.config, &job),
     };
     if let Err(why) = inner.models.publish(&published).await {
         settle(inner, &job, trained).await;

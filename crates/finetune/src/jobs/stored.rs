@@ -7,40 +7,22 @@
 //! revision: `BASE_SPEC+lora:hub:ORG/NAME@JOBID#adapter.gguf`.
 
 use hub::path::RepoId;
-use hub::{Access, Hub, HubError, LocalFile};
+use hub::{Access, HubError, LocalFile};
 use store::FineTuningJob;
 
 use super::runner::adapter_path;
-use super::Inner;
+use super::{Inner, JobsConfig};
 
 /// The adapter's file name in its revision.
 pub const ADAPTER_FILE: &str = "adapter.gguf";
 
-/// Where a job's adapter went.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Stored {
-    pub repo: RepoId,
-    /// The job's id: the tag of its revision.
-    pub revision: String,
-}
-
-impl Stored {
-    /// The model SPEC of the adapter.
-    pub fn spec(&self) -> String {
-        format!("hub:{}@{}#{ADAPTER_FILE}", self.repo, self.revision)
+/// The model SPEC a succeeded job's adapter is served from: its hub revision
+/// (`hub:ORG/NAME@JOBID#adapter.gguf`) once committed, else the job directory's file.
+pub(crate) fn served_adapter(config: &JobsConfig, job: &FineTuningJob) -> String {
+    match &job.hub_repo {
+        Some(repo) => format!("hub:{repo}@{}#{ADAPTER_FILE}", job.id),
+        None => adapter_path(config, &job.id).display().to_string(),
     }
-}
-
-/// The SPEC a stored job's adapter is served from, from its row.
-pub(crate) fn stored_spec(job: &FineTuningJob) -> Option<String> {
-    let repo = RepoId::parse(job.hub_repo.as_deref()?).ok()?;
-    Some(
-        Stored {
-            repo,
-            revision: job.id.clone(),
-        }
-        .spec(),
-    )
 }
 
 /// `[A-Za-z0-9._-]`, other characters as `-`, starting with a letter or digit, at most `max`
@@ -118,14 +100,15 @@ fn card(job: &FineTuningJob, name: &str, trained: i64) -> String {
     )
 }
 
-/// Commits the adapter of succeeded `job` (model `name`) to the hub.
+/// Commits the adapter of succeeded `job` (model `name`) to the hub; its repository (the
+/// revision is tagged with the job's id).
 pub(crate) async fn store(
     inner: &Inner,
-    hub: &Hub,
     job: &FineTuningJob,
     name: &str,
     trained: i64,
-) -> Result<Stored, String> {
+) -> Result<RepoId, String> {
+    let hub = inner.files.hub();
     let tenant = inner
         .tenancy
         .directory
@@ -171,10 +154,7 @@ pub(crate) async fn store(
         Err(HubError::Conflict(_)) => {}
         Err(e) => return Err(e.to_string()),
     }
-    Ok(Stored {
-        repo,
-        revision: job.id.clone(),
-    })
+    Ok(repo)
 }
 
 #[cfg(test)]

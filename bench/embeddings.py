@@ -64,7 +64,7 @@ while time.perf_counter() - start < cfg["seconds"]:
     done += len(texts)
 elapsed = time.perf_counter() - start
 json.dump({"inputs_per_s": done / elapsed, "inputs": done, "seconds": elapsed,
-           "first": vectors[0].tolist()}, open(cfg["out"], "w"))
+           "vectors": vectors.tolist()}, open(cfg["out"], "w"))
 """
 
 
@@ -87,13 +87,13 @@ def embed(port, key, texts):
             for d in body["data"]]
 
 
-def run_flywheel(a, texts, work):
+def run_flywheel(a, gguf, texts, work):
     port = free_port()
     log = os.path.join(work, "flywheel.log")
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLYWHEEL_")}
     env.update(FLYWHEEL_ADMIN_KEY=ADMIN_KEY, RUST_LOG="warn")
     proc = subprocess.Popen([a.flywheel, "serve", "--listen", f"127.0.0.1:{port}", "--data-dir",
-                             os.path.join(work, "fw-data"), "--model", f"{a.gguf}=minilm",
+                             os.path.join(work, "fw-data-" + os.path.basename(gguf)), "--model", f"{gguf}=minilm",
                              "--threads", str(a.threads), "--slots", str(a.slots),
                              "--step-tokens", str(a.step_tokens), "--max-queue", "4096"],
                             stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env)
@@ -104,13 +104,13 @@ def run_flywheel(a, texts, work):
         chunks = [texts[i:i + PER_REQUEST] for i in range(0, len(texts), PER_REQUEST)]
         with concurrent.futures.ThreadPoolExecutor(REQUESTS) as pool:
             list(pool.map(lambda c: embed(port, key, c), chunks))  # warm up
-            done, start, first = 0, time.perf_counter(), None
+            done, start, vectors = 0, time.perf_counter(), None
             while time.perf_counter() - start < a.seconds:
                 results = list(pool.map(lambda c: embed(port, key, c), chunks))
-                first = results[0][0]
+                vectors = [v for r in results for v in r]
                 done += len(texts)
             elapsed = time.perf_counter() - start
-        return {"inputs_per_s": done / elapsed, "inputs": done, "seconds": elapsed, "first": first}
+        return {"inputs_per_s": done / elapsed, "inputs": done, "seconds": elapsed, "vectors": vectors}
     finally:
         stop(proc)
 
@@ -127,11 +127,22 @@ def run_anchor(a, cfg, work):
         return json.load(f)
 
 
+def cosines(xs, ys):
+    """Cosine of each pair of vectors (both sides are unit length; normalised again anyway)."""
+    out = []
+    for x, y in zip(xs, ys):
+        nx = sum(v * v for v in x) ** 0.5
+        ny = sum(v * v for v in y) ** 0.5
+        out.append(sum(p * q for p, q in zip(x, y)) / (nx * ny))
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--flywheel", required=True)
     ap.add_argument("--minilm-dir", required=True, help="the sentence-transformers directory (safetensors)")
-    ap.add_argument("--gguf", help="its conversion (default: converted here with `flywheel convert`)")
+    ap.add_argument("--outtypes", default="f32,q8_0",
+                    help="`flywheel convert --outtype` of each Flywheel run (comma-separated)")
     ap.add_argument("--python", required=True, help="a python with sentence-transformers and torch (CPU)")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--slots", type=int, default=64, help="sequences per llama.cpp batch")
@@ -140,35 +151,54 @@ def main():
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
     work = tempfile.mkdtemp(prefix="fw-bench-embed-")
-    if not a.gguf:
-        a.gguf = os.path.join(work, "minilm.gguf")
-        subprocess.run([a.flywheel, "convert", a.minilm_dir, "-o", a.gguf], check=True,
-                       stdout=subprocess.DEVNULL)
     inputs = os.path.join(work, "inputs.json")
     run_anchor(a, {"mode": "inputs", "count": REQUESTS * PER_REQUEST, "tokens": TOKENS, "out": inputs}, work)
     with open(inputs) as f:
         texts = json.load(f)
     print(f"[bench] {len(texts)} inputs of {TOKENS} tokens; {a.threads} threads", file=sys.stderr)
-    fw = run_flywheel(a, texts, work)
-    print(f"[bench] flywheel: {fw['inputs_per_s']:.1f} inputs/s", file=sys.stderr)
+    runs = {}
+    for outtype in a.outtypes.split(","):
+        gguf = os.path.join(work, f"minilm-{outtype}.gguf")
+        subprocess.run([a.flywheel, "convert", a.minilm_dir, "-o", gguf, "--outtype", outtype], check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        runs[outtype] = run_flywheel(a, gguf, texts, work)
+        print(f"[bench] flywheel ({outtype}): {runs[outtype]['inputs_per_s']:.1f} inputs/s", file=sys.stderr)
     st = run_anchor(a, {"mode": "encode", "inputs": inputs, "seconds": a.seconds}, work)
     print(f"[bench] sentence-transformers: {st['inputs_per_s']:.1f} inputs/s", file=sys.stderr)
-    dot = sum(x * y for x, y in zip(fw.pop("first"), st.pop("first")))
+    reference = st.pop("vectors")
+    ratios = {}
+    for outtype, fw in runs.items():
+        cos = cosines(fw.pop("vectors"), reference)
+        fw["cosine_to_sentence_transformers"] = {"min": round(min(cos), 5), "mean": round(sum(cos) / len(cos), 5)}
+        suffix = "" if outtype == "f32" else f"_{outtype}"
+        ratios[f"embeddings_inputs_per_s_over_sentence_transformers{suffix}"] = \
+            round(fw["inputs_per_s"] / st["inputs_per_s"], 2)
     result = {
+        "machine": cpu_model(),
         "workload": {"requests": REQUESTS, "inputs_per_request": PER_REQUEST, "tokens_per_input": TOKENS,
                      "threads": a.threads, "slots": a.slots, "step_tokens": a.step_tokens},
-        "flywheel": fw, "sentence_transformers": st,
-        "cosine_first_vector": round(dot, 5),
-        "ratios": {"embeddings_inputs_per_s_over_sentence_transformers":
-                   round(fw["inputs_per_s"] / st["inputs_per_s"], 2)},
+        "flywheel": runs, "sentence_transformers": st, "ratios": ratios,
     }
     with open(a.out, "w") as f:
         json.dump(result, f, indent=2)
-    print("| target | inputs/s |\n|---|---|")
-    print(f"| Flywheel (llama.cpp, {a.threads} threads) | {fw['inputs_per_s']:.1f} |")
-    print(f"| sentence-transformers (torch CPU, {a.threads} threads) | {st['inputs_per_s']:.1f} |")
-    print(f"ratio: {result['ratios']['embeddings_inputs_per_s_over_sentence_transformers']}x "
-          f"(cosine of the first vectors {result['cosine_first_vector']})")
+    print(f"{result['machine']}\n| target | inputs/s | ratio | cosine to sentence-transformers (min / mean of {len(texts)}) |")
+    print("|---|---|---|---|")
+    for outtype, fw in runs.items():
+        c = fw["cosine_to_sentence_transformers"]
+        print(f"| Flywheel, {outtype} weights (llama.cpp, {a.threads} threads) | {fw['inputs_per_s']:.1f} | "
+              f"{fw['inputs_per_s'] / st['inputs_per_s']:.2f}x | {c['min']} / {c['mean']} |")
+    print(f"| sentence-transformers, f32 (torch CPU, {a.threads} threads) | {st['inputs_per_s']:.1f} | 1 | — |")
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
 
 
 if __name__ == "__main__":

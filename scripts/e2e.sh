@@ -78,11 +78,13 @@ if [ ! -x "$FLYWHEEL_BIN" ]; then
 fi
 MINILM_DIR="$MODELS/all-MiniLM-L6-v2"
 MINILM="$MODELS/all-MiniLM-L6-v2.gguf"
+MINILM_Q8="$MODELS/all-MiniLM-L6-v2.q8_0.gguf"
 RANK="$MODELS/tiny-rank.gguf"
 conv_sha="$(cat "$ROOT"/crates/convert/src/*.rs "$ROOT/tests/e2e/make_rank_model.py" | sha256sum | cut -d' ' -f1)"
-if [ ! -f "$MINILM" ] || [ "$(cat "$MINILM.converter.sha256" 2>/dev/null)" != "$conv_sha" ]; then
+if [ ! -f "$MINILM" ] || [ ! -f "$MINILM_Q8" ] || [ "$(cat "$MINILM.converter.sha256" 2>/dev/null)" != "$conv_sha" ]; then
   log "converting $MINILM_DIR -> $MINILM"
   "$FLYWHEEL_BIN" convert "$MINILM_DIR" -o "$MINILM"
+  "$FLYWHEEL_BIN" convert "$MINILM_DIR" -o "$MINILM_Q8" --outtype q8_0
   echo "$conv_sha" > "$MINILM.converter.sha256"
 else
   log "MiniLM GGUF up to date ($MINILM)"
@@ -115,7 +117,7 @@ export FLYWHEEL_AXE_JS="$("$ROOT/scripts/browser-deps.sh")"
 
 # 6. The suite.
 export FLYWHEEL_WHISPER_CT2="$WHISPER_CT2" FLYWHEEL_WHISPER_DIR="$WHISPER"
-export FLYWHEEL_MINILM_DIR="$MINILM_DIR" FLYWHEEL_MINILM_GGUF="$MINILM" FLYWHEEL_RANK_GGUF="$RANK"
+export FLYWHEEL_MINILM_DIR="$MINILM_DIR" FLYWHEEL_MINILM_GGUF="$MINILM" FLYWHEEL_MINILM_Q8_GGUF="$MINILM_Q8" FLYWHEEL_RANK_GGUF="$RANK"
 export FLYWHEEL_SMOL_GGUF="$SMOL" FLYWHEEL_QWEN_GGUF="$QWEN" FLYWHEEL_TINY_GGUF="$TINY" \
        FLYWHEEL_TINY_TOOLS_GGUF="$TINY_TOOLS" FLYWHEEL_TINY_THINK_GGUF="$TINY_THINK" \
        FLYWHEEL_QWEN_TOKENIZER="$TOKENIZER"

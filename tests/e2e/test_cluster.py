@@ -7,6 +7,7 @@ placement, more for a model to load); the timings are bench figures, printed.
 Skips (saying why) only when etcd cannot be installed."""
 
 import os
+import re
 import secrets
 import signal
 import socket
@@ -184,6 +185,22 @@ def test_three_replicas_land_on_three_nodes_and_serve_through_both_gateways(clus
     roles = {n["id"]: n["role"] for n in view["nodes"]}
     assert roles == {"g1": "gateway", "g2": "gateway", "n1": "node", "n2": "node", "n3": "node"}
     assert all(n["ttl_seconds"] == TTL and n["lease"] != "0" for n in view["nodes"])
+    # Each node's budget is partly taken by its replica; gateways hold none.
+    used = {n["id"]: (n["memory_used_bytes"], n["threads_used"]) for n in view["nodes"]}
+    assert all(used[n][0] > 0 and used[n][1] == 1 for n in NODES), used
+    assert used["g1"] == used["g2"] == (0, 0), used
+    # The operator's console on the other gateway shows the same nodes and placement.
+    console = requests.Session()
+    r = console.post(g2.url + "/console/operator/sign-in", data={"admin_key": cluster.admin_key},
+                     headers={"Origin": g2.url}, allow_redirects=False, timeout=30)
+    assert r.status_code == 303, r.text
+    page = console.get(g2.url + "/console/admin/nodes", timeout=30).text
+    for n in view["nodes"]:
+        row = re.search(r'<tr data-node="%s" data-role="(\w+)" data-memory-used="(\d+)" data-placed="(\d+)"' % n["id"], page)
+        assert row, (n["id"], page[:2000])
+        assert row.group(1) == n["role"] and int(row.group(2)) == n["memory_used_bytes"], (row.groups(), n)
+        assert int(row.group(3)) == n["placed_replicas"], (row.groups(), n)
+    assert "placement leader" in page and page.count('<tr data-node="n') >= 3
     # The deployment is the cluster's, visible from either gateway.
     assert g2.admin("GET", "/deployments/smol", expect=200)["spec"]["min_replicas"] == 3
     for s in (g1, g2, g1, g2):

@@ -129,6 +129,17 @@ def test_operator_creates_a_tenant_tops_it_up_and_deploys(fw, browser, state, ad
     kinds = [e.get_attribute("data-kind") for e in b.d.find_elements(By.CSS_SELECTOR, "#events tbody tr")]
     assert "replica ready" in kinds, kinds
     b.check_page("operator-deployment", state["checked"])
+    # Nodes and capacity: this process is a one-node cluster holding the ready replica.
+    b.go("/console/admin/nodes")
+    node = b.d.find_element(By.CSS_SELECTOR, "#nodes tr[data-node='local']")
+    assert node.get_attribute("data-role") == "both"
+    assert int(node.get_attribute("data-placed")) >= 1 and int(node.get_attribute("data-memory-used")) > 0
+    assert "placement leader" in node.text and "this process" in node.text, node.text
+    assert b.has("#loads tr[data-node='local'][data-deployment='hubsmol']"), b.text("#loads")
+    assert b.has("#placements tr[data-deployment='hubsmol']")
+    cluster = fw.admin("GET", "/cluster", expect=200)
+    assert cluster["nodes"][0]["memory_used_bytes"] == int(node.get_attribute("data-memory-used")), cluster
+    b.check_page("operator-nodes", state["checked"])
     b.go("/console/admin/deployments")
     b.d.find_element(By.CSS_SELECTOR, "#scale-name option[value='hubsmol']").click()
     b.fill("#scale-min", "0")
@@ -266,6 +277,28 @@ def test_developer_makes_a_key_chats_and_reads_usage(fw, browser, state, figure)
     rows = list(csv.DictReader(io.StringIO(text)))
     assert sum(int(r["requests"]) for r in rows) == page["requests"]
     assert {r["key_name"] for r in rows} >= {"ci-key"}
+    # The request log: what /v1/logs lists, newest first, filtered.
+    api_logs = _logged(fw, secret, page["requests"])
+    b.go("/console/logs")
+    rows = b.d.find_elements(By.CSS_SELECTOR, "#logs tbody tr[data-id]")
+    shown = [(r.get_attribute("data-id"), int(r.get_attribute("data-status")), int(r.get_attribute("data-cost")))
+             for r in rows]
+    assert shown == [(x["id"], x["status"], x["cost"]) for x in api_logs[:50]], (shown, api_logs)
+    b.check_page("logs", state["checked"])
+    b.go("/console/logs?status=404")
+    assert not b.has("#logs tbody tr[data-id]") and "with these filters" in b.text("#logs")
+    b.go("/console/logs?status=abc")
+    assert "status: expected an HTTP status" in b.text(".error")
+    # Budgets the operator set, with this period's spend.
+    fw.admin("PATCH", f"/tenants/{state['tenant']}",
+             {"budget": {"amount": 5_000_000, "period": "month", "alert_at": [0.5]}}, expect=200)
+    b.go("/console/budgets")
+    row = b.d.find_element(By.CSS_SELECTOR, f"#budgets tr[data-subject='tenant:{state['tenant']}']")
+    assert int(row.get_attribute("data-amount")) == 5_000_000
+    status = requests.get(fw.url + "/v1/budget", headers=fw.auth(secret), timeout=10).json()["data"][0]
+    assert int(row.get_attribute("data-spent")) == status["spent"], (row.get_attribute("data-spent"), status)
+    assert "50%" in row.text and "No alert yet." in b.text("#budget-events")
+    b.check_page("budgets", state["checked"])
     b.go("/console/models")
     b.check_page("models", state["checked"])
     b.go("/console/models?repo=public/evil-smol")
@@ -296,6 +329,16 @@ def test_developer_makes_a_key_chats_and_reads_usage(fw, browser, state, figure)
     # The signed-out session is gone on the server.
     r = requests.get(fw.url + "/console/overview", cookies=cookie, allow_redirects=False, timeout=10)
     assert r.status_code == 303 and r.headers["location"] == "/console/sign-in"
+
+
+def _logged(fw, key, want):
+    """The tenant's request log through the API, once it holds `want` rows (written asynchronously)."""
+    deadline = time.monotonic() + 30
+    while True:
+        data = requests.get(fw.url + "/v1/logs", params={"limit": 1000}, headers=fw.auth(key), timeout=10).json()["data"]
+        if len(data) >= want or time.monotonic() > deadline:
+            return data
+        time.sleep(0.2)
 
 
 def _signed_in(fw, email):
@@ -360,18 +403,21 @@ def test_security_rules(fw, state):
     owner, _ = _signed_in(fw, "owner@acme.test")
     token = _csrf(owner, fw)
     for path in ("/console/keys", "/console/usage", "/console/usage.csv?group_by=key", "/console/overview",
-                 "/console/models", "/console/members"):
+                 "/console/models", "/console/members", "/console/logs", "/console/budgets"):
         body = owner.get(fw.url + path, timeout=10).text
         assert "other-secret-key" not in body and other_key["id"] not in body and "o@other.test" not in body, path
-        assert "other-org/secret" not in body, path
+        assert "other-org/secret" not in body and other_request not in body and other not in body, path
     r = owner.post(fw.url + f"/console/keys/{other_key['id']}/revoke", data={"csrf": token}, timeout=10)
     assert r.status_code == 404, r.status_code
     assert requests.get(fw.url + "/v1/account", headers=fw.auth(other_key["key"]), timeout=10).status_code == 200
     assert owner.get(fw.url + f"/console/api/bill/{other_request}", timeout=10).status_code == 404
+    # Paging the log from another tenant's request is refused, not a look into its log.
+    assert owner.get(fw.url + f"/console/logs?after={other_request}", timeout=10).status_code == 404
     assert owner.get(fw.url + "/console/models?repo=other-org/secret", timeout=10).status_code == 404
     r = owner.post(fw.url + f"/console/members/{other_member['id']}/remove", data={"csrf": token}, timeout=10)
     assert r.status_code == 404
-    for path in ("/console/admin/tenants", "/console/admin/deployments", "/console/admin/prices"):
+    for path in ("/console/admin/tenants", "/console/admin/deployments", "/console/admin/prices",
+                 "/console/admin/nodes"):
         assert owner.get(fw.url + path, timeout=10).status_code == 403, path
     r = owner.post(fw.url + f"/console/admin/tenants/{other}/top-up", data={"csrf": token, "amount": "9"},
                    timeout=10)
@@ -407,5 +453,6 @@ def test_repeated_wrong_passwords_are_slowed_then_refused(fw):
 def test_every_page_was_checked(state):
     expected = {"operator-sign-in", "operator-tenants", "operator-prices", "operator-models",
                 "operator-deployments", "operator-deployment", "sign-in", "overview", "members", "accept-invite", "keys",
-                "keys-created", "playground", "usage", "usage-by-day", "models", "model-card", "batches", "mcp"}
+                "keys-created", "playground", "usage", "usage-by-day", "models", "model-card", "batches", "mcp",
+                "operator-nodes", "logs", "budgets"}
     assert expected <= set(state["checked"]), expected - set(state["checked"])

@@ -50,9 +50,11 @@ def _env(name):
 
 @pytest.fixture(scope="module")
 def embed_server(tmp_path_factory, admin_key):
-    """MiniLM as `minilm`, the random cross-encoder as `rank`, and a chat model as `tiny`."""
+    """MiniLM as `minilm` (and as `minilm-q8`, converted with `--outtype q8_0`), the random
+    cross-encoder as `rank`, and a chat model as `tiny`."""
     tmp = str(tmp_path_factory.mktemp("embed"))
     args = ["--model", f"{_env('FLYWHEEL_MINILM_GGUF')}=minilm", "--model", f"{_env('FLYWHEEL_RANK_GGUF')}=rank",
+            "--model", f"{_env('FLYWHEEL_MINILM_Q8_GGUF')}=minilm-q8",
             "--model", f"{_env('FLYWHEEL_TINY_GGUF')}=tiny", "--slots", "4", "--slot-context", "512"]
     s = _start("embed", args, tmp, admin_key).with_tenant()
     yield s
@@ -148,6 +150,19 @@ def test_vectors_match_a_numpy_forward_pass_of_the_safetensors(client, reference
     # The same tokenizer as Hugging Face's: the same token count.
     assert response.usage.prompt_tokens == total, (response.usage, total)
     assert response.usage.total_tokens == total
+
+
+def test_q8_0_weights_keep_the_vectors(client, reference, figure):
+    """`flywheel convert --outtype q8_0`: a quarter of the weights' bytes, the same vectors within
+    8-bit rounding, both against the NumPy reference and against the F32 conversion."""
+    full = _vectors(client.embeddings.create(model="minilm", input=SENTENCES))
+    q8 = _vectors(client.embeddings.create(model="minilm-q8", input=SENTENCES))
+    to_reference = [_cos(got, reference(s)[0]) for s, got in zip(SENTENCES, q8)]
+    to_f32 = [_cos(a, b) for a, b in zip(q8, full)]
+    figure(f"q8_0 MiniLM: cosine to the NumPy reference min {min(to_reference):.5f}, "
+           f"to the F32 conversion min {min(to_f32):.5f}")
+    assert min(to_reference) >= 0.99 and min(to_f32) >= 0.995, (to_reference, to_f32)
+    assert os.path.getsize(_env("FLYWHEEL_MINILM_Q8_GGUF")) < 0.6 * os.path.getsize(_env("FLYWHEEL_MINILM_GGUF"))
 
 
 def test_similar_sentences_rank_above_unrelated_ones(client):

@@ -17,7 +17,7 @@ use crate::session::{PageResult, Signed};
 use crate::Console;
 
 /// Bytes as MiB, rounded.
-fn mib(bytes: u64) -> String {
+pub fn mib(bytes: u64) -> String {
     count(i64::try_from(bytes / (1024 * 1024)).unwrap_or(i64::MAX))
 }
 

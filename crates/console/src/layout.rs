@@ -19,6 +19,7 @@ fn nav_links(session: &Session) -> Vec<(&'static str, &'static str)> {
             ("/console/admin/tenants", "Tenants"),
             ("/console/admin/prices", "Prices"),
             ("/console/admin/deployments", "Deployments"),
+            ("/console/admin/nodes", "Nodes"),
             ("/console/models", "Models"),
         ],
         Subject::Member { member, .. } => {
@@ -31,6 +32,8 @@ fn nav_links(session: &Session) -> Vec<(&'static str, &'static str)> {
             }
             links.push(("/console/keys", "Keys"));
             links.push(("/console/usage", "Usage"));
+            links.push(("/console/logs", "Logs"));
+            links.push(("/console/budgets", "Budgets"));
             links.push(("/console/mcp", "MCP"));
             links.push(("/console/batches", "Batches"));
             if member.role.allows(Action::ManageMembers) {

@@ -8,9 +8,10 @@
 //! services the API's handlers call (`tenancy`, `control`, `hub`): the console has no back door.
 //!
 //! Pages: `sign.rs` (sign-in for members and the operator, invites, sign-out), `tenant.rs`
-//! (overview, members), `keys.rs`, `playground.rs`, `usage.rs`, `models.rs`, `agents.rs` (MCP
-//! servers, batches) and, for the
-//! operator, `operator.rs` (tenants, prices), `deployments.rs` and `deployment_detail.rs`.
+//! (overview, members), `keys.rs`, `playground.rs`, `usage.rs`, `spend.rs` (request log,
+//! budgets), `models.rs`, `agents.rs` (MCP servers, batches) and, for the operator,
+//! `operator.rs` (tenants, prices), `deployments.rs`, `deployment_detail.rs` and `nodes.rs`
+//! (the cluster's nodes and capacity).
 
 mod agents;
 mod assets;
@@ -20,10 +21,12 @@ mod keys;
 mod layout;
 mod markdown;
 mod models;
+mod nodes;
 mod operator;
 mod playground;
 mod session;
 mod sign;
+mod spend;
 mod tenant;
 mod usage;
 
@@ -87,6 +90,8 @@ pub fn router(app: &AppState, config: ConsoleConfig) -> Router<AppState> {
         .route("/console/usage", get(usage::page))
         .route("/console/usage.csv", get(usage::csv))
         .route("/console/models", get(models::page))
+        .route("/console/logs", get(spend::logs))
+        .route("/console/budgets", get(spend::budgets))
         .route("/console/mcp", get(agents::mcp))
         .route("/console/batches", get(agents::batches))
         .route(
@@ -115,6 +120,7 @@ pub fn router(app: &AppState, config: ConsoleConfig) -> Router<AppState> {
             "/console/admin/deployments/{name}",
             get(deployment_detail::page),
         )
+        .route("/console/admin/nodes", get(nodes::page))
         .layer(axum::middleware::from_fn(session::security_headers))
         .with_state(console)
 }

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
-use crate::cluster::gateway::{ClusterGateway, ClusterSnapshot};
+use crate::cluster::gateway::{ClusterGateway, ClusterSnapshot, NodeUsage};
 use crate::cluster::local::LocalCluster;
 use crate::cluster::{Discovery, Member, Placement, Role};
 use crate::deployment::{Deployment, DeploymentView};
@@ -117,10 +117,19 @@ impl ControlPlane {
             leader: Some("local".into()),
             ..single.view().borrow().clone()
         };
+        let used = [(
+            "local".to_owned(),
+            NodeUsage {
+                memory_bytes: node.memory_used_bytes,
+                threads: node.threads_used,
+            },
+        )]
+        .into();
         ClusterSnapshot {
             me: "local".into(),
             members: single.members().borrow().clone(),
             placement,
+            used,
         }
     }
 

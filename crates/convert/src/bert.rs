@@ -7,7 +7,8 @@ use std::path::Path;
 use safetensors::{Dtype, SafeTensors};
 use serde::Deserialize;
 
-use crate::gguf::{TensorInfo, TensorType, Value, Writer};
+use crate::gguf::{TensorInfo, Value, Writer};
+use crate::quant::{self, OutType};
 use crate::vocab::Vocab;
 use crate::{ConvertError, Result};
 
@@ -155,6 +156,7 @@ fn unknown(hf: &str) -> ConvertError {
 pub fn convert_bert(
     src: &Path,
     out: &Path,
+    outtype: OutType,
     progress: &mut dyn FnMut(&Progress),
 ) -> Result<Summary> {
     let config: Config = read_json(&src.join("config.json"))?;
@@ -250,10 +252,11 @@ pub fn convert_bert(
             .tensor(name)
             .map_err(|e| ConvertError::Format(format!("tensor '{name}': {e}")))?;
         let shape: Vec<u64> = view.shape().iter().map(|&d| d as u64).collect();
-        let ty = match (view.dtype(), shape.len()) {
-            (Dtype::F16, 2) => TensorType::F16,
-            (Dtype::F32 | Dtype::F16 | Dtype::BF16, _) => TensorType::F32,
-            (other, _) => {
+        let ty = match view.dtype() {
+            dtype @ (Dtype::F32 | Dtype::F16 | Dtype::BF16) => {
+                outtype.tensor_type(&gguf, &shape, dtype)
+            }
+            other => {
                 return Err(ConvertError::Format(format!(
                     "tensor '{name}' has dtype {other:?}; only F32, F16 and BF16 convert"
                 )))
@@ -280,7 +283,7 @@ pub fn convert_bert(
     }
     vocab.pad_to(rows);
     let labels = config.id2label.as_ref().map_or(1, |m| m.len().max(1));
-    let metadata = metadata(&config, &vocab, pooling, classifier, labels, src);
+    let metadata = metadata(&config, &vocab, pooling, classifier, labels, src, outtype);
 
     let part = out.with_extension("gguf.part");
     let write_err = |source| ConvertError::Write {
@@ -301,7 +304,7 @@ pub fn convert_bert(
         let view = weights
             .tensor(name)
             .map_err(|e| ConvertError::Format(format!("tensor '{name}': {e}")))?;
-        let data = encode(view.dtype(), view.data(), *ty);
+        let data = quant::encode(view.dtype(), view.data(), *ty);
         writer.tensor(&data).map_err(write_err)?;
         bytes_done += info.bytes();
         progress(&Progress {
@@ -347,6 +350,17 @@ fn sort_key(name: &str) -> (u32, u32, String) {
     (2, 0, bare.to_owned())
 }
 
+/// llama.cpp's `llama_ftype` for the matrices' type (what `llama-cli` prints as the file's
+/// type; the loader reads each tensor's own type).
+fn file_type(outtype: OutType) -> u32 {
+    match outtype {
+        OutType::Source | OutType::F32 => 0,
+        OutType::F16 => 1,
+        OutType::Q8_0 => 7,
+        OutType::Bf16 => 32,
+    }
+}
+
 fn metadata(
     config: &Config,
     vocab: &Vocab,
@@ -354,6 +368,7 @@ fn metadata(
     classifier: bool,
     labels: usize,
     src: &Path,
+    outtype: OutType,
 ) -> Vec<(String, Value)> {
     let name = src
         .file_name()
@@ -362,7 +377,10 @@ fn metadata(
     let mut kv = vec![
         ("general.architecture".to_owned(), Value::Str("bert".into())),
         ("general.name".to_owned(), Value::Str(name)),
-        ("general.file_type".to_owned(), Value::U32(0)),
+        (
+            "general.file_type".to_owned(),
+            Value::U32(file_type(outtype)),
+        ),
         arch("context_length", Value::U32(config.max_position_embeddings)),
         arch("embedding_length", Value::U32(config.hidden_size)),
         arch("feed_forward_length", Value::U32(config.intermediate_size)),
@@ -404,46 +422,4 @@ fn metadata(
         }
     }
     kv
-}
-
-/// The tensor's bytes in the output type (little-endian).
-fn encode(dtype: Dtype, data: &[u8], ty: TensorType) -> Vec<u8> {
-    match (dtype, ty) {
-        (Dtype::F32, TensorType::F32) | (Dtype::F16, TensorType::F16) => data.to_vec(),
-        (Dtype::F16, TensorType::F32) => data
-            .chunks_exact(2)
-            .flat_map(|h| f16_to_f32(u16::from_le_bytes([h[0], h[1]])).to_le_bytes())
-            .collect(),
-        (Dtype::BF16, _) => data
-            .chunks_exact(2)
-            .flat_map(|h| {
-                f32::from_bits(u32::from(u16::from_le_bytes([h[0], h[1]])) << 16).to_le_bytes()
-            })
-            .collect(),
-        // Not planned by `convert_bert`.
-        _ => data.to_vec(),
-    }
-}
-
-/// IEEE half → single precision (subnormals, infinities and NaN included).
-pub(crate) fn f16_to_f32(h: u16) -> f32 {
-    let sign = u32::from(h >> 15) << 31;
-    let exp = u32::from((h >> 10) & 0x1f);
-    let frac = u32::from(h & 0x3ff);
-    let bits = match (exp, frac) {
-        (0, 0) => sign,
-        (0, _) => {
-            // Subnormal: normalise.
-            let mut e = 127 - 15 + 1;
-            let mut f = frac;
-            while f & 0x400 == 0 {
-                f <<= 1;
-                e -= 1;
-            }
-            sign | (e << 23) | ((f & 0x3ff) << 13)
-        }
-        (0x1f, _) => sign | 0x7f80_0000 | (frac << 13),
-        _ => sign | ((exp + 127 - 15) << 23) | (frac << 13),
-    };
-    f32::from_bits(bits)
 }

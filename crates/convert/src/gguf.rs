@@ -38,11 +38,17 @@ impl Value {
     }
 }
 
+/// Values per Q8_0 block (ggml's `QK8_0`).
+pub const Q8_0_BLOCK: usize = 32;
+
 /// Element types this writer emits (ggml's type ids).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TensorType {
     F32,
     F16,
+    Bf16,
+    /// Blocks of 32 values: an F16 scale and 32 signed bytes (rows a multiple of 32 long).
+    Q8_0,
 }
 
 impl TensorType {
@@ -50,13 +56,28 @@ impl TensorType {
         match self {
             TensorType::F32 => 0,
             TensorType::F16 => 1,
+            TensorType::Q8_0 => 8,
+            TensorType::Bf16 => 30,
         }
     }
 
-    pub fn element_bytes(self) -> u64 {
+    /// The type of a ggml type id this writer emits (F32 for any other).
+    #[cfg(test)]
+    pub(crate) fn from_id(id: u32) -> Self {
+        match id {
+            1 => TensorType::F16,
+            8 => TensorType::Q8_0,
+            30 => TensorType::Bf16,
+            _ => TensorType::F32,
+        }
+    }
+
+    /// Bytes of `elements` values.
+    pub fn bytes_of(self, elements: u64) -> u64 {
         match self {
-            TensorType::F32 => 4,
-            TensorType::F16 => 2,
+            TensorType::F32 => elements * 4,
+            TensorType::F16 | TensorType::Bf16 => elements * 2,
+            TensorType::Q8_0 => elements.div_ceil(Q8_0_BLOCK as u64) * (Q8_0_BLOCK as u64 + 2),
         }
     }
 }
@@ -72,7 +93,7 @@ pub struct TensorInfo {
 
 impl TensorInfo {
     pub fn bytes(&self) -> u64 {
-        self.shape.iter().product::<u64>() * self.ty.element_bytes()
+        self.ty.bytes_of(self.shape.iter().product::<u64>())
     }
 }
 

@@ -9,10 +9,12 @@
 mod bert;
 pub mod ct2;
 pub mod gguf;
+mod quant;
 mod vocab;
 mod whisper;
 
 pub use bert::{convert_bert, Progress, Summary};
+pub use quant::OutType;
 pub use whisper::{convert_whisper, is_ctranslate2, WhisperSummary};
 
 #[derive(Debug, thiserror::Error)]

@@ -6,11 +6,13 @@ use std::path::Path;
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 
-use crate::bert::{f16_to_f32, gguf_name};
-use crate::convert_bert;
+use crate::bert::gguf_name;
+use crate::gguf::TensorType;
+use crate::quant::{dequantize_q8_0, quantize_q8_0};
+use crate::{convert_bert, OutType};
 
-const HIDDEN: usize = 8;
-const FF: usize = 16;
+const HIDDEN: usize = 32;
+const FF: usize = 64;
 const VOCAB: [&str; 8] = [
     "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "cat", "##s", "dog",
 ];
@@ -84,15 +86,21 @@ fn read_gguf(path: &Path) -> Read {
             assert_eq!(offset % 32, 0);
             let n: u64 = dims.iter().product();
             let start = data_start + offset as usize;
+            let len = TensorType::from_id(ty).bytes_of(n) as usize;
             let values = match ty {
                 0 => bytes[start..start + 4 * n as usize]
                     .chunks_exact(4)
                     .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
                     .collect(),
-                1 => bytes[start..start + 2 * n as usize]
+                1 => bytes[start..start + len]
                     .chunks_exact(2)
-                    .map(|b| f16_to_f32(u16::from_le_bytes([b[0], b[1]])))
+                    .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
                     .collect(),
+                30 => bytes[start..start + len]
+                    .chunks_exact(2)
+                    .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                    .collect(),
+                8 => dequantize_q8_0(&bytes[start..start + len]),
                 other => panic!("tensor type {other}"),
             };
             (name, (dims, ty, values))
@@ -204,7 +212,10 @@ fn converts_a_bert_embedding_model() {
     write_checkpoint(dir.path(), 11, false, "");
     let out = dir.path().join("out.gguf");
     let mut seen = Vec::new();
-    let summary = convert_bert(dir.path(), &out, &mut |p| seen.push(p.clone())).unwrap();
+    let summary = convert_bert(dir.path(), &out, OutType::Source, &mut |p| {
+        seen.push(p.clone())
+    })
+    .unwrap();
     assert_eq!(summary.pooling, "mean");
     assert_eq!(summary.tensors, 5 + 11 * 16);
     assert_eq!(seen.len(), summary.tensors);
@@ -268,7 +279,7 @@ fn a_classifier_head_makes_a_rank_model() {
     let dir = tempfile::tempdir().unwrap();
     write_checkpoint(dir.path(), 2, true, "bert.");
     let out = dir.path().join("rank.gguf");
-    let summary = convert_bert(dir.path(), &out, &mut |_| {}).unwrap();
+    let summary = convert_bert(dir.path(), &out, OutType::Source, &mut |_| {}).unwrap();
     assert_eq!(summary.pooling, "rank");
     let read = read_gguf(&out);
     assert_eq!(read.meta["bert.pooling_type"][0], "4");
@@ -285,13 +296,20 @@ fn refuses_what_it_cannot_convert() {
         serde_json::from_slice(&std::fs::read(dir.path().join("config.json")).unwrap()).unwrap();
     config["hidden_act"] = "relu".into();
     std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
-    let err = convert_bert(dir.path(), &dir.path().join("x.gguf"), &mut |_| {}).unwrap_err();
+    let err = convert_bert(
+        dir.path(),
+        &dir.path().join("x.gguf"),
+        OutType::Source,
+        &mut |_| {},
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("hidden_act"), "{err}");
     assert!(!dir.path().join("x.gguf").exists());
 
     let missing = convert_bert(
         &dir.path().join("nope"),
         &dir.path().join("y.gguf"),
+        OutType::Source,
         &mut |_| {},
     );
     assert!(missing.unwrap_err().to_string().contains("config.json"));
@@ -308,9 +326,73 @@ fn refuses_what_it_cannot_convert() {
 }
 
 #[test]
-fn half_precision_decodes() {
-    assert_eq!(f16_to_f32(0x3c00), 1.0);
-    assert_eq!(f16_to_f32(0xc000), -2.0);
-    assert_eq!(f16_to_f32(0x0001), 2f32.powi(-24));
-    assert!(f16_to_f32(0x7c00).is_infinite());
+fn weight_matrices_take_the_asked_type_and_tables_stay_f32() {
+    let dir = tempfile::tempdir().unwrap();
+    write_checkpoint(dir.path(), 2, false, "");
+    let source = read_gguf(&{
+        let out = dir.path().join("source.gguf");
+        convert_bert(dir.path(), &out, OutType::Source, &mut |_| {}).unwrap();
+        out
+    });
+    for (outtype, id, file_type, tolerance) in [
+        (OutType::F16, 1, "1", 1e-3),
+        (OutType::Bf16, 30, "32", 4e-3),
+        (OutType::Q8_0, 8, "7", 4.5e-3),
+    ] {
+        let out = dir.path().join(format!("{}.gguf", outtype.as_str()));
+        let summary = convert_bert(dir.path(), &out, outtype, &mut |_| {}).unwrap();
+        let read = read_gguf(&out);
+        assert_eq!(read.meta["general.file_type"][0], file_type);
+        for (name, (dims, ty, values)) in &read.tensors {
+            let (_, source_ty, want) = &source.tensors[name];
+            assert_eq!(*source_ty, 0);
+            let matrix =
+                dims.len() == 2 && !name.starts_with("token_") && !name.starts_with("position_");
+            assert_eq!(*ty, if matrix { id } else { 0 }, "{name} as {outtype:?}");
+            // Within the type's rounding, relative to the tensor's largest value.
+            let amax = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let worst = values
+                .iter()
+                .zip(want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(
+                worst <= tolerance * amax,
+                "{name} as {outtype:?}: off by {worst} of {amax}"
+            );
+        }
+        let f32_bytes: u64 = source
+            .tensors
+            .values()
+            .map(|(d, _, _)| d.iter().product::<u64>() * 4)
+            .sum();
+        assert!(
+            summary.bytes < f32_bytes,
+            "{outtype:?}: {} bytes",
+            summary.bytes
+        );
+    }
+    assert_eq!(OutType::parse("Q8_0"), Some(OutType::Q8_0));
+    assert_eq!(OutType::parse("q4"), None);
+}
+
+#[test]
+fn q8_0_matches_ggml_reference_blocks() {
+    // One block: the scale is max |x| / 127, each value round(x / d).
+    let values: Vec<f32> = (0..32).map(|i| (i as f32 - 16.0) * 0.5).collect();
+    let bytes = quantize_q8_0(&values);
+    assert_eq!(bytes.len(), 34);
+    let d = half::f16::from_le_bytes([bytes[0], bytes[1]]).to_f32();
+    assert!((d - 8.0 / 127.0).abs() < 1e-4, "{d}");
+    assert_eq!(bytes[2] as i8, -127);
+    assert_eq!(bytes[2 + 16] as i8, 0);
+    let back = dequantize_q8_0(&bytes);
+    assert!(values
+        .iter()
+        .zip(&back)
+        .all(|(a, b)| (a - b).abs() <= d / 2.0 + 1e-3));
+    // An all-zero block has scale 0 and zero values, never NaN.
+    let zeros = dequantize_q8_0(&quantize_q8_0(&[0.0; 32]));
+    assert!(zeros.iter().all(|v| *v == 0.0));
+    assert_eq!(TensorType::Q8_0.bytes_of(64), 68);
 }

@@ -28,6 +28,9 @@ pub struct MemberJson {
     pub ttl_seconds: u64,
     pub memory_bytes: u64,
     pub threads: usize,
+    /// What the replicas placed on it take of those budgets.
+    pub memory_used_bytes: u64,
+    pub threads_used: usize,
     /// Replicas placed on it.
     pub placed_replicas: usize,
     /// What it reports running, per deployment.
@@ -59,13 +62,9 @@ impl From<ClusterSnapshot> for ClusterJson {
                 ttl_seconds: m.ttl_secs,
                 memory_bytes: m.memory_bytes,
                 threads: m.threads,
-                placed_replicas: s
-                    .placement
-                    .assignments
-                    .values()
-                    .flatten()
-                    .filter(|a| a.node == m.id)
-                    .count(),
+                memory_used_bytes: s.used_by(&m.id).memory_bytes,
+                threads_used: s.used_by(&m.id).threads,
+                placed_replicas: s.placed_on(&m.id),
                 replicas: m.replicas.clone(),
             })
             .collect();

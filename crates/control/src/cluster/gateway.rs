@@ -29,6 +29,33 @@ pub struct ClusterSnapshot {
     pub me: String,
     pub members: Vec<Member>,
     pub placement: PlacementView,
+    /// Memory and threads the placed replicas take of each node's budget, by member id (a
+    /// node with nothing placed is absent).
+    pub used: BTreeMap<String, NodeUsage>,
+}
+
+/// What the replicas placed on one node take of its budgets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NodeUsage {
+    pub memory_bytes: u64,
+    pub threads: usize,
+}
+
+impl ClusterSnapshot {
+    /// What the replicas placed on `node` take.
+    pub fn used_by(&self, node: &str) -> NodeUsage {
+        self.used.get(node).copied().unwrap_or_default()
+    }
+
+    /// How many replicas are placed on `node`.
+    pub fn placed_on(&self, node: &str) -> usize {
+        self.placement
+            .assignments
+            .values()
+            .flatten()
+            .filter(|a| a.node == node)
+            .count()
+    }
 }
 
 pub struct ClusterGateway {
@@ -222,11 +249,32 @@ impl ClusterGateway {
     }
 
     pub fn snapshot(&self) -> ClusterSnapshot {
+        let placement = self.placement.view().borrow().clone();
+        let used = policy::usage(&placement.assignments, &self.footprints())
+            .into_iter()
+            .map(|(node, (memory_bytes, threads))| {
+                (
+                    node,
+                    NodeUsage {
+                        memory_bytes,
+                        threads,
+                    },
+                )
+            })
+            .collect();
         ClusterSnapshot {
             me: self.me.clone(),
             members: self.discovery.members().borrow().clone(),
-            placement: self.placement.view().borrow().clone(),
+            placement,
+            used,
         }
+    }
+
+    fn footprints(&self) -> BTreeMap<String, Footprint> {
+        self.all()
+            .into_iter()
+            .map(|(s, f, _)| (s.name, f))
+            .collect()
     }
 
     /// Refuse `spec` (with the numbers) if its replicas fit on no live node beside what the
@@ -369,12 +417,7 @@ impl ClusterGateway {
     pub fn node(&self) -> NodeView {
         let members = self.discovery.members().borrow().clone();
         let view = self.placement.view().borrow().clone();
-        let footprints: BTreeMap<String, Footprint> = self
-            .all()
-            .into_iter()
-            .map(|(s, f, _)| (s.name, f))
-            .collect();
-        let used = policy::usage(&view.assignments, &footprints);
+        let used = policy::usage(&view.assignments, &self.footprints());
         let nodes: Vec<&Member> = members.iter().filter(|m| m.role.runs_replicas()).collect();
         NodeView {
             memory_bytes: nodes.iter().map(|m| m.memory_bytes).sum(),

@@ -97,9 +97,10 @@ def bars(results):
     if s and s.get("ratio"):
         out.append(("speech", "transcription speed vs faster-whisper", s["ratio"], s.get("goal", 0.8)))
     e = load(os.path.join(results, "embeddings.json"))
-    v = (e or {}).get("ratios", {}).get("embeddings_inputs_per_s_over_sentence_transformers")
-    if v:
-        out.append(("embeddings", "inputs/s vs sentence-transformers", v, 1.0))
+    for suffix, label in (("", "F32"), ("_q8_0", "Q8_0")):
+        v = (e or {}).get("ratios", {}).get("embeddings_inputs_per_s_over_sentence_transformers" + suffix)
+        if v:
+            out.append(("embeddings", f"inputs/s vs sentence-transformers ({label} weights)", v, 2.0))
     c = load(os.path.join(results, "console.json"))
     if c and c.get("ratios"):
         r = c["ratios"]  # Flywheel/LiteLLM: smaller is better, so drawn inverted

@@ -12,6 +12,7 @@ import requests
 webdriver = pytest.importorskip("selenium.webdriver")
 from selenium.webdriver.chrome.options import Options  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.common.exceptions import WebDriverException  # noqa: E402
 from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
@@ -42,6 +43,18 @@ def new_browser():
         opts.add_argument(arg)
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     return webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+
+
+def _gone(element) -> bool:
+    """Whether ELEMENT left the document. Selenium's `staleness_of` knows only the stale-element
+    error; Chromium 156 may instead answer that the node "does not belong to the document" when
+    the page was replaced between the lookup and the check."""
+    try:
+        return staleness_of(element)(None)
+    except WebDriverException as e:
+        if "does not belong to the document" in str(e) or "No node with given id" in str(e):
+            return True
+        raise
 
 
 class Browser:
@@ -80,7 +93,7 @@ class Browser:
         """Runs ACTION, then waits until the page it leads to has loaded."""
         old = self.d.find_element(By.TAG_NAME, "html")
         action()
-        WebDriverWait(self.d, 30).until(staleness_of(old))
+        WebDriverWait(self.d, 30).until(lambda _: _gone(old))
         self.wait_ready()
 
     def text(self, css: str) -> str:

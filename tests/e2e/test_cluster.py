@@ -273,16 +273,30 @@ def _moves(server) -> float:
 
 
 def _near_tie(tokens, text: str, at: int):
-    """Where TEXT first departs from the undisturbed answer (character AT): the gap between
-    the logprobs of that answer's token there and the token TEXT took instead, if TEXT took the
-    runner-up; None otherwise."""
-    pos = 0
+    """Where TEXT first departs from the undisturbed answer (character AT): the gap between the
+    logprobs of that answer's token and the alternative TEXT took instead, if TEXT took the
+    runner-up; None otherwise. The token TEXT took may begin before AT: against ' ' then '1',
+    TEXT's ' retired' shares the space."""
+    pos, gap = 0, None
     for t in tokens:
-        if pos + len(t.token) > at:
-            taken = [a for a in t.top_logprobs if a.token != t.token and a.token and text[pos:].startswith(a.token)]
-            return t.logprob - taken[0].logprob if taken else None
+        if pos > at:
+            break
+        taken = [a for a in t.top_logprobs if a.token != t.token and a.token
+                 and text.startswith(a.token, pos) and pos + len(a.token) > at]
+        if taken:
+            gap = t.logprob - max(a.logprob for a in taken)
         pos += len(t.token)
-    return None
+    return gap
+
+
+def _around(tokens, at: int) -> list:
+    """The undisturbed run's tokens near character AT, each with its top alternatives."""
+    out, pos = [], 0
+    for t in tokens:
+        if at - 12 <= pos <= at + 2:
+            out.append((t.token, round(t.logprob, 3), [(a.token, round(a.logprob, 3)) for a in t.top_logprobs]))
+        pos += len(t.token)
+    return out
 
 
 def test_streams_on_a_killed_node_go_on_from_another_with_nothing_lost_or_repeated(cluster, figure):
@@ -355,7 +369,8 @@ def test_streams_on_a_killed_node_go_on_from_another_with_nothing_lost_or_repeat
         gap = _near_tie(ref.choices[0].logprobs.content, text, at)
         assert gap is not None and gap < 0.5, (
             f"stream {i} departs from the undisturbed run at character {at}, not at a near-tie (gap {gap}): "
-            f"{text[max(0, at - 40):at + 40]!r} vs {ref_text[max(0, at - 40):at + 40]!r}")
+            f"{text[max(0, at - 40):at + 40]!r} vs {ref_text[max(0, at - 40):at + 40]!r}; "
+            f"the undisturbed run there: {_around(ref.choices[0].logprobs.content, at)}")
         ties.append(f"stream {i} at character {at}, top-2 gap {gap:.3f}")
     moved = _moves(g1) + _moves(g2) - moves_before
     assert moved >= 1, "no stream was on the killed node"

@@ -7,8 +7,9 @@ use safetensors::Dtype;
 
 use crate::gguf::{TensorType, Q8_0_BLOCK};
 
-/// What `flywheel convert --outtype` asks for the model's weight matrices (embedding tables,
-/// biases and norms stay F32, as llama.cpp's own converter keeps them).
+/// What `flywheel convert --outtype` asks for the model's weight matrices, the token embedding
+/// table included (position and token-type tables, biases and norms stay F32, as llama.cpp's
+/// own converter keeps them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum OutType {
     /// As the checkpoint stores them: F16 matrices stay F16, everything else becomes F32.
@@ -62,13 +63,11 @@ impl OutType {
     }
 }
 
-/// Tables looked up by row (token, position, token type): stored as F32, like llama.cpp's own
-/// converter keeps the small ones; the lookup costs nothing to quantize away.
+/// The small tables looked up by row (position, token type) stay F32, as llama.cpp's own
+/// converter keeps them; the token embedding table is a matrix like the others (half of
+/// MiniLM's bytes).
 fn is_embedding_table(gguf_name: &str) -> bool {
-    matches!(
-        gguf_name,
-        "token_embd.weight" | "position_embd.weight" | "token_types.weight"
-    )
+    matches!(gguf_name, "position_embd.weight" | "token_types.weight")
 }
 
 /// The checkpoint's values as F32.

@@ -21,7 +21,7 @@ pub struct ConvertArgs {
     /// How a BERT model's weight matrices are stored: `source` (as the checkpoint has them),
     /// `f32`, `f16`, `bf16` or `q8_0` (8-bit blocks: a quarter of F32's size, and the
     /// integer matrix kernels; cosine to F32's vectors stays above 0.999 on MiniLM).
-    /// Embedding tables, biases and norms stay F32.
+    /// Position and token-type tables, biases and norms stay F32.
     #[arg(long, default_value = "source", value_parser = parse_outtype)]
     pub outtype: ::convert::OutType,
 }

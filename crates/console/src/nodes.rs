@@ -117,7 +117,7 @@ pub async fn page(State(console): State<Console>, signed: Signed) -> PageResult 
     let body = html! {
         p #cluster-summary {
             (snapshot.members.len()) " live " (if snapshot.members.len() == 1 { "process" } else { "processes" })
-            ", " (runners) " running replicas. Placement leader: "
+            " (" (runners) " of them may run replicas). Placement leader: "
             (snapshot.placement.leader.as_deref().unwrap_or("none elected"))
             ". Answered by " (snapshot.me) " at revision " (snapshot.placement.revision) "."
         }

@@ -197,14 +197,7 @@ pub async fn budgets(State(console): State<Console>, signed: Signed) -> PageResu
     let budgets = &console.tenancy().budgets;
     let statuses = budgets.statuses(&tenant.id).await?;
     let events = budgets.events(&tenant.id, EVENTS_SHOWN, None).await?;
-    let key_names: HashMap<String, String> = console
-        .tenancy()
-        .directory
-        .keys(&tenant.id)
-        .await?
-        .into_iter()
-        .map(|k| (k.id, k.name))
-        .collect();
+    let key_names = crate::usage::key_names(&console, &tenant.id).await?;
     let body = html! {
         p { "The operator sets budgets on your tenant and keys. A request that could take the spend past one is refused (402) before it runs; alerts fire as thresholds are crossed." }
         div.scroll tabindex="0" role="region" aria-label="Budgets table" {

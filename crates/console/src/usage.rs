@@ -66,20 +66,28 @@ async fn report(console: &Console, signed: &Signed, params: &Params) -> PageResu
         group_by,
     )
     .await?;
-    let key_names = console
-        .tenancy()
-        .directory
-        .keys(&tenant.id)
-        .await?
-        .into_iter()
-        .map(|k| (k.id, k.name))
-        .collect();
+    let key_names = key_names(console, &tenant.id).await?;
     Ok(Report {
         group,
         days,
         rows,
         key_names,
     })
+}
+
+/// The tenant's key names by key id.
+pub(crate) async fn key_names(
+    console: &Console,
+    tenant_id: &str,
+) -> PageResult<HashMap<String, String>> {
+    Ok(console
+        .tenancy()
+        .directory
+        .keys(tenant_id)
+        .await?
+        .into_iter()
+        .map(|k| (k.id, k.name))
+        .collect())
 }
 
 fn totals(rows: &[UsageRow]) -> UsageRow {

@@ -32,9 +32,10 @@ fn lease(m: &Member) -> String {
 
 fn node_row(snapshot: &ClusterSnapshot, m: &Member) -> Markup {
     let used = snapshot.used_by(&m.id);
+    let placed = snapshot.placed_on(&m.id);
     let runs = m.role.runs_replicas();
     html! {
-        tr data-node=(m.id) data-role=(m.role.as_str()) data-memory-used=(used.memory_bytes) data-placed=(snapshot.placed_on(&m.id)) {
+        tr data-node=(m.id) data-role=(m.role.as_str()) data-memory-used=(used.memory_bytes) data-placed=(placed) {
             th scope="row" { (m.id) (badges(snapshot, m)) }
             td { (m.role.as_str()) }
             td { @if m.address.is_empty() { "—" } @else { (m.address) } }
@@ -46,7 +47,7 @@ fn node_row(snapshot: &ClusterSnapshot, m: &Member) -> Markup {
                 td.num { (used.threads) " / " (m.threads) " "
                     meter min="0" max=(m.threads.max(1)) value=(used.threads)
                         aria-label=(format!("Threads used on {}", m.id)) {} }
-                td.num { (snapshot.placed_on(&m.id)) }
+                td.num { (placed) }
             } @else {
                 td colspan="3" { "runs no replica (gateway)" }
             }

@@ -108,6 +108,18 @@ def bars(results):
             out.append(("console", "first page usable vs LiteLLM UI", 1 / r["first_page_usable_vs_litellm"], None))
         if r.get("first_page_bytes_vs_litellm"):
             out.append(("console", "first page bytes vs LiteLLM UI", 1 / r["first_page_bytes_vs_litellm"], None))
+    f = load(os.path.join(results, "fleet.json"))
+    if f and f.get("ratios"):
+        r = f["ratios"]  # Flywheel over the static fleet (or over itself without the batch)
+        for key, label, smaller_is_better, goal in (
+                ("core_s_per_mtok_flywheel_over_static", "core-s per 1M tokens vs static fleet", True, 0.6),
+                ("slo_fraction_flywheel_over_static", "requests with TTFT ≤ 2 s vs static fleet", False, 1.0),
+                ("ttft_p99_with_batch_over_without", "TTFT p99 without vs with a batch", True, 1.1),
+                ("day_core_s_per_mtok_flywheel_over_static_separate_batch",
+                 "day's core-s per 1M tokens vs static + batch replica", True, 0.7)):
+            if r.get(key):
+                out.append(("fleet", label, 1 / r[key] if smaller_is_better else r[key],
+                            1 / goal if smaller_is_better else goal))
     return out
 
 
@@ -117,7 +129,7 @@ def draw(rows, png):
     import matplotlib.pyplot as plt
 
     colours = {"engine": "#4C72B0", "serving": "#55A868", "gateway": "#C44E52", "hub": "#8172B2", "tools": "#CCB974",
-               "speech": "#64B5CD"}
+               "speech": "#64B5CD", "embeddings": "#8C8C8C", "console": "#DD8452", "fleet": "#937860"}
     fig, ax = plt.subplots(figsize=(9, 0.42 * len(rows) + 1.4))
     ys = list(range(len(rows)))[::-1]
     for y, (group, label, adv, goal) in zip(ys, rows):

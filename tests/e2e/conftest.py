@@ -104,15 +104,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start(name: str, extra_args: list, tmp_dir: str, admin_key: str, env: dict = None, ca: str = None) -> Server:
+def _start(name: str, extra_args: list, tmp_dir: str, admin_key: str, env: dict = None, ca: str = None,
+           host: str = "127.0.0.1", prefix: tuple = ()) -> Server:
     """Starts `flywheel serve` with EXTRA_ARGS; ENV adds variables (FLYWHEEL_* included) to its environment.
-    CA: the CA file of an HTTPS server's certificate (EXTRA_ARGS then hold --tls-cert/--tls-key)."""
+    CA: the CA file of an HTTPS server's certificate (EXTRA_ARGS then hold --tls-cert/--tls-key).
+    HOST: the address it listens on; PREFIX: a command that runs it (`ip netns exec NS`, which execs it,
+    so the process is the server's own)."""
     binary = _env_path("FLYWHEEL_BIN")
     port = _free_port()
     data_dir = os.path.join(tmp_dir, "data")
     os.makedirs(data_dir, exist_ok=True)
     log_path = os.path.join(tmp_dir, "server.log")
-    args = [binary, "serve", "--listen", f"127.0.0.1:{port}", "--data-dir", data_dir, *extra_args]
+    args = [*prefix, binary, "serve", "--listen", f"{host}:{port}", "--data-dir", data_dir, *extra_args]
     # The server reads FLYWHEEL_* settings from the environment: start from none of them.
     extra_env = env or {}
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLYWHEEL_")}
@@ -125,7 +128,7 @@ def _start(name: str, extra_args: list, tmp_dir: str, admin_key: str, env: dict 
         log.flush()
         proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
     scheme = "https" if ca else "http"
-    server = Server(name, f"{scheme}://127.0.0.1:{port}", proc, log_path, admin_key, ca)
+    server = Server(name, f"{scheme}://{host}:{port}", proc, log_path, admin_key, ca)
     _SERVERS.append(server)
 
     deadline = time.monotonic() + HEALTH_TIMEOUT_S

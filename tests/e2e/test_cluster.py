@@ -1,7 +1,8 @@
 """A real cluster on loopback: etcd (Debian's etcd-server, installed by scripts/cluster-deps.sh),
 one PostgreSQL database, two gateways and three node agents, each a real `flywheel serve`
-running SmolLM2 with one thread per replica. Faults are real: kill -9, SIGSTOP (a node cut off
-longer than its lease, then back). Deadlines are generous (5 x the lease TTL for membership and
+running SmolLM2 with one thread per replica. Faults are real: kill -9, SIGSTOP (a node frozen
+longer than its lease, then back), and a link cut (`ip link set ... down`) between a fourth node in
+its own network namespace and everything else, then restored. Deadlines are generous (5 x the lease TTL for membership and
 placement, more for a model to load); the timings are bench figures, printed.
 
 Skips (saying why) only when etcd cannot be installed."""
@@ -19,6 +20,7 @@ import pytest
 import requests
 
 from conftest import _env_path, _free_port, _start, _stop
+from netns import LinkedNamespace, Relay
 
 TTL = 2  # --cluster-lease-seconds
 PLACE_S = 5 * TTL  # membership and placement deadline
@@ -68,12 +70,14 @@ class Cluster:
         self.model = model
         self.procs = {}
 
-    def start(self, name: str, role: str):
+    def start(self, name: str, role: str, etcd_url=None, db=None, ns=None):
+        """NS: a LinkedNamespace to run it in (reaching etcd and the database at ETCD_URL and DB)."""
         tmp = str(self.tmp_factory.mktemp(name))
-        args = ["--cluster", self.etcd_url, "--role", role, "--node-id", name, "--database-url", self.db,
-                "--cluster-lease-seconds", str(TTL), "--node-threads", "4", "--node-memory-mib", "4096",
-                "--drain-seconds", "2"]
-        s = _start(name, args, tmp, self.admin_key, env={"FLYWHEEL_CLUSTER_SECRET": SECRET})
+        args = ["--cluster", etcd_url or self.etcd_url, "--role", role, "--node-id", name,
+                "--database-url", db or self.db, "--cluster-lease-seconds", str(TTL), "--node-threads", "4",
+                "--node-memory-mib", "4096", "--drain-seconds", "2"]
+        where = {"host": ns.inner, "prefix": tuple(ns.prefix())} if ns else {}
+        s = _start(name, args, tmp, self.admin_key, env={"FLYWHEEL_CLUSTER_SECRET": SECRET}, **where)
         self.procs[name] = s
         return s
 
@@ -487,6 +491,74 @@ def test_the_leader_killed_the_other_gateway_takes_over(cluster, figure):
     _wait("smol-b placed by the new leader and ready", lambda: cluster.all_ready(other, "smol-b", 1), LOAD_S)
     _chat(survivor)
     _chat(survivor, model="smol-b")
+
+
+def _members(cluster, gateway):
+    return {n["id"] for n in cluster.view(gateway)["nodes"]}
+
+
+def test_a_node_behind_a_cut_link_is_replaced_and_stops_its_stale_replica_when_the_link_returns(cluster, figure):
+    try:
+        ns = LinkedNamespace.create()
+    except (RuntimeError, OSError) as e:
+        pytest.skip(f"no network namespace can be made here (it needs root and iproute2): {e}")
+    # n4 reaches etcd and PostgreSQL (on this namespace's loopback) through relays on the link's
+    # near end, so cutting the link cuts it from everything: etcd, the database and the gateways.
+    etcd_port = int(cluster.etcd_url.rsplit(":", 1)[1])
+    relays = [Relay(ns.outer, etcd_port), Relay(ns.outer, 5432)]
+    gateway = next(g for g in ("g1", "g2") if cluster.procs[g].proc.poll() is None)
+    g = cluster.procs[gateway]
+    created = False
+    try:
+        db = cluster.db.replace("127.0.0.1:5432", f"{ns.outer}:{relays[1].port}")
+        cluster.start("n4", "node", etcd_url=f"etcd://{ns.outer}:{relays[0].port}", db=db, ns=ns)
+        _wait("n4 (in its namespace) a member", lambda: "n4" in _members(cluster, gateway), PLACE_S)
+        # The roomiest node gets a new deployment's one replica: n4, which runs nothing.
+        g.admin("POST", "/deployments", {"name": "cut", "model": cluster.model, "min_replicas": 1,
+                                         "threads_per_replica": 1, "slots_per_replica": 1,
+                                         "context_length": 256}, expect=201)
+        created = True
+        _wait("cut's replica ready on n4", lambda: cluster.all_ready(gateway, "cut", 1)
+              and [r["node"] for r in cluster.placed(gateway, "cut")] == ["n4"], LOAD_S)
+        _chat(g, model="cut")
+
+        ns.cut()
+        cut_at = time.monotonic()
+        try:
+            _, gone = _wait("n4 gone from the members after its link was cut",
+                            lambda: "n4" not in _members(cluster, gateway), PLACE_S)
+            placed, _ = _wait("cut's replica re-placed off n4", lambda: (lambda p: p if len(p) == 1 and
+                                                                          p[0]["node"] != "n4" else None)(
+                cluster.placed(gateway, "cut")), PLACE_S)
+            replaced = time.monotonic() - cut_at
+            _wait("cut ready on its new node", lambda: cluster.all_ready(gateway, "cut", 1), LOAD_S)
+            _chat(g, model="cut")
+        finally:
+            ns.restore()
+        restored = time.monotonic()
+
+        def back_and_clean():
+            nodes = {n["id"]: n for n in cluster.view(gateway)["nodes"]}
+            if "n4" not in nodes:
+                return False
+            return not any(r["deployment"] == "cut" and r["ready"] + r["loading"] > 0
+                           for r in nodes["n4"]["replicas"])
+        _wait("n4 back with its stale replica stopped", back_and_clean, PLACE_S + 20)
+        figure(f"cluster: link cut -> n4 gone from members {gone:.1f}s, replica re-placed {replaced:.1f}s; "
+               f"link back -> n4 re-registered, stale replica stopped {time.monotonic() - restored:.1f}s "
+               f"(TTL {TTL}s)")
+        # Never counted twice: one placement, one replica running in the cluster.
+        assert [r["node"] for r in cluster.placed(gateway, "cut")] == [placed[0]["node"]]
+        assert cluster.ready_total(gateway, "cut") == 1
+        _chat(g, model="cut")
+    finally:
+        if created:
+            g.admin("DELETE", "/deployments/cut")
+        if "n4" in cluster.procs:
+            _stop(cluster.procs.pop("n4"))
+        for r in relays:
+            r.close()
+        ns.close()
 
 
 def test_an_unreachable_etcd_at_start_is_a_clear_error(tmp_path, cluster):

@@ -54,7 +54,9 @@ pub struct BatchConfig {
     /// The longest a batch may run before it expires (`completion_window` is `24h`; a shorter
     /// maximum, `--batch-window-max`, cuts it, so tests can expire a batch).
     pub window_max: Duration,
-    /// Lines of one batch running at once.
+    /// Lines of one batch running at once, at least; more when the deployment serving its
+    /// model has more slots (it says so as the batch reports its backlog, see
+    /// [`Executor::backlog`]), so replicas added for the batch's deadline get work.
     pub concurrency: usize,
     /// Most requests in one batch (OpenAI's: 50,000).
     pub max_lines: usize,
@@ -148,6 +150,20 @@ pub trait Executor: Send + Sync + 'static {
     /// others), or `Ok` when it should be run. By default every body is left to `execute`.
     fn check(&self, _endpoint: Endpoint, _body: &str) -> std::result::Result<(), String> {
         Ok(())
+    }
+
+    /// Batch `batch` has `lines` left on `model`, to finish by `deadline` (0: it is done):
+    /// what serves the model may scale out to meet the deadline. Returns how many lines the
+    /// batch may keep in flight there (every slot it has), or `None` to keep
+    /// [`BatchConfig::concurrency`]. Nothing is told by default.
+    async fn backlog(
+        &self,
+        _model: &str,
+        _batch: &str,
+        _lines: usize,
+        _deadline: std::time::SystemTime,
+    ) -> Option<usize> {
+        None
     }
 }
 

@@ -13,9 +13,10 @@
 //!   request that was billed.
 //!
 //! A line refused for now (the server shutting down, a queue timeout, the model unavailable)
-//! stays pending and runs again shortly, or after the restart. A run ended by a graceful
-//! shutdown after it was admitted was settled for its prompt; its rerun keeps that charge
-//! (unmetered), so such a line is billed its prompt only, never twice.
+//! stays pending and runs again shortly, or after the restart. A run the backend ended with an
+//! error (a graceful shutdown after it was admitted, too) had its hold released whole by the
+//! serving layer (a line's answer comes whole, so nothing was delivered): its rerun is metered
+//! under its next attempt, and the line is billed once, for the run that answered.
 //!
 //! A runner runs only while its process holds the batch's lease (`crate::lease`); a process
 //! taking over a dead one's batch meets exactly the cases above (its own earlier attempts are
@@ -228,7 +229,12 @@ async fn run_lines(inner: &Inner, batch: &BatchRecord, stop: &CancellationToken)
         .to_std()
         .unwrap_or(Duration::ZERO);
     let deadline = tokio::time::Instant::now() + left;
-    let slots = Arc::new(Semaphore::new(inner.config.concurrency.max(1)));
+    let mut pace = Pace::new(inner.config.concurrency);
+    let slots = Arc::new(Semaphore::new(pace.permits));
+    pace.report(inner, batch, &slots).await;
+    let mut ticker = tokio::time::interval(STATUS_EVERY);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await;
     let quota = Arc::new(AtomicBool::new(false));
     let retry = Arc::new(AtomicBool::new(false));
     let batch = Arc::new(batch.clone());
@@ -236,7 +242,6 @@ async fn run_lines(inner: &Inner, batch: &BatchRecord, stop: &CancellationToken)
         .ok_or_else(|| BatchError::Internal(format!("unknown endpoint '{}'", batch.endpoint)))?;
     let mut tasks = JoinSet::new();
     let mut after = -1;
-    let mut checked = tokio::time::Instant::now();
     let end = 'lines: loop {
         let lines = inner.store.pending_lines(&batch.id, after, PAGE).await?;
         if lines.is_empty() {
@@ -244,12 +249,22 @@ async fn run_lines(inner: &Inner, batch: &BatchRecord, stop: &CancellationToken)
         }
         for line in lines {
             after = line.line_no;
-            let permit = tokio::select! {
-                biased;
-                () = stop.cancelled() => break 'lines End::Stopped,
-                () = tokio::time::sleep_until(deadline) => break 'lines End::Expired,
-                permit = slots.clone().acquire_owned() => {
-                    permit.map_err(|e| BatchError::Internal(e.to_string()))?
+            let permit = loop {
+                tokio::select! {
+                    biased;
+                    () = stop.cancelled() => break 'lines End::Stopped,
+                    () = tokio::time::sleep_until(deadline) => break 'lines End::Expired,
+                    _ = ticker.tick() => {
+                        // A cancel from another process; the backlog for the deadline.
+                        let now = inner.store.batch_by_id(&batch.id).await?;
+                        if now.status != "in_progress" {
+                            break 'lines End::Stopped;
+                        }
+                        pace.report(inner, &now, &slots).await;
+                    }
+                    permit = slots.clone().acquire_owned() => {
+                        break permit.map_err(|e| BatchError::Internal(e.to_string()))?;
+                    }
                 }
             };
             if quota.load(Ordering::SeqCst) {
@@ -257,12 +272,6 @@ async fn run_lines(inner: &Inner, batch: &BatchRecord, stop: &CancellationToken)
             }
             if retry.load(Ordering::SeqCst) {
                 break 'lines End::Retry;
-            }
-            if checked.elapsed() >= STATUS_EVERY {
-                checked = tokio::time::Instant::now();
-                if inner.store.batch_by_id(&batch.id).await?.status != "in_progress" {
-                    break 'lines End::Stopped;
-                }
             }
             while let Some(done) = tasks.try_join_next() {
                 log_line_task(&batch.id, done);
@@ -284,6 +293,8 @@ async fn run_lines(inner: &Inner, batch: &BatchRecord, stop: &CancellationToken)
     while let Some(done) = tasks.join_next().await {
         log_line_task(&batch.id, done);
     }
+    // Its lines are no longer this runner's to pace (done, or run again after a retry).
+    pace.done(inner, &batch).await;
     if end == End::Drained && quota.load(Ordering::SeqCst) {
         return Ok(End::Quota);
     }
@@ -291,6 +302,56 @@ async fn run_lines(inner: &Inner, batch: &BatchRecord, stop: &CancellationToken)
         return Ok(End::Retry);
     }
     Ok(end)
+}
+
+/// How many lines a batch keeps in flight: [`crate::BatchConfig::concurrency`] at least, and
+/// every slot the deployment serving its model has, as it answers the batch's backlog reports
+/// (so replicas it adds to meet the batch's deadline get lines at once).
+struct Pace {
+    floor: usize,
+    /// The semaphore's permits, held and free.
+    permits: usize,
+}
+
+impl Pace {
+    fn new(concurrency: usize) -> Self {
+        let floor = concurrency.max(1);
+        Self {
+            floor,
+            permits: floor,
+        }
+    }
+
+    /// Reports `batch`'s remaining lines and deadline, and resizes `slots` to the answer.
+    async fn report(&mut self, inner: &Inner, batch: &BatchRecord, slots: &Semaphore) {
+        let Some(model) = batch.model.as_deref() else {
+            return;
+        };
+        let left = usize::try_from(batch.total - batch.completed - batch.failed).unwrap_or(0);
+        let deadline = std::time::SystemTime::from(batch.expires_at);
+        let answer = inner
+            .executor
+            .backlog(model, &batch.id, left, deadline)
+            .await;
+        let Some(want) = answer.map(|n| n.max(self.floor)) else {
+            return;
+        };
+        if want > self.permits {
+            slots.add_permits(want - self.permits);
+            self.permits = want;
+        } else if want < self.permits {
+            // Only free permits can go; the rest go as their lines end and later reports ask.
+            self.permits -= slots.forget_permits(self.permits - want);
+        }
+    }
+
+    /// The runner stops starting lines: its backlog is withdrawn.
+    async fn done(&self, inner: &Inner, batch: &BatchRecord) {
+        if let Some(model) = batch.model.as_deref() {
+            let deadline = std::time::SystemTime::from(batch.expires_at);
+            inner.executor.backlog(model, &batch.id, 0, deadline).await;
+        }
+    }
 }
 
 fn log_line_task(batch_id: &str, done: std::result::Result<Result<()>, tokio::task::JoinError>) {

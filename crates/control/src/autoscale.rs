@@ -9,16 +9,22 @@
 //!    needs (bounded by `max_replicas` and by the node's free threads: on a saturated node
 //!    another replica adds no compute), unless a scale-up happened within `up_cooldown`;
 //! 4. to zero after `idle` without traffic (unless `min_replicas > 0`);
-//! 5. down slowly: one replica at a time, only when the demand would fit in one replica fewer
+//! 4. out for a batch's deadline: when the batches' remaining lines, at the rate one replica
+//!    has been finishing batch lines, would not be done within [`DEADLINE_SHARE`] of the time
+//!    left before the earliest batch deadline, scale to the count that would (same bounds and
+//!    cooldown as rule 3);
+//! 5. to zero after `idle` without traffic (unless `min_replicas > 0`);
+//! 6. down slowly: one replica at a time, only when the demand would fit in one replica fewer
 //!    at `down_utilization` (hysteresis), has done so for `down_stable`, and no change
-//!    happened within `down_cooldown`. Never below one replica while there is traffic.
+//!    happened within `down_cooldown`. Never below one replica while there is traffic, nor
+//!    below what a batch's deadline needs (rule 4).
 //!
 //! Batch work (lines of a batch, [`backend::Priority::Batch`]) runs in what interactive
-//! requests leave: it counts as demand that *keeps* replicas (rules 4 and 5: a running or
+//! requests leave: it counts as demand that *keeps* replicas (rules 5 and 6: a running or
 //! waiting batch keeps a deployment from scaling down or to zero) and a batch waiting at zero
-//! replicas cold-starts one (rule 2: it could never finish otherwise), but it never asks for
-//! a scale-up (rule 3 counts interactive requests only), so it neither takes node room that
-//! interactive load may need nor spends a scale-up cooldown that would delay one.
+//! replicas cold-starts one (rule 2: it could never finish otherwise). Its queue never asks
+//! for a scale-up (rule 3 counts interactive requests only); only a deadline that the replicas
+//! up now would miss does (rule 4), since that batch would otherwise expire unfinished.
 
 use std::time::{Duration, Instant};
 
@@ -78,6 +84,38 @@ pub struct Signals {
     pub last_traffic: Option<Instant>,
     /// Recent completions per second (for the reason text).
     pub throughput_per_sec: f64,
+    /// What the batches running on this deployment still have to do, when any reported it.
+    pub batch_backlog: Option<BatchBacklog>,
+}
+
+/// The batches' remaining work against their deadline (rule 4).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchBacklog {
+    /// Lines not yet finished, over every batch that reported.
+    pub lines: usize,
+    /// Time left before the earliest of their deadlines.
+    pub deadline_in: Duration,
+    /// Batch lines one replica finished per second lately; `None` until measured.
+    pub lines_per_replica_sec: Option<f64>,
+}
+
+/// Rule 4 plans to finish a batch backlog within this share of the time left, so that a
+/// replica's load time and a slower stretch do not make it miss its deadline.
+pub const DEADLINE_SHARE: f64 = 0.8;
+
+impl BatchBacklog {
+    /// Replicas that would finish the backlog within [`DEADLINE_SHARE`] of the time left, at
+    /// the measured rate; `None` while there is no rate, nothing left or no time left.
+    pub fn replicas_needed(&self) -> Option<usize> {
+        let rate = self.lines_per_replica_sec.filter(|r| *r > 0.0)?;
+        let secs = self.deadline_in.as_secs_f64() * DEADLINE_SHARE;
+        if self.lines == 0 || secs <= 0.0 {
+            return None;
+        }
+        let needed = (self.lines as f64 / (rate * secs)).ceil();
+        // Bounded: the caller caps it by max_replicas anyway.
+        Some(needed.min(1e6) as usize)
+    }
 }
 
 /// A desired replica count and why.
@@ -226,6 +264,35 @@ impl Autoscaler {
             );
         }
 
+        let for_deadline = s
+            .batch_backlog
+            .as_ref()
+            .and_then(BatchBacklog::replicas_needed)
+            .unwrap_or(0);
+        if for_deadline > current && current < p.max_replicas {
+            let backlog = s.batch_backlog.as_ref();
+            let why = backlog.map_or_else(String::new, |b| {
+                format!(
+                    "a batch backlog of {} lines at {:.2} lines/s per replica would miss its \
+                     deadline in {} s",
+                    b.lines,
+                    b.lines_per_replica_sec.unwrap_or(0.0),
+                    b.deadline_in.as_secs()
+                )
+            });
+            if self.cooling(self.last_up, p.up_cooldown, s.now) {
+                return (current, "scale-up cooldown".into());
+            }
+            if can_add == 0 {
+                return (current, format!("{why}, but {}", threads_note()));
+            }
+            let to = for_deadline.min(p.max_replicas).min(current + can_add);
+            return (
+                to,
+                format!("{why}: {for_deadline} replicas needed to finish it in time"),
+            );
+        }
+
         let busy = demand + batch > 0;
         let idle_for = s
             .last_traffic
@@ -241,7 +308,7 @@ impl Autoscaler {
             );
         }
 
-        let floor = p.min_replicas.max(1);
+        let floor = p.min_replicas.max(1).max(for_deadline.min(p.max_replicas));
         let fits_in_fewer = current > floor
             && ((demand + batch) as f64) <= ((current - 1) * slots) as f64 * p.down_utilization;
         let over_max = current > p.max_replicas;

@@ -23,6 +23,7 @@ fn signals(now: Instant, ready: usize, queued: usize, in_flight: usize) -> Signa
         threads_free: 8,
         last_traffic: Some(now),
         throughput_per_sec: 0.0,
+        batch_backlog: None,
     }
 }
 
@@ -236,4 +237,95 @@ fn interactive_load_scales_up_regardless_of_the_batch_work_it_preempts() {
     let mut a = Autoscaler::new(policy());
     let d = a.decide(&with_batch(signals(t0, 1, 1, 1), 100, 1));
     assert_eq!(d.to, 1, "{}", d.reason);
+}
+
+fn backlog(lines: usize, deadline_secs: u64, rate: Option<f64>) -> Option<BatchBacklog> {
+    Some(BatchBacklog {
+        lines,
+        deadline_in: Duration::from_secs(deadline_secs),
+        lines_per_replica_sec: rate,
+    })
+}
+
+/// One replica running batch lines (its two slots busy with them), nothing interactive.
+fn batch_signals(now: Instant, ready: usize, b: Option<BatchBacklog>) -> Signals {
+    Signals {
+        batch_in_flight: 2 * ready,
+        batch_backlog: b,
+        ..signals(now, ready, 0, 0)
+    }
+}
+
+#[test]
+fn a_batch_that_would_miss_its_deadline_scales_out_to_what_finishes_it() {
+    let t0 = Instant::now();
+    let mut a = Autoscaler::new(policy());
+    // 100 lines at 1 line/s per replica, 50 s left: 40 s planned (0.8) → 3 replicas.
+    let d = a.decide(&batch_signals(t0, 1, backlog(100, 50, Some(1.0))));
+    assert_eq!((d.from, d.to), (1, 3), "{}", d.reason);
+    assert!(d.reason.contains("miss its deadline"), "{}", d.reason);
+    assert!(d.reason.contains("100 lines"), "{}", d.reason);
+    // Bounded by max_replicas (4).
+    let mut a = Autoscaler::new(policy());
+    let d = a.decide(&batch_signals(t0, 1, backlog(1000, 50, Some(1.0))));
+    assert_eq!(d.to, 4, "{}", d.reason);
+}
+
+#[test]
+fn a_batch_that_fits_its_window_or_has_no_rate_yet_adds_nothing() {
+    let t0 = Instant::now();
+    let mut a = Autoscaler::new(policy());
+    // 30 lines at 1/s with 50 s left: done in 30 s ≤ 40 s.
+    let d = a.decide(&batch_signals(t0, 1, backlog(30, 50, Some(1.0))));
+    assert_eq!(d.to, 1, "{}", d.reason);
+    // No rate measured yet: no guess.
+    let d = a.decide(&batch_signals(t0, 1, backlog(10_000, 50, None)));
+    assert_eq!(d.to, 1, "{}", d.reason);
+    // Past the deadline: the runner expires it; nothing to scale for.
+    let d = a.decide(&batch_signals(t0, 1, backlog(10_000, 0, Some(1.0))));
+    assert_eq!(d.to, 1, "{}", d.reason);
+}
+
+#[test]
+fn a_deadline_scale_out_keeps_to_the_node_threads_and_the_cooldown() {
+    let t0 = Instant::now();
+    let mut a = Autoscaler::new(policy());
+    let mut s = batch_signals(t0, 1, backlog(100, 50, Some(1.0)));
+    s.threads_free = 1;
+    let d = a.decide(&s);
+    assert_eq!(d.to, 2, "one more replica fits: {}", d.reason);
+    let mut s = batch_signals(at(t0, 2), 2, backlog(100, 48, Some(1.0)));
+    s.threads_free = 8;
+    let d = a.decide(&s);
+    assert_eq!(d.to, 2, "within the up cooldown: {}", d.reason);
+    s.now = at(t0, 6);
+    s.threads_free = 0;
+    let d = a.decide(&s);
+    assert_eq!(d.to, 2, "{}", d.reason);
+    assert!(d.reason.contains("thread budget"), "{}", d.reason);
+}
+
+#[test]
+fn replicas_a_deadline_needs_are_not_scaled_down() {
+    let t0 = Instant::now();
+    let mut a = Autoscaler::new(policy());
+    // Three replicas, two batch lines running (fits one replica at 50%), but the backlog
+    // needs three to finish in time.
+    let mut s = Signals {
+        batch_in_flight: 1,
+        ..batch_signals(t0, 3, backlog(100, 50, Some(1.0)))
+    };
+    for secs in [0, 40, 80, 120] {
+        s.now = at(t0, secs);
+        let d = a.decide(&s);
+        assert_eq!(d.to, 3, "at {secs} s: {}", d.reason);
+    }
+    // Once the backlog is gone, the usual slow scale-down applies.
+    s.batch_backlog = None;
+    let down = [130, 170, 210].into_iter().find_map(|secs| {
+        s.now = at(t0, secs);
+        let d = a.decide(&s);
+        d.is_change().then_some(d.to)
+    });
+    assert_eq!(down, Some(2), "scaled down once the backlog was done");
 }

@@ -18,7 +18,8 @@ pub struct BatchArgs {
     #[arg(long, env = "FLYWHEEL_BATCH_WINDOW_MAX")]
     #[serde(rename = "window_max")]
     pub batch_window_max: Option<String>,
-    /// Lines of one batch running at once [default: 4].
+    /// Lines of one batch running at once, at least: more when the deployment serving its
+    /// model has more slots [default: 4].
     #[arg(long, env = "FLYWHEEL_BATCH_CONCURRENCY")]
     #[serde(rename = "concurrency")]
     pub batch_concurrency: Option<usize>,

@@ -222,6 +222,23 @@ impl Serving {
         self.running.end_tenant(tenant_id)
     }
 
+    /// A batch on `model` has `lines` left to finish by `deadline` (0: done): tells the
+    /// deployment serving it, whose autoscaler may add replicas to meet the deadline, and
+    /// returns how many lines the batch may keep in flight there. `None` when `model` is not
+    /// a deployment of this process (an upstream server, a group, a cluster's remote node):
+    /// the batch keeps its configured concurrency.
+    pub async fn batch_backlog(
+        &self,
+        model: &str,
+        batch: &str,
+        lines: usize,
+        deadline: std::time::SystemTime,
+    ) -> Option<usize> {
+        let name = self.catalog.canonical(model);
+        let deployment = self.catalog.plane()?.get(&name)?;
+        deployment.batch_backlog(batch, lines, deadline).await.ok()
+    }
+
     /// The tokens `request`'s prompt would have on its model, counted by its backend without
     /// generating. Checked like a generation (allow-list, model, and for a tenant its RPM: a
     /// count costs tokenizer time) but not metered: nothing is reserved or charged.

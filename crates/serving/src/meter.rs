@@ -166,12 +166,15 @@ impl Meter {
         }
     }
 
-    /// The backend failed. A request that never got a place to run, or whose estimated
+    /// The backend failed. A request that never got a place to run, whose estimated
     /// admission delivered nothing (an upstream server that refused or could not be reached),
-    /// cost nothing the tenant should pay for: its hold goes back now.
+    /// or whose answer was to come whole (its client gets the error and nothing of the
+    /// completion: a non-streamed request, a batch line, which then runs again metered under
+    /// its next attempt) cost nothing the tenant should pay for: its hold goes back now.
     pub(crate) async fn backend_failed(&mut self) {
         let nothing_done = match self.admitted {
             None => true,
+            Some(_) if self.delivery == Delivery::Whole => true,
             Some(admitted) => !admitted.exact && self.delivered == 0,
         };
         if nothing_done {

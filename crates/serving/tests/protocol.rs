@@ -25,6 +25,7 @@ store::on_both!(Fixture;
     refused_requests_do_not_count_toward_rpm,
     the_reservation_shrinks_to_the_counted_prompt_and_settles_once,
     a_dropped_stream_settles_what_was_delivered,
+    a_backend_failure_bills_a_stream_what_it_sent_and_a_whole_answer_nothing,
     a_request_that_leaves_the_queue_gets_its_hold_back,
     a_backend_refusal_gives_the_hold_back,
     heartbeats_keep_a_long_request_from_being_recovered,
@@ -474,6 +475,39 @@ async fn a_dropped_stream_settles_what_was_delivered(fx: Fixture) {
             (6, completion),
             "{id}"
         );
+    }
+    assert_eq!(fx.held(&payer).await, 0);
+}
+
+async fn a_backend_failure_bills_a_stream_what_it_sent_and_a_whole_answer_nothing(fx: Fixture) {
+    let payer = fx.payer(100_000, None).await;
+    let s = script(vec![
+        admitted(6, 50),
+        Ok(Event::text("abc", 3)),
+        Err(BackendError::ShuttingDown),
+    ]);
+    let (serving, _) = fx.serving(s, &payer);
+    for (id, delivery) in [("s", Delivery::Stream), ("w", Delivery::Whole)] {
+        let mut served = serving
+            .serve(Some(&payer), request(id, "hello", 50), delivery)
+            .await
+            .expect("served");
+        let err = drain(&mut served).await;
+        assert!(
+            matches!(err, Some(ServeError::Backend(BackendError::ShuttingDown))),
+            "{id}: {err:?}"
+        );
+        drop(served);
+        fx.settled().await;
+        let bill = fx.tenancy.ledger.reservation(id).await.expect("bill");
+        if delivery == Delivery::Stream {
+            let billed = bill.billed.expect("settled");
+            assert_eq!((billed.prompt_tokens, billed.completion_tokens), (6, 3));
+        } else {
+            // Its client got the error and nothing of the completion (a batch line then runs
+            // again, metered under its next attempt).
+            assert_eq!(bill.state, ReservationState::Released, "{id}");
+        }
     }
     assert_eq!(fx.held(&payer).await, 0);
 }

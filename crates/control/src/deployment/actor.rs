@@ -8,6 +8,7 @@ use backend::{BackendError, Event, Priority};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 
+use super::backlog::Backlogs;
 use super::forward::{self, Job, Waiter};
 use super::replicas::{Replica, ReplicaSet, ReplicaState};
 use super::rollout;
@@ -52,6 +53,8 @@ struct Actor {
     env: Env,
     log: EventLog,
     tokens: DrainRate,
+    /// The batches' remaining lines and deadlines, and the batch line rate (rule 4).
+    backlogs: Backlogs,
     last_traffic: Option<Instant>,
     /// Set by `Shutdown`: who waits for the drain to finish.
     closing: Option<Vec<oneshot::Sender<()>>>,
@@ -93,6 +96,7 @@ pub(crate) fn spawn(parts: Parts) {
         },
         log: EventLog::default(),
         tokens: DrainRate::new(0.0),
+        backlogs: Backlogs::default(),
         last_traffic: None,
         closing: None,
         stopped: false,
@@ -162,6 +166,9 @@ impl Actor {
                         }
                     }
                 }
+                if completed && class == Priority::Batch {
+                    self.backlogs.completed();
+                }
                 if completed {
                     self.queue.class_mut(class).record_completion(
                         now,
@@ -219,6 +226,20 @@ impl Actor {
             }
             Command::Events { reply } => {
                 let _ = reply.send(self.log.snapshot());
+            }
+            Command::BatchBacklog {
+                batch,
+                lines,
+                deadline,
+                reply,
+            } => {
+                let left = deadline
+                    .duration_since(SystemTime::now())
+                    .unwrap_or(Duration::ZERO);
+                self.backlogs.report(&batch, lines, now + left, now);
+                // Lines the runner may keep in flight: every slot of the replicas up or
+                // starting (one replica's at zero, where a waiting line cold-starts one).
+                let _ = reply.send(self.spec.slots_per_replica * self.active().max(1));
             }
             Command::Shutdown { reply } => {
                 self.closing.get_or_insert_with(Vec::new).push(reply);
@@ -405,6 +426,12 @@ impl Actor {
         while self.unloading.try_join_next().is_some() {}
         let busy = self.replicas.in_flight() > 0;
         self.tokens.observe(now, busy);
+        let batch_busy = self
+            .replicas
+            .iter()
+            .filter(|r| r.state == ReplicaState::Ready && r.batch_in_flight > 0)
+            .count();
+        self.backlogs.observe(now, batch_busy);
         if busy || !self.queue.is_empty() {
             self.last_traffic = Some(now);
         }
@@ -457,6 +484,7 @@ impl Actor {
             threads_free: self.env.node.threads_available_for(&self.spec.name),
             last_traffic: self.last_traffic,
             throughput_per_sec: interactive.drain_rate().per_sec(),
+            batch_backlog: self.backlogs.signal(now),
         };
         let rolling = self.replicas.stale(self.generation).next().is_some();
         let decision = self.autoscaler.decide(&signals);

@@ -9,6 +9,7 @@
 //! so errors a replica reports before admission (context length, …) are still return values.
 
 mod actor;
+mod backlog;
 mod forward;
 mod replicas;
 mod rollout;
@@ -67,6 +68,14 @@ pub(crate) enum Command {
     },
     Events {
         reply: oneshot::Sender<Vec<ScaleEvent>>,
+    },
+    /// A batch's runner reports the lines it has left and its deadline; the reply is how
+    /// many lines it may keep in flight on this deployment.
+    BatchBacklog {
+        batch: String,
+        lines: usize,
+        deadline: SystemTime,
+        reply: oneshot::Sender<usize>,
     },
     /// A ready replica's backend, if one is ready (for work beside generation: counting
     /// tokens).
@@ -165,6 +174,25 @@ impl Deployment {
 
     pub async fn events(&self) -> Result<Vec<ScaleEvent>> {
         self.ask(|reply| Command::Events { reply }).await
+    }
+
+    /// Batch `batch` has `lines` left to finish by `deadline` (0: it is done). The autoscaler
+    /// adds replicas when the rate batch lines have been finishing at would miss the deadline.
+    /// Returns how many of its lines the batch may keep in flight here: every slot of the
+    /// replicas up or starting.
+    pub async fn batch_backlog(
+        &self,
+        batch: &str,
+        lines: usize,
+        deadline: SystemTime,
+    ) -> Result<usize> {
+        self.ask(|reply| Command::BatchBacklog {
+            batch: batch.to_owned(),
+            lines,
+            deadline,
+            reply,
+        })
+        .await
     }
 
     pub(crate) async fn update(&self, spec: DeploymentSpec, footprint: Footprint) -> Result<()> {

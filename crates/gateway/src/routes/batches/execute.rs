@@ -105,6 +105,18 @@ impl batch::Executor for LineExecutor {
         }
     }
 
+    async fn backlog(
+        &self,
+        model: &str,
+        batch: &str,
+        lines: usize,
+        deadline: std::time::SystemTime,
+    ) -> Option<usize> {
+        self.serving
+            .batch_backlog(model, batch, lines, deadline)
+            .await
+    }
+
     async fn execute(&self, line: LineRequest<'_>) -> LineOutcome {
         match self.run(&line).await {
             Ok(body) => LineOutcome {

@@ -139,7 +139,10 @@ mod tests {
             b.report("batch_a", 40, at(t0, 100), at(t0, s));
             b.observe(at(t0, s), 0);
         }
-        assert_eq!(b.signal(at(t0, 60)).expect("kept").lines_per_replica_sec, None);
+        assert_eq!(
+            b.signal(at(t0, 60)).expect("kept").lines_per_replica_sec,
+            None
+        );
     }
 
     #[test]
@@ -153,6 +156,9 @@ mod tests {
         b.report("batch_b", 0, at(t0, 60), at(t0, 1));
         assert_eq!(b.signal(at(t0, 1)).map(|s| s.lines), Some(10));
         b.observe(at(t0, 1) + REPORT_TTL + Duration::from_secs(1), 0);
-        assert!(b.signal(at(t0, 20)).is_none(), "a report not renewed lapses");
+        assert!(
+            b.signal(at(t0, 20)).is_none(),
+            "a report not renewed lapses"
+        );
     }
 }

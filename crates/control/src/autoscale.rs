@@ -8,7 +8,6 @@
 //! 3. up quickly: when requests wait and every slot is busy, jump to the count the demand
 //!    needs (bounded by `max_replicas` and by the node's free threads: on a saturated node
 //!    another replica adds no compute), unless a scale-up happened within `up_cooldown`;
-//! 4. to zero after `idle` without traffic (unless `min_replicas > 0`);
 //! 4. out for a batch's deadline: when the batches' remaining lines, at the rate one replica
 //!    has been finishing batch lines, would not be done within [`DEADLINE_SHARE`] of the time
 //!    left before the earliest batch deadline, scale to the count that would (same bounds and
@@ -264,33 +263,33 @@ impl Autoscaler {
             );
         }
 
-        let for_deadline = s
+        // Rule 4: the batches' backlog and the replicas its deadline needs.
+        let deadline = s
             .batch_backlog
             .as_ref()
-            .and_then(BatchBacklog::replicas_needed)
-            .unwrap_or(0);
-        if for_deadline > current && current < p.max_replicas {
-            let backlog = s.batch_backlog.as_ref();
-            let why = backlog.map_or_else(String::new, |b| {
-                format!(
+            .and_then(|b| Some((b, b.replicas_needed()?)));
+        let for_deadline = deadline.map_or(0, |(_, needed)| needed);
+        if let Some((b, needed)) = deadline.filter(|_| for_deadline > current) {
+            if current < p.max_replicas {
+                let why = format!(
                     "a batch backlog of {} lines at {:.2} lines/s per replica would miss its \
                      deadline in {} s",
                     b.lines,
                     b.lines_per_replica_sec.unwrap_or(0.0),
                     b.deadline_in.as_secs()
-                )
-            });
-            if self.cooling(self.last_up, p.up_cooldown, s.now) {
-                return (current, "scale-up cooldown".into());
+                );
+                if self.cooling(self.last_up, p.up_cooldown, s.now) {
+                    return (current, "scale-up cooldown".into());
+                }
+                if can_add == 0 {
+                    return (current, format!("{why}, but {}", threads_note()));
+                }
+                let to = needed.min(p.max_replicas).min(current + can_add);
+                return (
+                    to,
+                    format!("{why}: {needed} replicas needed to finish it in time"),
+                );
             }
-            if can_add == 0 {
-                return (current, format!("{why}, but {}", threads_note()));
-            }
-            let to = for_deadline.min(p.max_replicas).min(current + can_add);
-            return (
-                to,
-                format!("{why}: {for_deadline} replicas needed to finish it in time"),
-            );
         }
 
         let busy = demand + batch > 0;

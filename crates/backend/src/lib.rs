@@ -453,6 +453,23 @@ pub struct UpstreamError {
     pub retry_after: Option<u64>,
 }
 
+/// The field of a domain request an [`BackendError::InvalidRequest`] is about; each wire API
+/// names it its own way (the gateway's error mapping).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Field {
+    /// The served model asked for.
+    Model,
+    /// The inputs of an [`EmbedRequest`].
+    Input,
+    /// [`EmbedRequest::dimensions`].
+    Dimensions,
+    /// [`TranscribeRequest::language`].
+    Language,
+    /// [`SamplingParams::n`], the number of answers.
+    Choices,
+}
+
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum BackendError {
     #[error("This model's maximum context length is {context_length} tokens. However, your prompt has {prompt_tokens} tokens. Shorten the prompt or start a new conversation.")]
@@ -472,7 +489,7 @@ pub enum BackendError {
     #[error("{message}")]
     InvalidRequest {
         message: String,
-        param: Option<String>,
+        field: Option<Field>,
     },
     #[error("The server is overloaded: {queued} requests are waiting for this model. Retry after {retry_after} s.")]
     Overloaded { queued: usize, retry_after: u64 },
@@ -520,7 +537,7 @@ pub trait Backend: Send + Sync {
                  has no token-counting endpoint.",
                 request.model
             ),
-            param: Some("model".into()),
+            field: Some(Field::Model),
         })
     }
 
@@ -533,7 +550,7 @@ pub trait Backend: Send + Sync {
                  (GET /v1/models lists each model's capabilities).",
                 request.model
             ),
-            param: Some("model".into()),
+            field: Some(Field::Model),
         })
     }
 
@@ -545,7 +562,7 @@ pub trait Backend: Send + Sync {
                  each model's capabilities).",
                 request.model
             ),
-            param: Some("model".into()),
+            field: Some(Field::Model),
         })
     }
 

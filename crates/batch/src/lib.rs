@@ -129,6 +129,11 @@ pub struct LineRequest<'a> {
     pub body: &'a str,
     /// The response id, also the ledger request id when metered.
     pub request_id: &'a str,
+    /// Fires when the batch may no longer start the line (its window ended, or it was
+    /// cancelled). A line still waiting for a place to run then gives its place up (nothing
+    /// of it is billed) and the executor answers [`LineOutcome::withdrawn`]; a line already
+    /// running is finished.
+    pub withdraw: &'a CancellationToken,
 }
 
 /// What a line's request answered: a status and a JSON body, as the interactive route would.
@@ -138,6 +143,25 @@ pub struct LineOutcome {
     pub body: serde_json::Value,
     /// The error's code when it failed (`insufficient_quota`, …).
     pub error_code: Option<String>,
+}
+
+/// The error code of [`LineOutcome::withdrawn`].
+const WITHDRAWN: &str = "withdrawn";
+
+impl LineOutcome {
+    /// A line given up before it ran ([`LineRequest::withdraw`]): it stays pending, and its
+    /// batch's end fails it with the reason (`batch_expired`, `batch_cancelled`).
+    pub fn withdrawn() -> Self {
+        Self {
+            status_code: 499,
+            body: serde_json::Value::Null,
+            error_code: Some(WITHDRAWN.to_owned()),
+        }
+    }
+
+    pub fn is_withdrawn(&self) -> bool {
+        self.error_code.as_deref() == Some(WITHDRAWN)
+    }
 }
 
 /// Runs one line through the serving path at batch priority (the gateway's).

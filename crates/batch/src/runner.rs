@@ -23,8 +23,10 @@
 //! the dead process's).
 //!
 //! A finished line is never started again (`start_line` moves only pending lines), so each
-//! `custom_id` is written once. Cancelling or expiring stops starting lines; lines already
-//! running finish and are billed and kept, so the bill matches the partial output.
+//! `custom_id` is written once. Cancelling or expiring stops starting lines and withdraws the
+//! lines still waiting for a place to run (their holds are released, and they fail as
+//! `batch_expired` or `batch_cancelled`); lines already running finish and are billed and kept,
+//! so the bill matches the partial output.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -237,6 +239,9 @@ async fn run_lines(inner: &Inner, batch: &BatchRecord, stop: &CancellationToken)
     ticker.tick().await;
     let quota = Arc::new(AtomicBool::new(false));
     let retry = Arc::new(AtomicBool::new(false));
+    // Lines still waiting for a place to run are given up when the window ends or the batch
+    // is cancelled, so its end does not wait behind interactive work.
+    let withdraw = CancellationToken::new();
     let batch = Arc::new(batch.clone());
     let endpoint = Endpoint::parse(&batch.endpoint)
         .ok_or_else(|| BatchError::Internal(format!("unknown endpoint '{}'", batch.endpoint)))?;
@@ -281,6 +286,7 @@ async fn run_lines(inner: &Inner, batch: &BatchRecord, stop: &CancellationToken)
                 endpoint,
                 quota: quota.clone(),
                 retry: retry.clone(),
+                withdraw: withdraw.clone(),
             };
             let executor = inner_parts(inner);
             tasks.spawn(async move {
@@ -290,6 +296,20 @@ async fn run_lines(inner: &Inner, batch: &BatchRecord, stop: &CancellationToken)
             });
         }
     };
+    // The window ended, or the batch left `in_progress` (a cancel here cancels `stop` too; a
+    // shutdown or a lost lease leaves the status and its lines to whoever runs it next).
+    let withdrawing = match end {
+        End::Expired => true,
+        End::Stopped => inner
+            .store
+            .batch_by_id(&batch.id)
+            .await
+            .is_ok_and(|now| now.status != "in_progress"),
+        End::Drained | End::Quota | End::Retry => false,
+    };
+    if withdrawing {
+        withdraw.cancel();
+    }
     while let Some(done) = tasks.join_next().await {
         log_line_task(&batch.id, done);
     }
@@ -384,6 +404,7 @@ struct Job {
     endpoint: Endpoint,
     quota: Arc<AtomicBool>,
     retry: Arc<AtomicBool>,
+    withdraw: CancellationToken,
 }
 
 impl Job {
@@ -420,8 +441,13 @@ impl Job {
                 endpoint: self.endpoint,
                 body,
                 request_id: &request_id,
+                withdraw: &self.withdraw,
             })
             .await;
+        if outcome.is_withdrawn() {
+            // Still pending: the batch's end fails it with its reason.
+            return Ok(());
+        }
         if passing(&outcome) {
             tracing::info!(batch = %batch_id, line = line.line_no, code = ?outcome.error_code, "a batch line was refused for now; it runs again");
             self.retry.store(true, Ordering::SeqCst);

@@ -462,7 +462,7 @@ pub enum ErrorJson {
     },
     InvalidRequest {
         message: String,
-        param: Option<String>,
+        field: Option<backend::Field>,
     },
     Overloaded {
         queued: usize,
@@ -517,7 +517,7 @@ impl From<&BackendError> for ErrorJson {
                 },
                 message,
             },
-            B::InvalidRequest { message, param } => Self::InvalidRequest { message, param },
+            B::InvalidRequest { message, field } => Self::InvalidRequest { message, field },
             B::Overloaded {
                 queued,
                 retry_after,
@@ -574,7 +574,7 @@ impl From<ErrorJson> for BackendError {
                 site: tool.map_or(SchemaSite::Format, SchemaSite::Tool),
                 message,
             },
-            J::InvalidRequest { message, param } => Self::InvalidRequest { message, param },
+            J::InvalidRequest { message, field } => Self::InvalidRequest { message, field },
             J::Overloaded {
                 queued,
                 retry_after,

@@ -1,13 +1,14 @@
 //! One node shared by every deployment on it: its [`Placement`] behind a mutex (short,
-//! synchronous critical sections) and the way to ask another deployment to unload an idle
-//! replica when a placement needs its room.
+//! synchronous critical sections), the way to ask another deployment to give a replica up when
+//! a placement needs its room, and a signal when room comes back (a start waiting for it goes
+//! on at once instead of at its next tick).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::Instant;
+use tokio::sync::Notify;
 
 use crate::footprint::Footprint;
-use crate::placement::{NoRoom, NodeBudget, Placement, ReplicaKey};
+use crate::placement::{NoRoom, NodeBudget, Placement, ReplicaKey, Standing};
 use crate::spec::lock;
 
 /// The node's budgets and what is used, for the admin API.
@@ -19,7 +20,8 @@ pub struct NodeView {
     pub threads_used: usize,
 }
 
-/// A request to a deployment to unload one of its idle replicas to make room for another.
+/// A request to a deployment to give one of its replicas up to make room for another: an idle
+/// one is unloaded, a spare one drained.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Eviction {
     pub replica: u64,
@@ -33,6 +35,7 @@ pub(crate) type Evict = Box<dyn Fn(Eviction) + Send + Sync>;
 pub struct Node {
     placement: Mutex<Placement>,
     deployments: Mutex<HashMap<String, Evict>>,
+    freed: Notify,
 }
 
 impl Node {
@@ -40,6 +43,7 @@ impl Node {
         Self {
             placement: Mutex::new(Placement::new(budget)),
             deployments: Mutex::new(HashMap::new()),
+            freed: Notify::new(),
         }
     }
 
@@ -66,17 +70,37 @@ impl Node {
         lock(&self.deployments).remove(name);
     }
 
-    /// Reserve room; when idle replicas of other deployments would make room, ask their
-    /// deployments to unload them (the caller retries on a later tick).
-    pub(crate) fn reserve(&self, key: ReplicaKey, f: Footprint) -> Result<(), NoRoom> {
-        let result = lock(&self.placement).reserve(key, f);
+    /// Reserve room (`starving`: for a deployment with no replica and requests waiting);
+    /// when replicas of other deployments would make room, ask their deployments to give them
+    /// up (the caller tries again when [`Node::room_freed`] fires, or at a later tick).
+    pub(crate) fn reserve(
+        &self,
+        key: ReplicaKey,
+        f: Footprint,
+        starving: bool,
+    ) -> Result<(), NoRoom> {
+        let result = {
+            let mut placement = lock(&self.placement);
+            let result = if starving {
+                placement.reserve_starving(key, f)
+            } else {
+                placement.reserve(key, f)
+            };
+            if let Err(no_room) = &result {
+                // Asked to leave: not named again while it goes.
+                for victim in &no_room.evict {
+                    placement.set_standing(victim, Standing::Leaving);
+                }
+            }
+            result
+        };
         if let Err(no_room) = &result {
             let deployments = lock(&self.deployments);
             for victim in &no_room.evict {
                 if let Some(evict) = deployments.get(&victim.deployment) {
                     evict(Eviction {
                         replica: victim.replica,
-                        reason: format!("unloaded to make room for '{}'", no_room.deployment),
+                        reason: format!("given up to make room for '{}'", no_room.deployment),
                     });
                 }
             }
@@ -86,13 +110,19 @@ impl Node {
 
     pub(crate) fn release(&self, key: &ReplicaKey) {
         lock(&self.placement).release(key);
+        self.freed.notify_waiters();
     }
 
-    pub(crate) fn set_idle(&self, key: &ReplicaKey, since: Option<Instant>) {
-        lock(&self.placement).set_idle(key, since);
+    /// Fires when a replica's room is given back.
+    pub(crate) async fn room_freed(&self) {
+        self.freed.notified().await;
     }
 
-    pub(crate) fn threads_available_for(&self, deployment: &str) -> usize {
-        lock(&self.placement).threads_available_for(deployment)
+    pub(crate) fn set_standing(&self, key: &ReplicaKey, standing: Standing) {
+        lock(&self.placement).set_standing(key, standing);
+    }
+
+    pub(crate) fn threads_available_for(&self, deployment: &str, starving: bool) -> usize {
+        lock(&self.placement).threads_available_for(deployment, starving)
     }
 }

@@ -1,6 +1,10 @@
 //! A node's budgets and the replicas placed on it. The placer never oversubscribes: a replica
 //! that does not fit is refused with the numbers, or the least recently used idle replicas of
-//! *other* deployments whose unloading would make room are named.
+//! *other* deployments whose unloading would make room are named. A deployment that has no
+//! replica while requests wait for it (it is *starving*) may also name replicas other
+//! deployments can spare (one of several, or one holding only batch work), to be drained:
+//! every deployment with interactive demand gets a replica before another keeps a second. Room
+//! that replicas already leaving will give back is waited for, never evicted for twice.
 //!
 //! Pure state (`now` is passed in); the control plane keeps one per node behind a mutex.
 
@@ -60,9 +64,13 @@ pub struct NoRoom {
     pub free_bytes: u64,
     pub free_threads: usize,
     pub budget: NodeBudget,
-    /// Idle replicas of other deployments (least recently used first) whose unloading makes
-    /// room; empty when even that would not.
+    /// Replicas of other deployments (idle ones least recently used first, then spare ones
+    /// for a starving deployment) whose unloading makes room; empty when even that would not,
+    /// or when replicas already leaving will make it ([`NoRoom::awaiting`]).
     pub evict: Vec<ReplicaKey>,
+    /// The room comes back once the replicas leaving (draining or just asked to) are gone:
+    /// try again then.
+    pub awaiting: bool,
 }
 
 impl NoRoom {
@@ -77,21 +85,53 @@ impl NoRoom {
             self.free_threads,
             self.budget.threads
         );
-        if self.evict.is_empty() {
+        if self.awaiting {
+            format!("{head}; replicas leaving make room.")
+        } else if self.evict.is_empty() {
             format!("{head}. Lower slots_per_replica, context_length or threads_per_replica, scale other deployments down, or raise the node budget.")
         } else {
             let names: Vec<String> = self.evict.iter().map(ToString::to_string).collect();
-            format!("{head}; unloading idle {} makes room.", names.join(", "))
+            format!("{head}; unloading {} makes room.", names.join(", "))
         }
     }
+
+    /// Whether room is coming without anything failing: replicas were asked to leave, or
+    /// are leaving.
+    pub fn is_pending(&self) -> bool {
+        self.awaiting || !self.evict.is_empty()
+    }
+}
+
+/// What a placed replica's deployment says of it, for room another deployment needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Standing {
+    /// Serving, loading, or its deployment's minimum: it stays.
+    Busy,
+    /// Nothing to do since then: another deployment may have it unloaded (least recently
+    /// used first).
+    Idle(Instant),
+    /// Working, but its deployment can spare it (another of its replicas serves, or it holds
+    /// only batch work): a starving deployment may have it drained.
+    Spare,
+    /// Draining, or asked to leave: its room comes back soon.
+    Leaving,
 }
 
 #[derive(Debug, Clone)]
 struct Placed {
     footprint: Footprint,
-    /// Since when the replica has had nothing to do and may be unloaded for another
-    /// deployment (`None`: busy, loading, or its deployment's minimum).
-    idle_since: Option<Instant>,
+    standing: Standing,
+}
+
+impl Placed {
+    /// Whether its room may go to another deployment (`starving`: one with nothing).
+    fn yields(&self, starving: bool) -> bool {
+        match self.standing {
+            Standing::Idle(_) | Standing::Leaving => true,
+            Standing::Spare => starving,
+            Standing::Busy => false,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -159,15 +199,17 @@ impl Placement {
             free_threads: self.budget.threads,
             budget: self.budget,
             evict: Vec::new(),
+            awaiting: false,
         })
     }
 
-    /// Threads `deployment` could get: free ones plus those of idle replicas of others.
-    pub fn threads_available_for(&self, deployment: &str) -> usize {
+    /// Threads `deployment` could get: free ones plus those of idle or leaving replicas of
+    /// others (and of spare ones when it is `starving`).
+    pub fn threads_available_for(&self, deployment: &str, starving: bool) -> usize {
         let reclaimable: usize = self
             .replicas
             .iter()
-            .filter(|(k, p)| k.deployment != deployment && p.idle_since.is_some())
+            .filter(|(k, p)| k.deployment != deployment && p.yields(starving))
             .map(|(_, p)| p.footprint.threads)
             .sum();
         self.free_threads() + reclaimable
@@ -175,6 +217,16 @@ impl Placement {
 
     /// Reserve room for a replica, or say what is missing and what could be unloaded.
     pub fn reserve(&mut self, key: ReplicaKey, f: Footprint) -> Result<(), NoRoom> {
+        self.reserve_as(key, f, false)
+    }
+
+    /// [`Placement::reserve`] for a deployment with no replica and requests waiting: spare
+    /// replicas of others may be named too.
+    pub fn reserve_starving(&mut self, key: ReplicaKey, f: Footprint) -> Result<(), NoRoom> {
+        self.reserve_as(key, f, true)
+    }
+
+    fn reserve_as(&mut self, key: ReplicaKey, f: Footprint, starving: bool) -> Result<(), NoRoom> {
         let need_bytes = self.added_bytes(&f);
         if need_bytes <= self.free_bytes() && f.threads <= self.free_threads() {
             let entry = self
@@ -186,13 +238,15 @@ impl Placement {
                 key,
                 Placed {
                     footprint: f,
-                    idle_since: None,
+                    standing: Standing::Busy,
                 },
             );
             return Ok(());
         }
+        let (evict, awaiting) = self.victims(&key.deployment, &f, starving);
         Err(NoRoom {
-            evict: self.victims(&key.deployment, &f),
+            evict,
+            awaiting,
             deployment: key.deployment,
             need_bytes,
             need_threads: f.threads,
@@ -202,31 +256,62 @@ impl Placement {
         })
     }
 
-    /// Least recently used idle replicas of other deployments whose removal makes `f` fit.
-    fn victims(&self, deployment: &str, f: &Footprint) -> Vec<ReplicaKey> {
-        let mut idle: Vec<(&ReplicaKey, &Placed, Instant)> = self
+    /// Replicas whose removal makes `f` fit, after what is leaving anyway: idle ones of other
+    /// deployments, least recently used first, then (for a starving deployment) spare ones;
+    /// and whether what is leaving is enough by itself (nothing is named then).
+    fn victims(&self, deployment: &str, f: &Footprint, starving: bool) -> (Vec<ReplicaKey>, bool) {
+        let mut trial = self.clone();
+        let leaving: Vec<&ReplicaKey> = self
+            .replicas
+            .iter()
+            .filter(|(_, p)| p.standing == Standing::Leaving)
+            .map(|(k, _)| k)
+            .collect();
+        for k in &leaving {
+            trial.release(k);
+        }
+        if trial.fits(f) {
+            return (Vec::new(), !leaving.is_empty());
+        }
+        let mut idle: Vec<(&ReplicaKey, Instant)> = Vec::new();
+        let mut spare: Vec<&ReplicaKey> = Vec::new();
+        for (k, p) in self
             .replicas
             .iter()
             .filter(|(k, _)| k.deployment != deployment)
-            .filter_map(|(k, p)| p.idle_since.map(|t| (k, p, t)))
-            .collect();
-        idle.sort_by_key(|(k, _, t)| (*t, (*k).clone()));
-        let mut trial = self.clone();
-        let mut chosen = Vec::new();
-        for (k, _, _) in idle {
-            trial.release(k);
-            chosen.push(k.clone());
-            if trial.added_bytes(f) <= trial.free_bytes() && f.threads <= trial.free_threads() {
-                return chosen;
+        {
+            match p.standing {
+                Standing::Idle(since) => idle.push((k, since)),
+                Standing::Spare if starving => spare.push(k),
+                _ => {}
             }
         }
-        Vec::new()
+        idle.sort_by_key(|(k, t)| (*t, (*k).clone()));
+        let candidates = idle.into_iter().map(|(k, _)| k).chain(spare);
+        let mut chosen = Vec::new();
+        for k in candidates {
+            trial.release(k);
+            chosen.push(k.clone());
+            if trial.fits(f) {
+                return (chosen, false);
+            }
+        }
+        (Vec::new(), false)
+    }
+
+    fn fits(&self, f: &Footprint) -> bool {
+        self.added_bytes(f) <= self.free_bytes() && f.threads <= self.free_threads()
     }
 
     /// Mark a placed replica idle since `since` (unloadable for others) or busy (`None`).
     pub fn set_idle(&mut self, key: &ReplicaKey, since: Option<Instant>) {
+        self.set_standing(key, since.map_or(Standing::Busy, Standing::Idle));
+    }
+
+    /// What a placed replica's deployment now says of it.
+    pub fn set_standing(&mut self, key: &ReplicaKey, standing: Standing) {
         if let Some(p) = self.replicas.get_mut(key) {
-            p.idle_since = since;
+            p.standing = standing;
         }
     }
 

@@ -82,7 +82,7 @@ fn names_the_least_recently_used_idle_replicas_of_others() {
     assert_eq!(e.evict, vec![key("y", 1)], "{e}");
     assert!(
         e.to_string()
-            .contains("unloading idle replica 1 of 'y' makes room"),
+            .contains("unloading replica 1 of 'y' makes room"),
         "{e}"
     );
     // Needing more than y frees takes x too.
@@ -95,8 +95,64 @@ fn names_the_least_recently_used_idle_replicas_of_others() {
         .reserve(key("b", 1), fp("b.gguf", 900, 100, 1))
         .unwrap_err();
     assert!(e.evict.is_empty());
-    assert_eq!(p.threads_available_for("b"), 1 + 2);
-    assert_eq!(p.threads_available_for("x"), 1 + 1);
+    assert_eq!(p.threads_available_for("b", false), 1 + 2);
+    assert_eq!(p.threads_available_for("x", false), 1 + 1);
+}
+
+#[test]
+fn a_starving_deployment_may_name_spare_replicas_and_no_one_else_can() {
+    let t0 = Instant::now();
+    let mut p = node(8000, 3);
+    p.reserve(key("x", 1), fp("x.gguf", 300, 100, 1)).unwrap();
+    p.reserve(key("x", 2), fp("x.gguf", 300, 100, 1)).unwrap();
+    p.reserve(key("z", 1), fp("z.gguf", 300, 100, 1)).unwrap();
+    p.set_standing(&key("x", 1), Standing::Spare);
+    p.set_standing(&key("x", 2), Standing::Spare);
+    // Nothing idle: a deployment that has replicas waits, one that has none takes a spare one.
+    let e = p
+        .reserve(key("y", 1), fp("y.gguf", 300, 100, 1))
+        .unwrap_err();
+    assert!(e.evict.is_empty() && !e.is_pending(), "{e}");
+    assert_eq!(p.threads_available_for("y", false), 0);
+    assert_eq!(p.threads_available_for("y", true), 2);
+    let e = p
+        .reserve_starving(key("y", 1), fp("y.gguf", 300, 100, 1))
+        .unwrap_err();
+    assert_eq!(e.evict, vec![key("x", 1)], "one is enough: {e}");
+    assert!(
+        e.to_string()
+            .contains("unloading replica 1 of 'x' makes room"),
+        "{e}"
+    );
+    // An idle replica goes before a spare one.
+    p.set_standing(&key("z", 1), Standing::Idle(t0));
+    let e = p
+        .reserve_starving(key("y", 1), fp("y.gguf", 300, 100, 1))
+        .unwrap_err();
+    assert_eq!(e.evict, vec![key("z", 1)], "{e}");
+}
+
+#[test]
+fn room_that_is_leaving_is_waited_for_not_evicted_for_twice() {
+    let mut p = node(8000, 2);
+    p.reserve(key("x", 1), fp("x.gguf", 300, 100, 1)).unwrap();
+    p.reserve(key("x", 2), fp("x.gguf", 300, 100, 1)).unwrap();
+    p.set_standing(&key("x", 1), Standing::Leaving);
+    p.set_standing(&key("x", 2), Standing::Spare);
+    let e = p
+        .reserve_starving(key("y", 1), fp("y.gguf", 300, 100, 1))
+        .unwrap_err();
+    assert!(e.evict.is_empty() && e.awaiting && e.is_pending(), "{e}");
+    assert!(e.to_string().contains("replicas leaving make room"), "{e}");
+    // Needing more than what leaves: the spare one too.
+    let e = p
+        .reserve_starving(key("y", 1), fp("y.gguf", 300, 100, 2))
+        .unwrap_err();
+    assert_eq!(e.evict, vec![key("x", 2)], "{e}");
+    // Once it is gone, the room is there.
+    p.release(&key("x", 1));
+    p.reserve_starving(key("y", 1), fp("y.gguf", 300, 100, 1))
+        .unwrap();
 }
 
 #[test]

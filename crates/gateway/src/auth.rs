@@ -158,10 +158,35 @@ where
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        let caller = Caller::from_request_parts(parts, state).await?;
-        caller.require(Scope::Inference)?;
-        Ok(Inference(caller))
+        scoped(parts, state, Scope::Inference).await.map(Inference)
     }
+}
+
+/// A caller whose key may use MCP services (the `mcp` scope; 403 otherwise): the registry,
+/// the `/mcp` endpoint and its call log.
+#[derive(Debug, Clone)]
+pub struct McpUser(pub Caller);
+
+impl<S> FromRequestParts<S> for McpUser
+where
+    Authenticator: FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        scoped(parts, state, Scope::Mcp).await.map(McpUser)
+    }
+}
+
+async fn scoped<S>(parts: &mut Parts, state: &S, scope: Scope) -> Result<Caller, ApiError>
+where
+    Authenticator: FromRef<S>,
+    S: Send + Sync,
+{
+    let caller = Caller::from_request_parts(parts, state).await?;
+    caller.require(scope)?;
+    Ok(caller)
 }
 
 /// A caller who may be anonymous (public hub reads). A key that is sent must be valid.

@@ -102,7 +102,7 @@ mod tests {
         assert_eq!(
             decide(&BackendError::InvalidRequest {
                 message: "x".into(),
-                param: None
+                field: None
             }),
             Decision::Fail
         );

@@ -9,7 +9,9 @@
 
 use std::sync::Arc;
 
-use backend::{Backend, BackendError, EmbedInput, EmbedRequest, Embeddings, ModelInfo, ModelKind};
+use backend::{
+    Backend, BackendError, EmbedInput, EmbedRequest, Embeddings, Field, ModelInfo, ModelKind,
+};
 use tenancy::Principal;
 
 use crate::bound::MAX_BYTES_PER_TOKEN;
@@ -57,7 +59,7 @@ pub(crate) fn require_generation(info: &ModelInfo) -> Result<(), ServeError> {
                  model's capabilities).",
                 info.id
             ),
-            param: Some("model".into()),
+            field: Some(Field::Model),
         })),
     }
 }
@@ -70,7 +72,7 @@ pub(crate) fn not_for(info: &ModelInfo, api: &str) -> ServeError {
             info.id,
             info.kind.capabilities().join(", ")
         ),
-        param: Some("model".into()),
+        field: Some(Field::Model),
     })
 }
 
@@ -106,7 +108,7 @@ impl Serving {
                      'dimensions' or set it to {dimensions}.",
                     info.id
                 ),
-                param: Some("dimensions".into()),
+                field: Some(Field::Dimensions),
             }));
         }
         self.run_embed(payer, (backend, &info), request, trail)

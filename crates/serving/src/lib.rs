@@ -57,7 +57,7 @@ pub use embed::{RerankMethod, RerankRequest, Reranked};
 pub use error::ServeError;
 pub use logs::{LogWriter, RequestLogs, StatusOf};
 pub use meter::Delivery;
-pub use served::Served;
+pub use served::{Served, Withdrawn};
 pub use transcribe::{Transcribed, TranscriptionJob};
 
 use logs::Trail;

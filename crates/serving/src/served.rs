@@ -26,6 +26,10 @@ pub struct Served {
     phases: Phases,
 }
 
+/// A request given up while it waited for a place to run ([`Served::next_or_withdrawn`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Withdrawn;
+
 /// The request's time waiting for a place to run (`queue`, until the backend's `Admitted`)
 /// and generating (`generation`, until `Finished`), as child spans of the request's.
 struct Phases {
@@ -98,26 +102,66 @@ impl Served {
 
     /// The next event, or `None` when the backend's stream ended.
     pub async fn next(&mut self) -> Option<Result<Event, ServeError>> {
+        // Nothing withdraws it: never `Err`.
+        self.next_unless(None).await.unwrap_or_default()
+    }
+
+    /// The next event, as [`Served::next`]; or [`Withdrawn`] as soon as `withdraw` fires while
+    /// the request still waits for a place to run (before the backend's `Admitted`). Nothing
+    /// was taken from the stream then: the caller drops this, which takes the request out of
+    /// its queue and releases its hold whole. Once admitted, `withdraw` is ignored (a request
+    /// that runs is finished and billed).
+    pub async fn next_or_withdrawn(
+        &mut self,
+        withdraw: &CancellationToken,
+    ) -> Result<Option<Result<Event, ServeError>>, Withdrawn> {
+        self.next_unless(Some(withdraw)).await
+    }
+
+    async fn next_unless(
+        &mut self,
+        withdraw: Option<&CancellationToken>,
+    ) -> Result<Option<Result<Event, ServeError>>, Withdrawn> {
         if let Some(event) = self.unread.take() {
-            return Some(Ok(event));
+            return Ok(Some(Ok(event)));
         }
+        // Only the stream's own read races the withdrawal (it takes nothing when dropped);
+        // the ledger steps of an event read are never cut short.
+        let withdraw = withdraw.filter(|_| self.phases.queue.is_some());
+        let withdrawn = async {
+            match withdraw {
+                Some(token) => token.cancelled().await,
+                None => std::future::pending().await,
+            }
+        };
+        self.next_event(withdrawn).await
+    }
+
+    async fn next_event(
+        &mut self,
+        withdrawn: impl std::future::Future<Output = ()>,
+    ) -> Result<Option<Result<Event, ServeError>>, Withdrawn> {
         let Some(mut taken) = self.slot.take() else {
-            return self.end();
+            return Ok(self.end());
         };
         let Some(parts) = taken.parts() else {
-            return self.end();
+            return Ok(self.end());
         };
         let token = self.slot.token.clone();
         let item = tokio::select! {
             biased;
             () = token.cancelled() => None,
+            () = withdrawn => return Err(Withdrawn),
             item = parts.events.next() => Some(item),
         };
         let Some(item) = item else {
             drop(taken);
-            return self.end();
+            return Ok(self.end());
         };
-        let event = match item? {
+        let Some(item) = item else {
+            return Ok(None);
+        };
+        let event = match item {
             Ok(event) => event,
             Err(err) => {
                 let err = ServeError::Backend(err);
@@ -127,7 +171,7 @@ impl Served {
                     }
                     meter.backend_failed().await;
                 }
-                return Some(Err(err));
+                return Ok(Some(Err(err)));
             }
         };
         match &event {
@@ -161,9 +205,9 @@ impl Served {
                 Event::Finished { usage, .. } => meter.finish(*usage).await,
             };
             if let Err(err) = billed {
-                return Some(Err(err));
+                return Ok(Some(Err(err)));
             }
         }
-        Some(Ok(event))
+        Ok(Some(Ok(event)))
     }
 }

@@ -151,7 +151,7 @@ impl Backend for Embedder {
         {
             return Err(BackendError::InvalidRequest {
                 message: "no".into(),
-                param: Some("input".into()),
+                field: Some(backend::Field::Input),
             });
         }
         Ok(backend::Embeddings {

@@ -243,7 +243,7 @@ fn worker(
             }
             Err(SpeechError::Invalid(message)) => Err(BackendError::InvalidRequest {
                 message,
-                param: Some("language".into()),
+                field: Some(backend::Field::Language),
             }),
             Err(e) => Err(BackendError::Internal(e.to_string())),
         };
@@ -270,7 +270,7 @@ impl backend::Backend for SpeechEngine {
                  /v1/audio/transcriptions with it.",
                 self.name
             ),
-            param: Some("model".into()),
+            field: Some(backend::Field::Model),
         })
     }
 
@@ -284,7 +284,7 @@ impl backend::Backend for SpeechEngine {
                         "'{asked}' is not a language Whisper knows. Give an ISO-639-1 code such \
                          as 'en', 'de' or 'zh', or leave 'language' out to detect it."
                     ),
-                        param: Some("language".into()),
+                        field: Some(backend::Field::Language),
                     }
                 })?),
             };

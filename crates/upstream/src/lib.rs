@@ -225,7 +225,7 @@ impl Backend for UpstreamBackend {
                     "'{}' is served by an upstream server, through which 'n' > 1 is not supported yet; send one request per answer.",
                     self.name
                 ),
-                param: Some("n".into()),
+                field: Some(backend::Field::Choices),
             });
         }
         let limit = request.max_tokens.unwrap_or(self.default_max_tokens);

@@ -174,8 +174,8 @@ impl ApiError {
                 };
                 Self::new(Code::InvalidRequest, message).with_param(param)
             }
-            BackendError::InvalidRequest { param, .. } => Self {
-                param,
+            BackendError::InvalidRequest { field, .. } => Self {
+                param: field.map(|field| param_of(field).into()),
                 ..Self::new(Code::InvalidRequest, message)
             },
             BackendError::Overloaded { retry_after, .. } => {
@@ -397,6 +397,19 @@ impl IntoResponse for ApiError {
         let mut response = self.respond_with(self.body());
         response.extensions_mut().insert(self);
         response
+    }
+}
+
+/// The parameter of OpenAI's APIs that holds a domain request's `field` (routes of other
+/// APIs rename what they call otherwise, [`ApiError::map_param`]).
+pub fn param_of(field: backend::Field) -> &'static str {
+    use backend::Field as F;
+    match field {
+        F::Model => "model",
+        F::Input => "input",
+        F::Dimensions => "dimensions",
+        F::Language => "language",
+        F::Choices => "n",
     }
 }
 

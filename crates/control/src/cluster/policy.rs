@@ -225,6 +225,7 @@ fn no_room(nodes: &[NodeCapacity], used: &[Used], need: &Need, deployment: &str)
             free_threads: used[n].free_threads(&nodes[n].budget),
             budget: nodes[n].budget,
             evict: Vec::new(),
+            awaiting: false,
         },
         None => NoRoom {
             deployment: deployment.to_owned(),
@@ -237,6 +238,7 @@ fn no_room(nodes: &[NodeCapacity], used: &[Used], need: &Need, deployment: &str)
                 threads: 0,
             },
             evict: Vec::new(),
+            awaiting: false,
         },
     }
 }

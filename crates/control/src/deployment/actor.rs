@@ -12,14 +12,15 @@ use super::backlog::Backlogs;
 use super::forward::{self, Job, Waiter};
 use super::replicas::{Replica, ReplicaSet, ReplicaState};
 use super::rollout;
-use super::{Command, DeploymentView};
+use super::yielding::{self, Give, Holding};
+use super::Command;
 use crate::autoscale::{Autoscaler, Signals};
 use crate::events::{EventKind, EventLog, ScaleEvent};
 use crate::footprint::Footprint;
 use crate::launcher::{ReplicaLauncher, ReplicaSpec};
 use crate::metrics;
 use crate::node::Node;
-use crate::placement::ReplicaKey;
+use crate::placement::{NoRoom, ReplicaKey, Standing};
 use crate::queue::{Classes, DrainRate, Refusal};
 use crate::spec::DeploymentSpec;
 
@@ -62,6 +63,8 @@ struct Actor {
     stopped: bool,
     /// Unloaded replicas whose backends are stopping (engine threads being joined).
     unloading: JoinSet<()>,
+    /// A scale-up waits for room that other deployments' replicas are giving back.
+    awaiting_room: bool,
 }
 
 /// The control loop's clock: tokio's, so tests can pause and advance it.
@@ -101,6 +104,7 @@ pub(crate) fn spawn(parts: Parts) {
         closing: None,
         stopped: false,
         unloading: JoinSet::new(),
+        awaiting_room: false,
     };
     tokio::spawn(actor.run(rx));
 }
@@ -109,6 +113,7 @@ impl Actor {
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Command>) {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let node = self.env.node.clone();
         loop {
             tokio::select! {
                 command = rx.recv() => match command {
@@ -116,6 +121,8 @@ impl Actor {
                     None => break,
                 },
                 _ = tick.tick() => self.tick(),
+                // A start waiting for room goes on as soon as room is given back.
+                () = node.room_freed(), if self.awaiting_room => self.tick(),
             }
             if self.drained() {
                 break;
@@ -194,14 +201,15 @@ impl Actor {
             }
             Command::Started { replica, result } => self.started(replica, result, now),
             Command::Evict { replica, reason } => {
-                let active = self.active();
-                let min = self.spec.effective_min_replicas();
-                let idle = self
+                let holding = self.holding();
+                match self
                     .replicas
-                    .get_mut(replica)
-                    .is_some_and(|r| r.state == ReplicaState::Ready && r.in_flight == 0);
-                if idle && active > min && self.queue.is_empty() {
-                    self.unload(replica, &reason);
+                    .get(replica)
+                    .map(|r| yielding::on_eviction(r, &holding))
+                {
+                    Some(Give::Unload) => self.unload(replica, &reason),
+                    Some(Give::Drain) => self.drain(replica, &reason),
+                    Some(Give::Keep) | None => {}
                 }
             }
             Command::Update {
@@ -378,9 +386,12 @@ impl Actor {
         };
         r.take(job.waiter().work.priority());
         r.idle_since = None;
-        let key = self.key(replica);
-        self.env.node.set_idle(&key, None);
         forward::spawn(replica, backend, job, self.env.commands.clone());
+        // No longer idle (at once, so it is not unloaded while it works), maybe spare.
+        if let Some(r) = self.replicas.get(replica) {
+            let standing = yielding::standing(r, &self.holding());
+            self.env.node.set_standing(&self.key(replica), standing);
+        }
     }
 
     /// Hand waiting requests to replicas with room for their class: interactive ones first
@@ -437,26 +448,9 @@ impl Actor {
         }
         self.roll(now);
         self.autoscale(now);
-        self.mark_idle();
+        self.mark_standing();
         self.try_dispatch(now);
         self.publish();
-    }
-
-    /// Send each waiting client its new place in its class when it moved by at least a tenth
-    /// (an interactive client's place counts no batch work).
-    fn report_positions(&mut self, class: Priority) {
-        let queue = self.queue.class_mut(class);
-        let drain = queue.drain_rate().clone();
-        for (i, (_, w)) in queue.items_mut().enumerate() {
-            let position = i + 1;
-            if w.reported.abs_diff(position) >= (w.reported / 10).max(1) {
-                w.reported = position;
-                let _ = w.events.send(Ok(Event::Queued {
-                    position,
-                    eta_ms: drain.eta_ms(position),
-                }));
-            }
-        }
     }
 
     /// Replicas that count towards the desired number (not draining).
@@ -465,6 +459,7 @@ impl Actor {
     }
 
     fn autoscale(&mut self, now: Instant) {
+        self.awaiting_room = false;
         let (in_flight, batch_in_flight) = self
             .replicas
             .iter()
@@ -481,7 +476,10 @@ impl Actor {
             batch_in_flight,
             replicas_ready: self.replicas.count(ReplicaState::Ready),
             replicas_loading: self.replicas.count(ReplicaState::Loading),
-            threads_free: self.env.node.threads_available_for(&self.spec.name),
+            threads_free: self
+                .env
+                .node
+                .threads_available_for(&self.spec.name, self.starving()),
             last_traffic: self.last_traffic,
             throughput_per_sec: interactive.drain_rate().per_sec(),
             batch_backlog: self.backlogs.signal(now),
@@ -495,22 +493,48 @@ impl Actor {
         if (!up && rolling) || (up && self.closing.is_some() && self.queue.is_empty()) {
             return;
         }
-        metrics::scale(&self.spec.name, up);
-        self.event(
-            EventKind::Scale,
-            decision.from,
-            decision.to,
-            decision.reason.clone(),
-        );
         if up {
+            let mut started = 0;
+            let mut refused = None;
             for _ in decision.from..decision.to {
-                if !self.start_replica(now) {
-                    // Not carried out: let the next tick try again without a cooldown.
-                    self.autoscaler.forget_scale_up();
-                    break;
+                match self.start_replica(now) {
+                    Ok(()) => started += 1,
+                    Err(no_room) => {
+                        refused = Some(no_room);
+                        break;
+                    }
+                }
+            }
+            self.awaiting_room = refused.as_ref().is_some_and(NoRoom::is_pending);
+            if started == 0 && self.awaiting_room {
+                // Others' replicas are leaving to make the room: the scale-up happens (and
+                // is logged) once it is there, as soon as it is given back.
+                self.autoscaler.forget_scale_up();
+                return;
+            }
+            metrics::scale(&self.spec.name, up);
+            self.event(
+                EventKind::Scale,
+                decision.from,
+                decision.to,
+                decision.reason.clone(),
+            );
+            if let Some(no_room) = refused {
+                // Not carried out: let the next tick try again without a cooldown.
+                self.autoscaler.forget_scale_up();
+                if !no_room.is_pending() {
+                    let n = self.active();
+                    self.event(EventKind::ReplicaFailed, n, n, no_room.to_string());
                 }
             }
         } else {
+            metrics::scale(&self.spec.name, up);
+            self.event(
+                EventKind::Scale,
+                decision.from,
+                decision.to,
+                decision.reason.clone(),
+            );
             let ids = self
                 .replicas
                 .choose_to_drain(decision.from - decision.to, self.generation);
@@ -520,14 +544,14 @@ impl Actor {
         }
     }
 
-    /// Place and start one replica of the current generation; false when there is no room.
-    fn start_replica(&mut self, now: Instant) -> bool {
+    /// Place and start one replica of the current generation, or say why there is no room
+    /// (the node may have asked others to make it).
+    fn start_replica(&mut self, now: Instant) -> Result<(), NoRoom> {
         let id = self.replicas.next_id();
-        if let Err(no_room) = self.env.node.reserve(self.key(id), self.footprint.clone()) {
-            let n = self.active();
-            self.event(EventKind::ReplicaFailed, n, n, no_room.to_string());
-            return false;
-        }
+        let starving = self.starving();
+        self.env
+            .node
+            .reserve(self.key(id), self.footprint.clone(), starving)?;
         let spec = ReplicaSpec {
             deployment: self.spec.name.clone(),
             model: self.spec.model.clone(),
@@ -561,7 +585,7 @@ impl Actor {
                 result,
             });
         });
-        true
+        Ok(())
     }
 
     fn started(&mut self, id: u64, result: crate::Result<Arc<dyn backend::Backend>>, now: Instant) {
@@ -619,7 +643,8 @@ impl Actor {
         if !rollout::should_start_new(&self.replicas, self.generation) {
             return;
         }
-        if !self.start_replica(now) {
+        if let Err(no_room) = self.start_replica(now) {
+            tracing::debug!(deployment = %self.spec.name, %no_room, "rollout: no room for a new replica");
             if let Some(old) = rollout::make_room(&self.replicas, self.generation) {
                 self.drain(old, "rollout: making room for a replica of the new model");
             }
@@ -633,7 +658,7 @@ impl Actor {
         };
         r.state = ReplicaState::Draining;
         r.drain_reason = reason.to_owned();
-        self.env.node.set_idle(&key, None);
+        self.env.node.set_standing(&key, Standing::Leaving);
         if r.in_flight == 0 && r.backend.is_some() {
             self.unload(id, reason);
         }
@@ -665,15 +690,28 @@ impl Actor {
         }
     }
 
-    /// Tell the node which replicas another deployment may have unloaded.
-    fn mark_idle(&self) {
-        let spare = self.active() > self.spec.effective_min_replicas() && self.queue.is_empty();
+    /// Tell the node which replicas another deployment may have (`yielding`).
+    fn mark_standing(&self) {
+        let holding = self.holding();
         for r in self.replicas.iter() {
-            let idle = (spare && r.state == ReplicaState::Ready && r.in_flight == 0)
-                .then_some(r.idle_since)
-                .flatten();
-            self.env.node.set_idle(&self.key(r.id), idle);
+            let standing = yielding::standing(r, &holding);
+            self.env.node.set_standing(&self.key(r.id), standing);
         }
+    }
+
+    fn holding(&self) -> Holding {
+        Holding {
+            active: self.active(),
+            ready: self.replicas.count(ReplicaState::Ready),
+            min: self.spec.effective_min_replicas(),
+            queue_empty: self.queue.is_empty(),
+        }
+    }
+
+    /// No replica, and interactive requests wait: spare replicas of others may be drained
+    /// for it.
+    fn starving(&self) -> bool {
+        self.active() == 0 && !self.queue.class(Priority::Interactive).is_empty()
     }
 
     fn update(&mut self, spec: DeploymentSpec, footprint: Footprint) {
@@ -720,41 +758,7 @@ impl Actor {
             reason,
         });
     }
-
-    fn publish(&self) {
-        let name = &self.spec.name;
-        metrics::queue(name, self.queue.len(), self.replicas.in_flight());
-        metrics::batch(
-            name,
-            self.queue.class(Priority::Batch).len(),
-            self.replicas.batch_in_flight(),
-        );
-        metrics::replicas(
-            name,
-            self.replicas.count(ReplicaState::Loading),
-            self.replicas.count(ReplicaState::Ready),
-            self.replicas.count(ReplicaState::Draining),
-        );
-    }
-
-    fn view(&self, now: Instant) -> DeploymentView {
-        DeploymentView {
-            spec: self.spec.clone(),
-            replicas: self.replicas.views(now),
-            queue_length: self.queue.len(),
-            in_flight: self.replicas.in_flight(),
-            drain_per_sec: self
-                .queue
-                .class(Priority::Interactive)
-                .drain_rate()
-                .per_sec(),
-            tokens_per_sec: if self.tokens.is_observed() {
-                self.tokens.per_sec()
-            } else {
-                0.0
-            },
-            replica_memory_bytes: self.footprint.total_bytes(),
-            replica_threads: self.footprint.threads,
-        }
-    }
 }
+
+#[path = "actor_report.rs"]
+mod report;

@@ -13,6 +13,7 @@ mod backlog;
 mod forward;
 mod replicas;
 mod rollout;
+mod yielding;
 
 use std::sync::Arc;
 use std::time::SystemTime;

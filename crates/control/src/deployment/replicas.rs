@@ -101,6 +101,10 @@ impl ReplicaSet {
         self.replicas.insert(replica.id, replica);
     }
 
+    pub fn get(&self, id: u64) -> Option<&Replica> {
+        self.replicas.get(&id)
+    }
+
     pub fn get_mut(&mut self, id: u64) -> Option<&mut Replica> {
         self.replicas.get_mut(&id)
     }

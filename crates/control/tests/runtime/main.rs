@@ -6,6 +6,7 @@ mod common;
 #[cfg(feature = "engine")]
 mod engine;
 mod priority;
+mod room;
 mod shutdown;
 
 use std::collections::HashSet;
@@ -369,7 +370,7 @@ async fn the_thread_budget_caps_replicas_and_idle_ones_make_room_for_others() {
     assert!(
         x_events
             .iter()
-            .any(|e| e.reason.contains("unloaded to make room for 'y'")),
+            .any(|e| e.reason.contains("given up to make room for 'y'")),
         "{x_events:#?}"
     );
     assert!(fx.plane.node().threads_used <= 2);

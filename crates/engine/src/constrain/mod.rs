@@ -195,7 +195,7 @@ impl Cache {
                     "The request's schemas took longer than {} s to turn into a grammar; send smaller or simpler schemas.",
                     COMPILE_TIMEOUT.as_secs()
                 ),
-                param: None,
+                field: None,
             }),
         }
     }
@@ -294,7 +294,7 @@ fn build(spec: &Spec) -> Result<Source, BackendError> {
                 gbnf.len() / 1024,
                 MAX_GRAMMAR_BYTES / 1024
             ),
-            param: None,
+            field: None,
         });
     }
     Ok(Source { gbnf, triggers })

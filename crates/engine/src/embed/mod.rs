@@ -12,8 +12,8 @@ use std::thread::JoinHandle;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use backend::{
-    Backend, BackendError, EmbedInput, EmbedRequest, Embeddings, EventStream, GenerateRequest,
-    ModelInfo, ModelKind,
+    Backend, BackendError, EmbedInput, EmbedRequest, Embeddings, EventStream, Field,
+    GenerateRequest, ModelInfo, ModelKind,
 };
 use llama_cpp_2::model::LlamaModel;
 use tokio::sync::{mpsc, oneshot};
@@ -141,7 +141,7 @@ pub fn tokenize_inputs(
     let n_vocab = u32::try_from(vocab.n_tokens()).unwrap_or(0);
     let invalid = |index: usize, message: String| BackendError::InvalidRequest {
         message: format!("input[{index}]: {message}"),
-        param: Some("input".into()),
+        field: Some(Field::Input),
     };
     let mut out = Vec::with_capacity(inputs.len());
     for (index, input) in inputs.iter().enumerate() {
@@ -184,7 +184,7 @@ pub fn tokenize_inputs(
                 message: "a cross-encoder scores (query, document) pairs and an embedding model \
                           embeds single inputs"
                     .into(),
-                param: Some("model".into()),
+                field: Some(Field::Model),
             });
         }
         if tokens.is_empty() {
@@ -221,7 +221,7 @@ impl Backend for EmbedEngine {
                  /v1/rerank with it, or use a text-generation model.",
                 request.model
             ),
-            param: Some("model".into()),
+            field: Some(Field::Model),
         })
     }
 

@@ -9,10 +9,9 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use mcp::{Incoming, McpCaller, McpError, Refusal, Reply};
-use tenancy::Scope;
 
 use super::RawBody;
-use crate::auth::{Admin, Caller};
+use crate::auth::{Admin, Caller, McpUser};
 use crate::error::{ApiError, Code, Result};
 use crate::wire::mcp::{self as wire, CallView, ServerView};
 use crate::wire::tenancy::ListView;
@@ -41,9 +40,8 @@ pub(crate) fn from_mcp(e: McpError) -> ApiError {
 }
 
 /// The tenant a registry request acts for (`None`: the operator, for the admin key).
-fn owner(caller: &Caller) -> Result<Option<String>> {
-    caller.require(Scope::Mcp)?;
-    Ok(caller.tenant_id().map(str::to_owned))
+fn owner(caller: &Caller) -> Option<String> {
+    caller.tenant_id().map(str::to_owned)
 }
 
 fn view(service: &mcp::Mcp, server: mcp::McpServerRecord) -> ServerView {
@@ -53,10 +51,10 @@ fn view(service: &mcp::Mcp, server: mcp::McpServerRecord) -> ServerView {
 
 pub async fn create(
     State(state): State<AppState>,
-    caller: Caller,
+    McpUser(caller): McpUser,
     RawBody(body): RawBody,
 ) -> Result<impl IntoResponse> {
-    let owner = owner(&caller)?;
+    let owner = owner(&caller);
     let new = wire::new_server(&body, owner.is_none())?;
     register(&state, owner.as_deref(), new).await
 }
@@ -83,9 +81,9 @@ async fn register(
 
 pub async fn list(
     State(state): State<AppState>,
-    caller: Caller,
+    McpUser(caller): McpUser,
 ) -> Result<Json<ListView<ServerView>>> {
-    let owner = owner(&caller)?;
+    let owner = owner(&caller);
     list_for(&state, owner.as_deref()).await
 }
 
@@ -105,11 +103,11 @@ async fn list_for(state: &AppState, owner: Option<&str>) -> Result<Json<ListView
 
 pub async fn patch(
     State(state): State<AppState>,
-    caller: Caller,
+    McpUser(caller): McpUser,
     Path(name): Path<String>,
     RawBody(body): RawBody,
 ) -> Result<Json<ServerView>> {
-    let owner = owner(&caller)?;
+    let owner = owner(&caller);
     let patch = wire::server_patch(&body, owner.is_none())?;
     let service = service(&state)?;
     let server = service
@@ -133,10 +131,10 @@ pub async fn admin_patch(
 
 pub async fn delete(
     State(state): State<AppState>,
-    caller: Caller,
+    McpUser(caller): McpUser,
     Path(name): Path<String>,
 ) -> Result<StatusCode> {
-    let owner = owner(&caller)?;
+    let owner = owner(&caller);
     service(&state)?
         .delete(owner.as_deref(), &name)
         .await
@@ -210,10 +208,10 @@ pub struct CallsParams {
 /// 30 days, 100 rows; at most 366 days, 1,000 rows).
 pub async fn calls(
     State(state): State<AppState>,
-    caller: Caller,
+    McpUser(caller): McpUser,
     params: std::result::Result<Query<CallsParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<ListView<CallView>>> {
-    let owner = owner(&caller)?;
+    let owner = owner(&caller);
     let Query(params) = params.map_err(|r| {
         ApiError::new(
             Code::InvalidRequest,
@@ -240,7 +238,6 @@ pub async fn calls(
 
 /// The tenant whose MCP settings a key reads or writes (the admin key has none).
 fn settings_tenant(caller: &Caller) -> Result<String> {
-    caller.require(Scope::Mcp)?;
     caller.tenant_id().map(str::to_owned).ok_or_else(|| {
         ApiError::invalid(
             "audit_arguments",
@@ -252,7 +249,7 @@ fn settings_tenant(caller: &Caller) -> Result<String> {
 /// `GET /v1/mcp/settings`.
 pub async fn settings(
     State(state): State<AppState>,
-    caller: Caller,
+    McpUser(caller): McpUser,
 ) -> Result<Json<wire::SettingsView>> {
     let tenant = settings_tenant(&caller)?;
     let audit_arguments = service(&state)?.audits_arguments(&tenant).await;
@@ -262,7 +259,7 @@ pub async fn settings(
 /// `PUT /v1/mcp/settings` `{"audit_arguments": bool}`.
 pub async fn put_settings(
     State(state): State<AppState>,
-    caller: Caller,
+    McpUser(caller): McpUser,
     RawBody(body): RawBody,
 ) -> Result<Json<wire::SettingsView>> {
     let tenant = settings_tenant(&caller)?;
@@ -284,11 +281,10 @@ pub async fn put_settings(
     Ok(Json(wanted))
 }
 
-fn mcp_caller(caller: &Caller) -> Result<McpCaller> {
-    caller.require(Scope::Mcp)?;
-    Ok(McpCaller {
+fn mcp_caller(caller: &Caller) -> McpCaller {
+    McpCaller {
         principal: caller.principal().cloned(),
-    })
+    }
 }
 
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -298,11 +294,11 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 /// `POST /mcp`: one JSON-RPC message.
 pub async fn post(
     State(state): State<AppState>,
-    caller: Caller,
+    McpUser(caller): McpUser,
     headers: HeaderMap,
     RawBody(body): RawBody,
 ) -> Result<Response> {
-    let caller = mcp_caller(&caller)?;
+    let caller = mcp_caller(&caller);
     let service = service(&state)?;
     let incoming = Incoming {
         session: header(&headers, "mcp-session-id"),
@@ -333,10 +329,10 @@ fn refusal(why: Refusal, body: serde_json::Value) -> Response {
 /// `DELETE /mcp`: ends the session named by `Mcp-Session-Id`.
 pub async fn end(
     State(state): State<AppState>,
-    caller: Caller,
+    McpUser(caller): McpUser,
     headers: HeaderMap,
 ) -> Result<Response> {
-    let caller = mcp_caller(&caller)?;
+    let caller = mcp_caller(&caller);
     let service = service(&state)?;
     let Some(session) = header(&headers, "mcp-session-id") else {
         return Err(ApiError::invalid(

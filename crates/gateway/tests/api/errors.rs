@@ -34,14 +34,14 @@ async fn context_length_names_the_prompt_field() {
 }
 
 #[tokio::test]
-async fn invalid_request_keeps_its_param() {
+async fn invalid_request_names_its_field_as_the_api_does() {
     let err = BackendError::InvalidRequest {
-        message: "bad stop".into(),
-        param: Some("stop".into()),
+        message: "two answers are not served here".into(),
+        field: Some(backend::Field::Choices),
     };
     refuse(err, CHAT)
         .await
-        .assert_error(400, "invalid_request_error", Some("stop"));
+        .assert_error(400, "invalid_request_error", Some("n"));
 }
 
 #[tokio::test]

@@ -1,12 +1,15 @@
 //! How a batch line runs: parsed by the interactive route's parser, served through
 //! `Serving::serve` (admission, the batch price, metering) at `Priority::Batch`, gathered
-//! whole and rendered as the interactive route would answer it.
+//! whole and rendered as the interactive route would answer it. A line still waiting for a
+//! place to run when its batch withdraws it (the window ended, a cancel) leaves the queue
+//! unbilled; embeddings lines, short, are always finished.
 
 use async_trait::async_trait;
+use backend::Event;
 use backend::Priority;
 use batch::{Endpoint, LineOutcome, LineRequest};
 use serde_json::Value;
-use serving::{Delivery, Serving};
+use serving::{Delivery, Serving, Withdrawn};
 
 use crate::error::{ApiError, Code, Result};
 use crate::routes::generate::collect;
@@ -25,12 +28,16 @@ impl LineExecutor {
         Self { serving }
     }
 
-    async fn run(&self, line: &LineRequest<'_>) -> Result<Value> {
+    /// The line's answer; `None` when it was withdrawn before it ran.
+    async fn run(&self, line: &LineRequest<'_>) -> Result<Option<Value>> {
+        if line.withdraw.is_cancelled() {
+            return Ok(None);
+        }
         let body = line.body.as_bytes();
         let (request, chat): (ValidRequest, bool) = match line.endpoint {
             Endpoint::Chat => (chat::parse(body)?, true),
             Endpoint::Completions => (completions::parse(body)?, false),
-            Endpoint::Embeddings => return self.embed(line).await,
+            Endpoint::Embeddings => return self.embed(line).await.map(Some),
         };
         if request.stream {
             return Err(ApiError::invalid(
@@ -47,6 +54,26 @@ impl LineExecutor {
             .serve(line.payer, generate, Delivery::Whole)
             .await
             .map_err(|err| ApiError::from_serve(err, prompt_param))?;
+        // While it waits for a place to run, the line may be withdrawn.
+        loop {
+            match events.next_or_withdrawn(line.withdraw).await {
+                Err(Withdrawn) => return Ok(None),
+                Ok(Some(Ok(Event::Queued { .. }))) => {}
+                Ok(Some(Ok(event))) => {
+                    events.unread(event);
+                    break;
+                }
+                Ok(Some(Err(err))) => return Err(ApiError::from_serve(err, prompt_param)),
+                Ok(None) => {
+                    return Err(ApiError::from_backend(
+                        backend::BackendError::Internal(
+                            "the backend's stream ended before the request was admitted".into(),
+                        ),
+                        prompt_param,
+                    ))
+                }
+            }
+        }
         let whole = collect(&mut events, &request, prompt_param).await?;
         let meta = ResponseMeta {
             id: line.request_id.to_owned(),
@@ -59,7 +86,8 @@ impl LineExecutor {
         } else {
             serde_json::to_value(CompletionView::new(meta, whole.answers, usage))
         };
-        view.map_err(|e| ApiError::new(Code::Internal, format!("cannot render the answer: {e}")))
+        view.map(Some)
+            .map_err(|e| ApiError::new(Code::Internal, format!("cannot render the answer: {e}")))
     }
 }
 
@@ -119,7 +147,8 @@ impl batch::Executor for LineExecutor {
 
     async fn execute(&self, line: LineRequest<'_>) -> LineOutcome {
         match self.run(&line).await {
-            Ok(body) => LineOutcome {
+            Ok(None) => LineOutcome::withdrawn(),
+            Ok(Some(body)) => LineOutcome {
                 status_code: 200,
                 body,
                 error_code: None,

@@ -98,7 +98,7 @@ impl Serving {
         let backend = self.backend_for(payer, &request.model)?;
         let info = backend.info();
         let ModelKind::Embed { dimensions } = info.kind else {
-            return Err(not_for(&info, "/v1/embeddings"));
+            return Err(not_for(&info, "embeddings"));
         };
         if let Some(asked) = request.dimensions.filter(|d| *d != dimensions) {
             return Err(ServeError::Backend(BackendError::InvalidRequest {
@@ -151,9 +151,7 @@ impl Serving {
                     .map(|t| EmbedInput::Text(t.clone()))
                     .collect(),
             ),
-            ModelKind::Generate | ModelKind::Transcribe => {
-                return Err(not_for(&info, "/v1/rerank"))
-            }
+            ModelKind::Generate | ModelKind::Transcribe => return Err(not_for(&info, "reranking")),
         };
         let embed = EmbedRequest {
             request_id: request.request_id,

@@ -14,7 +14,7 @@ use super::replicas::{Replica, ReplicaSet, ReplicaState};
 use super::rollout;
 use super::yielding::{self, Give, Holding};
 use super::Command;
-use crate::autoscale::{Autoscaler, Signals};
+use crate::autoscale::{Autoscaler, Decision, Signals};
 use crate::events::{EventKind, EventLog, ScaleEvent};
 use crate::footprint::Footprint;
 use crate::launcher::{ReplicaLauncher, ReplicaSpec};
@@ -512,13 +512,7 @@ impl Actor {
                 self.autoscaler.forget_scale_up();
                 return;
             }
-            metrics::scale(&self.spec.name, up);
-            self.event(
-                EventKind::Scale,
-                decision.from,
-                decision.to,
-                decision.reason.clone(),
-            );
+            self.scaled(&decision);
             if let Some(no_room) = refused {
                 // Not carried out: let the next tick try again without a cooldown.
                 self.autoscaler.forget_scale_up();
@@ -528,13 +522,7 @@ impl Actor {
                 }
             }
         } else {
-            metrics::scale(&self.spec.name, up);
-            self.event(
-                EventKind::Scale,
-                decision.from,
-                decision.to,
-                decision.reason.clone(),
-            );
+            self.scaled(&decision);
             let ids = self
                 .replicas
                 .choose_to_drain(decision.from - decision.to, self.generation);
@@ -542,6 +530,16 @@ impl Actor {
                 self.drain(id, &decision.reason);
             }
         }
+    }
+
+    fn scaled(&mut self, decision: &Decision) {
+        metrics::scale(&self.spec.name, decision.to > decision.from);
+        self.event(
+            EventKind::Scale,
+            decision.from,
+            decision.to,
+            decision.reason.clone(),
+        );
     }
 
     /// Place and start one replica of the current generation, or say why there is no room

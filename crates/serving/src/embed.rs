@@ -151,7 +151,7 @@ impl Serving {
                     .map(|t| EmbedInput::Text(t.clone()))
                     .collect(),
             ),
-            ModelKind::Generate | ModelKind::Transcribe => return Err(not_for(&info, "reranking")),
+            ModelKind::Generate | ModelKind::Transcribe => return Err(not_for(&info, "rerank")),
         };
         let embed = EmbedRequest {
             request_id: request.request_id,

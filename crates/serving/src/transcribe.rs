@@ -66,7 +66,7 @@ impl Serving {
         let backend = self.backend_for(payer, &job.model)?;
         let info = backend.info();
         if info.kind != ModelKind::Transcribe {
-            return Err(not_for(&info, "transcription"));
+            return Err(not_for(&info, "transcriptions"));
         }
         let (file, ext, max) = (job.file, job.extension, job.max_seconds);
         let audio = tokio::task::spawn_blocking(move || audio::decode(file, ext.as_deref(), max))
